@@ -1,0 +1,207 @@
+"""The ``raypipe`` command. Exit codes: 0 ok, 1 unexpected, 2 spec/usage, 3 data, 4 gate, 5 drift."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raypipe.errors import RaypipeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="raypipe: one YAML spec -> a whole ML pipeline on Ray.")
+registry_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.")
+runs_app = typer.Typer(no_args_is_help=True, help="Past runs and their manifests.")
+app.add_typer(registry_app, name="registry")
+app.add_typer(runs_app, name="runs")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+SpecArg = typer.Argument(..., help="Path of the pipeline YAML spec.", exists=False)
+AddressOpt = typer.Option(None, "--address", help='Ray address: "auto" joins the running cluster.')
+
+
+@app.command()
+def run(
+    spec: Optional[Path] = typer.Argument(None, help="Pipeline YAML spec; omitted: the built-in demo."),
+    force: Optional[str] = typer.Option(None, "--force", help="Recompute this stage and every stage after it."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    address: Optional[str] = AddressOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary as the last line."),
+    serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="Deploy the champion (default: deploy.enabled)."),
+    blocking: bool = typer.Option(False, "--blocking", help="Keep serving until Ctrl-C."),
+    port: Optional[int] = typer.Option(None, "--port", help="Serve HTTP port (overrides deploy.port)."),
+) -> None:
+    """Run the pipeline: ingest → validate → features → train → evaluate → register → serve."""
+    from raypipe.api import as_spec, run as run_pipeline
+
+    s = as_spec(spec)
+    result = run_pipeline(s, force=force, until=until, address=address)
+    summary = result.summary()
+    if (s.deploy.enabled if serve is None else serve) and until is None:
+        summary.update(_deploy_and_probe(s, address, port, blocking))
+    _finish(summary, json_out)
+
+
+def _deploy_and_probe(spec: Any, address: str | None, port: int | None, blocking: bool) -> dict[str, Any]:
+    from raypipe.api import serve as serve_api
+    from raypipe.serve.deploy import sample_request, shutdown
+
+    endpoint = serve_api(spec, address=address, port=port)
+    rows = sample_request(spec, endpoint.version, n=2)
+    answer = endpoint.post_predict(rows)
+    err.print(f"[bold]endpoint[/bold] {endpoint.url} (version {endpoint.version})")
+    err.print(f"POST {endpoint.url}/predict {json.dumps(rows, default=str)}", markup=False)
+    err.print(f"→ {json.dumps(answer)}", markup=False)
+    extra = {"endpoint": endpoint.url, "sample_request": rows, "sample_response": answer}
+    if blocking:
+        endpoint.wait()
+    elif not (address or spec.ray.address):
+        shutdown()  # a local demo ends cleanly; on a cluster the app keeps running
+    return extra
+
+
+@app.command()
+def serve(
+    spec: Path = SpecArg,
+    version: Optional[int] = typer.Option(None, "--version", help="Serve this registry version."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Serve the version with this alias (default champion)."),
+    address: Optional[str] = AddressOpt,
+    port: Optional[int] = typer.Option(None, "--port"),
+    blocking: Optional[bool] = typer.Option(None, "--blocking/--no-blocking", help="Default: block on a local Ray, return on a cluster."),
+) -> None:
+    """Deploy a registered model as an autoscaling Ray Serve endpoint."""
+    from raypipe.api import as_spec, serve as serve_api
+
+    s = as_spec(spec)
+    endpoint = serve_api(s, version=version, alias=alias, address=address, port=port)
+    err.print(f"serving {s.name} version {endpoint.version} at {endpoint.url}  (POST /predict, GET /healthz, GET /metadata)")
+    if blocking if blocking is not None else not (address or s.ray.address):
+        endpoint.wait()
+
+
+@app.command()
+def predict(
+    spec: Path = SpecArg,
+    input: str = typer.Option(..., "--input", help="Parquet or CSV file/folder of rows."),
+    output: str = typer.Option(..., "--output", help="Folder for the predictions (parquet)."),
+    version: Optional[int] = typer.Option(None, "--version"),
+    alias: Optional[str] = typer.Option(None, "--alias"),
+    address: Optional[str] = AddressOpt,
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Batch inference with Ray Data (model loaded once per actor)."""
+    from raypipe.api import predict as predict_api
+
+    _finish(predict_api(str(spec), input, output, version=version, alias=alias, address=address), json_out)
+
+
+@app.command()
+def validate(spec: Path = SpecArg) -> None:
+    """Check a spec without running anything (exit 2 when invalid)."""
+    from raypipe.spec import load_spec
+
+    s = load_spec(spec)
+    out.print(f"{spec}: valid spec for pipeline {s.name!r} ({s.data.task}, model {s.model.kind})")
+
+
+@registry_app.command("list")
+def registry_list(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json")) -> None:
+    """List model versions with status, key metrics and aliases."""
+    from raypipe.api import as_spec
+    from raypipe.registry import Registry
+
+    s = as_spec(spec)
+    reg = Registry(s.storage, s.name)
+    rows = [{"version": v, **reg.info(v)} for v in reg.versions()]
+    if json_out:
+        print(json.dumps([{k: r[k] for k in ("version", "status", "metrics", "aliases")} for r in rows]))
+        return
+    table = Table(title=f"{s.name} — model versions")
+    for col in ("version", "status", "kind", "metrics", "aliases", "run"):
+        table.add_column(col)
+    for r in rows:
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("metrics") or {}).items() if isinstance(v, float))
+        table.add_row(str(r["version"]), r.get("status", "?"), r.get("kind", "?"), metrics, ",".join(r["aliases"]), r.get("run_id", ""))
+    out.print(table)
+
+
+@registry_app.command("show")
+def registry_show(spec: Path = SpecArg, version: Optional[int] = typer.Argument(None)) -> None:
+    """Everything about one version (default: the champion)."""
+    from raypipe.api import as_spec
+    from raypipe.registry import Registry
+
+    s = as_spec(spec)
+    reg = Registry(s.storage, s.name)
+    v = reg.resolve(version=version)
+    print(json.dumps({"version": v, **reg.info(v)}, indent=2, default=str))
+
+
+@registry_app.command("promote")
+def registry_promote(spec: Path = SpecArg, version: int = typer.Argument(...),
+                     alias: str = typer.Option("champion", "--alias"), reason: str = typer.Option("manual promotion", "--reason")) -> None:
+    """Point an alias at a version (recorded in the audit log)."""
+    from raypipe.api import as_spec
+    from raypipe.registry import Registry
+
+    s = as_spec(spec)
+    Registry(s.storage, s.name).set_alias(alias, version, reason=reason)
+    err.print(f"{s.name}: {alias} → version {version}")
+
+
+@runs_app.command("list")
+def runs_list(spec: Path = SpecArg) -> None:
+    """Runs of a pipeline, newest first."""
+    from raypipe.api import as_spec
+    from raypipe.store import Store
+
+    s = as_spec(spec)
+    store = Store(s.storage)
+    table = Table(title=f"{s.name} — runs")
+    for col in ("run", "status", "stages", "version"):
+        table.add_column(col)
+    for run_id in reversed(store.listdir("runs")):
+        if not store.exists("runs", run_id, "manifest.json"):
+            continue
+        m = store.read_json("runs", run_id, "manifest.json")
+        if m.get("pipeline") != s.name:
+            continue
+        stages = " ".join(f"{st['name']}:{st['status']}" for st in m["stages"])
+        table.add_row(run_id, m.get("status", "?"), stages, str(m.get("version")))
+    out.print(table)
+
+
+def _finish(summary: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(summary, default=str), flush=True)
+    else:
+        out.print_json(json.dumps(summary, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: maps raypipe errors to their exit codes."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except RaypipeError as exc:
+        err.print(f"error: {exc}", markup=False, style="bold red")
+        sys.exit(exc.exit_code)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The raypipe error tree.
+
+Every error carries the process exit code the CLI uses (see docs/architecture.md) and
+also derives from the builtin a caller would naturally catch (``ValueError`` ...).
+Messages say what is wrong, what was received, and how to fix it.
+"""
+from __future__ import annotations
+
+
+class RaypipeError(Exception):
+    """Base class of raypipe's errors."""
+
+    exit_code: int = 1
+
+
+class SpecError(RaypipeError, ValueError):
+    """The spec (or a command-line argument) is invalid. Exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message)
+
+
+class DataValidationError(RaypipeError, ValueError):
+    """The input data failed validation. Exit code 3.
+
+    Attributes:
+        problems: every problem found, in one pass.
+    """
+
+    exit_code = 3
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"data validation failed with {len(self.problems)} problem(s):\n{lines}")
+
+
+class GateFailed(RaypipeError):
+    """The evaluation gate was not met: the model is registered as rejected. Exit code 4."""
+
+    exit_code = 4
+
+    def __init__(self, failures: list[str], version: int | None = None) -> None:
+        self.failures = list(failures)
+        self.version = version
+        where = f" (version {version} registered as rejected)" if version is not None else ""
+        lines = "\n".join(f"  - {f}" for f in self.failures)
+        super().__init__(f"evaluation gate not passed{where}:\n{lines}")
+
+
+class StageFailed(RaypipeError, RuntimeError):
+    """A stage raised an unexpected error; the next run resumes from it. Exit code 1."""
+
+    exit_code = 1
+
+
+class ArtifactError(RaypipeError, RuntimeError):
+    """An artifact is missing, incomplete or fails its integrity check."""
+
+    exit_code = 1
+
+
+class RegistryError(RaypipeError, LookupError):
+    """A model version or alias does not exist or cannot be used."""
+
+    exit_code = 2

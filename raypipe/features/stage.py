@@ -1,0 +1,46 @@
+"""The features stage: fit the feature pipeline once on the training split (Ray Data)."""
+from __future__ import annotations
+
+from typing import Any
+
+from raypipe.datasets import read_parquet
+from raypipe.features.pipeline import FeaturePipeline
+from raypipe.validate.schema import label_strings
+
+
+def build(spec: Any, schema: dict[str, Any]) -> FeaturePipeline:
+    f = spec.features
+    return FeaturePipeline(
+        schema["features"]["numeric"], schema["features"]["categorical"],
+        impute=f.numeric.impute, fill_value=f.numeric.fill_value, scale=f.numeric.scale,
+        max_categories=f.categorical.max_categories,
+    )
+
+
+def class_weights(counts: dict[str, int], classes: list[str]) -> list[float]:
+    """Balanced weights n / (k * n_c), as scikit-learn's ``class_weight="balanced"``."""
+    n, k = sum(counts.values()), len(classes)
+    return [n / (k * counts[c]) if counts.get(c) else 0.0 for c in classes]
+
+
+def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    ctx.ray()
+    val = inputs["validate"]
+    schema = val.store.read_json(val.outputs["schema"])
+    pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, val.outputs["splits"]["train"]))
+    ctx.artifact.write_json("features.json", pipeline.to_dict())
+    out: dict[str, Any] = {"features": "features.json", "n_features": pipeline.n_features, "class_weights": None}
+    target = schema.get("target")
+    if target and target.get("classes") and ctx.spec.features.balance == "class_weight":
+        counts = _train_class_counts(val, target["name"])
+        out["class_weights"] = class_weights(counts, target["classes"])
+    ctx.log(f"{pipeline.n_features} features from {len(pipeline.numeric)} numeric + {len(pipeline.categorical)} categorical columns")
+    return out
+
+
+def _train_class_counts(val: Any, target: str) -> dict[str, int]:
+    ds = read_parquet(val.store, val.outputs["splits"]["train"]).select_columns([target])
+    counts = ds.map_batches(
+        lambda b: label_strings(b[target]).value_counts().rename_axis("k").reset_index(name="n"), batch_format="pandas"
+    ).to_pandas()
+    return {str(k): int(v) for k, v in counts.groupby("k")["n"].sum().items()}

@@ -1,0 +1,1 @@
+"""Ingest stage: data sources, built-in datasets and train/validation splits."""

@@ -1,0 +1,112 @@
+"""Fitted features + model + schema: the one object that predicts, offline and online.
+
+Evaluation, batch inference (``raypipe predict``) and the Serve replica all go
+through :class:`Predictor`, so the same rows give the same predictions everywhere.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raypipe.features.pipeline import FeaturePipeline
+from raypipe.store import Store
+from raypipe.train.models import Model, load_model
+from raypipe.validate.schema import label_value
+
+
+class Predictor:
+    """Predicts from raw rows (a DataFrame or a list of dicts).
+
+    Args:
+        features: the fitted feature pipeline.
+        model: the trained model.
+        schema: the data schema (target classes included).
+        threshold: decision threshold on the positive class for binary problems.
+        version: the registry version, reported with predictions.
+    """
+
+    def __init__(self, features: FeaturePipeline, model: Model, schema: dict[str, Any], *,
+                 threshold: float = 0.5, version: int | None = None) -> None:
+        self.features, self.model, self.schema = features, model, schema
+        self.threshold, self.version = threshold, version
+        target = schema.get("target") or {}
+        self.classes: list[str] | None = target.get("classes")
+        self.target_type = target.get("type", "number")
+
+    @classmethod
+    def load(cls, model_store: Store, features: dict[str, Any], schema: dict[str, Any], **kw: Any) -> "Predictor":
+        return cls(FeaturePipeline.from_dict(features), load_model(model_store), schema, **kw)
+
+    @classmethod
+    def from_version(cls, version_store: Store, version: int | None = None) -> "Predictor":
+        """Load a registry version after checking every file against its sha256 manifest."""
+        marker = version_store.verify_artifact("")
+        meta = marker.get("meta", {})
+        return cls.load(
+            version_store.sub("model"), version_store.read_json("features.json"), version_store.read_json("schema.json"),
+            threshold=meta.get("threshold", 0.5), version=version if version is not None else meta.get("version"),
+        )
+
+    # -- arrays ------------------------------------------------------------------------
+    def scores(self, rows: pd.DataFrame) -> np.ndarray:
+        return self.model.predict_scores(self.features.transform(rows))
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Class index per row (classification) or the values (regression)."""
+        if self.classes is None:
+            return scores
+        if scores.shape[1] == 2:
+            return (scores[:, 1] >= self.threshold).astype(np.int64)
+        return scores.argmax(axis=1)
+
+    # -- JSON ---------------------------------------------------------------------------
+    def predict_records(self, rows: pd.DataFrame | list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One JSON-ready answer per row."""
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(rows)
+        scores = self.scores(frame)
+        decided = self.decide(scores)
+        if self.classes is None:
+            return [{"prediction": float(v)} for v in decided]
+        labels = [label_value(c, self.target_type) for c in self.classes]
+        return [
+            {"prediction": labels[int(k)], "scores": dict(zip(self.classes, map(float, s)))}
+            for k, s in zip(decided, scores)
+        ]
+
+
+_PREDICTORS: dict[str, Predictor] = {}
+
+
+def predict_batch(batch: pd.DataFrame, model_uri: str, model_key: str, features: dict[str, Any],
+                  schema: dict[str, Any], threshold: float = 0.5, keep: list[str] | None = None) -> dict[str, Any]:
+    """Ray Data task function: like :class:`BatchPredict` without an actor's start-up cost.
+
+    The predictor is cached per worker process under ``model_key`` (a digest of the
+    model files), so a re-trained model at the same path is never served stale.
+    """
+    if model_key not in _PREDICTORS:
+        _PREDICTORS.clear()
+        _PREDICTORS[model_key] = Predictor.load(Store(model_uri), features, schema, threshold=threshold)
+    return _predict_columns(_PREDICTORS[model_key], batch, keep or [])
+
+
+def _predict_columns(predictor: Predictor, batch: pd.DataFrame, keep: list[str]) -> dict[str, Any]:
+    scores = predictor.scores(batch)
+    out: dict[str, Any] = {c: batch[c].to_numpy() for c in keep if c in batch}
+    out["__pred"] = predictor.decide(scores)
+    out["__scores"] = scores if scores.ndim == 2 else scores[:, None]
+    return out
+
+
+class BatchPredict:
+    """Ray Data callable class: loads the predictor once per actor, predicts batches."""
+
+    def __init__(self, model_uri: str, features: dict[str, Any], schema: dict[str, Any], threshold: float = 0.5,
+                 keep: list[str] | None = None) -> None:
+        self.predictor = Predictor.load(Store(model_uri), features, schema, threshold=threshold)
+        self.keep = keep or []
+
+    def __call__(self, batch: pd.DataFrame) -> dict[str, Any]:
+        return _predict_columns(self.predictor, batch, self.keep)

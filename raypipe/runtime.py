@@ -1,0 +1,79 @@
+"""Connecting to Ray: a local in-process Ray by default, or a running cluster.
+
+A local Ray binds to 127.0.0.1 and runs without the dashboard (its Jobs API would
+let anyone who reaches the port run code). On a cluster raypipe joins with
+``address="auto"`` (or an explicit address) and changes nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("raypipe")
+
+
+def local_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
+    """``ray.init`` arguments for a fresh local Ray, never an existing cluster.
+
+    ``address="local"`` ignores RAY_ADDRESS and other clusters on the host. Ray 2.60
+    turns token authentication on for local clusters; raypipe keeps it on, and
+    starts no dashboard (its Jobs API runs code for whoever reaches the port).
+    """
+    return {
+        "address": "local",
+        "num_cpus": num_cpus,
+        "include_dashboard": False,
+        "configure_logging": True,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Make sure this process is connected to Ray.
+
+    Args:
+        address: None for a new local Ray; "auto" or "host:port" to join a cluster.
+        num_cpus: logical CPUs of a new local Ray. Defaults to max(4, cores):
+            Ray Train workers hold one CPU each, and Ray Data needs some left over.
+    """
+    import ray
+
+    if ray.is_initialized():
+        configure_data()
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_DATA_USE_DATASOURCE_V2", "0")
+    # Inside `ray job submit` (or with RAY_ADDRESS exported) join that cluster.
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    else:
+        ray.init(**local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1)))
+    configure_data()
+
+
+def configure_data() -> None:
+    """Ray Data settings raypipe relies on.
+
+    The parquet DataSourceV2 path (ListFiles -> ReadFiles) took 6-10 s to read a
+    one-file, 7,000-row dataset on a 2-core machine, warm; the V1 reader took 0.7 s.
+    Progress bars go to a terminal only: in logs they are one line per second.
+    """
+    import sys
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.use_datasource_v2 = False
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,1 @@
+"""Ray Serve endpoints built from registry versions."""

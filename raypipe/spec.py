@@ -1,0 +1,398 @@
+"""The YAML spec as pydantic models: the single source of configuration truth.
+
+The whole spec is validated before Ray starts. Unknown keys fail with their dotted
+path and a "did you mean" hint; wrong values name the field, the value received and
+what is expected. Relative paths are resolved against the spec file's folder.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raypipe.errors import SpecError
+
+TASKS = ("classification", "regression", "clustering", "anomaly")
+SUPPORTED_TASKS = ("classification", "regression")
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --- ray ---------------------------------------------------------------------------
+class RaySection(_Section):
+    """Where Ray runs. ``address: null`` starts a local in-process Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+
+
+# --- data --------------------------------------------------------------------------
+class BuiltinSource(_Section):
+    type: Literal["builtin"]
+    name: Literal["transactions"] = "transactions"
+    rows: int = Field(default=50_000, ge=100)
+    seed: int = 0
+    drift: float = Field(default=0.0, ge=0.0)
+
+
+class ParquetSource(_Section):
+    type: Literal["parquet"]
+    path: str
+
+
+class CsvSource(_Section):
+    type: Literal["csv"]
+    path: str
+    delimiter: str = ","
+
+
+Source = Annotated[Union[BuiltinSource, ParquetSource, CsvSource], Field(discriminator="type")]
+
+
+class SplitSection(_Section):
+    validation: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test: float = Field(default=0.15, gt=0.0, lt=1.0)
+    stratify: bool = True
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitSection":
+        if self.validation + self.test >= 0.9:
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves too little for training; "
+                "keep their sum below 0.9"
+            )
+        return self
+
+
+class DataSection(_Section):
+    source: Source
+    target: str | None = None
+    task: Literal["classification", "regression", "clustering", "anomaly"] = "classification"
+    id_columns: list[str] = Field(default_factory=list, description="kept with the rows, never used as features")
+    split: SplitSection = Field(default_factory=SplitSection)
+
+    @model_validator(mode="after")
+    def _target_for_task(self) -> "DataSection":
+        if self.task not in SUPPORTED_TASKS:
+            raise ValueError(
+                f"task {self.task!r} is not implemented in this raypipe version; use one of {list(SUPPORTED_TASKS)}"
+            )
+        if self.target is None:
+            raise ValueError(f"task {self.task!r} needs data.target: the name of the label column")
+        return self
+
+
+# --- validate / features -------------------------------------------------------------
+class ValidateSection(_Section):
+    schema_: Literal["infer"] | str = Field(default="infer", alias="schema")
+    max_missing_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    on_invalid_rows: Literal["quarantine", "fail"] = "quarantine"
+
+
+class NumericFeatures(_Section):
+    impute: Literal["mean", "median", "constant"] = "median"
+    fill_value: float = 0.0
+    scale: Literal["standard", "minmax", "none"] = "standard"
+
+
+class CategoricalFeatures(_Section):
+    encode: Literal["onehot"] = "onehot"
+    max_categories: int = Field(default=32, ge=1)
+
+
+class FeaturesSection(_Section):
+    numeric: NumericFeatures = Field(default_factory=NumericFeatures)
+    categorical: CategoricalFeatures = Field(default_factory=CategoricalFeatures)
+    balance: Literal["none", "class_weight"] = "none"
+
+
+# --- model / train / tune ----------------------------------------------------------
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
+
+
+class ModelSection(_Section):
+    """``kind`` is ``torch.mlp`` or ``sklearn:<module>:<Class>`` (``sklearn:`` may be omitted)."""
+
+    kind: str = "torch.mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v == "torch.mlp":
+            return v
+        path = v.removeprefix("sklearn:")
+        if not _IMPORT_PATH.match(path):
+            raise ValueError(
+                f"{v!r} is neither 'torch.mlp' nor an estimator import path; "
+                "write e.g. 'sklearn:sklearn.ensemble:HistGradientBoostingClassifier'"
+            )
+        return "sklearn:" + path
+
+    @property
+    def is_torch(self) -> bool:
+        return self.kind.startswith("torch.")
+
+
+class TrainSection(_Section):
+    workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    max_failures: int = Field(default=2, ge=0)
+    seed: int = 0
+    resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+
+
+_SPACE_KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
+
+
+class TuneSection(_Section):
+    num_samples: int = Field(default=8, ge=1)
+    metric: str = "val_f1"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for path, dist in v.items():
+            if len(dist) != 1 or next(iter(dist)) not in _SPACE_KINDS:
+                raise ValueError(f"tune.space[{path!r}] = {dist!r}: write one of {list(_SPACE_KINDS)}, e.g. {{uniform: [0, 1]}}")
+        return v
+
+
+# --- evaluate ------------------------------------------------------------------------
+class VsChampion(_Section):
+    metric: str = "f1"
+    min_delta: float = 0.0
+
+
+class GateSection(_Section):
+    min: dict[str, float] = Field(default_factory=dict)
+    max: dict[str, float] = Field(default_factory=dict)
+    max_overfit_gap: float | None = Field(default=None, ge=0)
+    vs_champion: VsChampion | None = None
+
+
+class EvaluateSection(_Section):
+    metrics: list[str] = Field(default_factory=lambda: list(CLASSIFICATION_METRICS))
+    slices: list[str] = Field(default_factory=list)
+    gate: GateSection = Field(default_factory=GateSection)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str]) -> list[str]:
+        known = CLASSIFICATION_METRICS + REGRESSION_METRICS
+        for m in v:
+            if m not in known:
+                hint = difflib.get_close_matches(m, known, n=1)
+                raise ValueError(f"unknown metric {m!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; use {list(known)}"))
+        return v
+
+
+# --- deploy / monitor ----------------------------------------------------------------
+class AutoscalingSection(_Section):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=8, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+
+
+class BatchingSection(_Section):
+    max_batch_size: int = Field(default=64, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+
+
+class DeploySection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    route_prefix: str | None = None
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection)
+    batching: BatchingSection = Field(default_factory=BatchingSection)
+
+    @model_validator(mode="after")
+    def _ongoing_covers_batch(self) -> "DeploySection":
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} caps batches below "
+                f"batching.max_batch_size={self.batching.max_batch_size}; raise it or leave it unset"
+            )
+        if self.route_prefix is not None and not self.route_prefix.startswith("/"):
+            raise ValueError(f"route_prefix {self.route_prefix!r} must start with '/'")
+        return self
+
+    @property
+    def ongoing(self) -> int:
+        return self.max_ongoing_requests or 2 * self.batching.max_batch_size
+
+
+class DriftSection(_Section):
+    method: Literal["psi", "ks"] = "psi"
+    threshold: float = Field(default=0.2, gt=0)
+    min_samples: int = Field(default=1000, ge=1)
+
+
+class RetrainSection(_Section):
+    on_drift: bool = False
+
+
+class MonitorSection(_Section):
+    drift: DriftSection = Field(default_factory=DriftSection)
+    retrain: RetrainSection = Field(default_factory=RetrainSection)
+
+
+# --- the spec ------------------------------------------------------------------------
+class Spec(_Section):
+    """A whole pipeline. Every section but ``name`` and ``data`` has defaults."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    storage: str = "./.raypipe"
+    ray: RaySection = Field(default_factory=RaySection)
+    data: DataSection
+    validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+    features: FeaturesSection = Field(default_factory=FeaturesSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    tune: TuneSection | None = None
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    deploy: DeploySection = Field(default_factory=DeploySection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Spec":
+        if self.tune is not None:
+            raise ValueError("tune: hyperparameter search is not implemented in this raypipe version; remove the section")
+        allowed = CLASSIFICATION_METRICS if self.data.task == "classification" else REGRESSION_METRICS
+        if self.data.task == "regression" and self.evaluate.metrics == list(CLASSIFICATION_METRICS):
+            self.evaluate.metrics = list(REGRESSION_METRICS)
+        for m in self.evaluate.metrics + list(self.evaluate.gate.min) + list(self.evaluate.gate.max):
+            if m not in allowed:
+                raise ValueError(f"metric {m!r} does not apply to task {self.data.task!r}; use {list(allowed)}")
+        return self
+
+    @property
+    def route_prefix(self) -> str:
+        return self.deploy.route_prefix or f"/{self.name}"
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as plain JSON-able data (by its YAML key)."""
+        return self.model_dump(mode="json", by_alias=True)[name]
+
+
+# --- loading and error formatting ----------------------------------------------------
+def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Spec:
+    """Load and fully validate a spec from a YAML file or a dict.
+
+    Raises:
+        SpecError: listing every problem, each with its dotted key path.
+    """
+    if isinstance(source, dict):
+        raw, where = source, "<dict>"
+        base = Path(base_dir or Path.cwd())
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"spec file {str(path)!r} does not exist; pass the path of a pipeline YAML file")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        where, base = str(path), Path(base_dir or path.parent)
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: the spec must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors()]
+        raise SpecError(f"{where}: invalid spec:\n" + "\n".join(f"  - {p}" for p in problems), problems) from None
+    return _resolve_paths(spec, base.resolve())
+
+
+def _resolve_paths(spec: Spec, base: Path) -> Spec:
+    if "://" not in spec.storage and not Path(spec.storage).is_absolute():
+        spec.storage = str((base / spec.storage).resolve())
+    src = spec.data.source
+    if hasattr(src, "path") and "://" not in src.path and not Path(src.path).is_absolute():
+        src.path = str((base / src.path).resolve())
+    if spec.validate_.schema_ != "infer" and not Path(spec.validate_.schema_).is_absolute():
+        spec.validate_.schema_ = str((base / spec.validate_.schema_).resolve())
+    return spec
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [p for p in err["loc"]]
+    path = _dotted(loc)
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"known keys here: {', '.join(sorted(known))}"
+        return f"{path}: unknown key; {fix}"
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    got = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"{path}: {msg} (got {shown})"
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("builtin", "parquet", "csv") and out.endswith("source"):
+            continue  # the discriminator tag pydantic inserts into the location
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _known_keys(loc: list[Any]) -> list[str]:
+    """The keys allowed at a location, following models, unions and discriminator tags."""
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        candidates = _models_in(model)
+        tagged = [m for m in candidates if "type" in m.model_fields and part in get_args(m.model_fields["type"].annotation)]
+        if tagged:
+            model = tagged[0]
+            continue
+        nxt = None
+        for m in candidates:
+            for name, field in m.model_fields.items():
+                if part in (name, field.alias):
+                    nxt = field.annotation
+        if nxt is None:
+            return []
+        model = nxt
+    return [f.alias or n for m in _models_in(model) for n, f in m.model_fields.items()]
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if get_origin(annotation) is Annotated:
+        return _models_in(get_args(annotation)[0])
+    return [m for a in get_args(annotation) for m in _models_in(a)]
+
+
+def demo_spec_path() -> Path:
+    """The built-in demo spec used by ``raypipe run`` without a SPEC."""
+    return Path(__file__).parent / "demo" / "transactions.yaml"

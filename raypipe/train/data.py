@@ -1,0 +1,43 @@
+"""From validated rows to (features, label) arrays, with the one fitted pipeline."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raypipe.features.pipeline import FeaturePipeline
+from raypipe.validate.schema import label_strings
+
+
+def encode_labels(values: Any, classes: list[str] | None) -> np.ndarray:
+    """Class index per row (classification) or float values (regression)."""
+    if classes is None:
+        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float32)
+    return pd.Categorical(label_strings(values), categories=classes).codes.astype(np.int64)
+
+
+def xy_batch(batch: pd.DataFrame, features: dict[str, Any], target: str, classes: list[str] | None) -> dict[str, np.ndarray]:
+    """Ray Data batch function: {"x": float32 (n, d), "y": labels}."""
+    pipeline = _pipeline(features)
+    return {"x": pipeline.transform(batch), "y": encode_labels(batch[target], classes)}
+
+
+_CACHE: dict[str, FeaturePipeline] = {}
+
+
+def _pipeline(features: dict[str, Any]) -> FeaturePipeline:
+    # Batch functions run many times per worker: build the fitted pipeline once.
+    key = json.dumps(features, sort_keys=True)
+    if key not in _CACHE:
+        _CACHE[key] = FeaturePipeline.from_dict(features)
+    return _CACHE[key]
+
+
+def xy_dataset(ds: Any, features: dict[str, Any], schema: dict[str, Any]) -> Any:
+    target = schema["target"]
+    return ds.map_batches(
+        xy_batch, fn_kwargs={"features": features, "target": target["name"], "classes": target.get("classes")},
+        batch_format="pandas",
+    )

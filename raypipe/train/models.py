@@ -1,0 +1,134 @@
+"""Model definitions and safe model files.
+
+Torch weights are safetensors plus a JSON architecture; scikit-learn estimators are
+skops files whose types are checked against an allow-list before loading. Nothing
+here unpickles a file from storage.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any, Protocol
+
+import numpy as np
+
+from raypipe.errors import ArtifactError, SpecError
+from raypipe.store import Store
+
+MODEL_JSON = "model.json"
+TORCH_WEIGHTS = "model.safetensors"
+SKOPS_FILE = "model.skops"
+# Types a skops file may contain. Anything else is refused before loading.
+SKOPS_ALLOWED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.", "_loss.")
+
+
+class Model(Protocol):
+    task: str
+
+    def predict_scores(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, k) for classification, values (n,) for regression."""
+
+
+# --- torch -----------------------------------------------------------------------------
+def build_mlp(input_dim: int, hidden: list[int], n_outputs: int, dropout: float = 0.0) -> Any:
+    import torch.nn as nn
+
+    layers: list[Any] = []
+    width = input_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, n_outputs))
+    return nn.Sequential(*layers)
+
+
+class TorchModel:
+    """A trained torch MLP for inference (CPU, eval mode, no grad)."""
+
+    def __init__(self, meta: dict[str, Any], state: dict[str, Any]) -> None:
+        import torch
+
+        self.meta, self.task = meta, meta["task"]
+        self.net = build_mlp(meta["input_dim"], meta["hidden"], meta["n_outputs"], meta.get("dropout", 0.0))
+        self.net.load_state_dict(state)
+        self.net.eval()
+        self._torch = torch
+
+    def predict_scores(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            out = self.net(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            if self.task == "classification":
+                return self._torch.softmax(out, dim=1).numpy().astype(np.float64)
+            return out[:, 0].numpy().astype(np.float64)
+
+
+# --- scikit-learn ------------------------------------------------------------------------
+def import_estimator(kind: str) -> Any:
+    """The estimator class named by ``sklearn:<module>:<Class>`` (or ``module.Class``)."""
+    path = kind.removeprefix("sklearn:")
+    module, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"model.kind: cannot import {path!r} ({exc}); check the module and class name") from None
+
+
+class SklearnModel:
+    def __init__(self, meta: dict[str, Any], estimator: Any) -> None:
+        self.meta, self.task, self.estimator = meta, meta["task"], estimator
+
+    def predict_scores(self, x: np.ndarray) -> np.ndarray:
+        if self.task == "classification":
+            proba = self.estimator.predict_proba(x)
+            k = self.meta["n_outputs"]
+            if proba.shape[1] == k:
+                return proba
+            full = np.zeros((len(x), k))  # a class missing from training keeps probability 0
+            full[:, self.estimator.classes_.astype(int)] = proba
+            return full
+        return np.asarray(self.estimator.predict(x), dtype=np.float64)
+
+
+def load_skops(data: bytes) -> Any:
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(data=data)
+    refused = [t for t in untrusted if not t.startswith(SKOPS_ALLOWED_PREFIXES)]
+    if refused:
+        raise ArtifactError(f"model file holds types outside the allow-list {SKOPS_ALLOWED_PREFIXES}: {refused}")
+    return sio.loads(data, trusted=untrusted)
+
+
+# --- files ---------------------------------------------------------------------------------
+def save_model(store: Store, meta: dict[str, Any], *, torch_state: dict[str, Any] | None = None, estimator: Any = None) -> None:
+    if torch_state is not None:
+        from safetensors.torch import save
+
+        store.write_bytes(TORCH_WEIGHTS, save({k: v.detach().cpu().contiguous() for k, v in torch_state.items()}))
+    if estimator is not None:
+        import skops.io as sio
+
+        store.write_bytes(SKOPS_FILE, sio.dumps(estimator))
+    store.write_json(MODEL_JSON, meta)
+
+
+def load_model(store: Store) -> Model:
+    """Load a model folder written by :func:`save_model`."""
+    meta = store.read_json(MODEL_JSON)
+    if meta.get("format") != "raypipe.model/1":
+        raise ArtifactError(f"{store.full_uri(MODEL_JSON)}: not a raypipe model (format {meta.get('format')!r})")
+    if meta["kind"] == "torch.mlp":
+        from safetensors.torch import load
+
+        return TorchModel(meta, load(store.read_bytes(TORCH_WEIGHTS)))
+    return SklearnModel(meta, load_skops(store.read_bytes(SKOPS_FILE)))
+
+
+def model_meta(kind: str, task: str, n_outputs: int, **extra: Any) -> dict[str, Any]:
+    return {"format": "raypipe.model/1", "kind": kind, "task": task, "n_outputs": n_outputs, **extra}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,52 @@
+"""scikit-learn estimators trained in a Ray task sized by ``train.resources``."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+
+from raypipe.train.models import import_estimator, model_meta
+
+
+def _fit(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None, seed: int) -> bytes:
+    import skops.io as sio
+
+    cls = import_estimator(kind)
+    params = dict(params)
+    if "random_state" in inspect.signature(cls).parameters:
+        params.setdefault("random_state", seed)
+    est = cls(**params)
+    fit_kw = {"sample_weight": sample_weight} if sample_weight is not None and "sample_weight" in inspect.signature(est.fit).parameters else {}
+    est.fit(x, y, **fit_kw)
+    return sio.dumps(est)
+
+
+def train_sklearn(spec: Any, train_xy: Any, n_outputs: int, class_weights: list[float] | None) -> tuple[dict[str, Any], bytes]:
+    """Fit ``spec.model.kind`` on the training split in one Ray task.
+
+    Returns:
+        (model metadata, skops bytes).
+    """
+    import ray
+
+    import_estimator(spec.model.kind)  # fail fast on the driver with a spec error
+    batch = train_xy.to_numpy_refs()
+    res = spec.train.resources
+    task = ray.remote(_fit_from_refs).options(
+        num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0),
+        resources={k: v for k, v in res.items() if k not in ("CPU", "GPU")} or None,
+    )
+    blob = ray.get(task.remote(spec.model.kind, spec.model.params, batch, class_weights, spec.train.seed))
+    meta = model_meta(spec.model.kind, spec.data.task, n_outputs, params=spec.model.params)
+    return meta, blob
+
+
+def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int) -> bytes:
+    import ray
+
+    parts = ray.get(refs)
+    x = np.concatenate([p["x"] for p in parts])
+    y = np.concatenate([p["y"] for p in parts])
+    sw = np.asarray(class_weights)[y] if class_weights is not None else None
+    return _fit(kind, params, x, y, sw, seed)

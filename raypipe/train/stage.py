@@ -1,0 +1,44 @@
+"""The train stage: scikit-learn in a Ray task, or ``torch.mlp`` on Ray Train."""
+from __future__ import annotations
+
+from typing import Any
+
+from raypipe.datasets import read_parquet
+from raypipe.train.data import xy_dataset
+from raypipe.train.models import save_model
+
+
+def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    ctx.ray()
+    feats, val = inputs["features"], inputs["validate"]
+    spec = ctx.spec
+    vstore, val_out = val.store, val.outputs
+    schema = vstore.read_json(val_out["schema"])
+    features = feats.store.read_json(feats.outputs["features"])
+    classes = schema["target"].get("classes")
+    n_outputs = len(classes) if classes else 1
+    splits = {s: xy_dataset(read_parquet(vstore, rel), features, schema) for s, rel in val_out["splits"].items()}
+    model_store = ctx.artifact.sub("model")
+    report: dict[str, Any] = {}
+    if spec.model.is_torch:
+        datasets = {"train": splits["train"]}
+        if "validation" in splits:
+            datasets["validation"] = splits["validation"]
+        meta, state, report = train_torch_entry(spec, ctx, datasets, feats.outputs["n_features"], n_outputs, feats.outputs["class_weights"])
+        save_model(model_store, meta, torch_state=state)
+        last = report["history"][-1]
+        ctx.log("epochs: " + str(len(report["history"])) + ", last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
+    else:
+        from raypipe.train.sklearn_trainer import train_sklearn
+
+        meta, blob = train_sklearn(spec, splits["train"], n_outputs, feats.outputs["class_weights"])
+        model_store.write_bytes("model.skops", blob)
+        model_store.write_json("model.json", meta)
+    ctx.artifact.write_json("train_report.json", report)
+    return {"model": "model", "report": "train_report.json", "kind": spec.model.kind, "ddp": report.get("ddp")}
+
+
+def train_torch_entry(*args: Any) -> Any:
+    from raypipe.train.torch_trainer import train_torch
+
+    return train_torch(*args)

@@ -1,0 +1,47 @@
+"""Shared fixtures: one local Ray per test session, its own temp dir and ports.
+
+Another Ray may run on the same host, so nothing here uses /tmp/ray or the default
+ports. Ray start-up costs ~10 s on a 2-core machine, so it happens once.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray cluster shared by the whole test session."""
+    import ray
+
+    from raypipe.runtime import configure_data, local_init_kwargs
+
+    temp_dir = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")
+    # 4 logical CPUs on 2 cores: Ray Train's 2 workers must leave room for Ray Data tasks.
+    kwargs = local_init_kwargs(num_cpus=4)
+    kwargs["_temp_dir"] = temp_dir
+    ray.init(**kwargs)
+    configure_data()
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+
+
+@pytest.fixture
+def tmp_storage(tmp_path: Path) -> Path:
+    return tmp_path / "store"
