@@ -45,3 +45,28 @@ def ray_session():
 @pytest.fixture
 def tmp_storage(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+def small_spec(storage: Path, name: str = "t-fraud", rows: int = 3000, **sections) -> dict:
+    """A fast pipeline spec on the built-in data (sklearn model unless overridden)."""
+    spec = {
+        "name": name,
+        "storage": str(storage),
+        "data": {
+            "source": {"type": "builtin", "name": "transactions", "rows": rows, "seed": 3},
+            "target": "is_fraud",
+            "id_columns": ["transaction_id"],
+        },
+        "model": {"kind": "sklearn:sklearn.linear_model:LogisticRegression", "params": {"max_iter": 300}},
+        "evaluate": {"gate": {"min": {"roc_auc": 0.6}}},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+def statuses(result) -> dict:
+    return {s["name"]: s["status"] for s in result.stages}

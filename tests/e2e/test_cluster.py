@@ -1,0 +1,238 @@
+"""The fraud-detection example as a Ray job on a real 2-node Ray cluster.
+
+Two ``ray start --block`` processes on this host form the cluster (head + one
+worker node), with token authentication on. The pipeline is submitted through the
+Jobs API (``ray job submit``) exactly as the example's README says, and joins the
+cluster with ``--address auto``. The test checks the job's result, the registry in
+its storage folder, and that Ray Train ran 2 DDP workers in different processes.
+
+Other people may run Ray on this host: this test uses its own temp dir and free
+ports, never ``ray stop``, and ends only the two processes it started. It does not
+touch the pytest process's own Ray (no ``ray_session`` fixture).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "fraud_detection" / "pipeline.yaml"
+PYTHON = sys.executable
+RAY = Path(PYTHON).parent / "ray"
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports (sockets held open together so none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _cluster_env(token: str) -> dict[str, str]:
+    """This process's environment without any RAY_* setting, plus token auth.
+
+    The pytest process may be connected to a local Ray (RAY_ADDRESS and friends):
+    nothing of it may leak into the cluster or the job client.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        PATH=f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def _node_ports_args(ports: list[int]) -> list[str]:
+    """Every per-node port raypipe's neighbours on this host might also use by default."""
+    names = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+    return [f"{name}={port}" for name, port in zip(names, ports)]
+
+
+def _stop(proc: subprocess.Popen | None, grace: float = 60.0) -> None:
+    """SIGTERM one `ray start --block` (it stops its node's Ray processes), then wait."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        # Last resort: its whole process group (started with start_new_session=True,
+        # so the group holds only this node's Ray processes).
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def _wait_for(what: str, check, timeout: float, procs: dict[str, tuple[subprocess.Popen, Path]], every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, (proc, log) in procs.items():
+            if proc.poll() is not None:
+                pytest.fail(f"`ray start` ({name}) exited with {proc.returncode} while waiting for {what}:\n{_tail(log)}")
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    logs = "\n".join(f"--- {name} ---\n{_tail(log)}" for name, (_, log) in procs.items())
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+
+
+def _alive_nodes(gcs_address: str, env: dict[str, str]) -> int:
+    """Number of alive nodes as `ray status` reports them (0 when it cannot tell yet)."""
+    try:
+        out = subprocess.run([str(RAY), "status", "--address", gcs_address], env=env,
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return 0
+    if out.returncode != 0:
+        return 0
+    active = re.search(r"Active:\n(.*?)\n\s*Pending:", out.stdout, re.S)
+    return len(re.findall(r"node_", active.group(1))) if active else 0
+
+
+def _example_for_test(dest: Path) -> Path:
+    """The example spec, shrunk to keep the job short; storage lands in ``dest``."""
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec["storage"] = "./.raypipe"  # relative: resolved against dest
+    spec["data"]["source"]["rows"] = 5000
+    spec["train"]["epochs"] = 2
+    spec["deploy"]["enabled"] = False
+    path = dest / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None:
+    if not RAY.exists():
+        pytest.skip(f"no `ray` executable next to {PYTHON}")
+    token = secrets.token_hex(32)
+    env = _cluster_env(token)
+    # A short temp dir: Ray's unix sockets live under it (path limit ~107 bytes).
+    temp_dir = Path(tempfile.mkdtemp(prefix="rp-cluster-", dir="/tmp"))
+    gcs_port, dash_port, client_port, *node_ports = _free_ports(3 + 12)
+    head_log, worker_log = tmp_path / "ray-head.log", tmp_path / "ray-worker.log"
+    head = worker = None
+    passed = False
+    try:
+        with open(head_log, "w") as log:
+            head = subprocess.Popen(
+                [str(RAY), "start", "--head", "--block", f"--port={gcs_port}",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                 f"--ray-client-server-port={client_port}", "--num-cpus=2",
+                 "--object-store-memory=500000000", f"--temp-dir={temp_dir}",
+                 "--disable-usage-stats", *_node_ports_args(node_ports[:6])],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+            )
+        procs = {"head": (head, head_log)}
+        address_file = temp_dir / "ray_current_cluster"
+        _wait_for("the head node's address file", address_file.exists, 120, procs)
+        # Ray replaces a loopback node IP by the routable one: the GCS listens there
+        # (with token auth); only the dashboard stays on 127.0.0.1.
+        gcs_address = _wait_for("the GCS address", lambda: address_file.read_text().strip(), 30, procs)
+
+        with open(worker_log, "w") as log:
+            worker = subprocess.Popen(
+                [str(RAY), "start", "--block", f"--address={gcs_address}", "--num-cpus=2",
+                 "--object-store-memory=500000000", f"--temp-dir={temp_dir}",
+                 "--disable-usage-stats", *_node_ports_args(node_ports[6:])],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+            )
+        procs["worker"] = (worker, worker_log)
+        _wait_for("2 alive nodes", lambda: _alive_nodes(gcs_address, env) >= 2, 180, procs, every=3.0)
+
+        # Without the token the cluster refuses a client (token auth is really on).
+        no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+        no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+        refused = subprocess.run([str(RAY), "job", "list", "--address", f"http://127.0.0.1:{dash_port}"],
+                                 env=no_token, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0, refused.stdout + refused.stderr
+
+        spec_path = _example_for_test(tmp_path)
+        storage = tmp_path / ".raypipe"
+        t0 = time.monotonic()
+        job = subprocess.run(
+            [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--",
+             PYTHON, "-m", "raypipe", "run", str(spec_path), "--address", "auto", "--no-serve", "--json"],
+            env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path,
+        )
+        output = job.stdout + job.stderr
+        print(f"\nray job submit: exit {job.returncode} after {time.monotonic() - t0:.1f}s")
+        assert job.returncode == 0, output[-6000:]
+        assert "succeeded" in output, output[-6000:]
+
+        summaries = []
+        for line in job.stdout.splitlines():
+            line = line.strip()
+            if line.startswith("{") and '"run_id"' in line:
+                summaries.append(json.loads(line))
+        assert summaries, f"no JSON summary in the job output:\n{output[-6000:]}"
+        summary = summaries[-1]
+        assert summary["status"] == "ok", summary
+        assert isinstance(summary["version"], int) and summary["version"] >= 1, summary
+        assert summary["alias"] == "champion", summary
+        assert all(s["status"] == "ran" for s in summary["stages"].values()), summary["stages"]
+        assert summary["metrics"]["roc_auc"] >= 0.75, summary["metrics"]
+
+        # The job wrote to this test's storage folder: a registered champion.
+        import raypipe
+
+        registry = raypipe.Registry(str(storage), "fraud-detection")
+        assert registry.versions() == [summary["version"]]
+        assert registry.alias("champion") == summary["version"]
+        assert registry.info(summary["version"])["status"] != "rejected"
+
+        # The manifest of that run, and Ray Train's evidence of 2 DDP workers.
+        manifest = json.loads((storage / "runs" / summary["run_id"] / "manifest.json").read_text())
+        assert manifest["status"] == "ok"
+        assert manifest["spec"]["train"]["workers"] == 2
+        train = next(s for s in manifest["stages"] if s["name"] == "train")
+        assert train["status"] == "ran"
+        report = json.loads((storage / "stages" / "train" / train["fingerprint"][:20] / "train_report.json").read_text())
+        workers = report["ddp"]["workers"]
+        assert len(workers) == 2, report["ddp"]
+        assert report["ddp"]["world_size"] == 2
+        assert len({w["pid"] for w in workers}) == 2, workers
+        assert len({w["digest"] for w in workers}) == 1, workers  # DDP kept the replicas equal
+        passed = True
+    finally:
+        _stop(worker)
+        _stop(head)
+        if passed:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        else:
+            print(f"\nRay logs kept in {temp_dir}/session_latest/logs; `ray start` output in {tmp_path}")

@@ -1,0 +1,184 @@
+"""Unit tests for ``raypipe.ingest.split``: hashing, exact stratified proportions."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from raypipe.ingest.split import SPLIT_COL, U_COL, assign, row_uniform, split_dataset, stratum, thresholds
+
+
+def frame(n: int = 1000, pos: float = 0.03, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    y = np.zeros(n, dtype=np.int64)
+    y[rng.choice(n, size=int(round(n * pos)), replace=False)] = 1
+    return pd.DataFrame({
+        "id": np.arange(n, dtype=np.int64),
+        "x": rng.normal(size=n),
+        "cat": rng.choice(["a", "b", "c"], size=n).astype(object),
+        "y": y,
+    })
+
+
+# --- row_uniform -------------------------------------------------------------------------------
+def test_row_uniform_deterministic_and_in_range() -> None:
+    df = frame(5000)
+    u1, u2 = row_uniform(df, 42), row_uniform(df.copy(), 42)
+    assert np.array_equal(u1, u2)
+    assert u1.dtype == np.float64
+    assert (u1 >= 0).all() and (u1 < 1).all()
+    # roughly uniform
+    assert abs(u1.mean() - 0.5) < 0.02
+    hist, _ = np.histogram(u1, bins=10, range=(0, 1))
+    assert hist.min() > 400 and hist.max() < 600
+
+
+def test_row_uniform_seed_dependent() -> None:
+    df = frame(1000)
+    u1, u2 = row_uniform(df, 1), row_uniform(df, 2)
+    assert not np.array_equal(u1, u2)
+    assert np.mean(u1 == u2) < 0.01
+    assert abs(np.corrcoef(u1, u2)[0, 1]) < 0.1
+    assert np.array_equal(row_uniform(df, 2**32 + 1), u1)  # the seed is taken mod 2**32
+
+
+def test_row_uniform_depends_on_content_not_position() -> None:
+    df = frame(500)
+    u = row_uniform(df, 7)
+    perm = np.random.default_rng(0).permutation(len(df))
+    shuffled = df.iloc[perm].reset_index(drop=True)
+    assert np.array_equal(row_uniform(shuffled, 7), u[perm])
+    # the index is not part of the hash
+    reindexed = df.set_axis(np.arange(len(df)) + 1000)
+    assert np.array_equal(row_uniform(reindexed, 7), u)
+    # every column is part of the hash
+    changed = df.copy()
+    changed.loc[3, "cat"] = "zzz"
+    u2 = row_uniform(changed, 7)
+    assert u2[3] != u[3] and np.array_equal(np.delete(u2, 3), np.delete(u, 3))
+    # chunking does not change a row's number
+    parts = np.concatenate([row_uniform(df.iloc[i: i + 77], 7) for i in range(0, len(df), 77)])
+    assert np.array_equal(parts, u)
+
+
+# --- thresholds + assign -------------------------------------------------------------------------
+def split_counts(out: pd.DataFrame) -> pd.DataFrame:
+    return out.groupby(["y", SPLIT_COL]).size().unstack(fill_value=0)
+
+
+@pytest.mark.parametrize("test, validation", [(0.15, 0.15), (0.2, 0.1), (0.1, 0.0)])
+def test_exact_per_class_proportions(test: float, validation: float) -> None:
+    df = frame(1000, pos=0.03)
+    df[U_COL] = row_uniform(df, 42)
+    bounds = thresholds(stratum(df["y"], len(df)), df[U_COL].to_numpy(), test, validation)
+    assert set(bounds) == {"0", "1"}
+    # assign works block by block with the global bounds
+    out = pd.concat([assign(df.iloc[i: i + 128].copy(), bounds, "y") for i in range(0, len(df), 128)])
+    assert len(out) == len(df)
+    counts = split_counts(out)
+    for cls, n in df["y"].value_counts().items():
+        row = counts.loc[cls]
+        assert row.get("test", 0) == round(n * test), (cls, row.to_dict())
+        assert row.get("test", 0) + row.get("validation", 0) == round(n * (test + validation)), (cls, row.to_dict())
+        assert abs(row.get("validation", 0) - round(n * validation)) <= 1
+        assert row.sum() == n
+    # the minority class is in every non-empty split
+    assert counts.loc[1, "test"] > 0 and counts.loc[1, "train"] > 0
+
+
+def test_unstratified_bounds() -> None:
+    df = frame(1000)
+    df[U_COL] = row_uniform(df, 1)
+    bounds = thresholds(stratum(None, len(df)), df[U_COL].to_numpy(), 0.25, 0.25)
+    out = assign(df.copy(), bounds, None)
+    assert out[SPLIT_COL].value_counts().to_dict() == {"train": 500, "test": 250, "validation": 250}
+
+
+def test_duplicate_rows_same_split() -> None:
+    base = frame(300)
+    dup = pd.concat([base, base.iloc[:100], base.iloc[:50]], ignore_index=True)
+    dup[U_COL] = row_uniform(dup, 42)
+    bounds = thresholds(stratum(dup["y"], len(dup)), dup[U_COL].to_numpy(), 0.2, 0.2)
+    out = assign(dup.copy(), bounds, "y")
+    per_id = out.groupby("id")[SPLIT_COL].nunique()
+    assert (per_id == 1).all()
+    assert set(out[SPLIT_COL]) == {"train", "validation", "test"}
+
+
+def test_assign_empty_batch() -> None:
+    df = frame(10).iloc[:0].copy()
+    df[U_COL] = np.array([], dtype=np.float64)
+    out = assign(df, {"0": (0.1, 0.2)}, "y")
+    assert len(out) == 0 and SPLIT_COL in out
+
+
+def test_stratum_missing_label() -> None:
+    s = stratum(pd.Series(["a", None, "b"], dtype=object), 3)
+    assert s.tolist() == ["a", "__null__", "b"]
+
+
+# --- Ray ------------------------------------------------------------------------------------------------
+def _collect(splits: dict) -> dict[str, pd.DataFrame]:
+    return {k: v.to_pandas().sort_values("id").reset_index(drop=True) for k, v in splits.items()}
+
+
+def test_split_dataset_ray(ray_session) -> None:
+    import ray
+
+    df = frame(2000, pos=0.05, seed=9)
+    results = []
+    for blocks in (1, 5):
+        ds = ray.data.from_pandas(df, override_num_blocks=blocks)
+        parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
+        results.append(parts)
+    parts = results[0]
+    ids = {k: set(v["id"]) for k, v in parts.items()}
+    assert not (ids["train"] & ids["validation"]) and not (ids["train"] & ids["test"]) and not (ids["validation"] & ids["test"])
+    assert ids["train"] | ids["validation"] | ids["test"] == set(df["id"])
+    for v in parts.values():
+        assert list(v.columns) == list(df.columns)
+    for cls, n in df["y"].value_counts().items():
+        t = int((parts["test"]["y"] == cls).sum())
+        va = int((parts["validation"]["y"] == cls).sum())
+        assert t == round(n * 0.15), cls
+        assert t + va == round(n * 0.30), cls
+    # same split whatever the block layout
+    for name in ("train", "validation", "test"):
+        pd.testing.assert_frame_equal(results[0][name], results[1][name])
+
+
+def test_split_dataset_ray_int_target_with_nulls(ray_session) -> None:
+    """An integer label column with a few missing labels (read from parquet/CSV as Arrow int64
+    with nulls): blocks without a null arrive as int64 ("1"), the driver-side column as float64
+    ("1.0"). The split must still work and be block-layout independent; missing labels are
+    the validate stage's business."""
+    import ray
+
+    df = frame(2000, pos=0.05, seed=4)
+    y = pa.array(df["y"].to_numpy(), type=pa.int64(), mask=np.isin(np.arange(2000), [10, 11]))
+    table = pa.Table.from_pandas(df.drop(columns="y"), preserve_index=False).append_column("y", y)
+    results = []
+    for n_blocks in (1, 5):
+        step = len(df) // n_blocks
+        ds = ray.data.from_arrow([table.slice(i * step, step) for i in range(n_blocks)])
+        parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
+        assert sum(len(v) for v in parts.values()) == len(df)
+        results.append({k: v["id"].tolist() for k, v in parts.items()})
+    assert results[0] == results[1]
+
+
+def test_split_dataset_ray_block_layout_with_nullable_int_feature(ray_session) -> None:
+    """A row's split must not depend on whether its block holds a null in an int column."""
+    import ray
+
+    df = frame(2000, pos=0.05, seed=6)
+    k = pa.array(np.arange(2000) % 13, type=pa.int64(), mask=np.isin(np.arange(2000), [5]))
+    table = pa.Table.from_pandas(df, preserve_index=False).append_column("k", k)
+    results = []
+    for n_blocks in (1, 5):
+        step = len(df) // n_blocks
+        ds = ray.data.from_arrow([table.slice(i * step, step) for i in range(n_blocks)])
+        parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
+        results.append({k_: v["id"].tolist() for k_, v in parts.items()})
+    assert results[0] == results[1]
