@@ -20,6 +20,7 @@ TASKS = ("classification", "regression", "clustering", "anomaly")
 SUPPORTED_TASKS = ("classification", "regression")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
+TORCH_MODELS = ("torch.mlp",)
 
 
 class _Section(BaseModel):
@@ -128,8 +129,11 @@ class ModelSection(_Section):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v == "torch.mlp":
+        if v in TORCH_MODELS:
             return v
+        if v.startswith("torch."):
+            hint = difflib.get_close_matches(v, TORCH_MODELS, n=1)
+            raise ValueError(f"unknown torch model {v!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {list(TORCH_MODELS)}"))
         path = v.removeprefix("sklearn:")
         if not _IMPORT_PATH.match(path):
             raise ValueError(

@@ -23,7 +23,7 @@ OTHER = "__other__"
 def _as_float(col: Any) -> np.ndarray:
     """A column as float64 with NaN for missing/None; bools become 0/1."""
     s = col if isinstance(col, pd.Series) else pd.Series(col)
-    if s.dtype == object:
+    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
         s = pd.to_numeric(s, errors="coerce")
     return s.to_numpy(dtype=np.float64, na_value=np.nan)
 

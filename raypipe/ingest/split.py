@@ -13,21 +13,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raypipe.validate.schema import label_strings
+
 U_COL, SPLIT_COL = "__u", "__split"
 SPLITS = ("train", "validation", "test")
+
+
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Values in one representation whatever dtype a block arrived in.
+
+    An int column with nulls reaches pandas as float in one block and as int in
+    another, strings as object or Arrow-backed: hashing must not see the difference.
+    """
+    out = {}
+    for c in df.columns:
+        s = df[c]
+        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            out[c] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            out[c] = np.array([None if pd.isna(v) else str(v) for v in s], dtype=object)
+    return pd.DataFrame(out)
 
 
 def row_uniform(df: pd.DataFrame, seed: int) -> np.ndarray:
     """A number in [0, 1) per row, a pure function of the row's values and ``seed``."""
     key = f"{seed & 0xFFFFFFFF:016x}"
-    h = pd.util.hash_pandas_object(df, index=False, hash_key=key).to_numpy(dtype=np.uint64)
+    h = pd.util.hash_pandas_object(_canonical(df), index=False, hash_key=key).to_numpy(dtype=np.uint64)
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def stratum(values: pd.Series | None, n: int) -> np.ndarray:
     if values is None:
         return np.zeros(n, dtype=object)
-    return values.astype(object).where(values.notna(), "__null__").astype(str).to_numpy()
+    return label_strings(values).fillna("__null__").astype(str).to_numpy()
 
 
 def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float) -> dict[str, tuple[float, float]]:

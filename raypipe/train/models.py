@@ -18,8 +18,9 @@ from raypipe.store import Store
 MODEL_JSON = "model.json"
 TORCH_WEIGHTS = "model.safetensors"
 SKOPS_FILE = "model.skops"
-# Types a skops file may contain. Anything else is refused before loading.
-SKOPS_ALLOWED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.", "_loss.")
+# Beyond skops' own trusted list, a model file may hold classes (never functions:
+# a function reference is a code-execution gadget) from these packages only.
+SKOPS_ALLOWED_PACKAGES = ("sklearn", "numpy", "scipy")
 
 
 class Model(Protocol):
@@ -95,10 +96,24 @@ def load_skops(data: bytes) -> Any:
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=data)
-    refused = [t for t in untrusted if not t.startswith(SKOPS_ALLOWED_PREFIXES)]
+    refused = [t for t in untrusted if not _allowed_class(t)]
     if refused:
-        raise ArtifactError(f"model file holds types outside the allow-list {SKOPS_ALLOWED_PREFIXES}: {refused}")
+        raise ArtifactError(
+            f"model file refused: it references {refused}, which are not classes from {SKOPS_ALLOWED_PACKAGES}"
+        )
     return sio.loads(data, trusted=untrusted)
+
+
+def _allowed_class(name: str) -> bool:
+    """True for a class (not a function) defined in an allowed package."""
+    module, _, attr = name.rpartition(".")
+    if module.split(".")[0] not in SKOPS_ALLOWED_PACKAGES:
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, type)
 
 
 # --- files ---------------------------------------------------------------------------------

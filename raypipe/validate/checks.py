@@ -30,13 +30,12 @@ def annotate(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | N
             continue
         s = batch[name]
         if col["type"] in ("number", "integer"):
-            x = pd.to_numeric(s, errors="coerce") if s.dtype == object else s
-            bad_type = (s.notna() & pd.isna(x)).to_numpy()
-            flag(bad_type, f"{name}: not a number")
-            xf = pd.to_numeric(x, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            textual = not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s))
+            x = pd.to_numeric(s, errors="coerce") if textual else s
+            # Via numpy: pandas' Arrow-backed dtypes report a coerced NaN as not-NA.
+            xf = pd.Series(x).to_numpy(dtype=np.float64, na_value=np.nan)
+            flag(s.notna().to_numpy() & np.isnan(xf), f"{name}: not a number")
             flag(np.isinf(xf), f"{name}: infinite value")
-            if s.dtype == object:
-                batch[name] = x.astype(np.float64)
     target = schema.get("target")
     if target and target["name"] in batch.columns:
         t = batch[target["name"]]
@@ -45,6 +44,16 @@ def annotate(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | N
             seen = label_strings(t).isin(classes).to_numpy() | t.isna().to_numpy()
             flag(~seen, f"{target['name']}: class not seen in the training split")
     batch[REASON] = reasons
+    return batch
+
+
+def coerce_numeric(batch: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
+    """Numbers that arrived as text (CSV) continue as float64 numbers."""
+    for name, col in schema["columns"].items():
+        if col["type"] in ("number", "integer") and name in batch.columns:
+            s = batch[name]
+            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+                batch[name] = pd.Series(pd.to_numeric(s, errors="coerce")).to_numpy(dtype=np.float64, na_value=np.nan)
     return batch
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from raypipe.datasets import has_rows, read_parquet, write_parquet
 from raypipe.errors import DataValidationError
 from raypipe.validate.checks import (
-    REASON, annotate, batch_stats, column_problems, merge_stats, row_problems,
+    REASON, annotate, batch_stats, coerce_numeric, column_problems, merge_stats, row_problems,
 )
 from raypipe.validate.schema import infer_schema
 
@@ -36,10 +36,10 @@ def _check_split(ds: Any, schema: dict[str, Any], classes: list[str] | None) -> 
     return annotated, merge_stats([json.loads(s) for s in parts])
 
 
-def _rows(annotated: Any, valid: bool) -> Any:
+def _rows(annotated: Any, valid: bool, schema: dict[str, Any]) -> Any:
     def pick(b: pd.DataFrame) -> pd.DataFrame:
         mask = b[REASON].isna()
-        return b[mask].drop(columns=[REASON]) if valid else b[~mask]
+        return coerce_numeric(b[mask].drop(columns=[REASON]), schema) if valid else b[~mask]
 
     return annotated.map_batches(pick, batch_format="pandas")
 
@@ -78,9 +78,9 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     if schema.get("target") and classes is not None:
         schema["target"]["classes"] = classes
     for split, annotated in checked.items():
-        write_parquet(_rows(annotated, True), ctx.artifact, f"valid/{split}")
+        write_parquet(_rows(annotated, True, schema), ctx.artifact, f"valid/{split}")
         if counts[split]["quarantined"]:
-            write_parquet(_rows(annotated, False), ctx.artifact, f"quarantine/{split}")
+            write_parquet(_rows(annotated, False, schema), ctx.artifact, f"quarantine/{split}")
         assert counts[split]["valid"] + counts[split]["quarantined"] == counts[split]["input"]
     quarantined = sum(c["quarantined"] for c in counts.values())
     ctx.artifact.write_json("schema.json", schema)

@@ -118,7 +118,35 @@ def test_stratum_missing_label() -> None:
     assert s.tolist() == ["a", "__null__", "b"]
 
 
+def test_row_uniform_same_row_in_int_or_float_block() -> None:
+    """An Arrow int64 column with nulls reaches pandas as float64 in a block that holds a
+    null and as int64 in one that does not: the same row must get the same number."""
+    int_block = pd.DataFrame({"id": [1, 2, 3], "k": np.array([4, 5, 6], dtype=np.int64)})
+    float_block = pd.DataFrame({"id": [1, 2, 3, 9], "k": np.array([4, 5, 6, np.nan])})
+    assert np.array_equal(row_uniform(int_block, 42), row_uniform(float_block, 42)[:3])
+
+
+def test_assign_label_dtype_independent() -> None:
+    """Bounds are computed on the driver from the whole label column (float64 when any label
+    is missing); a block without missing labels arrives as int64 and must find its stratum."""
+    whole = pd.DataFrame({"y": [0.0, 1.0, np.nan, 1.0, 0.0, 0.0], U_COL: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    bounds = thresholds(stratum(whole["y"], len(whole)), whole[U_COL].to_numpy(), 0.34, 0.0)
+    block = pd.DataFrame({"y": np.array([0, 1], dtype=np.int64), U_COL: [0.1, 0.2]})
+    out = assign(block, bounds, "y")
+    assert out[SPLIT_COL].tolist() == ["test", "test"]
+
+
 # --- Ray ------------------------------------------------------------------------------------------------
+def pandas_blocks(df: pd.DataFrame, n: int) -> list[pd.DataFrame]:
+    """``df`` cut into ``n`` frames: what ``from_pandas(df, override_num_blocks=n)`` should do.
+
+    Ray 2.60's ``override_num_blocks`` path calls ``np.array_split`` on the DataFrame,
+    which under pandas 3 returns bare ndarrays and fails; passing a list avoids it.
+    """
+    bounds = np.linspace(0, len(df), n + 1).astype(int)
+    return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _collect(splits: dict) -> dict[str, pd.DataFrame]:
     return {k: v.to_pandas().sort_values("id").reset_index(drop=True) for k, v in splits.items()}
 
@@ -129,7 +157,7 @@ def test_split_dataset_ray(ray_session) -> None:
     df = frame(2000, pos=0.05, seed=9)
     results = []
     for blocks in (1, 5):
-        ds = ray.data.from_pandas(df, override_num_blocks=blocks)
+        ds = ray.data.from_pandas(pandas_blocks(df, blocks))
         parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
         results.append(parts)
     parts = results[0]

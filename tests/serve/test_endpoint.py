@@ -12,7 +12,6 @@ import raypipe
 from raypipe.predictor import Predictor
 from raypipe.progress import Progress
 from raypipe.registry import Registry
-from raypipe.store import Store
 from tests.conftest import free_port, small_spec
 
 N_ROWS = 40
@@ -118,13 +117,17 @@ def test_healthz_and_metadata(deployed):
 
 def test_deployment_uses_spec_autoscaling_and_batching(deployed):
     from ray import serve
+    from ray.serve.context import _get_global_client
 
     spec, _, _ = deployed
-    status = serve.status().applications[spec.name]
-    assert status.status == "RUNNING"
-    dep = next(iter(status.deployments.values()))
-    assert dep.status == "HEALTHY"
-    cfg = serve.get_app_handle(spec.name)  # the app is routable by name
-    assert cfg is not None
-    store = Store(spec.storage)
-    assert store.exists("registry", spec.name, "aliases", "champion.json")
+    assert serve.status().applications[spec.name].status == "RUNNING"
+    details = _get_global_client().get_serve_details()
+    app = details["applications"][spec.name]
+    assert app["route_prefix"] == spec.route_prefix
+    (dep,) = app["deployments"].values()
+    cfg = dep["deployment_config"]
+    assert cfg["max_ongoing_requests"] == spec.deploy.ongoing >= spec.deploy.batching.max_batch_size
+    auto = cfg["autoscaling_config"]
+    assert auto["min_replicas"] == spec.deploy.autoscaling.min_replicas
+    assert auto["max_replicas"] == spec.deploy.autoscaling.max_replicas
+    assert auto["target_ongoing_requests"] == spec.deploy.autoscaling.target_ongoing_requests
