@@ -88,8 +88,10 @@ def predict_batch(batch: pd.DataFrame, model_uri: str, model_key: str, features:
     """
     if model_key not in _PREDICTORS:
         _PREDICTORS.clear()
-        _PREDICTORS[model_key] = Predictor.load(Store(model_uri), features, schema, threshold=threshold)
-    return _predict_columns(_PREDICTORS[model_key], batch, keep or [])
+        _PREDICTORS[model_key] = Predictor.load(Store(model_uri), features, schema)
+    predictor = _PREDICTORS[model_key]
+    predictor.threshold = threshold
+    return _predict_columns(predictor, batch, keep or [])
 
 
 def _predict_columns(predictor: Predictor, batch: pd.DataFrame, keep: list[str]) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def run_stage(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     files["lineage.json"] = json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode()
     gate = ev.outputs["gate"]
     status = "ready" if gate["passed"] else "rejected"
-    version = reg.register(files, status=status, meta={"threshold": 0.5, "run_id": ctx.run_id, "kind": ctx.spec.model.kind})
+    version = reg.register(files, status=status, meta={"threshold": ev.outputs.get("threshold", 0.5), "run_id": ctx.run_id, "kind": ctx.spec.model.kind})
     if gate["passed"]:
         reg.set_alias("champion", version, reason=f"gate passed in run {ctx.run_id}")
     ctx.log(f"registered {ctx.spec.name} version {version} ({status})" + (" → champion" if gate["passed"] else ""))

@@ -74,7 +74,7 @@ class StageContext:
         """Connect to Ray on first use: a fully cached run never starts it."""
         from raypipe.runtime import connect
 
-        connect(self.address or self.spec.ray.address, num_cpus=self.spec.ray.num_cpus)
+        connect(self.address or self.spec.ray.address, num_cpus=self.spec.ray.num_cpus, temp_dir=self.spec.ray.temp_dir)
 
     def log(self, msg: str) -> None:
         self.progress.detail(msg)

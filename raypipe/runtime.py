@@ -30,13 +30,14 @@ def local_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
     }
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None) -> None:
     """Make sure this process is connected to Ray.
 
     Args:
         address: None for a new local Ray; "auto" or "host:port" to join a cluster.
         num_cpus: logical CPUs of a new local Ray. Defaults to max(4, cores):
             Ray Train workers hold one CPU each, and Ray Data needs some left over.
+        temp_dir: a new local Ray's session folder (another Ray may use /tmp/ray).
     """
     import ray
 
@@ -51,7 +52,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
     else:
-        ray.init(**local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1)))
+        kwargs = local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1))
+        if temp_dir:
+            kwargs["_temp_dir"] = os.path.abspath(temp_dir)
+        ray.init(**kwargs)
     configure_data()
 
 

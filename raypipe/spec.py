@@ -33,6 +33,7 @@ class RaySection(_Section):
 
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)
+    temp_dir: str | None = Field(default=None, description="a local Ray's temp dir (default: Ray's, /tmp/ray)")
 
 
 # --- data --------------------------------------------------------------------------

@@ -39,3 +39,12 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
         "r2": float(skm.r2_score(y, pred)),
         "rows": int(len(y)),
     }
+
+
+def best_f1_threshold(y: np.ndarray, p1: np.ndarray) -> float:
+    """The decision threshold on the positive-class score that maximises F1."""
+    if len(np.unique(y)) < 2:
+        return 0.5
+    precision, recall, thresholds = skm.precision_recall_curve(y, p1)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])

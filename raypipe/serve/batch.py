@@ -34,7 +34,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     reg = Registry(spec.storage, spec.name)
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
-    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus)
+    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir)
     schema = vs.read_json("schema.json")
     gpu = 1 if spec.train.use_gpu else 0
     t0 = time.perf_counter()
@@ -43,7 +43,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     preds = ds.map_batches(
         BatchPredict,
         fn_constructor_kwargs={"model_uri": vs.full_uri("model"), "features": vs.read_json("features.json"),
-                               "schema": schema, "keep": keep},
+                               "schema": schema, "threshold": reg.info(v).get("threshold", 0.5), "keep": keep},
         batch_format="pandas", concurrency=actors, num_gpus=gpu, batch_size=4096,
     )
     classes = (schema.get("target") or {}).get("classes")

@@ -39,6 +39,7 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
            port: int | None = None) -> Endpoint:
     """Deploy the champion (or a given version/alias) and wait until it is healthy."""
     from ray import serve
+    from ray.serve.schema import LoggingConfig
 
     from raypipe.runtime import connect
     from raypipe.serve.app import ModelServerDeployment
@@ -46,9 +47,10 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
     reg = Registry(spec.storage, spec.name)
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
-    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus)
+    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir)
     http_port = spec.deploy.port if port is None else port
-    serve.start(http_options={"host": spec.deploy.host, "port": http_port})
+    serve.start(http_options={"host": spec.deploy.host, "port": http_port},
+                logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False))
     d = spec.deploy
     deployment = ModelServerDeployment.options(
         name=f"{spec.name}-model",
@@ -62,6 +64,7 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
             "downscale_delay_s": d.autoscaling.downscale_delay_s,
         },
         ray_actor_options={"num_cpus": 0.5},
+        logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False),
     )
     app = deployment.bind(vs.full_uri(), v, spec.name, d.batching.max_batch_size, d.batching.batch_wait_timeout_s)
     serve.run(app, name=spec.name, route_prefix=spec.route_prefix, blocking=False)
@@ -79,11 +82,16 @@ def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]
     root = Store(spec.storage)
     rel = f"stages/validate/{lineage['stages']['validate'][:20]}/valid/test"
     cols = schema["features"]["numeric"] + schema["features"]["categorical"]
-    table = pads.dataset(root.path(rel), filesystem=root.fs, format="parquet").head(200, columns=cols + schema["id_columns"])
+    target = (schema.get("target") or {}).get("name")
+    table = pads.dataset(root.path(rel), filesystem=root.fs, format="parquet").head(
+        2000, columns=cols + schema["id_columns"] + ([target] if target else []))
     required = [c for c in cols if not schema["columns"][c].get("nullable", True)]
-    rows = []
+    rows, labels = [], set()
     for row in table.to_pylist():
-        if all(row[c] is not None for c in required):
+        label = row.pop(target, None) if target else None
+        # one row per class first (a fraud demo should show a fraud), then any rows
+        if all(row[c] is not None for c in required) and (label not in labels or len(labels) >= n):
+            labels.add(label)
             rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
         if len(rows) == n:
             break
