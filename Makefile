@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/pipeline_bench.py
 
 clean:
 	rm -rf .raypipe .pytest_cache

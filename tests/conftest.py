@@ -5,7 +5,6 @@ ports. Ray start-up costs ~10 s on a 2-core machine, so it happens once.
 """
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 from pathlib import Path

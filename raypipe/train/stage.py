@@ -24,7 +24,10 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         datasets = {"train": splits["train"]}
         if "validation" in splits:
             datasets["validation"] = splits["validation"]
-        meta, state, report = train_torch_entry(spec, ctx, datasets, feats.outputs["n_features"], n_outputs, feats.outputs["class_weights"])
+        from raypipe.train.torch_trainer import train_torch
+
+        meta, state, report = train_torch(spec, ctx, datasets, feats.outputs["n_features"], n_outputs,
+                                          feats.outputs["class_weights"])
         save_model(model_store, meta, torch_state=state)
         last = report["history"][-1]
         ctx.log("epochs: " + str(len(report["history"])) + ", last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
@@ -36,9 +39,3 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         model_store.write_json("model.json", meta)
     ctx.artifact.write_json("train_report.json", report)
     return {"model": "model", "report": "train_report.json", "kind": spec.model.kind, "ddp": report.get("ddp")}
-
-
-def train_torch_entry(*args: Any) -> Any:
-    from raypipe.train.torch_trainer import train_torch
-
-    return train_torch(*args)

@@ -14,8 +14,6 @@ import os
 import tempfile
 from typing import Any
 
-import numpy as np
-
 from raypipe.train.models import build_mlp, model_meta
 
 CKPT_WEIGHTS, CKPT_OPTIM, CKPT_META = "model.safetensors", "optimizer.pt", "meta.json"
@@ -83,9 +81,8 @@ def train_loop(config: dict[str, Any]) -> None:
             optim.step()
             loss_sum += float(loss) * len(y)
             n += len(y)
-        metrics = {"epoch": epoch, "train_loss": 0.0}
         tot_loss, tot_n = _reduce([loss_sum, n], device)
-        metrics["train_loss"] = tot_loss / max(tot_n, 1)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": tot_loss / max(tot_n, 1)}
         if val_shard is not None:
             metrics.update(_validate(model, val_shard, loss_fn, task, config["batch_size"], dtypes, device))
         metrics["pid"] = os.getpid()
@@ -181,8 +178,5 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
         meta_ck = json.load(open(os.path.join(d, CKPT_META)))
     meta = model_meta("torch.mlp", spec.data.task, n_outputs, input_dim=input_dim, hidden=hidden, dropout=config["dropout"])
     report = {"history": meta_ck["history"], "ddp": result.metrics.get("ddp"), "epochs": spec.train.epochs,
-              "workers": spec.train.workers, "backend": config and ("nccl" if spec.train.use_gpu else "gloo")}
+              "workers": spec.train.workers}
     return meta, state, report
-
-
-__all__ = ["train_loop", "train_torch", "np"]

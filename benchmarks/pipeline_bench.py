@@ -1,0 +1,104 @@
+"""End-to-end pipeline time: raypipe on a local Ray vs. the script a user would write.
+
+Same data (the built-in transactions, written as parquet), same split fractions, same
+features (median impute + standard scale, one-hot), same model
+(HistGradientBoostingClassifier). Measured in one process, one after the other:
+
+  (a) plain pandas + scikit-learn: read, split, ColumnTransformer, fit, score test.
+  (b) raypipe, cold: `raypipe.run` including `ray.init` (ingest → … → register).
+  (c) raypipe, warm Ray: the same pipeline with `force="ingest"` (every stage re-runs).
+  (d) raypipe, cached: the same spec again (every stage cached).
+
+Prints a table and, last, one JSON line. Not a test: timings depend on the machine.
+
+    .venv/bin/python benchmarks/pipeline_bench.py --rows 200000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MODEL = {"kind": "sklearn:sklearn.ensemble:HistGradientBoostingClassifier", "params": {"max_iter": 100}}
+
+
+def baseline(path: Path) -> tuple[float, float]:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    t0 = time.perf_counter()
+    df = pd.read_parquet(path)
+    y = df.pop("is_fraud")
+    df = df.drop(columns=["transaction_id"])
+    x_rest, x_test, y_rest, y_test = train_test_split(df, y, test_size=0.15, stratify=y, random_state=42)
+    x_train, _, y_train, _ = train_test_split(x_rest, y_rest, test_size=0.15 / 0.85, stratify=y_rest, random_state=42)
+    cat = ["merchant_category", "country", "device"]
+    num = [c for c in df.columns if c not in cat]
+    pre = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
+        ("cat", OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=33), cat),
+    ])
+    model = make_pipeline(pre, HistGradientBoostingClassifier(max_iter=100, random_state=0))
+    model.fit(x_train, y_train)
+    auc = roc_auc_score(y_test, model.predict_proba(x_test)[:, 1])
+    return time.perf_counter() - t0, float(auc)
+
+
+def raypipe_runs(path: Path, storage: Path) -> dict[str, tuple[float, float]]:
+    import raypipe
+    from raypipe.progress import Progress
+
+    spec = raypipe.load_spec({
+        "name": "bench", "storage": str(storage),
+        "data": {"source": {"type": "parquet", "path": str(path)}, "target": "is_fraud",
+                 "id_columns": ["transaction_id"]},
+        "model": MODEL, "deploy": {"enabled": False},
+    })
+    out = {}
+    for label, force in (("cold", None), ("warm", "ingest"), ("cached", None)):
+        t0 = time.perf_counter()
+        result = raypipe.run(spec, force=force, progress=Progress(quiet=True))
+        out[label] = (time.perf_counter() - t0, float(result.metrics["roc_auc"]))
+        out[label + "_stages"] = {s["name"]: s["seconds"] for s in result.stages}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    args = ap.parse_args()
+    from raypipe.ingest.builtin.transactions import generate_transactions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "transactions.parquet"
+        generate_transactions(args.rows, seed=7).to_parquet(path)
+        base_s, base_auc = baseline(path)
+        runs = raypipe_runs(path, Path(tmp) / "store")
+    rows = [("pandas + scikit-learn, one process", base_s, base_auc)]
+    rows += [(f"raypipe {k}", v[0], v[1]) for k, v in runs.items() if not k.endswith("_stages")]
+    print(f"{args.rows:,} rows, {MODEL['kind']}")
+    print(f"{'setup':40s} {'seconds':>8s} {'ratio':>6s} {'roc_auc':>8s}")
+    for name, s, auc in rows:
+        print(f"{name:40s} {s:8.1f} {s / base_s:6.2f} {auc:8.4f}")
+    print("raypipe warm, per stage:", runs["warm_stages"])
+    print(json.dumps({
+        "bench": "pipeline", "rows": args.rows, "baseline_s": round(base_s, 2), "baseline_roc_auc": round(base_auc, 4),
+        **{f"raypipe_{k}_s": round(v[0], 2) for k, v in runs.items() if not k.endswith("_stages")},
+        **{f"ratio_{k}": round(v[0] / base_s, 2) for k, v in runs.items() if not k.endswith("_stages")},
+        "raypipe_roc_auc": round(runs["warm"][1], 4), "warm_stages": runs["warm_stages"],
+        "cpus": __import__("os").cpu_count(), "numpy": np.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()
