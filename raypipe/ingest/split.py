@@ -31,7 +31,8 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
         if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             out[c] = s.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
-            out[c] = np.array([None if pd.isna(v) else str(v) for v in s], dtype=object)
+            missing = s.isna().to_numpy()
+            out[c] = np.where(missing, None, s.astype(str).to_numpy(dtype=object, na_value=None))
     return pd.DataFrame(out)
 
 
@@ -60,9 +61,9 @@ def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float
 
 
 def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: str | None) -> pd.DataFrame:
-    s = stratum(batch[target] if target else None, len(batch))
-    lo = np.array([bounds[str(x)][0] for x in s]) if len(batch) else np.array([])
-    hi = np.array([bounds[str(x)][1] for x in s]) if len(batch) else np.array([])
+    s = pd.Series(stratum(batch[target] if target else None, len(batch)), dtype=object).astype(str)
+    lo = s.map({k: v[0] for k, v in bounds.items()}).to_numpy(dtype=np.float64)
+    hi = s.map({k: v[1] for k, v in bounds.items()}).to_numpy(dtype=np.float64)
     u = batch[U_COL].to_numpy()
     batch[SPLIT_COL] = np.where(u < lo, "test", np.where(u < hi, "validation", "train"))
     return batch
