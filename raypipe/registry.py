@@ -10,6 +10,7 @@ get distinct, increasing numbers.
 """
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -121,8 +122,6 @@ def run_stage(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     model_dir = train.outputs["model"]
     for f in train.store.walk_files(model_dir):
         files[f"model/{f}"] = train.store.read_bytes(model_dir, f)
-    import json
-
     files["lineage.json"] = json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode()
     gate = ev.outputs["gate"]
     status = "ready" if gate["passed"] else "rejected"

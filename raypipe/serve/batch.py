@@ -31,6 +31,10 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     from raypipe.predictor import BatchPredict
     from raypipe.runtime import connect
 
+    out_fs, out_path = pafs.FileSystem.from_uri(output) if "://" in output else (pafs.LocalFileSystem(), output)
+    existing = out_fs.get_file_info(pafs.FileSelector(out_path, allow_not_found=True))
+    if existing:
+        raise SpecError(f"--output {output!r} exists and is not empty; give a new folder (predictions are never mixed)")
     reg = Registry(spec.storage, spec.name)
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
@@ -61,7 +65,6 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
         return b
 
     out = preds.map_batches(finish, batch_format="pandas")
-    out_fs, out_path = pafs.FileSystem.from_uri(output) if "://" in output else (pafs.LocalFileSystem(), output)
     out.write_parquet(out_path, filesystem=out_fs)
     import pyarrow.dataset as pads
 

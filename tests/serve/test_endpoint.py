@@ -131,3 +131,12 @@ def test_deployment_uses_spec_autoscaling_and_batching(deployed):
     assert auto["min_replicas"] == spec.deploy.autoscaling.min_replicas
     assert auto["max_replicas"] == spec.deploy.autoscaling.max_replicas
     assert auto["target_ongoing_requests"] == spec.deploy.autoscaling.target_ongoing_requests
+
+
+def test_predict_refuses_a_non_empty_output_folder(deployed, tmp_path):
+    spec, _, _ = deployed
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.parquet").write_bytes(b"x")
+    with pytest.raises(raypipe.SpecError, match="exists and is not empty"):
+        raypipe.predict(spec, str(tmp_path / "whatever.parquet"), str(out))

@@ -19,7 +19,7 @@ EPOCHS = 6
 def torch_run(ray_session, tmp_path_factory):
     storage = tmp_path_factory.mktemp("torch") / "store"
     spec = raypipe.load_spec(small_spec(
-        storage, name="t-torch", rows=8000,
+        storage, name="t-torch", rows=12000,
         model={"kind": "torch.mlp", "params": {"hidden": [32, 16]}},
         train={"workers": 2, "epochs": EPOCHS, "batch_size": 128, "lr": 0.005},
     ))
