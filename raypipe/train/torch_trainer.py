@@ -14,6 +14,7 @@ import os
 import tempfile
 from typing import Any
 
+from raypipe.errors import StageFailed
 from raypipe.train.models import build_mlp, model_meta
 
 CKPT_WEIGHTS, CKPT_OPTIM, CKPT_META = "model.safetensors", "optimizer.pt", "meta.json"
@@ -56,7 +57,7 @@ def train_loop(config: dict[str, Any]) -> None:
     optim = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     weights = torch.tensor(config["class_weights"], dtype=torch.float32, device=device) if config["class_weights"] else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights) if task == "classification" else torch.nn.MSELoss()
-    start_epoch, history = 0, []
+    start_epoch, history, resumes = 0, [], []
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
@@ -65,6 +66,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 net.load_state_dict(st_load(f.read()))
             optim.load_state_dict(torch.load(os.path.join(d, CKPT_OPTIM), weights_only=True))
             start_epoch, history = meta["epoch"] + 1, meta["history"]
+            # A restart after a failure: record where training picked up again.
+            resumes = meta.get("resumes", []) + [{"from_checkpoint_epoch": meta["epoch"], "first_epoch": start_epoch}]
     y_dtype = torch.int64 if task == "classification" else torch.float32
     dtypes = {"x": torch.float32, "y": y_dtype}
     train_shard = ray.train.get_dataset_shard("train")
@@ -93,7 +96,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 with open(os.path.join(d, CKPT_WEIGHTS), "wb") as f:
                     f.write(st_save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}))
                 torch.save(optim.state_dict(), os.path.join(d, CKPT_OPTIM))
-                json.dump({"epoch": epoch, "history": history}, open(os.path.join(d, CKPT_META), "w"))
+                json.dump({"epoch": epoch, "history": history, "resumes": resumes, "pid": os.getpid()},
+                          open(os.path.join(d, CKPT_META), "w"))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             if epoch == config["epochs"] - 1:
                 metrics["ddp"] = _ddp_evidence(net, rank, ctx.get_world_size())
@@ -138,7 +142,7 @@ def _ddp_evidence(net: Any, rank: int, world: int) -> dict[str, Any]:
 def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n_outputs: int,
                 class_weights: list[float] | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the TorchTrainer; return (model metadata, final weights, training report)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
     from safetensors.torch import load as st_load
 
@@ -169,14 +173,21 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
         run_config=run_config,
         datasets=datasets,
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageFailed(
+            f"stage 'train' failed: Ray Train gave up after train.max_failures={spec.train.max_failures} "
+            f"restart(s): {first}\nEvery committed checkpoint is kept under {store.full_uri('ray_train')}; "
+            "raise train.max_failures to survive more worker failures."
+        ) from exc
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, CKPT_WEIGHTS), "rb") as f:
             state = st_load(f.read())
         meta_ck = json.load(open(os.path.join(d, CKPT_META)))
     meta = model_meta("torch.mlp", spec.data.task, n_outputs, input_dim=input_dim, hidden=hidden, dropout=config["dropout"])
-    report = {"history": meta_ck["history"], "ddp": result.metrics.get("ddp"), "epochs": spec.train.epochs,
+    report = {"history": meta_ck["history"], "resumes": meta_ck.get("resumes", []),
+              "ddp": result.metrics.get("ddp"), "epochs": spec.train.epochs,
               "workers": spec.train.workers}
     return meta, state, report

@@ -1,0 +1,87 @@
+"""A Ray Train worker killed mid-run: training resumes from the last checkpoint, or fails cleanly.
+
+Deterministic trigger: a watcher waits for the checkpoint of epoch 1 to appear in the
+run's storage, then SIGKILLs the worker process that wrote it (its pid is in the
+checkpoint). No sleeps decide when the fault happens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import raypipe
+from raypipe.errors import StageFailed
+from raypipe.progress import Progress
+from raypipe.registry import Registry
+from tests.conftest import small_spec
+
+EPOCHS = 5
+
+
+def _spec(storage: Path, name: str, max_failures: int):
+    return raypipe.load_spec(small_spec(
+        storage, name=name, rows=6000,
+        model={"kind": "torch.mlp", "params": {"hidden": [32, 16]}},
+        train={"workers": 2, "epochs": EPOCHS, "batch_size": 128, "lr": 0.005, "max_failures": max_failures},
+    ))
+
+
+class KillAtCheckpoint(threading.Thread):
+    """Kills the process that wrote the checkpoint of ``epoch``, once."""
+
+    def __init__(self, storage: Path, epoch: int = 1, timeout: float = 400) -> None:
+        super().__init__(daemon=True)
+        self.storage, self.epoch, self.timeout = storage, epoch, timeout
+        self.killed: dict | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            for meta in self.storage.glob("stages/train/*/ray_train/**/meta.json"):
+                try:
+                    doc = json.loads(meta.read_text())
+                except (OSError, ValueError):
+                    continue  # being written
+                if doc["epoch"] >= self.epoch:
+                    os.kill(doc["pid"], signal.SIGKILL)
+                    self.killed = doc
+                    return
+            time.sleep(0.05)
+
+
+def _run_with_kill(storage: Path, name: str, max_failures: int):
+    killer = KillAtCheckpoint(storage)
+    killer.start()
+    try:
+        return raypipe.run(_spec(storage, name, max_failures), progress=Progress(quiet=True)), killer
+    finally:
+        killer.stop.set()
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_session, tmp_path):
+    result, killer = _run_with_kill(tmp_path / "store", "t-fault", max_failures=1)
+    assert killer.killed is not None, "the fault was never injected"
+    report = result.outputs["train"].store.read_json("train_report.json")
+    (resume,) = report["resumes"]
+    # The first epoch after the restart is the last checkpointed epoch + 1: nothing redone, nothing skipped.
+    assert resume["first_epoch"] == resume["from_checkpoint_epoch"] + 1
+    # The kill lands just after the epoch-1 files reach storage, possibly before Ray Train
+    # registered that checkpoint: then the restart uses epoch 0's and redoes epoch 1.
+    assert killer.killed["epoch"] - 1 <= resume["from_checkpoint_epoch"] <= killer.killed["epoch"]
+    assert [h["epoch"] for h in report["history"]] == list(range(EPOCHS))
+    assert killer.killed["pid"] not in {w["pid"] for w in report["ddp"]["workers"]}  # a new worker finished
+    assert result.status == "ok" and result.metrics["roc_auc"] > 0.75
+
+
+def test_exhausted_max_failures_fails_the_run_and_registers_nothing(ray_session, tmp_path):
+    storage = tmp_path / "store"
+    with pytest.raises(StageFailed, match=r"Ray Train gave up after train.max_failures=0 restart\(s\)"):
+        _run_with_kill(storage, "t-fault0", max_failures=0)
+    assert Registry(str(storage), "t-fault0").versions() == []
