@@ -1,8 +1,11 @@
 """A Ray Train worker killed mid-run: training resumes from the last checkpoint, or fails cleanly.
 
-Deterministic trigger: a watcher waits for the checkpoint of epoch 1 to appear in the
-run's storage, then SIGKILLs the worker process that wrote it (its pid is in the
-checkpoint). No sleeps decide when the fault happens.
+Deterministic trigger: a watcher waits until Ray Train has *registered* the checkpoint
+of epoch 1 (its ``checkpoint_manager_snapshot.json`` in the run's storage names it as the
+latest), then SIGKILLs the worker that wrote it (rank 0's pid is in the reported
+metrics). Checkpoint files alone do not count: Ray Train registers a checkpoint only
+after every rank has reported, and restarts from the latest registered one. No sleeps
+decide when the fault happens.
 """
 from __future__ import annotations
 
@@ -44,14 +47,14 @@ class KillAtCheckpoint(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout
         while not self.stop.is_set() and time.monotonic() < deadline:
-            for meta in self.storage.glob("stages/train/*/ray_train/**/meta.json"):
+            for snap in self.storage.glob("stages/train/*/ray_train/checkpoint_manager_snapshot.json"):
                 try:
-                    doc = json.loads(meta.read_text())
-                except (OSError, ValueError):
+                    latest = json.loads(snap.read_text())["latest_checkpoint_result"]
+                except (OSError, ValueError, KeyError):
                     continue  # being written
-                if doc["epoch"] >= self.epoch:
-                    os.kill(doc["pid"], signal.SIGKILL)
-                    self.killed = doc
+                if latest and latest["metrics"]["epoch"] >= self.epoch:
+                    os.kill(latest["metrics"]["pid"], signal.SIGKILL)
+                    self.killed = latest["metrics"]
                     return
             time.sleep(0.05)
 
@@ -72,9 +75,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, tmp_path):
     (resume,) = report["resumes"]
     # The first epoch after the restart is the last checkpointed epoch + 1: nothing redone, nothing skipped.
     assert resume["first_epoch"] == resume["from_checkpoint_epoch"] + 1
-    # The kill lands just after the epoch-1 files reach storage, possibly before Ray Train
-    # registered that checkpoint: then the restart uses epoch 0's and redoes epoch 1.
-    assert killer.killed["epoch"] - 1 <= resume["from_checkpoint_epoch"] <= killer.killed["epoch"]
+    assert resume["from_checkpoint_epoch"] >= killer.killed["epoch"]  # no registered epoch is redone
     assert [h["epoch"] for h in report["history"]] == list(range(EPOCHS))
     assert killer.killed["pid"] not in {w["pid"] for w in report["ddp"]["workers"]}  # a new worker finished
     assert result.status == "ok" and result.metrics["roc_auc"] > 0.75
