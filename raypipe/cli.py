@@ -153,6 +153,18 @@ def registry_promote(spec: Path = SpecArg, version: int = typer.Argument(...),
     err.print(f"{s.name}: {alias} → version {version}")
 
 
+@registry_app.command("rollback")
+def registry_rollback(spec: Path = SpecArg, alias: str = typer.Option("champion", "--alias"),
+                      reason: str = typer.Option("manual rollback", "--reason")) -> None:
+    """Point an alias back at its previous version (recorded in the audit log)."""
+    from raypipe.api import as_spec
+    from raypipe.registry import Registry
+
+    s = as_spec(spec)
+    version = Registry(s.storage, s.name).rollback(alias, reason=reason)
+    err.print(f"{s.name}: {alias} rolled back to version {version}")
+
+
 @runs_app.command("list")
 def runs_list(spec: Path = SpecArg) -> None:
     """Runs of a pipeline, newest first."""

@@ -82,6 +82,19 @@ class Registry:
         self.store.write_json(f"aliases/{name}.json", {"version": version, "at": _now()})
         self._audit({"action": action, "alias": name, "version": version, "previous": previous, "reason": reason})
 
+    def rollback(self, name: str = "champion", *, reason: str) -> int:
+        """Point ``name`` back at the version it pointed to before its last move.
+
+        Returns:
+            The version the alias points to now.
+        """
+        moves = [e for e in self.audit_log() if e.get("alias") == name]
+        if not moves or moves[-1].get("previous") is None:
+            raise RegistryError(f"{self.pipeline}: alias {name!r} has no earlier version to roll back to")
+        target = moves[-1]["previous"]
+        self.set_alias(name, target, reason=reason, action="rollback")
+        return target
+
     def resolve(self, *, version: int | None = None, alias: str | None = None) -> int:
         if version is not None:
             self.version_store(version)

@@ -1,0 +1,137 @@
+"""The file-based registry: unique version numbers under concurrency, aliases, rollback,
+audit log, and integrity checks before any model is loaded."""
+from __future__ import annotations
+
+import json
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raypipe.errors import ArtifactError, RegistryError
+from raypipe.features.pipeline import FeaturePipeline
+from raypipe.predictor import Predictor
+from raypipe.registry import Registry
+
+CANARY = Path("/tmp/raypipe-registry-canary")
+
+
+def _version_files(seed: int = 0) -> dict[str, bytes]:
+    """A real, loadable version: fitted features, a skops model, schema, metrics, lineage."""
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"x": rng.normal(size=200), "c": rng.choice(["a", "b"], 200)})
+    y = (df["x"] > 0).astype(int)
+    fp = FeaturePipeline(["x"], ["c"]).fit(df)
+    est = LogisticRegression().fit(fp.transform(df), y)
+    schema = {"columns": {"x": {"type": "number", "nullable": False}, "c": {"type": "string", "nullable": True},
+                          "y": {"type": "integer"}},
+              "target": {"name": "y", "type": "integer", "task": "classification", "classes": ["0", "1"]},
+              "id_columns": [], "features": {"numeric": ["x"], "categorical": ["c"]}}
+    meta = {"format": "raypipe.model/1", "kind": "sklearn:sklearn.linear_model:LogisticRegression",
+            "task": "classification", "n_outputs": 2}
+    return {
+        "features.json": json.dumps(fp.to_dict()).encode(), "schema.json": json.dumps(schema).encode(),
+        "metrics.json": json.dumps({"metrics": {"f1": 0.9}}).encode(), "lineage.json": b"{}",
+        "model/model.json": json.dumps(meta).encode(), "model/model.skops": sio.dumps(est),
+    }
+
+
+def _register(root: str) -> int:
+    return Registry(root, "p").register({"a.txt": b"x"}, status="ready")
+
+
+def test_concurrent_registrations_get_unique_monotonic_numbers(tmp_path):
+    with ProcessPoolExecutor(max_workers=8) as pool:
+        numbers = list(pool.map(_register, [str(tmp_path)] * 8))
+    assert sorted(numbers) == list(range(1, 9))
+    assert Registry(str(tmp_path), "p").versions() == list(range(1, 9))
+    assert Registry(str(tmp_path), "p").register({"a.txt": b"y"}, status="ready") == 9
+
+
+def test_aliases_promote_rollback_and_audit_log(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    v1 = reg.register({"a.txt": b"1"}, status="ready")
+    v2 = reg.register({"a.txt": b"2"}, status="ready")
+    v3 = reg.register({"a.txt": b"3"}, status="rejected")
+    reg.set_alias("champion", v1, reason="first")
+    reg.set_alias("champion", v2, reason="better f1")
+    with pytest.raises(RegistryError, match="only 'ready' versions"):
+        reg.set_alias("champion", v3, reason="should fail")
+    assert reg.rollback("champion", reason="v2 misbehaves in production") == v1
+    assert reg.alias("champion") == v1
+    log = reg.audit_log()
+    assert [(e["action"], e["version"], e["previous"]) for e in log] == [
+        ("promote", v1, None), ("promote", v2, v1), ("rollback", v1, v2)]
+    assert log[-1]["reason"] == "v2 misbehaves in production" and log[-1]["user"] and log[-1]["at"]
+    with pytest.raises(RegistryError, match="no earlier version"):
+        Registry(str(tmp_path), "other").rollback("champion", reason="nothing to roll back")
+
+
+def test_incomplete_version_is_invisible(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    (tmp_path / "registry" / "p" / "versions" / "000001").mkdir(parents=True)  # a crashed registration
+    assert reg.versions() == []
+    with pytest.raises(RegistryError, match="version 1 does not exist"):
+        reg.version_store(1)
+    assert reg.register({"a.txt": b"x"}, status="ready") == 2
+
+
+def test_version_loads_and_predicts(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    v = reg.register(_version_files(), status="ready", meta={"threshold": 0.5})
+    out = Predictor.from_version(reg.version_store(v)).predict_records([{"x": 2.0, "c": "a"}, {"x": -2.0, "c": None}])
+    assert [o["prediction"] for o in out] == [1, 0]
+
+
+def test_one_flipped_byte_in_the_model_is_detected_before_loading(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    v = reg.register(_version_files(), status="ready")
+    path = tmp_path / "registry" / "p" / "versions" / f"{v:06d}" / "model" / "model.skops"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model/model.skops.*sha256"):
+        Predictor.from_version(reg.version_store(v))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (CANARY.write_text, ("pwned",))
+
+
+def test_planted_pickle_is_refused_and_never_executed(tmp_path):
+    CANARY.unlink(missing_ok=True)
+    reg = Registry(str(tmp_path), "p")
+    v = reg.register(_version_files(), status="ready")
+    model = tmp_path / "registry" / "p" / "versions" / f"{v:06d}" / "model" / "model.skops"
+    model.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(ArtifactError):
+        Predictor.from_version(reg.version_store(v))
+    assert not CANARY.exists()
+
+
+def test_cli_promote_and_rollback(tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("name: p\nstorage: store\ndata:\n  source: {type: builtin}\n  target: is_fraud\n")
+    reg = Registry(str(tmp_path / "store"), "p")
+    v1, v2 = (reg.register({"a.txt": bytes([i])}, status="ready") for i in range(2))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "raypipe", "registry", *args], capture_output=True, text=True)
+
+    assert cli("promote", str(spec), str(v1)).returncode == 0
+    assert cli("promote", str(spec), str(v2), "--reason", "new model").returncode == 0
+    assert reg.alias("champion") == v2
+    done = cli("rollback", str(spec), "--reason", "latency regression")
+    assert done.returncode == 0 and f"rolled back to version {v1}" in done.stderr
+    assert reg.alias("champion") == v1 and reg.audit_log()[-1]["reason"] == "latency regression"
+    assert cli("promote", str(spec), "99").returncode == 2  # RegistryError: no such version
