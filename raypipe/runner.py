@@ -72,9 +72,9 @@ class StageContext:
 
     def ray(self) -> None:
         """Connect to Ray on first use: a fully cached run never starts it."""
-        from raypipe.runtime import connect
+        from raypipe.runtime import connect_for
 
-        connect(self.address or self.spec.ray.address, num_cpus=self.spec.ray.num_cpus, temp_dir=self.spec.ray.temp_dir)
+        connect_for(self.spec, self.address)
 
     def log(self, msg: str) -> None:
         self.progress.detail(msg)

@@ -76,6 +76,11 @@ def configure_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def connect_for(spec: Any, address: str | None = None) -> None:
+    """:func:`connect` with a spec's ``ray`` section (``address`` overrides it)."""
+    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir)
+
+
 def shutdown() -> None:
     import ray
 

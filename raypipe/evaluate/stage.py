@@ -46,13 +46,13 @@ def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[
     return classification_metrics(y, pred.astype(np.int64), scores, len(classes))
 
 
-def choose_threshold(val: Any, ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any]) -> float:
-    """For binary problems, the max-F1 threshold on the validation split (0.5 otherwise).
+def choose_threshold(ds: Any | None, model_uri: str, features: dict[str, Any], schema: dict[str, Any]) -> float:
+    """For binary problems, the max-F1 threshold on the validation split ``ds`` (0.5 otherwise).
 
     Chosen on validation, never on test, so the test metrics stay honest.
     """
     classes = schema["target"].get("classes")
-    if not classes or len(classes) != 2 or "validation" not in val.outputs["splits"]:
+    if ds is None or not classes or len(classes) != 2:
         return 0.5
     y, _, scores = predict_split(ds, model_uri, features, schema)
     return best_f1_threshold(y, scores[:, 1])
@@ -65,8 +65,8 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     features = feats.store.read_json(feats.outputs["features"])
     model_uri = train.store.full_uri(train.outputs["model"])
     split = lambda s: read_parquet(val.store, val.outputs["splits"][s])  # noqa: E731
-    threshold = choose_threshold(val, split("validation") if "validation" in val.outputs["splits"] else None,
-                                 model_uri, features, schema)
+    validation = split("validation") if "validation" in val.outputs["splits"] else None
+    threshold = choose_threshold(validation, model_uri, features, schema)
     test = score_split(split("test"), model_uri, features, schema, threshold)
     cfg = ctx.spec.evaluate
     train_metrics = (score_split(split("train"), model_uri, features, schema, threshold)

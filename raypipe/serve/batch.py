@@ -29,7 +29,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     import pandas as pd
 
     from raypipe.predictor import BatchPredict
-    from raypipe.runtime import connect
+    from raypipe.runtime import connect_for
 
     out_fs, out_path = pafs.FileSystem.from_uri(output) if "://" in output else (pafs.LocalFileSystem(), output)
     existing = out_fs.get_file_info(pafs.FileSelector(out_path, allow_not_found=True))
@@ -38,7 +38,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     reg = Registry(spec.storage, spec.name)
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
-    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir)
+    connect_for(spec, address)
     schema = vs.read_json("schema.json")
     gpu = 1 if spec.train.use_gpu else 0
     t0 = time.perf_counter()

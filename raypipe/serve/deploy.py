@@ -41,13 +41,13 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
-    from raypipe.runtime import connect
+    from raypipe.runtime import connect_for
     from raypipe.serve.app import ModelServerDeployment
 
     reg = Registry(spec.storage, spec.name)
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
-    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir)
+    connect_for(spec, address)
     http_port = spec.deploy.port if port is None else port
     serve.start(http_options={"host": spec.deploy.host, "port": http_port},
                 logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False))
