@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raypipe.errors import RaypipeError
+from raypipe.errors import RaypipeError, RegistryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="raypipe: one YAML spec -> a whole ML pipeline on Ray.")
 registry_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.")
@@ -185,6 +185,58 @@ def runs_list(spec: Path = SpecArg) -> None:
         stages = " ".join(f"{st['name']}:{st['status']}" for st in m["stages"])
         table.add_row(run_id, m.get("status", "?"), stages, str(m.get("version")))
     out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(spec: Path = SpecArg, run_id: Optional[str] = typer.Argument(None, help="default: the newest run"),
+              json_out: bool = typer.Option(False, "--json")) -> None:
+    """A run's key figures: stages, metrics by split, findings, the gate verdict, the report."""
+    from raypipe.api import as_spec
+    from raypipe.store import Store
+
+    s = as_spec(spec)
+    store = Store(s.storage)
+    runs = [r for r in store.listdir("runs") if store.exists("runs", r, "manifest.json")]
+    if run_id is None:
+        runs = [r for r in runs if store.read_json("runs", r, "manifest.json").get("pipeline") == s.name]
+        if not runs:
+            raise RegistryError(f"{s.name}: no runs under {s.storage}; run the pipeline first")
+        run_id = runs[-1]
+    elif run_id not in runs:
+        raise RegistryError(f"run {run_id!r} does not exist; see `raypipe runs list`")
+    m = store.read_json("runs", run_id, "manifest.json")
+    ev = next((st for st in m["stages"] if st["name"] == "evaluate" and st["status"] in ("ran", "cached")), None)
+    rel = f"stages/evaluate/{ev['fingerprint'][:20]}" if ev else None
+    doc = store.read_json(rel, "metrics.json") if rel and store.is_complete(rel) else {}
+    if json_out:
+        print(json.dumps({"run_id": run_id, "status": m.get("status"), "version": m.get("version"),
+                          "stages": m["stages"], "evaluation": doc}, default=str))
+        return
+    out.print(f"[bold]{s.name}[/] run {run_id}: [bold]{m.get('status')}[/]"
+              + (f", version {m['version']}" if m.get("version") else "") + (f"\n{m['error']}" if m.get("error") else ""))
+    out.print("stages: " + "  ".join(f"{st['name']}:{st['status']} ({st['seconds']:.1f}s)" for st in m["stages"]))
+    if not doc:
+        return
+    splits = [sp for sp in ("train", "validation", "test", "champion") if doc.get(sp)]
+    table = Table(title="metrics")
+    table.add_column("metric")
+    for sp in splits:
+        table.add_column(sp + (f" v{doc['champion']['version']}" if sp == "champion" else ""))
+    for k in sorted(key for key, v in doc["test"].items() if isinstance(v, float)):
+        table.add_row(k, *[_num(doc[sp].get(k)) for sp in splits])
+    out.print(table)
+    out.print(f"threshold {doc['threshold']:.4f} ({doc.get('threshold_strategy')})")
+    for f in doc.get("findings", []):
+        out.print(f"• {f}", markup=False)
+    gate = doc["gate"]
+    out.print("gate: " + ("[green]passed[/]" if gate["passed"] else "[red]NOT passed[/]"))
+    for c in gate["checks"]:
+        out.print(f"  {'✓' if c['passed'] else '✗'} {c['check']}: {_num(c['value'])}", markup=False)
+    out.print(f"report: {store.full_uri(rel, 'report.html')}")
+
+
+def _num(v: Any) -> str:
+    return "—" if v is None else f"{v:.4f}"
 
 
 def _finish(summary: dict[str, Any], json_out: bool) -> None:

@@ -55,11 +55,7 @@ class Predictor:
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Class index per row (classification) or the values (regression)."""
-        if self.classes is None:
-            return scores
-        if scores.shape[1] == 2:
-            return (scores[:, 1] >= self.threshold).astype(np.int64)
-        return scores.argmax(axis=1)
+        return decide(scores, self.classes is not None, self.threshold)
 
     # -- JSON ---------------------------------------------------------------------------
     def predict_records(self, rows: pd.DataFrame | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,6 +70,15 @@ class Predictor:
             {"prediction": labels[int(k)], "scores": dict(zip(self.classes, map(float, s)))}
             for k, s in zip(decided, scores)
         ]
+
+
+def decide(scores: np.ndarray, classification: bool, threshold: float = 0.5) -> np.ndarray:
+    """Class index per row (binary: positive-class score >= threshold; else argmax), or the values."""
+    if not classification:
+        return scores[:, 0] if scores.ndim == 2 else scores
+    if scores.shape[1] == 2:
+        return (scores[:, 1] >= threshold).astype(np.int64)
+    return scores.argmax(axis=1)
 
 
 _PREDICTORS: dict[str, Predictor] = {}
@@ -96,10 +101,17 @@ def predict_batch(batch: pd.DataFrame, model_uri: str, model_key: str, features:
 
 def _predict_columns(predictor: Predictor, batch: pd.DataFrame, keep: list[str]) -> dict[str, Any]:
     scores = predictor.scores(batch)
-    out: dict[str, Any] = {c: batch[c].to_numpy() for c in keep if c in batch}
+    out: dict[str, Any] = {c: _column(batch[c]) for c in keep if c in batch}
     out["__pred"] = predictor.decide(scores)
     out["__scores"] = scores if scores.ndim == 2 else scores[:, None]
     return out
+
+
+def _column(s: pd.Series) -> np.ndarray:
+    """A column as numpy that Arrow converts: strings as str/None objects, not str/NaN."""
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return s.to_numpy()
+    return s.to_numpy(dtype=object, na_value=None)
 
 
 class BatchPredict:

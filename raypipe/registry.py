@@ -1,22 +1,36 @@
 """A file-based model registry under ``<storage>/registry/<pipeline>/``.
 
-* ``versions/000007/``: model files, fitted features, schema, metrics, lineage, and
-  the sha256 manifest written last (a version without it is incomplete and unused).
+* ``versions/000007/``: model files, fitted features, schema, metrics, report, lineage,
+  ``_OWNER.json`` (the registering process) and the sha256 manifest written last: a
+  version without it is incomplete, invisible and never loaded.
+* ``versions/000007/_STATUS.json``: the version's status after its manifest:
+  ``pending`` → ``ready`` (verified and loadable) or ``rejected`` (gate failed) or
+  ``failed`` (did not load, or its registering process died).
 * ``aliases/<alias>.json``: atomic pointers (``champion``, ``challenger``).
 * ``audit/``: one file per promotion or rollback, never rewritten.
 
 Version numbers come from an exclusive folder create, so concurrent registrations
-get distinct, increasing numbers.
+get distinct, increasing numbers; a number is never reused (a crashed registration
+leaves a ``failed`` tombstone). Writes go manifest → status → alias, so a reader
+following an alias only ever sees a complete version, and :meth:`Registry.recover`
+finishes or tombstones whatever a killed process left behind.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 from raypipe.errors import RegistryError
 from raypipe.store import MARKER, Store, create_exclusive
+
+OWNER, STATUS = "_OWNER.json", "_STATUS.json"
+STATUSES = ("pending", "ready", "rejected", "failed")
+ORPHAN_AGE_S = 3600  # an incomplete version from another host is abandoned after this long
 
 
 def _name(v: int) -> str:
@@ -37,9 +51,12 @@ class Registry:
         self.pipeline = pipeline
 
     # -- versions ---------------------------------------------------------------------
+    def _numbers(self) -> list[int]:
+        return sorted(int(n) for n in self.store.listdir("versions") if n.isdigit())
+
     def versions(self) -> list[int]:
-        """Complete versions, oldest first."""
-        return [int(n) for n in self.store.listdir("versions") if n.isdigit() and self.store.is_complete(f"versions/{n}")]
+        """Complete versions (any status), oldest first."""
+        return [v for v in self._numbers() if self.store.is_complete(f"versions/{_name(v)}")]
 
     def version_store(self, version: int) -> Store:
         rel = f"versions/{_name(version)}"
@@ -47,24 +64,165 @@ class Registry:
             raise RegistryError(f"{self.pipeline}: version {version} does not exist (versions: {self.versions()})")
         return self.store.sub(rel)
 
+    def state(self, version: int) -> dict[str, Any]:
+        """``{"status", "finalized", "history"}`` of a version (complete or not)."""
+        rel = f"versions/{_name(version)}"
+        if self.store.exists(rel, STATUS):
+            return self.store.read_json(rel, STATUS)
+        if self.store.is_complete(rel):
+            return {"status": self.store.read_json(rel, MARKER)["meta"].get("status", "pending"), "history": []}
+        return {"status": "incomplete", "history": []}
+
+    def status(self, version: int) -> str:
+        return self.state(version)["status"]
+
     def info(self, version: int) -> dict[str, Any]:
         vs = self.version_store(version)
         meta = vs.read_json(MARKER).get("meta", {})
-        return {**meta, "metrics": vs.read_json("metrics.json").get("metrics"), "lineage": vs.read_json("lineage.json"),
+        state = self.state(version)
+        return {**meta, "status": state["status"], "history": state.get("history", []),
+                "metrics": vs.read_json("metrics.json").get("metrics"), "lineage": vs.read_json("lineage.json"),
                 "aliases": [a for a, v in self.aliases().items() if v == version]}
 
-    def register(self, files: dict[str, bytes], *, status: str, meta: dict[str, Any] | None = None) -> int:
-        """Write a new version atomically and return its number."""
-        existing = [int(n) for n in self.store.listdir("versions") if n.isdigit()]
-        v = max(existing, default=0) + 1
-        while not create_exclusive(self.store, f"versions/{_name(v)}"):
-            v += 1
+    def register(self, files: dict[str, bytes], *, status: str = "ready", meta: dict[str, Any] | None = None) -> int:
+        """Write a new version atomically with a final ``status``; return its number."""
+        v = self.write_version(files, meta=meta)
+        self._set_status(v, status, "registered", finalized=True)
+        return v
+
+    def write_version(self, files: dict[str, bytes], *, meta: dict[str, Any] | None = None) -> int:
+        """Claim the next number, write the files and seal the manifest: a ``pending`` version."""
+        v = self._claim(max(self._numbers(), default=0) + 1)
         rel = f"versions/{_name(v)}"
         vs = self.store.sub(rel)
         for name, data in files.items():
             vs.write_bytes(name, data)
-        self.store.complete_artifact(rel, {"meta": {"version": v, "status": status, **(meta or {})}})
+        self.store.complete_artifact(rel, {"meta": {"version": v, "status": "pending", **(meta or {})}})
         return v
+
+    def _claim(self, v: int) -> int:
+        """Take the first free number from ``v`` on, with its owner file already inside.
+
+        Locally the folder is built under a temporary name and renamed into place:
+        ``rename`` refuses a non-empty target, so the claim is atomic and a version
+        folder never exists without its owner. Object stores fall back to an exclusive
+        create (one writer at a time).
+        """
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "at": _now()}
+        if not self.store.is_local:
+            while not create_exclusive(self.store, f"versions/{_name(v)}"):
+                v += 1
+            self.store.write_json(f"versions/{_name(v)}/{OWNER}", owner)
+            return v
+        tmp = f"versions/.claim-{uuid.uuid4().hex}-{os.getpid()}-{socket.gethostname()}"
+        self.store.write_json(f"{tmp}/{OWNER}", owner)
+        while True:
+            try:
+                os.rename(self.store.path(tmp), self.store.path("versions", _name(v)))
+                return v
+            except OSError:  # taken (ENOTEMPTY / EEXIST): try the next number
+                v += 1
+
+    def publish(self, files: dict[str, bytes], *, passed: bool, promote_to: str | None,
+                meta: dict[str, Any] | None = None, reason: str = "") -> int:
+        """Register a candidate: write it pending, verify it, set its status, move the alias.
+
+        A candidate that failed its gate becomes ``rejected``; one that passed is loaded
+        back from storage (manifest verified) and becomes ``ready``, or ``failed`` if it
+        does not load; a ready one then gets ``promote_to`` (if any).
+        """
+        v = self.write_version(files, meta={**(meta or {}), "gate_passed": passed, "promote_to": promote_to,
+                                            "reason": reason})
+        self.finalize(v)
+        return v
+
+    def finalize(self, version: int) -> str:
+        """Take a sealed version from wherever it stopped to its final status (idempotent)."""
+        state = self.state(version)
+        if state.get("finalized"):
+            return state["status"]
+        meta = self.store.read_json(f"versions/{_name(version)}", MARKER)["meta"]
+        status = state["status"]
+        if status == "pending":
+            status, why = ("rejected", "gate not passed") if not meta.get("gate_passed", True) else self._verify(version)
+            self._set_status(version, status, why)
+        target = meta.get("promote_to")
+        if status == "ready" and target and self.alias(target) != version:
+            self.set_alias(target, version, reason=meta.get("reason") or f"version {version} passed its gate")
+        self._set_status(version, status, "finalized", finalized=True)
+        return status
+
+    def _verify(self, version: int) -> tuple[str, str]:
+        from raypipe.predictor import Predictor
+
+        try:
+            Predictor.from_version(self.version_store(version), version)
+        except Exception as exc:  # any load failure makes the version unusable
+            return "failed", f"does not load back: {type(exc).__name__}: {exc}"
+        return "ready", "manifest verified and model loaded"
+
+    def _set_status(self, version: int, status: str, why: str, *, finalized: bool = False) -> None:
+        state = self.state(version)
+        history = [*state.get("history", []), {"status": status, "at": _now(), "why": why}]
+        self.store.write_json(f"versions/{_name(version)}/{STATUS}",
+                              {"status": status, "finalized": finalized, "history": history})
+
+    def recover(self) -> list[tuple[int, str]]:
+        """Finish or tombstone versions whose registering process died.
+
+        A sealed version is finalized; an unsealed one loses its files and becomes a
+        ``failed`` tombstone (its number stays taken). Versions of live processes are
+        left alone. Returns ``[(version, what was done)]``.
+        """
+        done: list[tuple[int, str]] = []
+        for name in self.store.listdir("versions"):
+            if name.startswith(".claim-") and self._claim_dead(name):
+                self.store.delete("versions", name)  # died before taking a number
+        for v in self._numbers():
+            rel = f"versions/{_name(v)}"
+            if self.store.exists(rel, STATUS) and self.state(v).get("finalized"):
+                continue
+            if not self._owner_dead(rel):
+                continue
+            if self.store.is_complete(rel):
+                done.append((v, f"finalized as {self.finalize(v)}"))
+            else:
+                for f in self.store.walk_files(rel):
+                    self.store.delete(rel, f)
+                self._set_status(v, "failed", "registering process died before the manifest", finalized=True)
+                done.append((v, "tombstoned"))
+        return done
+
+    def _claim_dead(self, name: str) -> bool:
+        try:
+            _, _, pid, host = name.split("-", 3)  # .claim-<uuid>-<pid>-<host>: the owner is in the name
+        except ValueError:
+            return False
+        return self._pid_dead({"pid": int(pid), "host": host}, f"versions/{name}")
+
+    def _owner_dead(self, rel: str) -> bool:
+        if not self.store.exists(rel, OWNER):
+            return _age_s(self.store, rel) > 600  # died between the folder create and the owner file
+        return self._pid_dead(self.store.read_json(rel, OWNER), rel)
+
+    def _pid_dead(self, owner: dict[str, Any], rel: str) -> bool:
+        if owner.get("host") != socket.gethostname():
+            return _age_s(self.store, rel) > ORPHAN_AGE_S
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def find(self, **meta: Any) -> int | None:
+        """The newest complete version whose manifest meta has all of ``meta``."""
+        for v in reversed(self.versions()):
+            m = self.store.read_json(f"versions/{_name(v)}", MARKER).get("meta", {})
+            if all(m.get(k) == val for k, val in meta.items()):
+                return v
+        return None
 
     # -- aliases ----------------------------------------------------------------------
     def aliases(self) -> dict[str, int]:
@@ -75,9 +233,10 @@ class Registry:
         return self.aliases().get(name)
 
     def set_alias(self, name: str, version: int, *, reason: str, action: str = "promote") -> None:
-        info = self.version_store(version).read_json(MARKER).get("meta", {})
-        if name == "champion" and info.get("status") != "ready":
-            raise RegistryError(f"version {version} has status {info.get('status')!r}; only 'ready' versions can be champion")
+        self.version_store(version)
+        status = self.status(version)
+        if name in ("champion", "challenger") and status != "ready":
+            raise RegistryError(f"version {version} has status {status!r}; only 'ready' versions can be {name}")
         previous = self.alias(name)
         self.store.write_json(f"aliases/{name}.json", {"version": version, "at": _now()})
         self._audit({"action": action, "alias": name, "version": version, "previous": previous, "reason": reason})
@@ -115,31 +274,55 @@ class Registry:
         return [self.store.read_json("audit", n) for n in self.store.listdir("audit") if n.endswith(".json")]
 
 
+def _age_s(store: Store, rel: str) -> float:
+    mtime = store.fs.get_file_info(store.path(rel)).mtime
+    return 0.0 if mtime is None else time.time() - mtime.timestamp()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def run_stage(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """The register stage: a new version (ready or rejected); champion moves if the gate passed."""
+    """The register stage: publish the candidate (ready or rejected) and move the alias.
+
+    A version that an interrupted run of this same stage already wrote is finished and
+    reused, not written twice.
+    """
+    from raypipe.errors import ArtifactError
     from raypipe.lineage import lineage_record
 
     val, feats, train, ev = inputs["validate"], inputs["features"], inputs["train"], inputs["evaluate"]
     reg = Registry(ctx.root, ctx.spec.name)
-    parent = reg.alias("champion")
-    files = {
-        "features.json": feats.store.read_bytes(feats.outputs["features"]),
-        "schema.json": val.store.read_bytes(val.outputs["schema"]),
-        "metrics.json": ev.store.read_bytes(ev.outputs["metrics_file"]),
-        "train_report.json": train.store.read_bytes(train.outputs["report"]),
-    }
-    model_dir = train.outputs["model"]
-    for f in train.store.walk_files(model_dir):
-        files[f"model/{f}"] = train.store.read_bytes(model_dir, f)
-    files["lineage.json"] = json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode()
-    gate = ev.outputs["gate"]
-    status = "ready" if gate["passed"] else "rejected"
-    version = reg.register(files, status=status, meta={"threshold": ev.outputs.get("threshold", 0.5), "run_id": ctx.run_id, "kind": ctx.spec.model.kind})
-    if gate["passed"]:
-        reg.set_alias("champion", version, reason=f"gate passed in run {ctx.run_id}")
-    ctx.log(f"registered {ctx.spec.name} version {version} ({status})" + (" → champion" if gate["passed"] else ""))
-    return {"version": version, "status": status, "gate_failures": gate["failures"]}
+    for v, what in reg.recover():
+        ctx.log(f"recovered version {v} left by a killed run: {what}")
+    gate, target = ev.outputs["gate"], ctx.spec.registry.promote_to
+    version = reg.find(register_fingerprint=ctx.fingerprint)
+    if version is not None and reg.status(version) != "failed":
+        ctx.log(f"version {version} was written by an interrupted run of this stage: finishing it")
+        reg.finalize(version)
+    else:
+        metrics_doc = ev.store.read_json(ev.outputs["metrics_file"])
+        parent = (metrics_doc.get("champion") or {}).get("version", reg.alias("champion"))
+        files = {
+            "features.json": feats.store.read_bytes(feats.outputs["features"]),
+            "schema.json": val.store.read_bytes(val.outputs["schema"]),
+            "metrics.json": ev.store.read_bytes(ev.outputs["metrics_file"]),
+            "train_report.json": train.store.read_bytes(train.outputs["report"]),
+            "lineage.json": json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode(),
+        }
+        for folder, prefix in ((train.outputs["model"], "model"), (None, "report")):
+            src = train.store if prefix == "model" else ev.store
+            names = src.walk_files(folder) if folder else [f for f in src.walk_files() if f.endswith((".html", ".png"))]
+            for f in names:
+                files[f"{prefix}/{f}"] = src.read_bytes(folder, f) if folder else src.read_bytes(f)
+        meta = {"threshold": ev.outputs.get("threshold", 0.5), "run_id": ctx.run_id, "kind": ctx.spec.model.kind,
+                "task": ctx.spec.data.task, "register_fingerprint": ctx.fingerprint}
+        version = reg.publish(files, passed=gate["passed"], promote_to=target, meta=meta,
+                              reason=f"gate passed in run {ctx.run_id}")
+    status = reg.status(version)
+    if status == "failed":
+        raise ArtifactError(f"version {version} was written but failed verification: {reg.state(version)['history'][-2:]}")
+    alias = target if status == "ready" and target and reg.alias(target) == version else None
+    ctx.log(f"registered {ctx.spec.name} version {version} ({status})" + (f" → {alias}" if alias else ""))
+    return {"version": version, "status": status, "alias": alias, "gate_failures": gate["failures"]}

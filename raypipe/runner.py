@@ -41,7 +41,7 @@ STAGES: tuple[StageDef, ...] = (
     StageDef("features", ("features",), "raypipe.features.stage:run"),
     StageDef("train", ("model", "train", "tune"), "raypipe.train.stage:run"),
     StageDef("evaluate", ("evaluate",), "raypipe.evaluate.stage:run"),
-    StageDef("register", ("name",), "raypipe.registry:run_stage"),
+    StageDef("register", ("name", "registry"), "raypipe.registry:run_stage"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -125,6 +125,7 @@ class RunResult:
     manifest_path: str
     metrics: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
+    alias: str | None = None
     status: str = "ok"
     endpoint: str | None = None
 
@@ -135,7 +136,7 @@ class RunResult:
             "stages": {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in self.stages},
             "metrics": self.metrics,
             "version": self.version,
-            "alias": "champion" if self.status == "ok" and self.version is not None else None,
+            "alias": self.alias,
             "endpoint": self.endpoint,
             "manifest": self.manifest_path,
         }
@@ -172,7 +173,10 @@ class Runner:
     def run(self) -> RunResult:
         from raypipe.ingest.sources import data_fingerprint
 
+        from raypipe.tracking import check_available
+
         spec = self.spec
+        check_available(spec)
         data_fp = data_fingerprint(spec.data.source)
         manifest: dict[str, Any] = {
             "run_id": self.run_id,
@@ -207,7 +211,9 @@ class Runner:
             result.metrics = result.outputs["evaluate"].outputs.get("metrics", {}) if "evaluate" in result.outputs else {}
             if "register" in result.outputs:
                 reg = result.outputs["register"].outputs
-                result.version = reg["version"]
+                result.version, result.alias = reg["version"], reg.get("alias")
+                if spec.tracking.mlflow_uri and manifest["stages"][-1]["status"] == "ran":
+                    manifest["tracking"] = self._export(result.version)
                 if reg["status"] == "rejected":
                     result.status = "rejected"
                     raise GateFailed(reg["gate_failures"], version=reg["version"])
@@ -224,6 +230,18 @@ class Runner:
             self.root.write_json(f"runs/{self.run_id}/summary.json", result.summary())
             self.progress.finish(manifest["status"])
         return result
+
+    def _export(self, version: int) -> dict[str, Any]:
+        """Log the new version to MLflow; a tracking failure is reported, the model stays registered."""
+        from raypipe.tracking import export_version
+
+        try:
+            mlflow_run = export_version(self.spec, self.run_id, version)
+        except Exception as exc:
+            self.progress.detail(f"MLflow export to {self.spec.tracking.mlflow_uri!r} failed: {type(exc).__name__}: {exc}")
+            return {"mlflow_uri": self.spec.tracking.mlflow_uri, "error": f"{type(exc).__name__}: {exc}"}
+        self.progress.detail(f"logged to MLflow {self.spec.tracking.mlflow_uri} as run {mlflow_run}")
+        return {"mlflow_uri": self.spec.tracking.mlflow_uri, "mlflow_run_id": mlflow_run}
 
     def _run_stage(
         self,

@@ -18,8 +18,13 @@ from raypipe.errors import SpecError
 
 TASKS = ("classification", "regression", "clustering", "anomaly")
 SUPPORTED_TASKS = ("classification", "regression")
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")  # the default summary
 REGRESSION_METRICS = ("rmse", "mae", "r2")
+TASK_METRICS = {  # every metric the evaluate stage computes, by task (raypipe/evaluate/metrics.py)
+    "classification": ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted",
+                       "roc_auc", "pr_auc", "log_loss", "brier"),
+    "regression": ("rmse", "mae", "r2", "mape"),
+}
 TORCH_MODELS = ("torch.mlp",)
 
 
@@ -185,27 +190,62 @@ class VsChampion(_Section):
     min_delta: float = 0.0
 
 
+class SliceGap(_Section):
+    """The largest gap of ``metric`` across the values of any ``evaluate.slices`` column."""
+
+    max: float = Field(ge=0)
+    metric: str | None = Field(default=None, description="default: f1 (classification) or rmse (regression)")
+
+
 class GateSection(_Section):
     min: dict[str, float] = Field(default_factory=dict)
     max: dict[str, float] = Field(default_factory=dict)
     max_overfit_gap: float | None = Field(default=None, ge=0)
+    max_slice_gap: SliceGap | None = None
     vs_champion: VsChampion | None = None
+
+
+class ThresholdSection(_Section):
+    """How the decision threshold of binary classifiers is chosen, on the validation split."""
+
+    strategy: Literal["max_f1", "target_recall", "fixed"] = "max_f1"
+    target_recall: float | None = Field(default=None, gt=0.0, le=1.0)
+    value: float = Field(default=0.5, ge=0.0, le=1.0, description="the threshold with strategy: fixed")
+
+    @model_validator(mode="after")
+    def _recall_given(self) -> "ThresholdSection":
+        if self.strategy == "target_recall" and self.target_recall is None:
+            raise ValueError("strategy 'target_recall' needs target_recall, e.g. target_recall: 0.9")
+        return self
 
 
 class EvaluateSection(_Section):
     metrics: list[str] = Field(default_factory=lambda: list(CLASSIFICATION_METRICS))
     slices: list[str] = Field(default_factory=list)
+    min_slice_rows: int = Field(default=30, ge=1, description="smaller slices are reported but not gated")
+    threshold: ThresholdSection = Field(default_factory=ThresholdSection)
     gate: GateSection = Field(default_factory=GateSection)
 
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, v: list[str]) -> list[str]:
-        known = CLASSIFICATION_METRICS + REGRESSION_METRICS
+        known = sorted({m for ms in TASK_METRICS.values() for m in ms})
         for m in v:
             if m not in known:
                 hint = difflib.get_close_matches(m, known, n=1)
                 raise ValueError(f"unknown metric {m!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; use {list(known)}"))
         return v
+
+
+# --- registry / tracking -------------------------------------------------------------
+class RegistrySection(_Section):
+    promote_to: Literal["champion", "challenger"] | None = Field(
+        default="champion", description="the alias a version that passes the gate gets (null: none)")
+
+
+class TrackingSection(_Section):
+    mlflow_uri: str | None = Field(default=None, description="e.g. sqlite:///mlflow.db or file:///abs/mlruns")
+    experiment: str | None = Field(default=None, description="default: the pipeline name")
 
 
 # --- deploy / monitor ----------------------------------------------------------------
@@ -276,6 +316,8 @@ class Spec(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     tune: TuneSection | None = None
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
     monitor: MonitorSection = Field(default_factory=MonitorSection)
 
@@ -283,12 +325,21 @@ class Spec(_Section):
     def _cross_checks(self) -> "Spec":
         if self.tune is not None:
             raise ValueError("tune: hyperparameter search is not implemented in this raypipe version; remove the section")
-        allowed = CLASSIFICATION_METRICS if self.data.task == "classification" else REGRESSION_METRICS
+        allowed = TASK_METRICS[self.data.task]
         if self.data.task == "regression" and self.evaluate.metrics == list(CLASSIFICATION_METRICS):
             self.evaluate.metrics = list(REGRESSION_METRICS)
-        for m in self.evaluate.metrics + list(self.evaluate.gate.min) + list(self.evaluate.gate.max):
+        gate = self.evaluate.gate
+        if gate.vs_champion and self.data.task == "regression" and gate.vs_champion.metric == "f1":
+            gate.vs_champion.metric = "rmse"
+        used = [("evaluate.metrics", m) for m in self.evaluate.metrics]
+        used += [(f"evaluate.gate.{k}", m) for k in ("min", "max") for m in getattr(gate, k)]
+        used += [("evaluate.gate.vs_champion.metric", gate.vs_champion.metric)] if gate.vs_champion else []
+        used += [("evaluate.gate.max_slice_gap.metric", gate.max_slice_gap.metric)] if gate.max_slice_gap and gate.max_slice_gap.metric else []
+        for where, m in used:
             if m not in allowed:
-                raise ValueError(f"metric {m!r} does not apply to task {self.data.task!r}; use {list(allowed)}")
+                raise ValueError(f"{where}: metric {m!r} does not apply to task {self.data.task!r}; use one of {list(allowed)}")
+        if gate.max_slice_gap and not self.evaluate.slices:
+            raise ValueError("evaluate.gate.max_slice_gap needs evaluate.slices: the columns to slice the test split by")
         return self
 
     @property

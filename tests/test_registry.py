@@ -135,3 +135,46 @@ def test_cli_promote_and_rollback(tmp_path):
     assert done.returncode == 0 and f"rolled back to version {v1}" in done.stderr
     assert reg.alias("champion") == v1 and reg.audit_log()[-1]["reason"] == "latency regression"
     assert cli("promote", str(spec), "99").returncode == 2  # RegistryError: no such version
+
+
+def test_publish_verifies_the_version_then_promotes_it(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    v = reg.publish(_version_files(), passed=True, promote_to="champion", meta={"threshold": 0.5}, reason="gate passed")
+    state = reg.state(v)
+    assert state["status"] == "ready" and state["finalized"]
+    assert [h["status"] for h in state["history"]][0] == "ready"
+    assert "model loaded" in state["history"][0]["why"]
+    assert reg.alias("champion") == v and reg.audit_log()[-1]["reason"] == "gate passed"
+
+
+def test_publish_rejected_and_unloadable_versions_never_get_an_alias(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    champion = reg.publish(_version_files(), passed=True, promote_to="champion")
+    rejected = reg.publish(_version_files(1), passed=False, promote_to="champion")
+    broken_files = {**_version_files(2), "model/model.json": json.dumps({"format": "raypipe.model/1", "kind": "nope"}).encode()}
+    broken = reg.publish(broken_files, passed=True, promote_to="champion")
+    assert (reg.status(rejected), reg.status(broken)) == ("rejected", "failed")
+    assert "does not load back" in reg.state(broken)["history"][0]["why"]
+    assert reg.alias("champion") == champion
+    assert [e["version"] for e in reg.audit_log()] == [champion]
+
+
+def test_challenger_alias_leaves_the_champion_alone(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    champion = reg.publish(_version_files(), passed=True, promote_to="champion")
+    challenger = reg.publish(_version_files(1), passed=True, promote_to="challenger")
+    assert reg.aliases() == {"champion": champion, "challenger": challenger}
+    assert reg.info(challenger)["aliases"] == ["challenger"]
+    reg.set_alias("champion", challenger, reason="canary looked good")
+    assert reg.alias("champion") == challenger
+    rejected = reg.register({"a.txt": b"x"}, status="rejected")
+    with pytest.raises(RegistryError, match="only 'ready' versions can be challenger"):
+        reg.set_alias("challenger", rejected, reason="refused")
+
+
+def test_recover_leaves_versions_of_live_processes_alone(tmp_path):
+    reg = Registry(str(tmp_path), "p")
+    v = reg.write_version(_version_files())  # sealed and pending, owned by this (live) process
+    assert reg.status(v) == "pending" and reg.recover() == []
+    assert reg.finalize(v) == "ready" and reg.finalize(v) == "ready"  # idempotent
+    assert reg.alias("champion") is None  # no promote_to in its meta

@@ -1,14 +1,29 @@
-"""The evaluation gate: absolute limits, overfitting gap, and the champion comparison."""
+"""The evaluation gate: absolute limits, overfitting gap, slice gap, and the champion comparison.
+
+Every check is stored with its value and limit, passed or not, so the verdict can be
+audited later from the version's ``metrics.json``.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-LOWER_IS_BETTER = {"rmse", "mae"}
+from raypipe.evaluate.metrics import LOWER_IS_BETTER, higher_is_better_gap, main_metric
 
 
-def verdict(gate: Any, test: dict[str, Any], train: dict[str, Any] | None,
-            champion: dict[str, Any] | None) -> dict[str, Any]:
-    """Check every gate rule; return each check with its numbers and the outcome."""
+def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any] | None = None,
+            held_out: dict[str, Any] | None = None, champion: dict[str, Any] | None = None,
+            slices: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Check every gate rule; return each check with its numbers and the outcome.
+
+    Args:
+        gate: the spec's ``evaluate.gate``.
+        task: the data task (decides the main metric and directions).
+        test: the candidate's test metrics.
+        train, held_out: train and validation metrics for the overfitting gap
+            (``held_out`` falls back to ``test`` when the spec has no validation split).
+        champion: the champion's metrics on the same test split (None: no champion).
+        slices: sliced metrics by column (see :mod:`raypipe.evaluate.slices`).
+    """
     checks: list[dict[str, Any]] = []
 
     def check(name: str, value: float | None, limit: float, ok: bool) -> None:
@@ -21,17 +36,26 @@ def verdict(gate: Any, test: dict[str, Any], train: dict[str, Any] | None,
         v = test.get(m)
         check(f"{m} <= {hi:g}", v, hi, v is not None and v <= hi)
     if gate.max_overfit_gap is not None and train is not None:
-        m = _main_metric(test)
-        gap = train[m] - test[m] if m not in LOWER_IS_BETTER else test[m] - train[m]
-        check(f"train-test {m} gap <= {gate.max_overfit_gap:g}", gap, gate.max_overfit_gap, gap <= gate.max_overfit_gap)
+        m, other = main_metric(task), held_out or test
+        gap = None if train.get(m) is None or other.get(m) is None else higher_is_better_gap(m, train[m], other[m])
+        check(f"train vs validation {m} gap <= {gate.max_overfit_gap:g}", gap, gate.max_overfit_gap,
+              gap is not None and gap <= gate.max_overfit_gap)
+    if gate.max_slice_gap is not None:
+        for column, s in (slices or {}).items():
+            check(f"{s['metric']} gap across {column!r} slices <= {gate.max_slice_gap.max:g}", s.get("gap"),
+                  gate.max_slice_gap.max, s.get("gap") is None or s["gap"] <= gate.max_slice_gap.max)
     if gate.vs_champion is not None and champion is not None:
         m, delta = gate.vs_champion.metric, gate.vs_champion.min_delta
         cand, champ = test.get(m), champion.get(m)
-        better = None if cand is None or champ is None else (champ - cand if m in LOWER_IS_BETTER else cand - champ)
-        check(f"{m} vs champion >= +{delta:g}", better, delta, better is not None and better >= delta)
-    failures = [f"{c['check']}: got {c['value']!r}" for c in checks if not c["passed"]]
+        better = None if cand is None or champ is None else higher_is_better_gap(m, cand, champ)
+        check(f"{m} vs champion v{champion.get('version')} >= {delta:+g}", better, delta,
+              better is not None and better >= delta)
+    failures = [f"{c['check']}: got {_fmt(c['value'])}" for c in checks if not c["passed"]]
     return {"passed": not failures, "checks": checks, "failures": failures}
 
 
-def _main_metric(metrics: dict[str, Any]) -> str:
-    return "f1" if "f1" in metrics else "rmse"
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+__all__ = ["verdict", "LOWER_IS_BETTER"]

@@ -1,4 +1,8 @@
-"""Metrics from ``sklearn.metrics``, computed from labels and scores gathered by Ray."""
+"""Metrics by task, all from ``sklearn.metrics``, on labels and scores gathered by Ray.
+
+Every function takes plain numpy arrays and returns JSON-ready dicts (floats, lists,
+``None`` where a metric is undefined, e.g. ROC-AUC with one class in the split).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,45 +10,117 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "mape", "log_loss", "brier", "davies_bouldin"})
 
-def classification_metrics(y: np.ndarray, pred: np.ndarray, scores: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """accuracy, precision, recall, f1, roc_auc and the confusion matrix.
 
-    Binary problems use the positive (second) class; multi-class ones macro averages.
+def main_metric(task: str) -> str:
+    """The metric findings and the overfitting gap are stated in."""
+    return {"classification": "f1", "regression": "rmse", "clustering": "silhouette"}.get(task, "roc_auc")
+
+
+def higher_is_better_gap(metric: str, a: float, b: float) -> float:
+    """How much ``a`` is better than ``b`` (positive = better), for any metric direction."""
+    return b - a if metric in LOWER_IS_BETTER else a - b
+
+
+def classification_metrics(y: np.ndarray, pred: np.ndarray, scores: np.ndarray,
+                           class_names: list[str]) -> dict[str, Any]:
+    """Every classification metric, the confusion matrix and the per-class report.
+
+    Binary problems state precision/recall/F1 for the positive (second) class;
+    multi-class ones macro-average them (``f1_macro``/``f1_weighted`` are always there).
     """
-    labels = list(range(n_classes))
-    avg = "binary" if n_classes == 2 else "macro"
+    n = len(class_names)
+    labels = list(range(n))
+    avg = "binary" if n == 2 else "macro"
+    prf = {"labels": labels, "zero_division": 0}
     out: dict[str, Any] = {
         "accuracy": float(skm.accuracy_score(y, pred)),
-        "precision": float(skm.precision_score(y, pred, average=avg, labels=labels, zero_division=0)),
-        "recall": float(skm.recall_score(y, pred, average=avg, labels=labels, zero_division=0)),
-        "f1": float(skm.f1_score(y, pred, average=avg, labels=labels, zero_division=0)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)) if len(y) else None,
+        "precision": float(skm.precision_score(y, pred, average=avg, **prf)),
+        "recall": float(skm.recall_score(y, pred, average=avg, **prf)),
+        "f1": float(skm.f1_score(y, pred, average=avg, **prf)),
+        "f1_macro": float(skm.f1_score(y, pred, average="macro", **prf)),
+        "f1_weighted": float(skm.f1_score(y, pred, average="weighted", **prf)),
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
+        "per_class": skm.classification_report(y, pred, labels=labels, target_names=class_names,
+                                               output_dict=True, zero_division=0),
         "rows": int(len(y)),
     }
-    present = np.unique(y)
-    if len(present) < 2:
-        out["roc_auc"] = None  # undefined with one class in the split
-    elif n_classes == 2:
+    probs = np.clip(scores, 1e-15, 1.0)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    out["log_loss"] = float(skm.log_loss(y, probs, labels=labels)) if len(y) else None
+    out["brier"] = float(skm.brier_score_loss(y, probs[:, 1])) if n == 2 and len(y) else None
+    if len(np.unique(y)) < 2:
+        out["roc_auc"] = out["pr_auc"] = None  # undefined with one class in the split
+    elif n == 2:
         out["roc_auc"] = float(skm.roc_auc_score(y, scores[:, 1]))
+        out["pr_auc"] = float(skm.average_precision_score(y, scores[:, 1]))
     else:
-        out["roc_auc"] = float(skm.roc_auc_score(y, scores, multi_class="ovr", labels=labels))
+        # One-vs-rest, macro over the classes present in the split (a missing class has no AUC).
+        onehot = np.eye(n)[y]
+        present = onehot.sum(axis=0) > 0
+        out["roc_auc"] = float(skm.roc_auc_score(onehot[:, present], probs[:, present], average="macro"))
+        out["pr_auc"] = float(skm.average_precision_score(onehot[:, present], scores[:, present], average="macro"))
     return out
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """RMSE, MAE, R² and MAPE (MAPE is ``None`` when a true value is 0)."""
+    if len(y) == 0:
+        return {"rmse": None, "mae": None, "r2": None, "mape": None, "rows": 0}
     return {
         "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
         "mae": float(skm.mean_absolute_error(y, pred)),
-        "r2": float(skm.r2_score(y, pred)),
+        "r2": float(skm.r2_score(y, pred)) if len(y) > 1 else None,
+        "mape": None if np.any(y == 0) else float(skm.mean_absolute_percentage_error(y, pred)),
         "rows": int(len(y)),
     }
 
 
-def best_f1_threshold(y: np.ndarray, p1: np.ndarray) -> float:
-    """The decision threshold on the positive-class score that maximises F1."""
+def clustering_metrics(x: np.ndarray, labels: np.ndarray, *, sample_size: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Silhouette (on a seeded sample above ``sample_size`` rows) and Davies-Bouldin."""
+    k = len(np.unique(labels))
+    if k < 2 or k >= len(labels):
+        return {"silhouette": None, "davies_bouldin": None, "clusters": int(k), "rows": int(len(labels))}
+    size = sample_size if len(labels) > sample_size else None
+    return {
+        "silhouette": float(skm.silhouette_score(x, labels, sample_size=size, random_state=seed)),
+        "davies_bouldin": float(skm.davies_bouldin_score(x, labels)),
+        "clusters": int(k),
+        "rows": int(len(labels)),
+    }
+
+
+def anomaly_metrics(score: np.ndarray, y: np.ndarray | None = None, *, k: int | None = None) -> dict[str, Any]:
+    """ROC-AUC and precision@k of an anomaly score (higher = more anomalous) when labels exist.
+
+    ``k`` defaults to the number of true anomalies.
+    """
+    out: dict[str, Any] = {"rows": int(len(score)), "score_mean": float(np.mean(score)) if len(score) else None}
+    if y is None or len(np.unique(y)) < 2:
+        return {**out, "roc_auc": None, "precision_at_k": None}
+    k = int(k or y.sum())
+    top = np.argsort(-score, kind="stable")[:k]
+    return {**out, "roc_auc": float(skm.roc_auc_score(y, score)), "precision_at_k": float(y[top].mean()), "k": k}
+
+
+def choose_threshold(y: np.ndarray, p1: np.ndarray, strategy: str = "max_f1", target_recall: float | None = None) -> float:
+    """The decision threshold on the positive-class score.
+
+    ``max_f1``: maximises F1. ``target_recall``: the highest threshold whose recall is
+    still at least ``target_recall`` (the most precise model that catches enough).
+    """
     if len(np.unique(y)) < 2:
         return 0.5
     precision, recall, thresholds = skm.precision_recall_curve(y, p1)
+    if strategy == "target_recall":
+        ok = np.flatnonzero(recall[:-1] >= float(target_recall or 0.0))
+        return float(thresholds[ok[-1]]) if len(ok) else float(thresholds[0])
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def best_f1_threshold(y: np.ndarray, p1: np.ndarray) -> float:
+    """The decision threshold on the positive-class score that maximises F1."""
+    return choose_threshold(y, p1, "max_f1")

@@ -1,14 +1,24 @@
-"""The evaluate stage: batch inference on Ray over the test split, metrics, gate verdict."""
+"""The evaluate stage: batch inference on Ray over every split, metrics, slices, findings, gate, report.
+
+Predictions are made by Ray Data tasks (``map_batches``); only labels, slice columns and
+scores travel to the driver, where ``sklearn.metrics`` turns them into numbers.
+"""
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from raypipe.datasets import read_parquet
+from raypipe.errors import SpecError
+from raypipe.evaluate.findings import fit_findings, slice_findings, threshold_finding
 from raypipe.evaluate.gate import verdict
-from raypipe.evaluate.metrics import best_f1_threshold, classification_metrics, regression_metrics
-from raypipe.predictor import predict_batch
+from raypipe.evaluate.metrics import LOWER_IS_BETTER, choose_threshold, classification_metrics, main_metric, regression_metrics
+from raypipe.evaluate.slices import slice_keys, sliced_metrics
+from raypipe.predictor import decide, predict_batch
 from raypipe.store import Store
 from raypipe.train.data import encode_labels
 
@@ -19,43 +29,51 @@ def model_key(model_uri: str) -> str:
     return "-".join(store.sha256(f)[:16] for f in store.walk_files())
 
 
-def predict_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any],
-                  threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, decisions, scores) of a split, predicted by Ray Data tasks.
+@dataclass
+class Scored:
+    """A split's labels, scores and kept columns, as gathered from Ray."""
 
-    Only the label, the decision and the scores travel to the driver.
-    """
-    target = schema["target"]
-    out = ds.map_batches(
-        predict_batch,
-        fn_kwargs={"model_uri": model_uri, "model_key": model_key(model_uri), "features": features,
-                   "schema": schema, "threshold": threshold, "keep": [target["name"]]},
-        batch_format="pandas", batch_size=4096,
-    ).to_pandas()
-    y = encode_labels(out[target["name"]], target.get("classes"))
-    return y, out["__pred"].to_numpy(), np.stack(out["__scores"].to_numpy())
+    y: np.ndarray
+    scores: np.ndarray
+    frame: pd.DataFrame  # the kept columns (target and slice columns)
+    class_names: list[str] | None
+
+    def pred(self, threshold: float) -> np.ndarray:
+        return decide(self.scores, self.class_names is not None, threshold)
+
+    def metrics(self, threshold: float, mask: np.ndarray | None = None) -> dict[str, Any]:
+        y, scores = (self.y, self.scores) if mask is None else (self.y[mask], self.scores[mask])
+        pred = decide(scores, self.class_names is not None, threshold)
+        if self.class_names is None:
+            return regression_metrics(y, pred.astype(np.float64))
+        with warnings.catch_warnings():  # slices may lack a class: sklearn warns, the metric is still defined
+            warnings.simplefilter("ignore")
+            return classification_metrics(y, pred.astype(np.int64), scores, self.class_names)
 
 
 def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any],
-                threshold: float = 0.5) -> dict[str, Any]:
-    """The metrics of a split."""
-    classes = schema["target"].get("classes")
-    y, pred, scores = predict_split(ds, model_uri, features, schema, threshold)
-    if classes is None:
-        return regression_metrics(y, pred.astype(np.float64))
-    return classification_metrics(y, pred.astype(np.int64), scores, len(classes))
+                keep: list[str] | None = None) -> Scored:
+    """Predict a split with Ray Data tasks; gather labels, scores and ``keep`` columns."""
+    target = schema["target"]
+    cols = list(dict.fromkeys([target["name"], *(keep or [])]))
+    out = ds.map_batches(
+        predict_batch,
+        fn_kwargs={"model_uri": model_uri, "model_key": model_key(model_uri), "features": features,
+                   "schema": schema, "keep": cols},
+        batch_format="pandas", batch_size=4096,
+    ).drop_columns(["__pred"]).to_pandas()
+    classes = target.get("classes")
+    scores = np.stack(out.pop("__scores").to_numpy()) if len(out) else np.zeros((0, len(classes or [0])))
+    return Scored(encode_labels(out[target["name"]], classes), scores, out, classes)
 
 
-def choose_threshold(ds: Any | None, model_uri: str, features: dict[str, Any], schema: dict[str, Any]) -> float:
-    """For binary problems, the max-F1 threshold on the validation split ``ds`` (0.5 otherwise).
-
-    Chosen on validation, never on test, so the test metrics stay honest.
-    """
-    classes = schema["target"].get("classes")
-    if ds is None or not classes or len(classes) != 2:
-        return 0.5
-    y, _, scores = predict_split(ds, model_uri, features, schema)
-    return best_f1_threshold(y, scores[:, 1])
+def pick_threshold(cfg: Any, validation: Scored | None) -> tuple[float, str]:
+    """The binary decision threshold from ``evaluate.threshold``, chosen on validation only."""
+    if cfg.strategy == "fixed":
+        return cfg.value, "fixed"
+    if validation is None or validation.class_names is None or len(validation.class_names) != 2:
+        return 0.5, "default (not a binary problem or no validation split)"
+    return choose_threshold(validation.y, validation.scores[:, 1], cfg.strategy, cfg.target_recall), cfg.strategy
 
 
 def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -64,25 +82,55 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     schema = val.store.read_json(val.outputs["schema"])
     features = feats.store.read_json(feats.outputs["features"])
     model_uri = train.store.full_uri(train.outputs["model"])
-    split = lambda s: read_parquet(val.store, val.outputs["splits"][s])  # noqa: E731
-    validation = split("validation") if "validation" in val.outputs["splits"] else None
-    threshold = choose_threshold(validation, model_uri, features, schema)
-    test = score_split(split("test"), model_uri, features, schema, threshold)
-    cfg = ctx.spec.evaluate
-    train_metrics = (score_split(split("train"), model_uri, features, schema, threshold)
-                     if cfg.gate.max_overfit_gap is not None else None)
-    champion = _champion_metrics(ctx, split("test"), schema) if cfg.gate.vs_champion is not None else None
-    result = verdict(cfg.gate, test, train_metrics, champion)
-    metrics = {m: test.get(m) for m in cfg.metrics}
-    doc = {"test": test, "train": train_metrics, "champion": champion, "gate": result, "metrics": metrics,
-           "threshold": threshold}
+    cfg, task = ctx.spec.evaluate, ctx.spec.data.task
+    missing = [c for c in cfg.slices if c not in schema["columns"]]
+    if missing:
+        raise SpecError(f"evaluate.slices: {missing} are not columns of the data; use some of {sorted(schema['columns'])}")
+    splits = val.outputs["splits"]
+    scored = {s: score_split(read_parquet(val.store, splits[s]), model_uri, features, schema, cfg.slices)
+              for s in ("train", "validation", "test") if s in splits}
+    threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
+    m = {s: sc.metrics(threshold) for s, sc in scored.items()}
+    test = scored["test"]
+    slice_metric = (cfg.gate.max_slice_gap.metric if cfg.gate.max_slice_gap and cfg.gate.max_slice_gap.metric
+                    else main_metric(task))
+    slices = {c: sliced_metrics(slice_keys(test.frame[c]), lambda mask: test.metrics(threshold, mask), slice_metric,
+                                lower_is_better=slice_metric in LOWER_IS_BETTER, min_rows=cfg.min_slice_rows)
+              for c in cfg.slices}
+    champion = (_champion_metrics(ctx, read_parquet(val.store, splits["test"]))
+                if cfg.gate.vs_champion is not None else None)
+    held_name = "validation" if "validation" in m else "test"
+    fit, gap = fit_findings(task, m["train"], m[held_name], held_name, cfg.gate.max_overfit_gap)
+    findings = fit + slice_findings(slices)
+    if test.class_names is not None and len(test.class_names) == 2:
+        findings += threshold_finding(strategy, threshold, m.get("validation"))
+    result = verdict(cfg.gate, task, m["test"], train=m["train"], held_out=m.get("validation"),
+                     champion=champion, slices=slices)
+    doc = {
+        "task": task, "pipeline": ctx.spec.name, "run_id": ctx.run_id, "classes": test.class_names,
+        "threshold": threshold, "threshold_strategy": strategy, "overfit_gap": gap,
+        "train": m["train"], "validation": m.get("validation"), "test": m["test"], "champion": champion,
+        "slices": slices, "findings": findings, "gate": result,
+        "metrics": {k: m["test"].get(k) for k in cfg.metrics},
+    }
     ctx.artifact.write_json("metrics.json", doc)
-    ctx.log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None)
+    _write_report(ctx.artifact, doc, test, threshold)
+    ctx.log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in doc["metrics"].items() if v is not None)
             + ("" if result["passed"] else "  — gate NOT passed"))
-    return {"metrics": metrics, "metrics_file": "metrics.json", "gate": result, "threshold": threshold}
+    for f in findings:
+        ctx.log(f)
+    return {"metrics": doc["metrics"], "metrics_file": "metrics.json", "report": "report.html", "gate": result,
+            "threshold": threshold}
 
 
-def _champion_metrics(ctx: Any, test_ds: Any, schema: dict[str, Any]) -> dict[str, Any] | None:
+def _write_report(store: Store, doc: dict[str, Any], test: Scored, threshold: float) -> None:
+    from raypipe.evaluate.report import write_report
+
+    write_report(store, doc, y=test.y, pred=test.pred(threshold),
+                 scores=test.scores if test.class_names is not None else None, class_names=test.class_names)
+
+
+def _champion_metrics(ctx: Any, test_ds: Any) -> dict[str, Any] | None:
     """The current champion scored on this run's test split (None when there is none)."""
     from raypipe.registry import Registry
 
@@ -91,6 +139,6 @@ def _champion_metrics(ctx: Any, test_ds: Any, schema: dict[str, Any]) -> dict[st
     if version is None:
         return None
     vs = reg.version_store(version)
-    threshold = reg.info(version).get("threshold", 0.5)
-    return {"version": version, **score_split(test_ds, vs.full_uri("model"), vs.read_json("features.json"),
-                                              vs.read_json("schema.json"), threshold)}
+    scored = score_split(test_ds, vs.full_uri("model"), vs.read_json("features.json"), vs.read_json("schema.json"))
+    metrics = scored.metrics(reg.info(version).get("threshold", 0.5))
+    return {"version": version, **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}}

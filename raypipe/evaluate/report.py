@@ -1,0 +1,218 @@
+"""A human-friendly evaluation report: PNG plots and one self-contained ``report.html``.
+
+Plots are drawn on ``matplotlib.figure.Figure`` objects and rendered with the Agg
+canvas into memory, so no pyplot state or global backend is touched. The HTML page
+uses inline CSS only (no JS, no external URLs) and escapes every piece of text.
+"""
+from __future__ import annotations
+
+import html
+import re
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+MAX_POINTS = 5000  # scatter plots are subsampled to this many points
+MAX_CURVE_CLASSES = 10  # one-vs-rest curves are drawn for at most this many classes
+MAX_BARS = 30  # per-slice bar charts show the largest slices only
+_NON_SCALAR = {"confusion_matrix", "per_class"}
+_CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
+.pass{color:#1a7f37;font-weight:bold}.fail{color:#cf222e;font-weight:bold}figure{display:inline-block;margin:1em}
+img{max-width:640px;border:1px solid #ddd}"""
+
+
+def write_report(store: Any, doc: dict[str, Any], *, y: Any, pred: Any, scores: Any = None,
+                 class_names: list[str] | None = None) -> list[str]:
+    """Write report.html and plots/*.png into `store`; return the relative paths written."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    if doc.get("task") == "classification":
+        plots = _classification_plots(doc, y, pred, None if scores is None else np.asarray(scores), class_names)
+    else:
+        plots = _regression_plots(y, pred)
+    plots.update(_slice_plots(doc.get("slices") or {}, used=set(plots)))
+    written = []
+    for name, png in plots.items():
+        store.write_bytes(f"plots/{name}.png", png)
+        written.append(f"plots/{name}.png")
+    store.write_bytes("report.html", _html(doc, list(plots)).encode())
+    return written + ["report.html"]
+
+
+# -- plots ----------------------------------------------------------------------------
+def _png(fig: Figure) -> bytes:
+    buf = BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _text(s: Any) -> str:
+    """Plain text for matplotlib labels (a ``$`` would start mathtext)."""
+    return str(s).replace("$", r"\$")
+
+
+def _subsample(n: int) -> np.ndarray:
+    if n <= MAX_POINTS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
+
+
+def _classification_plots(doc: dict[str, Any], y: np.ndarray, pred: np.ndarray, scores: np.ndarray | None,
+                          class_names: list[str] | None) -> dict[str, bytes]:
+    k = len(class_names) if class_names else (scores.shape[1] if scores is not None else int(max(y.max(), pred.max())) + 1)
+    names = [str(c) for c in class_names] if class_names else [str(i) for i in range(k)]
+    out: dict[str, bytes] = {}
+    cm = (doc.get("test") or {}).get("confusion_matrix") or skm.confusion_matrix(y, pred, labels=list(range(k))).tolist()
+    cm = np.asarray(cm)
+    side = min(16.0, 0.6 * k + 3)
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax)
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="actual", title="Confusion matrix")
+    ax.set_xticklabels([_text(n) for n in names], rotation=45, ha="right")
+    ax.set_yticklabels([_text(n) for n in names])
+    out["confusion_matrix"] = _png(fig)
+    if scores is None or len(np.unique(y)) < 2:
+        return out  # curves need scores and both positives and negatives
+    curves = [(1, "positive")] if k == 2 else [(c, names[c]) for c in range(min(k, MAX_CURVE_CLASSES))]
+    curves = [(c, n) for c, n in curves if 0 < np.sum(y == c) < len(y)]
+    roc, pr = Figure(figsize=(6, 5)), Figure(figsize=(6, 5))
+    rax, pax = roc.add_subplot(), pr.add_subplot()
+    for c, n in curves:
+        fpr, tpr, _ = skm.roc_curve(y == c, scores[:, c])
+        rax.plot(fpr, tpr, label=_text(f"{n} (AUC {skm.auc(fpr, tpr):.3f})"))
+        prec, rec, _ = skm.precision_recall_curve(y == c, scores[:, c])
+        pax.plot(rec, prec, label=_text(f"{n} (AUC {skm.auc(rec, prec):.3f})"))
+    rax.plot([0, 1], [0, 1], "k--", lw=1)
+    rax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
+    pax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", ylim=(0, 1.05))
+    for ax in (rax, pax):
+        ax.legend(loc="lower right" if ax is rax else "lower left", fontsize="small")
+    out["roc"], out["precision_recall"] = _png(roc), _png(pr)
+    if k == 2:
+        frac_pos, mean_pred = calibration_curve(y, scores[:, 1], n_bins=10)
+        fig = Figure(figsize=(6, 5))
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+        ax.plot(mean_pred, frac_pos, "o-", label="model")
+        ax.set(xlabel="mean predicted probability", ylabel="fraction of positives", title="Calibration")
+        ax.legend(loc="upper left")
+        out["calibration"] = _png(fig)
+    return out
+
+
+def _regression_plots(y: np.ndarray, pred: np.ndarray) -> dict[str, bytes]:
+    y, pred = y.astype(float), pred.astype(float)
+    idx = _subsample(len(y))
+    resid = y - pred
+    out: dict[str, bytes] = {}
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    ax.scatter(y[idx], pred[idx], s=6, alpha=0.5)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual")
+    out["predicted_vs_actual"] = _png(fig)
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    ax.scatter(pred[idx], resid[idx], s=6, alpha=0.5)
+    ax.axhline(0, color="k", ls="--", lw=1)
+    ax.set(xlabel="predicted", ylabel="residual (actual - predicted)", title="Residuals vs predicted")
+    out["residuals"] = _png(fig)
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    ax.hist(resid, bins=min(50, max(5, len(resid) // 10)))
+    ax.set(xlabel="residual (actual - predicted)", ylabel="rows", title="Residual distribution")
+    out["residual_histogram"] = _png(fig)
+    return out
+
+
+def _slice_plots(slices: dict[str, Any], used: set[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for col, info in slices.items():
+        metric = info.get("metric", "")
+        items = sorted((info.get("values") or {}).items(), key=lambda kv: -(kv[1].get("rows") or 0))[:MAX_BARS]
+        if not items:
+            continue
+        name = base = "slice_" + (re.sub(r"[^A-Za-z0-9_-]+", "_", str(col)) or "column")
+        n = 1
+        while name in used:
+            n, name = n + 1, f"{base}_{n + 1}"
+        used.add(name)
+        vals = [v.get(metric) for _, v in items]
+        fig = Figure(figsize=(max(6, 0.5 * len(items) + 2), 5))
+        ax = fig.add_subplot()
+        ax.bar(range(len(items)), [np.nan if v is None else v for v in vals])
+        ax.set_xticks(range(len(items)))
+        ax.set_xticklabels([_text(f"{k}\n(n={v.get('rows', '?')})") for k, v in items], rotation=45, ha="right")
+        ax.set(ylabel=_text(metric), title=_text(f"{metric} by {col} (gap {_fmt(info.get('gap'))})"))
+        out[name] = _png(fig)
+    return out
+
+
+# -- html -----------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(doc: dict[str, Any], plots: list[str]) -> str:
+    e = html.escape
+    ids = [f"{label} {doc[k]}" for k, label in (("pipeline", "pipeline"), ("run_id", "run"), ("version", "version"))
+           if doc.get(k) is not None]
+    title = "Evaluation report" + "".join(f" — {i}" for i in ids)
+    gate = doc.get("gate") or {}
+    ok = bool(gate.get("passed"))
+    parts = [f"<h1>{e(title)}</h1>", f"<p>task: {e(_fmt(doc.get('task')))}; threshold: {e(_fmt(doc.get('threshold')))}</p>",
+             f'<h2>Gate: <span class="{"pass" if ok else "fail"}">{"PASSED" if ok else "FAILED"}</span></h2>']
+    checks = gate.get("checks") or []
+    rows = "".join(f'<tr><td>{e(str(c.get("check")))}</td><td>{e(_fmt(c.get("value")))}</td><td>{e(_fmt(c.get("limit")))}</td>'
+                   f'<td class="{"pass" if c.get("passed") else "fail"}">{"pass" if c.get("passed") else "FAIL"}</td></tr>'
+                   for c in checks)
+    parts.append(f"<table><tr><th>check</th><th>value</th><th>limit</th><th>passed</th></tr>{rows}</table>" if checks
+                 else "<p>No gate checks configured.</p>")
+    if gate.get("failures"):
+        parts.append("<ul>" + "".join(f"<li>{e(str(f))}</li>" for f in gate["failures"]) + "</ul>")
+    sets = [(s, doc.get(s)) for s in ("test", "train", "validation") if isinstance(doc.get(s), dict)]
+    if isinstance(doc.get("champion"), dict):
+        sets.append((f"champion (v{doc['champion']['version']})" if doc["champion"].get("version") is not None
+                     else "champion", doc["champion"]))
+    names = list(dict.fromkeys(k for _, m in sets for k, v in m.items()
+                               if k not in _NON_SCALAR and k != "version" and not isinstance(v, (dict, list))))
+    parts += ["<h2>Metrics</h2>", _table(["metric"] + [s for s, _ in sets], [[n] + [m.get(n) for _, m in sets] for n in names])]
+    if doc.get("findings"):
+        parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{e(str(f))}</li>" for f in doc["findings"]) + "</ul>")
+    per_class = (doc.get("test") or {}).get("per_class") or {}
+    pc_rows = [[c, r.get("precision"), r.get("recall"), r.get("f1-score"), r.get("support")]
+               for c, r in per_class.items() if isinstance(r, dict)]
+    if pc_rows:
+        parts += ["<h2>Per-class report (test)</h2>", _table(["class", "precision", "recall", "f1-score", "support"], pc_rows)]
+    for col, info in (doc.get("slices") or {}).items():
+        metric = str(info.get("metric", ""))
+        parts.append(f"<h2>Slices by {e(str(col))}</h2><p>{e(metric)} gap between slices: {e(_fmt(info.get('gap')))}</p>")
+        parts.append(_table(["value", "rows", metric], [[k, v.get("rows"), v.get(metric)]
+                                                         for k, v in (info.get("values") or {}).items()]))
+    if plots:
+        parts.append("<h2>Plots</h2>" + "".join(f'<figure><img src="plots/{e(p)}.png" alt="{e(p)}">'
+                                                 f"<figcaption>{e(p.replace('_', ' '))}</figcaption></figure>" for p in plots))
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head>'
+            f"<body>{''.join(parts)}</body></html>")

@@ -1,0 +1,126 @@
+"""The evaluation report: PNG plots and a self-contained, escaped report.html."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from raypipe.evaluate.report import MAX_POINTS, write_report
+from raypipe.store import Store
+
+
+def _clf_doc(y, pred, names, passed=True):
+    labels = list(range(len(names)))
+    avg = "binary" if len(names) == 2 else "macro"
+    test = {
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "f1": float(skm.f1_score(y, pred, average=avg, labels=labels, zero_division=0)),
+        "roc_auc": None,
+        "rows": len(y),
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
+        "per_class": skm.classification_report(y, pred, labels=labels, target_names=names,
+                                               output_dict=True, zero_division=0),
+    }
+    checks = [{"check": "f1 >= 0.99", "value": test["f1"], "limit": 0.99, "passed": passed},
+              {"check": "accuracy >= 0.1", "value": test["accuracy"], "limit": 0.1, "passed": True}]
+    failures = [] if passed else [f"f1 >= 0.99: got {test['f1']!r}"]
+    return {"task": "classification", "test": test, "train": dict(test, f1=0.987654), "validation": None,
+            "threshold": 0.42, "gate": {"passed": passed, "checks": checks, "failures": failures},
+            "slices": {"region": {"metric": "f1", "gap": 0.25,
+                                  "values": {"north": {"rows": 30, "f1": 0.8},
+                                             "<script>alert(1)</script>": {"rows": 5, "f1": None}}}},
+            "findings": ["Recall on class <b> is low & worth a look."],
+            "champion": {"f1": 0.5, "accuracy": 0.6, "version": 3}, "version": 4, "run_id": "run-xyz"}
+
+
+def _check_outputs(tmp_path, paths):
+    assert "report.html" in paths
+    for p in paths:
+        assert (tmp_path / p).is_file(), p
+    pngs = [p for p in paths if p.endswith(".png")]
+    for p in pngs:
+        data = (tmp_path / p).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 2000, p
+    page = (tmp_path / "report.html").read_text()
+    for p in pngs:
+        assert f'<img src="{p}"' in page
+    assert set(re.findall(r'src="([^"]+)"', page)) == set(pngs)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    return {p.split("/")[-1] for p in pngs}, page
+
+
+def test_binary_classification_failed_gate(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    p1 = np.clip(y * 0.6 + rng.normal(0.2, 0.25, 400), 0, 1)
+    scores = np.column_stack([1 - p1, p1])
+    pred = (p1 >= 0.42).astype(int)
+    doc = _clf_doc(y, pred, ["neg", "pos"], passed=False)
+    paths = write_report(Store(str(tmp_path)), doc, y=y, pred=pred, scores=scores, class_names=["neg", "pos"])
+    names, page = _check_outputs(tmp_path, paths)
+    assert names == {"confusion_matrix.png", "roc.png", "precision_recall.png", "calibration.png", "slice_region.png"}
+    assert "FAILED" in page and "PASSED" not in page
+    assert "f1 &gt;= 0.99" in page and "accuracy &gt;= 0.1" in page
+    assert f"{doc['test']['f1']:.4g}" in page and "0.9877" in page  # test and train f1
+    assert "run-xyz" in page and "champion (v3)" in page and "0.42" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Recall on class &lt;b&gt; is low &amp; worth a look." in page
+    assert "neg" in page and "pos" in page and "0.25" in page
+
+
+def test_multiclass_passed_gate(tmp_path):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    logits = np.eye(3)[y] * 2 + rng.normal(0, 1, (300, 3))
+    scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = scores.argmax(1)
+    names3 = ["setosa", "versicolor", "virginica"]
+    doc = _clf_doc(y, pred, names3)
+    paths = write_report(Store(str(tmp_path)), doc, y=y, pred=pred, scores=scores, class_names=names3)
+    names, page = _check_outputs(tmp_path, paths)
+    assert names == {"confusion_matrix.png", "roc.png", "precision_recall.png", "slice_region.png"}
+    assert "PASSED" in page and "FAILED" not in page
+    for n in names3:
+        assert n in page
+
+
+def test_single_class_skips_curves(tmp_path):
+    y = np.zeros(50, dtype=int)
+    pred = np.r_[np.zeros(45, dtype=int), np.ones(5, dtype=int)]
+    scores = np.column_stack([np.full(50, 0.7), np.full(50, 0.3)])
+    doc = _clf_doc(y, pred, ["a", "b"])
+    del doc["slices"], doc["champion"], doc["findings"], doc["train"]
+    paths = write_report(Store(str(tmp_path)), doc, y=y, pred=pred, scores=scores, class_names=["a", "b"])
+    names, page = _check_outputs(tmp_path, paths)
+    assert names == {"confusion_matrix.png"}
+    assert "—" in page  # roc_auc is None
+
+
+def test_regression_subsamples_and_handles_missing(tmp_path):
+    rng = np.random.default_rng(3)
+    n = MAX_POINTS + 1000
+    y = rng.normal(10, 3, n)
+    pred = y + rng.normal(0, 1, n)
+    test = {"rmse": float(np.sqrt(skm.mean_squared_error(y, pred))), "mae": float(skm.mean_absolute_error(y, pred)),
+            "r2": float(skm.r2_score(y, pred)), "rows": n}
+    doc = {"task": "regression", "test": test, "threshold": 0.5,
+           "gate": {"passed": True, "checks": [{"check": "rmse <= 2", "value": test["rmse"], "limit": 2.0,
+                                                "passed": True}], "failures": []},
+           "slices": {"size $ bucket": {"metric": "rmse", "gap": None,
+                                        "values": {"small": {"rows": 10, "rmse": 1.1}, "big": {"rows": 7}}}}}
+    paths = write_report(Store(str(tmp_path)), doc, y=y, pred=pred)
+    names, page = _check_outputs(tmp_path, paths)
+    assert names == {"predicted_vs_actual.png", "residuals.png", "residual_histogram.png", "slice_size_bucket.png"}
+    assert f"{test['rmse']:.4g}" in page and "rmse &lt;= 2" in page and "PASSED" in page
+    assert "size $ bucket" in page
+
+
+@pytest.mark.parametrize("gate", [None, {}])
+def test_missing_gate_renders(tmp_path, gate):
+    y = np.array([0.0, 1.0, 2.0])
+    doc = {"task": "regression", "test": {"rmse": None}, "threshold": None, "gate": gate}
+    paths = write_report(Store(str(tmp_path)), doc, y=y, pred=y)
+    _, page = _check_outputs(tmp_path, paths)
+    assert "FAILED" in page and "—" in page
