@@ -11,6 +11,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# The subpackage raypipe.serve is imported first: importing a subpackage binds its name on
+# the parent, and that must happen before the public serve() function takes the name,
+# or `import raypipe.serve.deploy` anywhere would replace raypipe.serve with a module.
+import raypipe.serve as _serve_package  # noqa: E402,F401
 from raypipe.api import predict, run, serve  # noqa: E402
 from raypipe.errors import (  # noqa: E402
     ArtifactError,

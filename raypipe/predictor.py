@@ -34,6 +34,7 @@ class Predictor:
         target = schema.get("target") or {}
         self.classes: list[str] | None = target.get("classes")
         self.target_type = target.get("type", "number")
+        self.task: str = getattr(model, "task", None) or target.get("task", "classification")
 
     @classmethod
     def load(cls, model_store: Store, features: dict[str, Any], schema: dict[str, Any], **kw: Any) -> "Predictor":
@@ -55,7 +56,7 @@ class Predictor:
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Class index per row (classification) or the values (regression)."""
-        return decide(scores, self.classes is not None, self.threshold)
+        return decide(scores, self.task, self.threshold)
 
     # -- JSON ---------------------------------------------------------------------------
     def predict_records(self, rows: pd.DataFrame | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,6 +64,10 @@ class Predictor:
         frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(rows)
         scores = self.scores(frame)
         decided = self.decide(scores)
+        if self.task == "clustering":
+            return [{"cluster": int(v)} for v in decided]
+        if self.task == "anomaly":
+            return [{"is_anomaly": bool(d), "anomaly_score": float(v)} for d, v in zip(decided, scores)]
         if self.classes is None:
             return [{"prediction": float(v)} for v in decided]
         labels = [label_value(c, self.target_type) for c in self.classes]
@@ -72,10 +77,19 @@ class Predictor:
         ]
 
 
-def decide(scores: np.ndarray, classification: bool, threshold: float = 0.5) -> np.ndarray:
-    """Class index per row (binary: positive-class score >= threshold; else argmax), or the values."""
-    if not classification:
-        return scores[:, 0] if scores.ndim == 2 else scores
+def decide(scores: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray:
+    """The answer per row from the model's scores.
+
+    classification: class index (binary: positive-class score >= threshold, else argmax);
+    regression: the value; clustering: the cluster id; anomaly: 1 where score >= threshold.
+    """
+    flat = scores[:, 0] if scores.ndim == 2 and task != "classification" else scores
+    if task == "regression":
+        return flat
+    if task == "clustering":
+        return flat.astype(np.int64)
+    if task == "anomaly":
+        return (flat >= threshold).astype(np.int64)
     if scores.shape[1] == 2:
         return (scores[:, 1] >= threshold).astype(np.int64)
     return scores.argmax(axis=1)
@@ -85,7 +99,8 @@ _PREDICTORS: dict[str, Predictor] = {}
 
 
 def predict_batch(batch: pd.DataFrame, model_uri: str, model_key: str, features: dict[str, Any],
-                  schema: dict[str, Any], threshold: float = 0.5, keep: list[str] | None = None) -> dict[str, Any]:
+                  schema: dict[str, Any], threshold: float = 0.5, keep: list[str] | None = None,
+                  with_features: bool = False) -> dict[str, Any]:
     """Ray Data task function: like :class:`BatchPredict` without an actor's start-up cost.
 
     The predictor is cached per worker process under ``model_key`` (a digest of the
@@ -96,12 +111,15 @@ def predict_batch(batch: pd.DataFrame, model_uri: str, model_key: str, features:
         _PREDICTORS[model_key] = Predictor.load(Store(model_uri), features, schema)
     predictor = _PREDICTORS[model_key]
     predictor.threshold = threshold
-    return _predict_columns(predictor, batch, keep or [])
+    return _predict_columns(predictor, batch, keep or [], with_features)
 
 
-def _predict_columns(predictor: Predictor, batch: pd.DataFrame, keep: list[str]) -> dict[str, Any]:
-    scores = predictor.scores(batch)
+def _predict_columns(predictor: Predictor, batch: pd.DataFrame, keep: list[str], with_features: bool = False) -> dict[str, Any]:
+    x = predictor.features.transform(batch)
+    scores = predictor.model.predict_scores(x)
     out: dict[str, Any] = {c: _column(batch[c]) for c in keep if c in batch}
+    if with_features:
+        out["__x"] = x
     out["__pred"] = predictor.decide(scores)
     out["__scores"] = scores if scores.ndim == 2 else scores[:, None]
     return out

@@ -17,13 +17,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raypipe.errors import SpecError
 
 TASKS = ("classification", "regression", "clustering", "anomaly")
-SUPPORTED_TASKS = ("classification", "regression")
+SUPPORTED_TASKS = TASKS
+UNSUPERVISED_TASKS = ("clustering", "anomaly")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")  # the default summary
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 TASK_METRICS = {  # every metric the evaluate stage computes, by task (raypipe/evaluate/metrics.py)
     "classification": ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted",
                        "roc_auc", "pr_auc", "log_loss", "brier"),
     "regression": ("rmse", "mae", "r2", "mape"),
+    "clustering": ("silhouette", "davies_bouldin"),
+    # anomaly: roc_auc/pr_auc/precision_at_k/precision/recall/f1 need a label column (data.target)
+    "anomaly": ("roc_auc", "pr_auc", "precision_at_k", "precision", "recall", "f1", "anomaly_rate"),
+}
+DEFAULT_METRICS = {
+    "classification": CLASSIFICATION_METRICS,
+    "regression": REGRESSION_METRICS,
+    "clustering": ("silhouette", "davies_bouldin"),
+    "anomaly": ("roc_auc", "precision_at_k", "anomaly_rate"),
 }
 TORCH_MODELS = ("torch.mlp",)
 
@@ -89,11 +99,7 @@ class DataSection(_Section):
 
     @model_validator(mode="after")
     def _target_for_task(self) -> "DataSection":
-        if self.task not in SUPPORTED_TASKS:
-            raise ValueError(
-                f"task {self.task!r} is not implemented in this raypipe version; use one of {list(SUPPORTED_TASKS)}"
-            )
-        if self.target is None:
+        if self.target is None and self.task not in UNSUPERVISED_TASKS:
             raise ValueError(f"task {self.task!r} needs data.target: the name of the label column")
         return self
 
@@ -210,7 +216,9 @@ class ThresholdSection(_Section):
 
     strategy: Literal["max_f1", "target_recall", "fixed"] = "max_f1"
     target_recall: float | None = Field(default=None, gt=0.0, le=1.0)
-    value: float = Field(default=0.5, ge=0.0, le=1.0, description="the threshold with strategy: fixed")
+    value: float = Field(default=0.5, description="the threshold with strategy: fixed")
+    anomaly_rate: float = Field(default=0.01, gt=0.0, lt=0.5,
+                                description="task anomaly without labels: the share of rows flagged on validation")
 
     @model_validator(mode="after")
     def _recall_given(self) -> "ThresholdSection":
@@ -325,12 +333,18 @@ class Spec(_Section):
     def _cross_checks(self) -> "Spec":
         if self.tune is not None:
             raise ValueError("tune: hyperparameter search is not implemented in this raypipe version; remove the section")
-        allowed = TASK_METRICS[self.data.task]
-        if self.data.task == "regression" and self.evaluate.metrics == list(CLASSIFICATION_METRICS):
-            self.evaluate.metrics = list(REGRESSION_METRICS)
+        task = self.data.task
+        allowed = TASK_METRICS[task]
+        if self.evaluate.metrics == list(CLASSIFICATION_METRICS):  # the default: each task has its own
+            defaults = DEFAULT_METRICS[task]
+            self.evaluate.metrics = list(defaults if task != "anomaly" or self.data.target else ("anomaly_rate",))
         gate = self.evaluate.gate
-        if gate.vs_champion and self.data.task == "regression" and gate.vs_champion.metric == "f1":
-            gate.vs_champion.metric = "rmse"
+        if gate.vs_champion and task != "classification" and gate.vs_champion.metric == "f1" and task != "anomaly":
+            gate.vs_champion.metric = {"regression": "rmse", "clustering": "silhouette"}[task]
+        if task in UNSUPERVISED_TASKS and self.model.is_torch:
+            example = "sklearn:sklearn.cluster:KMeans" if task == "clustering" else "sklearn:sklearn.ensemble:IsolationForest"
+            raise ValueError(f"model.kind: task {task!r} needs a scikit-learn estimator, not {self.model.kind!r}; "
+                             f"write e.g. kind: {example!r}")
         used = [("evaluate.metrics", m) for m in self.evaluate.metrics]
         used += [(f"evaluate.gate.{k}", m) for k in ("min", "max") for m in getattr(gate, k)]
         used += [("evaluate.gate.vs_champion.metric", gate.vs_champion.metric)] if gate.vs_champion else []

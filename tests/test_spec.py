@@ -198,11 +198,30 @@ def test_missing_target_rejected(tmp_path: Path) -> None:
     assert any(p.startswith("data:") and "data.target" in p for p in problems), problems
 
 
-def test_unimplemented_task_rejected(tmp_path: Path) -> None:
+def test_unsupervised_task_needs_an_sklearn_estimator_and_no_target(tmp_path: Path) -> None:
     raw = minimal()
     raw["data"]["task"] = "clustering"
-    problems = problems_of(raw, tmp_path)
-    assert any("not implemented" in p and "clustering" in p for p in problems), problems
+    del raw["data"]["target"]
+    problems = problems_of(raw, tmp_path)  # the default model is torch.mlp
+    assert any("model.kind" in p and "sklearn:sklearn.cluster:KMeans" in p for p in problems), problems
+    raw["model"] = {"kind": "sklearn:sklearn.cluster:KMeans", "params": {"n_clusters": 3}}
+    spec = load_spec(write(tmp_path, raw))
+    assert spec.data.target is None and spec.evaluate.metrics == ["silhouette", "davies_bouldin"]
+
+
+def test_each_task_gets_its_own_default_metrics(tmp_path: Path) -> None:
+    from raypipe.spec import Spec
+
+    for task, target, kind, expected in [
+        ("regression", "y", "torch.mlp", ["rmse", "mae", "r2"]),
+        ("clustering", None, "sklearn:sklearn.cluster:KMeans", ["silhouette", "davies_bouldin"]),
+        ("anomaly", "y", "sklearn:sklearn.ensemble:IsolationForest", ["roc_auc", "precision_at_k", "anomaly_rate"]),
+        ("anomaly", None, "sklearn:sklearn.ensemble:IsolationForest", ["anomaly_rate"]),
+    ]:
+        raw = minimal()
+        raw["data"].update(task=task, target=target)
+        raw["model"] = {"kind": kind}
+        assert Spec.model_validate(raw).evaluate.metrics == expected, task
 
 
 @pytest.mark.parametrize("validation, test", [(0.45, 0.45), (0.5, 0.4), (0.1, 0.85)])
@@ -405,3 +424,4 @@ def test_cli_validate_good_spec_exits_0(tmp_path: Path) -> None:
     proc = run_cli("validate", str(good), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "valid spec" in proc.stdout and "mini" in proc.stdout
+

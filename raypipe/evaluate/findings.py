@@ -1,7 +1,8 @@
 """Plain-language findings about a model: over- and underfitting, slice gaps, the threshold.
 
 "Too low" means barely better than a model that ignores the features: ROC-AUC or
-balanced accuracy near chance for classifiers, R² near 0 for regressors.
+balanced accuracy near chance for classifiers and labelled anomaly detectors, R² near 0
+for regressors, a silhouette near 0 (no cluster structure) for clusterers.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def fit_findings(task: str, train: dict[str, Any], held_out: dict[str, Any], hel
 def _too_low(task: str, m: dict[str, Any]) -> bool:
     if task == "regression":
         return m.get("r2") is not None and m["r2"] < 0.1
+    if task == "clustering":
+        return m.get("silhouette") is not None and m["silhouette"] < 0.1
     auc, bal, k = m.get("roc_auc"), m.get("balanced_accuracy"), len(m.get("confusion_matrix") or [[0, 0]])
     if auc is not None:
         return auc < 0.6
@@ -44,7 +47,8 @@ def _too_low(task: str, m: dict[str, Any]) -> bool:
 
 
 def _low_text(task: str, train: dict[str, Any], held: dict[str, Any]) -> str:
-    key = "r2" if task == "regression" else ("roc_auc" if train.get("roc_auc") is not None else "balanced_accuracy")
+    key = {"regression": "r2", "clustering": "silhouette"}.get(task) or (
+        "roc_auc" if train.get("roc_auc") is not None else "balanced_accuracy")
     return f"{key} {train.get(key):.3f} / {held.get(key):.3f}"
 
 

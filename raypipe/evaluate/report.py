@@ -3,6 +3,11 @@
 Plots are drawn on ``matplotlib.figure.Figure`` objects and rendered with the Agg
 canvas into memory, so no pyplot state or global backend is touched. The HTML page
 uses inline CSS only (no JS, no external URLs) and escapes every piece of text.
+
+Plots by ``doc["task"]``: classification (confusion matrix, ROC, precision-recall,
+calibration), clustering (cluster sizes, PCA projection), anomaly (score histogram;
+with labels also ROC, precision-recall, confusion matrix) and regression (everything
+else). Slice bar charts are added for every task.
 """
 from __future__ import annotations
 
@@ -15,10 +20,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
+from sklearn.decomposition import PCA
 
 MAX_POINTS = 5000  # scatter plots are subsampled to this many points
 MAX_CURVE_CLASSES = 10  # one-vs-rest curves are drawn for at most this many classes
 MAX_BARS = 30  # per-slice bar charts show the largest slices only
+MAX_LEGEND = 10  # the cluster projection gets a legend up to this many clusters, a colour bar beyond
 _NON_SCALAR = {"confusion_matrix", "per_class"}
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
@@ -27,11 +34,22 @@ img{max-width:640px;border:1px solid #ddd}"""
 
 
 def write_report(store: Any, doc: dict[str, Any], *, y: Any, pred: Any, scores: Any = None,
-                 class_names: list[str] | None = None) -> list[str]:
-    """Write report.html and plots/*.png into `store`; return the relative paths written."""
-    y, pred = np.asarray(y), np.asarray(pred)
-    if doc.get("task") == "classification":
-        plots = _classification_plots(doc, y, pred, None if scores is None else np.asarray(scores), class_names)
+                 class_names: list[str] | None = None, x: Any = None) -> list[str]:
+    """Write report.html and plots/*.png into `store`; return the relative paths written.
+
+    `y` may be None for clustering and anomaly tasks (no target / no labels); `x` is the
+    feature matrix a clusterer saw and is used for clustering only.
+    """
+    task = doc.get("task")
+    y = None if y is None else np.asarray(y)
+    pred = np.asarray(pred)
+    scores = None if scores is None else np.asarray(scores)
+    if task == "classification":
+        plots = _classification_plots(doc, y, pred, scores, class_names)
+    elif task == "clustering":
+        plots = _clustering_plots(pred, None if x is None else np.asarray(x, dtype=float))
+    elif task == "anomaly":
+        plots = _anomaly_plots(doc, y, pred, scores)
     else:
         plots = _regression_plots(y, pred)
     plots.update(_slice_plots(doc.get("slices") or {}, used=set(plots)))
@@ -62,13 +80,8 @@ def _subsample(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
 
 
-def _classification_plots(doc: dict[str, Any], y: np.ndarray, pred: np.ndarray, scores: np.ndarray | None,
-                          class_names: list[str] | None) -> dict[str, bytes]:
-    k = len(class_names) if class_names else (scores.shape[1] if scores is not None else int(max(y.max(), pred.max())) + 1)
-    names = [str(c) for c in class_names] if class_names else [str(i) for i in range(k)]
-    out: dict[str, bytes] = {}
-    cm = (doc.get("test") or {}).get("confusion_matrix") or skm.confusion_matrix(y, pred, labels=list(range(k))).tolist()
-    cm = np.asarray(cm)
+def _confusion_plot(cm: np.ndarray, names: list[str]) -> bytes:
+    k = len(names)
     side = min(16.0, 0.6 * k + 3)
     fig = Figure(figsize=(side + 1, side))
     ax = fig.add_subplot()
@@ -79,24 +92,36 @@ def _classification_plots(doc: dict[str, Any], y: np.ndarray, pred: np.ndarray, 
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="actual", title="Confusion matrix")
     ax.set_xticklabels([_text(n) for n in names], rotation=45, ha="right")
     ax.set_yticklabels([_text(n) for n in names])
-    out["confusion_matrix"] = _png(fig)
-    if scores is None or len(np.unique(y)) < 2:
-        return out  # curves need scores and both positives and negatives
-    curves = [(1, "positive")] if k == 2 else [(c, names[c]) for c in range(min(k, MAX_CURVE_CLASSES))]
-    curves = [(c, n) for c, n in curves if 0 < np.sum(y == c) < len(y)]
+    return _png(fig)
+
+
+def _curve_plots(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, bytes]:
+    """ROC and precision-recall plots; `curves` holds (label, is_positive, positive_score) per curve."""
     roc, pr = Figure(figsize=(6, 5)), Figure(figsize=(6, 5))
     rax, pax = roc.add_subplot(), pr.add_subplot()
-    for c, n in curves:
-        fpr, tpr, _ = skm.roc_curve(y == c, scores[:, c])
+    for n, truth, s in curves:
+        fpr, tpr, _ = skm.roc_curve(truth, s)
         rax.plot(fpr, tpr, label=_text(f"{n} (AUC {skm.auc(fpr, tpr):.3f})"))
-        prec, rec, _ = skm.precision_recall_curve(y == c, scores[:, c])
+        prec, rec, _ = skm.precision_recall_curve(truth, s)
         pax.plot(rec, prec, label=_text(f"{n} (AUC {skm.auc(rec, prec):.3f})"))
     rax.plot([0, 1], [0, 1], "k--", lw=1)
     rax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
     pax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", ylim=(0, 1.05))
     for ax in (rax, pax):
         ax.legend(loc="lower right" if ax is rax else "lower left", fontsize="small")
-    out["roc"], out["precision_recall"] = _png(roc), _png(pr)
+    return {"roc": _png(roc), "precision_recall": _png(pr)}
+
+
+def _classification_plots(doc: dict[str, Any], y: np.ndarray, pred: np.ndarray, scores: np.ndarray | None,
+                          class_names: list[str] | None) -> dict[str, bytes]:
+    k = len(class_names) if class_names else (scores.shape[1] if scores is not None else int(max(y.max(), pred.max())) + 1)
+    names = [str(c) for c in class_names] if class_names else [str(i) for i in range(k)]
+    cm = (doc.get("test") or {}).get("confusion_matrix") or skm.confusion_matrix(y, pred, labels=list(range(k))).tolist()
+    out = {"confusion_matrix": _confusion_plot(np.asarray(cm), names)}
+    if scores is None or len(np.unique(y)) < 2:
+        return out  # curves need scores and both positives and negatives
+    curves = [(1, "positive")] if k == 2 else [(c, names[c]) for c in range(min(k, MAX_CURVE_CLASSES))]
+    out.update(_curve_plots([(n, y == c, scores[:, c]) for c, n in curves if 0 < np.sum(y == c) < len(y)]))
     if k == 2:
         frac_pos, mean_pred = calibration_curve(y, scores[:, 1], n_bins=10)
         fig = Figure(figsize=(6, 5))
@@ -106,6 +131,76 @@ def _classification_plots(doc: dict[str, Any], y: np.ndarray, pred: np.ndarray, 
         ax.set(xlabel="mean predicted probability", ylabel="fraction of positives", title="Calibration")
         ax.legend(loc="upper left")
         out["calibration"] = _png(fig)
+    return out
+
+
+def _clustering_plots(pred: np.ndarray, x: np.ndarray | None) -> dict[str, bytes]:
+    ids, counts = np.unique(pred, return_counts=True)  # sorted by cluster id
+    labels = ["noise" if i == -1 else str(i) for i in ids.tolist()]  # -1 is DBSCAN-style noise
+    fig = Figure(figsize=(min(16.0, max(6.0, 0.4 * len(ids) + 2)), 5))
+    ax = fig.add_subplot()
+    ax.bar(range(len(ids)), counts)
+    if len(ids) <= MAX_BARS:
+        ax.set_xticks(range(len(ids)))
+        ax.set_xticklabels(labels)
+    ax.set(xlabel="cluster", ylabel="rows", title=f"Rows per cluster ({len(ids)} clusters)")
+    out = {"cluster_sizes": _png(fig)}
+    if x is None or x.ndim != 2 or x.shape[1] < 2 or len(x) != len(pred):
+        return out
+    keep = np.isfinite(x).all(axis=1)
+    if keep.sum() < 2:
+        return out
+    x, pred = x[keep], pred[keep]
+    xy = PCA(n_components=2, random_state=0).fit_transform(x)
+    idx = _subsample(len(xy))
+    xy, pred = xy[idx], pred[idx]
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    shown = np.unique(pred)
+    if len(shown) <= MAX_LEGEND:
+        for c in shown:
+            m = pred == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label="noise" if c == -1 else str(c))
+        ax.legend(title="cluster", fontsize="small", markerscale=2)
+    else:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=pred, cmap="tab20", s=6, alpha=0.6)
+        fig.colorbar(sc, ax=ax, label="cluster")
+    ax.set(xlabel="PC 1", ylabel="PC 2", title=f"Clusters, PCA projection ({len(xy)} rows)")
+    out["clusters_pca"] = _png(fig)
+    return out
+
+
+def _anomaly_plots(doc: dict[str, Any], y: np.ndarray | None, pred: np.ndarray,
+                   scores: np.ndarray | None) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    threshold = doc.get("threshold")
+    y = None if y is None else y.astype(int)
+    labelled = y is not None and len(y) == len(pred) and len(np.unique(y)) == 2
+    if scores is not None:
+        s = scores.astype(float).ravel()
+        ok = np.isfinite(s)
+        fig = Figure(figsize=(6, 5))
+        ax = fig.add_subplot()
+        if ok.any():
+            bins = np.histogram_bin_edges(s[ok], bins=min(50, max(5, int(ok.sum()) // 10)))
+            if labelled and len(y) == len(s):
+                for v, n in ((0, "normal"), (1, "anomaly")):
+                    ax.hist(s[ok & (y == v)], bins=bins, density=True, alpha=0.5, label=n)
+                ax.set_ylabel("density")
+            else:
+                ax.hist(s[ok], bins=bins)
+                ax.set_ylabel("rows")
+        if threshold is not None:
+            ax.axvline(float(threshold), color="k", ls="--", lw=1, label=_text(f"threshold {_fmt(threshold)}"))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize="small")
+        ax.set(xlabel="anomaly score (higher = more anomalous)", title="Anomaly score distribution")
+        out["score_histogram"] = _png(fig)
+        if labelled and len(y) == len(s) and len(np.unique(y[ok])) == 2:
+            out.update(_curve_plots([("anomaly", y[ok] == 1, s[ok])]))
+    if labelled:
+        out["confusion_matrix"] = _confusion_plot(skm.confusion_matrix(y, pred.astype(int), labels=[0, 1]),
+                                                  ["normal", "anomaly"])
     return out
 
 

@@ -16,7 +16,10 @@ from raypipe.datasets import read_parquet
 from raypipe.errors import SpecError
 from raypipe.evaluate.findings import fit_findings, slice_findings, threshold_finding
 from raypipe.evaluate.gate import verdict
-from raypipe.evaluate.metrics import LOWER_IS_BETTER, choose_threshold, classification_metrics, main_metric, regression_metrics
+from sklearn.metrics import average_precision_score
+
+from raypipe.evaluate.metrics import (LOWER_IS_BETTER, anomaly_metrics, choose_threshold, classification_metrics,
+                                      clustering_metrics, main_metric, regression_metrics)
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
 from raypipe.predictor import decide, predict_batch
 from raypipe.store import Store
@@ -33,44 +36,71 @@ def model_key(model_uri: str) -> str:
 class Scored:
     """A split's labels, scores and kept columns, as gathered from Ray."""
 
-    y: np.ndarray
-    scores: np.ndarray
+    task: str
+    y: np.ndarray | None  # None: no label column (clustering / anomaly without labels)
+    scores: np.ndarray  # (n, k) class probabilities, or (n, 1) values / cluster ids / anomaly scores
     frame: pd.DataFrame  # the kept columns (target and slice columns)
     class_names: list[str] | None
+    x: np.ndarray | None = None  # the features (clustering only: silhouette needs them)
 
     def pred(self, threshold: float) -> np.ndarray:
-        return decide(self.scores, self.class_names is not None, threshold)
+        return decide(self.scores, self.task, threshold)
 
     def metrics(self, threshold: float, mask: np.ndarray | None = None) -> dict[str, Any]:
-        y, scores = (self.y, self.scores) if mask is None else (self.y[mask], self.scores[mask])
-        pred = decide(scores, self.class_names is not None, threshold)
-        if self.class_names is None:
-            return regression_metrics(y, pred.astype(np.float64))
+        sel = (lambda a: a) if mask is None else (lambda a: None if a is None else a[mask])  # noqa: E731
+        y, scores = sel(self.y), sel(self.scores)
+        pred = decide(scores, self.task, threshold)
         with warnings.catch_warnings():  # slices may lack a class: sklearn warns, the metric is still defined
             warnings.simplefilter("ignore")
-            return classification_metrics(y, pred.astype(np.int64), scores, self.class_names)
+            if self.task == "classification":
+                return classification_metrics(y, pred.astype(np.int64), scores, self.class_names)
+            if self.task == "regression":
+                return regression_metrics(y, pred.astype(np.float64))
+            if self.task == "clustering":
+                return clustering_metrics(sel(self.x), pred)
+            return _anomaly(scores[:, 0], pred, None if y is None else (y > 0.5).astype(np.int64))
+
+
+def _anomaly(score: np.ndarray, pred: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
+    out = {**anomaly_metrics(score, y), "anomaly_rate": float(pred.mean()) if len(pred) else None}
+    if y is not None and len(np.unique(y)) == 2:
+        out["pr_auc"] = float(average_precision_score(y, score))
+        out.update({k: v for k, v in classification_metrics(y, pred, np.c_[1 - pred, pred], ["normal", "anomaly"]).items()
+                    if k in ("precision", "recall", "f1", "confusion_matrix")})
+    return out
 
 
 def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any],
-                keep: list[str] | None = None) -> Scored:
+                keep: list[str] | None = None, task: str = "classification") -> Scored:
     """Predict a split with Ray Data tasks; gather labels, scores and ``keep`` columns."""
-    target = schema["target"]
-    cols = list(dict.fromkeys([target["name"], *(keep or [])]))
+    target = schema.get("target") or {}
+    cols = list(dict.fromkeys([*([target["name"]] if target else []), *(keep or [])]))
     out = ds.map_batches(
         predict_batch,
         fn_kwargs={"model_uri": model_uri, "model_key": model_key(model_uri), "features": features,
-                   "schema": schema, "keep": cols},
+                   "schema": schema, "keep": cols, "with_features": task == "clustering"},
         batch_format="pandas", batch_size=4096,
     ).drop_columns(["__pred"]).to_pandas()
     classes = target.get("classes")
     scores = np.stack(out.pop("__scores").to_numpy()) if len(out) else np.zeros((0, len(classes or [0])))
-    return Scored(encode_labels(out[target["name"]], classes), scores, out, classes)
+    x = np.stack(out.pop("__x").to_numpy()) if "__x" in out else None
+    y = encode_labels(out[target["name"]], classes) if target else None
+    return Scored(task, y, scores, out, classes, x)
 
 
 def pick_threshold(cfg: Any, validation: Scored | None) -> tuple[float, str]:
-    """The binary decision threshold from ``evaluate.threshold``, chosen on validation only."""
+    """The decision threshold from ``evaluate.threshold``, chosen on validation only.
+
+    Binary classifiers and labelled anomaly detectors use ``strategy``; anomaly detectors
+    without labels flag the top ``anomaly_rate`` share of validation scores.
+    """
     if cfg.strategy == "fixed":
         return cfg.value, "fixed"
+    if validation is not None and validation.task == "anomaly":
+        score = validation.scores[:, 0]
+        if validation.y is not None and len(np.unique(validation.y)) == 2:
+            return choose_threshold((validation.y > 0.5).astype(int), score, cfg.strategy, cfg.target_recall), cfg.strategy
+        return float(np.quantile(score, 1 - cfg.anomaly_rate)), f"top {cfg.anomaly_rate:g} of validation scores"
     if validation is None or validation.class_names is None or len(validation.class_names) != 2:
         return 0.5, "default (not a binary problem or no validation split)"
     return choose_threshold(validation.y, validation.scores[:, 1], cfg.strategy, cfg.target_recall), cfg.strategy
@@ -87,7 +117,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise SpecError(f"evaluate.slices: {missing} are not columns of the data; use some of {sorted(schema['columns'])}")
     splits = val.outputs["splits"]
-    scored = {s: score_split(read_parquet(val.store, splits[s]), model_uri, features, schema, cfg.slices)
+    scored = {s: score_split(read_parquet(val.store, splits[s]), model_uri, features, schema, cfg.slices, task)
               for s in ("train", "validation", "test") if s in splits}
     threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
     m = {s: sc.metrics(threshold) for s, sc in scored.items()}
@@ -102,7 +132,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     held_name = "validation" if "validation" in m else "test"
     fit, gap = fit_findings(task, m["train"], m[held_name], held_name, cfg.gate.max_overfit_gap)
     findings = fit + slice_findings(slices)
-    if test.class_names is not None and len(test.class_names) == 2:
+    if (test.class_names is not None and len(test.class_names) == 2) or task == "anomaly":
         findings += threshold_finding(strategy, threshold, m.get("validation"))
     result = verdict(cfg.gate, task, m["test"], train=m["train"], held_out=m.get("validation"),
                      champion=champion, slices=slices)
@@ -126,8 +156,9 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
 def _write_report(store: Store, doc: dict[str, Any], test: Scored, threshold: float) -> None:
     from raypipe.evaluate.report import write_report
 
-    write_report(store, doc, y=test.y, pred=test.pred(threshold),
-                 scores=test.scores if test.class_names is not None else None, class_names=test.class_names)
+    scores = {"classification": test.scores, "anomaly": test.scores[:, 0]}.get(test.task)
+    y = (test.y > 0.5).astype(np.int64) if test.task == "anomaly" and test.y is not None else test.y
+    write_report(store, doc, y=y, pred=test.pred(threshold), scores=scores, class_names=test.class_names, x=test.x)
 
 
 def _champion_metrics(ctx: Any, test_ds: Any) -> dict[str, Any] | None:
@@ -139,6 +170,7 @@ def _champion_metrics(ctx: Any, test_ds: Any) -> dict[str, Any] | None:
     if version is None:
         return None
     vs = reg.version_store(version)
-    scored = score_split(test_ds, vs.full_uri("model"), vs.read_json("features.json"), vs.read_json("schema.json"))
+    scored = score_split(test_ds, vs.full_uri("model"), vs.read_json("features.json"), vs.read_json("schema.json"),
+                         task=ctx.spec.data.task)
     metrics = scored.metrics(reg.info(version).get("threshold", 0.5))
     return {"version": version, **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}}

@@ -51,6 +51,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
         batch_format="pandas", concurrency=actors, num_gpus=gpu, batch_size=4096,
     )
     classes = (schema.get("target") or {}).get("classes")
+    task = spec.data.task
 
     def finish(b: pd.DataFrame) -> pd.DataFrame:
         scores = np.stack(b.pop("__scores").to_numpy())
@@ -59,6 +60,10 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
             b["prediction"] = [classes[int(i)] for i in pred]
             for j, c in enumerate(classes):
                 b[f"score_{c}"] = scores[:, j]
+        elif task == "anomaly":
+            b["is_anomaly"], b["anomaly_score"] = pred.astype(bool), scores[:, 0]
+        elif task == "clustering":
+            b["cluster"] = pred
         else:
             b["prediction"] = pred
         b["model_version"] = v

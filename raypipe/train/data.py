@@ -18,10 +18,11 @@ def encode_labels(values: Any, classes: list[str] | None) -> np.ndarray:
     return pd.Categorical(label_strings(values), categories=classes).codes.astype(np.int64)
 
 
-def xy_batch(batch: pd.DataFrame, features: dict[str, Any], target: str, classes: list[str] | None) -> dict[str, np.ndarray]:
-    """Ray Data batch function: {"x": float32 (n, d), "y": labels}."""
+def xy_batch(batch: pd.DataFrame, features: dict[str, Any], target: str | None, classes: list[str] | None) -> dict[str, np.ndarray]:
+    """Ray Data batch function: {"x": float32 (n, d), "y": labels} (y is 0 without a target)."""
     pipeline = _pipeline(features)
-    return {"x": pipeline.transform(batch), "y": encode_labels(batch[target], classes)}
+    y = encode_labels(batch[target], classes) if target else np.zeros(len(batch), dtype=np.float32)
+    return {"x": pipeline.transform(batch), "y": y}
 
 
 _CACHE: dict[str, FeaturePipeline] = {}
@@ -36,8 +37,8 @@ def _pipeline(features: dict[str, Any]) -> FeaturePipeline:
 
 
 def xy_dataset(ds: Any, features: dict[str, Any], schema: dict[str, Any]) -> Any:
-    target = schema["target"]
+    target = schema.get("target") or {}
     return ds.map_batches(
-        xy_batch, fn_kwargs={"features": features, "target": target["name"], "classes": target.get("classes")},
+        xy_batch, fn_kwargs={"features": features, "target": target.get("name"), "classes": target.get("classes")},
         batch_format="pandas",
     )

@@ -89,7 +89,21 @@ class SklearnModel:
             full = np.zeros((len(x), k))  # a class missing from training keeps probability 0
             full[:, self.estimator.classes_.astype(int)] = proba
             return full
+        if self.task == "clustering":
+            return np.asarray(self.estimator.predict(x), dtype=np.float64)  # the cluster id
+        if self.task == "anomaly":
+            return anomaly_score(self.estimator, x)
         return np.asarray(self.estimator.predict(x), dtype=np.float64)
+
+
+def anomaly_score(estimator: Any, x: np.ndarray) -> np.ndarray:
+    """Higher = more anomalous, for any scikit-learn outlier detector.
+
+    ``score_samples`` (IsolationForest, LocalOutlierFactor with novelty, OneClassSVM,
+    EllipticEnvelope) is "higher = more normal", so it is negated.
+    """
+    fn = getattr(estimator, "score_samples", None) or getattr(estimator, "decision_function")
+    return -np.asarray(fn(x), dtype=np.float64)
 
 
 def load_skops(data: bytes) -> Any:

@@ -9,17 +9,38 @@ import numpy as np
 from raypipe.train.models import import_estimator, model_meta
 
 
-def _fit(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None, seed: int) -> bytes:
+def _fit(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray | None, sample_weight: np.ndarray | None,
+         seed: int, task: str = "classification") -> bytes:
     import skops.io as sio
 
     cls = import_estimator(kind)
     params = dict(params)
-    if "random_state" in inspect.signature(cls).parameters:
+    accepted = inspect.signature(cls).parameters
+    if "random_state" in accepted:
         params.setdefault("random_state", seed)
+    if task == "anomaly" and "novelty" in accepted:
+        params.setdefault("novelty", True)  # LocalOutlierFactor scores new rows only with novelty=True
     est = cls(**params)
     fit_kw = {"sample_weight": sample_weight} if sample_weight is not None and "sample_weight" in inspect.signature(est.fit).parameters else {}
-    est.fit(x, y, **fit_kw)
+    if task in ("clustering", "anomaly"):
+        est.fit(x, **fit_kw)  # unsupervised: labels, if any, are for evaluation only
+    else:
+        est.fit(x, y, **fit_kw)
     return sio.dumps(est)
+
+
+def check_estimator(kind: str, task: str) -> None:
+    """Fail on the driver, before any work, when the estimator cannot do the task at serving time."""
+    from raypipe.errors import SpecError
+
+    cls = import_estimator(kind)
+    needs = {"clustering": ("predict",), "anomaly": ("score_samples", "decision_function")}.get(task)
+    if needs and not any(hasattr(cls, n) for n in needs):
+        raise SpecError(
+            f"model.kind: {kind!r} cannot score new rows for task {task!r} (it has no {' or '.join(needs)}); "
+            + ("use e.g. KMeans, MiniBatchKMeans, BisectingKMeans, Birch or GaussianMixture" if task == "clustering"
+               else "use e.g. IsolationForest, LocalOutlierFactor, OneClassSVM or EllipticEnvelope")
+        )
 
 
 def train_sklearn(spec: Any, train_xy: Any, n_outputs: int, class_weights: list[float] | None) -> tuple[dict[str, Any], bytes]:
@@ -30,23 +51,24 @@ def train_sklearn(spec: Any, train_xy: Any, n_outputs: int, class_weights: list[
     """
     import ray
 
-    import_estimator(spec.model.kind)  # fail fast on the driver with a spec error
+    check_estimator(spec.model.kind, spec.data.task)  # fail fast on the driver with a spec error
     batch = train_xy.to_numpy_refs()
     res = spec.train.resources
     task = ray.remote(_fit_from_refs).options(
         num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0),
         resources={k: v for k, v in res.items() if k not in ("CPU", "GPU")} or None,
     )
-    blob = ray.get(task.remote(spec.model.kind, spec.model.params, batch, class_weights, spec.train.seed))
+    blob = ray.get(task.remote(spec.model.kind, spec.model.params, batch, class_weights, spec.train.seed, spec.data.task))
     meta = model_meta(spec.model.kind, spec.data.task, n_outputs, params=spec.model.params)
     return meta, blob
 
 
-def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int) -> bytes:
+def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
+                   task: str) -> bytes:
     import ray
 
     parts = ray.get(refs)
     x = np.concatenate([p["x"] for p in parts])
     y = np.concatenate([p["y"] for p in parts])
     sw = np.asarray(class_weights)[y] if class_weights is not None else None
-    return _fit(kind, params, x, y, sw, seed)
+    return _fit(kind, params, x, y, sw, seed, task)

@@ -15,7 +15,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     vstore, val_out = val.store, val.outputs
     schema = vstore.read_json(val_out["schema"])
     features = feats.store.read_json(feats.outputs["features"])
-    classes = schema["target"].get("classes")
+    classes = (schema.get("target") or {}).get("classes")
     n_outputs = len(classes) if classes else 1
     splits = {s: xy_dataset(read_parquet(vstore, rel), features, schema) for s, rel in val_out["splits"].items()}
     model_store = ctx.artifact.sub("model")

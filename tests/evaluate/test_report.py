@@ -124,3 +124,71 @@ def test_missing_gate_renders(tmp_path, gate):
     paths = write_report(Store(str(tmp_path)), doc, y=y, pred=y)
     _, page = _check_outputs(tmp_path, paths)
     assert "FAILED" in page and "—" in page
+
+
+def _plain_doc(task, test, threshold=None):
+    return {"task": task, "test": test, "threshold": threshold, "train": dict(test),
+            "gate": {"passed": True, "checks": [], "failures": []},
+            "slices": {"segment": {"metric": "rows", "gap": None,
+                                   "values": {"a": {"rows": 120}, "b": {"rows": 80}}}}}
+
+
+@pytest.mark.parametrize("with_y", [True, False])
+def test_clustering(tmp_path, with_y):
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+    x, y = make_blobs(n_samples=200, centers=3, n_features=4, random_state=0)
+    pred = KMeans(n_clusters=3, n_init=3, random_state=0).fit_predict(x)
+    test = {"silhouette": float(skm.silhouette_score(x, pred)), "davies_bouldin": None, "clusters": 3, "rows": 200}
+    doc = _plain_doc("clustering", test)
+    paths = write_report(Store(str(tmp_path)), doc, y=y if with_y else None, pred=pred, x=x)
+    names, page = _check_outputs(tmp_path, paths)
+    assert names == {"cluster_sizes.png", "clusters_pca.png", "slice_segment.png"}
+    assert f"{test['silhouette']:.4g}" in page and "davies_bouldin" in page and "clustering" in page
+
+
+@pytest.mark.parametrize("x", [None, np.arange(10.0).reshape(10, 1)])
+def test_clustering_without_projection(tmp_path, x):
+    pred = np.array([-1, 0, 0, 1, 1, 1, 2, 2, 2, 2])  # -1: noise
+    doc = {"task": "clustering", "test": {"silhouette": None, "clusters": 3, "rows": 10}, "gate": None}
+    paths = write_report(Store(str(tmp_path)), doc, y=None, pred=pred, x=x)
+    names, _ = _check_outputs(tmp_path, paths)
+    assert names == {"cluster_sizes.png"}
+
+
+def _anomaly_data(n=400):
+    rng = np.random.default_rng(4)
+    y = (rng.random(n) < 0.1).astype(int)
+    scores = rng.normal(0, 1, n) + 2.5 * y
+    return y, scores, (scores >= 1.5).astype(int)
+
+
+def test_anomaly_with_labels(tmp_path):
+    y, scores, pred = _anomaly_data()
+    test = {"roc_auc": float(skm.roc_auc_score(y, scores)), "pr_auc": None, "precision_at_k": 0.7,
+            "anomaly_rate": float(pred.mean()), "precision": float(skm.precision_score(y, pred)),
+            "recall": float(skm.recall_score(y, pred)), "f1": float(skm.f1_score(y, pred)), "rows": len(y)}
+    doc = _plain_doc("anomaly", test, threshold=1.5)
+    paths = write_report(Store(str(tmp_path)), doc, y=y, pred=pred, scores=scores)
+    names, page = _check_outputs(tmp_path, paths)
+    assert names == {"score_histogram.png", "roc.png", "precision_recall.png", "confusion_matrix.png",
+                     "slice_segment.png"}
+    assert f"{test['roc_auc']:.4g}" in page and "precision_at_k" in page and "1.5" in page
+
+
+def test_anomaly_without_labels(tmp_path):
+    _, scores, pred = _anomaly_data()
+    scores[3] = np.nan  # a non-finite score must not break the histogram
+    doc = _plain_doc("anomaly", {"anomaly_rate": float(pred.mean()), "rows": len(pred)}, threshold=1.5)
+    paths = write_report(Store(str(tmp_path)), doc, y=None, pred=pred, scores=scores)
+    names, page = _check_outputs(tmp_path, paths)
+    assert names == {"score_histogram.png", "slice_segment.png"}
+    assert "anomaly_rate" in page and "roc_auc" not in page
+
+
+def test_anomaly_single_class_labels_skip_curves(tmp_path):
+    _, scores, pred = _anomaly_data(100)
+    doc = {"task": "anomaly", "test": {"roc_auc": None}, "threshold": None, "gate": {}}
+    paths = write_report(Store(str(tmp_path)), doc, y=np.zeros(100, dtype=int), pred=pred, scores=scores)
+    names, _ = _check_outputs(tmp_path, paths)
+    assert names == {"score_histogram.png"}

@@ -140,3 +140,32 @@ def test_predict_refuses_a_non_empty_output_folder(deployed, tmp_path):
     (out / "old.parquet").write_bytes(b"x")
     with pytest.raises(raypipe.SpecError, match="exists and is not empty"):
         raypipe.predict(spec, str(tmp_path / "whatever.parquet"), str(out))
+
+
+def test_anomaly_detector_serves_scores_online_and_offline(deployed, test_rows, tmp_path):
+    """task: anomaly behind the same Serve instance: is_anomaly + anomaly_score, equal to offline."""
+    from ray import serve
+
+    spec0, _, _ = deployed
+    storage = tmp_path / "store"
+    spec = raypipe.load_spec(small_spec(
+        storage, name="t-serve-anomaly", data={"task": "anomaly"},
+        model={"kind": "sklearn:sklearn.ensemble:IsolationForest", "params": {"n_estimators": 50}},
+        evaluate={"gate": {}}, deploy={"port": spec0.deploy.port}))
+    raypipe.run(spec, progress=Progress(quiet=True))
+    endpoint = raypipe.serve(spec)
+    try:
+        _, rows = test_rows
+        online = httpx.post(f"{endpoint.url}/predict", json=rows, timeout=60).json()["predictions"]
+        reg = Registry(str(storage), spec.name)
+        offline = Predictor.from_version(reg.version_store(endpoint.version)).predict_records(rows)
+        assert [o["is_anomaly"] for o in online] == [o["is_anomaly"] for o in offline]
+        assert [o["anomaly_score"] for o in online] == pytest.approx([o["anomaly_score"] for o in offline], abs=1e-12)
+        src = tmp_path / "rows.parquet"
+        pd.DataFrame.from_records(rows).to_parquet(src)
+        raypipe.predict(spec, str(src), str(tmp_path / "out"))
+        batch = pd.read_parquet(tmp_path / "out").set_index("transaction_id").loc[[r["transaction_id"] for r in rows]]
+        assert batch["anomaly_score"].to_numpy() == pytest.approx([o["anomaly_score"] for o in offline], abs=1e-12)
+        assert batch["is_anomaly"].tolist() == [o["is_anomaly"] for o in offline]
+    finally:
+        serve.delete(spec.name)

@@ -1,0 +1,11 @@
+"""The public API facade."""
+from __future__ import annotations
+
+
+def test_public_serve_function_survives_imports_of_the_serve_subpackage() -> None:
+    import subprocess
+    import sys
+
+    code = "import raypipe, raypipe.serve.batch, raypipe.serve.deploy; print(callable(raypipe.serve))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
