@@ -231,6 +231,8 @@ class EvaluateSection(_Section):
     metrics: list[str] = Field(default_factory=lambda: list(CLASSIFICATION_METRICS))
     slices: list[str] = Field(default_factory=list)
     min_slice_rows: int = Field(default=30, ge=1, description="smaller slices are reported but not gated")
+    train_sample_rows: int = Field(default=50_000, ge=1000,
+                                   description="train metrics (overfitting check) on at most this many sampled rows")
     threshold: ThresholdSection = Field(default_factory=ThresholdSection)
     gate: GateSection = Field(default_factory=GateSection)
 

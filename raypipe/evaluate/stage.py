@@ -117,8 +117,9 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise SpecError(f"evaluate.slices: {missing} are not columns of the data; use some of {sorted(schema['columns'])}")
     splits = val.outputs["splits"]
-    scored = {s: score_split(read_parquet(val.store, splits[s]), model_uri, features, schema, cfg.slices, task)
-              for s in ("train", "validation", "test") if s in splits}
+    datasets = {s: read_parquet(val.store, splits[s]) for s in ("train", "validation", "test") if s in splits}
+    datasets["train"], train_rows = _capped(datasets["train"], cfg.train_sample_rows, ctx.spec.data.split.seed)
+    scored = {s: score_split(ds, model_uri, features, schema, cfg.slices, task) for s, ds in datasets.items()}
     threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
     m = {s: sc.metrics(threshold) for s, sc in scored.items()}
     test = scored["test"]
@@ -138,7 +139,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
                      champion=champion, slices=slices)
     doc = {
         "task": task, "pipeline": ctx.spec.name, "run_id": ctx.run_id, "classes": test.class_names,
-        "threshold": threshold, "threshold_strategy": strategy, "overfit_gap": gap,
+        "threshold": threshold, "threshold_strategy": strategy, "overfit_gap": gap, "train_split_rows": train_rows,
         "train": m["train"], "validation": m.get("validation"), "test": m["test"], "champion": champion,
         "slices": slices, "findings": findings, "gate": result,
         "metrics": {k: m["test"].get(k) for k in cfg.metrics},
@@ -151,6 +152,25 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         ctx.log(f)
     return {"metrics": doc["metrics"], "metrics_file": "metrics.json", "report": "report.html", "gate": result,
             "threshold": threshold}
+
+
+def _capped(ds: Any, cap: int, seed: int) -> tuple[Any, int]:
+    """The train split sampled down to about ``cap`` rows (its metrics only feed the overfitting check).
+
+    Rows are kept by a hash of their content (as in the split), so the sample is the
+    same whatever the block layout: the same data gives the same train metrics.
+    """
+    n = ds.count()  # parquet metadata: no data is read
+    if n <= cap:
+        return ds, n
+    return ds.map_batches(_sample_rows, fn_kwargs={"fraction": cap / n, "seed": seed ^ 0x5EED},
+                          batch_format="pandas"), n
+
+
+def _sample_rows(batch: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    from raypipe.ingest.split import row_uniform
+
+    return batch[row_uniform(batch, seed) < fraction]
 
 
 def _write_report(store: Store, doc: dict[str, Any], test: Scored, threshold: float) -> None:
