@@ -63,6 +63,20 @@ def train_sklearn(spec: Any, train_xy: Any, n_outputs: int, class_weights: list[
     return meta, blob
 
 
+def canonical_order(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by a hash of their values.
+
+    Ray Data does not promise a row order (the split files come back in any order), and
+    estimators such as HistGradientBoosting (early-stopping holdout, binning sample)
+    or SGD depend on it: a canonical order makes the same data give the same model.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(np.column_stack([x, y]).astype(np.float64, copy=False))
+    order = np.argsort(pd.util.hash_pandas_object(frame, index=False).to_numpy(), kind="stable")
+    return x[order], y[order]
+
+
 def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
                    task: str) -> bytes:
     import ray
@@ -70,5 +84,6 @@ def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_wei
     parts = ray.get(refs)
     x = np.concatenate([p["x"] for p in parts])
     y = np.concatenate([p["y"] for p in parts])
+    x, y = canonical_order(x, y)
     sw = np.asarray(class_weights)[y] if class_weights is not None else None
     return _fit(kind, params, x, y, sw, seed, task)

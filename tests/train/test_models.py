@@ -256,3 +256,16 @@ def test_import_estimator_bad_path(kind: str) -> None:
     assert "model.kind" in str(info.value)
     assert kind.removeprefix("sklearn:") in str(info.value)
     assert info.value.exit_code == 2
+
+
+def test_canonical_order_does_not_depend_on_the_incoming_row_order():
+    import numpy as np
+
+    from raypipe.train.sklearn_trainer import canonical_order
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(500, 4)).astype(np.float32), rng.integers(0, 2, 500)
+    perm = rng.permutation(500)
+    a, b = canonical_order(x, y), canonical_order(x[perm], y[perm])
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert sorted(map(tuple, a[0].tolist())) == sorted(map(tuple, x.tolist()))  # same rows, reordered
