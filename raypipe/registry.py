@@ -9,14 +9,15 @@
 * ``aliases/<alias>.json``: atomic pointers (``champion``, ``challenger``).
 * ``audit/``: one file per promotion or rollback, never rewritten.
 
-Version numbers come from an exclusive folder create, so concurrent registrations
-get distinct, increasing numbers; a number is never reused (a crashed registration
+Version numbers come from an atomic rename of a prepared folder (an exclusive create
+on object stores), so concurrent registrations get distinct, increasing numbers; a number is never reused (a crashed registration
 leaves a ``failed`` tombstone). Writes go manifest → status → alias, so a reader
 following an alias only ever sees a complete version, and :meth:`Registry.recover`
 finishes or tombstones whatever a killed process left behind.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -85,7 +86,9 @@ class Registry:
                 "aliases": [a for a, v in self.aliases().items() if v == version]}
 
     def register(self, files: dict[str, bytes], *, status: str = "ready", meta: dict[str, Any] | None = None) -> int:
-        """Write a new version atomically with a final ``status``; return its number."""
+        """Write a new version atomically with a final ``status`` (no load check); return its number."""
+        if status not in STATUSES:
+            raise RegistryError(f"status {status!r} is not one of {list(STATUSES)}")
         v = self.write_version(files, meta=meta)
         self._set_status(v, status, "registered", finalized=True)
         return v
@@ -120,8 +123,10 @@ class Registry:
             try:
                 os.rename(self.store.path(tmp), self.store.path("versions", _name(v)))
                 return v
-            except OSError:  # taken (ENOTEMPTY / EEXIST): try the next number
-                v += 1
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                v += 1  # taken by another registration: try the next number
 
     def publish(self, files: dict[str, bytes], *, passed: bool, promote_to: str | None,
                 meta: dict[str, Any] | None = None, reason: str = "") -> int:
@@ -311,11 +316,12 @@ def run_stage(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
             "train_report.json": train.store.read_bytes(train.outputs["report"]),
             "lineage.json": json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode(),
         }
-        for folder, prefix in ((train.outputs["model"], "model"), (None, "report")):
-            src = train.store if prefix == "model" else ev.store
-            names = src.walk_files(folder) if folder else [f for f in src.walk_files() if f.endswith((".html", ".png"))]
-            for f in names:
-                files[f"{prefix}/{f}"] = src.read_bytes(folder, f) if folder else src.read_bytes(f)
+        model_dir = train.outputs["model"]
+        for f in train.store.walk_files(model_dir):
+            files[f"model/{f}"] = train.store.read_bytes(model_dir, f)
+        for f in ev.store.walk_files():  # report.html and plots/*.png
+            if f.endswith((".html", ".png")):
+                files[f"report/{f}"] = ev.store.read_bytes(f)
         meta = {"threshold": ev.outputs.get("threshold", 0.5), "run_id": ctx.run_id, "kind": ctx.spec.model.kind,
                 "task": ctx.spec.data.task, "register_fingerprint": ctx.fingerprint}
         version = reg.publish(files, passed=gate["passed"], promote_to=target, meta=meta,
