@@ -1,0 +1,176 @@
+"""Epoch time of raypipe's Ray Train path vs. plain PyTorch DDP, same MLP, data and epochs.
+
+  (a) plain PyTorch DDP: 2 processes (torch.multiprocessing), gloo, DistributedSampler
+      over in-memory tensors, one thread each; every epoch a validation pass and a
+      rank-0 checkpoint, as raypipe does.
+  (b) raypipe: the train stage (`TorchTrainer`, 2 workers with 1 CPU each, dataset
+      shards streamed from the validated parquet split through the fitted features).
+
+Both train on the same rows (the validated train split of the built-in transactions,
+transformed by the same fitted feature pipeline), same MLP, batch size, optimiser and
+learning rate. Steady-state epoch time: (a) is timed per epoch inside rank 0; (b) is
+``(T(E_long) - T(E_short)) / (E_long - E_short)`` of whole train-stage runs, which
+cancels the worker-group start-up. Ray's own release test fails above a ratio of 1.15.
+
+Prints a table and, last, one JSON line. Not a test: timings depend on the machine.
+
+    .venv/bin/python benchmarks/train_bench.py --rows 200000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HIDDEN, BATCH, LR, WORKERS = [64, 32], 512, 0.002, 2
+
+
+def _spec(storage: Path, rows: int, epochs: int) -> dict[str, Any]:
+    return {
+        "name": "train-bench", "storage": str(storage),
+        "data": {"source": {"type": "builtin", "name": "transactions", "rows": rows, "seed": 7},
+                 "target": "is_fraud", "id_columns": ["transaction_id"]},
+        "features": {"balance": "none"},
+        "model": {"kind": "torch.mlp", "params": {"hidden": HIDDEN}},
+        "train": {"workers": WORKERS, "epochs": epochs, "batch_size": BATCH, "lr": LR, "max_failures": 0},
+        "deploy": {"enabled": False},
+    }
+
+
+def raypipe_epochs(storage: Path, rows: int, short: int, long: int) -> dict[str, Any]:
+    import raypipe
+    from raypipe.progress import Progress
+
+    quiet = Progress(quiet=True)
+    first = raypipe.run(_spec(storage, rows, short), until="train", progress=quiet)  # cold: ray.init, ingest, ...
+    times = {}
+    for epochs in (short, long):
+        result = raypipe.run(_spec(storage, rows, epochs), until="train", force="train", progress=quiet)
+        times[epochs] = next(s["seconds"] for s in result.stages if s["name"] == "train")
+        report = result.outputs["train"].store.read_json("train_report.json")
+    return {"first": first, "train_s": times, "epoch_s": (times[long] - times[short]) / (long - short),
+            "val_loss": report["history"][-1].get("val_loss")}
+
+
+def arrays(first: Any) -> dict[str, np.ndarray]:
+    """The validated train/validation splits through the fitted feature pipeline, as raypipe trains on them."""
+    import pyarrow.dataset as pads
+
+    from raypipe.features.pipeline import FeaturePipeline
+    from raypipe.train.data import encode_labels
+
+    val, feats = first.outputs["validate"], first.outputs["features"]
+    schema = val.store.read_json(val.outputs["schema"])
+    pipeline = FeaturePipeline.from_dict(feats.store.read_json(feats.outputs["features"]))
+    out = {}
+    for split in ("train", "validation"):
+        df = pads.dataset(val.store.path(val.outputs["splits"][split]), format="parquet").to_table().to_pandas()
+        out[f"x_{split}"] = pipeline.transform(df)
+        out[f"y_{split}"] = encode_labels(df[schema["target"]["name"]], schema["target"]["classes"])
+    return out
+
+
+def _ddp_worker(rank: int, world: int, data: dict[str, np.ndarray], epochs: int, port: int, ckpt_dir: str, q: Any) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    from raypipe.train.models import build_mlp
+
+    torch.set_num_threads(1)  # as a 1-CPU Ray Train worker (OMP_NUM_THREADS=1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+    xv, yv = torch.from_numpy(data["x_validation"]), torch.from_numpy(data["y_validation"])
+    train = TensorDataset(x, y)
+    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=False)
+    loader = DataLoader(train, batch_size=BATCH, sampler=sampler)
+    val_loader = DataLoader(TensorDataset(xv, yv), batch_size=BATCH,
+                            sampler=DistributedSampler(TensorDataset(xv, yv), num_replicas=world, rank=rank, shuffle=False))
+    net = build_mlp(x.shape[1], HIDDEN, 2)
+    model = DistributedDataParallel(net)
+    optim = torch.optim.Adam(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times, val_loss = [], None
+    for epoch in range(epochs):
+        dist.barrier()
+        t0 = time.perf_counter()
+        model.train()
+        for xb, yb in loader:
+            optim.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            optim.step()
+        model.eval()
+        tot = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for xb, yb in val_loader:
+                tot += torch.tensor([float(loss_fn(model(xb), yb)) * len(yb), len(yb)], dtype=torch.float64)
+        dist.all_reduce(tot)
+        val_loss = float(tot[0] / tot[1])
+        if rank == 0:
+            torch.save(net.state_dict(), os.path.join(ckpt_dir, f"epoch-{epoch}.pt"))
+        dist.barrier()
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        q.put({"epoch_times": times, "val_loss": val_loss})
+    dist.destroy_process_group()
+
+
+def plain_ddp_epochs(data: dict[str, np.ndarray], epochs: int) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.SimpleQueue()
+    with tempfile.TemporaryDirectory() as ckpt:
+        mp.start_processes(_ddp_worker, args=(WORKERS, data, epochs, port, ckpt, q), nprocs=WORKERS,
+                           start_method="spawn", join=True)
+        out = q.get()
+    steady = out["epoch_times"][1:]  # the first epoch warms up allocators and gloo
+    return {"epoch_s": float(np.median(steady)), "epoch_times": out["epoch_times"], "val_loss": out["val_loss"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--short", type=int, default=2)
+    ap.add_argument("--long", type=int, default=6)
+    args = ap.parse_args()
+    import ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        b = raypipe_epochs(Path(tmp) / "store", args.rows, args.short, args.long)
+        data = arrays(b["first"])
+        ray.shutdown()  # plain DDP gets the whole machine, as a user's script would
+        a = plain_ddp_epochs(data, args.long)
+    ratio = b["epoch_s"] / a["epoch_s"]
+    n_train = len(data["y_train"])
+    print(f"{args.rows:,} rows ({n_train:,} train), MLP {HIDDEN}, batch {BATCH}, {WORKERS} workers, CPU")
+    print(f"{'setup':44s} {'s/epoch':>8s} {'ratio':>6s} {'val_loss':>9s}")
+    print(f"{'(a) plain PyTorch DDP, 2 processes':44s} {a['epoch_s']:8.2f} {1.0:6.2f} {a['val_loss']:9.4f}")
+    print(f"{'(b) raypipe TorchTrainer, 2 workers':44s} {b['epoch_s']:8.2f} {ratio:6.2f} {b['val_loss']:9.4f}")
+    print(f"raypipe train stage: {b['train_s']} s for {args.short} and {args.long} epochs; plain epochs: "
+          + ", ".join(f"{t:.2f}" for t in a["epoch_times"]))
+    print(json.dumps({
+        "bench": "train", "rows": args.rows, "train_rows": n_train, "plain_epoch_s": round(a["epoch_s"], 3),
+        "raypipe_epoch_s": round(b["epoch_s"], 3), "ratio": round(ratio, 3),
+        "raypipe_train_stage_s": b["train_s"], "plain_val_loss": round(a["val_loss"], 5),
+        "raypipe_val_loss": b["val_loss"], "cpus": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
