@@ -341,7 +341,7 @@ class Spec(_Section):
             defaults = DEFAULT_METRICS[task]
             self.evaluate.metrics = list(defaults if task != "anomaly" or self.data.target else ("anomaly_rate",))
         gate = self.evaluate.gate
-        if gate.vs_champion and task != "classification" and gate.vs_champion.metric == "f1" and task != "anomaly":
+        if gate.vs_champion and task in ("regression", "clustering") and gate.vs_champion.metric == "f1":
             gate.vs_champion.metric = {"regression": "rmse", "clustering": "silhouette"}[task]
         if task in UNSUPERVISED_TASKS and self.model.is_torch:
             example = "sklearn:sklearn.cluster:KMeans" if task == "clustering" else "sklearn:sklearn.ensemble:IsolationForest"

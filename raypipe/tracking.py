@@ -136,8 +136,8 @@ def export_version(spec: Any, run_id: str, version: int) -> str:
     lineage = info["lineage"]
     metrics = {split: {k: v for k, v in (doc.get(split) or {}).items() if k not in ("per_class", "confusion_matrix")}
                for split in ("train", "validation", "test")}
-    names = ["metrics.json", "lineage.json"] + [f for f in vs.walk_files("report")]
-    artifacts = {n: vs.read_bytes(n if n in ("metrics.json", "lineage.json") else f"report/{n}") for n in names}
+    artifacts = {n: vs.read_bytes(n) for n in ("metrics.json", "lineage.json")}
+    artifacts.update({f: vs.read_bytes("report", f) for f in vs.walk_files("report")})  # report.html, plots/*.png
     tags = {"raypipe.pipeline": spec.name, "raypipe.version": str(version), "raypipe.status": info["status"],
             "raypipe.model_uri": vs.full_uri(), "raypipe.aliases": ",".join(info["aliases"]),
             "raypipe.data_fingerprint": lineage.get("data_fingerprint", ""), "raypipe.spec_hash": lineage.get("spec_hash", ""),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raypipe.evaluate.metrics import LOWER_IS_BETTER, higher_is_better_gap, main_metric
+from raypipe.evaluate.metrics import higher_is_better_gap, main_metric
 
 
 def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any] | None = None,
@@ -57,5 +57,3 @@ def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any]
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
-
-__all__ = ["verdict", "LOWER_IS_BETTER"]

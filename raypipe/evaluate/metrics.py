@@ -92,17 +92,29 @@ def clustering_metrics(x: np.ndarray, labels: np.ndarray, *, sample_size: int = 
     }
 
 
-def anomaly_metrics(score: np.ndarray, y: np.ndarray | None = None, *, k: int | None = None) -> dict[str, Any]:
-    """ROC-AUC and precision@k of an anomaly score (higher = more anomalous) when labels exist.
+def anomaly_metrics(score: np.ndarray, y: np.ndarray | None = None, *, k: int | None = None,
+                    pred: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of an anomaly score (higher = more anomalous) and, given ``pred``, of the 0/1 decisions.
 
-    ``k`` defaults to the number of true anomalies.
+    Without labels: the anomaly rate of ``pred``. With labels of both kinds: ROC-AUC,
+    PR-AUC, precision@k (``k`` defaults to the number of true anomalies) and, given
+    ``pred``, precision/recall/F1 and the confusion matrix at the threshold.
     """
     out: dict[str, Any] = {"rows": int(len(score)), "score_mean": float(np.mean(score)) if len(score) else None}
+    if pred is not None:
+        out["anomaly_rate"] = float(pred.mean()) if len(pred) else None
     if y is None or len(np.unique(y)) < 2:
         return {**out, "roc_auc": None, "precision_at_k": None}
     k = int(k or y.sum())
     top = np.argsort(-score, kind="stable")[:k]
-    return {**out, "roc_auc": float(skm.roc_auc_score(y, score)), "precision_at_k": float(y[top].mean()), "k": k}
+    out.update(roc_auc=float(skm.roc_auc_score(y, score)), pr_auc=float(skm.average_precision_score(y, score)),
+               precision_at_k=float(y[top].mean()), k=k)
+    if pred is not None:
+        prf = {"zero_division": 0}
+        out.update(precision=float(skm.precision_score(y, pred, **prf)), recall=float(skm.recall_score(y, pred, **prf)),
+                   f1=float(skm.f1_score(y, pred, **prf)),
+                   confusion_matrix=skm.confusion_matrix(y, pred, labels=[0, 1]).tolist())
+    return out
 
 
 def choose_threshold(y: np.ndarray, p1: np.ndarray, strategy: str = "max_f1", target_recall: float | None = None) -> float:

@@ -16,8 +16,6 @@ from raypipe.datasets import read_parquet
 from raypipe.errors import SpecError
 from raypipe.evaluate.findings import fit_findings, slice_findings, threshold_finding
 from raypipe.evaluate.gate import verdict
-from sklearn.metrics import average_precision_score
-
 from raypipe.evaluate.metrics import (LOWER_IS_BETTER, anomaly_metrics, choose_threshold, classification_metrics,
                                       clustering_metrics, main_metric, regression_metrics)
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
@@ -37,7 +35,7 @@ class Scored:
     """A split's labels, scores and kept columns, as gathered from Ray."""
 
     task: str
-    y: np.ndarray | None  # None: no label column (clustering / anomaly without labels)
+    y: np.ndarray | None  # None: no label column (clustering / anomaly without labels); anomaly: 0/1
     scores: np.ndarray  # (n, k) class probabilities, or (n, 1) values / cluster ids / anomaly scores
     frame: pd.DataFrame  # the kept columns (target and slice columns)
     class_names: list[str] | None
@@ -58,16 +56,7 @@ class Scored:
                 return regression_metrics(y, pred.astype(np.float64))
             if self.task == "clustering":
                 return clustering_metrics(sel(self.x), pred)
-            return _anomaly(scores[:, 0], pred, None if y is None else (y > 0.5).astype(np.int64))
-
-
-def _anomaly(score: np.ndarray, pred: np.ndarray, y: np.ndarray | None) -> dict[str, Any]:
-    out = {**anomaly_metrics(score, y), "anomaly_rate": float(pred.mean()) if len(pred) else None}
-    if y is not None and len(np.unique(y)) == 2:
-        out["pr_auc"] = float(average_precision_score(y, score))
-        out.update({k: v for k, v in classification_metrics(y, pred, np.c_[1 - pred, pred], ["normal", "anomaly"]).items()
-                    if k in ("precision", "recall", "f1", "confusion_matrix")})
-    return out
+            return anomaly_metrics(scores[:, 0], y, pred=pred)
 
 
 def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any],
@@ -85,6 +74,8 @@ def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[
     scores = np.stack(out.pop("__scores").to_numpy()) if len(out) else np.zeros((0, len(classes or [0])))
     x = np.stack(out.pop("__x").to_numpy()) if "__x" in out else None
     y = encode_labels(out[target["name"]], classes) if target else None
+    if task == "anomaly" and y is not None:
+        y = (y > 0.5).astype(np.int64)  # the label column marks anomalies with 1 / True
     return Scored(task, y, scores, out, classes, x)
 
 
@@ -99,7 +90,7 @@ def pick_threshold(cfg: Any, validation: Scored | None) -> tuple[float, str]:
     if validation is not None and validation.task == "anomaly":
         score = validation.scores[:, 0]
         if validation.y is not None and len(np.unique(validation.y)) == 2:
-            return choose_threshold((validation.y > 0.5).astype(int), score, cfg.strategy, cfg.target_recall), cfg.strategy
+            return choose_threshold(validation.y, score, cfg.strategy, cfg.target_recall), cfg.strategy
         return float(np.quantile(score, 1 - cfg.anomaly_rate)), f"top {cfg.anomaly_rate:g} of validation scores"
     if validation is None or validation.class_names is None or len(validation.class_names) != 2:
         return 0.5, "default (not a binary problem or no validation split)"
@@ -128,8 +119,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     slices = {c: sliced_metrics(slice_keys(test.frame[c]), lambda mask: test.metrics(threshold, mask), slice_metric,
                                 lower_is_better=slice_metric in LOWER_IS_BETTER, min_rows=cfg.min_slice_rows)
               for c in cfg.slices}
-    champion = (_champion_metrics(ctx, read_parquet(val.store, splits["test"]))
-                if cfg.gate.vs_champion is not None else None)
+    champion = _champion_metrics(ctx, datasets["test"]) if cfg.gate.vs_champion is not None else None
     held_name = "validation" if "validation" in m else "test"
     fit, gap = fit_findings(task, m["train"], m[held_name], held_name, cfg.gate.max_overfit_gap)
     findings = fit + slice_findings(slices)
@@ -177,8 +167,7 @@ def _write_report(store: Store, doc: dict[str, Any], test: Scored, threshold: fl
     from raypipe.evaluate.report import write_report
 
     scores = {"classification": test.scores, "anomaly": test.scores[:, 0]}.get(test.task)
-    y = (test.y > 0.5).astype(np.int64) if test.task == "anomaly" and test.y is not None else test.y
-    write_report(store, doc, y=y, pred=test.pred(threshold), scores=scores, class_names=test.class_names, x=test.x)
+    write_report(store, doc, y=test.y, pred=test.pred(threshold), scores=scores, class_names=test.class_names, x=test.x)
 
 
 def _champion_metrics(ctx: Any, test_ds: Any) -> dict[str, Any] | None:
