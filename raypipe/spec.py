@@ -52,17 +52,30 @@ class RaySection(_Section):
 
 
 # --- data --------------------------------------------------------------------------
+BUILTIN_DATASETS = ("transactions", "sensors", "breast_cancer", "digits", "wine", "iris", "diabetes")
+
+
+class _Snapshot(_Section):
+    snapshot: str | None = Field(
+        default=None,
+        description="a label for the state of the data (a date, a table version); runs with the same snapshot "
+                    "reuse the ingested data. Without it every run reads the source again.",
+    )
+
+
 class BuiltinSource(_Section):
+    """Built-in data: ``transactions`` and ``sensors`` are generated; the rest are scikit-learn's bundled sets."""
+
     type: Literal["builtin"]
-    name: Literal["transactions"] = "transactions"
-    rows: int = Field(default=50_000, ge=100)
+    name: Literal["transactions", "sensors", "breast_cancer", "digits", "wine", "iris", "diabetes"] = "transactions"
+    rows: int = Field(default=50_000, ge=100, description="generated sets only")
     seed: int = 0
-    drift: float = Field(default=0.0, ge=0.0)
+    drift: float = Field(default=0.0, ge=0.0, description="generated sets only")
 
 
 class ParquetSource(_Section):
     type: Literal["parquet"]
-    path: str
+    path: str = Field(description="a file or folder, local or any pyarrow.fs URI (s3://bucket/key?endpoint_override=...)")
 
 
 class CsvSource(_Section):
@@ -71,7 +84,94 @@ class CsvSource(_Section):
     delimiter: str = ","
 
 
-Source = Annotated[Union[BuiltinSource, ParquetSource, CsvSource], Field(discriminator="type")]
+class JsonSource(_Section):
+    """JSON lines (one object per line) or files holding one JSON array of objects."""
+
+    type: Literal["json"]
+    path: str
+
+
+class SqlSource(_Snapshot):
+    """A SQL query, read in parallel by Ray Data ``read_sql`` when ``shard_keys`` is set.
+
+    The password never goes in ``url``: name the environment variable that holds it.
+    """
+
+    type: Literal["sql"]
+    url: str = Field(description="sqlite:///path.db or postgresql://user@host:port/dbname")
+    query: str
+    password_env: str | None = None
+    shard_keys: list[str] = Field(default_factory=list, description="columns to hash rows into parallel reads by")
+    parallelism: int = Field(default=-1, description="read tasks with shard_keys (-1: Ray decides)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("write sqlite:///path/to.db or postgresql://user@host:port/dbname")
+        if scheme != "sqlite" and "@" in v and ":" in v.split("://", 1)[1].split("@", 1)[0]:
+            raise ValueError("url holds a password; remove it and set password_env to the variable that holds it")
+        return v
+
+
+class Pagination(_Section):
+    """``page``: ?page=N&per_page=M until an empty page; ``cursor``: follow a cursor field until it is null."""
+
+    style: Literal["none", "page", "cursor"] = "page"
+    page_param: str = "page"
+    size_param: str | None = "per_page"
+    page_size: int = Field(default=100, ge=1)
+    start_page: int = 1
+    cursor_param: str = "cursor"
+    cursor_field: str = Field(default="next_cursor", description="dotted path of the next cursor in a response")
+    max_pages: int = Field(default=10_000, ge=1)
+
+
+class HttpSource(_Snapshot):
+    """A paginated JSON API; each response holds a list of records at ``records`` (a dotted path)."""
+
+    type: Literal["http"]
+    url: str
+    records: str = Field(default="data", description="dotted path of the list of records ('' for a bare list)")
+    pagination: Pagination = Field(default_factory=Pagination)
+    params: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    token_env: str | None = Field(default=None, description="sent as 'Authorization: Bearer <value of this variable>'")
+    retries: int = Field(default=3, ge=0)
+    backoff_s: float = Field(default=0.5, ge=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("write an http:// or https:// URL")
+        return v
+
+
+class ImagesSource(_Section):
+    """A folder tree ``<path>/<label>/<file>.png``: column ``image`` (uint8 tensor) and ``label``."""
+
+    type: Literal["images"]
+    path: str
+    size: tuple[int, int] = Field(default=(32, 32), description="every image is resized to (height, width)")
+    mode: Literal["L", "RGB"] = "L"
+
+
+class TextSource(_Section):
+    """A folder tree ``<path>/<label>/<file>.txt``: column ``text`` and ``label``."""
+
+    type: Literal["text"]
+    path: str
+    encoding: str = "utf-8"
+
+
+Source = Annotated[
+    Union[BuiltinSource, ParquetSource, CsvSource, JsonSource, SqlSource, HttpSource, ImagesSource, TextSource],
+    Field(discriminator="type"),
+]
+SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "text")
 
 
 class SplitSection(_Section):
@@ -106,26 +206,84 @@ class DataSection(_Section):
 
 # --- validate / features -------------------------------------------------------------
 class ValidateSection(_Section):
+    """Row checks quarantine (or fail); column checks compare against the reference profile.
+
+    ``reference: first_run`` stores the first run's schema and profile with the
+    pipeline's data; later runs are checked against them (and serving uses the schema).
+    """
+
     schema_: Literal["infer"] | str = Field(default="infer", alias="schema")
+    reference: Literal["first_run", "none"] = "first_run"
     max_missing_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    max_out_of_range_fraction: float = Field(default=0.01, ge=0.0, le=1.0,
+                                             description="numeric values outside the reference [min, max]")
+    max_unseen_fraction: float = Field(default=0.01, ge=0.0, le=1.0,
+                                       description="categorical values the reference never saw")
+    max_duplicate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    strict: bool = Field(default=False, description="column warnings (ranges, unseen, duplicates, constant) fail the run")
     on_invalid_rows: Literal["quarantine", "fail"] = "quarantine"
 
 
 class NumericFeatures(_Section):
+    """Applied in this order: impute, clip, log, scale."""
+
     impute: Literal["mean", "median", "constant"] = "median"
     fill_value: float = 0.0
-    scale: Literal["standard", "minmax", "none"] = "standard"
+    clip: tuple[float, float] | None = Field(
+        default=None, description="quantiles of the training data to clip at, e.g. [0.01, 0.99]")
+    log: list[str] = Field(default_factory=list, description="columns to transform with sign(x)*log1p(|x|)")
+    scale: Literal["standard", "minmax", "robust", "none"] = "standard"
+
+    @field_validator("clip")
+    @classmethod
+    def _clip(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (0.0 <= v[0] < v[1] <= 1.0):
+            raise ValueError("clip takes two quantiles lo < hi in [0, 1], e.g. [0.01, 0.99]")
+        return v
 
 
 class CategoricalFeatures(_Section):
-    encode: Literal["onehot"] = "onehot"
+    """``onehot`` (top ``max_categories`` + an ``__other__`` column), ``ordinal`` or ``hashing``.
+
+    Unseen and rare values go to ``__other__`` (one-hot), code ``max_categories`` (ordinal),
+    or their hash bucket (hashing); a missing value is all zeros (one-hot) or -1 (ordinal).
+    """
+
+    encode: Literal["onehot", "ordinal", "hashing"] = "onehot"
     max_categories: int = Field(default=32, ge=1)
+    hash_buckets: int = Field(default=64, ge=2)
+
+
+class TextFeatures(_Section):
+    """String columns treated as free text (a ``text`` source's column is text by default)."""
+
+    columns: list[str] = Field(default_factory=list)
+    method: Literal["tfidf", "hashing"] = "tfidf"
+    max_features: int = Field(default=2048, ge=1, description="vocabulary size (tfidf) or hash buckets (hashing)")
+    ngram_range: tuple[int, int] = (1, 1)
+    min_df: int = Field(default=2, ge=1, description="tfidf: ignore terms in fewer documents")
+    lowercase: bool = True
+
+
+class ImageFeatures(_Section):
+    """Pixels scaled to [0, 1], then standardised per channel with the training mean/std."""
+
+    normalize: Literal["standard", "unit"] = "standard"
+
+
+class PcaFeatures(_Section):
+    components: int = Field(ge=1)
+    whiten: bool = False
 
 
 class FeaturesSection(_Section):
     numeric: NumericFeatures = Field(default_factory=NumericFeatures)
     categorical: CategoricalFeatures = Field(default_factory=CategoricalFeatures)
-    balance: Literal["none", "class_weight"] = "none"
+    text: TextFeatures = Field(default_factory=TextFeatures)
+    image: ImageFeatures = Field(default_factory=ImageFeatures)
+    pca: PcaFeatures | None = None
+    balance: Literal["none", "class_weight", "oversample", "undersample"] = "none"
+    balance_seed: int = 0
 
 
 # --- model / train / tune ----------------------------------------------------------
@@ -402,6 +560,10 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
     src = spec.data.source
     if hasattr(src, "path") and "://" not in src.path and not Path(src.path).is_absolute():
         src.path = str((base / src.path).resolve())
+    if isinstance(src, SqlSource) and src.url.startswith("sqlite:///") and not src.url.startswith("sqlite:////"):
+        rel = src.url.removeprefix("sqlite:///")
+        if rel and rel != ":memory:":
+            src.url = "sqlite:///" + str((base / rel).resolve())
     if spec.validate_.schema_ != "infer" and not Path(spec.validate_.schema_).is_absolute():
         spec.validate_.schema_ = str((base / spec.validate_.schema_).resolve())
     return spec
@@ -428,7 +590,7 @@ def _dotted(loc: list[Any]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("builtin", "parquet", "csv") and out.endswith("source"):
+        elif part in SOURCE_TYPES and out.endswith("source"):
             continue  # the discriminator tag pydantic inserts into the location
         else:
             out += ("." if out else "") + str(part)
