@@ -102,7 +102,7 @@ class SqlSource(_Snapshot):
     query: str
     password_env: str | None = None
     shard_keys: list[str] = Field(default_factory=list, description="columns to hash rows into parallel reads by")
-    parallelism: int = Field(default=-1, description="read tasks with shard_keys (-1: Ray decides)")
+    parallelism: int = Field(default=8, ge=1, description="read tasks with shard_keys; each one runs the query")
 
     @field_validator("url")
     @classmethod
@@ -505,6 +505,9 @@ class Spec(_Section):
             example = "sklearn:sklearn.cluster:KMeans" if task == "clustering" else "sklearn:sklearn.ensemble:IsolationForest"
             raise ValueError(f"model.kind: task {task!r} needs a scikit-learn estimator, not {self.model.kind!r}; "
                              f"write e.g. kind: {example!r}")
+        if self.features.balance != "none" and task != "classification":
+            raise ValueError(f"features.balance: {self.features.balance!r} needs task classification, not {task!r}; "
+                             "set balance: none")
         used = [("evaluate.metrics", m) for m in self.evaluate.metrics]
         used += [(f"evaluate.gate.{k}", m) for k in ("min", "max") for m in getattr(gate, k)]
         used += [("evaluate.gate.vs_champion.metric", gate.vs_champion.metric)] if gate.vs_champion else []
@@ -581,8 +584,16 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{path}: required key is missing"
     got = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    shown = repr(redact(got)) if not isinstance(got, dict) else "a mapping"
     return f"{path}: {msg} (got {shown})"
+
+
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
+
+
+def redact(value: Any) -> Any:
+    """A value safe to print: a password inside a URL becomes ``***``."""
+    return _URL_PASSWORD.sub(r"\1:***@", value) if isinstance(value, str) else value
 
 
 def _dotted(loc: list[Any]) -> str:

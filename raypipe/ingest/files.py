@@ -1,0 +1,186 @@
+"""File sources (parquet, csv, json) on a local disk or any ``pyarrow.fs`` filesystem.
+
+A path is a local file or folder, or a pyarrow filesystem URI such as
+``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http&region=us-east-1``.
+In a folder, only files with the format's extensions are read; names starting with
+``_`` or ``.`` (``_SUCCESS``, ``.part-0.crc``) are skipped, as Ray Data does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from raypipe.errors import SpecError
+from raypipe.spec import CsvSource, JsonSource, ParquetSource
+
+if TYPE_CHECKING:
+    import ray.data
+
+_COMPRESSED = ("gz", "bz2", "zst", "lz4", "br")
+PARQUET_EXTENSIONS = ("parquet",)
+CSV_EXTENSIONS = tuple(f"{e}{c}" for c in ("", *(f".{z}" for z in _COMPRESSED)) for e in ("csv", "tsv"))
+JSON_EXTENSIONS = tuple(f"{e}{c}" for c in ("", *(f".{z}" for z in _COMPRESSED)) for e in ("json", "jsonl", "ndjson"))
+_EXTENSIONS = {"parquet": PARQUET_EXTENSIONS, "csv": CSV_EXTENSIONS, "json": JSON_EXTENSIONS}
+_SNIFF_BYTES = 4096
+_USERINFO = re.compile(r"^([a-zA-Z][\w+.-]*://)[^/@]*@")
+
+
+def filesystem_and_path(path: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path inside it, for a local path or a pyarrow URI.
+
+    S3 credentials come from the usual AWS variables (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) of this process: they are set
+    on the filesystem, so Ray workers started before they were set read with them too.
+    Without them, each process uses the AWS SDK's default credential chain.
+    """
+    if "://" not in path:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    try:
+        fs, inner = pafs.FileSystem.from_uri(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError) as e:
+        why = str(e).replace(path, redact(path))  # pyarrow repeats the URI, secrets included
+        raise SpecError(
+            f"data.source.path: {redact(path)!r} is not a path pyarrow can open ({why}); write a local path or a "
+            "URI such as s3://bucket/key?endpoint_override=host:port&scheme=http&region=us-east-1"
+        ) from None
+    return _with_env_credentials(fs), inner
+
+
+def redact(path: str) -> str:
+    """``path`` without the ``user:secret@`` part a URI may hold."""
+    return _USERINFO.sub(r"\1***@", path)
+
+
+def _with_env_credentials(fs: pafs.FileSystem) -> pafs.FileSystem:
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    rebuild, (options,) = fs.__reduce__()
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if options.get("access_key") or options.get("anonymous") or options.get("role_arn") or not (key and secret):
+        return fs
+    options = {**options, "access_key": key, "secret_key": secret,
+               "session_token": os.environ.get("AWS_SESSION_TOKEN") or None}
+    return rebuild(options)
+
+
+def read_files(source: ParquetSource | CsvSource | JsonSource) -> ray.data.Dataset:
+    """Open a parquet, csv or json file (or folder of them) as a lazy ``ray.data.Dataset``."""
+    import ray.data
+
+    fs, path = filesystem_and_path(source.path)
+    is_file, files = _list_files(fs, path, source)
+    extensions = None if is_file else list(_EXTENSIONS[source.type])
+    if isinstance(source, ParquetSource):
+        return ray.data.read_parquet(path, filesystem=fs, file_extensions=extensions)
+    if isinstance(source, CsvSource):
+        import pyarrow.csv as pacsv
+
+        return ray.data.read_csv(path, filesystem=fs, file_extensions=extensions,
+                                 parse_options=pacsv.ParseOptions(delimiter=source.delimiter))
+    return _read_json(fs, files, source.path)
+
+
+def _list_files(fs: pafs.FileSystem, path: str, source: Any) -> tuple[bool, list[str]]:
+    """(is the path a file, the files to read); a clear SpecError when there are none."""
+    shown = redact(source.path)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise SpecError(
+            f"data.source.path: {shown!r} does not exist; point it at a {source.type} file or a folder of them "
+            "(relative paths are resolved against the spec file's folder)"
+        )
+    if info.type == pafs.FileType.File:
+        return True, [path]
+    extensions = _EXTENSIONS[source.type]
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and _wanted(i.path, path, extensions))
+    if not files:
+        raise SpecError(
+            f"data.source.path: the folder {shown!r} holds no {source.type} files "
+            f"(read: {', '.join('.' + e for e in extensions[:3])} ...); point it at the data files, "
+            "or set data.source.type to their format"
+        )
+    return False, files
+
+
+def _wanted(file: str, base: str, extensions: tuple[str, ...]) -> bool:
+    rel = posixpath.relpath(file, base) if file.startswith(base) else posixpath.basename(file)
+    if any(part.startswith((".", "_")) for part in rel.split("/")):
+        return False
+    name = posixpath.basename(file).lower()
+    return any(name.endswith("." + e) for e in extensions)
+
+
+# --- json --------------------------------------------------------------------------
+def _read_json(fs: pafs.FileSystem, files: list[str], shown_path: str) -> ray.data.Dataset:
+    """JSON lines through Ray's arrow JSON reader; files holding a JSON array parsed per file.
+
+    Ray's ``read_json`` reads JSON lines with ``pyarrow.json`` (``lines=True`` is the
+    pandas reader, which refuses a ``filesystem``). A JSON array makes pyarrow fail and
+    Ray fall back to ``pa.Table.from_pylist``, which keeps only the first object's keys:
+    so array files are read as bytes and parsed here, keeping every key.
+    """
+    import ray.data
+
+    kinds: dict[str, list[str]] = {"lines": [], "array": []}
+    for f in files:
+        kind = _json_kind(fs, f, shown_path)
+        if kind:
+            kinds[kind].append(f)
+    parts = []
+    if kinds["lines"]:
+        parts.append(ray.data.read_json(kinds["lines"], filesystem=fs, file_extensions=None))
+    if kinds["array"]:
+        raw = ray.data.read_binary_files(kinds["array"], filesystem=fs, include_paths=True, file_extensions=None)
+        parts.append(raw.map_batches(_parse_json_arrays, batch_format="pyarrow", batch_size=1))
+    if not parts:
+        raise SpecError(f"data.source.path: {redact(shown_path)!r} holds only empty JSON files; point it at data")
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _json_kind(fs: pafs.FileSystem, path: str, shown_path: str) -> str | None:
+    """'array' (first non-space character ``[``), 'lines' (``{``) or None (empty file)."""
+    with fs.open_input_stream(path, compression="detect") as f:
+        head = f.read(_SNIFF_BYTES).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not head:
+        return None
+    if head[0] in "[{":
+        return "array" if head[0] == "[" else "lines"
+    raise SpecError(
+        f"data.source.path: {posixpath.basename(path)!r} under {redact(shown_path)!r} starts with {head[:20]!r}, "
+        "neither JSON lines (one object per line) nor a JSON array of objects; fix the file or the source type"
+    )
+
+
+def _parse_json_arrays(batch: pa.Table) -> pa.Table:
+    records: list[dict[str, Any]] = []
+    for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist(), strict=True):
+        records.extend(_array_records(data, path))
+    return table_from_records(records)
+
+
+def _array_records(data: bytes, path: str) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise ValueError(f"{path}: expected a JSON array of objects")
+    return value
+
+
+def table_from_records(records: list[dict[str, Any]]) -> pa.Table:
+    """An arrow table with a column for every key of any record (missing values are null).
+
+    ``pa.Table.from_pylist`` alone takes its columns from the first record only.
+    """
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r))
+    return pa.table({k: [r.get(k) for r in records] for k in keys})

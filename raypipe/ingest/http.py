@@ -1,0 +1,300 @@
+"""An HTTP source: a paginated JSON API read page by page with ``httpx``.
+
+Pages are fetched inside one Ray task (:func:`read_http`), so records never pass
+through the driver. Errors name the URL without its query string, never a token
+or the values of ``params`` (which may hold API keys).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pyarrow as pa
+
+from raypipe.errors import SpecError
+from raypipe.ingest.files import table_from_records
+from raypipe.spec import HttpSource
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger("raypipe.ingest.http")
+
+MAX_RETRY_AFTER_S = 30.0
+_RETRIED_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+_BODY_CHARS = 200
+
+
+class HttpSourceError(RuntimeError):
+    """An HTTP source failed: a bad status, a body that is not JSON, records not where expected."""
+
+
+def fetch_records(source: HttpSource) -> list[dict[str, Any]]:
+    """Every record of the API, in order, following ``source.pagination``."""
+    return [r for page in iter_pages(source) for r in page]
+
+
+def iter_pages(source: HttpSource, headers: dict[str, str] | None = None,
+               sleep: Callable[[float], None] = time.sleep) -> Iterator[list[dict[str, Any]]]:
+    """The records of each page, page by page (``headers`` default: :func:`request_headers`)."""
+    headers = request_headers(source) if headers is None else headers
+    with httpx.Client(headers=headers, timeout=source.timeout_s, follow_redirects=True) as client:
+        get = _Getter(client, source, headers, sleep)
+        style = source.pagination.style
+        if style == "none":
+            yield _records(get({}, "the request"), source, get.where)
+        elif style == "page":
+            yield from _page_pages(get, source)
+        else:
+            yield from _cursor_pages(get, source)
+
+
+def request_headers(source: HttpSource) -> dict[str, str]:
+    """``source.headers`` plus ``Authorization: Bearer`` with the value of ``token_env``."""
+    headers = {"Accept": "application/json", **source.headers}
+    if source.token_env:
+        token = os.environ.get(source.token_env)
+        if not token:
+            raise SpecError(
+                f"data.source.token_env: the environment variable {source.token_env!r} is not set (or empty); "
+                "export it with the API token before the run, or remove token_env"
+            )
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def read_http(source: HttpSource) -> ray.data.Dataset:
+    """The API's records as a ``ray.data.Dataset``, fetched in one Ray task.
+
+    The token is read here, on the driver (a missing variable fails before any
+    task), and travels to the task with the request headers.
+    """
+    import ray
+    import ray.data
+
+    headers = request_headers(source)
+    task = ray.remote(num_returns=2, max_retries=0)(_fetch_table)
+    rows_ref, table_ref = task.remote(source, headers)
+    try:
+        rows = ray.get(rows_ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, (HttpSourceError, SpecError)):
+            raise e.cause from None
+        raise
+    log.info("http source: %d records from %s", rows, public_url(source.url))
+    return ray.data.from_arrow_refs([table_ref])
+
+
+def _fetch_table(source: HttpSource, headers: dict[str, str]) -> tuple[int, pa.Table]:
+    """(rows, one arrow table of every page): each page a table, columns unified."""
+    tables = []
+    for page in iter_pages(source, headers):
+        try:
+            tables.append(table_from_records(page))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise HttpSourceError(
+                f"{public_url(source.url)}: a field mixes types within a page ({e}); "
+                "fix the API's output or pick other records"
+            ) from None
+    if not tables:
+        raise HttpSourceError(
+            f"{public_url(source.url)} returned no records at {_path_name(source.records)}; "
+            "check data.source.url, params and records"
+        )
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise HttpSourceError(
+            f"{public_url(source.url)}: pages disagree on the type of a field ({e}); "
+            "fix the API's output or pick other records"
+        ) from None
+    return table.num_rows, table
+
+
+# --- pagination ----------------------------------------------------------------------
+def _page_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, Any]]]:
+    p = source.pagination
+    page = p.start_page
+    for _ in range(p.max_pages):
+        params: dict[str, Any] = {p.page_param: page}
+        if p.size_param:
+            params[p.size_param] = p.page_size
+        records = _records(get(params, f"page {page}"), source, get.where)
+        if records:
+            yield records
+        # Without size_param the server picks the page size: only an empty page ends.
+        if not records or (p.size_param and len(records) < p.page_size):
+            return
+        page += 1
+    _too_many_pages(source)
+
+
+def _cursor_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, Any]]]:
+    p = source.pagination
+    cursor: Any = None
+    for n in range(1, p.max_pages + 1):
+        params = {} if n == 1 else {p.cursor_param: cursor}
+        body = get(params, f"request {n}")
+        records = _records(body, source, get.where)
+        if records:
+            yield records
+        cursor = _dig(body, p.cursor_field)
+        if cursor in (None, "") or cursor is _MISSING:
+            return
+    _too_many_pages(source)
+
+
+def _too_many_pages(source: HttpSource) -> None:
+    raise HttpSourceError(
+        f"{public_url(source.url)}: still more pages after pagination.max_pages = {source.pagination.max_pages}; "
+        "raise data.source.pagination.max_pages, or check that the API's pagination settings match "
+        "(page_param, size_param, cursor_field)"
+    )
+
+
+# --- requests ----------------------------------------------------------------------
+class _Getter:
+    """GET the source's URL with extra params; retries transient failures; returns parsed JSON."""
+
+    def __init__(self, client: httpx.Client, source: HttpSource, headers: dict[str, str],
+                 sleep: Callable[[float], None]) -> None:
+        self.client, self.source, self.sleep = client, source, sleep
+        self.where = public_url(source.url)
+        # Never echoed in an error: the token, header values, longer param values (API keys).
+        values = [v.removeprefix("Bearer ") for k, v in headers.items() if k.lower() != "accept"]
+        values += source.params.values()
+        self.secrets = sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
+
+    def __call__(self, extra: dict[str, Any], what: str) -> Any:
+        src = self.source
+        params = {**src.params, **{k: str(v) for k, v in extra.items()}}
+        for attempt in range(src.retries + 1):
+            last = attempt == src.retries
+            try:
+                response = self.client.get(src.url, params=params)
+            except httpx.TransportError as e:
+                if last or not isinstance(e, _RETRIED_ERRORS):
+                    raise HttpSourceError(
+                        f"GET {self.where} ({what}) failed after {attempt + 1} attempt(s): "
+                        f"{type(e).__name__}: {self._clean(str(e))}; check data.source.url and that the server "
+                        "is reachable, or raise data.source.retries / timeout_s"
+                    ) from None
+                self._wait(attempt, None, type(e).__name__, what)
+                continue
+            if (response.status_code == 429 or response.status_code >= 500) and not last:
+                self._wait(attempt, response.headers.get("Retry-After"), f"HTTP {response.status_code}", what)
+                continue
+            if not response.is_success:
+                raise self._status_error(response, what, attempt + 1)
+            return self._json(response, what)
+        raise AssertionError("unreachable")
+
+    def _wait(self, attempt: int, retry_after: str | None, why: str, what: str) -> None:
+        delay = self.source.backoff_s * 2 ** attempt
+        if retry_after is not None:
+            try:
+                delay = max(0.0, float(retry_after))
+            except ValueError:
+                pass  # an HTTP date: keep the backoff
+        delay = min(delay, MAX_RETRY_AFTER_S)
+        log.warning("GET %s (%s): %s; retry %d/%d in %.1fs", self.where, what, why, attempt + 1,
+                    self.source.retries, delay)
+        self.sleep(delay)
+
+    def _status_error(self, response: httpx.Response, what: str, attempts: int) -> HttpSourceError:
+        code = response.status_code
+        body = self._clean(response.text)[:_BODY_CHARS]
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return HttpSourceError(
+            f"GET {self.where} ({what}) returned HTTP {code} {response.reason_phrase}{tries}; "
+            f"body: {body!r}; {_fix(code)}"
+        )
+
+    def _json(self, response: httpx.Response, what: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("Content-Type", "no content type")
+            raise HttpSourceError(
+                f"GET {self.where} ({what}) did not return JSON ({kind}); body starts "
+                f"{self._clean(response.text)[:_BODY_CHARS]!r}; point data.source.url at the JSON API"
+            ) from None
+
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _fix(code: int) -> str:
+    if code in (401, 403):
+        return "check the token (data.source.token_env) or data.source.headers"
+    if code == 404:
+        return "check data.source.url (and the pagination settings)"
+    if code == 429:
+        return "the API is rate-limiting: raise data.source.retries or backoff_s"
+    if code >= 500:
+        return "the server failed: try again later or raise data.source.retries"
+    return "check data.source.url, params and headers"
+
+
+def public_url(url: str) -> str:
+    """``url`` without its query string, fragment or ``user:password@``."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# --- records -----------------------------------------------------------------------
+_MISSING = object()
+
+
+def _dig(value: Any, path: str) -> Any:
+    """The value at a dotted path ('' = the value itself), or ``_MISSING``."""
+    for key in path.split(".") if path else ():
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _path_name(path: str) -> str:
+    return f"records {path!r}" if path else "the top level (records: '')"
+
+
+def _records(body: Any, source: HttpSource, where: str) -> list[dict[str, Any]]:
+    """The list of flat records at ``source.records``; a clear error otherwise."""
+    records = _dig(body, source.records)
+    if records is _MISSING:
+        keys = sorted(body)[:20] if isinstance(body, dict) else type(body).__name__
+        raise HttpSourceError(
+            f"{where}: no {_path_name(source.records)} in the response (found: {keys}); "
+            "set data.source.records to the dotted path of the list of records"
+        )
+    if not isinstance(records, list):
+        raise HttpSourceError(
+            f"{where}: {_path_name(source.records)} is a {type(records).__name__}, not a list; "
+            "set data.source.records to the dotted path of the list of records"
+        )
+    for r in records:
+        _check_flat(r, source, where)
+    return records
+
+
+def _check_flat(record: Any, source: HttpSource, where: str) -> None:
+    if not isinstance(record, dict):
+        raise HttpSourceError(
+            f"{where}: {_path_name(source.records)} holds a {type(record).__name__}, not objects; "
+            "set data.source.records to a list of objects"
+        )
+    for key, value in record.items():
+        if isinstance(value, dict):
+            raise HttpSourceError(
+                f"{where}: field {key!r} of a record is a nested object; records must be flat: flatten the "
+                f"API's output, or set data.source.records to a deeper list"
+            )

@@ -1,0 +1,284 @@
+"""``raypipe.ingest.http`` against a real HTTP server on a loopback port."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pyarrow as pa
+import pytest
+
+from raypipe.errors import SpecError
+from raypipe.ingest.http import HttpSourceError, _fetch_table, fetch_records, iter_pages, read_http, request_headers
+from raypipe.spec import HttpSource
+from tests.conftest import free_port
+
+TOKEN = "s3cret-T0KEN-value"
+# 250 records; the last 50 have a key the others lack.
+ITEMS = [{"id": i, "value": i * 1.5, "name": f"item-{i}", **({"note": "late"} if i >= 200 else {})} for i in range(250)]
+
+
+class _Api(BaseHTTPRequestHandler):
+    """Routes: /items (page), /cursor, /bare, /flaky/<k>, /always503, /limited/<k>, /missing, /secure,
+    /html, /nested, /slow, /wrongpath."""
+
+    server: _Server
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        q = dict(parse_qsl(url.query))
+        srv = self.server
+        with srv.lock:
+            srv.hits[url.path] += 1
+            hits = srv.hits[url.path]
+            srv.requests.append((url.path, q, dict(self.headers)))
+        path = url.path
+        if path == "/items":
+            items = ITEMS[: int(q.get("n", len(ITEMS)))]
+            page, size = int(q["page"]), int(q["per_page"])
+            self._json({"data": items[(page - 1) * size: page * size]})
+        elif path == "/cursor":
+            start = int(q.get("cursor", 0))
+            nxt = str(start + 70) if start + 70 < len(ITEMS) else None
+            self._json({"result": {"items": ITEMS[start: start + 70]}, "meta": {"next": nxt}})
+        elif path == "/bare":
+            self._json(ITEMS[:3])
+        elif path.startswith("/flaky/"):
+            self._json({"data": ITEMS[:5]}) if hits > 2 else self._send(503, b"busy", "text/plain")
+        elif path.startswith("/always503"):
+            self._send(503, b"down for maintenance", "text/plain")
+        elif path.startswith("/limited/"):
+            if hits > 1:
+                self._json({"data": ITEMS[:2]})
+            else:
+                self._send(429, b"slow down", "text/plain", {"Retry-After": q.get("after", "1")})
+        elif path == "/secure":
+            auth = self.headers.get("Authorization", "")
+            if auth != f"Bearer {TOKEN}":  # echoes what it got, as some APIs do
+                self._send(401, f"invalid credentials: {auth}".encode(), "text/plain")
+            else:
+                self._json({"data": ITEMS[:4]})
+        elif path == "/html":
+            self._send(200, b"<html><body>login page</body></html>", "text/html")
+        elif path == "/nested":
+            self._json({"data": [{"id": 1, "owner": {"name": "a"}}]})
+        elif path == "/wrongpath":
+            self._json({"items": ITEMS[:2], "count": 2})
+        elif path == "/mixed":  # page 1: ints; page 2: floats, a key page 1 lacks, and a null
+            page = int(q["page"])
+            data = {1: [{"id": 1, "v": 1}, {"id": 2, "v": 2}],
+                    2: [{"id": 3, "v": 2.5, "tag": "t"}, {"id": 4, "v": None, "tag": None}], 3: []}[page]
+            self._json({"data": data})
+        elif path == "/badtypes":
+            self._json({"data": [{"id": 1}, {"id": "one"}]})
+        elif path == "/slow":
+            time.sleep(1.0)
+            self._json({"data": []})
+        else:
+            self._send(404, b"no such endpoint", "text/plain")
+
+    def _json(self, value: Any) -> None:
+        self._send(200, json.dumps(value).encode(), "application/json")
+
+    def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (the timeout test)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Api)
+        self.lock = threading.Lock()
+        self.hits: Counter[str] = Counter()
+        self.requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
+
+
+@pytest.fixture(scope="module")
+def api():
+    server = _Server(free_port())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def base(api: _Server) -> str:
+    return f"http://127.0.0.1:{api.server_address[1]}"
+
+
+def source(api: _Server, path: str, **kw: Any) -> HttpSource:
+    kw.setdefault("backoff_s", 0.0)
+    return HttpSource(type="http", url=base(api) + path, **kw)
+
+
+def requests_to(api: _Server, path: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    return [r for r in api.requests if r[0] == path]
+
+
+# --- pagination ----------------------------------------------------------------------
+def test_page_pagination_reads_every_page(api: _Server) -> None:
+    api.requests.clear()
+    recs = fetch_records(source(api, "/items", params={"api_key": "k-123"}, headers={"X-Client": "raypipe"}))
+    assert [r["id"] for r in recs] == list(range(250))
+    sent = requests_to(api, "/items")
+    assert [q["page"] for _, q, _ in sent] == ["1", "2", "3"]  # 100, 100, 50: the short page ends it
+    assert all(q["per_page"] == "100" and q["api_key"] == "k-123" for _, q, _ in sent)
+    assert all(h["X-Client"] == "raypipe" and "Authorization" not in h for _, _, h in sent)
+
+
+def test_page_pagination_stops_at_an_empty_page(api: _Server) -> None:
+    api.requests.clear()
+    pag = {"page_size": 100, "start_page": 1}
+    recs = fetch_records(source(api, "/items", params={"n": "200"}, pagination=pag))
+    assert len(recs) == 200
+    assert [q["page"] for _, q, _ in requests_to(api, "/items")] == ["1", "2", "3"]
+
+
+def test_max_pages_reached_while_pages_continue(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match="max_pages = 2"):
+        fetch_records(source(api, "/items", pagination={"max_pages": 2}))
+
+
+def test_cursor_pagination_follows_the_dotted_cursor(api: _Server) -> None:
+    api.requests.clear()
+    pag = {"style": "cursor", "cursor_field": "meta.next", "cursor_param": "cursor"}
+    recs = fetch_records(source(api, "/cursor", records="result.items", pagination=pag))
+    assert [r["id"] for r in recs] == list(range(250))
+    assert [q.get("cursor") for _, q, _ in requests_to(api, "/cursor")] == [None, "70", "140", "210"]
+
+
+def test_no_pagination_and_a_bare_list(api: _Server) -> None:
+    recs = fetch_records(source(api, "/bare", records="", pagination={"style": "none"}))
+    assert recs == ITEMS[:3]
+    assert api.hits["/bare"] == 1
+
+
+# --- retries and errors -------------------------------------------------------------------
+def test_503_twice_then_success_is_retried(api: _Server) -> None:
+    recs = fetch_records(source(api, "/flaky/a", retries=3, pagination={"style": "none"}))
+    assert len(recs) == 5
+    assert api.hits["/flaky/a"] == 3
+
+
+def test_retries_exhausted_names_status_and_attempts(api: _Server) -> None:
+    with pytest.raises(HttpSourceError) as e:
+        fetch_records(source(api, "/always503", retries=2, pagination={"style": "none"}))
+    assert api.hits["/always503"] == 3
+    assert "503" in str(e.value) and "after 3 attempts" in str(e.value) and "down for maintenance" in str(e.value)
+
+
+@pytest.mark.parametrize(("after", "expected"), [("2", 2.0), ("999", 30.0)])
+def test_429_honours_retry_after_capped(api: _Server, after: str, expected: float) -> None:
+    waits: list[float] = []
+    src = source(api, f"/limited/{after}", params={"after": after}, pagination={"style": "none"})
+    pages = list(iter_pages(src, sleep=waits.append))
+    assert waits == [expected] and len(pages[0]) == 2
+
+
+def test_exponential_backoff(api: _Server) -> None:
+    waits: list[float] = []
+    src = source(api, "/always503/b", retries=3, backoff_s=0.5, pagination={"style": "none"})
+    with pytest.raises(HttpSourceError):
+        list(iter_pages(src, sleep=waits.append))
+    assert waits == [0.5, 1.0, 2.0]
+
+
+def test_404_names_status_and_url_without_query(api: _Server) -> None:
+    with pytest.raises(HttpSourceError) as e:
+        fetch_records(source(api, "/missing", params={"api_key": "k-secret-9"}, retries=3))
+    msg = str(e.value)
+    assert "404" in msg and f"{base(api)}/missing" in msg and "data.source.url" in msg
+    assert "k-secret-9" not in msg
+    assert api.hits["/missing"] == 1  # a 404 is not retried
+
+
+def test_bearer_token_is_sent(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RP_TEST_TOKEN", TOKEN)
+    recs = fetch_records(source(api, "/secure", token_env="RP_TEST_TOKEN"))
+    assert len(recs) == 4
+    assert requests_to(api, "/secure")[-1][2]["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_wrong_token_never_appears_in_the_error(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RP_TEST_TOKEN", "wrong-" + TOKEN)
+    with pytest.raises(HttpSourceError) as e:
+        fetch_records(source(api, "/secure", token_env="RP_TEST_TOKEN"))
+    msg = str(e.value)
+    assert "401" in msg and "token_env" in msg and "invalid credentials" in msg
+    assert TOKEN not in msg and TOKEN not in repr(e.value)
+
+
+def test_missing_token_variable_is_a_spec_error(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RP_TEST_NO_TOKEN", raising=False)
+    with pytest.raises(SpecError, match="data.source.token_env.*RP_TEST_NO_TOKEN"):
+        fetch_records(source(api, "/secure", token_env="RP_TEST_NO_TOKEN"))
+
+
+def test_non_json_body(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match="did not return JSON.*text/html.*login page"):
+        fetch_records(source(api, "/html", pagination={"style": "none"}))
+
+
+def test_records_path_not_found_or_not_a_list(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match=r"no records 'data'.*\['count', 'items'\]"):
+        fetch_records(source(api, "/wrongpath", pagination={"style": "none"}))
+    with pytest.raises(HttpSourceError, match="records 'count' is a int, not a list"):
+        fetch_records(source(api, "/wrongpath", records="count", pagination={"style": "none"}))
+
+
+def test_nested_records_are_refused(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match="'owner'.*nested object.*flatten"):
+        fetch_records(source(api, "/nested", pagination={"style": "none"}))
+
+
+def test_connection_refused_and_timeout(api: _Server) -> None:
+    dead = HttpSource(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=1, backoff_s=0.0)
+    with pytest.raises(HttpSourceError, match="after 2 attempt.*ConnectError"):
+        fetch_records(dead)
+    with pytest.raises(HttpSourceError, match="ReadTimeout"):
+        fetch_records(source(api, "/slow", retries=0, timeout_s=0.2, pagination={"style": "none"}))
+
+
+def test_pages_become_one_table_with_unified_columns(api: _Server) -> None:
+    src = source(api, "/mixed", pagination={"page_size": 2})
+    rows, table = _fetch_table(src, request_headers(src))
+    assert rows == 4
+    assert table.schema.field("v").type == pa.float64()  # int page + float page
+    assert table.to_pylist() == [
+        {"id": 1, "v": 1.0, "tag": None}, {"id": 2, "v": 2.0, "tag": None},
+        {"id": 3, "v": 2.5, "tag": "t"}, {"id": 4, "v": None, "tag": None},
+    ]
+    with pytest.raises(HttpSourceError, match="mixes types"):
+        _fetch_table(source(api, "/badtypes"), {})
+
+
+# --- read_http (Ray) ----------------------------------------------------------------------
+def test_read_http_builds_a_dataset_in_a_ray_task(api: _Server, ray_session) -> None:
+    ds = read_http(source(api, "/items"))
+    df = ds.to_pandas().sort_values("id").reset_index(drop=True)
+    assert len(df) == ds.count() == 250
+    assert df["id"].tolist() == list(range(250))
+    assert df["value"].tolist() == [i * 1.5 for i in range(250)]
+    assert df["note"].isna().sum() == 200 and (df["note"][200:] == "late").all()  # keys missing -> nulls
+
+    with pytest.raises(HttpSourceError, match="404"):
+        read_http(source(api, "/missing"))
