@@ -1,0 +1,228 @@
+"""Folder trees of images and text files -> ``ray.data.Dataset`` with a ``label`` column.
+
+The layout is ``<path>/<label>/<file>``: a file's label is the name of the folder that
+holds it. The driver lists the files (hidden ones skipped); Ray tasks read and decode them.
+
+A file that cannot be decoded stops the read with :class:`UndecodableFileError`, whose
+message names the file; it never silently disappears. Through Ray Data it reaches the
+caller as ``RayTaskError(UserCodeException)`` whose text holds that message. Images are
+decoded here rather than by ``ray.data.read_images``, because in Ray 2.60 that reader
+names the file only when Pillow cannot identify it at all; a truncated or damaged PNG
+fails later, on resize, with a bare ``OSError: image file is truncated``. Ray's own folder
+listing also skips names starting with ``_`` (a ``_background`` class would vanish).
+"""
+from __future__ import annotations
+
+import io
+import posixpath
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ray.data
+
+    from raypipe.spec import ImagesSource, TextSource
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "TEXT_EXTENSIONS",
+    "UndecodableFileError",
+    "decode_image",
+    "list_tree",
+    "read_images",
+    "read_text_folder",
+    "write_digits_png",
+]
+
+IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
+TEXT_EXTENSIONS = ["txt"]
+
+
+class UndecodableFileError(ValueError):
+    """A file in a folder-tree source could not be decoded; the message names it."""
+
+
+def _label(path: str) -> str:
+    """The name of the folder holding ``path``."""
+    return posixpath.basename(posixpath.dirname(path.replace("\\", "/")))
+
+
+def list_tree(path: str, extensions: list[str]) -> tuple[Any, list[str]]:
+    """The filesystem and the sorted files under ``path`` whose extension is in ``extensions``.
+
+    Hidden files and folders (a name starting with ``.``) are skipped; unlike Ray's own
+    folder listing, names starting with ``_`` are kept (a ``_background`` class stays).
+
+    Raises:
+        SpecError: ``path`` does not exist or holds no such file.
+    """
+    import pyarrow.fs as pafs
+
+    from raypipe.errors import SpecError
+    from raypipe.ingest.files import filesystem_and_path, redact
+
+    fs, inner = filesystem_and_path(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise SpecError(f"data.source.path: {redact(path)!r} does not exist; point it at a folder <label>/<file>")
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    base = inner.rstrip("/") + "/"
+    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
+    files = sorted(
+        i.path for i in infos
+        if i.type == pafs.FileType.File
+        and i.path.lower().endswith(exts)
+        and not any(part.startswith(".") for part in i.path[len(base):].split("/"))
+    )
+    if not files:
+        raise SpecError(
+            f"data.source.path: no {'/'.join(extensions)} files under {redact(path)!r}; "
+            "expected <path>/<label>/<file>"
+        )
+    return fs, files
+
+
+def _binary_tree(path: str, extensions: list[str]) -> ray.data.Dataset:
+    """``bytes`` and ``path`` of every file :func:`list_tree` finds, read by Ray tasks."""
+    import ray.data
+
+    fs, files = list_tree(path, extensions)
+    return ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
+
+
+# --- images --------------------------------------------------------------------------
+
+
+def decode_image(data: bytes, size: tuple[int, int], mode: str, path: str = "<bytes>") -> np.ndarray:
+    """Decodes one image to a uint8 array of shape ``size`` (+ ``(3,)`` for RGB).
+
+    The image is converted to ``mode`` first, then resized (bilinear) to ``(height, width)``.
+
+    Raises:
+        UndecodableFileError: Pillow cannot read the whole image; the message names ``path``.
+    """
+    from PIL import Image
+
+    height, width = size
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert(mode)  # loads every pixel: truncated data fails here
+            if image.size != (width, height):
+                image = image.resize((width, height), resample=Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 -- Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError...)
+        raise UndecodableFileError(f"cannot decode image {path!r}: {type(e).__name__}: {e}") from None
+
+
+def _image_batch(batch: dict[str, Any], size: tuple[int, int], mode: str) -> dict[str, np.ndarray]:
+    """``{bytes, path}`` rows -> ``{image, label}`` rows."""
+    paths = [str(p) for p in batch["path"]]
+    images = [decode_image(bytes(b), size, mode, p) for b, p in zip(batch["bytes"], paths)]
+    channels = () if mode == "L" else (3,)
+    stacked = np.stack(images) if images else np.zeros((0, *size, *channels), dtype=np.uint8)
+    return {"image": stacked, "label": np.array([_label(p) for p in paths], dtype=object)}
+
+
+def read_images(source: ImagesSource) -> ray.data.Dataset:
+    """Reads ``<path>/<label>/<image>`` into columns ``image`` and ``label``.
+
+    ``image`` is a uint8 tensor of shape ``(h, w)`` for mode ``L`` or ``(h, w, 3)`` for
+    ``RGB``, resized to ``source.size``; ``label`` is the parent folder's name (str).
+    Files without an image extension (README.txt...) and hidden files are skipped.
+
+    Raises:
+        SpecError: ``source.path`` does not exist or holds no image (at once).
+        UndecodableFileError: an image file cannot be decoded; it names the file (when
+            the dataset executes, wrapped by Ray).
+    """
+    size = (int(source.size[0]), int(source.size[1]))
+    mode = source.mode
+    return _binary_tree(source.path, IMAGE_EXTENSIONS).map_batches(
+        _image_batch, fn_kwargs={"size": size, "mode": mode}, batch_format="numpy", batch_size=256
+    )
+
+
+# --- text ----------------------------------------------------------------------------
+
+
+def _decode_text(data: bytes, encoding: str, path: str) -> str:
+    """``data`` decoded strictly with ``encoding``; a clear error naming ``path`` otherwise."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise UndecodableFileError(
+            f"cannot decode text file {path!r} as {encoding}: byte {e.object[e.start:e.start + 1]!r} "
+            f"at offset {e.start} ({e.reason}); set data.source.encoding to the file's encoding"
+        ) from None
+
+
+def _text_batch(batch: dict[str, Any], encoding: str) -> dict[str, np.ndarray]:
+    """``{bytes, path}`` rows -> ``{text, label}`` rows."""
+    paths = [str(p) for p in batch["path"]]
+    texts = [_decode_text(bytes(b), encoding, p) for b, p in zip(batch["bytes"], paths)]
+    return {
+        "text": np.array(texts, dtype=object),
+        "label": np.array([_label(p) for p in paths], dtype=object),
+    }
+
+
+def read_text_folder(source: TextSource) -> ray.data.Dataset:
+    """Reads ``<path>/<label>/<file>.txt`` into columns ``text`` (str) and ``label`` (str).
+
+    Each file is one row, its whole content decoded with ``source.encoding``.
+
+    Raises:
+        SpecError: ``source.path`` does not exist or holds no ``.txt`` file (at once).
+        SpecError: ``source.encoding`` is not a codec Python knows (at once).
+        UndecodableFileError: a file is not valid in that encoding; it names the file (when
+            the dataset executes, wrapped by Ray).
+    """
+    import codecs
+
+    from raypipe.errors import SpecError
+
+    try:
+        encoding = codecs.lookup(source.encoding).name
+    except LookupError:
+        raise SpecError(
+            f"data.source.encoding: {source.encoding!r} is not a known text encoding; try utf-8, latin-1 or cp1252"
+        ) from None
+    return _binary_tree(source.path, TEXT_EXTENSIONS).map_batches(
+        _text_batch, fn_kwargs={"encoding": encoding}, batch_format="numpy", batch_size=256
+    )
+
+
+# --- sample data ---------------------------------------------------------------------
+
+
+def write_digits_png(root: Path, per_class: int | None = None) -> int:
+    """Writes scikit-learn's bundled digits as ``root/<digit>/<index>.png`` (8x8, mode L).
+
+    Pixel values 0..16 are scaled to 0..255; ``<index>`` is the row in ``load_digits()``.
+
+    Args:
+        root: Folder to write into (created if missing).
+        per_class: Write only the first ``per_class`` images of each digit; all when None.
+
+    Returns:
+        The number of files written.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    written: dict[int, int] = {}
+    for index, (image, target) in enumerate(zip(pixels, digits.target.tolist())):
+        if per_class is not None and written.get(target, 0) >= per_class:
+            continue
+        folder = Path(root) / str(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index}.png")
+        written[target] = written.get(target, 0) + 1
+    return sum(written.values())
