@@ -177,7 +177,7 @@ class Runner:
 
         spec = self.spec
         check_available(spec)
-        data_fp = data_fingerprint(spec.data.source)
+        data_fp = data_fingerprint(spec.data.source, nonce=self.run_id)
         manifest: dict[str, Any] = {
             "run_id": self.run_id,
             "pipeline": spec.name,

@@ -1,61 +1,91 @@
-"""Sources -> ``ray.data.Dataset``, and the data fingerprint computed before a run."""
+"""Sources -> ``ray.data.Dataset``, and the data fingerprint computed before a run.
+
+Each source type has its own module; this one only dispatches on ``data.source.type``.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 from typing import Any
 
-import pyarrow.fs as pafs
+from raypipe.spec import (
+    BuiltinSource, CsvSource, HttpSource, ImagesSource, JsonSource, ParquetSource, SqlSource, TextSource,
+)
 
-from raypipe.spec import BuiltinSource, CsvSource, ParquetSource
-
-BUILTIN_GENERATOR_VERSION = {"transactions": 1}
-
-
-def _fs_and_path(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
+FileSource = ParquetSource | CsvSource | JsonSource
+TreeSource = ImagesSource | TextSource
+AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource
 
 
-def read_source(source: BuiltinSource | ParquetSource | CsvSource) -> Any:
-    """Open a source as a lazy ``ray.data.Dataset``."""
-    import ray.data
-
+def read_source(source: AnySource) -> Any:
+    """Open a source as a lazy ``ray.data.Dataset`` (read by Ray tasks, not on the driver)."""
     if isinstance(source, BuiltinSource):
-        from raypipe.ingest.builtin.transactions import transactions_dataset
+        from raypipe.ingest.builtin import builtin_dataset
 
-        return transactions_dataset(source.rows, seed=source.seed, drift=source.drift)
-    fs, path = _fs_and_path(source.path)
-    if isinstance(source, ParquetSource):
-        return ray.data.read_parquet(path, filesystem=fs)
-    import pyarrow.csv as pacsv
+        return builtin_dataset(source)
+    if isinstance(source, SqlSource):
+        from raypipe.ingest.sql import read_sql
 
-    return ray.data.read_csv(path, filesystem=fs, parse_options=pacsv.ParseOptions(delimiter=source.delimiter))
+        return read_sql(source)
+    if isinstance(source, HttpSource):
+        from raypipe.ingest.http import read_http
+
+        return read_http(source)
+    if isinstance(source, ImagesSource):
+        from raypipe.ingest.unstructured import read_images
+
+        return read_images(source)
+    if isinstance(source, TextSource):
+        from raypipe.ingest.unstructured import read_text_folder
+
+        return read_text_folder(source)
+    from raypipe.ingest.files import read_files
+
+    return read_files(source)
 
 
-def data_fingerprint(source: BuiltinSource | ParquetSource | CsvSource) -> str:
+def data_fingerprint(source: AnySource, nonce: str = "") -> str:
     """A content hash of the input data, computed without Ray.
 
-    Built-in data is defined by its generator version and parameters; files by the
-    sha256 of every byte they hold (one changed byte gives a new fingerprint).
+    Built-in data is defined by its generator version and parameters; files and
+    folder trees by the sha256 of every byte they hold (one changed byte gives a new
+    fingerprint). A database or an API cannot be hashed without reading it: their
+    fingerprint is the source's configuration (secrets excluded) plus its
+    ``snapshot`` label, or ``nonce`` (the run id) without one, so that every run
+    reads them again.
     """
-    h = hashlib.sha256()
     if isinstance(source, BuiltinSource):
+        from raypipe.ingest.builtin import BUILTIN_GENERATOR_VERSION
+
         params = source.model_dump(mode="json")
         params["generator"] = BUILTIN_GENERATOR_VERSION[source.name]
-        h.update(json.dumps(params, sort_keys=True).encode())
-        return h.hexdigest()
+        return _sha(params)
+    if isinstance(source, SqlSource):
+        from raypipe.ingest.sql import sql_fingerprint
+
+        return sql_fingerprint(source, nonce)
+    if isinstance(source, HttpSource):
+        params = source.model_dump(mode="json", exclude={"snapshot"})
+        params["headers"] = sorted(params["headers"])  # names only: values may be credentials
+        return _sha({"http": params, "snapshot": source.snapshot or f"run:{nonce}"})
+    return _files_fingerprint(source)
+
+
+def _files_fingerprint(source: FileSource | TreeSource) -> str:
+    from raypipe.errors import SpecError
+    from raypipe.ingest.files import filesystem_and_path
     from raypipe.store import iter_file_digests
 
-    fs, path = _fs_and_path(source.path)
+    fs, path = filesystem_and_path(source.path)
     try:
         digests = list(iter_file_digests(fs, path))
     except FileNotFoundError:
-        from raypipe.errors import SpecError
-
         raise SpecError(
             f"data.source.path: {source.path!r} does not exist; point it at a {source.type} file or folder"
         ) from None
-    h.update(json.dumps({"type": source.type, "files": digests}, sort_keys=True).encode())
-    return h.hexdigest()
+    params = source.model_dump(mode="json", exclude={"path"})
+    return _sha({"source": params, "files": digests})
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()

@@ -8,6 +8,7 @@ Only the label and that number travel to the driver.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,22 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for c in df.columns:
         s = df[c]
-        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        if _is_tensor(s):  # images: their bytes, not numpy's abbreviated repr
+            out[c] = np.array([hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).hexdigest()
+                               for v in s], dtype=object)
+        elif pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             out[c] = s.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             missing = s.isna().to_numpy()
             out[c] = np.where(missing, None, s.astype(str).to_numpy(dtype=object, na_value=None))
     return pd.DataFrame(out)
+
+
+def _is_tensor(s: pd.Series) -> bool:
+    if "Tensor" in type(s.dtype).__name__:
+        return True
+    first = s.dropna().head(1)
+    return s.dtype == object and len(first) > 0 and isinstance(first.iloc[0], np.ndarray)
 
 
 def row_uniform(df: pd.DataFrame, seed: int) -> np.ndarray:
@@ -51,13 +62,7 @@ def stratum(values: pd.Series | None, n: int) -> np.ndarray:
 
 def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float) -> dict[str, tuple[float, float]]:
     """Per stratum: u below the first bound -> test, below the second -> validation."""
-    out: dict[str, tuple[float, float]] = {}
-    for s in np.unique(strata):
-        us = np.sort(u[strata == s])
-        k_test, k_val = int(round(len(us) * test)), int(round(len(us) * (test + validation)))
-        bound = lambda k: float(us[k]) if k < len(us) else 1.0  # noqa: E731
-        out[str(s)] = (bound(k_test), bound(k_val))
-    return out
+    return {str(s): _bounds(np.sort(u[strata == s]), test, validation) for s in np.unique(strata)}
 
 
 def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: str | None) -> pd.DataFrame:
@@ -69,8 +74,27 @@ def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: 
     return batch
 
 
-def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float, seed: int) -> dict[str, Any]:
-    """Split a Ray Dataset into materialised train/validation/test datasets."""
+def _strata_u(batch: pd.DataFrame, key: str | None) -> pd.DataFrame:
+    """One row per stratum of a block, holding the u values of its rows (not one row per row)."""
+    strata = stratum(batch[key] if key else None, len(batch))
+    u = batch[U_COL].to_numpy()
+    names, codes = np.unique(strata.astype(str), return_inverse=True)
+    return pd.DataFrame({"s": names, "u": [u[codes == i] for i in range(len(names))]})
+
+
+def _pick(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], key: str | None, name: str) -> pd.DataFrame:
+    labelled = assign(batch, bounds, key)
+    return labelled[labelled[SPLIT_COL] == name].drop(columns=[U_COL, SPLIT_COL])
+
+
+def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
+                  seed: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """Split a Ray Dataset into train/validation/test datasets and their row counts.
+
+    The input is read once and kept in Ray's object store with each row's number;
+    only the numbers, grouped by class, reach the driver (8 bytes a row), which
+    counts every split exactly. The splits are lazy filters of the stored rows.
+    """
     def add_u(b: pd.DataFrame) -> pd.DataFrame:
         b[U_COL] = row_uniform(b, seed)
         return b
@@ -78,12 +102,26 @@ def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, v
     with_u = ds.map_batches(add_u, batch_format="pandas").materialize()
     key = target if (stratify and target) else None
     cols = [U_COL] + ([key] if key else [])
-    small = with_u.select_columns(cols).to_pandas()
-    bounds = thresholds(stratum(small[key] if key else None, len(small)), small[U_COL].to_numpy(), test, validation)
-    labelled = with_u.map_batches(assign, fn_kwargs={"bounds": bounds, "target": key}, batch_format="pandas").materialize()
-    return {
-        name: labelled.map_batches(
-            lambda b, name=name: b[b[SPLIT_COL] == name].drop(columns=[U_COL, SPLIT_COL]), batch_format="pandas"
-        )
-        for name in SPLITS
-    }
+    parts = with_u.select_columns(cols).map_batches(_strata_u, fn_kwargs={"key": key}, batch_format="pandas",
+                                                    batch_size=None).to_pandas()
+    by_stratum: dict[str, list[np.ndarray]] = {}
+    for s, u in zip(parts["s"], parts["u"]):
+        by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
+    strata_u = {s: np.sort(np.concatenate(us)) for s, us in by_stratum.items()}
+    bounds = {s: _bounds(us, test, validation) for s, us in strata_u.items()}
+    rows = {"test": 0, "validation": 0, "train": 0}
+    for s, us in strata_u.items():
+        lo, hi = np.searchsorted(us, bounds[s][0]), np.searchsorted(us, bounds[s][1])
+        rows["test"] += int(lo)
+        rows["validation"] += int(hi - lo)
+        rows["train"] += int(len(us) - hi)
+    splits = {name: with_u.map_batches(_pick, fn_kwargs={"bounds": bounds, "key": key, "name": name},
+                                       batch_format="pandas") for name in SPLITS}
+    return splits, rows
+
+
+def _bounds(us: np.ndarray, test: float, validation: float) -> tuple[float, float]:
+    """u below the first bound -> test, below the second -> validation (``us`` sorted)."""
+    k_test, k_val = int(round(len(us) * test)), int(round(len(us) * (test + validation)))
+    bound = lambda k: float(us[k]) if k < len(us) else 1.0  # noqa: E731
+    return bound(k_test), bound(k_val)

@@ -13,14 +13,12 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     ctx.ray()
     data = ctx.spec.data
     ds = read_source(data.source)
-    splits = split_dataset(
+    splits, rows = split_dataset(
         ds, target=data.target, stratify=data.split.stratify, test=data.split.test,
         validation=data.split.validation, seed=data.split.seed,
     )
-    rows: dict[str, int] = {}
     for name in SPLITS:
-        part = splits[name].materialize()
-        rows[name] = part.count()
-        write_parquet(part, ctx.artifact, name)
+        if rows[name]:
+            write_parquet(splits[name], ctx.artifact, name)
     ctx.log("rows: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
     return {"splits": {name: name for name in SPLITS}, "rows": rows, "input_rows": sum(rows.values())}

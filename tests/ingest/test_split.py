@@ -147,8 +147,12 @@ def pandas_blocks(df: pd.DataFrame, n: int) -> list[pd.DataFrame]:
     return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _collect(splits: dict) -> dict[str, pd.DataFrame]:
-    return {k: v.to_pandas().sort_values("id").reset_index(drop=True) for k, v in splits.items()}
+def _collect(result: tuple[dict, dict]) -> dict[str, pd.DataFrame]:
+    """The splits as frames; the row counts computed on the driver must be exact."""
+    splits, rows = result
+    out = {k: v.to_pandas().sort_values("id").reset_index(drop=True) for k, v in splits.items()}
+    assert rows == {k: len(v) for k, v in out.items()}
+    return out
 
 
 def test_split_dataset_ray(ray_session) -> None:
