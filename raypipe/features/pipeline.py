@@ -1,191 +1,366 @@
-"""The fitted feature pipeline: impute + scale numerics, one-hot categoricals.
+"""The fitted feature pipeline: numeric → categorical → text → image operators, then optional PCA.
 
 One object serves three callers with identical output: Ray Data batches during
 training and evaluation, batch inference, and single requests in a Serve replica.
-Fitting is one pass: every block yields mergeable statistics (counts, sums, a
-quantile sketch, value counts) that are merged on the driver. The fitted state is
-plain JSON (no pickle), stored in the model version.
+Fitting is one pass over the data: every block yields mergeable statistics per
+operator (counts, sums, quantile sketches, value counts, document frequencies,
+pixel sums) that are merged on the driver. PCA, which works on the operators'
+output, takes one more pass. The fitted state is plain JSON (no pickle), stored in
+the model version::
+
+    {"format": "raypipe.features/2",
+     "params": {...the constructor's keyword arguments...},
+     "operators": [{"kind": "numeric" | "categorical" | "text" | "image",
+                    "params": {...the operator's keyword arguments...},
+                    "state": {...its fitted attributes, e.g. "centers_"...}}, ...],
+     "pca": null | {"kind": "pca", "params": {...}, "state": {...}},
+     "feature_names": [...]}
+
+``raypipe.features/1`` files (numeric impute/scale + one-hot) still load.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from raypipe.errors import ArtifactError
+from raypipe.features.base import Batch, Operator, num_rows
+from raypipe.features.categorical import OTHER, CategoricalEncoder
+from raypipe.features.image import ImageTransformer
+from raypipe.features.numeric import SKETCH_POINTS, NumericTransformer
+from raypipe.features.pca import PcaReducer
+from raypipe.features.text import TextVectorizer
 
-SKETCH_POINTS = 1001  # quantile points each block contributes to the median estimate
-OTHER = "__other__"
+__all__ = ["FORMAT", "LEGACY_FORMAT", "OTHER", "SKETCH_POINTS", "FeaturePipeline"]
 
-
-def _as_float(col: Any) -> np.ndarray:
-    """A column as float64 with NaN for missing/None; bools become 0/1."""
-    s = col if isinstance(col, pd.Series) else pd.Series(col)
-    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
-        s = pd.to_numeric(s, errors="coerce")
-    return s.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _as_str(col: Any) -> pd.Series:
-    s = col if isinstance(col, pd.Series) else pd.Series(col, dtype=object)
-    return s.astype(object).where(s.notna(), None)
+FORMAT = "raypipe.features/2"
+LEGACY_FORMAT = "raypipe.features/1"
+OPERATORS: dict[str, type[Operator]] = {
+    op.kind: op for op in (NumericTransformer, CategoricalEncoder, TextVectorizer, ImageTransformer)
+}
 
 
 class FeaturePipeline:
-    """Numeric impute/scale and categorical one-hot, fitted once, applied everywhere.
+    """Fitted once, applied everywhere: the feature matrix (float32) of raw rows.
 
     Args:
-        numeric: numeric (and boolean) input columns.
-        categorical: string input columns.
-        impute: ``mean``, ``median`` or ``constant`` (uses ``fill_value``).
-        fill_value: the constant for ``impute="constant"``.
-        scale: ``standard``, ``minmax`` or ``none``.
-        max_categories: one-hot columns per categorical column, besides ``__other__``
-            (rare and unseen values). A missing value encodes as all zeros.
+        numeric: numeric (and boolean) input columns (:class:`NumericTransformer`).
+        categorical: string input columns (:class:`CategoricalEncoder`).
+        text: free-text input columns (:class:`TextVectorizer`).
+        image: image input columns (:class:`ImageTransformer`); needs ``image_shapes``.
+        impute, fill_value, clip, log, scale: numeric options (impute → clip → log → scale).
+        max_categories, encode, hash_buckets: categorical options.
+        text_method, max_features, ngram_range, min_df, lowercase: text options.
+        image_normalize, image_shapes: image options (``{column: [h, w(, c)]}``).
+        pca_components, whiten: PCA on the concatenated output (None: no PCA).
+
+    ``transform`` takes a pandas DataFrame, a dict of columns, a single record
+    (a dict of scalar values; images as nested lists) or a list of records.
     """
 
     def __init__(
         self,
-        numeric: list[str],
-        categorical: list[str],
+        numeric: Sequence[str] = (),
+        categorical: Sequence[str] = (),
         *,
         impute: str = "median",
         fill_value: float = 0.0,
         scale: str = "standard",
         max_categories: int = 32,
+        text: Sequence[str] = (),
+        image: Sequence[str] = (),
+        clip: Sequence[float] | None = None,
+        log: Sequence[str] = (),
+        encode: str = "onehot",
+        hash_buckets: int = 64,
+        text_method: str = "tfidf",
+        max_features: int = 2048,
+        ngram_range: Sequence[int] = (1, 1),
+        min_df: int = 2,
+        lowercase: bool = True,
+        image_normalize: str = "standard",
+        image_shapes: Mapping[str, Sequence[int]] | None = None,
+        pca_components: int | None = None,
+        whiten: bool = False,
     ) -> None:
-        self.numeric = list(numeric)
-        self.categorical = list(categorical)
-        self.impute = impute
-        self.fill_value = fill_value
-        self.scale = scale
-        self.max_categories = max_categories
+        self.numeric, self.categorical, self.text, self.image = list(numeric), list(categorical), list(text), list(image)
+        self.impute, self.fill_value, self.scale = impute, fill_value, scale
+        self.clip, self.log = (list(clip) if clip is not None else None), list(log)
+        self.max_categories, self.encode, self.hash_buckets = max_categories, encode, hash_buckets
+        self.text_method, self.max_features, self.min_df, self.lowercase = text_method, max_features, min_df, lowercase
+        self.ngram_range = list(ngram_range)
+        self.image_normalize = image_normalize
+        self.image_shapes = {c: list(s) for c, s in (image_shapes or {}).items()}
+        self.pca_components, self.whiten = pca_components, whiten
+        _check_disjoint({"numeric": self.numeric, "categorical": self.categorical, "text": self.text, "image": self.image})
+        self.operators: list[Operator] = self._build_operators()
+        self.pca: PcaReducer | None = PcaReducer(pca_components, whiten=whiten) if pca_components else None
+
+    def _build_operators(self) -> list[Operator]:
+        ops: list[Operator] = []
+        if self.numeric:
+            ops.append(NumericTransformer(self.numeric, impute=self.impute, fill_value=self.fill_value,
+                                          clip=self.clip, log=self.log, scale=self.scale))
+        elif self.log:
+            raise ValueError(f"log columns {self.log} are not numeric feature columns")
+        if self.categorical:
+            ops.append(CategoricalEncoder(self.categorical, encode=self.encode, max_categories=self.max_categories,
+                                          hash_buckets=self.hash_buckets))
+        if self.text:
+            ops.append(TextVectorizer(self.text, method=self.text_method, max_features=self.max_features,
+                                      ngram_range=self.ngram_range, min_df=self.min_df, lowercase=self.lowercase))
+        if self.image:
+            ops.append(ImageTransformer(self.image, shapes=self.image_shapes, normalize=self.image_normalize))
+        return ops
+
+    @classmethod
+    def from_spec(cls, features: Any, schema: dict[str, Any]) -> FeaturePipeline:
+        """The (unfitted) pipeline a spec's ``features`` section asks for, on a data schema.
+
+        ``schema["features"]`` lists the ``numeric``, ``categorical``, ``text`` and
+        ``image`` columns (the last two optional); ``features.text.columns`` moves
+        string columns from categorical to text; image shapes come from
+        ``schema["columns"][c]["shape"]``.
+        """
+        cols = schema["features"]
+        f = features
+        categorical, text = list(cols.get("categorical", [])), list(cols.get("text", []))
+        unknown = [c for c in f.text.columns if c not in categorical and c not in text]
+        if unknown:
+            raise ValueError(f"features.text.columns {unknown} are not string feature columns of the data "
+                             f"(categorical: {categorical}, text: {text})")
+        text += [c for c in f.text.columns if c not in text]
+        image = list(cols.get("image", []))
+        shapes = {}
+        for c in image:
+            shape = schema.get("columns", {}).get(c, {}).get("shape")
+            if not shape:
+                raise ValueError(f"image column {c!r} has no shape in the schema (columns[{c!r}].shape)")
+            shapes[c] = list(shape)
+        return cls(
+            list(cols.get("numeric", [])), [c for c in categorical if c not in text], text=text, image=image,
+            impute=f.numeric.impute, fill_value=f.numeric.fill_value, clip=f.numeric.clip, log=f.numeric.log,
+            scale=f.numeric.scale,
+            encode=f.categorical.encode, max_categories=f.categorical.max_categories,
+            hash_buckets=f.categorical.hash_buckets,
+            text_method=f.text.method, max_features=f.text.max_features, ngram_range=f.text.ngram_range,
+            min_df=f.text.min_df, lowercase=f.text.lowercase,
+            image_normalize=f.image.normalize, image_shapes=shapes,
+            pca_components=f.pca.components if f.pca else None, whiten=bool(f.pca and f.pca.whiten),
+        )
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's keyword arguments, JSON-able."""
+        return {
+            "numeric": self.numeric, "categorical": self.categorical, "text": self.text, "image": self.image,
+            "impute": self.impute, "fill_value": self.fill_value, "clip": self.clip, "log": self.log, "scale": self.scale,
+            "encode": self.encode, "max_categories": self.max_categories, "hash_buckets": self.hash_buckets,
+            "text_method": self.text_method, "max_features": self.max_features, "ngram_range": self.ngram_range,
+            "min_df": self.min_df, "lowercase": self.lowercase,
+            "image_normalize": self.image_normalize, "image_shapes": self.image_shapes,
+            "pca_components": self.pca_components, "whiten": self.whiten,
+        }
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical, *self.text, *self.image]
 
     # -- fitting ----------------------------------------------------------------------
-    def partial_stats(self, batch: pd.DataFrame) -> dict[str, Any]:
-        """Mergeable statistics of one block (see :meth:`fit_from_stats`)."""
-        out: dict[str, Any] = {"numeric": {}, "categorical": {}}
-        for c in self.numeric:
-            x = _as_float(batch[c])
-            x = x[np.isfinite(x)]
-            sketch = np.quantile(x, np.linspace(0, 1, SKETCH_POINTS)).tolist() if len(x) else []
-            out["numeric"][c] = {
-                "n": int(len(x)), "sum": float(x.sum()), "sumsq": float((x * x).sum()),
-                "min": float(x.min()) if len(x) else None, "max": float(x.max()) if len(x) else None,
-                "sketch": sketch,
-            }
-        for c in self.categorical:
-            counts = _as_str(batch[c]).value_counts(dropna=True)
-            out["categorical"][c] = {str(k): int(v) for k, v in counts.items()}
-        return out
+    def partial_stats(self, batch: Batch) -> dict[str, Any]:
+        """Mergeable, JSON-able statistics of one block, per operator (first pass)."""
+        batch = self._as_batch(batch)
+        return {op.kind: op.partial_stats(batch) for op in self.operators}
 
-    def fit_from_stats(self, parts: list[dict[str, Any]]) -> "FeaturePipeline":
-        """Fit from the statistics of every block."""
-        self.impute_values_: dict[str, float] = {}
-        self.centers_: dict[str, float] = {}
-        self.scales_: dict[str, float] = {}
-        for c in self.numeric:
-            stats = [p["numeric"][c] for p in parts if p["numeric"][c]["n"]]
-            n = sum(s["n"] for s in stats)
-            if n == 0:
-                raise ValueError(f"numeric column {c!r} has no finite values in the training data; drop it or fix the data")
-            mean = sum(s["sum"] for s in stats) / n
-            var = max(sum(s["sumsq"] for s in stats) / n - mean * mean, 0.0)
-            lo, hi = min(s["min"] for s in stats), max(s["max"] for s in stats)
-            fill = {"mean": mean, "median": _merged_median(stats), "constant": self.fill_value}[self.impute]
-            self.impute_values_[c] = float(fill)
-            if self.scale == "standard":
-                center, scale = mean, float(np.sqrt(var))
-            elif self.scale == "minmax":
-                center, scale = lo, hi - lo
-            else:
-                center, scale = 0.0, 1.0
-            self.centers_[c], self.scales_[c] = float(center), float(scale) if scale > 0 else 1.0
-        self.categories_: dict[str, list[str]] = {}
-        for c in self.categorical:
-            total: dict[str, int] = {}
-            for p in parts:
-                for k, v in p["categorical"][c].items():
-                    total[k] = total.get(k, 0) + v
-            ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
-            self.categories_[c] = [k for k, _ in ranked[: self.max_categories]]
-        self.feature_names_ = list(self.numeric) + [
-            f"{c}={v}" for c in self.categorical for v in [*self.categories_[c], OTHER]
-        ]
+    def fit_from_stats(self, parts: list[dict[str, Any]]) -> FeaturePipeline:
+        """Fit the operators from the statistics of every block. With PCA, follow with
+        :meth:`pca_partial_stats` over the data and :meth:`fit_pca_from_stats`."""
+        for op in self.operators:
+            op.fit_from_stats([p[op.kind] for p in parts])
         return self
 
-    def fit(self, data: Any) -> "FeaturePipeline":
-        """Fit on a pandas DataFrame or a ``ray.data.Dataset`` (one pass, per-block stats)."""
-        if isinstance(data, pd.DataFrame):
-            return self.fit_from_stats([self.partial_stats(data)])
-        parts_ds = data.map_batches(
-            lambda b: {"stats": [json.dumps(self.partial_stats(b))]}, batch_format="pandas", batch_size=None
-        )
-        return self.fit_from_stats([json.loads(s) for s in parts_ds.to_pandas()["stats"]])
+    def pca_partial_stats(self, batch: Batch) -> dict[str, Any]:
+        """PCA statistics of one block (second pass; the operators must be fitted)."""
+        if self.pca is None:
+            raise RuntimeError("this pipeline has no PCA (pca_components=None)")
+        return self.pca.partial_stats(self._operators_transform(self._as_batch(batch)))
+
+    def fit_pca_from_stats(self, parts: list[dict[str, Any]]) -> FeaturePipeline:
+        if self.pca is None:
+            raise RuntimeError("this pipeline has no PCA (pca_components=None)")
+        self.pca.fit_from_stats(parts)
+        return self
+
+    def fit(self, data: Any) -> FeaturePipeline:
+        """Fit on a pandas DataFrame (or dict of columns) or a ``ray.data.Dataset``.
+
+        A dataset is read once for the operators' statistics (one JSON document per
+        block) and, only with PCA, once more for the PCA statistics.
+        """
+        if isinstance(data, (pd.DataFrame, Mapping)):
+            self.fit_from_stats([self.partial_stats(data)])
+            return self.fit_pca_from_stats([self.pca_partial_stats(data)]) if self.pca else self
+        ds = data.select_columns(self.input_columns) if self.input_columns else data
+        self.fit_from_stats(list(_block_stats(ds, self.partial_stats)))
+        if self.pca is None:
+            return self
+        merged = None
+        for part in _block_stats(ds, self.pca_partial_stats):  # merged as they come: bounded memory
+            merged = part if merged is None else PcaReducer.merge_stats([merged, part])
+        return self.fit_pca_from_stats([merged] if merged else [])
 
     # -- transforming -----------------------------------------------------------------
     @property
-    def n_features(self) -> int:
-        self._check_fitted()
-        return len(self.feature_names_)
-
-    def transform(self, batch: pd.DataFrame | dict[str, Any]) -> np.ndarray:
-        """The feature matrix (float32, one row per input row) of a batch."""
-        self._check_fitted()
-        if isinstance(batch, dict):
-            batch = pd.DataFrame(batch)
-        n = len(batch)
-        out = np.zeros((n, self.n_features), dtype=np.float32)
-        for j, c in enumerate(self.numeric):
-            x = _as_float(batch[c])
-            x = np.where(np.isfinite(x), x, self.impute_values_[c])
-            out[:, j] = (x - self.centers_[c]) / self.scales_[c]
-        j = len(self.numeric)
-        for c in self.categorical:
-            cats = self.categories_[c]
-            s = _as_str(batch[c])
-            codes = pd.Categorical(s, categories=cats).codes.astype(np.int64)
-            codes = np.where((codes < 0) & s.notna().to_numpy(), len(cats), codes)  # rare/unseen -> other
-            rows = np.nonzero(codes >= 0)[0]
-            out[rows, j + codes[rows]] = 1.0
-            j += len(cats) + 1
-        return out
+    def is_fitted(self) -> bool:
+        return all(op.fitted_ for op in self.operators) and (self.pca is None or self.pca.fitted_)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "feature_names_"):
+        if not self.is_fitted:
             raise RuntimeError("FeaturePipeline must be fitted (fit or from_dict) before transform")
+
+    @property
+    def feature_names_(self) -> list[str]:
+        self._check_fitted()
+        if self.pca is not None:
+            return self.pca.feature_names
+        return [n for op in self.operators for n in op.feature_names]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names_)
+
+    def transform(self, batch: Batch | list[dict[str, Any]]) -> np.ndarray:
+        """The feature matrix (float32, one row per input row) of a batch."""
+        self._check_fitted()
+        x = self._operators_transform(self._as_batch(batch))
+        return self.pca.transform(x) if self.pca is not None else x
+
+    def _operators_transform(self, batch: Batch) -> np.ndarray:
+        blocks = [op.transform(batch) for op in self.operators]
+        return np.hstack(blocks) if blocks else np.zeros((num_rows(batch), 0), dtype=np.float32)
+
+    def _as_batch(self, batch: Any) -> Batch:
+        """A DataFrame as is; a dict of columns (or a single record) restricted to the inputs."""
+        if isinstance(batch, pd.DataFrame):
+            return batch
+        if isinstance(batch, list):
+            return pd.DataFrame.from_records(batch)
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"transform takes a DataFrame, a dict of columns or a record, not {type(batch).__name__}")
+        missing = [c for c in self.input_columns if c not in batch]
+        if missing:
+            raise KeyError(f"input columns {missing} are missing")
+        cols = {c: batch[c] for c in self.input_columns} or dict(batch)
+        return {c: [v] for c, v in cols.items()} if cols and self._is_record(cols) else cols
+
+    def _is_record(self, cols: Mapping[str, Any]) -> bool:
+        """True when the dict holds one row's values rather than columns."""
+        for c, v in cols.items():
+            if c in self.image_shapes:
+                try:
+                    if v is not None and np.ndim(v) != len(self.image_shapes[c]):
+                        return False
+                except ValueError:  # ragged nested lists: not one image
+                    return False
+            elif isinstance(v, (list, tuple, np.ndarray, pd.Series, pd.Index)):
+                return False
+        return True
+
+    # -- fitted state, as the old single-class pipeline exposed it ----------------------
+    def _op(self, kind: str) -> Any:
+        return next((op for op in self.operators if op.kind == kind), None)
+
+    @property
+    def impute_values_(self) -> dict[str, float]:
+        return self._op("numeric").impute_values_ if self._op("numeric") else {}
+
+    @property
+    def centers_(self) -> dict[str, float]:
+        return self._op("numeric").centers_ if self._op("numeric") else {}
+
+    @property
+    def scales_(self) -> dict[str, float]:
+        return self._op("numeric").scales_ if self._op("numeric") else {}
+
+    @property
+    def clip_(self) -> dict[str, list[float]]:
+        return self._op("numeric").clip_ if self._op("numeric") else {}
+
+    @property
+    def categories_(self) -> dict[str, list[str]]:
+        return self._op("categorical").categories_ if self._op("categorical") else {}
 
     # -- serialisation (JSON, no pickle) --------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """``{"format": "raypipe.features/2", "params", "operators": [...], "pca", "feature_names"}``."""
         self._check_fitted()
         return {
-            "format": "raypipe.features/1",
-            "params": {
-                "numeric": self.numeric, "categorical": self.categorical, "impute": self.impute,
-                "fill_value": self.fill_value, "scale": self.scale, "max_categories": self.max_categories,
-            },
-            "state": {
-                "impute_values_": self.impute_values_, "centers_": self.centers_, "scales_": self.scales_,
-                "categories_": self.categories_, "feature_names_": self.feature_names_,
-            },
+            "format": FORMAT,
+            "params": self.get_params(),
+            "operators": [op.to_dict() for op in self.operators],
+            "pca": self.pca.to_dict() if self.pca is not None else None,
+            "feature_names": self.feature_names_,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeaturePipeline":
-        if d.get("format") != "raypipe.features/1":
-            raise ArtifactError(f"not a raypipe feature pipeline (format {d.get('format')!r})")
+    def from_dict(cls, d: dict[str, Any]) -> FeaturePipeline:
+        """A fitted pipeline from :meth:`to_dict` output (``raypipe.features/2`` or ``/1``)."""
+        fmt = d.get("format") if isinstance(d, dict) else None
+        if fmt not in (FORMAT, LEGACY_FORMAT):
+            raise ArtifactError(f"not a raypipe feature pipeline (format {fmt!r})")
+        try:
+            obj = cls._from_v1(d) if fmt == LEGACY_FORMAT else cls._from_v2(d)
+            names = obj.feature_names_
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ArtifactError(f"malformed feature pipeline ({fmt}): {e}") from e
+        expected = d["state"]["feature_names_"] if fmt == LEGACY_FORMAT else d.get("feature_names")
+        if names != expected:
+            raise ArtifactError(f"feature pipeline ({fmt}) is inconsistent: its state gives other feature names")
+        return obj
+
+    @classmethod
+    def _from_v2(cls, d: dict[str, Any]) -> FeaturePipeline:
         obj = cls(**d["params"])
-        for k, v in d["state"].items():
-            setattr(obj, k, v)
+        kinds = [o["kind"] for o in d["operators"]]
+        if kinds != [op.kind for op in obj.operators]:
+            raise ValueError(f"operators {kinds} do not match the params' {[op.kind for op in obj.operators]}")
+        obj.operators = [OPERATORS[o["kind"]].from_dict(o) for o in d["operators"]]
+        if (d["pca"] is None) != (obj.pca is None):
+            raise ValueError("pca state does not match pca_components")
+        obj.pca = PcaReducer.from_dict(d["pca"]) if d["pca"] is not None else None
+        return obj
+
+    @classmethod
+    def _from_v1(cls, d: dict[str, Any]) -> FeaturePipeline:
+        """The single-class pipeline's format: numeric impute/scale + one-hot."""
+        obj = cls(**d["params"])
+        state = d["state"]
+        loaded: list[Operator] = []
+        for op in obj.operators:
+            if op.kind == "numeric":
+                st = {"impute_values_": state["impute_values_"], "clip_": {}, "centers_": state["centers_"],
+                      "scales_": state["scales_"]}
+            else:
+                st = {"categories_": state["categories_"]}
+            loaded.append(type(op).from_dict({"kind": op.kind, "params": op.get_params(), "state": st}))
+        obj.operators = loaded
         return obj
 
 
-def _merged_median(stats: list[dict[str, Any]]) -> float:
-    """Median from per-block quantile sketches, each weighted by its block's row count."""
-    values = np.concatenate([np.asarray(s["sketch"]) for s in stats])
-    weights = np.concatenate([np.full(len(s["sketch"]), s["n"] / len(s["sketch"])) for s in stats])
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+def _check_disjoint(groups: dict[str, list[str]]) -> None:
+    seen: dict[str, str] = {}
+    for kind, cols in groups.items():
+        for c in cols:
+            if c in seen:
+                raise ValueError(f"column {c!r} is listed as both {seen[c]} and {kind}")
+            seen[c] = kind
+
+
+def _block_stats(ds: Any, stats: Any) -> Any:
+    """One JSON document of statistics per block of a Ray dataset, parsed, as they arrive."""
+    parts = ds.map_batches(lambda b: {"stats": [json.dumps(stats(b))]}, batch_format="pandas", batch_size=None)
+    for row in parts.iter_rows():
+        yield json.loads(row["stats"])

@@ -1,4 +1,8 @@
-"""The features stage: fit the feature pipeline once on the training split (Ray Data)."""
+"""The features stage: fit the feature pipeline on the training split (Ray Data).
+
+One pass over the split gathers every operator's statistics; a second pass runs only
+when ``features.pca`` is set (PCA works on the fitted operators' output).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -9,12 +13,8 @@ from raypipe.validate.schema import label_strings
 
 
 def build(spec: Any, schema: dict[str, Any]) -> FeaturePipeline:
-    f = spec.features
-    return FeaturePipeline(
-        schema["features"]["numeric"], schema["features"]["categorical"],
-        impute=f.numeric.impute, fill_value=f.numeric.fill_value, scale=f.numeric.scale,
-        max_categories=f.categorical.max_categories,
-    )
+    """The unfitted pipeline for ``spec.features`` on the validated data's schema."""
+    return FeaturePipeline.from_spec(spec.features, schema)
 
 
 def class_weights(counts: dict[str, int], classes: list[str]) -> list[float]:
@@ -34,8 +34,16 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     if target and target.get("classes") and ctx.spec.features.balance == "class_weight":
         counts = _train_class_counts(val, target["name"])
         out["class_weights"] = class_weights(counts, target["classes"])
-    ctx.log(f"{pipeline.n_features} features from {len(pipeline.numeric)} numeric + {len(pipeline.categorical)} categorical columns")
+    ctx.log(_summary(pipeline))
     return out
+
+
+def _summary(pipeline: FeaturePipeline) -> str:
+    groups = {"numeric": pipeline.numeric, "categorical": pipeline.categorical,
+              "text": pipeline.text, "image": pipeline.image}
+    parts = " + ".join(f"{len(cols)} {kind}" for kind, cols in groups.items() if cols) or "no"
+    pca = f", PCA to {pipeline.pca_components} components" if pipeline.pca is not None else ""
+    return f"{pipeline.n_features} features from {parts} columns{pca}"
 
 
 def _train_class_counts(val: Any, target: str) -> dict[str, int]:

@@ -1,0 +1,126 @@
+"""Categorical columns: one-hot, ordinal or hashed, fitted in one pass from value counts.
+
+Values are compared as strings (``3`` and ``"3"`` are the same category); None/NaN
+is missing and never a category.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raypipe.features.base import Batch, Operator, as_str, column, num_rows
+
+OTHER = "__other__"
+ENCODE = ("onehot", "ordinal", "hashing")
+HASH_KEY = "raypipe-features"  # 16 characters: pandas' siphash key
+
+
+def stable_hash(values: np.ndarray) -> np.ndarray:
+    """uint64 hash of each string, the same in every process and run."""
+    return pd.util.hash_array(np.asarray(values, dtype=object), hash_key=HASH_KEY)
+
+
+class CategoricalEncoder(Operator):
+    """Encode string columns.
+
+    Args:
+        columns: input columns.
+        encode: ``onehot``: one column per top ``max_categories`` value (by training
+            count, ties by value) plus ``__other__`` for rare and unseen values; a
+            missing value is all zeros. ``ordinal``: one column, the value's frequency
+            rank (0 = most frequent), ``len(categories)`` for rare/unseen, -1 when
+            missing. ``hashing``: ``hash_buckets`` indicator columns, the bucket a
+            stable hash of the value; stateless; missing is all zeros.
+        max_categories: categories kept per column (onehot, ordinal).
+        hash_buckets: columns per input column (hashing).
+    """
+
+    kind = "categorical"
+    state_keys = ("categories_",)
+
+    def __init__(self, columns: Sequence[str], *, encode: str = "onehot", max_categories: int = 32,
+                 hash_buckets: int = 64) -> None:
+        if encode not in ENCODE:
+            raise ValueError(f"encode must be one of {ENCODE}, not {encode!r}")
+        if max_categories < 1 or hash_buckets < 2:
+            raise ValueError("max_categories must be >= 1 and hash_buckets >= 2")
+        self.columns = list(columns)
+        self.encode, self.max_categories, self.hash_buckets = encode, int(max_categories), int(hash_buckets)
+        self._index: dict[str, pd.Index] = {}  # categories_ as an Index, built on first use
+
+    def get_params(self) -> dict[str, Any]:
+        return {"columns": self.columns, "encode": self.encode, "max_categories": self.max_categories,
+                "hash_buckets": self.hash_buckets}
+
+    # -- fitting ----------------------------------------------------------------------
+    def partial_stats(self, batch: Batch) -> dict[str, Any]:
+        if self.encode == "hashing":
+            return {}
+        out = {}
+        for c in self.columns:
+            counts = as_str(column(batch, c)).value_counts(dropna=True)
+            out[c] = {str(k): int(v) for k, v in counts.items()}
+        return out
+
+    def _fit(self, parts: list[dict[str, Any]]) -> None:
+        self.categories_: dict[str, list[str]] = {}
+        self._index = {}
+        if self.encode == "hashing":
+            return
+        for c in self.columns:
+            total: dict[str, int] = {}
+            for p in parts:
+                for k, v in p[c].items():
+                    total[k] = total.get(k, 0) + v
+            ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+            self.categories_[c] = [k for k, _ in ranked[: self.max_categories]]
+
+    # -- transforming -----------------------------------------------------------------
+    def _width(self, c: str) -> int:
+        return {"onehot": lambda: len(self.categories_[c]) + 1, "ordinal": lambda: 1,
+                "hashing": lambda: self.hash_buckets}[self.encode]()
+
+    def _codes(self, c: str, s: pd.Series) -> np.ndarray:
+        """Per row: category index, ``len(categories)`` for rare/unseen, -1 when missing."""
+        if c not in self._index:
+            self._index[c] = pd.Index(self.categories_[c], dtype=object)
+        codes = self._index[c].get_indexer(s.to_numpy(dtype=object)).astype(np.int64)
+        return np.where((codes < 0) & s.notna().to_numpy(), len(self.categories_[c]), codes)
+
+    def _hash_codes(self, s: pd.Series) -> np.ndarray:
+        present = s.notna().to_numpy()
+        codes = np.full(len(s), -1, dtype=np.int64)
+        if present.any():
+            codes[present] = (stable_hash(s[present].to_numpy()) % np.uint64(self.hash_buckets)).astype(np.int64)
+        return codes
+
+    def transform(self, batch: Batch) -> np.ndarray:
+        self.check_fitted()
+        n = num_rows(batch)
+        out = np.zeros((n, sum(self._width(c) for c in self.columns)), dtype=np.float32)
+        j = 0
+        for c in self.columns:
+            s = as_str(column(batch, c))
+            codes = self._hash_codes(s) if self.encode == "hashing" else self._codes(c, s)
+            if self.encode == "ordinal":
+                out[:, j] = codes
+            else:
+                rows = np.nonzero(codes >= 0)[0]
+                out[rows, j + codes[rows]] = 1.0
+            j += self._width(c)
+        return out
+
+    @property
+    def feature_names(self) -> list[str]:
+        names: list[str] = []
+        for c in self.columns:
+            if self.encode == "onehot":
+                names += [f"{c}={v}" for v in [*self.categories_[c], OTHER]]
+            elif self.encode == "ordinal":
+                names.append(c)
+            else:
+                names += [f"{c}#{b}" for b in range(self.hash_buckets)]
+        return names
