@@ -6,16 +6,41 @@ imputed by the feature pipeline, exactly as in training.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
+import numpy as np
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model,
+)
 
 _TYPES: dict[str, Any] = {
     "number": StrictFloat | StrictInt,
     "integer": StrictInt,
     "boolean": StrictBool,
     "string": StrictStr,
+    "text": StrictStr,
 }
+_PIXEL = Annotated[StrictFloat | StrictInt, Field(ge=0, le=255)]
+
+
+def _image_type(shape: list[int]) -> Any:
+    """Nested lists of pixel values (0..255) of exactly ``shape``."""
+    typ: Any = _PIXEL
+    for _ in shape:
+        typ = list[typ]
+
+    def check(value: Any) -> Any:
+        got = np.shape(value)
+        if list(got) != list(shape):
+            raise ValueError(f"image shape {list(got)} != {list(shape)}; send {shape[0]} rows of {shape[1]} pixels"
+                             + (f" with {shape[2]} channels" if len(shape) > 2 else ""))
+        return value
+
+    return Annotated[typ, AfterValidator(check)]
+
+
+def _column_type(meta: dict[str, Any]) -> Any:
+    return _image_type(meta["shape"]) if meta["type"] == "image" else _TYPES[meta["type"]]
 
 
 class _Row(BaseModel):
@@ -25,10 +50,11 @@ class _Row(BaseModel):
 def request_model(schema: dict[str, Any], name: str = "Row") -> type[BaseModel]:
     """A pydantic model for one input row of this schema."""
     fields: dict[str, Any] = {}
-    features = schema["features"]["numeric"] + schema["features"]["categorical"]
+    kinds = ("numeric", "categorical", "text", "image")
+    features = [c for k in kinds for c in schema["features"].get(k, [])]
     for col in features:
         meta = schema["columns"][col]
-        typ = _TYPES[meta["type"]]
+        typ = _column_type(meta)
         if meta.get("nullable", True):
             fields[col] = (Optional[typ], Field(default=None))
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from raypipe.datasets import read_parquet
+from raypipe.features.balance import resample
 from raypipe.train.data import xy_dataset
 from raypipe.train.models import save_model
 
@@ -17,7 +18,13 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     features = feats.store.read_json(feats.outputs["features"])
     classes = (schema.get("target") or {}).get("classes")
     n_outputs = len(classes) if classes else 1
-    splits = {s: xy_dataset(read_parquet(vstore, rel), features, schema) for s, rel in val_out["splits"].items()}
+    raw = {s: read_parquet(vstore, rel) for s, rel in val_out["splits"].items()}
+    balance = None
+    if spec.features.balance in ("oversample", "undersample") and classes:
+        raw["train"], balance = resample(raw["train"], schema["target"]["name"], spec.features.balance,
+                                         spec.features.balance_seed)
+        ctx.log(f"{spec.features.balance}: factors " + ", ".join(f"{c}={f:.3g}" for c, f in balance["factors"].items()))
+    splits = {s: xy_dataset(ds, features, schema) for s, ds in raw.items()}
     model_store = ctx.artifact.sub("model")
     report: dict[str, Any] = {}
     if spec.model.is_torch:
@@ -37,5 +44,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         meta, blob = train_sklearn(spec, splits["train"], n_outputs, feats.outputs["class_weights"])
         model_store.write_bytes("model.skops", blob)
         model_store.write_json("model.json", meta)
+    if balance:
+        report["balance"] = balance
     ctx.artifact.write_json("train_report.json", report)
     return {"model": "model", "report": "train_report.json", "kind": spec.model.kind, "ddp": report.get("ddp")}
