@@ -1,7 +1,12 @@
 """The data schema: inferred from the training split on the first run, then enforced.
 
 The schema is plain JSON stored with the data and in every model version; serving
-builds its request model from it.
+builds its request model from it. Column types: ``number``, ``integer``,
+``boolean``, ``string``, ``text`` (free text: a string column named in
+``features.text.columns`` or a text source's ``text`` column) and ``image`` (an
+Arrow tensor column, with its ``shape``). A hand-written schema file may also give
+a column ``min``/``max`` (numbers) or ``values`` (allowed categories): rows outside
+them are quarantined.
 """
 from __future__ import annotations
 
@@ -14,10 +19,27 @@ import pyarrow as pa
 from raypipe.errors import DataValidationError
 
 FORMAT = "raypipe.schema/1"
+FEATURE_KINDS = ("numeric", "categorical", "text", "image")
+NUMERIC_TYPES = ("number", "integer", "boolean")
+
+
+def is_tensor_type(t: pa.DataType) -> bool:
+    """True for Ray Data's (fixed or variable shaped) tensor extension types and Arrow's own."""
+    return isinstance(t, pa.BaseExtensionType) and "tensor" in t.extension_name
+
+
+def tensor_shape(t: pa.DataType) -> list[int] | None:
+    """The per-row shape of a fixed-shape tensor type; None when rows may differ."""
+    if "variable" in getattr(t, "extension_name", ""):
+        return None
+    shape = getattr(t, "shape", None)
+    return [int(d) for d in shape] if shape else None
 
 
 def arrow_kind(t: pa.DataType) -> str | None:
     """The schema type of an Arrow type, or None when raypipe cannot use it."""
+    if is_tensor_type(t):
+        return "image"
     if pa.types.is_boolean(t):
         return "boolean"
     if pa.types.is_integer(t):
@@ -31,50 +53,92 @@ def arrow_kind(t: pa.DataType) -> str | None:
     return None
 
 
-def infer_schema(arrow_schema: pa.Schema, *, target: str | None, task: str, id_columns: list[str]) -> dict[str, Any]:
+def _column(field: pa.Field, text_columns: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """A field's schema entry, or the problem that stops raypipe using it."""
+    kind = arrow_kind(field.type)
+    if kind is None:
+        return None, (f"column {field.name!r}: type {field.type} is not supported; list it in data.id_columns to keep "
+                      "it out of the features, or convert it to a number or string")
+    if field.name in text_columns:
+        if kind not in ("string", "null"):
+            return None, (f"features.text.columns: column {field.name!r} is {kind}, not text; remove it from "
+                          "features.text.columns or convert it to a string")
+        return {"type": "text", "nullable": True}, None
+    if kind == "null":
+        kind = "number"  # an all-missing column in the sample: treated as numeric, caught by the null check
+    col: dict[str, Any] = {"type": kind, "nullable": True}
+    if kind == "image":
+        col["shape"] = tensor_shape(field.type)
+    return col, None
+
+
+def infer_schema(arrow_schema: pa.Schema, *, target: str | None, task: str, id_columns: list[str],
+                 text_columns: list[str] | None = None) -> dict[str, Any]:
     """Infer a schema from an Arrow schema.
+
+    Args:
+        text_columns: string columns to treat as free text (type ``text``).
 
     Raises:
         DataValidationError: naming every column whose type raypipe cannot use, and
-            a missing target or id column.
+            a missing target, id or text column.
     """
+    text_columns = list(text_columns or [])
     problems: list[str] = []
     columns: dict[str, dict[str, Any]] = {}
     for field in arrow_schema:
         if field.name.startswith("__"):
             continue
-        kind = arrow_kind(field.type)
-        if kind is None:
-            problems.append(
-                f"column {field.name!r}: type {field.type} is not supported; list it in data.id_columns to keep it "
-                "out of the features, or convert it to a number or string"
-            )
-            continue
-        if kind == "null":
-            kind = "number"  # an all-missing column in the sample: treated as numeric, caught by the null check
-        columns[field.name] = {"type": kind, "nullable": True}
+        col, problem = _column(field, text_columns)
+        if problem:
+            problems.append(problem)
+        if col is not None:
+            columns[field.name] = col
     if target is not None and target not in columns:
         problems.append(f"target column {target!r} not found; columns are {sorted(columns)}")
     for c in id_columns:
         if c not in columns:
             problems.append(f"data.id_columns: column {c!r} not found; columns are {sorted(columns)}")
+    for c in text_columns:
+        if c not in arrow_schema.names:
+            problems.append(f"features.text.columns: column {c!r} not found; columns are {sorted(columns)}")
     if problems:
         raise DataValidationError(problems)
-    feats = [c for c in columns if c != target and c not in id_columns]
     return {
         "format": FORMAT,
         "columns": columns,
         "target": None if target is None else {"name": target, "type": columns[target]["type"], "task": task},
         "id_columns": list(id_columns),
-        "features": {
-            "numeric": [c for c in feats if columns[c]["type"] in ("number", "integer", "boolean")],
-            "categorical": [c for c in feats if columns[c]["type"] == "string"],
-        },
+        "features": feature_lists(columns, target, id_columns),
     }
 
 
+def feature_lists(columns: dict[str, dict[str, Any]], target: str | None, id_columns: list[str]) -> dict[str, list[str]]:
+    """The feature columns by kind: every column but the target and the ids."""
+    feats = [c for c in columns if c != target and c not in id_columns]
+    kind = {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "categorical",
+            "text": "text", "image": "image"}
+    return {k: [c for c in feats if kind.get(columns[c]["type"]) == k] for k in FEATURE_KINDS}
+
+
+def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Fill what an older or hand-written schema leaves out (feature lists, ids, format)."""
+    schema.setdefault("format", FORMAT)
+    schema.setdefault("id_columns", [])
+    schema.setdefault("target", None)
+    target = schema["target"]["name"] if schema.get("target") else None
+    derived = feature_lists(schema["columns"], target, schema["id_columns"])
+    feats = schema.setdefault("features", {})
+    for kind in FEATURE_KINDS:
+        feats.setdefault(kind, derived[kind])
+    for col in schema["columns"].values():
+        col.setdefault("nullable", True)
+    return schema
+
+
 def feature_columns(schema: dict[str, Any]) -> list[str]:
-    return schema["features"]["numeric"] + schema["features"]["categorical"]
+    """Every feature column: numeric, categorical, text and image."""
+    return [c for kind in FEATURE_KINDS for c in schema["features"].get(kind, [])]
 
 
 def label_strings(values: Any) -> pd.Series:

@@ -97,3 +97,134 @@ def test_missing_column_and_too_many_nulls_fail_even_in_quarantine_mode(ray_sess
     problems = "\n".join(info.value.problems)
     assert "column 'country' is missing" in problems
     assert "column 'customer_age'" in problems and "max_missing_fraction=0.3" in problems
+
+
+# --- mixed bad rows, schema-file limits, outputs, report ---------------------------------------------
+MIXED = {"amount: not a number": 4, "amount: infinite value": 3, "is_fraud: target is missing": 5,
+         "customer_age: below the schema minimum 18": 6, "customer_age: above the schema maximum 100": 2,
+         "country: value not among the schema's allowed values": None}  # None: counted from the data
+
+
+@pytest.fixture(scope="module")
+def mixed_csv(tmp_path_factory):
+    """Rows with one problem each (disjoint rows), and a schema file declaring limits."""
+    import json
+
+    import pyarrow as pa
+
+    from raypipe.validate.schema import infer_schema
+
+    df = generate_transactions(3000, seed=12)
+    clean = infer_schema(pa.Table.from_pandas(df, preserve_index=False).schema, target="is_fraud",
+                         task="classification", id_columns=["transaction_id"])
+    df["amount"] = df["amount"].astype(object)
+    df.loc[df.index[0:4], "amount"] = "12 EUR"
+    df.loc[df.index[4:7], "amount"] = "inf"
+    df["is_fraud"] = df["is_fraud"].astype("Int64")
+    df.loc[df.index[10:15], "is_fraud"] = pd.NA
+    df.loc[df.index[20:26], "customer_age"] = 5.0
+    df.loc[df.index[30:32], "customer_age"] = 150.0
+    rest = df.index[40:]
+    counts = dict(MIXED, **{"country: value not among the schema's allowed values": int((df.loc[rest, "country"] == "RU").sum())})
+    df.loc[df.index[:40], "country"] = "US"
+    clean["columns"]["customer_age"].update(min=18, max=100)
+    clean["columns"]["country"]["values"] = sorted(set(df["country"]) - {"RU"})
+    folder = tmp_path_factory.mktemp("mixed")
+    df.to_csv(folder / "tx.csv", index=False)
+    (folder / "schema.json").write_text(json.dumps(clean))
+    return folder, counts
+
+
+def _mixed_spec(tmp_path, folder, mode, **validate):
+    return small_spec(tmp_path / "store", name=f"t-mixed-{mode}", data={
+        "source": {"type": "csv", "path": str(folder / "tx.csv")}, "target": "is_fraud",
+        "id_columns": ["transaction_id"]},
+        validate={"on_invalid_rows": mode, "schema": str(folder / "schema.json"), **validate})
+
+
+def test_quarantine_invariant_with_mixed_bad_rows(ray_session, tmp_path, mixed_csv):
+    folder, expected = mixed_csv
+    result = raypipe.run(_mixed_spec(tmp_path, folder, "quarantine"), until="validate", progress=Progress(quiet=True))
+    out = result.outputs["validate"]
+    counts = out.outputs["counts"]
+    for split, c in counts.items():
+        assert c["valid"] + c["quarantined"] == c["input"], split
+    assert sum(c["input"] for c in counts.values()) == 3000
+    assert out.outputs["quarantined"] == sum(expected.values())
+    quarantined = pd.concat(read_parquet(out.store, f"quarantine/{s}").to_pandas()
+                            for s, c in counts.items() if c["quarantined"])
+    assert quarantined["__reason"].value_counts().to_dict() == expected
+    valid = pd.concat(read_parquet(out.store, f"valid/{s}").to_pandas() for s in counts)
+    assert len(valid) + len(quarantined) == 3000
+    assert pd.api.types.is_float_dtype(valid["amount"]) and np.isfinite(valid["amount"].to_numpy(dtype=float)).all()
+    assert valid["customer_age"].dropna().between(18, 100).all() and "RU" not in set(valid["country"])
+    assert "__reason" not in valid.columns and "__stats" not in valid.columns
+    report = out.store.read_json("report.json")
+    assert {s: r["quarantined"] for s, r in report["splits"].items()} == {s: c["quarantined"] for s, c in counts.items()}
+    assert report["status"] == "passed" and report["profile"]["rows"] == counts["train"]["valid"]
+    assert out.outputs["report_html"] == "report.html" and out.store.exists("report.html")
+    assert isinstance(out.outputs["warnings"], list)
+    assert out.outputs["reference"] == "written"  # a schema file is stored as the reference schema too
+
+
+def test_fail_mode_lists_rows_and_columns_in_one_error_with_exit_code_3(ray_session, tmp_path, mixed_csv):
+    import json
+
+    import yaml
+
+    from raypipe.cli import main
+
+    folder, expected = mixed_csv
+    schema = json.loads((folder / "schema.json").read_text())
+    schema["columns"]["loyalty_tier"] = {"type": "string", "nullable": True}  # a column the data lacks
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    spec = _mixed_spec(tmp_path, folder, "fail")
+    spec["validate"]["schema"] = str(tmp_path / "schema.json")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(DataValidationError) as info:
+        raypipe.run(spec, until="validate", progress=Progress(quiet=True))
+    problems = "\n".join(info.value.problems)
+    assert "column 'loyalty_tier' is missing" in problems
+    for reason in expected:
+        assert reason in problems, reason
+    assert "'12 EUR'" in problems
+    with pytest.raises(SystemExit) as cli:
+        main(["run", str(path), "--until", "validate", "--force", "validate"])
+    assert cli.value.code == 3
+
+
+# --- image and text columns through the Ray pass ---------------------------------------------------------
+def test_image_and_text_columns_in_one_pass(ray_session, tmp_path):
+    import types
+
+    import ray.data
+
+    from raypipe.store import Store
+    from raypipe.validate.schema import infer_schema
+    from raypipe.validate.stage import _check_split, _write
+
+    rng = np.random.default_rng(0)
+    items = [{"image": rng.integers(0, 255, (4, 4), dtype=np.uint8), "review": f"text {i}" if i % 10 else "",
+              "label": str(i % 3)} for i in range(300)]
+    for i in (5, 77, 150):
+        items[i]["image"] = np.zeros((5, 4), dtype=np.uint8)  # the wrong shape (row 150 also has an empty review)
+    ds = ray.data.from_items(items, override_num_blocks=6)
+    schema = infer_schema(ds.schema().base_schema, target="label", task="classification", id_columns=[],
+                          text_columns=["review"])
+    assert schema["columns"]["image"]["type"] == "image" and schema["columns"]["review"]["type"] == "text"
+    schema["columns"]["image"]["shape"] = [4, 4]  # variable-shaped data: the shape a schema file declares
+    check = _check_split(ds, 300, schema, None, {})
+    assert check.counts == {"input": 300, "valid": 297, "quarantined": 3}
+    assert check.stats["reasons"] == {"image: image of the wrong shape (expected 4x4)": 3}
+    img, text = check.profile["columns"]["image"], check.profile["columns"]["review"]
+    assert img["shape"] == [4, 4] and img["shapes"] == {"4x4": 297} and 0 < img["pixel_mean"] < 255
+    assert text["empty"] == 29 and text["length"]["max"] == len("text 299")
+    assert check.profile["duplicates"] == 0  # images count in the row hash
+    ctx = types.SimpleNamespace(artifact=Store(tmp_path / "artifact"))
+    _write(check, ctx, "train", schema)
+    valid = read_parquet(ctx.artifact, "valid/train").to_pandas()
+    bad = read_parquet(ctx.artifact, "quarantine/train").to_pandas()
+    assert len(valid) == 297 and len(bad) == 3
+    assert {np.shape(v) for v in valid["image"]} == {(4, 4)}
+    assert set(bad["__reason"]) == {"image: image of the wrong shape (expected 4x4)"}

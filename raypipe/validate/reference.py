@@ -1,0 +1,158 @@
+"""The reference: the schema and training profile of the first run, kept with the pipeline.
+
+It lives in the pipeline's root store at ``reference/<pipeline>/schema.json`` and
+``reference/<pipeline>/profile.json`` (one storage may hold several pipelines, as
+the registry does). With ``validate.reference: first_run`` the first run that
+validates successfully writes it; later runs use its schema instead of inferring
+one (so the columns serving accepts stay the same) and compare their data with its
+profile. :func:`reset_reference` removes it: the next run that validates writes a
+new one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from raypipe.store import Store
+from raypipe.validate.checks import finding
+from raypipe.validate.schema import arrow_kind, tensor_shape
+
+DIR = "reference"
+SCHEMA_FILE = "schema.json"
+PROFILE_FILE = "profile.json"
+_FAMILY = {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "string", "text": "string",
+           "image": "image"}
+_RESET = "reset the reference (the next run writes a new one)"
+
+
+def reference_store(root: Store, pipeline: str) -> Store:
+    """Where a pipeline's reference lives: ``reference/<pipeline>`` under the root store."""
+    return root.sub(DIR, pipeline)
+
+
+def load_reference(root: Store, pipeline: str) -> dict[str, Any] | None:
+    """``{"schema", "profile"}`` of the pipeline's stored reference, or None when there is none."""
+    if not (root.exists(DIR, pipeline, SCHEMA_FILE) and root.exists(DIR, pipeline, PROFILE_FILE)):
+        return None
+    return {"schema": root.read_json(DIR, pipeline, SCHEMA_FILE),
+            "profile": root.read_json(DIR, pipeline, PROFILE_FILE)}
+
+
+def save_reference(root: Store, pipeline: str, schema: dict[str, Any], profile: dict[str, Any]) -> str:
+    """Store a reference (the profile first: the schema file completes it); return its location."""
+    ref = reference_store(root, pipeline)
+    ref.write_json(PROFILE_FILE, profile)
+    ref.write_json(SCHEMA_FILE, schema)
+    return ref.uri
+
+
+def reset_reference(root: Store, pipeline: str | None = None) -> bool:
+    """Remove a pipeline's stored reference (every pipeline's without ``pipeline``); True when one existed.
+
+    A run whose validate stage is cached does not write a new reference: run the
+    validate stage again (``force="validate"``) to write it at once.
+    """
+    parts = (DIR,) if pipeline is None else (DIR, pipeline)
+    existed = bool(root.walk_files(*parts))
+    root.delete(*parts)
+    return existed
+
+
+# --- schema comparison --------------------------------------------------------------------------
+def _not_numbers(stats: dict[str, Any], column: str) -> float:
+    return stats["reasons"].get(f"{column}: not a number", 0) / max(stats["rows"], 1)
+
+
+def _type_change(name: str, col: dict[str, Any], field_type: Any, stats: dict[str, Any], max_missing: float,
+                 source: str) -> dict[str, Any] | None:
+    """An error when a column's data no longer has the type ``source`` gives it."""
+    kind, want = arrow_kind(field_type), col["type"]
+    if kind == "null":
+        return None  # all missing in this data: the missing-values check speaks
+    family, expected = _FAMILY.get(kind or ""), _FAMILY[want]
+    fix = f"convert it back in the source, or {_RESET}" if source == "the reference schema" else \
+        "convert it in the source, or correct the schema file"
+    if family == expected:
+        shape = tensor_shape(field_type) if family == "image" else None
+        if shape and col.get("shape") and list(shape) != list(col["shape"]):
+            return finding("error", "changed_type", f"column {name!r}: images are {shape} but {source} has "
+                           f"{col['shape']}; resize them in the source, or {_RESET}", column=name,
+                           value=shape, limit=col["shape"])
+        return None
+    if expected == "numeric" and family == "string":
+        frac = _not_numbers(stats, name)
+        if frac <= max_missing:
+            return None  # numbers that arrived as text: rows that are not numbers are quarantined
+        return finding("error", "changed_type", f"column {name!r} is text in the data, {frac:.1%} of it not numbers, "
+                       f"but {source} says {want}; {fix}", column=name, value=str(field_type), limit=want)
+    return finding("error", "changed_type", f"column {name!r} is {kind or field_type} in the data but {source} "
+                   f"says {want}; {fix}", column=name, value=str(kind or field_type), limit=want)
+
+
+def schema_findings(schema: dict[str, Any], arrow_schema: Any, stats: dict[str, Any], max_missing: float,
+                    source: str) -> list[dict[str, Any]]:
+    """Changed types (errors) and extra columns (warnings) of the data against a given schema."""
+    out = []
+    fields = {f.name: f.type for f in arrow_schema}
+    for name, col in schema["columns"].items():
+        if name in fields:
+            change = _type_change(name, col, fields[name], stats, max_missing, source)
+            if change:
+                out.append(change)
+    use = _RESET + " to start using it" if source == "the reference schema" else "add it to the schema file to use it"
+    for name in fields:
+        if name not in schema["columns"] and not name.startswith("__"):
+            out.append(finding("warning", "extra_column", f"column {name!r} is not in {source}: it is ignored "
+                               f"(not a feature); {use}", column=name))
+    return out
+
+
+# --- profile comparison -------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _out_of_range(name: str, p: dict[str, Any], ref: dict[str, Any], limit: float, split: str) -> dict[str, Any] | None:
+    frac = p["out_of_range"] / p["count"]
+    if frac <= limit:
+        return None
+    return finding("warning", "out_of_range",
+                   f"column {name!r}: {frac:.1%} of values lie outside the reference range "
+                   f"[{_fmt(ref['min'])}, {_fmt(ref['max'])}] (now [{_fmt(p['min'])}, {_fmt(p['max'])}]) > "
+                   f"validate.max_out_of_range_fraction={limit:g}; check the source for a unit or scale change, "
+                   f"raise the limit, or {_RESET} if the new range is expected",
+                   column=name, value=round(frac, 6), limit=limit, split=split)
+
+
+def _unseen(name: str, p: dict[str, Any], limit: float, split: str) -> dict[str, Any] | None:
+    frac = p["unseen"] / p["count"]
+    if frac <= limit:
+        return None
+    return finding("warning", "unseen_values",
+                   f"column {name!r}: {frac:.1%} of values were never seen in the reference "
+                   f"(e.g. {p.get('unseen_examples', [])}) > validate.max_unseen_fraction={limit:g}; fix the source "
+                   f"if they are errors, raise the limit, or {_RESET} if they are expected",
+                   column=name, value=round(frac, 6), limit=limit, split=split)
+
+
+def drift_findings(profile: dict[str, Any], reference: dict[str, Any], cfg: Any, split: str) -> list[dict[str, Any]]:
+    """Warnings for numeric values outside the reference range and categories it never saw."""
+    out = []
+    ref_cols = reference.get("columns", {})
+    for name, p in profile["columns"].items():
+        if not p.get("count"):
+            continue
+        if "out_of_range" in p and name in ref_cols:
+            out.append(_out_of_range(name, p, ref_cols[name], cfg.max_out_of_range_fraction, split))
+        if "unseen" in p:
+            out.append(_unseen(name, p, cfg.max_unseen_fraction, split))
+    return [f for f in out if f]
+
+
+def apply_strict(findings: list[dict[str, Any]], strict: bool) -> list[dict[str, Any]]:
+    """``validate.strict``: every warning becomes an error."""
+    if strict:
+        for f in findings:
+            if f["severity"] == "warning":
+                f["severity"] = "error"
+                f["message"] += " (an error because validate.strict is true)"
+    return findings
