@@ -15,7 +15,9 @@ from raypipe.errors import RaypipeError, RegistryError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="raypipe: one YAML spec -> a whole ML pipeline on Ray.")
 registry_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.")
 runs_app = typer.Typer(no_args_is_help=True, help="Past runs and their manifests.")
+data_app = typer.Typer(no_args_is_help=True, help="The data reference (schema + profile) later runs are checked against.")
 app.add_typer(registry_app, name="registry")
+app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -163,6 +165,33 @@ def registry_rollback(spec: Path = SpecArg, alias: str = typer.Option("champion"
     s = as_spec(spec)
     version = Registry(s.storage, s.name).rollback(alias, reason=reason)
     err.print(f"{s.name}: {alias} rolled back to version {version}")
+
+
+@data_app.command("show-reference")
+def data_show_reference(spec: Path = SpecArg) -> None:
+    """Print the stored reference schema of a pipeline."""
+    from raypipe.api import as_spec
+    from raypipe.store import Store
+    from raypipe.validate.reference import load_reference
+
+    s = as_spec(spec)
+    ref = load_reference(Store(s.storage), s.name)
+    if ref is None:
+        raise RegistryError(f"{s.name}: no reference yet; the first run with validate.reference: first_run writes it")
+    print(json.dumps(ref["schema"], indent=2))
+
+
+@data_app.command("reset-reference")
+def data_reset_reference(spec: Path = SpecArg) -> None:
+    """Forget the reference: the next run with ``--force validate`` infers and stores a new one."""
+    from raypipe.api import as_spec
+    from raypipe.store import Store
+    from raypipe.validate.reference import reset_reference
+
+    s = as_spec(spec)
+    existed = reset_reference(Store(s.storage), s.name)
+    err.print(f"{s.name}: reference {'removed' if existed else 'did not exist'}; "
+              f"run `raypipe run {spec} --force validate` to store a new one")
 
 
 @runs_app.command("list")

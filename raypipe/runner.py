@@ -134,11 +134,26 @@ class RunResult:
             "run_id": self.run_id,
             "status": self.status,
             "stages": {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in self.stages},
+            "data": self._data_summary(),
             "metrics": self.metrics,
             "version": self.version,
             "alias": self.alias,
             "endpoint": self.endpoint,
             "manifest": self.manifest_path,
+        }
+
+
+    def _data_summary(self) -> dict[str, Any] | None:
+        """Rows per split, quarantined rows, column warnings and the data report (validate's outputs)."""
+        val = self.outputs.get("validate")
+        if val is None:
+            return None
+        out = val.outputs
+        return {
+            "rows": {split: c["valid"] for split, c in out.get("counts", {}).items()},
+            "quarantined": out.get("quarantined", 0),
+            "warnings": out.get("warnings", []),
+            "report": val.store.full_uri(out["report_html"]) if out.get("report_html") else None,
         }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from raypipe.registry import Registry
 from raypipe.spec import Spec
 from raypipe.store import Store
+from raypipe.validate.schema import feature_columns
 
 
 @dataclass
@@ -81,7 +82,7 @@ def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]
     schema, lineage = vs.read_json("schema.json"), vs.read_json("lineage.json")
     root = Store(spec.storage)
     rel = f"stages/validate/{lineage['stages']['validate'][:20]}/valid/test"
-    cols = schema["features"]["numeric"] + schema["features"]["categorical"]
+    cols = feature_columns(schema)
     target = (schema.get("target") or {}).get("name")
     table = pads.dataset(root.path(rel), filesystem=root.fs, format="parquet").head(
         2000, columns=cols + schema["id_columns"] + ([target] if target else []))
@@ -92,10 +93,17 @@ def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]
         # one row per class first (a fraud demo should show a fraud), then any rows
         if all(row[c] is not None for c in required) and (label not in labels or len(labels) >= n):
             labels.add(label)
-            rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+            rows.append({k: _json_value(v) for k, v in row.items()})
         if len(rows) == n:
             break
     return rows
+
+
+def _json_value(v: Any) -> Any:
+    """A stored value as a client sends it: NaN as null, an image as nested lists."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v.tolist() if hasattr(v, "tolist") else v
 
 
 def shutdown() -> None:
