@@ -111,6 +111,26 @@ def num_rows(batch: Batch) -> int:
     return 0
 
 
+SKETCH_SAMPLE = 65_536
+
+
+def quantile_sketch(x: np.ndarray, points: int) -> np.ndarray:
+    """``points`` evenly spaced quantiles of ``x`` (finite values), from at most ``SKETCH_SAMPLE`` of them.
+
+    A larger block is thinned by a fixed stride first: the sketch is approximate anyway
+    (rank error ~1/sqrt(sample), 0.4 %), and ``np.quantile`` with many points costs a
+    partition per point (0.6 s for 20 columns of 500,000 rows, 10x the rest of the pass).
+    The result is minimum and maximum exact: they are put back after thinning.
+    """
+    if len(x) > SKETCH_SAMPLE:
+        lo, hi = x.min(), x.max()
+        x = x[:: -(-len(x) // SKETCH_SAMPLE)]
+        q = np.quantile(x, np.linspace(0.0, 1.0, points))
+        q[0], q[-1] = lo, hi
+        return q
+    return np.quantile(x, np.linspace(0.0, 1.0, points))
+
+
 def as_float(col: Any) -> np.ndarray:
     """A column as float64 with NaN for missing/None; bools become 0/1."""
     s = col if isinstance(col, pd.Series) else pd.Series(col)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.features.base import Batch, Operator, as_float, column, num_rows
+from raypipe.features.base import Batch, Operator, as_float, column, num_rows, quantile_sketch
 
 SKETCH_POINTS = 1001  # quantile points each block contributes to the quantile estimates
 IMPUTE = ("mean", "median", "constant")
@@ -79,7 +79,7 @@ class NumericTransformer(Operator):
         out = {
             "n": n, "sum": float(x.sum()), "sumsq": float((x * x).sum()),
             "min": float(x.min()) if n else None, "max": float(x.max()) if n else None,
-            "sketch": np.quantile(x, np.linspace(0, 1, SKETCH_POINTS)).tolist() if n else [],
+            "sketch": quantile_sketch(x, SKETCH_POINTS).tolist() if n else [],
         }
         if c in self.log:
             t = signed_log1p(x)

@@ -20,24 +20,49 @@ U_COL, SPLIT_COL = "__u", "__split"
 SPLITS = ("train", "validation", "test")
 
 
-def _canonical(df: pd.DataFrame) -> pd.DataFrame:
-    """Values in one representation whatever dtype a block arrived in.
+def _canonical_column(s: pd.Series) -> np.ndarray:
+    """A column's values in one representation whatever dtype its block arrived in.
 
     An int column with nulls reaches pandas as float in one block and as int in
     another, strings as object or Arrow-backed: hashing must not see the difference.
     """
-    out = {}
-    for c in df.columns:
-        s = df[c]
-        if _is_tensor(s):  # images: their bytes, not numpy's abbreviated repr
-            out[c] = np.array([hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).hexdigest()
-                               for v in s], dtype=object)
-        elif pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-            out[c] = s.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            missing = s.isna().to_numpy()
-            out[c] = np.where(missing, None, s.astype(str).to_numpy(dtype=object, na_value=None))
-    return pd.DataFrame(out)
+    if _is_tensor(s):  # images: their bytes, not numpy's abbreviated repr
+        return np.array([hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).hexdigest()
+                         for v in s], dtype=object)
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return s.to_numpy(dtype=np.float64, na_value=np.nan)
+    if pd.api.types.is_string_dtype(s):
+        return s.to_numpy(dtype=object, na_value=None)
+    missing = s.isna().to_numpy()
+    return np.where(missing, None, s.astype(str).to_numpy(dtype=object, na_value=None))
+
+
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({c: _canonical_column(df[c]) for c in df.columns})
+
+
+_M1, _M2, _PRIME = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x100000001B3)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: every input bit affects every output bit."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def hash_columns(columns: list[np.ndarray], n: int, seed: int = 0) -> np.ndarray:
+    """A 64-bit hash per row of already canonical column arrays, mixed with ``seed``.
+
+    Each column is hashed by ``pandas.util.hash_array`` (strings are factorised first,
+    so only distinct values are hashed) and folded in column order; no DataFrame is
+    built. pandas hashes numbers without its key, so the seed is mixed in at the end.
+    """
+    h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for a in columns:
+            h = (h * _PRIME) ^ pd.util.hash_array(a, categorize=True)
+        return _mix(h ^ _mix(np.full(1, seed & 0xFFFFFFFF, dtype=np.uint64)))  # the seed mod 2**32
 
 
 def _is_tensor(s: pd.Series) -> bool:
@@ -49,8 +74,7 @@ def _is_tensor(s: pd.Series) -> bool:
 
 def row_uniform(df: pd.DataFrame, seed: int) -> np.ndarray:
     """A number in [0, 1) per row, a pure function of the row's values and ``seed``."""
-    key = f"{seed & 0xFFFFFFFF:016x}"
-    h = pd.util.hash_pandas_object(_canonical(df), index=False, hash_key=key).to_numpy(dtype=np.uint64)
+    h = hash_columns([_canonical_column(df[c]) for c in df.columns], len(df), seed)
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
@@ -82,18 +106,13 @@ def _strata_u(batch: pd.DataFrame, key: str | None) -> pd.DataFrame:
     return pd.DataFrame({"s": names, "u": [u[codes == i] for i in range(len(names))]})
 
 
-def _pick(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], key: str | None, name: str) -> pd.DataFrame:
-    labelled = assign(batch, bounds, key)
-    return labelled[labelled[SPLIT_COL] == name].drop(columns=[U_COL, SPLIT_COL])
-
-
-def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
-                  seed: int) -> tuple[dict[str, Any], dict[str, int]]:
-    """Split a Ray Dataset into train/validation/test datasets and their row counts.
+def label_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
+                 seed: int) -> tuple[Any, dict[str, int]]:
+    """Every row with its split name in ``__split`` (lazy), and the exact rows per split.
 
     The input is read once and kept in Ray's object store with each row's number;
     only the numbers, grouped by class, reach the driver (8 bytes a row), which
-    counts every split exactly. The splits are lazy filters of the stored rows.
+    computes the per-class bounds and counts every split exactly.
     """
     def add_u(b: pd.DataFrame) -> pd.DataFrame:
         b[U_COL] = row_uniform(b, seed)
@@ -109,14 +128,26 @@ def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, v
         by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
     strata_u = {s: np.sort(np.concatenate(us)) for s, us in by_stratum.items()}
     bounds = {s: _bounds(us, test, validation) for s, us in strata_u.items()}
-    rows = {"test": 0, "validation": 0, "train": 0}
+    rows = {"train": 0, "validation": 0, "test": 0}
     for s, us in strata_u.items():
         lo, hi = np.searchsorted(us, bounds[s][0]), np.searchsorted(us, bounds[s][1])
         rows["test"] += int(lo)
         rows["validation"] += int(hi - lo)
         rows["train"] += int(len(us) - hi)
-    splits = {name: with_u.map_batches(_pick, fn_kwargs={"bounds": bounds, "key": key, "name": name},
-                                       batch_format="pandas") for name in SPLITS}
+    labelled = with_u.map_batches(_label, fn_kwargs={"bounds": bounds, "key": key}, batch_format="pandas")
+    return labelled, rows
+
+
+def _label(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], key: str | None) -> pd.DataFrame:
+    return assign(batch, bounds, key).drop(columns=[U_COL])
+
+
+def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
+                  seed: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """The three splits as lazy datasets, and their exact row counts (see :func:`label_splits`)."""
+    labelled, rows = label_splits(ds, target=target, stratify=stratify, test=test, validation=validation, seed=seed)
+    splits = {name: labelled.map_batches(lambda b, name=name: b[b[SPLIT_COL] == name].drop(columns=[SPLIT_COL]),
+                                         batch_format="pandas") for name in SPLITS}
     return splits, rows
 
 

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.ingest.split import _canonical
+from raypipe.features.base import quantile_sketch
+from raypipe.ingest.split import _canonical_column, hash_columns
 from raypipe.validate.schema import label_strings
 
 FORMAT = "raypipe.profile/1"
@@ -67,7 +68,7 @@ def profile_kind(col_type: str, is_id: bool = False) -> str:
 def _sketch(x: np.ndarray) -> list[float]:
     if len(x) <= SKETCH_POINTS:
         return np.sort(x).tolist()
-    return np.quantile(x, np.linspace(0.0, 1.0, SKETCH_POINTS)).tolist()
+    return quantile_sketch(x, SKETCH_POINTS).tolist()
 
 
 def _numeric_block(s: pd.Series, bounds: dict[str, Any], name: str) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def _digests(s: pd.Series) -> np.ndarray:
 
 
 def row_hashes(batch: pd.DataFrame, schema: dict[str, Any]) -> np.ndarray:
-    """A 64-bit hash of each row's values (``pandas.util.hash_pandas_object`` on ``_canonical`` values).
+    """A 64-bit hash of each row's values (``split.hash_columns`` on canonical values).
 
     Numeric schema columns are hashed as numbers whatever dtype they arrived in, so
     equal rows hash equally in every block. Images enter as a digest of their shape
@@ -201,8 +202,7 @@ def row_hashes(batch: pd.DataFrame, schema: dict[str, Any]) -> np.ndarray:
             cols[c] = to_floats(s) if t in ("number", "integer") else s.reset_index(drop=True)
     if not cols or not len(batch):
         return np.zeros(0, dtype=np.uint64)
-    frame = _canonical(pd.DataFrame(cols))
-    return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    return hash_columns([_canonical_column(pd.Series(v).reset_index(drop=True)) for v in cols.values()], len(batch))
 
 
 def _holds_arrays(s: pd.Series) -> bool:

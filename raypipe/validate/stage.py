@@ -50,7 +50,6 @@ from raypipe.validate.schema import complete_schema, infer_schema
 
 SPLITS = ("train", "validation", "test")
 REPORT_FORMAT = "raypipe.validate-report/1"
-MIN_BATCH_ROWS, MAX_BATCH_ROWS = 16_384, 262_144
 
 
 @dataclass
@@ -122,20 +121,12 @@ def _first_cells(table: Any) -> Any:
     return table.filter(pc.is_valid(table[STATS]))
 
 
-def batch_rows(rows: int) -> int:
-    """Rows per batch of the pass: large batches (per-batch costs are fixed), two or more per CPU."""
-    import ray
-
-    cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1.0)))
-    return int(min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, rows / (2 * cpus))))
-
-
 def _check_split(ds: Any, rows: int, schema: dict[str, Any], classes: list[str] | None,
                  bounds: dict[str, Any]) -> SplitCheck:
     """One pass over a split; the driver gets each batch's counts, profile and row hashes."""
     annotated = ds.map_batches(
         check_block, fn_kwargs={"schema": schema, "classes": classes, "bounds": bounds},
-        batch_format="pandas", batch_size=batch_rows(rows),
+        batch_format="pandas", batch_size=None,  # a block per batch: re-slicing blocks into batches cost more
     ).materialize()
     cells = annotated.select_columns([STATS, HASHES]).map_batches(
         _first_cells, batch_format="pyarrow", batch_size=None).take_all()
@@ -220,7 +211,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     ctx.ray()
     ingest, cfg = inputs["ingest"], ctx.spec.validate_
     rows = {s: n for s, n in ingest.outputs["rows"].items() if n}
-    datasets = {s: read_parquet(ingest.store, s) for s in rows}
+    datasets = {s: read_parquet(ingest.store, ingest.outputs["splits"][s]) for s in rows}
     if "train" not in datasets:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
