@@ -145,8 +145,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> 
 
 @pytest.fixture(scope="module")
 def moto_port():
-    pytest.importorskip("moto.server")
-    pytest.importorskip("boto3")
+    import boto3  # noqa: F401  (dev extra: a missing package fails the test, it is not skipped)
+    import moto.server  # noqa: F401
+
     port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_EC2_METADATA_DISABLED": "true"}
