@@ -16,11 +16,12 @@ label rule stays the same.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunked_dataset, drift_weight, generate_frame, validate_params
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -35,7 +36,6 @@ __all__ = [
     "sensors_dataset",
 ]
 
-CHUNK_ROWS = 50_000
 """Rows per generation chunk; machine ids of chunk ``i`` are ``M<i:04d>-<k:04d>``."""
 
 HORIZON = 20
@@ -74,25 +74,10 @@ SCHEMA_DOC: dict[str, str] = {
 }
 
 
-def _validate(rows: int, seed: int, drift: float) -> None:
-    """Raises ``ValueError`` for a negative row count or seed, or a bad drift."""
-    if rows < 0:
-        raise ValueError(f"rows must be >= 0, got {rows}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not math.isfinite(drift) or drift < 0:
-        raise ValueError(f"drift must be a finite number >= 0, got {drift}")
-
-
-def _drift_weight(drift: float) -> float:
-    """Maps ``drift`` in [0, inf) to a weight in [0, 1)."""
-    return drift / (1.0 + drift)
-
-
 def _machines(rng: np.random.Generator, rows: int, drift: float) -> dict[str, np.ndarray]:
     """Whole machines covering ``rows`` rows: model, life (failure cycle), wear profile."""
     k = rows // _MIN_LIFE + 1  # enough machines to cover the chunk whatever lives come out
-    w = _drift_weight(drift)
+    w = drift_weight(drift)
     p = (1 - w) * _MODEL_P + w * _MODEL_P_DRIFT
     model = np.minimum(np.searchsorted(np.cumsum(p), rng.random(k), side="right"), len(MODELS) - 1)
     life = np.clip(np.round(rng.normal(_MODEL_LIFE[model], 60.0)), _MIN_LIFE, _MAX_LIFE).astype(np.int64)
@@ -158,13 +143,13 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
     Returns:
         A frame with the columns of :data:`SCHEMA_DOC`, ordered by machine then cycle.
     """
-    _validate(rows, seed, drift)
+    validate_params(rows, seed, drift)
     if chunk_index < 0:
         raise ValueError(f"chunk_index must be >= 0, got {chunk_index}")
     if rows > CHUNK_ROWS:
         raise ValueError(f"rows must be <= CHUNK_ROWS={CHUNK_ROWS}, got {rows}")
     rng = np.random.default_rng([seed, chunk_index])
-    w = _drift_weight(drift)
+    w = drift_weight(drift)
     m = _machines(rng, rows, drift)
     r = _rows(m, rows)
     model = m["model"][r["idx"]]
@@ -180,18 +165,9 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
     })
 
 
-def _chunk_sizes(rows: int) -> list[int]:
-    """Row counts of the chunks making up ``rows`` rows (the last may be shorter)."""
-    full, rest = divmod(rows, CHUNK_ROWS)
-    return [CHUNK_ROWS] * full + ([rest] if rest else [])
-
-
 def generate_sensors(rows: int, seed: int = 0, drift: float = 0.0) -> pd.DataFrame:
     """Generates the dataset in-process: chunks ``0 .. ceil(rows / CHUNK_ROWS) - 1``."""
-    _validate(rows, seed, drift)
-    sizes = _chunk_sizes(rows) or [0]
-    chunks = [generate_chunk(i, n, seed, drift) for i, n in enumerate(sizes)]
-    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+    return generate_frame(generate_chunk, rows, seed, drift)
 
 
 def sensors_dataset(
@@ -201,17 +177,4 @@ def sensors_dataset(
 
     Both paths give identical rows (up to block order).
     """
-    import ray.data
-
-    _validate(rows, seed, drift)
-    if rows <= parallel_threshold or rows == 0:
-        return ray.data.from_pandas(generate_sensors(rows, seed, drift))
-    n_chunks = len(_chunk_sizes(rows))
-
-    def _generate(batch: dict[str, np.ndarray]) -> pd.DataFrame:
-        index = int(batch["id"][0])
-        return generate_chunk(index, min(CHUNK_ROWS, rows - index * CHUNK_ROWS), seed, drift)
-
-    return ray.data.range(n_chunks, override_num_blocks=n_chunks).map_batches(
-        _generate, batch_size=1, batch_format="numpy"
-    )
+    return chunked_dataset(generate_chunk, rows, seed, drift, parallel_threshold)

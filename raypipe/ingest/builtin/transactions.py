@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunked_dataset, drift_weight, generate_frame, validate_params
+
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
@@ -32,8 +34,6 @@ __all__ = [
     "transactions_dataset",
 ]
 
-CHUNK_ROWS = 50_000
-"""Rows per generation chunk; chunk ``i`` holds ``transaction_id`` ``i*CHUNK_ROWS ...``."""
 
 SCHEMA_DOC: dict[str, str] = {
     "transaction_id": "int64; unique id, equal to the global row index.",
@@ -106,14 +106,9 @@ _DRIFT_LOGIT_SHIFT = -2.0  # partly offsets the riskier feature mix: fraud rises
 # --- Helpers -------------------------------------------------------------------------
 
 
-def _drift_weight(drift: float) -> float:
-    """Maps ``drift`` in [0, inf) to a mixing weight in [0, 1)."""
-    return drift / (1.0 + drift)
-
-
 def _mix(base: np.ndarray, target: np.ndarray, drift: float) -> np.ndarray:
     """Mixes two probability vectors (or rows of matrices) by the drift weight."""
-    w = _drift_weight(drift)
+    w = drift_weight(drift)
     p = (1.0 - w) * base + w * target
     return p / p.sum(axis=-1, keepdims=True)
 
@@ -144,16 +139,6 @@ def _str_column(
     if missing is not None:
         arr[missing] = None
     return pd.Series(arr, dtype=object)
-
-
-def _validate(rows: int, seed: int, drift: float) -> None:
-    """Raises ``ValueError`` for a negative row count or seed, or a bad drift."""
-    if rows < 0:
-        raise ValueError(f"rows must be >= 0, got {rows}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if not math.isfinite(drift) or drift < 0:
-        raise ValueError(f"drift must be a finite number >= 0, got {drift}")
 
 
 # --- Feature groups ------------------------------------------------------------------
@@ -215,7 +200,7 @@ def _fraud_logit(f: dict[str, np.ndarray], drift: float) -> np.ndarray:
     far = np.clip(np.log10(f["distance"] + 1.0) - 2.0, 0.0, 2.0)
     return (
         _LOGIT_INTERCEPT
-        + _DRIFT_LOGIT_SHIFT * _drift_weight(drift)
+        + _DRIFT_LOGIT_SHIFT * drift_weight(drift)
         + 3.75 * np.clip(ratio - 1.0, 0.0, 3.0)
         + 3.5 * night
         + 5.0 * _HIGH_RISK[f["country"]]
@@ -255,7 +240,7 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
     Returns:
         A DataFrame with the columns of :data:`SCHEMA_DOC` and a fresh ``RangeIndex``.
     """
-    _validate(rows, seed, drift)
+    validate_params(rows, seed, drift)
     if chunk_index < 0:
         raise ValueError(f"chunk_index must be >= 0, got {chunk_index}")
     if rows > CHUNK_ROWS:
@@ -289,12 +274,6 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
     })
 
 
-def _chunk_sizes(rows: int) -> list[int]:
-    """Row counts of the chunks making up ``rows`` rows (the last may be shorter)."""
-    full, rest = divmod(rows, CHUNK_ROWS)
-    return [CHUNK_ROWS] * full + ([rest] if rest else [])
-
-
 def generate_transactions(rows: int, seed: int = 0, drift: float = 0.0) -> pd.DataFrame:
     """Generates the dataset in-process with pandas.
 
@@ -306,12 +285,7 @@ def generate_transactions(rows: int, seed: int = 0, drift: float = 0.0) -> pd.Da
     Returns:
         The concatenation of chunks ``0 .. ceil(rows / CHUNK_ROWS) - 1``.
     """
-    _validate(rows, seed, drift)
-    sizes = _chunk_sizes(rows)
-    if not sizes:
-        return generate_chunk(0, 0, seed, drift)
-    chunks = [generate_chunk(i, n, seed, drift) for i, n in enumerate(sizes)]
-    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+    return generate_frame(generate_chunk, rows, seed, drift)
 
 
 def transactions_dataset(
@@ -335,18 +309,4 @@ def transactions_dataset(
     Returns:
         A ``ray.data.Dataset`` with the columns of :data:`SCHEMA_DOC`.
     """
-    import ray.data
-
-    _validate(rows, seed, drift)
-    if rows <= parallel_threshold or rows == 0:
-        return ray.data.from_pandas(generate_transactions(rows, seed, drift))
-    n_chunks = len(_chunk_sizes(rows))
-
-    def _generate(batch: dict[str, np.ndarray]) -> pd.DataFrame:
-        index = int(batch["id"][0])
-        size = min(CHUNK_ROWS, rows - index * CHUNK_ROWS)
-        return generate_chunk(index, size, seed, drift)
-
-    return ray.data.range(n_chunks, override_num_blocks=n_chunks).map_batches(
-        _generate, batch_size=1, batch_format="numpy"
-    )
+    return chunked_dataset(generate_chunk, rows, seed, drift, parallel_threshold)
