@@ -22,6 +22,8 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from sklearn.decomposition import PCA
 
+from raypipe.report_format import fmt as _fmt
+
 MAX_POINTS = 5000  # scatter plots are subsampled to this many points
 MAX_CURVE_CLASSES = 10  # one-vs-rest curves are drawn for at most this many classes
 MAX_BARS = 30  # per-slice bar charts show the largest slices only
@@ -254,16 +256,6 @@ def _slice_plots(slices: dict[str, Any], used: set[str]) -> dict[str, bytes]:
 
 
 # -- html -----------------------------------------------------------------------------
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)

@@ -9,7 +9,7 @@ from typing import Any
 
 from raypipe.datasets import read_parquet
 from raypipe.features.pipeline import FeaturePipeline
-from raypipe.validate.schema import label_strings
+from raypipe.features.balance import class_counts
 
 
 def build(spec: Any, schema: dict[str, Any]) -> FeaturePipeline:
@@ -32,7 +32,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"features": "features.json", "n_features": pipeline.n_features, "class_weights": None}
     target = schema.get("target")
     if target and target.get("classes") and ctx.spec.features.balance == "class_weight":
-        counts = _train_class_counts(val, target["name"])
+        counts = class_counts(read_parquet(val.store, val.outputs["splits"]["train"]), target["name"])
         out["class_weights"] = class_weights(counts, target["classes"])
     ctx.log(_summary(pipeline))
     return out
@@ -44,11 +44,3 @@ def _summary(pipeline: FeaturePipeline) -> str:
     parts = " + ".join(f"{len(cols)} {kind}" for kind, cols in groups.items() if cols) or "no"
     pca = f", PCA to {pipeline.pca_components} components" if pipeline.pca is not None else ""
     return f"{pipeline.n_features} features from {parts} columns{pca}"
-
-
-def _train_class_counts(val: Any, target: str) -> dict[str, int]:
-    ds = read_parquet(val.store, val.outputs["splits"]["train"]).select_columns([target])
-    counts = ds.map_batches(
-        lambda b: label_strings(b[target]).value_counts().rename_axis("k").reset_index(name="n"), batch_format="pandas"
-    ).to_pandas()
-    return {str(k): int(v) for k, v in counts.groupby("k")["n"].sum().items()}

@@ -37,10 +37,6 @@ def _canonical_column(s: pd.Series) -> np.ndarray:
     return np.where(missing, None, s.astype(str).to_numpy(dtype=object, na_value=None))
 
 
-def _canonical(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({c: _canonical_column(df[c]) for c in df.columns})
-
-
 _M1, _M2, _PRIME = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x100000001B3)
 
 

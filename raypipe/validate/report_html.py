@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from raypipe.report_format import fmt as _fmt
+
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right;vertical-align:top}th{background:#f3f3f3}
 td.l,th.l{text-align:left}.error{color:#cf222e;font-weight:bold}.warning{color:#9a6700;font-weight:bold}
@@ -20,16 +22,6 @@ MAX_BARS = 10
 
 def _e(v: Any) -> str:
     return html.escape(_fmt(v))
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
