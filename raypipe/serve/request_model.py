@@ -13,6 +13,8 @@ from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model,
 )
 
+from raypipe.validate.schema import feature_columns
+
 _TYPES: dict[str, Any] = {
     "number": StrictFloat | StrictInt,
     "integer": StrictInt,
@@ -50,9 +52,7 @@ class _Row(BaseModel):
 def request_model(schema: dict[str, Any], name: str = "Row") -> type[BaseModel]:
     """A pydantic model for one input row of this schema."""
     fields: dict[str, Any] = {}
-    kinds = ("numeric", "categorical", "text", "image")
-    features = [c for k in kinds for c in schema["features"].get(k, [])]
-    for col in features:
+    for col in feature_columns(schema):
         meta = schema["columns"][col]
         typ = _column_type(meta)
         if meta.get("nullable", True):
