@@ -152,3 +152,25 @@ def as_str(col: Any) -> pd.Series:
     out = np.full(len(values), None, dtype=object)
     out[~missing] = [v if type(v) is str else str(v) for v in values[~missing]]
     return pd.Series(out, dtype=object)
+
+
+def _arrow_string(dtype: Any) -> bool:
+    import pyarrow as pa
+
+    return isinstance(dtype, pd.ArrowDtype) and (pa.types.is_string(dtype.pyarrow_dtype)
+                                                 or pa.types.is_large_string(dtype.pyarrow_dtype))
+
+
+def str_codes(col: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A column as :func:`as_str` would give it, factorised: per row an index into the
+    distinct texts (-1 where missing), and those texts.
+
+    A string column is factorised as it is, and only its distinct values become
+    Python objects. Other columns go through :func:`as_str` first: factorising raw
+    objects would merge 1 and 1.0, whose texts differ.
+    """
+    if isinstance(col, pd.Series) and (isinstance(col.dtype, pd.StringDtype) or _arrow_string(col.dtype)):
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        return codes.astype(np.int64), np.asarray(uniques, dtype=object)
+    codes, uniques = pd.factorize(as_str(col).to_numpy(dtype=object), use_na_sentinel=True)
+    return codes.astype(np.int64), np.asarray(uniques, dtype=object)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.features.base import Batch, Operator, as_str, column, num_rows
+from raypipe.features.base import Batch, Operator, column, num_rows, str_codes
 
 OTHER = "__other__"
 ENCODE = ("onehot", "ordinal", "hashing")
@@ -61,8 +61,9 @@ class CategoricalEncoder(Operator):
             return {}
         out = {}
         for c in self.columns:
-            counts = as_str(column(batch, c)).value_counts(dropna=True)
-            out[c] = {str(k): int(v) for k, v in counts.items()}
+            codes, texts = str_codes(column(batch, c))
+            counts = np.bincount(codes[codes >= 0], minlength=len(texts))
+            out[c] = {str(k): int(v) for k, v in zip(texts, counts) if v}
         return out
 
     def _fit(self, parts: list[dict[str, Any]]) -> None:
@@ -83,19 +84,17 @@ class CategoricalEncoder(Operator):
         return {"onehot": lambda: len(self.categories_[c]) + 1, "ordinal": lambda: 1,
                 "hashing": lambda: self.hash_buckets}[self.encode]()
 
-    def _codes(self, c: str, s: pd.Series) -> np.ndarray:
+    def _codes(self, c: str, codes: np.ndarray, texts: np.ndarray) -> np.ndarray:
         """Per row: category index, ``len(categories)`` for rare/unseen, -1 when missing."""
         if c not in self._index:
             self._index[c] = pd.Index(self.categories_[c], dtype=object)
-        codes = self._index[c].get_indexer(s.to_numpy(dtype=object)).astype(np.int64)
-        return np.where((codes < 0) & s.notna().to_numpy(), len(self.categories_[c]), codes)
+        known = self._index[c].get_indexer(texts).astype(np.int64)
+        known[known < 0] = len(self.categories_[c])
+        return np.where(codes >= 0, np.append(known, -1)[codes], -1)
 
-    def _hash_codes(self, s: pd.Series) -> np.ndarray:
-        present = s.notna().to_numpy()
-        codes = np.full(len(s), -1, dtype=np.int64)
-        if present.any():
-            codes[present] = (stable_hash(s[present].to_numpy()) % np.uint64(self.hash_buckets)).astype(np.int64)
-        return codes
+    def _hash_codes(self, codes: np.ndarray, texts: np.ndarray) -> np.ndarray:
+        buckets = (stable_hash(texts) % np.uint64(self.hash_buckets)).astype(np.int64)
+        return np.where(codes >= 0, np.append(buckets, -1)[codes], -1)
 
     def transform(self, batch: Batch) -> np.ndarray:
         self.check_fitted()
@@ -103,8 +102,8 @@ class CategoricalEncoder(Operator):
         out = np.zeros((n, sum(self._width(c) for c in self.columns)), dtype=np.float32)
         j = 0
         for c in self.columns:
-            s = as_str(column(batch, c))
-            codes = self._hash_codes(s) if self.encode == "hashing" else self._codes(c, s)
+            codes = self._hash_codes(*str_codes(column(batch, c))) if self.encode == "hashing" \
+                else self._codes(c, *str_codes(column(batch, c)))
             if self.encode == "ordinal":
                 out[:, j] = codes
             else:

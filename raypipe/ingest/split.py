@@ -4,39 +4,59 @@ Each row gets a uniform number from a hash of its content and the split seed, so
 the assignment does not depend on block layout or parallelism, and duplicate rows
 always land in the same split (no leakage across splits). Per class, the rows with
 the smallest numbers go to test, the next to validation: exact proportions per class.
-Only the label and that number travel to the driver.
+Only the label and that number travel to the driver. The ingest stage writes each
+block's rows straight to its split's folder (``write_block_splits``).
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from raypipe.datasets import task_file_name, write_table
 from raypipe.validate.schema import label_strings
 
 U_COL, SPLIT_COL = "__u", "__split"
 SPLITS = ("train", "validation", "test")
 
 
-def _canonical_column(s: pd.Series) -> np.ndarray:
-    """A column's values in one representation whatever dtype its block arrived in.
+def column_hashes(s: pd.Series) -> np.ndarray:
+    """A uint64 hash per value of one column, the same whatever dtype its block arrived in.
 
     An int column with nulls reaches pandas as float in one block and as int in
-    another, strings as object or Arrow-backed: hashing must not see the difference.
+    another, strings as object or Arrow-backed: numbers are hashed as float64, other
+    values as their text (missing as None). Text is factorised first, so each distinct
+    value is hashed once. Images (arrays) are hashed by their bytes.
     """
-    if _is_tensor(s):  # images: their bytes, not numpy's abbreviated repr
-        return np.array([hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).hexdigest()
-                         for v in s], dtype=object)
     if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-        return s.to_numpy(dtype=np.float64, na_value=np.nan)
-    if pd.api.types.is_string_dtype(s):
-        return s.to_numpy(dtype=object, na_value=None)
-    missing = s.isna().to_numpy()
-    return np.where(missing, None, s.astype(str).to_numpy(dtype=object, na_value=None))
+        return pd.util.hash_array(s.to_numpy(dtype=np.float64, na_value=np.nan), categorize=False)
+    if holds_arrays(s):  # images: their bytes, not numpy's abbreviated repr
+        return pd.util.hash_array(np.array(
+            [None if v is None or (np.ndim(v) == 0 and pd.isna(v)) else
+             hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).hexdigest() for v in s],
+            dtype=object), categorize=False)
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    values = np.asarray(uniques, dtype=object)
+    if not isinstance(s.dtype, pd.StringDtype):
+        values = np.asarray([v if isinstance(v, str) else str(v) for v in values], dtype=object)
+    # missing (code -1) hashes to the largest uint64, as pandas' categorize=True does
+    return np.append(pd.util.hash_array(values, categorize=False), _MISSING)[codes]
 
 
+def holds_arrays(s: pd.Series) -> bool:
+    """A tensor column, or an object column whose first present value is an array."""
+    if "Tensor" in type(s.dtype).__name__:
+        return True
+    if s.dtype != object or not len(s):
+        return False
+    present = s.notna().to_numpy()
+    return bool(present.any()) and isinstance(s.iloc[int(np.argmax(present))], np.ndarray)
+
+
+_MISSING = np.uint64(np.iinfo(np.uint64).max)
 _M1, _M2, _PRIME = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x100000001B3)
 
 
@@ -48,36 +68,41 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def hash_columns(columns: list[np.ndarray], n: int, seed: int = 0) -> np.ndarray:
-    """A 64-bit hash per row of already canonical column arrays, mixed with ``seed``.
+    """A 64-bit hash per row from per-column value hashes (:func:`column_hashes`), mixed with ``seed``.
 
-    Each column is hashed by ``pandas.util.hash_array`` (strings are factorised first,
-    so only distinct values are hashed) and folded in column order; no DataFrame is
-    built. pandas hashes numbers without its key, so the seed is mixed in at the end.
+    The columns are folded in order; no DataFrame is built. pandas hashes numbers
+    without its key, so the seed is mixed in at the end.
     """
     h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for a in columns:
-            h = (h * _PRIME) ^ pd.util.hash_array(a, categorize=True)
+            h = (h * _PRIME) ^ a
         return _mix(h ^ _mix(np.full(1, seed & 0xFFFFFFFF, dtype=np.uint64)))  # the seed mod 2**32
-
-
-def _is_tensor(s: pd.Series) -> bool:
-    if "Tensor" in type(s.dtype).__name__:
-        return True
-    first = s.dropna().head(1)
-    return s.dtype == object and len(first) > 0 and isinstance(first.iloc[0], np.ndarray)
 
 
 def row_uniform(df: pd.DataFrame, seed: int) -> np.ndarray:
     """A number in [0, 1) per row, a pure function of the row's values and ``seed``."""
-    h = hash_columns([_canonical_column(df[c]) for c in df.columns], len(df), seed)
+    h = hash_columns([column_hashes(df[c]) for c in df.columns], len(df), seed)
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def stratum(values: pd.Series | None, n: int) -> np.ndarray:
+def strata_codes(values: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row an index into the returned stratum names: the label as text, ``__null__`` if missing.
+
+    Only the distinct labels are turned into text (formatting every row's label was
+    most of the split's cost on millions of rows).
+    """
     if values is None:
-        return np.zeros(n, dtype=object)
-    return label_strings(values).fillna("__null__").astype(str).to_numpy()
+        return np.zeros(n, dtype=np.intp), np.array(["0"], dtype=object)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    names = label_strings(pd.Series(uniques)).fillna("__null__").astype(str).to_numpy(dtype=object)
+    return codes, np.append(names, "__null__")  # code -1 (missing) picks the last
+
+
+def stratum(values: pd.Series | None, n: int) -> np.ndarray:
+    """Each row's stratum name."""
+    codes, names = strata_codes(values, n)
+    return names[codes]
 
 
 def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float) -> dict[str, tuple[float, float]]:
@@ -85,36 +110,57 @@ def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float
     return {str(s): _bounds(np.sort(u[strata == s]), test, validation) for s in np.unique(strata)}
 
 
+def split_names(codes: np.ndarray, names: np.ndarray, u: np.ndarray,
+                bounds: dict[str, tuple[float, float]]) -> np.ndarray:
+    """Each row's split from its stratum (``strata_codes``) and its number."""
+    nan = (np.nan, np.nan)  # a stratum without bounds: train
+    lo = np.array([bounds.get(str(n), nan)[0] for n in names], dtype=np.float64)[codes]
+    hi = np.array([bounds.get(str(n), nan)[1] for n in names], dtype=np.float64)[codes]
+    return np.where(u < lo, "test", np.where(u < hi, "validation", "train"))
+
+
 def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: str | None) -> pd.DataFrame:
-    s = pd.Series(stratum(batch[target] if target else None, len(batch)), dtype=object).astype(str)
-    lo = s.map({k: v[0] for k, v in bounds.items()}).to_numpy(dtype=np.float64)
-    hi = s.map({k: v[1] for k, v in bounds.items()}).to_numpy(dtype=np.float64)
-    u = batch[U_COL].to_numpy()
-    batch[SPLIT_COL] = np.where(u < lo, "test", np.where(u < hi, "validation", "train"))
+    codes, names = strata_codes(batch[target] if target else None, len(batch))
+    batch[SPLIT_COL] = split_names(codes, names, batch[U_COL].to_numpy(), bounds)
     return batch
 
 
 def _strata_u(batch: pd.DataFrame, key: str | None) -> pd.DataFrame:
     """One row per stratum of a block, holding the u values of its rows (not one row per row)."""
-    strata = stratum(batch[key] if key else None, len(batch))
+    codes, names = strata_codes(batch[key] if key else None, len(batch))
+    distinct, of_name = np.unique(names.astype(str), return_inverse=True)
+    rows = of_name[codes]
     u = batch[U_COL].to_numpy()
-    names, codes = np.unique(strata.astype(str), return_inverse=True)
-    return pd.DataFrame({"s": names, "u": [u[codes == i] for i in range(len(names))]})
+    return pd.DataFrame({"s": distinct, "u": [u[rows == i] for i in range(len(distinct))]})
 
 
-def label_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
-                 seed: int) -> tuple[Any, dict[str, int]]:
-    """Every row with its split name in ``__split`` (lazy), and the exact rows per split.
+def _add_u(table: Any, seed: int) -> Any:
+    """Arrow in, arrow out: the rows are only viewed through pandas to hash them."""
+    import pyarrow as pa
+    from ray.data.block import BlockAccessor
 
-    The input is read once and kept in Ray's object store with each row's number;
-    only the numbers, grouped by class, reach the driver (8 bytes a row), which
+    u = row_uniform(BlockAccessor.for_block(table).to_pandas(), seed)
+    return table.append_column(U_COL, pa.array(u, type=pa.float64()))
+
+
+@dataclass
+class SplitPlan:
+    """The input with each row's number in ``__u`` (materialised), and what decides each row's split."""
+
+    rows_u: Any
+    bounds: dict[str, tuple[float, float]]
+    key: str | None  # the stratification column, if any
+    rows: dict[str, int]  # exact rows per split
+
+
+def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
+                seed: int) -> SplitPlan:
+    """Read the input once into Ray's object store with each row's number; decide the bounds.
+
+    Only the numbers, grouped by class, reach the driver (8 bytes a row), which
     computes the per-class bounds and counts every split exactly.
     """
-    def add_u(b: pd.DataFrame) -> pd.DataFrame:
-        b[U_COL] = row_uniform(b, seed)
-        return b
-
-    with_u = ds.map_batches(add_u, batch_format="pandas").materialize()
+    with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed}, batch_format="pyarrow", batch_size=None).materialize()
     key = target if (stratify and target) else None
     cols = [U_COL] + ([key] if key else [])
     parts = with_u.select_columns(cols).map_batches(_strata_u, fn_kwargs={"key": key}, batch_format="pandas",
@@ -130,12 +176,40 @@ def label_splits(ds: Any, *, target: str | None, stratify: bool, test: float, va
         rows["test"] += int(lo)
         rows["validation"] += int(hi - lo)
         rows["train"] += int(len(us) - hi)
-    labelled = with_u.map_batches(_label, fn_kwargs={"bounds": bounds, "key": key}, batch_format="pandas")
-    return labelled, rows
+    return SplitPlan(with_u, bounds, key, rows)
+
+
+def label_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
+                 seed: int) -> tuple[Any, dict[str, int]]:
+    """Every row with its split name in ``__split`` (lazy), and the exact rows per split."""
+    plan = plan_splits(ds, target=target, stratify=stratify, test=test, validation=validation, seed=seed)
+    labelled = plan.rows_u.map_batches(_label, fn_kwargs={"bounds": plan.bounds, "key": plan.key}, batch_format="pandas")
+    return labelled, plan.rows
 
 
 def _label(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], key: str | None) -> pd.DataFrame:
     return assign(batch, bounds, key).drop(columns=[U_COL])
+
+
+def write_block_splits(table: Any, *, bounds: dict[str, tuple[float, float]], key: str | None, fs: Any,
+                       root: str) -> Any:
+    """Ray Data batch function: write a block's rows to ``<root>/__split=<name>/``; return its counts.
+
+    The block stays in arrow: only the key column is viewed through pandas.
+    """
+    import pyarrow as pa
+
+    codes, strata = strata_codes(table[key].to_pandas() if key else None, table.num_rows)
+    names = split_names(codes, strata, table[U_COL].to_numpy(), bounds)
+    rows = table.drop_columns([U_COL])
+    counts = []
+    file = task_file_name()
+    for name in SPLITS:
+        mask = names == name
+        counts.append(int(mask.sum()))
+        if counts[-1]:
+            write_table(rows.filter(pa.array(mask)), fs, f"{root}/{SPLIT_COL}={name}/{file}")
+    return pa.table({"split": list(SPLITS), "rows": counts})
 
 
 def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,

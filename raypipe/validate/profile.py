@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from raypipe.features.base import quantile_sketch
-from raypipe.ingest.split import _canonical_column, hash_columns
+from raypipe.ingest.split import column_hashes, hash_columns, holds_arrays
 from raypipe.validate.schema import label_strings
 
 FORMAT = "raypipe.profile/1"
@@ -190,26 +190,19 @@ def row_hashes(batch: pd.DataFrame, schema: dict[str, Any]) -> np.ndarray:
     and pixels (otherwise every image data set would be mostly "duplicates" of its
     labels). Internal ``__`` columns are left out. 8 bytes a row travel to the driver.
     """
-    cols: dict[str, Any] = {}
+    cols: list[np.ndarray] = []
     for c in batch.columns:
         t = schema["columns"].get(c, {}).get("type")
         s = batch[c]
         if c.startswith("__"):
             continue
-        if t == "image" or _holds_arrays(s):
-            cols[c] = _digests(s)
+        if t == "image" or holds_arrays(s):
+            cols.append(pd.util.hash_array(_digests(s), categorize=False))
         else:
-            cols[c] = to_floats(s) if t in ("number", "integer") else s.reset_index(drop=True)
+            cols.append(column_hashes(pd.Series(to_floats(s)) if t in ("number", "integer") else s))
     if not cols or not len(batch):
         return np.zeros(0, dtype=np.uint64)
-    return hash_columns([_canonical_column(pd.Series(v).reset_index(drop=True)) for v in cols.values()], len(batch))
-
-
-def _holds_arrays(s: pd.Series) -> bool:
-    if s.dtype != object or not len(s):
-        return False
-    first = s.iloc[int(np.argmax(s.notna().to_numpy()))]
-    return isinstance(first, np.ndarray)
+    return hash_columns(cols, len(batch))
 
 
 def count_duplicates(hashes: list[np.ndarray]) -> int:

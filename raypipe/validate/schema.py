@@ -146,16 +146,24 @@ def label_strings(values: Any) -> pd.Series:
 
     Integral numbers print without a decimal point (an int column read with nulls
     becomes float in pandas; 1 and 1.0 must be the same class). Missing stays None.
+    Only the distinct values are formatted.
     """
     s = values if isinstance(values, pd.Series) else pd.Series(values)
-    if pd.api.types.is_bool_dtype(s):
-        return s.map(lambda v: None if pd.isna(v) else str(bool(v)))
-    if pd.api.types.is_numeric_dtype(s):
-        x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    text = np.append(_label_text(pd.Series(uniques, dtype=s.dtype if len(uniques) else None)), None)
+    return pd.Series(text[codes], index=s.index, dtype=object)  # code -1 (missing) picks the None
+
+
+def _label_text(u: pd.Series) -> np.ndarray:
+    """Text of distinct, present labels."""
+    if pd.api.types.is_bool_dtype(u):
+        return np.array([str(bool(v)) for v in u], dtype=object)
+    if pd.api.types.is_numeric_dtype(u):
+        x = u.to_numpy(dtype=np.float64, na_value=np.nan)
         integral = np.isfinite(x) & (x == np.round(x))
-        out = np.where(integral, np.char.mod("%d", np.where(integral, x, 0).astype(np.int64)), s.astype(str).to_numpy())
-        return pd.Series(out, index=s.index, dtype=object).where(s.notna(), None)
-    return s.astype(object).where(s.notna(), None).map(lambda v: v if v is None else str(v))
+        return np.where(integral, np.char.mod("%d", np.where(integral, x, 0).astype(np.int64)),
+                        u.astype(str).to_numpy()).astype(object)
+    return np.array([str(v) for v in u], dtype=object)
 
 
 def label_value(label: str, target_type: str) -> Any:

@@ -646,3 +646,19 @@ def test_build_errors_name_the_column() -> None:
         build(SimpleNamespace(features=features_section()), no_shape)
     with pytest.raises(ValueError, match="'country'"):
         build(SimpleNamespace(features=features_section(numeric={"log": ["country"]})), SCHEMA)
+
+
+@pytest.mark.parametrize("col", [
+    pd.Series(["b", None, "a", "b"], dtype="str"),
+    pd.Series(["b", None, "a", "b"], dtype=pd.ArrowDtype(__import__("pyarrow").large_string())),
+    pd.Series(["b", None, 1, 1.0, True], dtype=object),
+    np.array(["x", "y", "x"]),
+])
+def test_str_codes_are_as_str_factorised(col: Any) -> None:
+    """The fast path (string columns factorised as they are) gives exactly ``as_str``'s texts."""
+    from raypipe.features.base import as_str, str_codes
+
+    codes, texts = str_codes(col)
+    expected = as_str(col).tolist()
+    assert [None if k < 0 else texts[k] for k in codes] == expected
+    assert len(set(texts)) == len(texts)  # each distinct text once: 1 and 1.0 stay "1" and "1.0"

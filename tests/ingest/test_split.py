@@ -214,3 +214,18 @@ def test_split_dataset_ray_block_layout_with_nullable_int_feature(ray_session) -
         parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
         results.append({k_: v["id"].tolist() for k_, v in parts.items()})
     assert results[0] == results[1]
+
+
+def test_column_hashes_same_for_every_string_representation() -> None:
+    """A text column hashes alike as pandas str, Arrow-backed, object or categorical, missing included."""
+    from raypipe.ingest.split import column_hashes
+
+    values = ["b", None, "a", "b", None]
+    forms = [pd.Series(values, dtype="str"), pd.Series(values, dtype=pd.ArrowDtype(pa.large_string())),
+             pd.Series(values, dtype=object), pd.Series(values, dtype="category")]
+    hashes = [column_hashes(s) for s in forms]
+    for h in hashes[1:]:
+        assert np.array_equal(h, hashes[0])
+    assert hashes[0][1] == hashes[0][4] == np.iinfo(np.uint64).max and hashes[0][0] == hashes[0][3] != hashes[0][2]
+    ints = column_hashes(pd.Series([1, 2, None], dtype="Int64"))
+    assert np.array_equal(ints, column_hashes(pd.Series([1.0, 2.0, np.nan])))
