@@ -16,6 +16,7 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,9 @@ class Store:
 
     def complete_artifact(self, rel: str, meta: dict[str, Any] | None = None) -> dict[str, str]:
         """Seal an artifact: hash every file and write the marker last."""
-        files = {f: self.sha256(rel, f) for f in self.walk_files(rel) if f != MARKER}
+        names = [f for f in self.walk_files(rel) if f != MARKER]
+        with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL: files hash in parallel
+            files = dict(zip(names, pool.map(lambda f: self.sha256(rel, f), names)))
         self.write_json(posixpath.join(rel, MARKER), {"files": files, **(meta or {})})
         return files
 
