@@ -1,8 +1,8 @@
 """Row- and column-level data checks, vectorised on pandas batches.
 
-``annotate`` gives every row a reason (or None); ``check_block`` is the one batch
-function Ray Data runs per split: it annotates the rows and computes, in the same
-pass, the block's counts (``batch_stats``), its profile and its row hashes. The
+``annotate`` gives every row a reason (or None); ``check_block`` does the whole
+per-block work of the validate pass: it annotates the rows and computes, in the
+same pass, the block's counts (``batch_stats``), its profile and its row hashes. The
 merged counts become findings a person can act on.
 
 A finding is ``{"severity": "error"|"warning", "check", "column", "value",
@@ -10,8 +10,7 @@ A finding is ``{"severity": "error"|"warning", "check", "column", "value",
 """
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,9 +24,7 @@ from raypipe.validate.profile import (
 from raypipe.validate.schema import NUMERIC_TYPES, feature_columns, label_strings
 
 REASON = "__reason"
-STATS = "__stats"  # one JSON cell per block (the first row): counts and profile
-HASHES = "__hashes"  # one bytes cell per block (the first row): 8-byte hashes of its valid rows
-INTERNAL = (REASON, STATS, HASHES)
+INTERNAL = (REASON,)
 MAX_EXAMPLES = 3
 
 
@@ -90,10 +87,13 @@ def _known(t: pd.Series, classes: list[str]) -> np.ndarray:
 def annotate(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | None = None) -> pd.DataFrame:
     """Add a ``__reason`` column: why a row is invalid (the first reason found), or None."""
     reasons = np.full(len(batch), None, dtype=object)
+    flagged = np.zeros(len(batch), dtype=bool)
 
     def flag(mask: np.ndarray, text: str) -> None:
-        new = mask & pd.isna(reasons)
-        reasons[new] = text
+        new = mask & ~flagged
+        if new.any():
+            reasons[new] = text
+            flagged[new] = True
 
     for name, col in schema["columns"].items():
         if name in batch.columns:
@@ -166,30 +166,24 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def _one_per_block(n: int, value: Any) -> np.ndarray:
-    cells = np.full(n, None, dtype=object)
-    if n:
-        cells[0] = value
-    return cells
+class BlockCheck(NamedTuple):
+    """One block after the check pass."""
+
+    rows: pd.DataFrame  # the input rows with ``__reason`` (None for a valid row)
+    summary: dict[str, Any]  # {"stats": batch_stats, "profile": block_profile of the valid rows}
+    hashes: np.ndarray  # uint64 hash of each valid row, for the exact duplicate count
 
 
 def check_block(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | None,
-                bounds: dict[str, Any] | None) -> pd.DataFrame:
-    """The single pass over a block: annotate its rows, count, profile and hash the valid ones.
-
-    Returns the annotated rows with two more columns that hold a value in the first
-    row only: ``__stats`` (JSON of the counts and the profile) and ``__hashes``
-    (the 8-byte hashes of the valid rows, for the exact duplicate count).
-    """
+                bounds: dict[str, Any] | None) -> BlockCheck:
+    """The single pass over a block: annotate its rows, count, profile and hash the valid ones."""
     target = schema["target"]["name"] if schema.get("target") else None
     batch = annotate(batch, schema, classes)
     stats = batch_stats(batch, target)
     ok = batch[REASON].isna().to_numpy()
     valid = batch if ok.all() else batch[ok]
-    doc = {"stats": stats, "profile": block_profile(valid.drop(columns=[REASON]), schema, bounds)}
-    batch[STATS] = _one_per_block(len(batch), json.dumps(doc))
-    batch[HASHES] = _one_per_block(len(batch), row_hashes(valid, schema).tobytes())
-    return batch
+    valid = valid.drop(columns=[REASON])
+    return BlockCheck(batch, {"stats": stats, "profile": block_profile(valid, schema, bounds)}, row_hashes(valid, schema))
 
 
 # --- findings -----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The validate stage: choose the schema, check and profile every split, quarantine bad rows.
 
-Per split, one pass (``checks.check_block``) annotates every row with a reason (or
-None) and computes the counts, the profile and the row hashes of the block; only
-those small results reach the driver. ``valid + quarantined == input rows`` holds
-per split and is recorded in the report. Column findings (see ``checks.finding``)
+One Ray Data execution over all splits (``sink.check_and_write``) annotates every
+row with a reason (or None), writes it to ``valid/`` or ``quarantine/`` from the same
+task, and returns the block's counts, profile and row hashes; only those small
+results reach the driver. ``valid + quarantined == input rows`` holds per split
+(and the input equals what ingest wrote) and is recorded in the report. Column findings (see ``checks.finding``)
 are errors or warnings; errors (and warnings with ``validate.strict``) fail the
 stage with one :class:`DataValidationError` after every split was checked.
 
@@ -19,16 +20,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import pyarrow.fs as pafs
 
-from raypipe.datasets import has_rows, read_parquet, write_parquet
+from raypipe.datasets import has_rows, read_parquet
 from raypipe.errors import DataValidationError
 from raypipe.validate import reference as refs
+from raypipe.validate import sink
 from raypipe.validate.checks import (
-    HASHES,
-    REASON,
-    STATS,
-    check_block,
     constant_findings,
     duplicate_findings,
     merge_stats,
@@ -43,7 +41,6 @@ from raypipe.validate.profile import (
     finish,
     merge_profiles,
     reference_bounds,
-    to_floats,
 )
 from raypipe.validate.report_html import render
 from raypipe.validate.schema import complete_schema, infer_schema
@@ -54,9 +51,8 @@ REPORT_FORMAT = "raypipe.validate-report/1"
 
 @dataclass
 class SplitCheck:
-    """One split after its pass: the annotated rows (materialised), counts and profile."""
+    """One split after its pass: its counts and profile (its rows are written by then)."""
 
-    annotated: Any
     stats: dict[str, Any]
     profile: dict[str, Any]
 
@@ -115,58 +111,68 @@ def _settle_schema(schema: dict[str, Any], train: SplitCheck, source: str) -> No
 
 
 # --- the pass -----------------------------------------------------------------------------------
-def _first_cells(table: Any) -> Any:
-    import pyarrow.compute as pc
-
-    return table.filter(pc.is_valid(table[STATS]))
-
-
-def _check_split(ds: Any, rows: int, schema: dict[str, Any], classes: list[str] | None,
-                 bounds: dict[str, Any]) -> SplitCheck:
-    """One pass over a split; the driver gets each batch's counts, profile and row hashes."""
-    annotated = ds.map_batches(
-        check_block, fn_kwargs={"schema": schema, "classes": classes, "bounds": bounds},
-        batch_format="pandas", batch_size=None,  # a block per batch: re-slicing blocks into batches cost more
-    ).materialize()
-    cells = annotated.select_columns([STATS, HASHES]).map_batches(
-        _first_cells, batch_format="pyarrow", batch_size=None).take_all()
-    docs = [json.loads(c[STATS]) for c in cells]
-    hashes = [np.frombuffer(c[HASHES], dtype=np.uint64) for c in cells]
-    profile = finish(merge_profiles([d["profile"] for d in docs]), duplicates=count_duplicates(hashes))
-    return SplitCheck(annotated, merge_stats([d["stats"] for d in docs]), profile)
+def _prepare(fs: Any, root: str, splits: list[str]) -> None:
+    for split in splits:
+        for kind in ("valid", "quarantine"):
+            path = sink.folder(root, kind, split)
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                fs.delete_dir(path)
+            fs.create_dir(path, recursive=True)
 
 
-def _pick(table: Any, valid: bool, schema: dict[str, Any]) -> Any:
-    """The valid rows (numbers as numbers, no internal columns) or the invalid ones with their reason."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: list[str] | None,
+                  bounds: dict[str, Any], artifact: Any) -> dict[str, SplitCheck]:
+    """One Ray Data execution over the given splits: check, write valid/ and quarantine/, summarise.
 
-    mask = pc.is_null(table[REASON])
-    table = table.filter(mask if valid else pc.invert(mask)).drop_columns([STATS, HASHES])
-    if not valid:
-        return table.set_column(table.column_names.index(REASON), REASON, pc.cast(table[REASON], pa.string()))
-    table = table.drop_columns([REASON])
-    for name, col in schema["columns"].items():
-        if col["type"] in ("number", "integer") and name in table.column_names:
-            t = table[name].type
-            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-                floats = pa.array(to_floats(table[name].to_pandas()), type=pa.float64(), from_pandas=True)
-                table = table.set_column(table.column_names.index(name), name, floats)
-                table = table.replace_schema_metadata(None)  # pandas metadata would still say text
-    return table
+    ``classes`` (the training classes) applies to every split but ``train``.
+    """
+    root, fs = artifact.path(), artifact.fs
+    _prepare(fs, root, list(datasets))
+    parts = [ds.map_batches(sink.check_and_write, batch_format="pandas", batch_size=None,  # a block per batch
+                            fn_kwargs={"schema": schema, "classes": None if split == "train" else classes,
+                                       "bounds": bounds, "fs": fs, "root": root, "split": split})
+             for split, ds in datasets.items()]
+    summaries = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).take_all()
+    checks = {}
+    for split, (docs, hashes) in sink.collect(summaries).items():
+        profile = finish(merge_profiles([d["profile"] for d in docs]), duplicates=count_duplicates(hashes))
+        checks[split] = SplitCheck(merge_stats([d["stats"] for d in docs]), profile)
+    for split in datasets:
+        for kind in ("valid", "quarantine"):  # no empty folders: a split without such rows has none
+            if not has_rows(artifact, f"{kind}/{split}"):
+                artifact.delete(kind, split)
+    return checks
 
 
-def _write(check: SplitCheck, ctx: Any, split: str, schema: dict[str, Any]) -> None:
-    def rows(valid: bool) -> Any:
-        return check.annotated.map_batches(_pick, fn_kwargs={"valid": valid, "schema": schema},
-                                           batch_format="pyarrow", batch_size=None)
+def _check_all(datasets: dict[str, Any], schema: dict[str, Any], source: str, bounds: dict[str, Any],
+               artifact: Any) -> dict[str, SplitCheck]:
+    """All splits in one execution; a split holding a class the training split lacks is checked again.
 
-    counts = check.counts
-    assert counts["valid"] + counts["quarantined"] == counts["input"]
-    if counts["valid"]:
-        write_parquet(rows(True), ctx.artifact, f"valid/{split}")
-    if counts["quarantined"]:
-        write_parquet(rows(False), ctx.artifact, f"quarantine/{split}")
+    Validation and test rows of a class never seen in training (or of an image shape
+    other than training's) are quarantined, but those are only known once the training
+    split was read. Checking every split at once and redoing only a split that needs
+    it (rare) saves a pass.
+    """
+    checks = _check_splits(datasets, schema, None, bounds, artifact)
+    _settle_schema(schema, checks["train"], source)
+    target = schema.get("target")
+    classes = target["classes"] if target and target["task"] == "classification" else None
+    again = [s for s, c in checks.items() if s != "train" and _needs_recheck(c, schema, classes)]
+    if again:
+        checks.update(_check_splits({s: datasets[s] for s in again}, schema, classes, bounds, artifact))
+    return checks
+
+
+def _needs_recheck(check: SplitCheck, schema: dict[str, Any], classes: list[str] | None) -> bool:
+    """A class training lacks, or an image shape other than the one training settled on."""
+    if classes is not None and not set(check.stats["classes"]) <= set(classes):
+        return True
+    for c, col in schema["columns"].items():
+        if col["type"] == "image" and col.get("shape"):
+            shapes = check.profile["columns"].get(c, {}).get("shapes", {})
+            if any(shape_key(k.split("x")) != shape_key(col["shape"]) for k in shapes):
+                return True
+    return False
 
 
 # --- findings -----------------------------------------------------------------------------------
@@ -218,17 +224,10 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     arrow_schema = datasets["train"].schema().base_schema
     schema, source = _load_schema(ctx.spec, arrow_schema, ref)
     bounds = reference_bounds(ref["profile"]) if ref else {}
-    checks: dict[str, SplitCheck] = {}
-    findings: list[dict[str, Any]] = []
-    for split in SPLITS:
-        if split not in datasets:
-            continue
-        classes = schema["target"].get("classes") if split != "train" and schema.get("target") else None
-        checks[split] = _check_split(datasets[split], rows[split], schema, classes, bounds)
-        if split == "train":
-            _settle_schema(schema, checks["train"], source)
-            findings += _train_findings(checks["train"], schema, arrow_schema, source, cfg)
-        findings += _split_findings(split, checks[split], schema, cfg, ref)
+    checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact)
+    findings = _train_findings(checks["train"], schema, arrow_schema, source, cfg)
+    for split, check in checks.items():
+        findings += _split_findings(split, check, schema, cfg, ref)
     refs.apply_strict(findings, cfg.strict)
     errors = [f["message"] for f in findings if f["severity"] == "error"]
     warnings = [f["message"] for f in findings if f["severity"] == "warning"]
@@ -248,7 +247,9 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         ctx.log(f"data report: {ctx.artifact.full_uri('report.html')}")
         raise DataValidationError(errors)
     for split, check in checks.items():
-        _write(check, ctx, split, schema)
+        c = check.counts
+        if c["valid"] + c["quarantined"] != c["input"] or c["input"] != rows[split]:
+            raise RuntimeError(f"validate lost rows of split {split!r}: ingest wrote {rows[split]}, {c}")
     ctx.artifact.write_json("schema.json", schema)
     ctx.artifact.write_json("profile.json", checks["train"].profile)
     if ref_status == "written":

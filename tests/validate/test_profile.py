@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raypipe.validate.checks import HASHES, REASON, STATS, annotate, check_block
+from raypipe.validate.checks import REASON, annotate, check_block
 from raypipe.validate.profile import (
     HIST_BINS,
     MAX_DISTINCT,
@@ -214,18 +214,18 @@ def test_check_block_annotates_counts_profiles_and_hashes_in_one_go() -> None:
         "y": [0, 1, 0, 1, 0, 0],
     })
     out = check_block(df, schema, classes=["0", "1"], bounds=None)
-    reasons = [None if pd.isna(r) else r for r in out[REASON]]
+    reasons = [None if pd.isna(r) else r for r in out.rows[REASON]]
     assert reasons[:5] == [None, "x: not a number", "x: above the schema maximum 100",
                            "c: value not among the schema's allowed values", "img: image of the wrong shape (expected 2x3)"]
     assert reasons[5] is None  # (2, 3, 1) is a (2, 3) image with one channel
-    assert out[STATS].iloc[1:].isna().all() and out[HASHES].iloc[1:].isna().all()
-    doc = json.loads(out[STATS].iloc[0])
+    doc = out.summary
     assert doc["stats"]["rows"] == 6 and doc["stats"]["invalid"] == 4
     assert doc["stats"]["examples"]["img: image of the wrong shape (expected 2x3)"] == ["<array of shape [3, 3]>"]
     assert doc["profile"]["rows"] == 2  # only valid rows are profiled
-    assert len(np.frombuffer(out[HASHES].iloc[0], dtype=np.uint64)) == 2
+    assert out.hashes.dtype == np.uint64 and len(out.hashes) == 2
+    json.dumps(doc)  # the summary travels to the driver as JSON
     empty = check_block(df.iloc[:0].copy(), schema, classes=None, bounds=None)
-    assert len(empty) == 0 and STATS in empty.columns
+    assert len(empty.rows) == 0 and empty.summary["stats"]["rows"] == 0 and len(empty.hashes) == 0
 
 
 def test_annotate_schema_min_max_values_numeric() -> None:

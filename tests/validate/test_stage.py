@@ -196,13 +196,11 @@ def test_fail_mode_lists_rows_and_columns_in_one_error_with_exit_code_3(ray_sess
 
 # --- image and text columns through the Ray pass ---------------------------------------------------------
 def test_image_and_text_columns_in_one_pass(ray_session, tmp_path):
-    import types
-
     import ray.data
 
     from raypipe.store import Store
     from raypipe.validate.schema import infer_schema
-    from raypipe.validate.stage import _check_split, _write
+    from raypipe.validate.stage import _check_splits
 
     rng = np.random.default_rng(0)
     items = [{"image": rng.integers(0, 255, (4, 4), dtype=np.uint8), "review": f"text {i}" if i % 10 else "",
@@ -214,17 +212,47 @@ def test_image_and_text_columns_in_one_pass(ray_session, tmp_path):
                           text_columns=["review"])
     assert schema["columns"]["image"]["type"] == "image" and schema["columns"]["review"]["type"] == "text"
     schema["columns"]["image"]["shape"] = [4, 4]  # variable-shaped data: the shape a schema file declares
-    check = _check_split(ds, 300, schema, None, {})
+    artifact = Store(tmp_path / "artifact")
+    check = _check_splits({"train": ds}, schema, None, {}, artifact)["train"]
     assert check.counts == {"input": 300, "valid": 297, "quarantined": 3}
     assert check.stats["reasons"] == {"image: image of the wrong shape (expected 4x4)": 3}
     img, text = check.profile["columns"]["image"], check.profile["columns"]["review"]
     assert img["shape"] == [4, 4] and img["shapes"] == {"4x4": 297} and 0 < img["pixel_mean"] < 255
     assert text["empty"] == 29 and text["length"]["max"] == len("text 299")
     assert check.profile["duplicates"] == 0  # images count in the row hash
-    ctx = types.SimpleNamespace(artifact=Store(tmp_path / "artifact"))
-    _write(check, ctx, "train", schema)
-    valid = read_parquet(ctx.artifact, "valid/train").to_pandas()
-    bad = read_parquet(ctx.artifact, "quarantine/train").to_pandas()
+    valid = read_parquet(artifact, "valid/train").to_pandas()  # written by the same pass
+    bad = read_parquet(artifact, "quarantine/train").to_pandas()
     assert len(valid) == 297 and len(bad) == 3
     assert {np.shape(v) for v in valid["image"]} == {(4, 4)}
     assert set(bad["__reason"]) == {"image: image of the wrong shape (expected 4x4)"}
+
+
+# --- a class the training split never saw ------------------------------------------------------------
+def test_class_only_outside_train_is_quarantined_after_a_second_look(ray_session, tmp_path):
+    """All splits are checked in one pass without the training classes; a split holding an unseen
+    class is checked again, and its first-pass files are replaced, not added to."""
+    from raypipe.ingest.split import _bounds, row_uniform
+
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"x1": rng.normal(size=600), "x2": rng.normal(size=600),
+                       "c": rng.choice(["a", "b", "c"], size=600), "y": rng.integers(0, 2, size=600)})
+    for i in range(len(df)):  # a row that lands in test with the new label 7 (the label is part of the row hash)
+        trial = df.copy()
+        trial.loc[i, "y"] = 7
+        u = row_uniform(trial, 0)
+        if u[i] < _bounds(np.sort(u), 0.2, 0.1)[0]:
+            df = trial
+            break
+    (tmp_path / "data").mkdir()
+    df.to_parquet(tmp_path / "data" / "d.parquet", index=False)
+    spec = small_spec(tmp_path / "store", name="t-unseen-class", data={
+        "source": {"type": "parquet", "path": str(tmp_path / "data")}, "target": "y",
+        "split": {"stratify": False, "seed": 0}, "id_columns": []}, validate={"reference": "none"})
+    out = raypipe.run(spec, until="validate", progress=Progress(quiet=True)).outputs["validate"]
+    counts = out.outputs["counts"]
+    assert counts["test"]["quarantined"] == 1 and out.outputs["quarantined"] == 1
+    bad = read_parquet(out.store, "quarantine/test").to_pandas()
+    assert bad["__reason"].tolist() == ["y: class not seen in the training split"] and bad["y"].tolist() == [7]
+    valid = {s: read_parquet(out.store, f"valid/{s}").to_pandas() for s in counts}
+    assert {s: len(v) for s, v in valid.items()} == {s: c["valid"] for s, c in counts.items()}
+    assert sum(len(v) for v in valid.values()) == 599 and 7 not in set(valid["test"]["y"])
