@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
-from sklearn.preprocessing import normalize
 
 from raypipe.features.base import Batch, Operator, column, num_rows
 
@@ -66,6 +64,8 @@ class TextVectorizer(Operator):
         """Per column: the number of documents and each term's document frequency."""
         if self.method == "hashing":
             return {}
+        from sklearn.feature_extraction.text import CountVectorizer  # imported on use: 1 s per Ray worker
+
         analyze = CountVectorizer(lowercase=self.lowercase, ngram_range=self.ngram_range).build_analyzer()
         out = {}
         for c in self.columns:
@@ -96,6 +96,8 @@ class TextVectorizer(Operator):
         self.idf_[c] = [float(np.log((1 + n) / (1 + k)) + 1.0) for _, k in kept]
 
     def _after_load(self) -> None:
+        from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
+
         self._vectorizers = {}
         for c in self.columns:
             if self.method == "hashing":
@@ -112,6 +114,8 @@ class TextVectorizer(Operator):
         x = self._vectorizers[c].transform(docs).tocsr()
         if self.method == "tfidf":
             x.data *= np.asarray(self.idf_[c])[x.indices]
+            from sklearn.preprocessing import normalize
+
             x = normalize(x, norm="l2", copy=False)
         return x.toarray().astype(np.float32)
 
