@@ -81,6 +81,14 @@ class Store:
 
     def listdir(self, *parts: str) -> list[str]:
         """Names directly under a folder (empty when it does not exist), sorted."""
+        if self.is_local:
+            # One readdir: pyarrow stats every entry after listing, and failed with "cannot
+            # list directory" when another process renamed an entry away in between
+            # (concurrent registry claims).
+            try:
+                return sorted(os.listdir(self.path(*parts)))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
         sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
         return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel))
 
