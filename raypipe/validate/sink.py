@@ -1,12 +1,12 @@
-"""The validate pass over a split: check each block and write its rows where they belong.
+"""The validate pass: check each block and write its rows where they belong.
 
-One Ray Data pass per split reads the ingest output, runs ``checks.check_block``
-on each block and writes, from the same task, the valid rows to ``valid/<split>/``
-and the invalid ones (with their ``__reason``) to ``quarantine/<split>/``. Only a
-one-row summary per block reaches the driver: the block's counts and profile (JSON)
-and the 8-byte hashes of its valid rows. Earlier versions materialised the
-annotated rows and wrote them in two more passes; on 4M rows this pass alone is
-several times faster (see ``benchmarks/RESULTS.md``).
+One Ray Data execution over the splits reads the ingest output, runs
+``checks.check_block`` on each block and writes, from the same task, the valid rows
+to ``valid/<split>/`` and the invalid ones (with their ``__reason``) to
+``quarantine/<split>/``. Only a one-row summary per block reaches the driver: the
+block's counts and profile (JSON) and the 8-byte hashes of its valid rows. Earlier
+versions materialised the annotated rows and wrote them in two more passes per split;
+on 4M rows the stage went from 35.7 s to 17 s (see ``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
