@@ -1,0 +1,41 @@
+"""raypipe's Ray Data settings (``runtime.configure_data``) on the session's local Ray."""
+from __future__ import annotations
+
+import os
+
+
+def test_data_settings_on_an_oversubscribed_local_ray(ray_session) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    assert ctx.use_datasource_v2 is False and ctx.read_op_min_num_blocks == 8
+    assert ctx.enable_arrow_backed_pandas_conversion is False
+    cores = os.cpu_count() or 1
+    if ray_session.cluster_resources()["CPU"] > cores:  # the session's Ray has 4 logical CPUs
+        assert ctx.execution_options.resource_limits.cpu == cores
+
+
+def test_pandas_batches_have_numpy_dtypes(ray_session) -> None:
+    """Batch functions see float64/int64 columns, not ``pd.ArrowDtype`` ones."""
+    import pandas as pd
+    import ray.data
+
+    ds = ray.data.from_items([{"x": 1.5, "n": 2, "s": "a"}, {"x": None, "n": 3, "s": None}])
+    dtypes = ds.map_batches(lambda b: pd.DataFrame({"d": [str(b.dtypes.to_dict())]}), batch_format="pandas",
+                            batch_size=None).take_all()[0]["d"]
+    assert "pyarrow" not in dtypes and "float64" in dtypes
+
+
+def test_task_file_names_are_unique_and_repeatable_per_task(ray_session) -> None:
+    """Files written from a task are named by its task id and a per-task sequence number."""
+    import ray
+
+    from raypipe.datasets import task_file_name
+
+    @ray.remote
+    def names() -> tuple[str, list[str]]:
+        return ray.get_runtime_context().get_task_id(), [task_file_name() for _ in range(3)]
+
+    (task_a, a), (task_b, b) = ray.get([names.remote(), names.remote()])
+    assert a == [f"{task_a}-{i:05d}.parquet" for i in range(3)]
+    assert b == [f"{task_b}-{i:05d}.parquet" for i in range(3)] and task_a != task_b
