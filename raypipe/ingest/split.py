@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from raypipe.datasets import task_file_name, write_table
+from raypipe.features.base import str_codes
 from raypipe.validate.schema import label_strings
 
 U_COL, SPLIT_COL = "__u", "__split"
@@ -38,12 +39,9 @@ def column_hashes(s: pd.Series) -> np.ndarray:
             [None if v is None or (np.ndim(v) == 0 and pd.isna(v)) else
              hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).hexdigest() for v in s],
             dtype=object), categorize=False)
-    codes, uniques = pd.factorize(s, use_na_sentinel=True)
-    values = np.asarray(uniques, dtype=object)
-    if not isinstance(s.dtype, pd.StringDtype):
-        values = np.asarray([v if isinstance(v, str) else str(v) for v in values], dtype=object)
+    codes, texts = str_codes(s)  # each value as text; raw objects are not factorised (1 and 1.0 differ)
     # missing (code -1) hashes to the largest uint64, as pandas' categorize=True does
-    return np.append(pd.util.hash_array(values, categorize=False), _MISSING)[codes]
+    return np.append(pd.util.hash_array(texts, categorize=False), _MISSING)[codes]
 
 
 def holds_arrays(s: pd.Series) -> bool:
@@ -94,6 +92,8 @@ def strata_codes(values: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarr
     """
     if values is None:
         return np.zeros(n, dtype=np.intp), np.array(["0"], dtype=object)
+    if values.dtype == object:  # raw objects are not factorised: 1 and 1.0 would merge by order
+        values = label_strings(values)
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     names = label_strings(pd.Series(uniques)).fillna("__null__").astype(str).to_numpy(dtype=object)
     return codes, np.append(names, "__null__")  # code -1 (missing) picks the last

@@ -149,6 +149,8 @@ def label_strings(values: Any) -> pd.Series:
     Only the distinct values are formatted.
     """
     s = values if isinstance(values, pd.Series) else pd.Series(values)
+    if s.dtype == object:  # factorising raw objects would merge 1 and 1.0 into whichever came first
+        return s.astype(object).where(s.notna(), None).map(lambda v: v if v is None else str(v))
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
     text = np.append(_label_text(pd.Series(uniques, dtype=s.dtype if len(uniques) else None)), None)
     return pd.Series(text[codes], index=s.index, dtype=object)  # code -1 (missing) picks the None

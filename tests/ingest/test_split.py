@@ -229,3 +229,16 @@ def test_column_hashes_same_for_every_string_representation() -> None:
     assert hashes[0][1] == hashes[0][4] == np.iinfo(np.uint64).max and hashes[0][0] == hashes[0][3] != hashes[0][2]
     ints = column_hashes(pd.Series([1, 2, None], dtype="Int64"))
     assert np.array_equal(ints, column_hashes(pd.Series([1.0, 2.0, np.nan])))
+
+
+def test_object_columns_are_not_merged_by_value_order() -> None:
+    """1 and 1.0 in an object column are different texts; factorising the raw objects would
+    merge them into whichever came first, so a block's order would change hashes and strata."""
+    from raypipe.ingest.split import column_hashes
+
+    a = pd.Series([1, 1.0, None, "x"], dtype=object)
+    b = pd.Series([1.0, 1, None, "x"], dtype=object)
+    assert np.array_equal(column_hashes(a), column_hashes(b)[[1, 0, 2, 3]])
+    assert column_hashes(a)[0] != column_hashes(a)[1]
+    assert stratum(a, 4).tolist() == ["1", "1.0", "__null__", "x"]
+    assert stratum(b, 4).tolist() == ["1.0", "1", "__null__", "x"]
