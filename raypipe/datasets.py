@@ -7,38 +7,29 @@ from raypipe.store import Store
 
 
 def parquet_options(schema: Any) -> dict[str, Any]:
-    """Parquet writer options for a ``pyarrow.Schema`` or a Ray Dataset's schema.
+    """Parquet writer options for tables of a ``pyarrow.Schema``.
 
     Dictionary encoding only for columns that are not floating point: pyarrow tries
     a dictionary on every column by default, and on float columns (nearly all values
     distinct) that made writing 2.5x slower for the same file size.
     """
-    return {"use_dictionary": [n for n, t in zip(schema.names, schema.types) if not _is_float(t)]}
-
-
-def _is_float(t: Any) -> bool:
-    import numpy as np
     import pyarrow as pa
 
-    if isinstance(t, pa.DataType):
-        return pa.types.is_floating(t)
-    try:
-        return np.dtype(t).kind == "f"
-    except TypeError:
-        return False
-
-
-def write_parquet(ds: Any, store: Store, rel: str, **options: Any) -> None:
-    """Write a dataset under ``rel`` (an empty dataset writes no files); ``options`` go to the parquet writer."""
-    ds.write_parquet(store.path(rel), filesystem=store.fs, **options)
+    return {"use_dictionary": [f.name for f in schema if not pa.types.is_floating(f.type)]}
 
 
 def write_table(table: Any, fs: Any, path: str) -> None:
-    """Write one ``pyarrow.Table`` as a parquet file (from inside a Ray task)."""
+    """Write one ``pyarrow.Table`` as a parquet file (from inside a Ray task), creating its folder.
+
+    A folder exists only once a file is written into it: a split or kind without rows has none.
+    """
+    import posixpath
+
     import pyarrow.parquet as pq
 
     meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
     table = table.replace_schema_metadata(meta or None)  # pandas' dtype notes would make readers build ArrowDtype columns
+    fs.create_dir(posixpath.dirname(path), recursive=True)
     pq.write_table(table, path, filesystem=fs, **parquet_options(table.schema))
 
 

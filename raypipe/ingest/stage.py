@@ -15,18 +15,12 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     plan = plan_splits(ds, target=data.target, stratify=data.split.stratify, test=data.split.test,
                        validation=data.split.validation, seed=data.split.seed)
     # Each task writes its block's rows to splits/__split=<name>/ (Ray's partitioned write took 2x longer).
-    root = ctx.artifact.path("splits")
-    for name in SPLITS:
-        ctx.artifact.fs.create_dir(f"{root}/{SPLIT_COL}={name}", recursive=True)
     counts = plan.rows_u.map_batches(write_block_splits, fn_kwargs={"bounds": plan.bounds, "key": plan.key,
-                                     "fs": ctx.artifact.fs, "root": root},
+                                     "fs": ctx.artifact.fs, "root": ctx.artifact.path("splits")},
                                      batch_format="pyarrow", batch_size=None).to_pandas()
     written = counts.groupby("split")["rows"].sum().to_dict()
     if any(written.get(name, 0) != n for name, n in plan.rows.items()):
         raise RuntimeError(f"ingest lost rows: planned {plan.rows}, written {written}")
-    for name in SPLITS:
-        if not plan.rows[name]:
-            ctx.artifact.delete("splits", f"{SPLIT_COL}={name}")
     ctx.log("rows: " + ", ".join(f"{k} {v:,}" for k, v in plan.rows.items()))
     return {"splits": {name: f"splits/{SPLIT_COL}={name}" for name in SPLITS if plan.rows[name]}, "rows": plan.rows,
             "input_rows": sum(plan.rows.values())}

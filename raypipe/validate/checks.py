@@ -170,6 +170,7 @@ class BlockCheck(NamedTuple):
     """One block after the check pass."""
 
     rows: pd.DataFrame  # the input rows with ``__reason`` (None for a valid row)
+    valid: pd.DataFrame  # the valid rows, without ``__reason``
     summary: dict[str, Any]  # {"stats": batch_stats, "profile": block_profile of the valid rows}
     hashes: np.ndarray  # uint64 hash of each valid row, for the exact duplicate count
 
@@ -183,7 +184,8 @@ def check_block(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] 
     ok = batch[REASON].isna().to_numpy()
     valid = batch if ok.all() else batch[ok]
     valid = valid.drop(columns=[REASON])
-    return BlockCheck(batch, {"stats": stats, "profile": block_profile(valid, schema, bounds)}, row_hashes(valid, schema))
+    return BlockCheck(batch, valid, {"stats": stats, "profile": block_profile(valid, schema, bounds)},
+                      row_hashes(valid, schema))
 
 
 # --- findings -----------------------------------------------------------------------------------

@@ -37,13 +37,11 @@ def check_and_write(batch: pd.DataFrame, *, schema: dict[str, Any], classes: lis
                     bounds: dict[str, Any], fs: Any, root: str, split: str) -> pd.DataFrame:
     """Ray Data batch function (one block per batch): check, write both kinds of rows, summarise."""
     block = check_block(batch, schema, classes, bounds)
-    bad = block.rows[REASON].notna().to_numpy()
     name = task_file_name()
-    if (~bad).any():
-        valid = block.rows.loc[~bad].drop(columns=[REASON])
-        write_table(_to_arrow(coerce_numeric(valid, schema)), fs, f"{folder(root, 'valid', split)}/{name}")
-    if bad.any():
-        rows = block.rows.loc[bad].copy()
+    if len(block.valid):
+        write_table(_to_arrow(coerce_numeric(block.valid, schema)), fs, f"{folder(root, 'valid', split)}/{name}")
+    if len(block.valid) < len(block.rows):
+        rows = block.rows.loc[block.rows[REASON].notna()].copy()
         rows[REASON] = rows[REASON].astype(str)
         write_table(_to_arrow(rows), fs, f"{folder(root, 'quarantine', split)}/{name}")
     return pd.DataFrame({SPLIT: [split], SUMMARY: [json.dumps(block.summary)], HASHES: [block.hashes.tobytes()]})

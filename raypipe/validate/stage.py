@@ -20,8 +20,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from raypipe.datasets import has_rows, read_parquet
 from raypipe.errors import DataValidationError
 from raypipe.validate import reference as refs
@@ -111,13 +109,11 @@ def _settle_schema(schema: dict[str, Any], train: SplitCheck, source: str) -> No
 
 
 # --- the pass -----------------------------------------------------------------------------------
-def _prepare(fs: Any, root: str, splits: list[str]) -> None:
+def _clear(artifact: Any, splits: list[str]) -> None:
+    """Remove a split's rows of an earlier pass (a split checked again)."""
     for split in splits:
         for kind in ("valid", "quarantine"):
-            path = sink.folder(root, kind, split)
-            if fs.get_file_info(path).type != pafs.FileType.NotFound:
-                fs.delete_dir(path)
-            fs.create_dir(path, recursive=True)
+            artifact.delete(kind, split)
 
 
 def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: list[str] | None,
@@ -127,7 +123,7 @@ def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: lis
     ``classes`` (the training classes) applies to every split but ``train``.
     """
     root, fs = artifact.path(), artifact.fs
-    _prepare(fs, root, list(datasets))
+    _clear(artifact, list(datasets))
     parts = [ds.map_batches(sink.check_and_write, batch_format="pandas", batch_size=None,  # a block per batch
                             fn_kwargs={"schema": schema, "classes": None if split == "train" else classes,
                                        "bounds": bounds, "fs": fs, "root": root, "split": split})
@@ -137,10 +133,6 @@ def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: lis
     for split, (docs, hashes) in sink.collect(summaries).items():
         profile = finish(merge_profiles([d["profile"] for d in docs]), duplicates=count_duplicates(hashes))
         checks[split] = SplitCheck(merge_stats([d["stats"] for d in docs]), profile)
-    for split in datasets:
-        for kind in ("valid", "quarantine"):  # no empty folders: a split without such rows has none
-            if not has_rows(artifact, f"{kind}/{split}"):
-                artifact.delete(kind, split)
     return checks
 
 
