@@ -35,7 +35,7 @@ DEFAULT_METRICS = {
     "clustering": ("silhouette", "davies_bouldin"),
     "anomaly": ("roc_auc", "precision_at_k", "anomaly_rate"),
 }
-TORCH_MODELS = ("torch.mlp",)
+TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text")
 
 
 class _Section(BaseModel):
@@ -291,7 +291,9 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 
 
 class ModelSection(_Section):
-    """``kind`` is ``torch.mlp`` or ``sklearn:<module>:<Class>`` (``sklearn:`` may be omitted)."""
+    """``kind``: a torch zoo model (``torch.mlp``, ``torch.cnn``, ``torch.text``), a user's
+    ``nn.Module`` factory (``torch:<module>:<factory>``), or a scikit-learn estimator
+    (``sklearn:<module>:<Class>``; ``sklearn:`` may be omitted)."""
 
     kind: str = "torch.mlp"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -301,31 +303,64 @@ class ModelSection(_Section):
     def _kind(cls, v: str) -> str:
         if v in TORCH_MODELS:
             return v
+        if v.startswith("torch:"):
+            if not _IMPORT_PATH.match(v.removeprefix("torch:")):
+                raise ValueError(f"{v!r}: write a factory's import path, e.g. 'torch:my_package.models:build'")
+            return v
         if v.startswith("torch."):
             hint = difflib.get_close_matches(v, TORCH_MODELS, n=1)
             raise ValueError(f"unknown torch model {v!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {list(TORCH_MODELS)}"))
         path = v.removeprefix("sklearn:")
         if not _IMPORT_PATH.match(path):
             raise ValueError(
-                f"{v!r} is neither 'torch.mlp' nor an estimator import path; "
-                "write e.g. 'sklearn:sklearn.ensemble:HistGradientBoostingClassifier'"
+                f"{v!r} is neither a torch model ({', '.join(TORCH_MODELS)}, torch:<module>:<factory>) nor an "
+                "estimator import path; write e.g. 'sklearn:sklearn.ensemble:HistGradientBoostingClassifier'"
             )
         return "sklearn:" + path
 
     @property
     def is_torch(self) -> bool:
-        return self.kind.startswith("torch.")
+        return self.kind.startswith(("torch.", "torch:"))
+
+
+class EarlyStoppingSection(_Section):
+    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
+
+    metric: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
+    mode: Literal["min", "max"] | None = Field(default=None, description="default: max for accuracy, min for losses")
+    patience: int = Field(default=3, ge=1)
+    min_delta: float = Field(default=0.0, ge=0)
+    restore_best: bool = Field(default=True, description="keep the best epoch's weights, not the last epoch's")
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or ("max" if self.metric.endswith("accuracy") else "min")
 
 
 class TrainSection(_Section):
+    """Ray Train settings for torch models (scikit-learn uses ``resources`` and ``seed``)."""
+
     workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=1024, ge=1)
+    shuffle_buffer: int = Field(default=10_000, ge=0, description="rows each worker mixes per epoch (0: storage order)")
     lr: float = Field(default=1e-3, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="autocast dtype of the forward pass (bf16 on CPU pays off only with AMX/AVX-512 BF16)")
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: int = Field(default=0, ge=0, description="linear warm-up before the schedule")
+    lr_step_epochs: int = Field(default=10, ge=1, description="step schedule: epochs between decays")
+    lr_gamma: float = Field(default=0.1, gt=0, le=1, description="step schedule: the decay factor")
+    early_stopping: EarlyStoppingSection | None = None
     max_failures: int = Field(default=2, ge=0)
     seed: int = 0
     resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+
+    @model_validator(mode="after")
+    def _precision_device(self) -> "TrainSection":
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision: 'fp16' autocast needs a GPU (train.use_gpu: true); on CPU use 'bf16' or 'fp32'")
+        return self
 
 
 _SPACE_KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -505,6 +540,14 @@ class Spec(_Section):
             example = "sklearn:sklearn.cluster:KMeans" if task == "clustering" else "sklearn:sklearn.ensemble:IsolationForest"
             raise ValueError(f"model.kind: task {task!r} needs a scikit-learn estimator, not {self.model.kind!r}; "
                              f"write e.g. kind: {example!r}")
+        es = self.train.early_stopping
+        if es is not None and self.model.is_torch:
+            if es.metric.startswith("val_") and self.data.split.validation == 0:
+                raise ValueError(f"train.early_stopping.metric: {es.metric!r} needs a validation split "
+                                 "(data.split.validation > 0), or use metric: train_loss")
+            if es.metric == "val_accuracy" and task != "classification":
+                raise ValueError(f"train.early_stopping.metric: 'val_accuracy' needs task classification, not {task!r}; "
+                                 "use val_loss")
         if self.features.balance != "none" and task != "classification":
             raise ValueError(f"features.balance: {self.features.balance!r} needs task classification, not {task!r}; "
                              "set balance: none")

@@ -232,6 +232,34 @@ class FeaturePipeline:
     def n_features(self) -> int:
         return len(self.feature_names_)
 
+    def layout(self) -> list[dict[str, Any]]:
+        """Where each block sits in the feature matrix: ``[{kind, columns, start, stop(, shape)}]``.
+
+        One block per image and per text column (an image's ``shape`` is ``[h, w, c]``,
+        its pixels flattened in that order), one per other operator; after PCA, one
+        ``pca`` block. Structured models (``torch.cnn``, ``torch.text``) read it.
+        """
+        self._check_fitted()
+        if self.pca is not None:
+            return [{"kind": "pca", "columns": self.input_columns, "start": 0, "stop": self.n_features}]
+        out, start = [], 0
+        for op in self.operators:
+            if op.kind in ("image", "text"):
+                per = op.n_features // len(op.columns) if op.kind == "text" else None
+                for c in op.columns:
+                    if op.kind == "image":
+                        shape = list(op.shapes[c]) + ([1] if len(op.shapes[c]) == 2 else [])
+                        width = int(np.prod(shape))
+                    else:
+                        shape, width = None, (per if op.method == "hashing" else len(op.vocabulary_[c]))
+                    block = {"kind": op.kind, "columns": [c], "start": start, "stop": start + width}
+                    out.append(block | ({"shape": shape} if shape else {}))
+                    start += width
+            else:
+                out.append({"kind": op.kind, "columns": list(op.columns), "start": start, "stop": start + op.n_features})
+                start += op.n_features
+        return out
+
     def transform(self, batch: Batch | list[dict[str, Any]]) -> np.ndarray:
         """The feature matrix (float32, one row per input row) of a batch."""
         self._check_fitted()

@@ -32,34 +32,32 @@ class Model(Protocol):
 
 # --- torch -----------------------------------------------------------------------------
 def build_mlp(input_dim: int, hidden: list[int], n_outputs: int, dropout: float = 0.0) -> Any:
-    import torch.nn as nn
+    from raypipe.train.zoo import mlp
 
-    layers: list[Any] = []
-    width = input_dim
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        width = h
-    layers.append(nn.Linear(width, n_outputs))
-    return nn.Sequential(*layers)
+    return mlp(input_dim, hidden, n_outputs, dropout)
 
 
 class TorchModel:
-    """A trained torch MLP for inference (CPU, eval mode, no grad)."""
+    """A trained zoo model (``torch.*`` kinds) for inference: CPU, eval mode, no grad."""
 
     def __init__(self, meta: dict[str, Any], state: dict[str, Any]) -> None:
         import torch
 
+        from raypipe.train.zoo import build_model
+
         self.meta, self.task = meta, meta["task"]
-        self.net = build_mlp(meta["input_dim"], meta["hidden"], meta["n_outputs"], meta.get("dropout", 0.0))
+        params = meta.get("params")
+        if params is None:  # a torch.mlp saved before the zoo: its architecture was hidden + dropout
+            params = {"hidden": meta["hidden"], "dropout": meta.get("dropout", 0.0)}
+        self.net = build_model(meta["kind"], input_dim=meta["input_dim"], n_outputs=meta["n_outputs"],
+                               layout=meta.get("layout"), params=params)
         self.net.load_state_dict(state)
         self.net.eval()
         self._torch = torch
 
     def predict_scores(self, x: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            out = self.net(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            out = self.net(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float()
             if self.task == "classification":
                 return self._torch.softmax(out, dim=1).numpy().astype(np.float64)
             return out[:, 0].numpy().astype(np.float64)
@@ -148,7 +146,7 @@ def load_model(store: Store) -> Model:
     meta = store.read_json(MODEL_JSON)
     if meta.get("format") != "raypipe.model/1":
         raise ArtifactError(f"{store.full_uri(MODEL_JSON)}: not a raypipe model (format {meta.get('format')!r})")
-    if meta["kind"] == "torch.mlp":
+    if meta["kind"].startswith("torch"):
         from safetensors.torch import load
 
         return TorchModel(meta, load(store.read_bytes(TORCH_WEIGHTS)))

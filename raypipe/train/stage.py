@@ -1,4 +1,4 @@
-"""The train stage: scikit-learn in a Ray task, or ``torch.mlp`` on Ray Train."""
+"""The train stage: scikit-learn in a Ray task, or a torch zoo model on Ray Train."""
 from __future__ import annotations
 
 from typing import Any
@@ -31,13 +31,20 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         datasets = {"train": splits["train"]}
         if "validation" in splits:
             datasets["validation"] = splits["validation"]
+        from raypipe.features.pipeline import FeaturePipeline
         from raypipe.train.torch_trainer import train_torch
 
+        layout = FeaturePipeline.from_dict(features).layout()
         meta, state, report = train_torch(spec, ctx, datasets, feats.outputs["n_features"], n_outputs,
-                                          feats.outputs["class_weights"])
+                                          feats.outputs["class_weights"], layout)
         save_model(model_store, meta, torch_state=state)
         last = report["history"][-1]
-        ctx.log("epochs: " + str(len(report["history"])) + ", last: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
+        ctx.log("epochs: " + str(len(report["history"])) + ", last: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "stopped")))
+        if report.get("early_stopping", {}).get("stopped"):
+            es = report["early_stopping"]
+            ctx.log(f"early stopping: {es['metric']} best {es['best']:.4g} at epoch {es['best_epoch']}; "
+                    f"kept the {es['weights']} weights")
     else:
         from raypipe.train.sklearn_trainer import train_sklearn
 

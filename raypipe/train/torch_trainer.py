@@ -1,23 +1,24 @@
-"""``torch.mlp`` on Ray Train (Train V2 ``TorchTrainer``): DDP on ``train.workers``.
+"""Torch models on Ray Train (Train V2 ``TorchTrainer``): DDP on ``train.workers``.
 
-Each worker reads its shard of the Ray Dataset, gloo on CPU and NCCL on GPU. Every
-epoch rank 0 writes a checkpoint (safetensors weights, optimizer state, epoch
-counter); after a worker failure Ray Train restarts the group from the latest one.
-At the end the workers exchange their pid and a digest of their parameters: equal
-digests across different processes prove gradients were synchronised.
+Each worker builds the model from the zoo (:mod:`raypipe.train.zoo`), reads its shard
+of the Ray Dataset and runs the epoch math of :mod:`raypipe.train.loop` (mixed
+precision, LR schedule, early stopping); gloo on CPU, NCCL on GPU. Every epoch rank 0
+writes a checkpoint (:mod:`raypipe.train.checkpoint`: safetensors weights, optimizer /
+schedule / scaler state, epoch counter, completion marker written last); after a
+worker failure Ray Train restarts the group from the newest complete one. At the end
+the workers exchange their pid and a digest of their parameters: equal digests across
+different processes prove gradients were synchronised.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from typing import Any
 
 from raypipe.errors import StageFailed
-from raypipe.train.models import build_mlp, model_meta
-
-CKPT_WEIGHTS, CKPT_OPTIM, CKPT_META = "model.safetensors", "optimizer.pt", "meta.json"
+from raypipe.train import checkpoint as ckpt_files
+from raypipe.train.models import model_meta
 
 
 def _digest(model: Any) -> str:
@@ -38,94 +39,93 @@ def _reduce(values: list[float], device: Any) -> list[float]:
     return t.tolist()
 
 
+def _batches(shard: Any, batch_size: int, dtypes: dict[str, Any], device: Any, shuffle: int = 0,
+             seed: int | None = None) -> Any:
+    """(x, y) batches of a shard; ``shuffle`` rows are mixed in a local buffer (seeded: reproducible)."""
+    extra = {"local_shuffle_buffer_size": shuffle, "local_shuffle_seed": seed} if shuffle else {}
+    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device, **extra):
+        yield batch["x"], batch["y"]
+
+
+def _cpu_copy(net: Any) -> dict[str, Any]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """The per-worker loop (runs inside each Ray Train worker)."""
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    from safetensors.torch import load as st_load
-    from safetensors.torch import save as st_save
+
+    from raypipe.train.loop import EarlyStopping, LoopConfig, epoch_metrics, evaluate, loss_function, make_optimizer, train_epoch
+    from raypipe.train.zoo import build_model
 
     torch.manual_seed(config["seed"])
+    cfg = LoopConfig.from_dict(config)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    task = config["task"]
-    net = build_mlp(config["input_dim"], config["hidden"], config["n_outputs"], config["dropout"])
+    net = build_model(config["kind"], input_dim=config["input_dim"], n_outputs=config["n_outputs"],
+                      layout=config["layout"], params=config["params"])
     model = ray.train.torch.prepare_model(net)
     device = ray.train.torch.get_device()
-    optim = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    weights = torch.tensor(config["class_weights"], dtype=torch.float32, device=device) if config["class_weights"] else None
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights) if task == "classification" else torch.nn.MSELoss()
-    start_epoch, history, resumes = 0, [], []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            meta = json.load(open(os.path.join(d, CKPT_META)))
-            with open(os.path.join(d, CKPT_WEIGHTS), "rb") as f:
-                net.load_state_dict(st_load(f.read()))
-            optim.load_state_dict(torch.load(os.path.join(d, CKPT_OPTIM), weights_only=True))
-            start_epoch, history = meta["epoch"] + 1, meta["history"]
-            # A restart after a failure: record where training picked up again.
-            resumes = meta.get("resumes", []) + [{"from_checkpoint_epoch": meta["epoch"], "first_epoch": start_epoch}]
-    y_dtype = torch.int64 if task == "classification" else torch.float32
-    dtypes = {"x": torch.float32, "y": y_dtype}
+    optim, sched, scaler = make_optimizer(model, cfg)
+    stopper = EarlyStopping.from_config(cfg.early_stopping)
+    loss_fn = loss_function(cfg, device)
+    start_epoch, history, resumes, best = 0, [], [], None
+    restored = ray.train.get_checkpoint()
+    restored = ckpt_files.newest_complete(restored) if restored else None
+    if restored:
+        with restored.as_directory() as d:
+            saved = ckpt_files.read(d)
+        meta = saved["meta"]
+        net.load_state_dict(saved["weights"])
+        optim.load_state_dict(saved["state"]["optimizer"])
+        sched.load_state_dict(saved["state"]["scheduler"])
+        scaler.load_state_dict(saved["state"]["scaler"])
+        if stopper is not None and saved["state"].get("early_stopping"):
+            stopper.load_state_dict(saved["state"]["early_stopping"])
+        best = saved["best"]
+        start_epoch, history = meta["epoch"] + 1, meta["history"]
+        # A restart after a failure: record where training picked up again.
+        resumes = meta.get("resumes", []) + [{"from_checkpoint_epoch": meta["epoch"], "first_epoch": start_epoch}]
+    dtypes = {"x": torch.float32, "y": torch.int64 if cfg.task == "classification" else torch.float32}
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
+    bs = config["batch_size"]
+    stopped = stopper is not None and stopper.should_stop  # a restart after the stopping epoch's checkpoint
     for epoch in range(start_epoch, config["epochs"]):
-        model.train()
-        loss_sum, n = 0.0, 0
-        for batch in train_shard.iter_torch_batches(batch_size=config["batch_size"], dtypes=dtypes, device=device):
-            x, y = batch["x"], batch["y"]
-            optim.zero_grad()
-            out = model(x)
-            loss = loss_fn(out, y) if task == "classification" else loss_fn(out[:, 0], y)
-            loss.backward()
-            optim.step()
-            loss_sum += float(loss) * len(y)
-            n += len(y)
-        tot_loss, tot_n = _reduce([loss_sum, n], device)
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": tot_loss / max(tot_n, 1)}
+        if stopped:
+            break
+        # Rows arrive in storage order (an image tree is sorted by class): shuffle them, seeded per epoch and rank.
+        batches = _batches(train_shard, bs, dtypes, device, config["shuffle_buffer"], config["seed"] * 100_003 + epoch * 101 + rank)
+        train_sums = _reduce(list(train_epoch(model, batches, optim, scaler, loss_fn, cfg, device)), device)
+        val_sums = None
         if val_shard is not None:
-            metrics.update(_validate(model, val_shard, loss_fn, task, config["batch_size"], dtypes, device))
+            val_sums = _reduce(list(evaluate(model, _batches(val_shard, bs, dtypes, device), loss_fn, cfg, device)), device)
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task)}
+        sched.step()
+        if stopper is not None:
+            # Every rank holds the same all-reduced metrics, so every rank stops at the same epoch.
+            if stopper.update(metrics, epoch) and rank == 0:
+                best = _cpu_copy(net)
+            stopped = stopper.should_stop
+            metrics["stopped"] = stopped
+        history.append(dict(metrics))
         metrics["pid"] = os.getpid()
-        history.append({k: v for k, v in metrics.items() if k != "pid"})
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                with open(os.path.join(d, CKPT_WEIGHTS), "wb") as f:
-                    f.write(st_save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}))
-                torch.save(optim.state_dict(), os.path.join(d, CKPT_OPTIM))
-                json.dump({"epoch": epoch, "history": history, "resumes": resumes, "pid": os.getpid()},
-                          open(os.path.join(d, CKPT_META), "w"))
+                state = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                         "early_stopping": stopper.state_dict() if stopper else None}
+                ckpt_files.write(d, weights=net.state_dict(), state=state, best=best,
+                                 meta={"epoch": epoch, "history": history, "resumes": resumes, "pid": os.getpid()})
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-            if epoch == config["epochs"] - 1:
+            if epoch == config["epochs"] - 1 or stopped:
                 metrics["ddp"] = _ddp_evidence(net, rank, ctx.get_world_size())
             ray.train.report(metrics, checkpoint=checkpoint)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def _validate(model: Any, shard: Any, loss_fn: Any, task: str, batch_size: int, dtypes: dict[str, Any], device: Any) -> dict[str, float]:
-    import torch
-
-    model.eval()
-    loss_sum, correct, n = 0.0, 0.0, 0.0
-    with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device):
-            out = model(batch["x"])
-            y = batch["y"]
-            if task == "classification":
-                loss_sum += float(loss_fn(out, y)) * len(y)
-                correct += float((out.argmax(dim=1) == y).sum())
-            else:
-                loss_sum += float(loss_fn(out[:, 0], y)) * len(y)
-            n += len(y)
-    loss_sum, correct, n = _reduce([loss_sum, correct, n], device)
-    out = {"val_loss": loss_sum / max(n, 1)}
-    if task == "classification":
-        out["val_accuracy"] = correct / max(n, 1)
-    return out
 
 
 def _ddp_evidence(net: Any, rank: int, world: int) -> dict[str, Any]:
@@ -139,21 +139,34 @@ def _ddp_evidence(net: Any, rank: int, world: int) -> dict[str, Any]:
     return {"world_size": world, "backend": dist.get_backend(), "workers": everyone}
 
 
+def loop_config(spec: Any, input_dim: int, n_outputs: int, class_weights: list[float] | None,
+                layout: list[dict[str, Any]], has_validation: bool) -> dict[str, Any]:
+    """The JSON config each worker's :func:`train_loop` receives."""
+    t, params = spec.train, dict(spec.model.params)
+    es = t.early_stopping
+    return {
+        "kind": spec.model.kind, "task": spec.data.task, "input_dim": input_dim, "n_outputs": n_outputs,
+        "layout": layout, "params": {k: v for k, v in params.items() if k != "weight_decay"},
+        "weight_decay": float(params.get("weight_decay", 0.0)), "lr": t.lr, "epochs": t.epochs,
+        "batch_size": t.batch_size, "shuffle_buffer": t.shuffle_buffer, "seed": t.seed, "class_weights": class_weights, "has_validation": has_validation,
+        "precision": t.precision, "lr_schedule": t.lr_schedule, "warmup_epochs": t.warmup_epochs,
+        "lr_step_epochs": t.lr_step_epochs, "lr_gamma": t.lr_gamma,
+        "early_stopping": None if es is None else {"metric": es.metric, "mode": es.resolved_mode, "patience": es.patience,
+                                                   "min_delta": es.min_delta},
+    }
+
+
 def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n_outputs: int,
-                class_weights: list[float] | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+                class_weights: list[float] | None, layout: list[dict[str, Any]],
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the TorchTrainer; return (model metadata, final weights, training report)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
-    from safetensors.torch import load as st_load
 
-    params = spec.model.params
-    hidden = list(params.get("hidden", [128, 64]))
-    config = {
-        "task": spec.data.task, "input_dim": input_dim, "n_outputs": n_outputs, "hidden": hidden,
-        "dropout": float(params.get("dropout", 0.0)), "weight_decay": float(params.get("weight_decay", 0.0)),
-        "lr": spec.train.lr, "epochs": spec.train.epochs, "batch_size": spec.train.batch_size,
-        "seed": spec.train.seed, "class_weights": class_weights, "has_validation": "validation" in datasets,
-    }
+    from raypipe.train.zoo import check_layout
+
+    check_layout(spec.model.kind, layout)  # a spec error on the driver, before any worker starts
+    config = loop_config(spec, input_dim, n_outputs, class_weights, layout, "validation" in datasets)
     store = ctx.artifact
     run_config = RunConfig(
         name="ray_train",
@@ -182,12 +195,21 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
             f"restart(s): {first}\nEvery committed checkpoint is kept under {store.full_uri('ray_train')}; "
             "raise train.max_failures to survive more worker failures."
         ) from exc
-    with result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, CKPT_WEIGHTS), "rb") as f:
-            state = st_load(f.read())
-        meta_ck = json.load(open(os.path.join(d, CKPT_META)))
-    meta = model_meta("torch.mlp", spec.data.task, n_outputs, input_dim=input_dim, hidden=hidden, dropout=config["dropout"])
-    report = {"history": meta_ck["history"], "resumes": meta_ck.get("resumes", []),
-              "ddp": result.metrics.get("ddp"), "epochs": spec.train.epochs,
-              "workers": spec.train.workers}
-    return meta, state, report
+    final = ckpt_files.newest_complete(result.checkpoint) if result.checkpoint else None
+    if final is None:
+        raise StageFailed(f"stage 'train' failed: no complete checkpoint under {store.full_uri('ray_train')}")
+    with final.as_directory() as d:
+        saved = ckpt_files.read(d)
+    es = spec.train.early_stopping
+    keep_best = es is not None and es.restore_best and saved["best"] is not None
+    meta = model_meta(spec.model.kind, spec.data.task, n_outputs, input_dim=input_dim, layout=layout,
+                      params=config["params"])
+    history = saved["meta"]["history"]
+    report = {"history": history, "resumes": saved["meta"].get("resumes", []),
+              "ddp": result.metrics.get("ddp"), "epochs": spec.train.epochs, "epochs_run": len(history),
+              "workers": spec.train.workers, "precision": spec.train.precision, "kind": spec.model.kind}
+    if es is not None:
+        state = saved["state"]["early_stopping"]
+        report["early_stopping"] = {**state, "metric": es.metric, "stopped": bool(history and history[-1].get("stopped")),
+                                    "weights": "best" if keep_best else "last"}
+    return meta, saved["best"] if keep_best else saved["weights"], report

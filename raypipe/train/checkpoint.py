@@ -1,0 +1,99 @@
+"""Training checkpoints that count only once complete.
+
+A checkpoint folder holds the weights (safetensors), the best weights so far when early
+stopping keeps them, the optimizer / LR-schedule / gradient-scaler state (``torch.save``
+of plain tensors and numbers, read back with ``weights_only=True``) and ``meta.json``
+(epoch counter, history). Its completion marker, ``COMPLETE.json``, is written last and
+holds the sha256 of every other file: a folder without it, or whose files do not match
+it, is not a checkpoint. On resume the newest *complete* checkpoint wins.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from typing import Any
+
+WEIGHTS, BEST, STATE, META, MARKER = "model.safetensors", "best.safetensors", "train_state.pt", "meta.json", "COMPLETE.json"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write(folder: str, *, weights: dict[str, Any], state: dict[str, Any], meta: dict[str, Any],
+          best: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint into ``folder``; the marker goes last."""
+    import torch
+    from safetensors.torch import save
+
+    def tensors(sd: dict[str, Any]) -> bytes:
+        return save({k: v.detach().cpu().contiguous() for k, v in sd.items()})
+
+    files = {WEIGHTS: tensors(weights), META: json.dumps(meta).encode()}
+    if best is not None:
+        files[BEST] = tensors(best)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    files[STATE] = buf.getvalue()
+    for name, data in files.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    marker = {"epoch": meta["epoch"], "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+    with open(os.path.join(folder, MARKER), "w") as f:
+        json.dump(marker, f)
+
+
+def is_complete(folder: str) -> bool:
+    """True when the marker is there and every file it lists has its recorded sha256."""
+    try:
+        marker = json.load(open(os.path.join(folder, MARKER)))
+        return all(_sha256(os.path.join(folder, name)) == digest for name, digest in marker["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def read(folder: str) -> dict[str, Any]:
+    """A complete checkpoint's contents: ``weights``, ``best`` (or None), ``state``, ``meta``."""
+    import torch
+    from safetensors.torch import load
+
+    if not is_complete(folder):
+        raise ValueError(f"{folder}: not a complete checkpoint (no {MARKER}, or files that do not match it)")
+
+    def tensors(name: str) -> dict[str, Any] | None:
+        path = os.path.join(folder, name)
+        return load(open(path, "rb").read()) if os.path.exists(path) else None
+
+    return {"weights": tensors(WEIGHTS), "best": tensors(BEST), "meta": json.load(open(os.path.join(folder, META))),
+            "state": torch.load(os.path.join(folder, STATE), weights_only=True)}
+
+
+def newest_complete(checkpoint: Any) -> Any:
+    """The newest complete Ray Train checkpoint at or before ``checkpoint`` (None if there is none).
+
+    Ray Train hands a restarted worker group its latest registered checkpoint; if that
+    one is incomplete, its siblings in the run's storage are searched, newest epoch first.
+    """
+    from ray.train import Checkpoint
+
+    with checkpoint.as_directory() as d:
+        if is_complete(d):
+            return checkpoint
+    fs, parent = checkpoint.filesystem, os.path.dirname(checkpoint.path.rstrip("/"))
+    import pyarrow.fs as pafs
+
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(parent)):
+        if info.type != pafs.FileType.Directory or info.path.rstrip("/") == checkpoint.path.rstrip("/"):
+            continue
+        candidate = Checkpoint(path=info.path, filesystem=fs)
+        with candidate.as_directory() as d:
+            if is_complete(d):
+                found.append((json.load(open(os.path.join(d, MARKER)))["epoch"], candidate))
+    return max(found, key=lambda t: t[0])[1] if found else None

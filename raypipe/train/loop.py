@@ -1,0 +1,168 @@
+"""The per-epoch training math, in plain PyTorch: no Ray in this module.
+
+Ray Train's worker function (:mod:`raypipe.train.torch_trainer`) drives these pieces
+over its dataset shards; the GPU check (``benchmarks/gpu_check.py``) drives the same
+pieces over in-memory tensors on a machine without Ray. Batches are ``(x, y)`` tensors
+already on the device.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the loop needs from ``train`` (and ``model.params``) in the spec."""
+
+    task: str = "classification"
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    precision: str = "fp32"
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    class_weights: list[float] | None = None
+    early_stopping: dict[str, Any] | None = field(default=None)  # {metric, mode, patience, min_delta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for the forward pass (``fp32``: none)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_factor(epoch: int, cfg: LoopConfig) -> float:
+    """The learning rate of ``epoch`` over ``cfg.lr``: linear warm-up, then the schedule."""
+    warm = cfg.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    e = epoch - warm
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.epochs - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * e / span))
+    if cfg.lr_schedule == "step":
+        return cfg.lr_gamma ** (e // cfg.lr_step_epochs)
+    return 1.0
+
+
+def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
+    """Adam, its per-epoch LR schedule and the gradient scaler (active for fp16 only)."""
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda e: lr_factor(e, cfg))
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    return optim, sched, scaler
+
+
+def loss_function(cfg: LoopConfig, device: torch.device) -> torch.nn.Module:
+    if cfg.task == "classification":
+        w = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
+        return torch.nn.CrossEntropyLoss(weight=w)
+    return torch.nn.MSELoss()
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, loss_fn: torch.nn.Module, task: str) -> torch.Tensor:
+    out = out.float()  # the loss in fp32 under autocast
+    return loss_fn(out, y) if task == "classification" else loss_fn(out[:, 0], y)
+
+
+def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optim: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, loss_fn: torch.nn.Module, cfg: LoopConfig,
+                device: torch.device) -> tuple[float, int]:
+    """One pass over ``batches``; returns (sum of per-row loss, rows)."""
+    model.train()
+    loss_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0
+    for x, y in batches:
+        optim.zero_grad(set_to_none=True)
+        with autocast(device, cfg.precision):
+            out = model(x)
+        loss = _loss(out, y, loss_fn, cfg.task)
+        scaler.scale(loss).backward()
+        scaler.step(optim)
+        scaler.update()
+        loss_sum += loss.detach().double() * len(y)  # no host sync per step
+        n += len(y)
+    return float(loss_sum), n
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: torch.nn.Module,
+             cfg: LoopConfig, device: torch.device) -> tuple[float, float, int]:
+    """(sum of per-row loss, correct predictions, rows) over ``batches``."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    for x, y in batches:
+        with autocast(device, cfg.precision):
+            out = model(x)
+        loss_sum += _loss(out, y, loss_fn, cfg.task).double() * len(y)
+        if cfg.task == "classification":
+            correct += (out.argmax(dim=1) == y).sum().double()
+        n += len(y)
+    return float(loss_sum), float(correct), n
+
+
+def epoch_metrics(train: tuple[float, int], val: tuple[float, float, int] | None, task: str) -> dict[str, float]:
+    """Per-row averages of summed (all-reduced) epoch totals."""
+    out = {"train_loss": train[0] / max(train[1], 1)}
+    if val is not None:
+        out["val_loss"] = val[0] / max(val[2], 1)
+        if task == "classification":
+            out["val_accuracy"] = val[1] / max(val[2], 1)
+    return out
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without an improvement of ``metric`` by more than ``min_delta``."""
+
+    def __init__(self, metric: str = "val_loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0) -> None:
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+
+    def update(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Record ``epoch``'s metrics; True when they are the best so far."""
+        if self.metric not in metrics:
+            raise KeyError(f"train.early_stopping.metric: {self.metric!r} is not reported; "
+                           f"the epoch reports {sorted(metrics)}")
+        value = metrics[self.metric]
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+    @classmethod
+    def from_config(cls, d: dict[str, Any] | None) -> EarlyStopping | None:
+        return cls(**d) if d else None

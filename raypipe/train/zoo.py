@@ -1,0 +1,157 @@
+"""The torch model zoo: ``model.kind`` → an ``nn.Module`` over the feature matrix.
+
+Every model takes the float32 feature matrix the fitted :class:`FeaturePipeline`
+produces and returns ``(n, n_outputs)`` logits (classification) or ``(n, 1)`` values
+(regression). Models that need structure find it in the pipeline's *layout*, the
+column ranges of each operator's block (:meth:`FeaturePipeline.layout`):
+
+- ``torch.mlp``: an MLP over all features. Params: ``hidden`` ([128, 64]), ``dropout``.
+- ``torch.cnn``: a small CNN over the one image column (the block reshaped to
+  ``(c, h, w)``), pooled, joined with the other features, then an MLP head.
+  Params: ``channels`` ([16, 32]), ``kernel_size`` (3), ``hidden`` ([64]), ``dropout``.
+- ``torch.text``: an ``EmbeddingBag`` (sum of embeddings weighted by the text block's
+  TF-IDF/hashing values, i.e. a bag of words), joined with the other features, then
+  an MLP head. Params: ``embed_dim`` (64), ``hidden`` ([64]), ``dropout``.
+- ``torch:<module>:<factory>``: the user's factory, called as
+  ``factory(input_dim=..., n_outputs=..., layout=..., **params)``; it returns the module.
+
+The same function builds the model in each Ray Train worker and in the serving
+replica, from the JSON in the model's metadata; the weights travel as safetensors.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from raypipe.errors import SpecError
+
+BUILTIN = ("torch.mlp", "torch.cnn", "torch.text")
+
+
+def build_model(kind: str, *, input_dim: int, n_outputs: int, layout: list[dict[str, Any]] | None = None,
+                params: dict[str, Any] | None = None) -> Any:
+    """The untrained module for ``kind`` (see the module docstring)."""
+    params = dict(params or {})
+    layout = layout or [{"kind": "dense", "start": 0, "stop": input_dim}]
+    if kind == "torch.mlp":
+        return mlp(input_dim, _ints(params.get("hidden", [128, 64])), n_outputs, float(params.get("dropout", 0.0)))
+    if kind == "torch.cnn":
+        return ImageCNN(layout, input_dim, n_outputs, channels=_ints(params.get("channels", [16, 32])),
+                        kernel_size=int(params.get("kernel_size", 3)), hidden=_ints(params.get("hidden", [64])),
+                        dropout=float(params.get("dropout", 0.0)))
+    if kind == "torch.text":
+        return TextBag(layout, input_dim, n_outputs, embed_dim=int(params.get("embed_dim", 64)),
+                       hidden=_ints(params.get("hidden", [64])), dropout=float(params.get("dropout", 0.0)))
+    if kind.startswith("torch:"):
+        factory = import_factory(kind)
+        module = factory(input_dim=input_dim, n_outputs=n_outputs, layout=layout, **params)
+        if not isinstance(module, nn.Module):
+            raise SpecError(f"model.kind: {kind!r} returned {type(module).__name__}, not a torch.nn.Module")
+        return module
+    raise SpecError(f"model.kind: unknown torch model {kind!r}; use one of {list(BUILTIN)} or 'torch:<module>:<factory>'")
+
+
+def import_factory(kind: str) -> Any:
+    path = kind.removeprefix("torch:")
+    module, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"model.kind: cannot import {path!r} ({exc}); the module must be importable on every "
+                        "Ray worker (installed, or shipped with the job's working_dir)") from None
+    if not callable(factory):
+        raise SpecError(f"model.kind: {path!r} is not callable; point it at a function or nn.Module class")
+    return factory
+
+
+def check_layout(kind: str, layout: list[dict[str, Any]]) -> None:
+    """Fail on the driver, before Ray Train starts, when the features do not fit the model."""
+    kinds = [b["kind"] for b in layout]
+    if kind == "torch.cnn" and kinds.count("image") != 1:
+        raise SpecError(f"model.kind: torch.cnn needs exactly one image column in the features, found "
+                        f"{kinds.count('image')} (feature blocks: {kinds}); use torch.mlp, or keep one image column"
+                        + ("; PCA flattens images, remove features.pca" if "pca" in kinds else ""))
+    if kind == "torch.text" and "text" not in kinds:
+        raise SpecError(f"model.kind: torch.text needs a text column in the features (feature blocks: {kinds}); "
+                        "list it under features.text.columns" + ("; PCA hides it, remove features.pca" if "pca" in kinds else ""))
+
+
+def _ints(v: Any) -> list[int]:
+    return [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+
+
+def mlp(input_dim: int, hidden: list[int], n_outputs: int, dropout: float = 0.0) -> nn.Sequential:
+    layers: list[Any] = []
+    width = input_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, n_outputs))
+    return nn.Sequential(*layers)
+
+
+def _rest_index(layout: list[dict[str, Any]], block: dict[str, Any], input_dim: int) -> list[int]:
+    """The feature columns outside ``block``."""
+    return [i for i in range(input_dim) if not block["start"] <= i < block["stop"]]
+
+
+class ImageCNN(nn.Module):
+    """Conv → ReLU → max-pool stages over the image block, global average pool, MLP head."""
+
+    def __init__(self, layout: list[dict[str, Any]], input_dim: int, n_outputs: int, *, channels: list[int],
+                 kernel_size: int, hidden: list[int], dropout: float) -> None:
+        super().__init__()
+        check_layout("torch.cnn", layout)
+        block = next(b for b in layout if b["kind"] == "image")
+        h, w, *c = block["shape"]
+        self.hwc = (int(h), int(w), int(c[0]) if c else 1)
+        self.start, self.stop = block["start"], block["stop"]
+        self.register_buffer("rest", torch.tensor(_rest_index(layout, block, input_dim), dtype=torch.long), persistent=False)
+        convs: list[Any] = []
+        width, size = self.hwc[2], min(self.hwc[:2])
+        for ch in channels:
+            convs += [nn.Conv2d(width, ch, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            if size >= 4:  # pool while the map is big enough (8x8 digits: two pools)
+                convs.append(nn.MaxPool2d(2))
+                size //= 2
+            width = ch
+        self.convs = nn.Sequential(*convs)
+        self.head = mlp(width + len(self.rest), hidden, n_outputs, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w, c = self.hwc
+        img = x[:, self.start:self.stop].reshape(-1, h, w, c).permute(0, 3, 1, 2)
+        z = self.convs(img).mean(dim=(2, 3))
+        if len(self.rest):
+            z = torch.cat([z, x.index_select(1, self.rest)], dim=1)
+        return self.head(z)
+
+
+class TextBag(nn.Module):
+    """``EmbeddingBag(mode="sum")`` over the text block's non-zero terms, weighted by their values."""
+
+    def __init__(self, layout: list[dict[str, Any]], input_dim: int, n_outputs: int, *, embed_dim: int,
+                 hidden: list[int], dropout: float) -> None:
+        super().__init__()
+        check_layout("torch.text", layout)
+        blocks = [b for b in layout if b["kind"] == "text"]
+        self.start, self.stop = blocks[0]["start"], blocks[-1]["stop"]  # text blocks are adjacent (one operator)
+        span = {"kind": "text", "start": self.start, "stop": self.stop}
+        self.register_buffer("rest", torch.tensor(_rest_index(layout, span, input_dim), dtype=torch.long), persistent=False)
+        self.bag = nn.EmbeddingBag(self.stop - self.start, embed_dim, mode="sum")
+        self.head = mlp(embed_dim + len(self.rest), hidden, n_outputs, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        text = x[:, self.start:self.stop]
+        rows, cols = torch.nonzero(text, as_tuple=True)  # row-major: each row's terms are contiguous
+        counts = torch.bincount(rows, minlength=len(x))
+        offsets = torch.cumsum(counts, 0) - counts
+        z = self.bag(cols, offsets, per_sample_weights=text[rows, cols])
+        if len(self.rest):
+            z = torch.cat([z, x.index_select(1, self.rest)], dim=1)
+        return self.head(z)

@@ -1,0 +1,110 @@
+"""The torch zoo through the whole pipeline on Ray Train (2 DDP workers, gloo):
+``torch.cnn`` on scikit-learn's digits as PNG files, ``torch.text`` with early stopping,
+and a user's ``torch:<factory>`` trained twice with one seed to the same metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import raypipe
+from raypipe.datasets import read_parquet
+from raypipe.predictor import Predictor
+from raypipe.progress import Progress
+from raypipe.registry import Registry
+from raypipe.serve.request_model import request_model
+from tests.conftest import small_spec
+
+quiet = Progress(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("zoo") / "store"
+
+
+def _champion(storage, name: str) -> Predictor:
+    reg = Registry(str(storage), name)
+    return Predictor.from_version(reg.version_store(reg.alias("champion")))
+
+
+def test_cnn_on_digits_png(ray_session, storage, tmp_path):
+    from raypipe.ingest.unstructured import write_digits_png
+
+    write_digits_png(tmp_path / "png", per_class=100)
+    result = raypipe.run({
+        "name": "t-cnn", "storage": str(storage),
+        "data": {"source": {"type": "images", "path": str(tmp_path / "png"), "size": [8, 8]}, "target": "label"},
+        "features": {"image": {"normalize": "standard"}},
+        "model": {"kind": "torch.cnn", "params": {"channels": [16, 32], "hidden": [64]}},
+        "train": {"workers": 2, "epochs": 12, "batch_size": 32, "lr": 0.005, "lr_schedule": "cosine",
+                  "warmup_epochs": 1},
+        "evaluate": {"metrics": ["accuracy", "f1_macro"], "gate": {"min": {"accuracy": 0.85}}},
+    }, progress=quiet)
+    assert result.status == "ok" and result.metrics["accuracy"] >= 0.85
+    train = result.outputs["train"]
+    meta = train.store.read_json("model", "model.json")
+    assert meta["kind"] == "torch.cnn" and meta["layout"] == [
+        {"kind": "image", "columns": ["image"], "start": 0, "stop": 64, "shape": [8, 8, 1]}]
+    lrs = [h["lr"] for h in train.store.read_json("train_report.json")["history"]]
+    assert lrs[0] < lrs[1] and lrs[1] > lrs[-1]  # warm-up, then the cosine decay
+    assert result.outputs["train"].outputs["ddp"]["world_size"] == 2
+    # One request (the image as nested lists) scores as the batch path does.
+    val = result.outputs["validate"]
+    rows = read_parquet(val.store, val.outputs["splits"]["test"]).to_pandas().head(10)
+    predictor = _champion(storage, "t-cnn")
+    batch = predictor.predict_records(rows)
+    Row = request_model(val.store.read_json("schema.json"))
+    for i in range(len(rows)):
+        one = predictor.predict_records([Row(image=np.asarray(rows["image"].iloc[i]).tolist()).model_dump()])[0]
+        assert one["prediction"] == batch[i]["prediction"]
+        assert one["scores"] == pytest.approx(batch[i]["scores"], rel=1e-4, abs=1e-6)
+
+
+def test_text_bag_with_early_stopping(ray_session, storage, tmp_path):
+    rng = np.random.default_rng(0)
+    words = {"billing": ["invoice", "refund", "charge", "payment", "card"],
+             "outage": ["down", "error", "timeout", "server", "unreachable"]}
+    common = ["please", "help", "today", "account", "thanks", "team", "card", "error"]
+    for label, vocab in words.items():
+        (tmp_path / "tickets" / label).mkdir(parents=True)
+        for i in range(200):
+            text = " ".join(rng.choice(vocab, 2).tolist() + rng.choice(common, 6).tolist())
+            (tmp_path / "tickets" / label / f"{i:04d}.txt").write_text(text)
+    epochs = 40
+    result = raypipe.run({
+        "name": "t-textbag", "storage": str(storage),
+        "data": {"source": {"type": "text", "path": str(tmp_path / "tickets")}, "target": "label"},
+        "features": {"text": {"method": "tfidf", "max_features": 64, "min_df": 2}},
+        "model": {"kind": "torch.text", "params": {"embed_dim": 16, "hidden": [16]}},
+        "train": {"workers": 2, "epochs": epochs, "batch_size": 32, "lr": 0.01,
+                  "early_stopping": {"metric": "val_loss", "patience": 2, "min_delta": 0.002}},
+        "evaluate": {"metrics": ["accuracy"], "gate": {"min": {"accuracy": 0.9}}},
+    }, progress=quiet)
+    assert result.status == "ok"
+    report = result.outputs["train"].store.read_json("train_report.json")
+    history, es = report["history"], report["early_stopping"]
+    assert es["stopped"] and report["epochs_run"] == len(history) < epochs
+    losses = [h["val_loss"] for h in history]
+    assert es["best_epoch"] == int(np.argmin(losses)) == len(history) - 1 - 2  # patience 2 after the best
+    assert es["weights"] == "best"
+    answer = _champion(storage, "t-textbag").predict_records([{"text": "my card payment needs a refund"}])[0]
+    assert answer["prediction"] == "billing"
+
+
+def test_user_factory_same_seed_same_metrics(ray_session, storage):
+    def run(name: str):
+        spec = small_spec(storage, name=name, rows=4000,
+                          model={"kind": "torch:tests.train.factories:tiny", "params": {"width": 8}},
+                          train={"workers": 2, "epochs": 3, "batch_size": 64, "lr": 0.01, "seed": 5})
+        return raypipe.run(spec, progress=quiet)
+
+    first, second = run("t-factory-a"), run("t-factory-b")
+    reports = [r.outputs["train"].store.read_json("train_report.json") for r in (first, second)]
+    assert reports[0]["history"] == reports[1]["history"]  # bit for bit, on CPU
+    assert first.metrics == second.metrics
+    meta = first.outputs["train"].store.read_json("model", "model.json")
+    assert meta["kind"] == "torch:tests.train.factories:tiny" and meta["params"] == {"width": 8}
+    rows = [{"amount": 2500.0, "merchant_category": "jewelry", "country": "NG", "hour": 3, "device": "desktop",
+             "card_present": False, "customer_age": 23.0, "account_age_days": 5, "distance_from_home_km": 4000.0,
+             "transactions_last_24h": 14, "avg_amount_30d": 40.0}]
+    assert _champion(storage, "t-factory-a").predict_records(rows) == _champion(storage, "t-factory-b").predict_records(rows)

@@ -1,0 +1,95 @@
+"""The plain-PyTorch epoch math that every Ray Train worker runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raypipe.train.loop import (
+    EarlyStopping,
+    LoopConfig,
+    epoch_metrics,
+    evaluate,
+    loss_function,
+    lr_factor,
+    make_optimizer,
+    train_epoch,
+)
+from raypipe.train.zoo import build_model
+
+CPU = torch.device("cpu")
+
+
+def test_lr_schedules() -> None:
+    cosine = LoopConfig(epochs=10, lr_schedule="cosine", warmup_epochs=2)
+    f = [lr_factor(e, cosine) for e in range(10)]
+    assert f[0] < f[1] < f[2] == 1.0  # linear warm-up, then the cosine starts at the full rate
+    assert all(a > b for a, b in zip(f[2:], f[3:])) and f[-1] < 0.05
+    step = LoopConfig(epochs=10, lr_schedule="step", lr_step_epochs=3, lr_gamma=0.5)
+    assert [lr_factor(e, step) for e in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
+    assert {lr_factor(e, LoopConfig()) for e in range(5)} == {1.0}
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_scheduler_steps_the_optimizer_and_survives_a_state_round_trip() -> None:
+    cfg = LoopConfig(epochs=6, lr=0.1, lr_schedule="step", lr_step_epochs=2, lr_gamma=0.1)
+    model = build_model("torch.mlp", input_dim=3, n_outputs=2, params={"hidden": [4]})
+    optim, sched, scaler = make_optimizer(model, cfg)
+    lrs = []
+    for _ in range(3):
+        lrs.append(optim.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.01])
+    state = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict()}
+    model2 = build_model("torch.mlp", input_dim=3, n_outputs=2, params={"hidden": [4]})
+    optim2, sched2, _ = make_optimizer(model2, cfg)
+    optim2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["scheduler"])
+    assert optim2.param_groups[0]["lr"] == pytest.approx(0.01)  # epoch 3 goes on where the saved run stopped
+    sched2.step()
+    assert optim2.param_groups[0]["lr"] == pytest.approx(0.001)  # epoch 4: the second decay
+
+
+def _data(n: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return x, (x[:, 0] + x[:, 1] > 0).long()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_lowers_the_loss(precision: str) -> None:
+    torch.manual_seed(0)
+    x, y = _data()
+    cfg = LoopConfig(epochs=8, lr=0.05, precision=precision)
+    model = build_model("torch.mlp", input_dim=4, n_outputs=2, params={"hidden": [16]})
+    optim, sched, scaler = make_optimizer(model, cfg)
+    loss_fn = loss_function(cfg, CPU)
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
+    first = evaluate(model, batches, loss_fn, cfg, CPU)
+    for _ in range(cfg.epochs):
+        total, n = train_epoch(model, batches, optim, scaler, loss_fn, cfg, CPU)
+        sched.step()
+    last = evaluate(model, batches, loss_fn, cfg, CPU)
+    assert n == len(x) and last[0] < first[0] / 3
+    m = epoch_metrics((total, n), last, "classification")
+    assert m["val_accuracy"] > 0.9 and m["train_loss"] == pytest.approx(total / n)
+
+
+def test_class_weights_reach_the_loss() -> None:
+    loss = loss_function(LoopConfig(class_weights=[1.0, 9.0]), CPU)
+    assert loss.weight.tolist() == [1.0, 9.0]
+    assert isinstance(loss_function(LoopConfig(task="regression"), CPU), torch.nn.MSELoss)
+
+
+def test_early_stopping_patience_modes_and_state() -> None:
+    es = EarlyStopping("val_loss", "min", patience=2, min_delta=0.01)
+    seen = [es.update({"val_loss": v}, e) for e, v in enumerate([1.0, 0.8, 0.795, 0.9])]
+    assert seen == [True, True, False, False] and es.should_stop
+    assert (es.best, es.best_epoch) == (0.8, 1)
+    again = EarlyStopping("val_loss", "min", patience=2, min_delta=0.01)
+    again.load_state_dict(es.state_dict())
+    assert again.should_stop and again.best_epoch == 1
+    acc = EarlyStopping("val_accuracy", "max", patience=1)
+    assert acc.update({"val_accuracy": 0.7}, 0) and acc.update({"val_accuracy": 0.8}, 1)
+    assert not acc.update({"val_accuracy": 0.75}, 2) and acc.should_stop
+    with pytest.raises(KeyError, match="'val_loss' is not reported"):
+        EarlyStopping().update({"train_loss": 1.0}, 0)
