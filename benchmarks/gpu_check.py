@@ -94,7 +94,7 @@ def run(name: str, precision: str, data: tuple[np.ndarray, np.ndarray], epochs: 
     n_out = int(y.max()) + 1
     model = build_model(kind, input_dim=x.shape[1], n_outputs=n_out, layout=layout(x.shape[1]) if layout else None,
                         params=params).to(device)
-    cfg = LoopConfig(task="classification", epochs=epochs + 1, lr=1e-3, precision=precision, lr_schedule="cosine")
+    cfg = LoopConfig(task="classification", n_outputs=n_out, epochs=epochs + 1, lr=1e-3, precision=precision, lr_schedule="cosine")
     optim, sched, scaler = make_optimizer(model, cfg)
     loss_fn = loss_function(cfg, device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -106,7 +106,7 @@ def run(name: str, precision: str, data: tuple[np.ndarray, np.ndarray], epochs: 
         _sync(device)
         times.append(time.perf_counter() - t0)
         sched.step()
-    vloss, correct, nv = evaluate(model, batches(xv, yv, bs, gen), loss_fn, cfg, device)
+    vloss, correct, nv = evaluate(model, batches(xv, yv, bs, gen), loss_fn, cfg, device)[:3]
     steady = sum(times[1:])
     return {"model": name, "precision": precision, "rows": len(xtr), "batch_size": bs, "epochs_timed": epochs,
             "samples_per_s": round(len(xtr) * epochs / steady), "warmup_epoch_s": round(times[0], 3),

@@ -280,7 +280,7 @@ class Runner:
         self.root.begin_artifact(rel)
         ctx = StageContext(
             spec=self.spec, root=self.root, artifact=artifact, run_id=self.run_id, fingerprint=fp,
-            data_fingerprint=data_fp, progress=self.progress, address=self.address,
+            data_fingerprint=data_fp, progress=self.progress, address=self.address, extra={"forced": forced},
         )
         inputs = dict(earlier)  # every earlier stage's outputs, by stage name
         fn = _resolve(stage.func)

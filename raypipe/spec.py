@@ -363,27 +363,37 @@ class TrainSection(_Section):
         return self
 
 
-_SPACE_KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
-
-
 class TuneSection(_Section):
-    num_samples: int = Field(default=8, ge=1)
-    metric: str = "val_f1"
-    mode: Literal["max", "min"] = "max"
+    """Ray Tune over ``train.*`` and ``model.params.*`` (see :mod:`raypipe.tune.space`)."""
+
+    space: dict[str, dict[str, Any]]
+    num_samples: int = Field(default=8, ge=1, description="samples of the space (times each grid combination)")
+    metric: str | None = Field(default=None, description="default: val_f1 (classification), val_rmse (regression)")
+    mode: Literal["max", "min"] | None = Field(default=None, description="default: min for losses and rmse, else max")
     scheduler: Literal["asha", "fifo"] = "asha"
-    max_concurrent_trials: int | None = Field(default=None, ge=1)
-    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    grace_period: int = Field(default=1, ge=1, description="ASHA: epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(default=3, gt=1, description="ASHA: keep the best 1/reduction_factor at each rung")
+    search: Literal["random", "optuna"] = Field(default="random", description="random/grid variants, or Optuna's TPE")
+    max_concurrent_trials: int | None = Field(default=None, ge=1, description="default: as many as the CPUs hold")
+    seed: int = 0
 
     @field_validator("space")
     @classmethod
     def _space(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for path, dist in v.items():
-            if len(dist) != 1 or next(iter(dist)) not in _SPACE_KINDS:
-                raise ValueError(f"tune.space[{path!r}] = {dist!r}: write one of {list(_SPACE_KINDS)}, e.g. {{uniform: [0, 1]}}")
+        from raypipe.tune.space import check_space
+
+        if not v:
+            raise ValueError("tune.space is empty; give at least one path, e.g. {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}")
+        check_space(v, set(TrainSection.model_fields))
         return v
 
 
-# --- evaluate ------------------------------------------------------------------------
+TUNE_METRICS = {
+    "classification": ("val_f1", "val_accuracy", "val_loss", "train_loss"),
+    "regression": ("val_rmse", "val_loss", "train_loss"),
+}
+
+
 class VsChampion(_Section):
     metric: str = "f1"
     min_delta: float = 0.0
@@ -526,9 +536,16 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Spec":
-        if self.tune is not None:
-            raise ValueError("tune: hyperparameter search is not implemented in this raypipe version; remove the section")
         task = self.data.task
+        if self.tune is not None:
+            if task not in TUNE_METRICS:
+                raise ValueError(f"tune: search needs a supervised task (classification or regression), not {task!r}; "
+                                 "remove the tune section")
+            allowed = TUNE_METRICS[task] if self.model.is_torch else tuple(m for m in TUNE_METRICS[task] if m != "train_loss")
+            if self.tune.metric is not None and self.tune.metric not in allowed:
+                raise ValueError(f"tune.metric: {self.tune.metric!r} is not reported by {task} trials; use one of {list(allowed)}")
+            if self.data.split.validation == 0 and (self.tune.metric or "val_").startswith("val_"):
+                raise ValueError("tune: trials are scored on the validation split; set data.split.validation > 0")
         allowed = TASK_METRICS[task]
         if self.evaluate.metrics == list(CLASSIFICATION_METRICS):  # the default: each task has its own
             defaults = DEFAULT_METRICS[task]

@@ -295,9 +295,9 @@ def test_model_kind_rejected(tmp_path: Path, kind: str) -> None:
     assert "torch.mlp" in problems[0]
 
 
-@pytest.mark.parametrize("kind", ["torch.mpl", "torch.cnn"])
+@pytest.mark.parametrize("kind", ["torch.mpl", "torch.cnnn", "torch.resnet"])
 def test_model_kind_torch_typo_rejected(tmp_path: Path, kind: str) -> None:
-    """A ``torch.*`` kind other than torch.mlp is a typo, not a scikit-learn import path.
+    """A ``torch.*`` kind outside the zoo is a typo, not a scikit-learn import path.
 
     It must fail at spec time, not be normalised to ``sklearn:torch.mpl`` and fail at the
     train stage after ingest, validation and feature fitting have run.
@@ -362,14 +362,40 @@ def test_unknown_metric_gets_hint(tmp_path: Path) -> None:
     assert "did you mean 'recall'?" in problems[0]
 
 
-def test_tune_section_rejected_clearly(tmp_path: Path) -> None:
+def test_tune_section_needs_a_space(tmp_path: Path) -> None:
     raw = minimal()
     raw["tune"] = {"num_samples": 4}
-    with pytest.raises(SpecError) as info:
-        load_spec(write(tmp_path, raw))
-    assert len(info.value.problems) == 1
-    msg = info.value.problems[0]
-    assert "tune" in msg and "not implemented" in msg and "remove the section" in msg
+    problems = problems_of(raw, tmp_path)
+    assert problems == ["tune.space: required field missing"] or problems[0].startswith("tune.space")
+
+
+@pytest.mark.parametrize("kind", ["torch.mlp", "torch.cnn", "torch.text", "torch:my_models.nets:build"])
+def test_torch_zoo_kinds_accepted(tmp_path: Path, kind: str) -> None:
+    raw = minimal()
+    raw["model"] = {"kind": kind}
+    assert load_spec(write(tmp_path, raw)).model.kind == kind
+
+
+@pytest.mark.parametrize("train, where, match", [
+    ({"precision": "fp16"}, "train", "'fp16' autocast needs a GPU"),
+    ({"lr_schedule": "linear"}, "train.lr_schedule", "'constant', 'cosine' or 'step'"),
+    ({"early_stopping": {"metric": "val_f1"}}, "train.early_stopping.metric", "val_loss"),
+])
+def test_train_options_checked(tmp_path: Path, train: dict, where: str, match: str) -> None:
+    raw = minimal()
+    raw["train"] = train
+    problems = problems_of(raw, tmp_path)
+    assert problems[0].startswith(where) and match in problems[0]
+
+
+def test_early_stopping_on_validation_needs_a_validation_split(tmp_path: Path) -> None:
+    raw = minimal()
+    raw["data"]["split"] = {"validation": 0.0, "test": 0.2}
+    raw["train"] = {"early_stopping": {"patience": 2}}
+    problems = problems_of(raw, tmp_path)
+    assert "needs a validation split" in problems[0]
+    raw["train"] = {"early_stopping": {"metric": "train_loss"}}
+    assert load_spec(write(tmp_path, raw)).train.early_stopping.resolved_mode == "min"
 
 
 # --- not a spec at all ---------------------------------------------------------------------

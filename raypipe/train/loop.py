@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ class LoopConfig:
     """What the loop needs from ``train`` (and ``model.params``) in the spec."""
 
     task: str = "classification"
+    n_outputs: int = 2
     epochs: int = 10
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -104,29 +105,51 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: torch.nn.Module,
-             cfg: LoopConfig, device: torch.device) -> tuple[float, float, int]:
-    """(sum of per-row loss, correct predictions, rows) over ``batches``."""
+             cfg: LoopConfig, device: torch.device) -> list[float]:
+    """Summed validation statistics, to be all-reduced across workers before :func:`epoch_metrics`.
+
+    ``[loss_sum, correct, rows]``, then for classification the per-class counts of true
+    positives, predictions and labels (for F1).
+    """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
+    counts: torch.Tensor | None = None
     n = 0
     for x, y in batches:
         with autocast(device, cfg.precision):
             out = model(x)
         loss_sum += _loss(out, y, loss_fn, cfg.task).double() * len(y)
         if cfg.task == "classification":
-            correct += (out.argmax(dim=1) == y).sum().double()
+            k = out.shape[1]
+            pred = out.argmax(dim=1)
+            hit = pred == y
+            correct += hit.sum().double()
+            batch_counts = torch.cat([torch.bincount(y[hit], minlength=k), torch.bincount(pred, minlength=k),
+                                      torch.bincount(y, minlength=k)]).double()
+            counts = batch_counts if counts is None else counts + batch_counts
         n += len(y)
-    return float(loss_sum), float(correct), n
+    out_sums = [float(loss_sum), float(correct), float(n)]
+    if cfg.task == "classification":
+        k = cfg.n_outputs
+        out_sums += counts.tolist() if counts is not None else [0.0] * (3 * k)
+    return out_sums
 
 
-def epoch_metrics(train: tuple[float, int], val: tuple[float, float, int] | None, task: str) -> dict[str, float]:
-    """Per-row averages of summed (all-reduced) epoch totals."""
+def epoch_metrics(train: Sequence[float], val: Sequence[float] | None, task: str) -> dict[str, float]:
+    """Per-row averages (and F1 / RMSE) of summed, all-reduced epoch totals."""
     out = {"train_loss": train[0] / max(train[1], 1)}
     if val is not None:
-        out["val_loss"] = val[0] / max(val[2], 1)
+        rows = max(val[2], 1)
+        out["val_loss"] = val[0] / rows
         if task == "classification":
-            out["val_accuracy"] = val[1] / max(val[2], 1)
+            from raypipe.tune.metrics import f1_from_counts
+
+            k = (len(val) - 3) // 3
+            out["val_accuracy"] = val[1] / rows
+            out["val_f1"] = f1_from_counts(val[3:3 + k], val[3 + k:3 + 2 * k], val[3 + 2 * k:])
+        else:
+            out["val_rmse"] = math.sqrt(out["val_loss"])
     return out
 
 

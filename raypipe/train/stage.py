@@ -27,14 +27,31 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     splits = {s: xy_dataset(ds, features, schema) for s, ds in raw.items()}
     model_store = ctx.artifact.sub("model")
     report: dict[str, Any] = {}
+    layout = None
     if spec.model.is_torch:
+        from raypipe.features.pipeline import FeaturePipeline
+
+        layout = FeaturePipeline.from_dict(features).layout()
+    if spec.tune is not None:
+        from raypipe.tune.search import run_search
+
+        dims = {"input_dim": feats.outputs["n_features"], "n_outputs": n_outputs,
+                "class_weights": feats.outputs["class_weights"], "layout": layout}
+        meta, model, report = run_search(spec, ctx, splits, dims)
+        t = report["tune"]
+        ctx.log(f"tune: {t['trials']} trials ({t['failed_trials']} failed), {t['trial_epochs']} trial-epochs; best "
+                f"{t['metric']}={t['best_score']:.4g} with " + ", ".join(f"{k}={v}" for k, v in t["best_config"].items()))
+        if spec.model.is_torch:
+            save_model(model_store, meta, torch_state=model)
+        else:
+            model_store.write_bytes("model.skops", model)
+            model_store.write_json("model.json", meta)
+    elif spec.model.is_torch:
         datasets = {"train": splits["train"]}
         if "validation" in splits:
             datasets["validation"] = splits["validation"]
-        from raypipe.features.pipeline import FeaturePipeline
         from raypipe.train.torch_trainer import train_torch
 
-        layout = FeaturePipeline.from_dict(features).layout()
         meta, state, report = train_torch(spec, ctx, datasets, feats.outputs["n_features"], n_outputs,
                                           feats.outputs["class_weights"], layout)
         save_model(model_store, meta, torch_state=state)
@@ -54,4 +71,7 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     if balance:
         report["balance"] = balance
     ctx.artifact.write_json("train_report.json", report)
-    return {"model": "model", "report": "train_report.json", "kind": spec.model.kind, "ddp": report.get("ddp")}
+    out = {"model": "model", "report": "train_report.json", "kind": spec.model.kind, "ddp": report.get("ddp")}
+    if "tune" in report:
+        out["tune"] = {k: report["tune"][k] for k in ("best_config", "best_score", "metric", "trials", "trial_epochs")}
+    return out

@@ -102,7 +102,7 @@ def train_loop(config: dict[str, Any]) -> None:
         train_sums = _reduce(list(train_epoch(model, batches, optim, scaler, loss_fn, cfg, device)), device)
         val_sums = None
         if val_shard is not None:
-            val_sums = _reduce(list(evaluate(model, _batches(val_shard, bs, dtypes, device), loss_fn, cfg, device)), device)
+            val_sums = _reduce(evaluate(model, _batches(val_shard, bs, dtypes, device), loss_fn, cfg, device), device)
         metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task)}
         sched.step()
         if stopper is not None:

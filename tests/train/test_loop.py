@@ -65,6 +65,7 @@ def test_training_lowers_the_loss(precision: str) -> None:
     loss_fn = loss_function(cfg, CPU)
     batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
     first = evaluate(model, batches, loss_fn, cfg, CPU)
+    assert len(first) == 3 + 3 * 2
     for _ in range(cfg.epochs):
         total, n = train_epoch(model, batches, optim, scaler, loss_fn, cfg, CPU)
         sched.step()
@@ -72,6 +73,11 @@ def test_training_lowers_the_loss(precision: str) -> None:
     assert n == len(x) and last[0] < first[0] / 3
     m = epoch_metrics((total, n), last, "classification")
     assert m["val_accuracy"] > 0.9 and m["train_loss"] == pytest.approx(total / n)
+    from sklearn.metrics import f1_score
+
+    with torch.no_grad():
+        pred = model(x).argmax(dim=1)
+    assert m["val_f1"] == pytest.approx(f1_score(y.numpy(), pred.numpy()))  # class 1's F1, as scikit-learn's binary F1
 
 
 def test_class_weights_reach_the_loss() -> None:

@@ -1,0 +1,223 @@
+"""Ray Tune over the train stage: each trial trains one configuration of the spec.
+
+- Torch trials are Tune *driver functions*: each builds a ``TorchTrainer`` (the same
+  worker loop as a plain run) with ``TuneReportCallback``, so every epoch's metrics and
+  checkpoint reach Tune and ASHA can stop a poor trial after ``grace_period`` epochs.
+- scikit-learn trials are plain function trainables sized by ``train.resources``: fit
+  on the training split, score the validation split, report once with the skops file.
+
+The experiment lives in ``<storage>/work/tune/<train fingerprint>/``, outside the stage's
+artifact folder (which a rerun wipes): a rerun of the same stage after a driver crash
+finds it and continues with ``Tuner.restore``, without re-running finished trials.
+Every trial launch leaves a small file in ``launches/`` (the tests count them).
+The best trial (by ``tune.metric`` at its last report) becomes the stage's model; the
+trial table is saved with the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from raypipe.errors import StageFailed
+from raypipe.tune.space import apply, search_space
+
+EXPERIMENT = "tune"
+
+
+def _record_launch(work: str, trial_id: str) -> None:
+    os.makedirs(os.path.join(work, "launches"), exist_ok=True)
+    name = f"{trial_id}-{uuid.uuid4().hex[:8]}.json"
+    with open(os.path.join(work, "launches", name), "w") as f:
+        json.dump({"trial_id": trial_id, "pid": os.getpid(), "time": time.time()}, f)
+
+
+def torch_trial(sample: dict[str, Any], *, base: dict[str, Any], datasets: dict[str, Any], dims: dict[str, Any],
+                work: str) -> None:
+    """A Tune driver function: one distributed training run of one configuration."""
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raypipe.spec import load_spec
+    from raypipe.train.torch_trainer import loop_config, train_loop
+
+    trial_id = tune.get_context().get_trial_id()
+    _record_launch(work, trial_id)
+    spec = load_spec(apply(base, sample))
+    config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"],
+                         "validation" in datasets)
+    res = dict(spec.train.resources)
+    if spec.train.use_gpu:
+        res.setdefault("GPU", 1)
+    TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=spec.train.workers, use_gpu=spec.train.use_gpu, resources_per_worker=res),
+        torch_config=TorchConfig(backend="nccl" if spec.train.use_gpu else "gloo"),
+        run_config=RunConfig(name=trial_id, storage_path=os.path.join(work, "train"), callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=spec.train.max_failures)),
+        datasets=datasets,
+    ).fit()
+
+
+def sklearn_trial(sample: dict[str, Any], *, base: dict[str, Any], train_refs: list[Any], val_refs: list[Any],
+                  dims: dict[str, Any], work: str) -> None:
+    """A function trainable: fit one estimator configuration, score it on the validation split."""
+    import ray
+    from ray import tune
+
+    from raypipe.spec import load_spec
+    from raypipe.train.models import load_skops
+    from raypipe.train.sklearn_trainer import _fit, canonical_order
+    from raypipe.tune.metrics import validation_metrics
+
+    _record_launch(work, tune.get_context().get_trial_id())
+    spec = load_spec(apply(base, sample))
+    parts = ray.get(train_refs)
+    x, y = canonical_order(np.concatenate([p["x"] for p in parts]), np.concatenate([p["y"] for p in parts]))
+    cw = dims["class_weights"]
+    blob = _fit(spec.model.kind, spec.model.params, x, y, np.asarray(cw)[y] if cw is not None else None,
+                spec.train.seed, spec.data.task)
+    from raypipe.train.models import SklearnModel
+
+    model = SklearnModel({"task": spec.data.task, "n_outputs": dims["n_outputs"]}, load_skops(blob))
+    vparts = ray.get(val_refs)
+    xv, yv = np.concatenate([p["x"] for p in vparts]), np.concatenate([p["y"] for p in vparts])
+    metrics = validation_metrics(spec.data.task, yv, model.predict_scores(xv), dims["n_outputs"])
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "model.skops"), "wb") as f:
+            f.write(blob)
+        tune.report({"epoch": 0, **metrics}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def resolved_metric(spec: Any) -> tuple[str, str]:
+    t = spec.tune
+    if t.metric:
+        return t.metric, t.mode or ("min" if t.metric.endswith(("loss", "rmse")) else "max")
+    return ("val_f1", "max") if spec.data.task == "classification" else ("val_rmse", "min")
+
+
+def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Run (or resume) the search; return (best model metadata, its weights or skops bytes, report)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = spec.tune
+    metric, mode = resolved_metric(spec)
+    work_store = ctx.root.sub(f"work/tune/{ctx.fingerprint[:20]}")
+    if not work_store.is_local:
+        raise StageFailed("tune: the search's working folder must be on a local or shared filesystem for now; "
+                          f"storage {ctx.root.full_uri('')!r} is remote")
+    work = work_store.path()
+    base = spec.model_dump(mode="json", by_alias=True)
+    if spec.model.is_torch:
+        datasets = {"train": splits["train"]}
+        if "validation" in splits:
+            datasets["validation"] = splits["validation"]
+        trainable = tune.with_parameters(torch_trial, base=base, datasets=datasets, dims=dims, work=work)
+        trainable = tune.with_resources(trainable, {"cpu": 0.01})  # the driver only waits; the workers hold the CPUs
+        per_trial = spec.train.workers * float(spec.train.resources.get("CPU", 1))
+    else:
+        trainable = tune.with_parameters(sklearn_trial, base=base, train_refs=splits["train"].to_numpy_refs(),
+                                         val_refs=splits["validation"].to_numpy_refs(), dims=dims, work=work)
+        res = spec.train.resources
+        trainable = tune.with_resources(trainable, {"cpu": res.get("CPU", 1), "gpu": res.get("GPU", 0)})
+        per_trial = float(res.get("CPU", 1))
+    concurrent = t.max_concurrent_trials or max(1, int(_cluster_cpus() // (per_trial + 1)))
+    epochs = spec.train.epochs if spec.model.is_torch else 1
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(t.grace_period, epochs),
+                               reduction_factor=t.reduction_factor)
+                 if t.scheduler == "asha" else FIFOScheduler())
+    search_alg = None
+    if t.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=t.seed)
+    space = search_space(t.space)
+    path = os.path.join(work, EXPERIMENT)
+    forced = ctx.extra.get("forced", False)
+    if forced and os.path.exists(work):
+        work_store.delete("")
+    if tune.Tuner.can_restore(path):
+        ctx.log(f"tune: resuming the interrupted search in {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=space)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
+                                        num_samples=t.num_samples, max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0),
+        )
+    results = tuner.fit()
+    return _best_model(spec, ctx, results, metric, mode, base, dims, work)
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1))
+
+
+def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, base: dict[str, Any], dims: dict[str, Any],
+                work: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    from raypipe.spec import load_spec
+    from raypipe.train import checkpoint as ckpt_files
+    from raypipe.train.models import model_meta
+
+    table = _trial_table(results, metric)
+    ctx.artifact.write_json("tune_trials.json", table)
+    errors = [r for r in results if r.error is not None]
+    ok = [r for r in results if r.error is None and metric in (r.metrics or {})]
+    if not ok:
+        first = str(errors[0].error).strip().splitlines()[0] if errors else "no trial reported"
+        raise StageFailed(f"stage 'train' failed: every tune trial failed ({len(errors)} errors); first: {first}")
+    best = results.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
+    trial_spec = load_spec(apply(base, {k: v for k, v in best.config.items()}))
+    report: dict[str, Any] = {
+        "tune": {"metric": metric, "mode": mode, "best_trial": best.path.rstrip("/").split("/")[-1],
+                 "best_config": best.config, "best_score": best.metrics[metric], "trials": len(table["trials"]),
+                 "failed_trials": len(errors), "trial_epochs": table["trial_epochs"],
+                 "launches": len(os.listdir(os.path.join(work, "launches"))), "scheduler": spec.tune.scheduler,
+                 "search": spec.tune.search},
+        "kind": spec.model.kind,
+    }
+    if not spec.model.is_torch:
+        with best.checkpoint.as_directory() as d:
+            blob = open(os.path.join(d, "model.skops"), "rb").read()
+        meta = model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], params=trial_spec.model.params)
+        return meta, blob, report
+    from ray.train import Checkpoint
+
+    final = ckpt_files.newest_complete(Checkpoint(best.metrics["checkpoint_path"]))
+    with final.as_directory() as d:
+        saved = ckpt_files.read(d)
+    es = trial_spec.train.early_stopping
+    keep_best = es is not None and es.restore_best and saved["best"] is not None
+    params = {k: v for k, v in trial_spec.model.params.items() if k != "weight_decay"}
+    meta = model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], input_dim=dims["input_dim"],
+                      layout=dims["layout"], params=params)
+    report.update(history=saved["meta"]["history"], resumes=saved["meta"].get("resumes", []),
+                  ddp=best.metrics.get("ddp"), epochs=trial_spec.train.epochs, epochs_run=len(saved["meta"]["history"]),
+                  workers=trial_spec.train.workers, precision=trial_spec.train.precision)
+    return meta, saved["best"] if keep_best else saved["weights"], report
+
+
+def _trial_table(results: Any, metric: str) -> dict[str, Any]:
+    rows, total = [], 0
+    for r in results:
+        m = r.metrics or {}
+        iters = int(m.get("training_iteration", 0))
+        total += iters
+        rows.append({"trial_id": m.get("trial_id") or r.path.rstrip("/").split("/")[-1], "config": r.config,
+                     "status": "error" if r.error else "ok", "epochs": iters, metric: m.get(metric),
+                     **{k: m[k] for k in ("val_loss", "val_accuracy", "val_f1", "val_rmse", "train_loss") if k in m and k != metric}})
+    return {"metric": metric, "trial_epochs": total, "trials": rows}

@@ -1,0 +1,125 @@
+"""Ray Tune over the train stage, end to end on the session's Ray.
+
+- torch trials (Tune driver functions launching a 2-worker ``TorchTrainer``) under ASHA:
+  the poor configuration is stopped after its first rung, and the best trial's
+  checkpoint becomes the registered model;
+- scikit-learn trials with Optuna's search, interrupted by killing the driver process
+  mid-search: the rerun continues with ``Tuner.restore`` and no finished trial runs again
+  (counted by each trial's launch records).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import raypipe
+from raypipe.progress import Progress
+from raypipe.registry import Registry
+
+quiet = Progress(quiet=True)
+CANCER = {"source": {"type": "builtin", "name": "breast_cancer"}, "target": "target"}
+
+
+def test_torch_trials_under_asha(ray_session, tmp_path):
+    good, bad = 0.03, 1e-5
+    result = raypipe.run({
+        "name": "t-tune-torch", "storage": str(tmp_path / "store"), "data": CANCER,
+        "model": {"kind": "torch.mlp", "params": {"hidden": [16]}},
+        "train": {"workers": 2, "epochs": 3, "batch_size": 32, "lr": 0.001},
+        # Grid trials start in order: the good rate sets the first rung, the bad one falls below it.
+        "tune": {"space": {"train.lr": {"grid": [good, bad]}}, "num_samples": 1, "scheduler": "asha",
+                 "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1},
+        "evaluate": {"metrics": ["accuracy", "f1"], "gate": {"min": {"accuracy": 0.85}}},
+    }, progress=quiet)
+    assert result.status == "ok" and result.metrics["accuracy"] >= 0.85
+    train = result.outputs["train"]
+    table = train.store.read_json("tune_trials.json")
+    epochs = {row["config"]["train.lr"]: row["epochs"] for row in table["trials"]}
+    assert epochs == {good: 3, bad: 1}  # ASHA stopped the bad trial at its first rung
+    assert table["trial_epochs"] == 4 and table["metric"] == "val_f1"
+    tune = train.outputs["tune"]
+    assert tune["best_config"] == {"train.lr": good} and tune["trials"] == 2
+    best_row = next(r for r in table["trials"] if r["config"]["train.lr"] == good)
+    assert tune["best_score"] == best_row["val_f1"] == max(r["val_f1"] for r in table["trials"])
+    report = train.store.read_json("train_report.json")
+    assert [h["epoch"] for h in report["history"]] == [0, 1, 2] and report["history"][-1]["lr"] == good
+    assert report["ddp"]["world_size"] == 2 and len({w["digest"] for w in report["ddp"]["workers"]}) == 1
+    assert Registry(str(tmp_path / "store"), "t-tune-torch").alias("champion") == result.version
+
+
+SKLEARN_SPEC = {
+    "name": "t-tune-sk", "data": CANCER,
+    "model": {"kind": "sklearn:sklearn.linear_model:LogisticRegression", "params": {"max_iter": 2000}},
+    "tune": {"space": {"model.params.C": {"loguniform": [0.001, 10.0]}}, "num_samples": 6, "search": "optuna",
+             "scheduler": "fifo", "max_concurrent_trials": 1, "seed": 3},
+    "evaluate": {"metrics": ["accuracy", "f1"], "gate": {"min": {"accuracy": 0.8}}},
+}
+
+
+def _terminated(work: Path) -> set[str]:
+    """Trials that Tune's saved experiment state records as finished."""
+    states = sorted(glob.glob(str(work / "tune" / "experiment_state-*.json")))
+    if not states:
+        return set()
+    try:
+        data = json.loads(Path(states[-1]).read_text())
+    except (OSError, ValueError):
+        return set()  # being written
+    trials = [json.loads(t[0]) for t in data["trial_data"]]
+    return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
+    storage = tmp_path / "store"
+    spec = {**SKLEARN_SPEC, "storage": str(storage)}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    gcs = ray_session.get_runtime_context().gcs_address
+    driver = textwrap.dedent(f"""
+        import json, raypipe
+        from raypipe.progress import Progress
+        raypipe.run(json.load(open({str(tmp_path / 'spec.json')!r})), address={gcs!r}, progress=Progress(quiet=True))
+    """)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # save the experiment state after every trial event
+    proc = subprocess.Popen([sys.executable, "-c", driver], env=env, cwd=os.getcwd(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    finished: set[str] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            works = glob.glob(str(storage / "work" / "tune" / "*"))
+            finished = _terminated(Path(works[0])) if works else set()
+            if len(finished) >= 2:
+                os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-search
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert 2 <= len(finished) < 6, f"the search was not interrupted mid-way (finished: {finished})"
+    assert proc.returncode == -signal.SIGKILL
+
+    result = raypipe.run(spec, progress=quiet)  # the same spec again: the train stage resumes the search
+    assert result.status == "ok"
+    (work,) = glob.glob(str(storage / "work" / "tune" / "*"))
+    launches: dict[str, int] = {}
+    for f in os.listdir(Path(work) / "launches"):
+        trial = json.loads((Path(work) / "launches" / f).read_text())["trial_id"]
+        launches[trial] = launches.get(trial, 0) + 1
+    assert all(launches[t] == 1 for t in finished)  # no finished trial ran again
+    table = result.outputs["train"].store.read_json("tune_trials.json")
+    assert len(table["trials"]) == 6 and all(r["status"] == "ok" for r in table["trials"])
+    assert set(launches) == {r["trial_id"] for r in table["trials"]}
+    tune = result.outputs["train"].outputs["tune"]
+    meta = result.outputs["train"].store.read_json("model", "model.json")
+    assert meta["params"]["C"] == pytest.approx(tune["best_config"]["model.params.C"])
+    assert tune["best_score"] == max(r["val_f1"] for r in table["trials"])
