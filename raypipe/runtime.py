@@ -26,6 +26,7 @@ def local_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
     """
     return {
         "address": "local",
+        "runtime_env": {"env_vars": train_env()},
         "num_cpus": num_cpus,
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
@@ -33,6 +34,17 @@ def local_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
         "logging_level": logging.WARNING,
         "log_to_driver": True,
     }
+
+
+def train_env() -> dict[str, str]:
+    """Ray Train settings for every worker of a local Ray (the user's own settings win).
+
+    Ray Train V2's controller polls its workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
+    (2 s) and a worker's ``ray.train.report`` waits for that poll: with one report per
+    epoch, every epoch shorter than 2 s was stretched to ~2 s (measured: report 1.7 s,
+    the epoch's math 0.25 s). 0.25 s keeps reports at ~0.01 s.
+    """
+    return {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")}
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None) -> None:

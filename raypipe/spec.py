@@ -345,6 +345,8 @@ class TrainSection(_Section):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=1024, ge=1)
     shuffle_buffer: int = Field(default=10_000, ge=0, description="rows each worker mixes per epoch (0: storage order)")
+    cache_shards_mb: float = Field(default=1024, ge=0, description="a worker keeps its shard in memory after the "
+                                   "first epoch when it is smaller than this (0: stream every epoch)")
     lr: float = Field(default=1e-3, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="autocast dtype of the forward pass (bf16 on CPU pays off only with AMX/AVX-512 BF16)")
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"

@@ -189,3 +189,49 @@ class EarlyStopping:
     @classmethod
     def from_config(cls, d: dict[str, Any] | None) -> EarlyStopping | None:
         return cls(**d) if d else None
+
+
+class ShardCache:
+    """A worker's data shard, kept in memory after the first pass when it fits in ``limit_bytes``.
+
+    The first epoch streams the shard from Ray Data and records its batches on the
+    side; later epochs iterate the recorded tensors (shuffled by a seeded permutation)
+    instead of executing the Ray Data pipeline again, as a plain PyTorch loop over
+    in-memory tensors would. A shard over the limit is never cached: every epoch streams.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.size = 0
+        self.overflow = limit_bytes <= 0
+        self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.x is not None
+
+    def record(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``batches`` unchanged, keeping a CPU copy of each while under the limit."""
+        for x, y in batches:
+            if not self.overflow:
+                self.size += x.element_size() * x.nelement() + y.element_size() * y.nelement()
+                if self.size > self.limit:
+                    self.overflow, self._parts = True, []
+                else:
+                    self._parts.append((x.detach().to("cpu"), y.detach().to("cpu")))
+            yield x, y
+        if not self.overflow and self._parts:
+            self.x = torch.cat([p[0] for p in self._parts])
+            self.y = torch.cat([p[1] for p in self._parts])
+            self._parts = []
+
+    def batches(self, batch_size: int, device: torch.device, seed: int | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The cached rows in batches (a seeded permutation when ``seed`` is given)."""
+        assert self.x is not None and self.y is not None
+        n = len(self.x)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else None
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
+            yield self.x[idx].to(device, non_blocking=True), self.y[idx].to(device, non_blocking=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from typing import Any
 
 from raypipe.errors import StageFailed
@@ -58,7 +59,16 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from raypipe.train.loop import EarlyStopping, LoopConfig, epoch_metrics, evaluate, loss_function, make_optimizer, train_epoch
+    from raypipe.train.loop import (
+        EarlyStopping,
+        LoopConfig,
+        ShardCache,
+        epoch_metrics,
+        evaluate,
+        loss_function,
+        make_optimizer,
+        train_epoch,
+    )
     from raypipe.train.zoo import build_model
 
     torch.manual_seed(config["seed"])
@@ -94,16 +104,28 @@ def train_loop(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
     bs = config["batch_size"]
     stopped = stopper is not None and stopper.should_stop  # a restart after the stopping epoch's checkpoint
+    limit = int(config["cache_shards_mb"] * 2**20)
+    report_s = ckpt_s = 0.0
+    train_cache, val_cache = ShardCache(limit), ShardCache(limit)
     for epoch in range(start_epoch, config["epochs"]):
         if stopped:
             break
         # Rows arrive in storage order (an image tree is sorted by class): shuffle them, seeded per epoch and rank.
-        batches = _batches(train_shard, bs, dtypes, device, config["shuffle_buffer"], config["seed"] * 100_003 + epoch * 101 + rank)
+        seed = config["seed"] * 100_003 + epoch * 101 + rank
+        if train_cache.ready:
+            batches = train_cache.batches(bs, device, seed)
+        else:
+            batches = train_cache.record(_batches(train_shard, bs, dtypes, device, config["shuffle_buffer"], seed))
+        t0 = time.perf_counter()
         train_sums = _reduce(list(train_epoch(model, batches, optim, scaler, loss_fn, cfg, device)), device)
+        t1 = time.perf_counter()
         val_sums = None
         if val_shard is not None:
-            val_sums = _reduce(evaluate(model, _batches(val_shard, bs, dtypes, device), loss_fn, cfg, device), device)
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task)}
+            vb = val_cache.batches(bs, device) if val_cache.ready else val_cache.record(_batches(val_shard, bs, dtypes, device))
+            val_sums = _reduce(evaluate(model, vb, loss_fn, cfg, device), device)
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task),
+                                   "train_s": round(t1 - t0, 3), "val_s": round(time.perf_counter() - t1, 3),
+                                   "report_s": report_s, "ckpt_s": ckpt_s}  # the previous epoch's report and checkpoint write
         sched.step()
         if stopper is not None:
             # Every rank holds the same all-reduced metrics, so every rank stops at the same epoch.
@@ -113,6 +135,7 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics["stopped"] = stopped
         history.append(dict(metrics))
         metrics["pid"] = os.getpid()
+        t_ckpt = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
@@ -123,7 +146,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             if epoch == config["epochs"] - 1 or stopped:
                 metrics["ddp"] = _ddp_evidence(net, rank, ctx.get_world_size())
+            t2 = time.perf_counter()
             ray.train.report(metrics, checkpoint=checkpoint)
+            report_s = round(time.perf_counter() - t2, 3)
+            ckpt_s = round(t2 - t_ckpt, 3)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -148,7 +174,7 @@ def loop_config(spec: Any, input_dim: int, n_outputs: int, class_weights: list[f
         "kind": spec.model.kind, "task": spec.data.task, "input_dim": input_dim, "n_outputs": n_outputs,
         "layout": layout, "params": {k: v for k, v in params.items() if k != "weight_decay"},
         "weight_decay": float(params.get("weight_decay", 0.0)), "lr": t.lr, "epochs": t.epochs,
-        "batch_size": t.batch_size, "shuffle_buffer": t.shuffle_buffer, "seed": t.seed, "class_weights": class_weights, "has_validation": has_validation,
+        "batch_size": t.batch_size, "shuffle_buffer": t.shuffle_buffer, "cache_shards_mb": t.cache_shards_mb, "seed": t.seed, "class_weights": class_weights, "has_validation": has_validation,
         "precision": t.precision, "lr_schedule": t.lr_schedule, "warmup_epochs": t.warmup_epochs,
         "lr_step_epochs": t.lr_step_epochs, "lr_gamma": t.lr_gamma,
         "early_stopping": None if es is None else {"metric": es.metric, "mode": es.resolved_mode, "patience": es.patience,

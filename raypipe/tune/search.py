@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from raypipe.errors import StageFailed
-from raypipe.tune.space import apply, search_space
+from raypipe.tune.space import apply, search_space, trial_count
 
 EXPERIMENT = "tune"
 
@@ -74,7 +74,7 @@ def sklearn_trial(sample: dict[str, Any], *, base: dict[str, Any], train_refs: l
     from ray import tune
 
     from raypipe.spec import load_spec
-    from raypipe.train.models import load_skops
+    from raypipe.train.models import SklearnModel, load_skops
     from raypipe.train.sklearn_trainer import _fit, canonical_order
     from raypipe.tune.metrics import validation_metrics
 
@@ -85,8 +85,6 @@ def sklearn_trial(sample: dict[str, Any], *, base: dict[str, Any], train_refs: l
     cw = dims["class_weights"]
     blob = _fit(spec.model.kind, spec.model.params, x, y, np.asarray(cw)[y] if cw is not None else None,
                 spec.train.seed, spec.data.task)
-    from raypipe.train.models import SklearnModel
-
     model = SklearnModel({"task": spec.data.task, "n_outputs": dims["n_outputs"]}, load_skops(blob))
     vparts = ray.get(val_refs)
     xv, yv = np.concatenate([p["x"] for p in vparts]), np.concatenate([p["y"] for p in vparts])
@@ -142,14 +140,15 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         search_alg = OptunaSearch(seed=t.seed)
     space = search_space(t.space)
     path = os.path.join(work, EXPERIMENT)
-    forced = ctx.extra.get("forced", False)
-    if forced and os.path.exists(work):
-        work_store.delete("")
+    if ctx.extra.get("forced"):  # --force: a new search, not the old one resumed
+        work_store.delete()
     if tune.Tuner.can_restore(path):
         ctx.log(f"tune: resuming the interrupted search in {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=space)
     else:
+        ctx.log(f"tune: {trial_count(t.space, t.num_samples)} trials, {t.scheduler} scheduler, {t.search} search, "
+                f"{concurrent} at a time, best by {metric} ({mode})")
         tuner = tune.Tuner(
             trainable,
             param_space=space,

@@ -99,3 +99,23 @@ def test_early_stopping_patience_modes_and_state() -> None:
     assert not acc.update({"val_accuracy": 0.75}, 2) and acc.should_stop
     with pytest.raises(KeyError, match="'val_loss' is not reported"):
         EarlyStopping().update({"train_loss": 1.0}, 0)
+
+
+def test_shard_cache_replays_the_first_pass_and_respects_its_limit() -> None:
+    from raypipe.train.loop import ShardCache
+
+    x, y = _data(100)
+    stream = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 100, 32)]
+    cache = ShardCache(limit_bytes=1 << 20)
+    assert not cache.ready
+    passed = list(cache.record(iter(stream)))
+    assert all(a[0] is b[0] for a, b in zip(passed, stream)) and cache.ready  # the first pass is unchanged
+    again = list(cache.batches(32, CPU))
+    assert torch.equal(torch.cat([b[0] for b in again]), x) and [len(b[1]) for b in again] == [32, 32, 32, 4]
+    shuffled = list(cache.batches(32, CPU, seed=7))
+    xs = torch.cat([b[0] for b in shuffled])
+    assert not torch.equal(xs, x) and torch.allclose(xs.sum(0), x.sum(0))  # same rows, another order
+    assert torch.equal(xs, torch.cat([b[0] for b in cache.batches(32, CPU, seed=7)]))  # seeded: reproducible
+    small = ShardCache(limit_bytes=1000)  # 100 rows x 4 floats + labels is over 1000 bytes
+    assert len(list(small.record(iter(stream)))) == 4 and not small.ready
+    assert ShardCache(0).overflow  # 0 turns caching off
