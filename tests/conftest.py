@@ -69,3 +69,12 @@ def small_spec(storage: Path, name: str = "t-fraud", rows: int = 3000, **section
 
 def statuses(result) -> dict:
     return {s["name"]: s["status"] for s in result.stages}
+
+
+def champion_predictor(storage: Path, name: str):
+    """The Predictor of pipeline ``name``'s champion version in ``storage``."""
+    from raypipe.predictor import Predictor
+    from raypipe.registry import Registry
+
+    reg = Registry(str(storage), name)
+    return Predictor.from_version(reg.version_store(reg.alias("champion")))

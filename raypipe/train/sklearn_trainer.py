@@ -77,13 +77,16 @@ def canonical_order(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return x[order], y[order]
 
 
-def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
-                   task: str) -> bytes:
+def arrays_from_refs(refs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a dataset's ``to_numpy_refs()`` blocks, joined."""
     import ray
 
     parts = ray.get(refs)
-    x = np.concatenate([p["x"] for p in parts])
-    y = np.concatenate([p["y"] for p in parts])
-    x, y = canonical_order(x, y)
+    return np.concatenate([p["x"] for p in parts]), np.concatenate([p["y"] for p in parts])
+
+
+def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
+                   task: str) -> bytes:
+    x, y = canonical_order(*arrays_from_refs(refs))
     sw = np.asarray(class_weights)[y] if class_weights is not None else None
     return _fit(kind, params, x, y, sw, seed, task)

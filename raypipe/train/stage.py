@@ -6,7 +6,7 @@ from typing import Any
 from raypipe.datasets import read_parquet
 from raypipe.features.balance import resample
 from raypipe.train.data import xy_dataset
-from raypipe.train.models import save_model
+from raypipe.train.models import MODEL_JSON, SKOPS_FILE, save_model
 
 
 def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -41,20 +41,14 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         t = report["tune"]
         ctx.log(f"tune: {t['trials']} trials ({t['failed_trials']} failed), {t['trial_epochs']} trial-epochs; best "
                 f"{t['metric']}={t['best_score']:.4g} with " + ", ".join(f"{k}={v}" for k, v in t["best_config"].items()))
-        if spec.model.is_torch:
-            save_model(model_store, meta, torch_state=model)
-        else:
-            model_store.write_bytes("model.skops", model)
-            model_store.write_json("model.json", meta)
     elif spec.model.is_torch:
         datasets = {"train": splits["train"]}
         if "validation" in splits:
             datasets["validation"] = splits["validation"]
         from raypipe.train.torch_trainer import train_torch
 
-        meta, state, report = train_torch(spec, ctx, datasets, feats.outputs["n_features"], n_outputs,
+        meta, model, report = train_torch(spec, ctx, datasets, feats.outputs["n_features"], n_outputs,
                                           feats.outputs["class_weights"], layout)
-        save_model(model_store, meta, torch_state=state)
         last = report["history"][-1]
         ctx.log("epochs: " + str(len(report["history"])) + ", last: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "stopped")))
@@ -65,9 +59,12 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     else:
         from raypipe.train.sklearn_trainer import train_sklearn
 
-        meta, blob = train_sklearn(spec, splits["train"], n_outputs, feats.outputs["class_weights"])
-        model_store.write_bytes("model.skops", blob)
-        model_store.write_json("model.json", meta)
+        meta, model = train_sklearn(spec, splits["train"], n_outputs, feats.outputs["class_weights"])
+    if spec.model.is_torch:  # safetensors weights
+        save_model(model_store, meta, torch_state=model)
+    else:  # skops bytes, written as the trial or task produced them
+        model_store.write_bytes(SKOPS_FILE, model)
+        model_store.write_json(MODEL_JSON, meta)
     if balance:
         report["balance"] = balance
     ctx.artifact.write_json("train_report.json", report)

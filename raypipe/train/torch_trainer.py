@@ -182,12 +182,55 @@ def loop_config(spec: Any, input_dim: int, n_outputs: int, class_weights: list[f
     }
 
 
+def make_trainer(spec: Any, config: dict[str, Any], datasets: dict[str, Any], run_config: Any) -> Any:
+    """The ``TorchTrainer`` for one configuration: ``train.workers`` workers, NCCL with ``use_gpu``."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = dict(spec.train.resources)
+    if spec.train.use_gpu:
+        res.setdefault("GPU", 1)
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=spec.train.workers, use_gpu=spec.train.use_gpu, resources_per_worker=res),
+        torch_config=TorchConfig(backend="nccl" if spec.train.use_gpu else "gloo"),
+        run_config=run_config,
+        datasets=datasets,
+    )
+
+
+def model_from_checkpoint(spec: Any, checkpoint: Any, config: dict[str, Any], ddp: Any,
+                          where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(model metadata, weights, training report) from a run's newest complete checkpoint.
+
+    The best epoch's weights when ``train.early_stopping.restore_best`` kept them, else the last.
+    """
+    final = ckpt_files.newest_complete(checkpoint) if checkpoint else None
+    if final is None:
+        raise StageFailed(f"stage 'train' failed: no complete checkpoint under {where}")
+    with final.as_directory() as d:
+        saved = ckpt_files.read(d)
+    es = spec.train.early_stopping
+    keep_best = es is not None and es.restore_best and saved["best"] is not None
+    meta = model_meta(spec.model.kind, spec.data.task, config["n_outputs"], input_dim=config["input_dim"],
+                      layout=config["layout"], params=config["params"])
+    history = saved["meta"]["history"]
+    report = {"history": history, "resumes": saved["meta"].get("resumes", []), "ddp": ddp,
+              "epochs": spec.train.epochs, "epochs_run": len(history), "workers": spec.train.workers,
+              "precision": spec.train.precision, "kind": spec.model.kind}
+    if es is not None:
+        report["early_stopping"] = {**saved["state"]["early_stopping"], "metric": es.metric,
+                                    "stopped": bool(history and history[-1].get("stopped")),
+                                    "weights": "best" if keep_best else "last"}
+    return meta, saved["best"] if keep_best else saved["weights"], report
+
+
 def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n_outputs: int,
                 class_weights: list[float] | None, layout: list[dict[str, Any]],
                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the TorchTrainer; return (model metadata, final weights, training report)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
 
     from raypipe.train.zoo import check_layout
 
@@ -201,17 +244,7 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
         failure_config=FailureConfig(max_failures=spec.train.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
     )
-    res = dict(spec.train.resources)
-    if spec.train.use_gpu:
-        res.setdefault("GPU", 1)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=spec.train.workers, use_gpu=spec.train.use_gpu, resources_per_worker=res),
-        torch_config=TorchConfig(backend="nccl" if spec.train.use_gpu else "gloo"),
-        run_config=run_config,
-        datasets=datasets,
-    )
+    trainer = make_trainer(spec, config, datasets, run_config)
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
@@ -221,21 +254,4 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
             f"restart(s): {first}\nEvery committed checkpoint is kept under {store.full_uri('ray_train')}; "
             "raise train.max_failures to survive more worker failures."
         ) from exc
-    final = ckpt_files.newest_complete(result.checkpoint) if result.checkpoint else None
-    if final is None:
-        raise StageFailed(f"stage 'train' failed: no complete checkpoint under {store.full_uri('ray_train')}")
-    with final.as_directory() as d:
-        saved = ckpt_files.read(d)
-    es = spec.train.early_stopping
-    keep_best = es is not None and es.restore_best and saved["best"] is not None
-    meta = model_meta(spec.model.kind, spec.data.task, n_outputs, input_dim=input_dim, layout=layout,
-                      params=config["params"])
-    history = saved["meta"]["history"]
-    report = {"history": history, "resumes": saved["meta"].get("resumes", []),
-              "ddp": result.metrics.get("ddp"), "epochs": spec.train.epochs, "epochs_run": len(history),
-              "workers": spec.train.workers, "precision": spec.train.precision, "kind": spec.model.kind}
-    if es is not None:
-        state = saved["state"]["early_stopping"]
-        report["early_stopping"] = {**state, "metric": es.metric, "stopped": bool(history and history[-1].get("stopped")),
-                                    "weights": "best" if keep_best else "last"}
-    return meta, saved["best"] if keep_best else saved["weights"], report
+    return model_from_checkpoint(spec, result.checkpoint, config, result.metrics.get("ddp"), store.full_uri("ray_train"))

@@ -41,53 +41,40 @@ def torch_trial(sample: dict[str, Any], *, base: dict[str, Any], datasets: dict[
                 work: str) -> None:
     """A Tune driver function: one distributed training run of one configuration."""
     from ray import tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import FailureConfig, RunConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raypipe.spec import load_spec
-    from raypipe.train.torch_trainer import loop_config, train_loop
+    from raypipe.train.torch_trainer import loop_config, make_trainer
 
     trial_id = tune.get_context().get_trial_id()
     _record_launch(work, trial_id)
     spec = load_spec(apply(base, sample))
     config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"],
                          "validation" in datasets)
-    res = dict(spec.train.resources)
-    if spec.train.use_gpu:
-        res.setdefault("GPU", 1)
-    TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=spec.train.workers, use_gpu=spec.train.use_gpu, resources_per_worker=res),
-        torch_config=TorchConfig(backend="nccl" if spec.train.use_gpu else "gloo"),
-        run_config=RunConfig(name=trial_id, storage_path=os.path.join(work, "train"), callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=spec.train.max_failures)),
-        datasets=datasets,
-    ).fit()
+    run_config = RunConfig(name=trial_id, storage_path=os.path.join(work, "train"), callbacks=[TuneReportCallback()],
+                           failure_config=FailureConfig(max_failures=spec.train.max_failures))
+    make_trainer(spec, config, datasets, run_config).fit()
 
 
 def sklearn_trial(sample: dict[str, Any], *, base: dict[str, Any], train_refs: list[Any], val_refs: list[Any],
                   dims: dict[str, Any], work: str) -> None:
     """A function trainable: fit one estimator configuration, score it on the validation split."""
-    import ray
     from ray import tune
 
     from raypipe.spec import load_spec
     from raypipe.train.models import SklearnModel, load_skops
-    from raypipe.train.sklearn_trainer import _fit, canonical_order
+    from raypipe.train.sklearn_trainer import _fit, arrays_from_refs, canonical_order
     from raypipe.tune.metrics import validation_metrics
 
     _record_launch(work, tune.get_context().get_trial_id())
     spec = load_spec(apply(base, sample))
-    parts = ray.get(train_refs)
-    x, y = canonical_order(np.concatenate([p["x"] for p in parts]), np.concatenate([p["y"] for p in parts]))
+    x, y = canonical_order(*arrays_from_refs(train_refs))
     cw = dims["class_weights"]
     blob = _fit(spec.model.kind, spec.model.params, x, y, np.asarray(cw)[y] if cw is not None else None,
                 spec.train.seed, spec.data.task)
     model = SklearnModel({"task": spec.data.task, "n_outputs": dims["n_outputs"]}, load_skops(blob))
-    vparts = ray.get(val_refs)
-    xv, yv = np.concatenate([p["x"] for p in vparts]), np.concatenate([p["y"] for p in vparts])
+    xv, yv = arrays_from_refs(val_refs)
     metrics = validation_metrics(spec.data.task, yv, model.predict_scores(xv), dims["n_outputs"])
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "model.skops"), "wb") as f:
@@ -169,7 +156,6 @@ def _cluster_cpus() -> float:
 def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, base: dict[str, Any], dims: dict[str, Any],
                 work: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     from raypipe.spec import load_spec
-    from raypipe.train import checkpoint as ckpt_files
     from raypipe.train.models import model_meta
 
     table = _trial_table(results, metric)
@@ -196,18 +182,12 @@ def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, base:
         return meta, blob, report
     from ray.train import Checkpoint
 
-    final = ckpt_files.newest_complete(Checkpoint(best.metrics["checkpoint_path"]))
-    with final.as_directory() as d:
-        saved = ckpt_files.read(d)
-    es = trial_spec.train.early_stopping
-    keep_best = es is not None and es.restore_best and saved["best"] is not None
-    params = {k: v for k, v in trial_spec.model.params.items() if k != "weight_decay"}
-    meta = model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], input_dim=dims["input_dim"],
-                      layout=dims["layout"], params=params)
-    report.update(history=saved["meta"]["history"], resumes=saved["meta"].get("resumes", []),
-                  ddp=best.metrics.get("ddp"), epochs=trial_spec.train.epochs, epochs_run=len(saved["meta"]["history"]),
-                  workers=trial_spec.train.workers, precision=trial_spec.train.precision)
-    return meta, saved["best"] if keep_best else saved["weights"], report
+    from raypipe.train.torch_trainer import loop_config, model_from_checkpoint
+
+    config = loop_config(trial_spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"], True)
+    path = best.metrics["checkpoint_path"]
+    meta, weights, trained = model_from_checkpoint(trial_spec, Checkpoint(path), config, best.metrics.get("ddp"), path)
+    return meta, weights, {**trained, **report}
 
 
 def _trial_table(results: Any, metric: str) -> dict[str, Any]:

@@ -15,10 +15,9 @@ import pytest
 
 import raypipe
 from raypipe.datasets import read_parquet
-from raypipe.predictor import Predictor
 from raypipe.progress import Progress
-from raypipe.registry import Registry
 from raypipe.serve.request_model import request_model
+from tests.conftest import champion_predictor
 
 quiet = Progress(quiet=True)
 LOGREG = {"kind": "sklearn:sklearn.linear_model:LogisticRegression", "params": {"max_iter": 500}}
@@ -27,11 +26,6 @@ LOGREG = {"kind": "sklearn:sklearn.linear_model:LogisticRegression", "params": {
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory):
     return tmp_path_factory.mktemp("sources") / "store"
-
-
-def _champion(storage, name: str) -> Predictor:
-    reg = Registry(str(storage), name)
-    return Predictor.from_version(reg.version_store(reg.alias("champion")))
 
 
 def _test_rows(result) -> pd.DataFrame:
@@ -57,7 +51,7 @@ def test_digits_png_images_end_to_end(ray_session, storage, tmp_path):
     assert schema["columns"]["image"]["type"] == "image" and schema["features"]["image"] == ["image"]
     assert result.outputs["features"].outputs["n_features"] == 24
     # One request: the image as nested lists of pixels, validated by the endpoint's request model.
-    predictor = _champion(storage, "t-digits-png")
+    predictor = champion_predictor(storage, "t-digits-png")
     rows = _test_rows(result).head(20)
     batch = predictor.predict_records(rows)
     Row = request_model(schema)
@@ -91,7 +85,7 @@ def test_text_folder_tfidf_end_to_end(ray_session, storage, tmp_path):
     assert result.status == "ok"
     schema = result.outputs["validate"].store.read_json("schema.json")
     assert schema["columns"]["text"]["type"] == "text" and schema["features"]["text"] == ["text"]
-    predictor = _champion(storage, "t-tickets")
+    predictor = champion_predictor(storage, "t-tickets")
     answer = predictor.predict_records([{"text": "my card payment needs a refund"}])[0]
     assert answer["prediction"] == "billing"
 

@@ -8,11 +8,9 @@ import pytest
 
 import raypipe
 from raypipe.datasets import read_parquet
-from raypipe.predictor import Predictor
 from raypipe.progress import Progress
-from raypipe.registry import Registry
 from raypipe.serve.request_model import request_model
-from tests.conftest import small_spec
+from tests.conftest import champion_predictor, small_spec
 
 quiet = Progress(quiet=True)
 
@@ -20,11 +18,6 @@ quiet = Progress(quiet=True)
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory):
     return tmp_path_factory.mktemp("zoo") / "store"
-
-
-def _champion(storage, name: str) -> Predictor:
-    reg = Registry(str(storage), name)
-    return Predictor.from_version(reg.version_store(reg.alias("champion")))
 
 
 def test_cnn_on_digits_png(ray_session, storage, tmp_path):
@@ -51,7 +44,7 @@ def test_cnn_on_digits_png(ray_session, storage, tmp_path):
     # One request (the image as nested lists) scores as the batch path does.
     val = result.outputs["validate"]
     rows = read_parquet(val.store, val.outputs["splits"]["test"]).to_pandas().head(10)
-    predictor = _champion(storage, "t-cnn")
+    predictor = champion_predictor(storage, "t-cnn")
     batch = predictor.predict_records(rows)
     Row = request_model(val.store.read_json("schema.json"))
     for i in range(len(rows)):
@@ -85,9 +78,16 @@ def test_text_bag_with_early_stopping(ray_session, storage, tmp_path):
     history, es = report["history"], report["early_stopping"]
     assert es["stopped"] and report["epochs_run"] == len(history) < epochs
     losses = [h["val_loss"] for h in history]
-    assert es["best_epoch"] == int(np.argmin(losses)) == len(history) - 1 - 2  # patience 2 after the best
+    best = es["best_epoch"]
+    assert best == len(history) - 1 - 2  # stopped patience (2) epochs after the best
+    # The reported losses, replayed through the same rule (min_delta 0.002), pick the same best epoch and stop last.
+    from raypipe.train.loop import EarlyStopping
+
+    replay = EarlyStopping("val_loss", "min", patience=2, min_delta=0.002)
+    stops = [replay.update({"val_loss": v}, e) is not None and replay.should_stop for e, v in enumerate(losses)]
+    assert replay.best_epoch == best and stops.index(True) == len(history) - 1
     assert es["weights"] == "best"
-    answer = _champion(storage, "t-textbag").predict_records([{"text": "my card payment needs a refund"}])[0]
+    answer = champion_predictor(storage, "t-textbag").predict_records([{"text": "my card payment needs a refund"}])[0]
     assert answer["prediction"] == "billing"
 
 
@@ -107,4 +107,4 @@ def test_user_factory_same_seed_same_metrics(ray_session, storage):
     rows = [{"amount": 2500.0, "merchant_category": "jewelry", "country": "NG", "hour": 3, "device": "desktop",
              "card_present": False, "customer_age": 23.0, "account_age_days": 5, "distance_from_home_km": 4000.0,
              "transactions_last_24h": 14, "avg_amount_30d": 40.0}]
-    assert _champion(storage, "t-factory-a").predict_records(rows) == _champion(storage, "t-factory-b").predict_records(rows)
+    assert champion_predictor(storage, "t-factory-a").predict_records(rows) == champion_predictor(storage, "t-factory-b").predict_records(rows)
