@@ -12,6 +12,7 @@ different processes prove gradients were synchronised.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -20,6 +21,8 @@ from typing import Any
 from raypipe.errors import StageFailed
 from raypipe.train import checkpoint as ckpt_files
 from raypipe.train.models import model_meta
+
+logger = logging.getLogger(__name__)
 
 
 def _digest(model: Any) -> str:
@@ -107,6 +110,7 @@ def train_loop(config: dict[str, Any]) -> None:
     limit = int(config["cache_shards_mb"] * 2**20)
     report_s = ckpt_s = 0.0
     train_cache, val_cache = ShardCache(limit), ShardCache(limit)
+    gate = config.get("tune_gate")  # set in a Tune trial under ASHA (raypipe.tune.search.LockstepReport)
     for epoch in range(start_epoch, config["epochs"]):
         if stopped:
             break
@@ -148,10 +152,24 @@ def train_loop(config: dict[str, Any]) -> None:
                 metrics["ddp"] = _ddp_evidence(net, rank, ctx.get_world_size())
             t2 = time.perf_counter()
             ray.train.report(metrics, checkpoint=checkpoint)
+            if gate is not None and rank == 0 and not stopped and epoch < config["epochs"] - 1:
+                _wait_for_tune(gate, epoch)  # the other ranks wait in the next epoch's first all-reduce
             report_s = round(time.perf_counter() - t2, 3)
             ckpt_s = round(t2 - t_ckpt, 3)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _wait_for_tune(gate: Any, epoch: int, timeout_s: float = 1800.0) -> None:
+    """Block until Tune has let the trial go on past ``epoch`` (a "stop" kills this worker instead)."""
+    from ray.util.queue import Empty
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while gate.get(timeout=max(1.0, deadline - time.monotonic())) < epoch:
+            pass  # a token left by an attempt that failed after its report: already passed
+    except Empty:
+        logger.warning("no decision from Tune %.0f s after epoch %d's report; training on", timeout_s, epoch)
 
 
 def _ddp_evidence(net: Any, rank: int, world: int) -> dict[str, Any]:
@@ -230,7 +248,12 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
                 class_weights: list[float] | None, layout: list[dict[str, Any]],
                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the TorchTrainer; return (model metadata, final weights, training report)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        TrainingFailedError,
+    )
 
     from raypipe.train.zoo import check_layout
 

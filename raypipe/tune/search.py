@@ -3,6 +3,9 @@
 - Torch trials are Tune *driver functions*: each builds a ``TorchTrainer`` (the same
   worker loop as a plain run) with ``TuneReportCallback``, so every epoch's metrics and
   checkpoint reach Tune and ASHA can stop a poor trial after ``grace_period`` epochs.
+- Under ASHA the workers of a torch trial move in lockstep with Tune: after each epoch's
+  report, rank 0 waits until Tune has decided to continue the trial (see
+  :class:`LockstepReport`), so a trial that ASHA stops trains no epoch past the rung.
 - scikit-learn trials are plain function trainables sized by ``train.resources``: fit
   on the training split, score the validation split, report once with the skops file.
 
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from raypipe.errors import StageFailed
-from raypipe.tune.space import apply, search_space, trial_count
+from raypipe.tune.space import apply, flat, search_space, trial_count
 
 EXPERIMENT = "tune"
 
@@ -37,12 +40,39 @@ def _record_launch(work: str, trial_id: str) -> None:
         json.dump({"trial_id": trial_id, "pid": os.getpid(), "time": time.time()}, f)
 
 
+def _lockstep_callback(gate: Any) -> Any:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class LockstepReport(TuneReportCallback):
+        """``TuneReportCallback`` that releases the workers only once Tune has decided to go on.
+
+        Train's workers do not wait for Tune: without this, each epoch's result sits in up to
+        three queues (worker -> Train controller -> Tune trial -> Tune controller) while the
+        workers train on, and ASHA's "stop" reaches a trial epochs after the rung it was meant
+        for. Here, after handing the epoch's metrics to the trial, the callback puts two empty
+        items on the same one-slot queue: the trial drops empty items, and the second put
+        returns only once the trial has asked for its *next* result — which Tune does only
+        after its scheduler said "continue". Then it puts the epoch on ``gate``, which rank 0
+        waits for (:func:`raypipe.train.torch_trainer.train_loop`). A "stop" kills the trial
+        and its workers while they wait.
+        """
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            super().after_report(run_context, metrics, checkpoint)
+            self._training_actor_item_queue.put(None)  # returns once Tune has taken this epoch's result
+            self._training_actor_item_queue.put(None)  # returns once Tune has asked for the next one
+            gate.put(metrics[0]["epoch"])
+
+    return LockstepReport()
+
+
 def torch_trial(sample: dict[str, Any], *, base: dict[str, Any], datasets: dict[str, Any], dims: dict[str, Any],
-                work: str) -> None:
+                work: str, lockstep: bool) -> None:
     """A Tune driver function: one distributed training run of one configuration."""
     from ray import tune
     from ray.train import FailureConfig, RunConfig
     from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
     from raypipe.spec import load_spec
     from raypipe.train.torch_trainer import loop_config, make_trainer
@@ -52,7 +82,11 @@ def torch_trial(sample: dict[str, Any], *, base: dict[str, Any], datasets: dict[
     spec = load_spec(apply(base, sample))
     config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"],
                          "validation" in datasets)
-    run_config = RunConfig(name=trial_id, storage_path=os.path.join(work, "train"), callbacks=[TuneReportCallback()],
+    callback = TuneReportCallback()
+    if lockstep:
+        config["tune_gate"] = gate = Queue(actor_options={"num_cpus": 0})
+        callback = _lockstep_callback(gate)
+    run_config = RunConfig(name=trial_id, storage_path=os.path.join(work, "train"), callbacks=[callback],
                            failure_config=FailureConfig(max_failures=spec.train.max_failures))
     make_trainer(spec, config, datasets, run_config).fit()
 
@@ -106,7 +140,8 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         datasets = {"train": splits["train"]}
         if "validation" in splits:
             datasets["validation"] = splits["validation"]
-        trainable = tune.with_parameters(torch_trial, base=base, datasets=datasets, dims=dims, work=work)
+        trainable = tune.with_parameters(torch_trial, base=base, datasets=datasets, dims=dims, work=work,
+                                         lockstep=t.scheduler == "asha")
         trainable = tune.with_resources(trainable, {"cpu": 0.01})  # the driver only waits; the workers hold the CPUs
         per_trial = spec.train.workers * float(spec.train.resources.get("CPU", 1))
     else:
@@ -125,7 +160,7 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=t.seed)
-    space = search_space(t.space)
+    space = search_space(t.space, t.seed)
     path = os.path.join(work, EXPERIMENT)
     if ctx.extra.get("forced"):  # --force: a new search, not the old one resumed
         work_store.delete()
@@ -166,10 +201,10 @@ def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, base:
         first = str(errors[0].error).strip().splitlines()[0] if errors else "no trial reported"
         raise StageFailed(f"stage 'train' failed: every tune trial failed ({len(errors)} errors); first: {first}")
     best = results.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
-    trial_spec = load_spec(apply(base, {k: v for k, v in best.config.items()}))
+    trial_spec = load_spec(apply(base, best.config))
     report: dict[str, Any] = {
         "tune": {"metric": metric, "mode": mode, "best_trial": best.path.rstrip("/").split("/")[-1],
-                 "best_config": best.config, "best_score": best.metrics[metric], "trials": len(table["trials"]),
+                 "best_config": flat(best.config), "best_score": best.metrics[metric], "trials": len(table["trials"]),
                  "failed_trials": len(errors), "trial_epochs": table["trial_epochs"],
                  "launches": len(os.listdir(os.path.join(work, "launches"))), "scheduler": spec.tune.scheduler,
                  "search": spec.tune.search},
@@ -196,7 +231,7 @@ def _trial_table(results: Any, metric: str) -> dict[str, Any]:
         m = r.metrics or {}
         iters = int(m.get("training_iteration", 0))
         total += iters
-        rows.append({"trial_id": m.get("trial_id") or r.path.rstrip("/").split("/")[-1], "config": r.config,
+        rows.append({"trial_id": m.get("trial_id") or r.path.rstrip("/").split("/")[-1], "config": flat(r.config),
                      "status": "error" if r.error else "ok", "epochs": iters, metric: m.get(metric),
                      **{k: m[k] for k in ("val_loss", "val_accuracy", "val_f1", "val_rmse", "train_loss") if k in m and k != metric}})
     return {"metric": metric, "trial_epochs": total, "trials": rows}

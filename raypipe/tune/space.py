@@ -9,13 +9,23 @@
 
 Only ``train.*`` and ``model.params.*`` can be tuned: ingest, validation and the fitted
 features are computed once, before the search, and shared by every trial.
+
+Grid points run in a seeded random order (``tune.seed``), not in the order they are
+written. ASHA decides asynchronously: a trial that reaches a rung is compared with the
+trials recorded there *so far*, so a grid written from worst to best (small to large
+learning rate, small to large network) would see almost every trial beat its
+predecessors and be promoted. The grid's combinations therefore travel to Tune as one
+``grid_search`` over shuffled points under the key ``grid``; :func:`flat` undoes it.
 """
 from __future__ import annotations
 
 import copy
+import itertools
+import random
 from typing import Any
 
 KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
+GRID = "grid"  # the one Tune key holding the grid's points (no spec path is named so)
 
 
 def check_space(space: dict[str, dict[str, Any]], train_fields: set[str]) -> None:
@@ -40,11 +50,16 @@ def check_space(space: dict[str, dict[str, Any]], train_fields: set[str]) -> Non
             raise ValueError(f"tune.space[{path!r}].{kind}: give a non-empty list of values, not {arg!r}")
 
 
-def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Ray Tune's param_space: one flat key per dotted path."""
+def search_space(space: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Ray Tune's param_space: one key per sampled dotted path, plus :data:`GRID` for the grid's shuffled points."""
     from ray import tune
 
     out: dict[str, Any] = {}
+    grid = {path: dist["grid"] for path, dist in space.items() if "grid" in dist}
+    if grid:
+        points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        random.Random(seed).shuffle(points)
+        out[GRID] = tune.grid_search(points)
     for path, dist in space.items():
         kind, arg = next(iter(dist.items()))
         if kind == "uniform":
@@ -55,15 +70,20 @@ def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
             out[path] = tune.randint(int(arg[0]), int(arg[1]))
         elif kind == "choice":
             out[path] = tune.choice(arg)
-        else:
-            out[path] = tune.grid_search(arg)
+    return out
+
+
+def flat(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as ``{dotted path: value}``: the grid point's paths lifted out of :data:`GRID`."""
+    out = {k: v for k, v in config.items() if k != GRID}
+    out.update(config.get(GRID) or {})
     return out
 
 
 def apply(spec_data: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
     """A copy of the spec's data with each dotted path of ``sample`` set."""
     out = copy.deepcopy(spec_data)
-    for path, value in sample.items():
+    for path, value in flat(sample).items():
         node = out
         *parents, leaf = path.split(".")
         for p in parents:

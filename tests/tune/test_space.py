@@ -7,7 +7,7 @@ import pytest
 import raypipe
 from raypipe.errors import SpecError
 from raypipe.tune.metrics import f1_from_counts, validation_metrics
-from raypipe.tune.space import apply, search_space, trial_count
+from raypipe.tune.space import apply, flat, search_space, trial_count
 
 BASE = {"name": "t", "data": {"source": {"type": "builtin", "name": "iris"}, "target": "target"}}
 
@@ -59,7 +59,7 @@ def test_search_space_and_apply() -> None:
              "model.params.depth": {"randint": [2, 5]}, "train.batch_size": {"grid": [64, 128]}}
     ts = search_space(space)
     assert isinstance(ts["train.lr"], tune.search.sample.Float) and ts["train.lr"].lower == 1e-4
-    assert ts["train.batch_size"] == {"grid_search": [64, 128]}
+    assert sorted(p["train.batch_size"] for p in ts["grid"]["grid_search"]) == [64, 128]
     assert isinstance(ts["model.params.depth"], tune.search.sample.Integer)
     assert trial_count(space, 3) == 6
     base = spec().model_dump(mode="json", by_alias=True)
@@ -67,6 +67,26 @@ def test_search_space_and_apply() -> None:
     assert out["train"]["lr"] == 0.01 and out["model"]["params"]["hidden"] == [16, 8] and "tune" not in out
     assert base["train"]["lr"] == 0.001 and "hidden" not in base["model"]["params"]  # the base is not changed
     assert raypipe.load_spec(out).train.lr == 0.01
+    nested = apply(base, {"train.lr": 0.01, "grid": {"train.batch_size": 128}})
+    assert nested["train"]["batch_size"] == 128 and "grid" not in nested
+
+
+def test_grid_points_run_in_a_seeded_shuffled_order() -> None:
+    """ASHA compares each trial with those recorded before it: a sorted grid must not reach Tune sorted."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = {"train.lr": {"grid": [1e-4, 1e-3, 1e-2, 1e-1]}, "model.params.hidden": {"grid": [[8], [16], [32], [64]]},
+             "train.batch_size": {"choice": [32, 64]}}
+    written = [(lr, h) for lr in space["train.lr"]["grid"] for h in space["model.params.hidden"]["grid"]]
+
+    def order(seed: int) -> list[tuple[float, list[int]]]:
+        configs = [flat(c) for _, c in generate_variants(search_space(space, seed))]
+        assert all(c["train.batch_size"] in (32, 64) for c in configs)
+        return [(c["train.lr"], c["model.params.hidden"]) for c in configs]
+
+    first = order(0)
+    assert sorted(first) == sorted(written) and len(first) == 16  # every point once
+    assert first != written and first == order(0) and first != order(1)
 
 
 def test_f1_from_counts_matches_scikit_learn() -> None:
