@@ -74,11 +74,28 @@ def serve(
     address: Optional[str] = AddressOpt,
     port: Optional[int] = typer.Option(None, "--port"),
     blocking: Optional[bool] = typer.Option(None, "--blocking/--no-blocking", help="Default: block on a local Ray, return on a cluster."),
+    emit_config: Optional[Path] = typer.Option(None, "--emit-config", help="Write a Serve config file for "
+                                               "`serve deploy` instead of deploying."),
+    rayservice: Optional[Path] = typer.Option(None, "--rayservice", help="With --emit-config: also write a KubeRay "
+                                              "RayService manifest serving it."),
 ) -> None:
-    """Deploy a registered model as an autoscaling Ray Serve endpoint."""
+    """Deploy a registered model as an autoscaling Ray Serve endpoint (or write its Serve config)."""
     from raypipe.api import as_spec, serve as serve_api
 
     s = as_spec(spec)
+    if emit_config is not None:
+        import yaml
+
+        from raypipe.serve.deploy import rayservice_manifest, serve_config
+
+        config = serve_config(s, version=version, alias=alias)
+        emit_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        err.print(f"wrote {emit_config}: `serve deploy {emit_config}` serves {s.name} version "
+                  f"{config['applications'][0]['deployments'][0]['user_config']['champion']['version']}")
+        if rayservice is not None:
+            rayservice.write_text(yaml.safe_dump(rayservice_manifest(s, config), sort_keys=False))
+            err.print(f"wrote {rayservice}: `kubectl apply -f {rayservice}`")
+        return
     endpoint = serve_api(s, version=version, alias=alias, address=address, port=port)
     err.print(f"serving {s.name} version {endpoint.version} at {endpoint.url}  (POST /predict, GET /healthz, GET /metadata)")
     if blocking if blocking is not None else not (address or s.ray.address):
@@ -145,7 +162,10 @@ def registry_show(spec: Path = SpecArg, version: Optional[int] = typer.Argument(
 
 @registry_app.command("promote")
 def registry_promote(spec: Path = SpecArg, version: int = typer.Argument(...),
-                     alias: str = typer.Option("champion", "--alias"), reason: str = typer.Option("manual promotion", "--reason")) -> None:
+                     alias: str = typer.Option("champion", "--alias"), reason: str = typer.Option("manual promotion", "--reason"),
+                     update_serving: bool = typer.Option(False, "--update-serving", help="Also switch the running "
+                                                         "endpoint on the cluster to it, in place, without downtime."),
+                     address: Optional[str] = AddressOpt) -> None:
     """Point an alias at a version (recorded in the audit log)."""
     from raypipe.api import as_spec
     from raypipe.registry import Registry
@@ -153,6 +173,11 @@ def registry_promote(spec: Path = SpecArg, version: int = typer.Argument(...),
     s = as_spec(spec)
     Registry(s.storage, s.name).set_alias(alias, version, reason=reason)
     err.print(f"{s.name}: {alias} → version {version}")
+    if update_serving:
+        from raypipe.serve.deploy import deploy
+
+        endpoint = deploy(s, address=address or "auto")  # the running app's replicas reconfigure in place
+        err.print(f"{s.name}: the endpoint at {endpoint.url} now serves version {endpoint.version}")
 
 
 @registry_app.command("rollback")

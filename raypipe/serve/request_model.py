@@ -15,12 +15,15 @@ from pydantic import (
 
 from raypipe.validate.schema import feature_columns
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+_INT64 = int(np.iinfo(np.int64).max)
 _TYPES: dict[str, Any] = {
-    "number": StrictFloat | StrictInt,
-    "integer": StrictInt,
+    # finite float64 / int64 values only: 1e400 or 2**70 would overflow the feature arrays
+    "number": Annotated[StrictFloat | StrictInt, Field(ge=-_FLOAT_MAX, le=_FLOAT_MAX)],
+    "integer": Annotated[StrictInt, Field(ge=-_INT64 - 1, le=_INT64)],
     "boolean": StrictBool,
-    "string": StrictStr,
-    "text": StrictStr,
+    "string": Annotated[StrictStr, Field(max_length=10_000)],
+    "text": Annotated[StrictStr, Field(max_length=1_000_000)],
 }
 _PIXEL = Annotated[StrictFloat | StrictInt, Field(ge=0, le=255)]
 

@@ -1,0 +1,49 @@
+"""Prometheus scrape configuration for a Ray cluster that serves raypipe endpoints.
+
+Every Ray node exports its metrics (Serve's ``ray_serve_*`` and raypipe's own
+``ray_raypipe_*``, see :class:`raypipe.serve.app.ServeMetrics`) on its metrics-export
+port. The head node keeps the list of those endpoints up to date in
+``<ray temp dir>/prom_metrics_service_discovery.json``; the configuration written here
+points Prometheus at that file, so nodes that join or leave are followed without a
+restart.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+
+SD_FILE = "prom_metrics_service_discovery.json"
+
+
+def service_discovery_file(temp_dir: str | None = None) -> str:
+    """The service-discovery file of the Ray this process is connected to (or of ``temp_dir``)."""
+    if temp_dir is None:
+        import ray
+
+        node = ray._private.worker._global_node  # the connected node; Ray offers no public accessor
+        if node is None:
+            raise RuntimeError("not connected to Ray: call raypipe.runtime.connect() first or pass temp_dir")
+        temp_dir = node.get_temp_dir_path()
+    return os.path.join(temp_dir, SD_FILE)
+
+
+def prometheus_config(sd_file: str, *, scrape_interval_s: float = 5.0) -> dict[str, Any]:
+    """A ``prometheus.yml`` (as data) that scrapes every node listed in ``sd_file``."""
+    interval = f"{scrape_interval_s:g}s"
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [{
+            "job_name": "ray",
+            "file_sd_configs": [{"files": [sd_file], "refresh_interval": interval}],
+        }],
+    }
+
+
+def write_prometheus_config(path: str, sd_file: str | None = None, *, scrape_interval_s: float = 5.0) -> str:
+    """Write the configuration to ``path``; returns the path."""
+    config = prometheus_config(sd_file or service_discovery_file(), scrape_interval_s=scrape_interval_s)
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return path

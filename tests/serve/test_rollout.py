@@ -1,0 +1,229 @@
+"""Model swaps and traffic splits on a live endpoint: promotion under load with zero failed
+requests, a canary share, and shadow scoring that never changes a response."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+import raypipe
+from raypipe.progress import Progress
+from raypipe.registry import Registry
+from raypipe.serve.deploy import deploy, sample_request
+from tests.conftest import free_port, small_spec
+
+
+@pytest.fixture(scope="module")
+def two_versions(ray_session, tmp_path_factory):
+    """Two registered versions of one pipeline (different regularisation), v1 the champion."""
+    storage = tmp_path_factory.mktemp("rollout") / "store"
+    spec = raypipe.load_spec(small_spec(storage, name="t-rollout", deploy={"port": free_port()}))
+    first = raypipe.run(spec, progress=Progress(quiet=True))
+    other = raypipe.load_spec(small_spec(storage, name="t-rollout", deploy={"port": spec.deploy.port},
+                                         model={"kind": "sklearn:sklearn.linear_model:LogisticRegression",
+                                                "params": {"max_iter": 300, "C": 0.01}}))
+    second = raypipe.run(other, progress=Progress(quiet=True))
+    assert second.version == first.version + 1
+    reg = Registry(spec.storage, spec.name)
+    reg.set_alias("champion", first.version, reason="test: v1 serves first")
+    reg.set_alias("challenger", second.version, reason="test")
+    return spec, reg, first.version, second.version, sample_request(spec, first.version, n=8)
+
+
+def with_deploy(spec: Any, **deploy_settings: Any) -> Any:
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["deploy"] = {**data["deploy"], **deploy_settings}
+    return raypipe.load_spec(data)
+
+
+class Load:
+    """Closed-loop clients sending single rows until stopped; every answer is recorded with its send time."""
+
+    def __init__(self, url: str, rows: list[dict[str, Any]], clients: int = 6) -> None:
+        self.url, self.rows, self.stop = url, rows, threading.Event()
+        self.answers: list[tuple[float, int, Any]] = []  # (sent at, status, version or error)
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, i: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            n = i
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = http.post(self.url, json=self.rows[n % len(self.rows)])
+                    got = (sent, r.status_code, r.json().get("version") if r.status_code == 200 else r.text[:200])
+                except httpx.HTTPError as e:
+                    got = (sent, -1, repr(e))
+                with self.lock:
+                    self.answers.append(got)
+                n += 1
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def test_promotion_under_load_swaps_in_place_with_zero_failures(two_versions):
+    spec, reg, v1, v2, rows = two_versions
+    s = with_deploy(spec, route_prefix="/swap", autoscaling={"min_replicas": 2, "max_replicas": 2})
+    endpoint = deploy(s, app_name="swap")
+    assert endpoint.version == v1
+    pids_before = _replica_pids("swap")
+    try:
+        with Load(f"{endpoint.url}/predict", rows) as load:
+            time.sleep(3)
+            reg.set_alias("champion", v2, reason="test: promote under load")
+            swapped = deploy(s, app_name="swap")  # same spec, new champion: reconfigure on the running replicas
+            _wait_running("swap")
+            switched_at = time.monotonic()
+            assert swapped.version == v2
+            time.sleep(3)
+    finally:
+        reg.set_alias("champion", v1, reason="test: restore")
+    failures = [a for a in load.answers if a[1] != 200]
+    assert not failures, failures[:5]
+    before = Counter(v for t, _, v in load.answers if t < switched_at)
+    after = Counter(v for t, _, v in load.answers if t >= switched_at)
+    assert before[v1] > 20 and after[v2] > 20, (before, after)
+    assert set(after) == {v2}, after  # every request sent after the swap returned is answered by v2
+    assert len(pids_before) == 2 and _replica_pids("swap") == pids_before  # updated in place: no replica restarted
+
+
+def test_canary_share_and_shadow_scoring(two_versions):
+    spec, reg, v1, v2, rows = two_versions
+    canary = deploy(with_deploy(spec, route_prefix="/canary", canary={"alias": "challenger", "percent": 30}),
+                    app_name="canary")
+    with httpx.Client(timeout=30) as http:
+        versions = Counter(http.post(f"{canary.url}/predict", json=rows[i % len(rows)]).json()["version"]
+                           for i in range(300))
+    assert set(versions) == {v1, v2}
+    assert 0.18 <= versions[v2] / 300 <= 0.42, versions  # 30 % +- 4 standard deviations
+    meta = httpx.get(f"{canary.url}/metadata", timeout=30).json()
+    assert meta["version"] == v1 and meta["challenger"] == {"version": v2, "canary_percent": 30.0, "shadow": False}
+
+    shadow = deploy(with_deploy(spec, route_prefix="/shadow", shadow=True), app_name="shadow")
+    champion = raypipe.predictor.Predictor.from_version(reg.version_store(v1), v1).predict_records(rows)
+    with httpx.Client(timeout=30) as http:
+        answers = [http.post(f"{shadow.url}/predict", json=row).json() for row in rows]
+    assert {a["version"] for a in answers} == {v1}  # shadow never answers
+    assert [a["scores"]["1"] for a in answers] == pytest.approx([c["scores"]["1"] for c in champion], abs=1e-12)
+
+
+def _wait_running(app: str, timeout: float = 60) -> None:
+    """Until Serve reports the application RUNNING (every replica updated)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout
+    while serve.status().applications[app].status != "RUNNING":
+        assert time.monotonic() < deadline, serve.status().applications[app]
+        time.sleep(0.1)
+
+
+def _replica_pids(app: str) -> set[int]:
+    from ray.util.state import list_actors
+
+    return {a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+            if a.class_name.startswith("ServeReplica") and f"::{app}#" in (a.name or "")}
+
+
+def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
+    """A real Prometheus (Debian's package) scraping this Ray with the configuration raypipe writes."""
+    from raypipe.serve.metrics_config import write_prometheus_config
+
+    binary = shutil.which("prometheus")
+    assert binary, "needs Prometheus: apt-get install prometheus (.ci/run installs it)"
+    spec, _, v1, v2, rows = two_versions
+    endpoint = deploy(with_deploy(spec, route_prefix="/observed", shadow=True), app_name="observed")
+    config = write_prometheus_config(str(tmp_path / "prometheus.yml"), scrape_interval_s=1)
+    port = free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def value(query: str) -> float:
+        result = httpx.get(f"{api}/query", params={"query": query}, timeout=10).json()["data"]["result"]
+        return sum(float(r["value"][1]) for r in result)
+
+    wanted = {
+        "champion answers": 'sum(ray_raypipe_predictions_total{application="observed",role="champion"})',
+        "shadow answers": f'sum(ray_raypipe_predictions_total{{application="observed",role="shadow",version="{v2}"}})',
+        "shadow agreement": 'sum(ray_raypipe_shadow_agreement_total{application="observed"})',
+        "rejections": 'sum(ray_raypipe_rejected_requests_total{application="observed",reason="schema"})',
+        "batch sizes": 'sum(ray_raypipe_batch_size_count{application="observed"})',
+        "version info": f'max(ray_raypipe_model_version_info{{application="observed",role="champion",version="{v1}"}})',
+        "serve requests": 'sum(ray_serve_deployment_request_counter_total{application="observed"})',
+        "serve latency": 'sum(ray_serve_deployment_processing_latency_ms_count{application="observed"})',
+    }
+    try:
+        deadline, missing = time.monotonic() + 150, dict(wanted)
+        with httpx.Client(timeout=30) as http:
+            while missing:
+                for row in rows:
+                    assert http.post(f"{endpoint.url}/predict", json=row).status_code == 200
+                assert http.post(f"{endpoint.url}/predict", json={**rows[0], "nope": 1}).status_code == 422
+                try:
+                    missing = {k: q for k, q in missing.items() if value(q) <= 0}
+                except (httpx.HTTPError, KeyError):
+                    pass  # Prometheus still starting
+                assert time.monotonic() < deadline, f"never scraped with a value > 0: {sorted(missing)}"
+                time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def test_emitted_serve_config_is_what_serve_deploy_accepts(two_versions, tmp_path):
+    """`raypipe serve --emit-config` -> Serve's own schema -> the declarative deploy path `serve deploy` uses."""
+    import yaml
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+    from typer.testing import CliRunner
+
+    from raypipe.cli import app
+
+    spec, _, v1, _, rows = two_versions
+    spec_file = tmp_path / "pipeline.yaml"
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["deploy"]["route_prefix"] = "/declared"
+    spec_file.write_text(yaml.safe_dump(data))
+    out, manifest = tmp_path / "serve.yaml", tmp_path / "rayservice.yaml"
+    result = CliRunner().invoke(app, ["serve", str(spec_file), "--emit-config", str(out), "--rayservice", str(manifest)])
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(out.read_text())
+    (application,) = config["applications"]
+    assert application["import_path"] == "raypipe.serve.app:build_app"
+    assert application["deployments"][0]["user_config"]["champion"]["version"] == v1
+    service = yaml.safe_load(manifest.read_text())
+    assert service["kind"] == "RayService" and yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    # Serve's declarative path replaces every application on the cluster: this test runs last in the module.
+    config["http_options"] = {"host": spec.deploy.host, "port": spec.deploy.port}
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+    url = f"http://127.0.0.1:{spec.deploy.port}/declared/predict"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = httpx.post(url, json=rows[0], timeout=10)
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the declared application never answered"
+        time.sleep(0.5)
+    assert r.json()["version"] == v1
+    serve.delete(spec.name)
