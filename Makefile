@@ -20,6 +20,7 @@ run: setup
 	$(VENV)/bin/raypipe run
 
 test: setup
+	./scripts/test-deps.sh
 	$(PY) -m pytest -q
 
 bench: setup

@@ -84,16 +84,14 @@ def serve(
 
     s = as_spec(spec)
     if emit_config is not None:
-        import yaml
-
-        from raypipe.serve.deploy import rayservice_manifest, serve_config
+        from raypipe.serve.deploy import dump_yaml, rayservice_manifest, serve_config
 
         config = serve_config(s, version=version, alias=alias)
-        emit_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        emit_config.write_text(dump_yaml(config))
         err.print(f"wrote {emit_config}: `serve deploy {emit_config}` serves {s.name} version "
                   f"{config['applications'][0]['deployments'][0]['user_config']['champion']['version']}")
         if rayservice is not None:
-            rayservice.write_text(yaml.safe_dump(rayservice_manifest(s, config), sort_keys=False))
+            rayservice.write_text(dump_yaml(rayservice_manifest(s, config)))
             err.print(f"wrote {rayservice}: `kubectl apply -f {rayservice}`")
         return
     endpoint = serve_api(s, version=version, alias=alias, address=address, port=port)

@@ -246,8 +246,7 @@ def rayservice_manifest(spec: Spec, config: dict[str, Any], *, image: str = "ray
         "kind": "RayService",
         "metadata": {"name": f"raypipe-{spec.name}"},
         "spec": {
-            "serveConfigV2": yaml.safe_dump({**config, "http_options": {"host": "0.0.0.0", "port": port}},
-                                            sort_keys=False),
+            "serveConfigV2": dump_yaml({**config, "http_options": {"host": "0.0.0.0", "port": port}}),
             "rayClusterConfig": {
                 "rayVersion": ray_version(),
                 "enableInTreeAutoscaling": True,
@@ -272,3 +271,21 @@ def ray_version() -> str:
     import ray
 
     return ray.__version__
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable YAML: no anchors for repeated dicts, multi-line strings as ``|`` blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, s: str) -> Any:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)

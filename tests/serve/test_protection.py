@@ -210,3 +210,22 @@ def test_back_pressure_answers_503_fast_and_never_hangs(trained):
     assert set(codes) <= {200, 503}, codes
     assert codes.count(503) > 0 and codes.count(200) > 0
     assert max(t for c, t in answers if c == 503) < 10
+
+
+def test_check_health_fails_until_a_model_is_loaded(trained):
+    """Serve's health check: a replica without a model (before reconfigure, or after a failed first load) is unhealthy."""
+    from raypipe.registry import Registry as Reg
+    from raypipe.serve.app import ModelServer
+
+    spec, result, _ = trained
+    server = ModelServer(spec.name)
+    with pytest.raises(RuntimeError, match="model not loaded"):
+        server.check_health()
+    uri = Reg(spec.storage, spec.name).version_store(result.version).full_uri()
+    with pytest.raises(Exception):
+        server.reconfigure({"champion": {"uri": uri + "-gone", "version": result.version + 99}})
+    with pytest.raises(RuntimeError, match="model not loaded"):
+        server.check_health()  # a failed load leaves it unhealthy, not half-configured
+    server.reconfigure({"champion": {"uri": uri, "version": result.version}})
+    server.check_health()
+    assert server.routing.champion.version == result.version

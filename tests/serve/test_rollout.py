@@ -211,7 +211,7 @@ def test_emitted_serve_config_is_what_serve_deploy_accepts(two_versions, tmp_pat
     assert application["deployments"][0]["user_config"]["champion"]["version"] == v1
     service = yaml.safe_load(manifest.read_text())
     assert service["kind"] == "RayService" and yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
-    # Serve's declarative path replaces every application on the cluster: this test runs last in the module.
+    # Serve's declarative path (as `serve deploy`): it would delete other *declared* apps; serve.run's stay.
     config["http_options"] = {"host": spec.deploy.host, "port": spec.deploy.port}
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
     url = f"http://127.0.0.1:{spec.deploy.port}/declared/predict"

@@ -1,0 +1,261 @@
+"""Serving throughput: raypipe's endpoint vs. the FastAPI app a user would write.
+
+One model (logistic regression on the built-in transactions, with raypipe's fitted
+features), measured in one run on this machine:
+
+  (a) the limit: the registry version's ``Predictor`` in this process, on batches of 64
+      rows (rows/s; no HTTP);
+  (b) plain FastAPI + uvicorn, one process: the same ``Predictor`` and the same request
+      model (generated from the stored schema), one ``predict_records([row])`` per
+      request, no Ray;
+  (c) raypipe's Ray Serve endpoint (``raypipe.serve``), for each ingress asked for
+      (``haproxy``: Ray's HAProxy ingress, raypipe's default; ``proxy``: Ray's Python
+      proxy).
+
+Load comes from a separate process: closed loop, N clients each sending one single-row
+``POST /predict`` after the other, for ``--seconds`` after a warm-up, at 8, 32 and 128
+clients. Reported per setup and concurrency: req/s, p50, p99 (ms), non-2xx responses and
+transport errors. Target (issue 6): raypipe >= 1.0x FastAPI's req/s at 32 clients with
+p99 <= 100 ms and 0 errors. Prints a table and, last, one JSON line. Not a test.
+
+    .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--ingress haproxy proxy]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CLIENTS = (8, 32, 128)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the load generator (runs in its own process) -------------------------------------
+
+async def _load(url: str, rows: list[dict[str, Any]], clients: int, seconds: float, warmup: float,
+                headers: dict[str, str]) -> dict[str, Any]:
+    """Closed loop over keep-alive connections (aiohttp: about 4x less client CPU per request than httpx)."""
+    import aiohttp
+
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    errors = 0
+    bodies = [json.dumps(r).encode() for r in rows]
+    hdrs = {"content-type": "application/json", **headers}
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup, start + warmup + seconds
+
+        async def client(i: int) -> None:
+            nonlocal errors
+            n = i
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    return
+                try:
+                    async with http.post(url, data=bodies[n % len(bodies)], headers=hdrs) as r:
+                        await r.read()
+                        code = r.status
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    code = -1
+                t1 = time.perf_counter()
+                n += clients
+                if t0 >= measure_from:
+                    if code == -1:
+                        errors += 1
+                    else:
+                        codes[code] = codes.get(code, 0) + 1
+                        if code < 300:
+                            lat.append(t1 - t0)
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    ok = len(lat)
+    lat.sort()
+    pct = (lambda q: round(1000 * lat[min(ok - 1, int(q * ok))], 1)) if ok else (lambda q: None)
+    return {"clients": clients, "rps": round(ok / seconds, 1), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "non_2xx": sum(v for k, v in codes.items() if k >= 300), "transport_errors": errors, "ok": ok}
+
+
+def load(url: str, rows_file: str, clients: int, seconds: float, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the load generator in a separate process; return its JSON result."""
+    cmd = [sys.executable, __file__, "--load", url, rows_file, str(clients), str(seconds)]
+    env = {**os.environ, "BENCH_HEADERS": json.dumps(headers or {})}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=seconds * 4 + 120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- (b) the FastAPI app a user would write -------------------------------------------
+
+def fastapi_app(version_uri: str, version: int) -> Any:
+    from fastapi import FastAPI
+
+    from raypipe.predictor import Predictor
+    from raypipe.serve.request_model import request_model
+    from raypipe.store import Store
+
+    predictor = Predictor.from_version(Store(version_uri), version)
+    Row = request_model(predictor.schema)
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(row: Row) -> dict[str, Any]:  # type: ignore[valid-type]
+        return {"version": version, **predictor.predict_records([row.model_dump()])[0]}
+
+    return app
+
+
+def serve_fastapi(version_uri: str, version: int, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(fastapi_app(version_uri, version), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+# --- the run ---------------------------------------------------------------------------
+
+def spec(storage: Path, port: int, rows: int) -> dict[str, Any]:
+    return {
+        "name": "serve-bench", "storage": str(storage),
+        "data": {"source": {"type": "builtin", "name": "transactions", "rows": rows, "seed": 3},
+                 "target": "is_fraud", "id_columns": ["transaction_id"]},
+        "model": {"kind": "sklearn:sklearn.linear_model:LogisticRegression", "params": {"max_iter": 300}},
+        "evaluate": {"gate": {"min": {"roc_auc": 0.6}}},
+        "deploy": {"port": port, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
+    }
+
+
+def in_process_rate(predictor: Any, rows: list[dict[str, Any]], seconds: float = 3.0) -> dict[str, float]:
+    batch = [rows[i % len(rows)] for i in range(64)]
+    out = {}
+    for name, size in (("batch_64_rows_per_s", 64), ("single_row_per_s", 1)):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            predictor.predict_records(batch[:size])
+            n += size
+        out[name] = round(n / (time.perf_counter() - t0), 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"])
+    ap.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS))
+    ap.add_argument("--batch-wait-s", type=float, default=None, help="deploy.batching.batch_wait_timeout_s")
+    ap.add_argument("--load", nargs=4, metavar=("URL", "ROWS_FILE", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
+    ap.add_argument("--fastapi", nargs=3, metavar=("VERSION_URI", "VERSION", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load:
+        url, rows_file, clients, seconds = args.load
+        rows = json.loads(Path(rows_file).read_text())
+        result = asyncio.run(_load(url, rows, int(clients), float(seconds), warmup=min(3.0, float(seconds) / 3),
+                                   headers=json.loads(os.environ.get("BENCH_HEADERS", "{}"))))
+        print(json.dumps(result))
+        return
+    if args.fastapi:
+        serve_fastapi(args.fastapi[0], int(args.fastapi[1]), int(args.fastapi[2]))
+        return
+
+    import ray
+
+    import raypipe
+    from raypipe.predictor import Predictor
+    from raypipe.progress import Progress
+    from raypipe.registry import Registry
+    from raypipe.runtime import connect
+    from raypipe.serve.deploy import sample_request, shutdown
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir="/tmp", ignore_cleanup_errors=True) as tmp:
+        storage, port = Path(tmp) / "store", free_port()
+        s = raypipe.load_spec(spec(storage, port, args.rows))
+        connect(temp_dir=str(Path(tmp) / "ray0"))
+        run = raypipe.run(s.model_copy(update={"deploy": s.deploy.model_copy(update={"enabled": False})}),
+                          progress=Progress(quiet=True))
+        version = run.version
+        rows = sample_request(s, version, n=256)
+        rows_file = Path(tmp) / "rows.json"
+        rows_file.write_text(json.dumps(rows))
+        ray.shutdown()
+        vs = Registry(s.storage, s.name).version_store(version)
+        predictor = Predictor.from_version(vs, version)
+        results["in_process"] = in_process_rate(predictor, rows)
+        print("(a) in-process:", json.dumps(results["in_process"]), flush=True)
+
+        fport = free_port()
+        app = subprocess.Popen([sys.executable, __file__, "--fastapi", vs.full_uri(), str(version), str(fport)])
+        try:
+            wait_http(f"http://127.0.0.1:{fport}/docs")
+            results["fastapi"] = [load(f"http://127.0.0.1:{fport}/predict", str(rows_file), c, args.seconds)
+                                  for c in args.clients]
+        finally:
+            app.terminate()
+            app.wait(30)
+        for r in results["fastapi"]:
+            print("(b) fastapi:", json.dumps(r), flush=True)
+
+        for ingress in args.ingress:
+            d = s.deploy.model_copy(update={"ingress": ingress, "port": free_port()})
+            if args.batch_wait_s is not None:
+                d = d.model_copy(update={"batching": d.batching.model_copy(update={"batch_wait_timeout_s": args.batch_wait_s})})
+            si = s.model_copy(update={"deploy": d})
+            connect(temp_dir=str(Path(tmp) / f"ray-{ingress}"), ingress=ingress)
+            endpoint = raypipe.serve(si, version=version)
+            wait_http(f"{endpoint.url}/healthz")
+            key = f"raypipe_{ingress}"
+            results[key] = [load(f"{endpoint.url}/predict", str(rows_file), c, args.seconds) for c in args.clients]
+            for r in results[key]:
+                print(f"(c) raypipe, {ingress}:", json.dumps(r), flush=True)
+            shutdown()
+
+    base = {r["clients"]: r for r in results["fastapi"]}
+    print(f"\nsingle-row POST /predict, closed loop, {args.seconds:g} s per point, {os.cpu_count()} cores")
+    print(f"in-process limit: {results['in_process']['batch_64_rows_per_s']:,.0f} rows/s in batches of 64, "
+          f"{results['in_process']['single_row_per_s']:,.0f} rows/s one at a time")
+    print(f"{'setup':18s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s} {'vs fastapi':>10s}")
+    for key in ["fastapi"] + [f"raypipe_{i}" for i in args.ingress]:
+        for r in results[key]:
+            ratio = r["rps"] / base[r["clients"]]["rps"] if base[r["clients"]]["rps"] else float("nan")
+            print(f"{key:18s} {r['clients']:>7d} {r['rps']:>8.1f} {r['p50_ms'] or 0:>7.1f} {r['p99_ms'] or 0:>7.1f} "
+                  f"{r['non_2xx'] + r['transport_errors']:>6d} {ratio:>9.2f}x")
+    verdict = {}
+    for i in args.ingress if 32 in args.clients else []:
+        r32 = next(r for r in results[f"raypipe_{i}"] if r["clients"] == 32)
+        ratio = r32["rps"] / base[32]["rps"]
+        verdict[i] = {"ratio_32": round(ratio, 2), "p99_32_ms": r32["p99_ms"],
+                      "target_met": ratio >= 1.0 and (r32["p99_ms"] or 1e9) <= 100 and
+                      r32["non_2xx"] + r32["transport_errors"] == 0}
+        print(f"raypipe ({i}) at 32 clients: {ratio:.2f}x FastAPI, p99 {r32['p99_ms']} ms "
+              f"(target >= 1.0x, <= 100 ms, 0 errors: {'met' if verdict[i]['target_met'] else 'not met'})")
+    print(json.dumps({"bench": "serve", "seconds": args.seconds, **results, "verdict": verdict}))
+
+
+if __name__ == "__main__":
+    main()
