@@ -86,7 +86,22 @@ def serve_env(ingress: str) -> dict[str, str]:
                     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{base}/server-state",
                     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{base}/metrics.sock"})
+    if enabled:
+        # HAProxy's stats (8404) and metrics (9101) listeners have fixed default ports: a second Ray
+        # with HAProxy on the host (a test session beside `raypipe run`) would fail to start its own.
+        for var in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+            if var not in os.environ or os.environ.get("_RAYPIPE_SET_" + var):
+                env[var] = str(_free_port())
+                env["_RAYPIPE_SET_" + var] = "1"
     return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def serve_ingress() -> str:

@@ -191,6 +191,7 @@ class ModelServer:
                 out[i] = (loaded.version, answers[start:start + n])
                 start += n
         self.metrics.batch_size.observe(rows_scored, tags={})
+        self.metrics.serving(None, routing)  # re-set each batch: the version gauge stays fresh for every scrape
         if routing.shadow and routing.challenger is not None:
             # After the answers are handed back: the shadow version's work never delays or changes them.
             asyncio.get_running_loop().call_soon(self._shadow, routing, requests, out)

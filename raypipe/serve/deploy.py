@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -15,6 +16,8 @@ from raypipe.registry import Registry
 from raypipe.spec import Spec
 from raypipe.store import Store
 from raypipe.validate.schema import feature_columns
+
+log = logging.getLogger("raypipe")
 
 
 @dataclass
@@ -73,8 +76,20 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
     app = ModelServerDeployment.options(**options, logging_config=LoggingConfig(**QUIET), version=code_version(args),
                                         _internal=True).bind(**args)
     serve.run(app, name=name, route_prefix=spec.route_prefix, blocking=False)
-    host = "127.0.0.1" if d.host in ("0.0.0.0", "::") else d.host
+    host, http_port = serving_address(d.host, http_port)
     return Endpoint(url=f"http://{host}:{http_port}{spec.route_prefix}", version=v, app_name=name)
+
+
+def serving_address(host: str, port: int) -> tuple[str, int]:
+    """Where Serve really listens: a running Serve keeps the host and port it was started with."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    if (http.host, http.port) != (host, port):
+        log.warning("Serve already runs on %s:%s; deploy.host/port (%s:%s) apply only when Serve starts",
+                    http.host, http.port, host, port)
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", None) else http.host
+    return host, int(http.port)
 
 
 QUIET = {"log_level": "WARNING", "enable_access_log": False}

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from collections import Counter
-from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +15,7 @@ from raypipe.progress import Progress
 from raypipe.registry import Registry
 from raypipe.serve.deploy import deploy, sample_request
 from tests.conftest import free_port, small_spec
+from tests.serve.helpers import ClosedLoop, replicas, with_deploy
 
 
 @pytest.fixture(scope="module")
@@ -36,54 +35,14 @@ def two_versions(ray_session, tmp_path_factory):
     return spec, reg, first.version, second.version, sample_request(spec, first.version, n=8)
 
 
-def with_deploy(spec: Any, **deploy_settings: Any) -> Any:
-    data = spec.model_dump(mode="json", by_alias=True)
-    data["deploy"] = {**data["deploy"], **deploy_settings}
-    return raypipe.load_spec(data)
-
-
-class Load:
-    """Closed-loop clients sending single rows until stopped; every answer is recorded with its send time."""
-
-    def __init__(self, url: str, rows: list[dict[str, Any]], clients: int = 6) -> None:
-        self.url, self.rows, self.stop = url, rows, threading.Event()
-        self.answers: list[tuple[float, int, Any]] = []  # (sent at, status, version or error)
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
-
-    def _client(self, i: int) -> None:
-        with httpx.Client(timeout=30) as http:
-            n = i
-            while not self.stop.is_set():
-                sent = time.monotonic()
-                try:
-                    r = http.post(self.url, json=self.rows[n % len(self.rows)])
-                    got = (sent, r.status_code, r.json().get("version") if r.status_code == 200 else r.text[:200])
-                except httpx.HTTPError as e:
-                    got = (sent, -1, repr(e))
-                with self.lock:
-                    self.answers.append(got)
-                n += 1
-
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-
-
 def test_promotion_under_load_swaps_in_place_with_zero_failures(two_versions):
     spec, reg, v1, v2, rows = two_versions
     s = with_deploy(spec, route_prefix="/swap", autoscaling={"min_replicas": 2, "max_replicas": 2})
     endpoint = deploy(s, app_name="swap")
     assert endpoint.version == v1
-    pids_before = _replica_pids("swap")
+    pids_before = set(replicas("swap").values())
     try:
-        with Load(f"{endpoint.url}/predict", rows) as load:
+        with ClosedLoop(endpoint.url, rows, clients=6) as load:
             time.sleep(3)
             reg.set_alias("champion", v2, reason="test: promote under load")
             swapped = deploy(s, app_name="swap")  # same spec, new champion: reconfigure on the running replicas
@@ -93,13 +52,12 @@ def test_promotion_under_load_swaps_in_place_with_zero_failures(two_versions):
             time.sleep(3)
     finally:
         reg.set_alias("champion", v1, reason="test: restore")
-    failures = [a for a in load.answers if a[1] != 200]
-    assert not failures, failures[:5]
+    assert not load.failures, load.failures[:5]
     before = Counter(v for t, _, v in load.answers if t < switched_at)
     after = Counter(v for t, _, v in load.answers if t >= switched_at)
     assert before[v1] > 20 and after[v2] > 20, (before, after)
     assert set(after) == {v2}, after  # every request sent after the swap returned is answered by v2
-    assert len(pids_before) == 2 and _replica_pids("swap") == pids_before  # updated in place: no replica restarted
+    assert len(pids_before) == 2 and set(replicas("swap").values()) == pids_before  # updated in place: no replica restarted
 
 
 def test_canary_share_and_shadow_scoring(two_versions):
@@ -130,13 +88,6 @@ def _wait_running(app: str, timeout: float = 60) -> None:
     while serve.status().applications[app].status != "RUNNING":
         assert time.monotonic() < deadline, serve.status().applications[app]
         time.sleep(0.1)
-
-
-def _replica_pids(app: str) -> set[int]:
-    from ray.util.state import list_actors
-
-    return {a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-            if a.class_name.startswith("ServeReplica") and f"::{app}#" in (a.name or "")}
 
 
 def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
@@ -212,9 +163,10 @@ def test_emitted_serve_config_is_what_serve_deploy_accepts(two_versions, tmp_pat
     service = yaml.safe_load(manifest.read_text())
     assert service["kind"] == "RayService" and yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     # Serve's declarative path (as `serve deploy`): it would delete other *declared* apps; serve.run's stay.
-    config["http_options"] = {"host": spec.deploy.host, "port": spec.deploy.port}
+    running = _get_global_client().http_config  # the session's Serve keeps the port it started with
+    config["http_options"] = {"host": running.host, "port": running.port}
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
-    url = f"http://127.0.0.1:{spec.deploy.port}/declared/predict"
+    url = f"http://127.0.0.1:{running.port}/declared/predict"
     deadline = time.monotonic() + 60
     while True:
         try:
