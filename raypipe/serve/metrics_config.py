@@ -29,11 +29,16 @@ def service_discovery_file(temp_dir: str | None = None) -> str:
     return os.path.join(temp_dir, SD_FILE)
 
 
-def prometheus_config(sd_file: str, *, scrape_interval_s: float = 5.0) -> dict[str, Any]:
-    """A ``prometheus.yml`` (as data) that scrapes every node listed in ``sd_file``."""
+def prometheus_config(sd_file: str, *, scrape_interval_s: float = 10.0) -> dict[str, Any]:
+    """A ``prometheus.yml`` (as data) that scrapes every node listed in ``sd_file``.
+
+    The scrape timeout is the whole interval (Prometheus allows no more; unset, it is 10 s or
+    the interval if shorter): a node's page holds every Ray Data, Train, Tune and Serve series
+    of the cluster's life, and a busy node can be slow to answer it.
+    """
     interval = f"{scrape_interval_s:g}s"
     return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
         "scrape_configs": [{
             "job_name": "ray",
             "file_sd_configs": [{"files": [sd_file], "refresh_interval": interval}],
@@ -41,7 +46,7 @@ def prometheus_config(sd_file: str, *, scrape_interval_s: float = 5.0) -> dict[s
     }
 
 
-def write_prometheus_config(path: str, sd_file: str | None = None, *, scrape_interval_s: float = 5.0) -> str:
+def write_prometheus_config(path: str, sd_file: str | None = None, *, scrape_interval_s: float = 10.0) -> str:
     """Write the configuration to ``path``; returns the path."""
     config = prometheus_config(sd_file or service_discovery_file(), scrape_interval_s=scrape_interval_s)
     with open(path, "w") as f:

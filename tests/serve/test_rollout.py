@@ -2,6 +2,7 @@
 requests, a canary share, and shadow scoring that never changes a response."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -77,7 +78,8 @@ def test_canary_share_and_shadow_scoring(two_versions):
     with httpx.Client(timeout=30) as http:
         answers = [http.post(f"{shadow.url}/predict", json=row).json() for row in rows]
     assert {a["version"] for a in answers} == {v1}  # shadow never answers
-    assert [a["scores"]["1"] for a in answers] == pytest.approx([c["scores"]["1"] for c in champion], abs=1e-12)
+    # Equal up to float32 rounding: the replica scores its own batch, whose size changes BLAS's summation order.
+    assert [a["scores"]["1"] for a in answers] == pytest.approx([c["scores"]["1"] for c in champion], rel=1e-6)
 
 
 def _wait_running(app: str, timeout: float = 60) -> None:
@@ -98,7 +100,7 @@ def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
     assert binary, "needs Prometheus: apt-get install prometheus (.ci/run installs it)"
     spec, _, v1, v2, rows = two_versions
     endpoint = deploy(with_deploy(spec, route_prefix="/observed", shadow=True), app_name="observed")
-    config = write_prometheus_config(str(tmp_path / "prometheus.yml"), scrape_interval_s=1)
+    config = write_prometheus_config(str(tmp_path / "prometheus.yml"), scrape_interval_s=3)
     port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")
     proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -130,12 +132,31 @@ def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
                     missing = {k: q for k, q in missing.items() if value(q) <= 0}
                 except (httpx.HTTPError, KeyError):
                     pass  # Prometheus still starting
-                assert time.monotonic() < deadline, f"never scraped with a value > 0: {sorted(missing)}"
+                assert time.monotonic() < deadline, _scrape_report(api, config, tmp_path / "prometheus.log", missing)
                 time.sleep(1)
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def _scrape_report(api: str, config: str, log_file, missing: dict) -> str:
+    """What Prometheus saw, for a failure message: its targets (URL, health, last error) and its log."""
+    try:
+        targets = [{k: t.get(k) for k in ("scrapeUrl", "health", "lastError")}
+                   for t in httpx.get(f"{api}/targets", timeout=10).json()["data"]["activeTargets"]]
+        for t in targets:  # how long a node takes to answer, and how much
+            start = time.monotonic()
+            page = httpx.get(t["scrapeUrl"], timeout=60).content
+            t["fetch"] = f"{len(page)} bytes in {time.monotonic() - start:.2f} s"
+    except Exception as e:  # noqa: BLE001 - a report, never the failure itself
+        targets = f"targets unavailable: {e!r}"
+    import yaml
+
+    sd_file = yaml.safe_load(open(config))["scrape_configs"][0]["file_sd_configs"][0]["files"][0]
+    sd = open(sd_file).read() if os.path.exists(sd_file) else f"{sd_file} missing"
+    log_tail = open(log_file, errors="replace").read()[-2000:]
+    return f"never scraped with a value > 0: {sorted(missing)}; targets: {targets}; service discovery: {sd}; log: {log_tail}"
 
 
 def test_emitted_serve_config_is_what_serve_deploy_accepts(two_versions, tmp_path):
