@@ -50,3 +50,26 @@ def predict(spec: Spec | str | Path | dict[str, Any] | None, input: str, output:
     from raypipe.serve.batch import predict_files
 
     return predict_files(as_spec(spec), input, output, version=version, alias=alias, address=address)
+
+
+def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | None = None, format: str = "onnx",
+           version: int | None = None, alias: str | None = None) -> dict[str, Any]:
+    """Write a registered version (the champion by default) as one ONNX file; returns a summary.
+
+    Raises:
+        SpecError: an unknown format. ExportError: a feature or model without an ONNX form.
+    """
+    from dataclasses import asdict
+
+    from raypipe.errors import SpecError
+    from raypipe.export import export_onnx
+    from raypipe.predictor import Predictor
+    from raypipe.registry import Registry
+
+    if format != "onnx":
+        raise SpecError(f"--format {format!r} is not supported; use --format onnx")
+    s = as_spec(spec)
+    reg = Registry(s.storage, s.name)
+    v = reg.resolve(version=version, alias=alias)
+    predictor = Predictor.from_version(reg.version_store(v), v)
+    return asdict(export_onnx(predictor, output or f"{s.name}-v{v}.onnx", pipeline=s.name))

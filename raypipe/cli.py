@@ -117,6 +117,22 @@ def predict(
 
 
 @app.command()
+def export(
+    spec: Path = SpecArg,
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (default: <name>-v<N>.onnx)."),
+    version: Optional[int] = typer.Option(None, "--version"),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Export the version with this alias (default champion)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Features + model + decision of a registered version as one ONNX file (onnxruntime runs it)."""
+    from raypipe.api import export as export_api
+
+    _finish(export_api(str(spec), output=str(output) if output else None, format=format, version=version,
+                       alias=alias), json_out)
+
+
+@app.command()
 def validate(spec: Path = SpecArg) -> None:
     """Check a spec without running anything (exit 2 when invalid)."""
     from raypipe.spec import load_spec

@@ -67,3 +67,11 @@ class RegistryError(RaypipeError, LookupError):
     """A model version or alias does not exist or cannot be used."""
 
     exit_code = 2
+
+
+class ExportError(SpecError):
+    """The pipeline (features or model) has no form in the requested export format. Exit code 2."""
+
+    def __init__(self, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"cannot export this pipeline:\n{lines}", list(problems))

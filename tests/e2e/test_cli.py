@@ -51,6 +51,33 @@ def test_second_run_is_cached_and_registry_lists_the_version(spec_file):
     assert [v["version"] for v in versions] == [1] and versions[0]["aliases"] == ["champion"]
 
 
+def test_export_onnx_answers_like_the_registered_version(spec_file):
+    import numpy as np
+    import onnxruntime as ort
+    import pandas as pd
+
+    from raypipe.export import onnx_feed
+    from raypipe.predictor import Predictor
+    from raypipe.registry import Registry
+    from raypipe.serve.deploy import sample_request
+    from raypipe.spec import load_spec
+
+    out = spec_file.parent / "fraud.onnx"
+    proc = raypipe("export", str(spec_file), "--format", "onnx", "--output", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["version"] == 1 and summary["path"] == str(out) and out.stat().st_size == summary["bytes"]
+    spec = load_spec(spec_file)
+    predictor = Predictor.from_version(Registry(spec.storage, spec.name).version_store(1), 1)
+    rows = pd.DataFrame.from_records(sample_request(spec, 1, n=300))  # the version's own test rows
+    answers = ort.InferenceSession(str(out)).run(["scores", "class_index"], onnx_feed(predictor.features, rows))
+    np.testing.assert_allclose(answers[0], predictor.scores(rows), atol=1e-5)
+    assert len(rows) == 300 and (answers[1] == predictor.decide(predictor.scores(rows))).mean() > 0.99
+
+    bad = raypipe("export", str(spec_file), "--format", "tflite")
+    assert bad.returncode == 2 and "--format 'tflite' is not supported" in bad.stderr
+
+
 def test_failed_gate_exits_4(spec_file):
     spec = yaml.safe_load(spec_file.read_text())
     spec["evaluate"] = {"gate": {"min": {"roc_auc": 0.9999}}}
