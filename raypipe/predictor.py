@@ -37,8 +37,9 @@ class Predictor:
         self.task: str = getattr(model, "task", None) or target.get("task", "classification")
 
     @classmethod
-    def load(cls, model_store: Store, features: dict[str, Any], schema: dict[str, Any], **kw: Any) -> "Predictor":
-        return cls(FeaturePipeline.from_dict(features), load_model(model_store), schema, **kw)
+    def load(cls, model_store: Store, features: dict[str, Any], schema: dict[str, Any], *, device: str = "cpu",
+             **kw: Any) -> "Predictor":
+        return cls(FeaturePipeline.from_dict(features), load_model(model_store, device), schema, **kw)
 
     @classmethod
     def from_version(cls, version_store: Store, version: int | None = None) -> "Predictor":
@@ -51,7 +52,7 @@ class Predictor:
         )
 
     # -- arrays ------------------------------------------------------------------------
-    def scores(self, rows: pd.DataFrame) -> np.ndarray:
+    def scores(self, rows: pd.DataFrame | list[dict[str, Any]]) -> np.ndarray:
         return self.model.predict_scores(self.features.transform(rows))
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
@@ -61,8 +62,7 @@ class Predictor:
     # -- JSON ---------------------------------------------------------------------------
     def predict_records(self, rows: pd.DataFrame | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One JSON-ready answer per row."""
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(rows)
-        scores = self.scores(frame)
+        scores = self.scores(rows)  # a list of records goes to the features as it is (their fast path)
         decided = self.decide(scores)
         if self.task == "clustering":
             return [{"cluster": int(v)} for v in decided]
@@ -133,11 +133,13 @@ def _column(s: pd.Series) -> np.ndarray:
 
 
 class BatchPredict:
-    """Ray Data callable class: loads the predictor once per actor, predicts batches."""
+    """Ray Data callable class: loads the predictor once per actor (on its GPU with ``use_gpu``), predicts batches."""
 
     def __init__(self, model_uri: str, features: dict[str, Any], schema: dict[str, Any], threshold: float = 0.5,
-                 keep: list[str] | None = None) -> None:
-        self.predictor = Predictor.load(Store(model_uri), features, schema, threshold=threshold)
+                 keep: list[str] | None = None, use_gpu: bool = False) -> None:
+        # With use_gpu the actor holds a GPU (num_gpus=1): a torch model scores there.
+        self.predictor = Predictor.load(Store(model_uri), features, schema, threshold=threshold,
+                                        device="cuda" if use_gpu else "cpu")
         self.keep = keep or []
 
     def __call__(self, batch: pd.DataFrame) -> dict[str, Any]:

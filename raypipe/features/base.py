@@ -54,6 +54,11 @@ class Operator:
         """float32 features, shape (rows, :attr:`n_features`)."""
         raise NotImplementedError
 
+    def transform_records(self, rows: list[dict[str, Any]]) -> np.ndarray | None:
+        """:meth:`transform` of a list of records without building a DataFrame, or None where
+        this operator (or a value's type) needs the general path. Same output, bit for bit."""
+        return None
+
     @property
     def feature_names(self) -> list[str]:
         raise NotImplementedError
@@ -133,10 +138,27 @@ def quantile_sketch(x: np.ndarray, points: int) -> np.ndarray:
 
 def as_float(col: Any) -> np.ndarray:
     """A column as float64 with NaN for missing/None; bools become 0/1."""
+    if isinstance(col, np.ndarray) and col.dtype == np.float64:
+        return col
     s = col if isinstance(col, pd.Series) else pd.Series(col)
     if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
         s = pd.to_numeric(s, errors="coerce")
     return s.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+NUMBER_TYPES = (int, float, bool)
+
+
+def record_numbers(rows: list[dict[str, Any]], c: str) -> np.ndarray | None:
+    """Column ``c`` of records as float64 (None → NaN, bools 0/1), or None when a value is no
+    plain Python number or None (the general path coerces those) or a record lacks ``c``."""
+    try:
+        values = [r[c] for r in rows]
+    except KeyError:
+        return None
+    if not all(v is None or type(v) in NUMBER_TYPES for v in values):
+        return None
+    return np.array(values, dtype=np.float64)
 
 
 def as_str(col: Any) -> pd.Series:

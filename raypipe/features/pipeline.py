@@ -38,6 +38,7 @@ from raypipe.features.text import TextVectorizer
 __all__ = ["FORMAT", "LEGACY_FORMAT", "OTHER", "SKETCH_POINTS", "FeaturePipeline"]
 
 FORMAT = "raypipe.features/2"
+RECORDS_FAST_MAX = 1024  # lists of records up to this long skip the DataFrame (see _records_transform)
 LEGACY_FORMAT = "raypipe.features/1"
 OPERATORS: dict[str, type[Operator]] = {
     op.kind: op for op in (NumericTransformer, CategoricalEncoder, TextVectorizer, ImageTransformer)
@@ -263,8 +264,27 @@ class FeaturePipeline:
     def transform(self, batch: Batch | list[dict[str, Any]]) -> np.ndarray:
         """The feature matrix (float32, one row per input row) of a batch."""
         self._check_fitted()
-        x = self._operators_transform(self._as_batch(batch))
+        x = self._records_transform(batch) if isinstance(batch, list) and 0 < len(batch) <= RECORDS_FAST_MAX else None
+        if x is None:
+            x = self._operators_transform(self._as_batch(batch))
         return self.pca.transform(x) if self.pca is not None else x
+
+    def _records_transform(self, rows: list[Any]) -> np.ndarray | None:
+        """A short list of records (a Serve batch) straight to numpy, or None for the general path.
+
+        Building a DataFrame and per-column Series cost ~4-6 ms per call whatever the row
+        count; numeric and one-hot/ordinal operators read the records directly instead
+        (``Operator.transform_records``), with the same output bit for bit (tested).
+        """
+        if not all(type(r) is dict for r in rows):
+            return None
+        blocks = []
+        for op in self.operators:
+            block = op.transform_records(rows)
+            if block is None:
+                return None
+            blocks.append(block)
+        return np.hstack(blocks) if blocks else None
 
     def _operators_transform(self, batch: Batch) -> np.ndarray:
         blocks = [op.transform(batch) for op in self.operators]

@@ -299,3 +299,37 @@ def test_fit_on_ray_dataset_matches_pandas(ray_session) -> None:
         assert abs(fp.impute_values_[c] - whole.impute_values_[c]) <= 0.02 * spread, c
     assert fp.categories_ == whole.categories_
     assert fp.feature_names_ == whole.feature_names_
+
+
+@pytest.mark.parametrize("encode", ["onehot", "ordinal", "hashing"])
+def test_records_fast_path_equals_the_dataframe_path(encode) -> None:
+    """Lists of records (Serve's batches) skip the DataFrame; the features are identical bit for bit,
+    whatever the values: None, NaN, inf, bools, ints, unseen or empty strings, junk types, absent keys."""
+    from raypipe.features import pipeline
+
+    fp = fitted(make_frame(), encode=encode, clip=[0.01, 0.99], log=["amount"], max_categories=3)
+    rng = np.random.default_rng(5)
+    numbers = [None, float("nan"), float("inf"), -1e308, 0, 7, 3.5, True, False, 2**60, -0.0]
+    texts = [None, float("nan"), "", "US", "DE", "JP", "BR", "atlantis", "pos", "web"]
+    odd = [b"US", 3, 2.5, ["US"], {"a": 1}, "12"]  # the general path's coercions decide these
+    for trial in range(300):
+        n = int(rng.integers(1, 9))
+        rows = [{"amount": numbers[rng.integers(len(numbers))], "age": numbers[rng.integers(len(numbers))],
+                 "hour": int(rng.integers(0, 24)), "card_present": bool(rng.random() < 0.5),
+                 "country": texts[rng.integers(len(texts))], "device": texts[rng.integers(len(texts))]}
+                for _ in range(n)]
+        if trial % 10 == 0:
+            rows[0]["country" if trial % 20 else "amount"] = odd[trial // 10 % len(odd)]
+        if trial % 25 == 0:
+            del rows[-1]["device"]
+        try:
+            general = fp.transform(pd.DataFrame.from_records(rows))
+        except (KeyError, ValueError, TypeError) as e:  # e.g. a column absent from every row
+            with pytest.raises(type(e)):
+                fp.transform(rows)
+            continue
+        np.testing.assert_array_equal(fp.transform(rows), general, err_msg=str(rows))
+    plain = [{"amount": 1.0, "age": 30, "hour": 3, "card_present": True, "country": "US", "device": "web"}]
+    assert fp._records_transform(plain) is not None or encode == "hashing"  # the fast path really ran
+    assert fp._records_transform([{**plain[0], "country": 3}]) is None  # ... and stepped aside for a number
+    assert pipeline.RECORDS_FAST_MAX >= 64  # covers a whole default Serve batch
