@@ -47,7 +47,8 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     preds = ds.map_batches(
         BatchPredict,
         fn_constructor_kwargs={"model_uri": vs.full_uri("model"), "features": vs.read_json("features.json"),
-                               "schema": schema, "threshold": reg.info(v).get("threshold", 0.5), "keep": keep},
+                               "schema": schema, "threshold": reg.info(v).get("threshold", 0.5), "keep": keep,
+                               "use_gpu": bool(gpu)},
         batch_format="pandas", concurrency=actors, num_gpus=gpu, batch_size=4096,
     )
     classes = (schema.get("target") or {}).get("classes")

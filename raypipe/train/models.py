@@ -38,9 +38,10 @@ def build_mlp(input_dim: int, hidden: list[int], n_outputs: int, dropout: float 
 
 
 class TorchModel:
-    """A trained zoo model (``torch.*`` kinds) for inference: CPU, eval mode, no grad."""
+    """A trained zoo model (``torch.*`` kinds) for inference: eval mode, no grad, on ``device``
+    (``cpu``, or ``cuda`` in a batch-inference actor that holds a GPU)."""
 
-    def __init__(self, meta: dict[str, Any], state: dict[str, Any]) -> None:
+    def __init__(self, meta: dict[str, Any], state: dict[str, Any], device: str = "cpu") -> None:
         import torch
 
         from raypipe.train.zoo import build_model
@@ -52,15 +53,18 @@ class TorchModel:
         self.net = build_model(meta["kind"], input_dim=meta["input_dim"], n_outputs=meta["n_outputs"],
                                layout=meta.get("layout"), params=params)
         self.net.load_state_dict(state)
-        self.net.eval()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"model device {device!r}: CUDA is not available here (train.use_gpu needs a GPU node)")
+        self.device = torch.device(device)
+        self.net.to(self.device).eval()
         self._torch = torch
 
     def predict_scores(self, x: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            out = self.net(self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float()
-            if self.task == "classification":
-                return self._torch.softmax(out, dim=1).numpy().astype(np.float64)
-            return out[:, 0].numpy().astype(np.float64)
+            batch = self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            out = self.net(batch).float()
+            out = self._torch.softmax(out, dim=1) if self.task == "classification" else out[:, 0]
+            return out.cpu().numpy().astype(np.float64)
 
 
 # --- scikit-learn ------------------------------------------------------------------------
@@ -141,15 +145,15 @@ def save_model(store: Store, meta: dict[str, Any], *, torch_state: dict[str, Any
     store.write_json(MODEL_JSON, meta)
 
 
-def load_model(store: Store) -> Model:
-    """Load a model folder written by :func:`save_model`."""
+def load_model(store: Store, device: str = "cpu") -> Model:
+    """Load a model folder written by :func:`save_model` (torch models onto ``device``)."""
     meta = store.read_json(MODEL_JSON)
     if meta.get("format") != "raypipe.model/1":
         raise ArtifactError(f"{store.full_uri(MODEL_JSON)}: not a raypipe model (format {meta.get('format')!r})")
     if meta["kind"].startswith("torch"):
         from safetensors.torch import load
 
-        return TorchModel(meta, load(store.read_bytes(TORCH_WEIGHTS)))
+        return TorchModel(meta, load(store.read_bytes(TORCH_WEIGHTS)), device)
     return SklearnModel(meta, load_skops(store.read_bytes(SKOPS_FILE)))
 
 

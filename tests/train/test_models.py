@@ -58,6 +58,22 @@ def test_torch_mlp_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(model.predict_scores(x), got)
 
 
+def test_torch_model_on_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
+    """`raypipe predict` with train.use_gpu loads torch models on the actor's GPU (checked on an H100:
+    benchmarks/gpu_predict_check.py); where CUDA is missing the error says what is wrong."""
+    import torch
+
+    net = build_mlp(5, [8], 2)
+    store = Store(tmp_path / "model")
+    save_model(store, model_meta("torch.mlp", "classification", 2, input_dim=5, hidden=[8]), torch_state=net.state_dict())
+    if torch.cuda.is_available():
+        assert load_model(store, "cuda").device.type == "cuda"
+        return
+    with pytest.raises(RuntimeError, match="CUDA is not available here"):
+        load_model(store, "cuda")
+    assert load_model(store).device.type == "cpu"
+
+
 def test_torch_mlp_regression_round_trip(tmp_path: Path) -> None:
     import torch
 
