@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,38 +21,63 @@ from tests.test_registry import _version_files
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs in a child process: count Store.write_bytes calls; on call K write half the bytes
-# to a temporary file next to the target (as a real write would) and SIGKILL ourselves.
+# Runs in a child process that imports raypipe once, then forks one grandchild per kill point
+# (a fresh interpreter per point cost ~4 s of imports each). Each grandchild counts
+# Store.write_bytes calls; on call K it writes half the bytes to a temporary file next to the
+# target (as a real write would) and SIGKILLs itself. K = 0: never killed, print the count.
 CHILD = """
-import os, signal, sys
+import json, os, signal, sys
 from raypipe.registry import Registry
 from raypipe.store import Store
 from tests.test_registry import _version_files
 
-root, kill_at = sys.argv[1], int(sys.argv[2])
-calls = 0
+files = _version_files(1)
 real = Store.write_bytes
 
-def write_bytes(self, rel, data):
-    global calls
-    calls += 1
-    if calls == kill_at:
-        final = self.path(rel)
-        self.fs.create_dir(os.path.dirname(final), recursive=True)
-        with self.fs.open_output_stream(final + ".tmp-killed") as f:
-            f.write(data[: len(data) // 2])
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(self, rel, data)
+def publish(root, kill_at):
+    calls = 0
 
-Store.write_bytes = write_bytes
-Registry(root, "p").publish(_version_files(1), passed=True, promote_to="champion", reason="candidate")
-print("WRITES", calls)
+    def write_bytes(self, rel, data):
+        nonlocal calls
+        calls += 1
+        if calls == kill_at:
+            final = self.path(rel)
+            self.fs.create_dir(os.path.dirname(final), recursive=True)
+            with self.fs.open_output_stream(final + ".tmp-killed") as f:
+                f.write(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(self, rel, data)
+
+    Store.write_bytes = write_bytes
+    Registry(root, "p").publish(files, passed=True, promote_to="champion", reason="candidate")
+    return calls
+
+outcome = {}
+for arg in sys.argv[1:]:
+    root, kill_at = arg.rsplit(":", 1)
+    if int(kill_at) == 0:
+        outcome[arg] = {"writes": publish(root, 0)}
+        continue
+    pid = os.fork()
+    if pid == 0:
+        publish(root, int(kill_at))
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    outcome[arg] = {"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                    "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}
+print(json.dumps(outcome))
 """
 
 
-def _child(root: Path, kill_at: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, str(root), str(kill_at)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+def _children(runs: list[tuple[Path, int]]) -> dict[str, dict]:
+    """Run ``publish`` once per (registry root, kill point) in forks of one child; their outcomes."""
+    import json
+
+    args = [f"{root}:{k}" for root, k in runs]
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {int(a.rsplit(":", 1)[1]): outcome[a] for a in args}
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +89,14 @@ def baseline(tmp_path_factory) -> Path:
 
 
 def test_kill_at_every_write_leaves_only_complete_versions(baseline, tmp_path):
-    dry = _child(_copy(baseline, tmp_path / "dry"), 10**9)
-    assert dry.returncode == 0, dry.stderr
-    writes = int(dry.stdout.split()[-1])
+    writes = _children([(_copy(baseline, tmp_path / "dry"), 0)])[0]["writes"]
     assert writes >= 10  # owner, 6 files, manifest, status, alias, audit, final status
 
     roots = [_copy(baseline, tmp_path / f"k{k}") for k in range(1, writes + 1)]
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        procs = list(pool.map(_child, roots, range(1, writes + 1)))
+    killed = _children(list(zip(roots, range(1, writes + 1))))
     outcomes = []
-    for k, (root, proc) in enumerate(zip(roots, procs), start=1):
-        assert proc.returncode == -9, f"kill point {k}: child was not killed ({proc.returncode}, {proc.stderr[-500:]})"
+    for k, root in enumerate(roots, start=1):
+        assert killed[k] == {"signal": 9, "exit": None}, f"kill point {k}: child was not killed ({killed[k]})"
         reg = Registry(str(root), "p")
         # What a reader sees right after the crash: complete versions only, champion loadable.
         _assert_readers_see_complete_versions(reg, k)

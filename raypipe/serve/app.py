@@ -101,12 +101,14 @@ class ServeMetrics:
         self.shadow_agreement.set_default_tags({"pipeline": pipeline})  # a fresh dict: Serve adds its tags to it
 
     def count(self, loaded: Loaded, role: str, answers: list[dict[str, Any]]) -> None:
-        labels = [str(a.get("prediction", a.get("cluster", a.get("is_anomaly", "value")))) for a in answers]
-        if loaded.predictor.task == "regression":
-            labels = ["value"] * len(answers)
+        tags = {"version": str(loaded.version), "role": role}
+        if loaded.predictor.task == "regression":  # a value is no class: one series, not one per value
+            self.predictions.inc(len(answers), tags={**tags, "prediction": "value"})
+            return
+        labels = [str(a.get("prediction", a.get("cluster", a.get("is_anomaly")))) for a in answers]
         values, counts = np.unique(np.asarray(labels), return_counts=True)
         for value, n in zip(values, counts):
-            self.predictions.inc(int(n), tags={"version": str(loaded.version), "role": role, "prediction": str(value)})
+            self.predictions.inc(int(n), tags={**tags, "prediction": str(value)})
 
     def serving(self, old: Optional[Routing], new: Routing) -> None:
         if old is not None:

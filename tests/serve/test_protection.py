@@ -19,6 +19,7 @@ from raypipe.progress import Progress
 from raypipe.registry import Registry
 from raypipe.serve.deploy import sample_request
 from tests.conftest import free_port, small_spec
+from tests.serve.helpers import with_deploy
 
 KEY_ENV = "RAYPIPE_TEST_API_KEY"
 
@@ -37,9 +38,7 @@ def deployed(spec: Any, name: str, **deploy: Any) -> tuple[Any, Any]:
     """The trained version served as its own application ``name`` (route /name) with these deploy settings."""
     from raypipe.serve.deploy import deploy as serve_deploy
 
-    data = spec.model_dump(mode="json", by_alias=True)
-    data["deploy"] = {**data["deploy"], **deploy, "route_prefix": f"/{name}"}
-    s = raypipe.load_spec(data)
+    s = with_deploy(spec, **deploy, route_prefix=f"/{name}")
     return s, serve_deploy(s, app_name=name)
 
 
