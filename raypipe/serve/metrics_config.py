@@ -34,7 +34,8 @@ def prometheus_config(sd_file: str, *, scrape_interval_s: float = 10.0) -> dict[
 
     The scrape timeout is the whole interval (Prometheus allows no more; unset, it is 10 s or
     the interval if shorter): a node's page holds every Ray Data, Train, Tune and Serve series
-    of the cluster's life, and a busy node can be slow to answer it.
+    of the cluster's life. Measured on the 2-core machine, 17 minutes into the test suite:
+    14 MB, 2.2 s to answer. With a 1 s interval, no scrape ever succeeded there.
     """
     interval = f"{scrape_interval_s:g}s"
     return {

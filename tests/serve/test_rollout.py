@@ -100,7 +100,8 @@ def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
     assert binary, "needs Prometheus: apt-get install prometheus (.ci/run installs it)"
     spec, _, v1, v2, rows = two_versions
     endpoint = deploy(with_deploy(spec, route_prefix="/observed", shadow=True), app_name="observed")
-    config = write_prometheus_config(str(tmp_path / "prometheus.yml"), scrape_interval_s=3)
+    # Late in a test session the node's page is big (14 MB, 2.2 s to answer): a long interval and timeout.
+    config = write_prometheus_config(str(tmp_path / "prometheus.yml"), scrape_interval_s=10)
     port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")
     proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
