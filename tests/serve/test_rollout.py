@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -93,42 +95,72 @@ def _wait_running(app: str, timeout: float = 60) -> None:
 
 
 def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
-    """A real Prometheus (Debian's package) scraping this Ray with the configuration raypipe writes."""
-    from raypipe.serve.metrics_config import write_prometheus_config
+    """A real Prometheus (Debian's package) scraping a Ray that serves with `raypipe serve`, with the
+    configuration raypipe writes.
+
+    That Ray is a fresh one (`raypipe serve` in a subprocess, as a user runs it): a node's
+    metrics page keeps every Ray Data series of the Ray's life, and the session Ray's was
+    28 MB, 32 s to answer, late in the suite, over any scrape timeout.
+    """
+    import signal
+    import sys
+
+    import yaml
+
+    from raypipe.serve.metrics_config import SD_FILE, write_prometheus_config
 
     binary = shutil.which("prometheus")
     assert binary, "needs Prometheus: apt-get install prometheus (.ci/run installs it)"
     spec, _, v1, v2, rows = two_versions
-    endpoint = deploy(with_deploy(spec, route_prefix="/observed", shadow=True), app_name="observed")
-    # Late in a test session the node's page is big (14 MB, 2.2 s to answer): a long interval and timeout.
-    config = write_prometheus_config(str(tmp_path / "prometheus.yml"), scrape_interval_s=10)
-    port = free_port()
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    api = f"http://127.0.0.1:{port}/api/v1"
-
-    def value(query: str) -> float:
-        result = httpx.get(f"{api}/query", params={"query": query}, timeout=10).json()["data"]["result"]
-        return sum(float(r["value"][1]) for r in result)
-
-    wanted = {
-        "champion answers": 'sum(ray_raypipe_predictions_total{application="observed",role="champion"})',
-        "shadow answers": f'sum(ray_raypipe_predictions_total{{application="observed",role="shadow",version="{v2}"}})',
-        "shadow agreement": 'sum(ray_raypipe_shadow_agreement_total{application="observed"})',
-        "rejections": 'sum(ray_raypipe_rejected_requests_total{application="observed",reason="schema"})',
-        "batch sizes": 'sum(ray_raypipe_batch_size_count{application="observed"})',
-        "version info": f'max(ray_raypipe_model_version_info{{application="observed",role="champion",version="{v1}"}})',
-        "serve requests": 'sum(ray_serve_deployment_request_counter_total{application="observed"})',
-        "serve latency": 'sum(ray_serve_deployment_processing_latency_ms_count{application="observed"})',
-    }
+    data = with_deploy(spec, route_prefix="/observed", shadow=True, port=free_port()).model_dump(mode="json", by_alias=True)
+    ray_dir = Path(tempfile.mkdtemp(prefix="rp-prom-", dir="/tmp"))  # short: Ray's socket paths stop at 107 bytes
+    data["ray"]["temp_dir"] = str(ray_dir)
+    spec_file = tmp_path / "observed.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    server_log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "raypipe", "serve", str(spec_file), "--blocking"],
+                              stdout=server_log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{data['deploy']['port']}/observed"
+    proc, log = None, None
     try:
+        deadline = time.monotonic() + 180
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+        config = write_prometheus_config(str(tmp_path / "prometheus.yml"), str(ray_dir / SD_FILE),
+                                         scrape_interval_s=2)
+        port = free_port()
+        log = open(tmp_path / "prometheus.log", "wb")
+        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        api = f"http://127.0.0.1:{port}/api/v1"
+
+        def value(query: str) -> float:
+            result = httpx.get(f"{api}/query", params={"query": query}, timeout=10).json()["data"]["result"]
+            return sum(float(r["value"][1]) for r in result)
+
+        app = f'application="{spec.name}"'
+        wanted = {
+            "champion answers": f'sum(ray_raypipe_predictions_total{{{app},role="champion"}})',
+            "shadow answers": f'sum(ray_raypipe_predictions_total{{{app},role="shadow",version="{v2}"}})',
+            "shadow agreement": f'sum(ray_raypipe_shadow_agreement_total{{{app}}})',
+            "rejections": f'sum(ray_raypipe_rejected_requests_total{{{app},reason="schema"}})',
+            "batch sizes": f'sum(ray_raypipe_batch_size_count{{{app}}})',
+            "version info": f'max(ray_raypipe_model_version_info{{{app},role="champion",version="{v1}"}})',
+            "serve requests": f'sum(ray_serve_deployment_request_counter_total{{{app}}})',
+            "serve latency": f'sum(ray_serve_deployment_processing_latency_ms_count{{{app}}})',
+        }
         deadline, missing = time.monotonic() + 150, dict(wanted)
         with httpx.Client(timeout=30) as http:
             while missing:
                 for row in rows:
-                    assert http.post(f"{endpoint.url}/predict", json=row).status_code == 200
-                assert http.post(f"{endpoint.url}/predict", json={**rows[0], "nope": 1}).status_code == 422
+                    assert http.post(f"{url}/predict", json=row).status_code == 200
+                assert http.post(f"{url}/predict", json={**rows[0], "nope": 1}).status_code == 422
                 try:
                     missing = {k: q for k, q in missing.items() if value(q) <= 0}
                 except (httpx.HTTPError, KeyError):
@@ -136,9 +168,17 @@ def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
                 assert time.monotonic() < deadline, _scrape_report(api, config, tmp_path / "prometheus.log", missing)
                 time.sleep(1)
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+            log.close()
+        server.send_signal(signal.SIGINT)  # `raypipe serve --blocking` shuts Serve and its Ray down on Ctrl-C
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        server_log.close()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def _scrape_report(api: str, config: str, log_file, missing: dict) -> str:
