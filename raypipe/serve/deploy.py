@@ -207,16 +207,20 @@ def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]
     table = pads.dataset(root.path(rel), filesystem=root.fs, format="parquet").head(
         2000, columns=cols + schema["id_columns"] + ([target] if target else []))
     required = [c for c in cols if not schema["columns"][c].get("nullable", True)]
-    rows, labels = [], set()
+    candidates = []
     for row in table.to_pylist():
         label = row.pop(target, None) if target else None
-        # one row per class first (a fraud demo should show a fraud), then any rows
-        if all(row[c] is not None for c in required) and (label not in labels or len(labels) >= n):
+        if all(row[c] is not None for c in required):
+            candidates.append((label, {k: _json_value(v) for k, v in row.items()}))
+    # one row per class first (a fraud demo should show a fraud), then the others in order
+    first, labels = [], set()
+    for i, (label, _) in enumerate(candidates):
+        if label not in labels:
             labels.add(label)
-            rows.append({k: _json_value(v) for k, v in row.items()})
-        if len(rows) == n:
-            break
-    return rows
+            first.append(i)
+    chosen = set(first[:n])
+    order = first[:n] + [i for i in range(len(candidates)) if i not in chosen]
+    return [candidates[i][1] for i in order[:n]]
 
 
 def _json_value(v: Any) -> Any:
