@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,10 +35,6 @@ from typing import Any
 CLIENTS = (8, 32, 128)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the load generator (runs in its own process) -------------------------------------
@@ -190,7 +185,7 @@ def main() -> None:
     from raypipe.predictor import Predictor
     from raypipe.progress import Progress
     from raypipe.registry import Registry
-    from raypipe.runtime import connect
+    from raypipe.runtime import connect, free_port
     from raypipe.serve.deploy import sample_request, shutdown
 
     results: dict[str, Any] = {}

@@ -107,12 +107,13 @@ def serve_env(ingress: str) -> dict[str, str]:
         # with HAProxy on the host (a test session beside `raypipe run`) would fail to start its own.
         for var in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
             if var not in os.environ or os.environ.get("_RAYPIPE_SET_" + var):
-                env[var] = str(_free_port())
+                env[var] = str(free_port())
                 env["_RAYPIPE_SET_" + var] = "1"
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     import socket
 
     with socket.socket() as s:

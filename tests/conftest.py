@@ -5,17 +5,12 @@ ports. Ray start-up costs ~10 s on a 2-core machine, so it happens once.
 """
 from __future__ import annotations
 
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from raypipe.runtime import free_port  # noqa: F401  (the tests import it from here)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raypipe.errors import ExportError
-from raypipe.export.onnx_features import build_features, check_exportable, input_specs, onnx_feed
+from raypipe.export.onnx_features import build_features, input_specs, onnx_feed
 
 __all__ = ["ExportResult", "export_onnx", "onnx_feed", "input_specs"]
 
@@ -41,12 +41,10 @@ def export_onnx(predictor: Any, path: str, *, pipeline: str = "") -> ExportResul
     from raypipe.export.onnx_model import ML_OPSET, add_decision, model_proto
 
     features, model = predictor.features, predictor.model
-    check_exportable(features)
+    g = Graph("raypipe")
+    x = build_features(g, features)  # first: it refuses what has no ONNX form before the slow model conversion
     proto, roles = model_proto(model, features.n_features)
     proto = compose.add_prefix(proto, "model/")
-
-    g = Graph("raypipe")
-    x = build_features(g, features)
     g.alias(x, "model/features")  # the features feed the model
     g.nodes.extend(proto.graph.node)
     g.initializers.extend(proto.graph.initializer)

@@ -207,20 +207,14 @@ def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]
     table = pads.dataset(root.path(rel), filesystem=root.fs, format="parquet").head(
         2000, columns=cols + schema["id_columns"] + ([target] if target else []))
     required = [c for c in cols if not schema["columns"][c].get("nullable", True)]
-    candidates = []
+    # one row per class first (a fraud demo should show a fraud), then the others in order
+    first, rest, labels = [], [], set()
     for row in table.to_pylist():
         label = row.pop(target, None) if target else None
         if all(row[c] is not None for c in required):
-            candidates.append((label, {k: _json_value(v) for k, v in row.items()}))
-    # one row per class first (a fraud demo should show a fraud), then the others in order
-    first, labels = [], set()
-    for i, (label, _) in enumerate(candidates):
-        if label not in labels:
+            (rest if label in labels else first).append(row)
             labels.add(label)
-            first.append(i)
-    chosen = set(first[:n])
-    order = first[:n] + [i for i in range(len(candidates)) if i not in chosen]
-    return [candidates[i][1] for i in order[:n]]
+    return [{k: _json_value(v) for k, v in row.items()} for row in (first + rest)[:n]]
 
 
 def _json_value(v: Any) -> Any:
