@@ -5,12 +5,15 @@ features), measured in one run on this machine:
 
   (a) the limit: the registry version's ``Predictor`` in this process, on batches of 64
       rows (rows/s; no HTTP);
-  (b) plain FastAPI + uvicorn, one process: the same ``Predictor`` and the same request
-      model (generated from the stored schema), one ``predict_records([row])`` per
-      request, no Ray;
+  (b) plain FastAPI + uvicorn, one process (``--fastapi-workers`` for more): the same
+      ``Predictor`` and the same request model (generated from the stored schema), one
+      ``predict_records([row])`` per request, no Ray. Measured before and again after
+      raypipe's runs, with no Ray running; the better of the two is the baseline (this
+      machine's throughput drifts by +-15 % from one minute to the next);
   (c) raypipe's Ray Serve endpoint (``raypipe.serve``), for each ingress asked for
       (``haproxy``: Ray's HAProxy ingress, raypipe's default; ``proxy``: Ray's Python
-      proxy).
+      proxy), with ``--replicas`` replicas (default 2: what the spec's default autoscaling
+      reaches under 32 clients, pinned so that no run waits out its upscale delay).
 
 Load comes from a separate process: closed loop, N clients each sending one single-row
 ``POST /predict`` after the other, for ``--seconds`` after a warm-up, at 8, 32 and 128
@@ -18,7 +21,8 @@ clients. Reported per setup and concurrency: req/s, p50, p99 (ms), non-2xx respo
 transport errors. Target (issue 6): raypipe >= 1.0x FastAPI's req/s at 32 clients with
 p99 <= 100 ms and 0 errors. Prints a table and, last, one JSON line. Not a test.
 
-    .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--ingress haproxy proxy]
+    .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--ingress haproxy proxy] [--replicas 2]
+        [--fastapi-workers 1]
 """
 
 import argparse
@@ -113,10 +117,39 @@ def fastapi_app(version_uri: str, version: int) -> Any:
     return app
 
 
-def serve_fastapi(version_uri: str, version: int, port: int) -> None:
+def serve_fastapi(version_uri: str, version: int, port: int, workers: int = 1) -> None:
     import uvicorn
 
-    uvicorn.run(fastapi_app(version_uri, version), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    if workers == 1:
+        uvicorn.run(fastapi_app(version_uri, version), host="127.0.0.1", port=port, log_level="warning",
+                    access_log=False)
+        return
+    # uvicorn's own worker processes import the app by name (one port, the kernel spreads connections)
+    os.environ["BENCH_VERSION"] = json.dumps([version_uri, version])
+    sys.path.insert(0, str(Path(__file__).parent))
+    uvicorn.run("serve_bench:fastapi_factory", factory=True, workers=workers, host="127.0.0.1", port=port,
+                log_level="warning", access_log=False)
+
+
+def fastapi_factory() -> Any:
+    uri, version = json.loads(os.environ["BENCH_VERSION"])
+    return fastapi_app(uri, int(version))
+
+
+def measure_fastapi(vs: Any, version: int, rows_file: Path, clients: list[int], seconds: float,
+                    workers: int) -> list[dict[str, Any]]:
+    """Start the FastAPI app in its own process, load it at each concurrency, stop it."""
+    from raypipe.runtime import free_port
+
+    fport = free_port()
+    app = subprocess.Popen([sys.executable, __file__, "--fastapi", vs.full_uri(), str(version), str(fport),
+                            str(workers)])
+    try:
+        wait_http(f"http://127.0.0.1:{fport}/docs")
+        return [load(f"http://127.0.0.1:{fport}/predict", str(rows_file), c, seconds) for c in clients]
+    finally:
+        app.terminate()
+        app.wait(30)
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:
@@ -164,9 +197,15 @@ def main() -> None:
     ap.add_argument("--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"])
     ap.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS))
     ap.add_argument("--batch-wait-s", type=float, default=None, help="deploy.batching.batch_wait_timeout_s")
-    ap.add_argument("--replicas", type=int, default=1, help="replicas of raypipe's deployment (min = max)")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="replicas of raypipe's deployment (min = max). Default 2: the spec's default autoscaling "
+                         "(max_replicas 2, target_ongoing_requests 8) scales to 2 under sustained load of 32 "
+                         "clients; pinned, so that no run waits out the 30 s upscale delay")
+    ap.add_argument("--fastapi-workers", type=int, default=1,
+                    help="uvicorn worker processes of the FastAPI baseline (the issue's baseline: 1)")
     ap.add_argument("--load", nargs=4, metavar=("URL", "ROWS_FILE", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
-    ap.add_argument("--fastapi", nargs=3, metavar=("VERSION_URI", "VERSION", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument("--fastapi", nargs=4, metavar=("VERSION_URI", "VERSION", "PORT", "WORKERS"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load:
         url, rows_file, clients, seconds = args.load
@@ -176,7 +215,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     if args.fastapi:
-        serve_fastapi(args.fastapi[0], int(args.fastapi[1]), int(args.fastapi[2]))
+        serve_fastapi(args.fastapi[0], int(args.fastapi[1]), int(args.fastapi[2]), int(args.fastapi[3]))
         return
 
     import ray
@@ -205,17 +244,11 @@ def main() -> None:
         results["in_process"] = in_process_rate(predictor, rows)
         print("(a) in-process:", json.dumps(results["in_process"]), flush=True)
 
-        fport = free_port()
-        app = subprocess.Popen([sys.executable, __file__, "--fastapi", vs.full_uri(), str(version), str(fport)])
-        try:
-            wait_http(f"http://127.0.0.1:{fport}/docs")
-            results["fastapi"] = [load(f"http://127.0.0.1:{fport}/predict", str(rows_file), c, args.seconds)
-                                  for c in args.clients]
-        finally:
-            app.terminate()
-            app.wait(30)
-        for r in results["fastapi"]:
-            print("(b) fastapi:", json.dumps(r), flush=True)
+        # Before and after raypipe's runs, without Ray running: the better of the two is the baseline
+        # (this machine's throughput drifts by +-15 % between minutes).
+        fastapi_runs = [measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers)]
+        for r in fastapi_runs[0]:
+            print("(b) fastapi, before:", json.dumps(r), flush=True)
 
         for ingress in args.ingress:
             d = s.deploy.model_copy(update={"ingress": ingress, "port": free_port()})
@@ -233,6 +266,14 @@ def main() -> None:
                 print(f"(c) raypipe, {ingress}:", json.dumps(r), flush=True)
             shutdown()
 
+        fastapi_runs.append(measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers))
+        for r in fastapi_runs[1]:
+            print("(b) fastapi, after:", json.dumps(r), flush=True)
+
+    results["fastapi"] = [max(pair, key=lambda r: r["rps"]) for pair in zip(*fastapi_runs)]
+    results["fastapi_runs"] = fastapi_runs
+    results["setup"] = {"replicas": args.replicas, "fastapi_workers": args.fastapi_workers,
+                        "cores": os.cpu_count()}
     base = {r["clients"]: r for r in results["fastapi"]}
     print(f"\nsingle-row POST /predict, closed loop, {args.seconds:g} s per point, {os.cpu_count()} cores")
     print(f"in-process limit: {results['in_process']['batch_64_rows_per_s']:,.0f} rows/s in batches of 64, "

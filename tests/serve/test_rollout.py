@@ -154,6 +154,8 @@ def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
             "version info": f'max(ray_raypipe_model_version_info{{{app},role="champion",version="{v1}"}})',
             "serve requests": f'sum(ray_serve_deployment_request_counter_total{{{app}}})',
             "serve latency": f'sum(ray_serve_deployment_processing_latency_ms_count{{{app}}})',
+            # from the replica, with HAProxy's own request metrics off (runtime.serve_env)
+            "serve http requests": f'sum(ray_serve_num_http_requests_total{{{app},status_code="200"}})',
         }
         deadline, missing = time.monotonic() + 150, dict(wanted)
         with httpx.Client(timeout=30) as http:
