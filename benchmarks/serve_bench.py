@@ -9,7 +9,7 @@ features), measured in one run on this machine:
       ``Predictor`` and the same request model (generated from the stored schema), one
       ``predict_records([row])`` per request, no Ray. Measured before and again after
       raypipe's runs, with no Ray running; the better of the two is the baseline (this
-      machine's throughput drifts by +-15 % from one minute to the next);
+      machine's throughput drifts by up to +-20 % from one minute to the next);
   (c) raypipe's Ray Serve endpoint (``raypipe.serve``), for each ingress asked for
       (``haproxy``: Ray's HAProxy ingress, raypipe's default; ``proxy``: Ray's Python
       proxy), with ``--replicas`` replicas (default 2: what the spec's default autoscaling
@@ -245,7 +245,7 @@ def main() -> None:
         print("(a) in-process:", json.dumps(results["in_process"]), flush=True)
 
         # Before and after raypipe's runs, without Ray running: the better of the two is the baseline
-        # (this machine's throughput drifts by +-15 % between minutes).
+        # (this machine's throughput drifts by up to +-20 % between minutes).
         fastapi_runs = [measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers)]
         for r in fastapi_runs[0]:
             print("(b) fastapi, before:", json.dumps(r), flush=True)
