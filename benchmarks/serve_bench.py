@@ -137,8 +137,8 @@ def fastapi_factory() -> Any:
 
 
 def measure_fastapi(vs: Any, version: int, rows_file: Path, clients: list[int], seconds: float,
-                    workers: int) -> list[dict[str, Any]]:
-    """Start the FastAPI app in its own process, load it at each concurrency, stop it."""
+                    workers: int, when: str) -> list[dict[str, Any]]:
+    """Start the FastAPI app in its own process, load it at each concurrency, print each result, stop it."""
     from raypipe.runtime import free_port
 
     fport = free_port()
@@ -146,7 +146,10 @@ def measure_fastapi(vs: Any, version: int, rows_file: Path, clients: list[int], 
                             str(workers)])
     try:
         wait_http(f"http://127.0.0.1:{fport}/docs")
-        return [load(f"http://127.0.0.1:{fport}/predict", str(rows_file), c, seconds) for c in clients]
+        results = [load(f"http://127.0.0.1:{fport}/predict", str(rows_file), c, seconds) for c in clients]
+        for r in results:
+            print(f"(b) fastapi, {when}:", json.dumps(r), flush=True)
+        return results
     finally:
         app.terminate()
         app.wait(30)
@@ -246,9 +249,8 @@ def main() -> None:
 
         # Before and after raypipe's runs, without Ray running: the better of the two is the baseline
         # (this machine's throughput drifts by up to +-20 % between minutes).
-        fastapi_runs = [measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers)]
-        for r in fastapi_runs[0]:
-            print("(b) fastapi, before:", json.dumps(r), flush=True)
+        fastapi_runs = [measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers,
+                                        "before")]
 
         for ingress in args.ingress:
             d = s.deploy.model_copy(update={"ingress": ingress, "port": free_port()})
@@ -266,9 +268,8 @@ def main() -> None:
                 print(f"(c) raypipe, {ingress}:", json.dumps(r), flush=True)
             shutdown()
 
-        fastapi_runs.append(measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers))
-        for r in fastapi_runs[1]:
-            print("(b) fastapi, after:", json.dumps(r), flush=True)
+        fastapi_runs.append(measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers,
+                                            "after"))
 
     results["fastapi"] = [max(pair, key=lambda r: r["rps"]) for pair in zip(*fastapi_runs)]
     results["fastapi_runs"] = fastapi_runs

@@ -144,11 +144,7 @@ def build_fastapi(server: Any) -> Any:
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         """Predict one row (a JSON object) or many (a list of objects)."""
-        async def chunks() -> Any:
-            async for chunk in request.stream():
-                yield chunk
-
-        status, body, headers = await handle_predict(server, request.headers, chunks())
+        status, body, headers = await handle_predict(server, request.headers, request.stream())
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.get("/healthz")
