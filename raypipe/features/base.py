@@ -123,17 +123,32 @@ def quantile_sketch(x: np.ndarray, points: int) -> np.ndarray:
     """``points`` evenly spaced quantiles of ``x`` (finite values), from at most ``SKETCH_SAMPLE`` of them.
 
     A larger block is thinned by a fixed stride first: the sketch is approximate anyway
-    (rank error ~1/sqrt(sample), 0.4 %), and ``np.quantile`` with many points costs a
-    partition per point (0.6 s for 20 columns of 500,000 rows, 10x the rest of the pass).
-    The result is minimum and maximum exact: they are put back after thinning.
+    (rank error ~1/sqrt(sample), 0.4 %). The minimum and maximum stay exact: they are
+    put back after thinning. The quantiles are read off one sort of the sample, with
+    ``np.quantile``'s linear method (same values): ``np.quantile`` with many points costs
+    a partition per point, 6x the sort for 1,001 points of 65,536 values.
     """
+    lo, hi = (x.min(), x.max()) if len(x) else (np.nan, np.nan)
     if len(x) > SKETCH_SAMPLE:
-        lo, hi = x.min(), x.max()
         x = x[:: -(-len(x) // SKETCH_SAMPLE)]
-        q = np.quantile(x, np.linspace(0.0, 1.0, points))
+    q = sorted_quantiles(np.sort(x), np.linspace(0.0, 1.0, points))
+    if len(q):
         q[0], q[-1] = lo, hi
-        return q
-    return np.quantile(x, np.linspace(0.0, 1.0, points))
+    return q
+
+
+def sorted_quantiles(xs: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``np.quantile(xs, levels)`` (linear method) of an already sorted array, without partitioning."""
+    n = len(xs)
+    if n == 0:
+        return np.full(len(levels), np.nan)
+    virtual = (n - 1) * levels  # numpy's virtual index for the linear method
+    below = np.floor(virtual)
+    t = virtual - below
+    below = np.clip(below, 0, n - 1).astype(np.intp)
+    a, b = xs[below], xs[np.minimum(below + 1, n - 1)]
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's _lerp
 
 
 def as_float(col: Any) -> np.ndarray:

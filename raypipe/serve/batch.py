@@ -22,6 +22,23 @@ def _read(path: str) -> Any:
     raise SpecError(f"--input {path!r}: give a .parquet or .csv file, or a folder of parquet files")
 
 
+def gpu_actors(actors: int) -> int:
+    """Actors for a GPU pool: one GPU each, so no more than the cluster has GPUs.
+
+    Ray Data would otherwise wait for ever on an actor that no node can place.
+
+    Raises:
+        SpecError: when the cluster has no GPU at all.
+    """
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus < 1:
+        raise SpecError("train.use_gpu: true, so `raypipe predict` gives each actor one GPU, but this Ray cluster "
+                        "has none; run it on a cluster with GPU nodes, or set train.use_gpu: false to predict on CPUs")
+    return min(actors, gpus)
+
+
 def predict_files(spec: Spec, input: str, output: str, *, version: int | None = None, alias: str | None = None,
                   address: str | None = None, actors: int = 2) -> dict[str, Any]:
     """Predict every row of ``input``; write input columns + ``prediction`` (+ scores) as parquet."""
@@ -41,6 +58,8 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     connect_for(spec, address)
     schema = vs.read_json("schema.json")
     gpu = 1 if spec.train.use_gpu else 0
+    if gpu:
+        actors = gpu_actors(actors)
     t0 = time.perf_counter()
     ds = _read(input)
     keep = [c for c in ds.schema().names]

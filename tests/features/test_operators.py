@@ -662,3 +662,17 @@ def test_str_codes_are_as_str_factorised(col: Any) -> None:
     expected = as_str(col).tolist()
     assert [None if k < 0 else texts[k] for k in codes] == expected
     assert len(set(texts)) == len(texts)  # each distinct text once: 1 and 1.0 stay "1" and "1.0"
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 70_000])
+def test_quantile_sketch_equals_numpy_quantile(n: int) -> None:
+    """The sketch reads its quantiles off one sort: the same numbers as ``np.quantile`` (linear), bit for bit."""
+    from raypipe.features.base import SKETCH_SAMPLE, quantile_sketch, sorted_quantiles
+
+    x = np.random.default_rng(n).normal(size=n) * 1e6
+    levels = np.linspace(0.0, 1.0, 1001)
+    assert np.array_equal(sorted_quantiles(np.sort(x), levels), np.quantile(x, levels))
+    sample = x[:: -(-n // SKETCH_SAMPLE)] if n > SKETCH_SAMPLE else x
+    expected = np.quantile(sample, np.linspace(0.0, 1.0, 201))
+    expected[0], expected[-1] = x.min(), x.max()  # exact ends even after thinning
+    assert np.array_equal(quantile_sketch(x, 201), expected)

@@ -143,6 +143,23 @@ def test_predict_refuses_a_non_empty_output_folder(deployed, tmp_path):
         raypipe.predict(spec, str(tmp_path / "whatever.parquet"), str(out))
 
 
+def test_gpu_predict_without_a_gpu_says_so_instead_of_waiting(deployed, test_rows, tmp_path):
+    """train.use_gpu gives each predict actor one GPU: on a cluster without any, a clear error, not a hang."""
+    import ray
+
+    spec, _, _ = deployed
+    _, rows = test_rows
+    src = tmp_path / "rows.parquet"
+    pd.DataFrame.from_records(rows).to_parquet(src)
+    gpu_spec = spec.model_copy(update={"train": spec.train.model_copy(update={"use_gpu": True})})
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        assert raypipe.predict(gpu_spec, str(src), str(tmp_path / "out"))["rows"] == N_ROWS
+        return
+    with pytest.raises(raypipe.SpecError, match="train.use_gpu: true.*has none.*use_gpu: false"):
+        raypipe.predict(gpu_spec, str(src), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_anomaly_detector_serves_scores_online_and_offline(deployed, test_rows, tmp_path):
     """task: anomaly behind the same Serve instance: is_anomaly + anomaly_score, equal to offline."""
     from ray import serve
