@@ -327,12 +327,18 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A click usage error: from click itself, or from the copy of click that typer >= 0.2x carries."""
+    import click
+
+    kinds = tuple(k for k in (click.ClickException, getattr(typer, "TyperException", None)) if k is not None)
+    return isinstance(exc, kinds) and hasattr(exc, "show") and hasattr(exc, "exit_code")
 
 
 if __name__ == "__main__":

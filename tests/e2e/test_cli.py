@@ -94,3 +94,10 @@ def test_bad_spec_exits_2_with_the_key_path(tmp_path):
     proc = raypipe("run", str(bad))
     assert proc.returncode == 2
     assert "train.epocs: unknown key; did you mean 'epochs'?" in proc.stderr
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback():
+    proc = raypipe("run", "--bogus-flag", timeout=60)
+    assert proc.returncode == 2
+    assert "No such option: --bogus-flag" in proc.stderr
+    assert "Traceback" not in proc.stderr and "NoSuchOption" not in proc.stderr
