@@ -25,7 +25,9 @@ def _read(path: str) -> Any:
 def gpu_actors(actors: int) -> int:
     """Actors for a GPU pool: one GPU each, so no more than the cluster has GPUs.
 
-    Ray Data would otherwise wait for ever on an actor that no node can place.
+    Ray Data would otherwise wait for ever on an actor that no node can place. The count
+    is of the nodes up now: an autoscaling cluster whose GPU nodes are all scaled down
+    is refused too (start one first).
 
     Raises:
         SpecError: when the cluster has no GPU at all.
