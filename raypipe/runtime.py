@@ -59,6 +59,9 @@ def haproxy_available() -> bool:
 
 
 LOCAL_DRAIN_S = "2"
+# Serve's throughput profile and HTTP metrics from the replicas (see serve_env): what a local
+# Ray gets unless its environment says otherwise, and what the RayService manifest sets.
+SERVE_PROFILE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
 
 
 def serve_env(ingress: str) -> dict[str, str]:
@@ -95,7 +98,7 @@ def serve_env(ingress: str) -> dict[str, str]:
         # thread and loop per request), buffered request logs, frozen GC after start-up. With the
         # HAProxy ingress and 32 clients, one replica answered 812 req/s with it, 589 without
         # (benchmarks/serve_bench.py, 2 cores).
-        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = SERVE_PROFILE["RAY_SERVE_THROUGHPUT_OPTIMIZED"]
     if enabled and "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in os.environ:
         # A stopping replica behind HAProxy stays open for this long so that load balancers in front
         # of the nodes can deregister it (Serve's default: 30 s, which made every scale-down, app
@@ -108,7 +111,7 @@ def serve_env(ingress: str) -> dict[str, str]:
         # HAProxyManager actor parses in Python: that actor took 11-13 % of a core at ~900 req/s
         # here, ~0.13 ms of CPU per request (benchmarks/serve_bench.py). Same metric names; what
         # HAProxy answers itself (no replica up) is not counted.
-        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
+        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = SERVE_PROFILE["RAY_SERVE_HAPROXY_METRICS_ENABLED"]
     if enabled:
         # HAProxy's stats (8404) and metrics (9101) listeners have fixed default ports: a second Ray
         # with HAProxy on the host (a test session beside `raypipe run`) would fail to start its own.

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from raypipe.registry import Registry
+from raypipe.runtime import SERVE_PROFILE
 from raypipe.spec import Spec
 from raypipe.store import Store
 from raypipe.validate.schema import feature_columns
@@ -246,8 +247,7 @@ def rayservice_manifest(spec: Spec, config: dict[str, Any], *, image: str = "ray
         {"name": "RAY_AUTH_MODE", "value": "token"},
         {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "raypipe-ray-token", "key": "token"}}},
         {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1" if spec.deploy.ingress == "haproxy" else "0"},
-        {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},  # as on a local Ray (runtime.serve_env)
-        {"name": "RAY_SERVE_HAPROXY_METRICS_ENABLED", "value": "0"},  # HTTP metrics from the replicas, as locally
+        *({"name": k, "value": v} for k, v in SERVE_PROFILE.items()),  # as on a local Ray (runtime.serve_env)
     ]
     resources = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
 
