@@ -128,12 +128,11 @@ def quantile_sketch(x: np.ndarray, points: int) -> np.ndarray:
     ``np.quantile``'s linear method (same values): ``np.quantile`` with many points costs
     a partition per point, 6x the sort for 1,001 points of 65,536 values.
     """
-    lo, hi = (x.min(), x.max()) if len(x) else (np.nan, np.nan)
-    if len(x) > SKETCH_SAMPLE:
-        x = x[:: -(-len(x) // SKETCH_SAMPLE)]
-    q = sorted_quantiles(np.sort(x), np.linspace(0.0, 1.0, points))
-    if len(q):
-        q[0], q[-1] = lo, hi
+    levels = np.linspace(0.0, 1.0, points)
+    if len(x) <= SKETCH_SAMPLE:
+        return sorted_quantiles(np.sort(x), levels)  # its ends are the minimum and maximum
+    q = sorted_quantiles(np.sort(x[:: -(-len(x) // SKETCH_SAMPLE)]), levels)
+    q[0], q[-1] = x.min(), x.max()
     return q
 
 
