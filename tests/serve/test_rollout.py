@@ -243,3 +243,16 @@ def test_emitted_serve_config_is_what_serve_deploy_accepts(two_versions, tmp_pat
         time.sleep(0.5)
     assert r.json()["version"] == v1
     serve.delete(spec.name)
+
+
+def test_checked_in_rayservice_example_is_what_raypipe_emits():
+    """clusters/kuberay-rayservice.yaml is a copy of `--rayservice` output: regenerated from its own
+    serveConfigV2 and the example's spec it must come out the same (Serve settings included)."""
+    import yaml
+
+    from raypipe.serve.deploy import rayservice_manifest
+
+    root = Path(__file__).resolve().parents[2]
+    checked_in = yaml.safe_load((root / "clusters" / "kuberay-rayservice.yaml").read_text())
+    spec = raypipe.load_spec(root / "examples" / "fraud_detection" / "pipeline.yaml")
+    assert rayservice_manifest(spec, yaml.safe_load(checked_in["spec"]["serveConfigV2"])) == checked_in
