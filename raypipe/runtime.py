@@ -122,13 +122,36 @@ def serve_env(ingress: str) -> dict[str, str]:
     return env
 
 
+# Ray's workers take ports 10002-19999 and every bind(0) (Ray's own gRPC servers, outgoing
+# connections) takes one from the kernel's ephemeral range (32768-60999 on Linux). A port picked
+# from either may be taken again by Ray in the seconds before Serve or HAProxy binds it
+# ("cannot bind socket (Address already in use)"), so free_port picks from the gap between them.
+_PORT_GAP_LOW = 20000
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 now, outside Ray's worker ports and the kernel's ephemeral range."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    high = _ephemeral_low() - 1
+    candidates = random.SystemRandom().sample(range(_PORT_GAP_LOW, high + 1), min(64, max(0, high - _PORT_GAP_LOW)))
+    for port in candidates + [0]:  # 0: the kernel's choice, where the gap is missing or full
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free TCP port on 127.0.0.1")
 
 
 def serve_ingress() -> str:

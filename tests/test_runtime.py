@@ -58,3 +58,18 @@ def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"  # HTTP metrics from the replica, not HAProxy's log lines
     assert runtime.serve_env("proxy") == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def test_free_port_is_bindable_and_outside_the_ranges_ray_draws_from() -> None:
+    """Ray's workers use 10002-19999 and every bind(0) the kernel's ephemeral range: a port from
+    either can be taken by Ray before Serve's HAProxy binds it."""
+    import socket
+
+    from raypipe.runtime import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) > 1  # drawn at random, not the same port every call
+    for port in ports:
+        assert 20000 <= port < _ephemeral_low()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from raypipe.runtime import free_port
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,17 +40,12 @@ RAY = Path(PYTHON).parent / "ray"
 
 
 def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports (sockets held open together so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n distinct free TCP ports outside the ranges Ray itself draws from (``runtime.free_port``)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
 
 
 def _cluster_env(token: str) -> dict[str, str]:
