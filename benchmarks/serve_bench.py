@@ -12,8 +12,8 @@ features), measured in one run on this machine:
       machine's throughput drifts by up to +-20 % from one minute to the next);
   (c) raypipe's Ray Serve endpoint (``raypipe.serve``), for each ingress asked for
       (``haproxy``: Ray's HAProxy ingress, raypipe's default; ``proxy``: Ray's Python
-      proxy), with ``--replicas`` replicas (default 2: what the spec's default autoscaling
-      reaches under 32 clients, pinned so that no run waits out its upscale delay).
+      proxy), with ``--replicas`` replicas (default 1, like the baseline's one process;
+      pinned, so that no run waits out an upscale delay).
 
 Load comes from a separate process: closed loop, N clients each sending one single-row
 ``POST /predict`` after the other, for ``--seconds`` after a warm-up, at 8, 32 and 128
@@ -21,7 +21,7 @@ clients. Reported per setup and concurrency: req/s, p50, p99 (ms), non-2xx respo
 transport errors. Target (issue 6): raypipe >= 1.0x FastAPI's req/s at 32 clients with
 p99 <= 100 ms and 0 errors. Prints a table and, last, one JSON line. Not a test.
 
-    .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--ingress haproxy proxy] [--replicas 2]
+    .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--ingress haproxy proxy] [--replicas 1]
         [--fastapi-workers 1]
 """
 
@@ -200,10 +200,12 @@ def main() -> None:
     ap.add_argument("--ingress", nargs="+", default=["haproxy", "proxy"], choices=["haproxy", "proxy"])
     ap.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS))
     ap.add_argument("--batch-wait-s", type=float, default=None, help="deploy.batching.batch_wait_timeout_s")
-    ap.add_argument("--replicas", type=int, default=2,
-                    help="replicas of raypipe's deployment (min = max). Default 2: the spec's default autoscaling "
-                         "(max_replicas 2, target_ongoing_requests 8) scales to 2 under sustained load of 32 "
-                         "clients; pinned, so that no run waits out the 30 s upscale delay")
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="replicas of raypipe's deployment (min = max, pinned so that no run waits out the 30 s "
+                         "upscale delay). Default 1: one server process against the baseline's one uvicorn "
+                         "process. The spec's default autoscaling (max_replicas 2) would reach 2 under 32 "
+                         "clients; on 2 cores the second replica competes with HAProxy and the load generator "
+                         "for the same cores (benchmarks/RESULTS.md)")
     ap.add_argument("--fastapi-workers", type=int, default=1,
                     help="uvicorn worker processes of the FastAPI baseline (the issue's baseline: 1)")
     ap.add_argument("--load", nargs=4, metavar=("URL", "ROWS_FILE", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
