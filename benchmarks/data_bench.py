@@ -8,8 +8,10 @@ memory (the driver's max RSS) is its own:
   (b) pandas + scikit-learn in one process: read, SimpleImputer(median) +
       StandardScaler on the numerics, OneHotEncoder on the categoricals (fit + transform).
   (c) Ray's stock chain: read_parquet -> SimpleImputer -> StandardScaler ->
-      OneHotEncoder (ray.data.preprocessors), fit + transform, materialised, under
-      Ray Data's default settings (what a user of the stock chain gets).
+      OneHotEncoder (ray.data.preprocessors), fit + transform, materialised, on a plain
+      ``ray.init()`` with Ray Data's default settings (what a user of the stock chain gets).
+  (c1) the same with the one switch that matters most: Ray Data's V1 parquet reader
+      (Ray 2.60's default DataSourceV2 reader is slower here; RESULTS.md).
   (c') the same chain under raypipe's Ray Data settings (runtime.configure_data).
   (d) raypipe: the real ingest (hash split), validate (row checks, quarantine, profile)
       and features (one-pass fit) stages through the runner, then the fitted
@@ -90,35 +92,44 @@ def case_pandas(path: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "rows": int(x.shape[0]), "features": int(x.shape[1])}
 
 
-def _ray(tmp: Path, raypipe_settings: bool = True) -> float:
+def _ray(tmp: Path, settings: str = "raypipe") -> float:
+    """Start a local Ray: ``defaults`` as ``ray.init()`` gives it, ``v1`` the same with Ray Data's
+    V1 parquet reader, ``raypipe`` with raypipe's own local Ray and Ray Data settings."""
     import ray
     import ray.data
 
     from raypipe.runtime import configure_data, local_init_kwargs
 
     t0 = time.perf_counter()
-    kwargs = local_init_kwargs(num_cpus=max(4, os.cpu_count() or 1))  # raypipe's own local default
+    if settings == "raypipe":
+        kwargs = local_init_kwargs(num_cpus=max(4, os.cpu_count() or 1))  # raypipe's own local default
+    else:  # a plain ray.init(): one logical CPU per core; the dashboard on loopback, as everywhere here
+        kwargs = {"address": "local", "dashboard_host": "127.0.0.1"}
     kwargs["_temp_dir"] = str(tmp / "ray")
     ray.init(**kwargs)
-    if raypipe_settings:
+    if settings == "raypipe":
         configure_data()
-    else:
-        ray.data.DataContext.get_current().use_datasource_v2 = False  # V2 reads are slower still
+    elif settings == "v1":
+        ray.data.DataContext.get_current().use_datasource_v2 = False
     ray.data.range(1000).map_batches(lambda b: b).materialize()  # workers up, before timing
     return time.perf_counter() - t0
 
 
-def case_ray_stock(path: Path, tmp: Path, raypipe_settings: bool = False) -> dict:
+def case_ray_stock(path: Path, tmp: Path, settings: str = "defaults") -> dict:
     import ray.data
     from ray.data.preprocessors import Chain, OneHotEncoder, SimpleImputer, StandardScaler
 
-    init_s = _ray(tmp, raypipe_settings)
+    init_s = _ray(tmp, settings)
     t0 = time.perf_counter()
     ds = ray.data.read_parquet(str(path))
     chain = Chain(SimpleImputer(NUM, strategy="mean"), StandardScaler(NUM), OneHotEncoder(CAT, max_categories={c: 33 for c in CAT}))
     out = chain.fit_transform(ds).materialize()
     return {"seconds": time.perf_counter() - t0, "rows": out.count(), "ray_init_s": init_s,
             "note": "SimpleImputer(mean): Ray's median imputer needs another aggregation pass"}
+
+
+def case_ray_stock_v1(path: Path, tmp: Path) -> dict:
+    return case_ray_stock(path, tmp, "v1")
 
 
 def case_raypipe(path: Path, tmp: Path) -> dict:
@@ -153,11 +164,11 @@ def case_raypipe(path: Path, tmp: Path) -> dict:
 
 
 def case_ray_stock_tuned(path: Path, tmp: Path) -> dict:
-    return case_ray_stock(path, tmp, raypipe_settings=True)
+    return case_ray_stock(path, tmp, "raypipe")
 
 
-CASES = {"arrow": case_arrow, "pandas": case_pandas, "ray_stock": case_ray_stock, "ray_stock_tuned": case_ray_stock_tuned,
-         "raypipe": case_raypipe}
+CASES = {"arrow": case_arrow, "pandas": case_pandas, "ray_stock": case_ray_stock, "ray_stock_v1": case_ray_stock_v1,
+         "ray_stock_tuned": case_ray_stock_tuned, "raypipe": case_raypipe}
 
 
 def run_case(name: str, path: Path, tmp: Path) -> dict:
@@ -198,7 +209,8 @@ def main() -> None:
     base = res.get("pandas", {}).get("seconds")
     print(f"\n{'case':34s} {'seconds':>8s} {'vs pandas':>10s} {'peak RSS MB':>12s}")
     labels = {"arrow": "(a) pyarrow read (floor)", "pandas": "(b) pandas + scikit-learn",
-              "ray_stock": "(c) Ray stock preprocessors", "ray_stock_tuned": "(c') the same, raypipe's settings",
+              "ray_stock": "(c) Ray stock preprocessors", "ray_stock_v1": "(c1) the same, V1 parquet reader",
+              "ray_stock_tuned": "(c') the same, raypipe's settings",
               "raypipe": "(d) raypipe ingest+validate+features"}
     for name, r in res.items():
         ratio = f"{base / r['seconds']:.2f}x" if base else "-"
@@ -216,6 +228,8 @@ def main() -> None:
             summary["speedup_vs_pandas"] = round(base / rp, 2)
         if "ray_stock" in res:
             summary["speedup_vs_ray_stock"] = round(res["ray_stock"]["seconds"] / rp, 2)
+        if "ray_stock_v1" in res:
+            summary["speedup_vs_ray_stock_v1"] = round(res["ray_stock_v1"]["seconds"] / rp, 2)
         if "ray_stock_tuned" in res:
             summary["speedup_vs_ray_stock_tuned"] = round(res["ray_stock_tuned"]["seconds"] / rp, 2)
     print(json.dumps(summary))
