@@ -218,6 +218,8 @@ def main() -> None:
     ap.add_argument("--fastapi", nargs=4, metavar=("VERSION_URI", "VERSION", "PORT", "WORKERS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.load:
         url, rows_file, clients, seconds = args.load
         rows = json.loads(Path(rows_file).read_text())
