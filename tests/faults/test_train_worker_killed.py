@@ -80,11 +80,14 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, tmp_path):
     assert [h["epoch"] for h in report["history"]] == list(range(EPOCHS))
     assert killer.killed["pid"] not in {w["pid"] for w in report["ddp"]["workers"]}  # a new worker finished
     assert result.status == "ok" and result.metrics["roc_auc"] > 0.75
-    # Same seed, same data: the restarted run ends within 1 point of the run that was never disturbed.
+    # Same seed, same data: the restarted run ends as good as the run that was never disturbed. The test
+    # split's accuracy is not compared: it depends on the threshold that evaluate picks for F1 on the
+    # validation split, and even two undisturbed runs differed by 1.1 points of it (2 workers' shard order);
+    # ROC-AUC needs no threshold (undisturbed runs: 0.8995-0.907).
     calm = undisturbed.outputs["train"].store.read_json("train_report.json")["history"][-1]
     last = report["history"][-1]
     assert abs(last["val_accuracy"] - calm["val_accuracy"]) <= 0.01
-    assert abs(result.metrics["accuracy"] - undisturbed.metrics["accuracy"]) <= 0.01
+    assert abs(result.metrics["roc_auc"] - undisturbed.metrics["roc_auc"]) <= 0.02
 
 
 def test_exhausted_max_failures_fails_the_run_and_registers_nothing(ray_session, tmp_path):
