@@ -262,17 +262,15 @@ def main() -> None:
         # drifts by up to +-20 % between minutes).
         fastapi_runs = [measure_fastapi(vs, version, rows_file, args.clients, args.seconds, args.fastapi_workers,
                                         "before")]
+        d = s.deploy.model_copy(update={"autoscaling": s.deploy.autoscaling.model_copy(
+            update={"min_replicas": args.replicas, "max_replicas": args.replicas})})
+        if args.batch_wait_s is not None:
+            d = d.model_copy(update={"batching": d.batching.model_copy(update={"batch_wait_timeout_s": args.batch_wait_s})})
         rounds: list[dict[str, list[dict[str, Any]]]] = []
         for k in range(args.rounds):
             rounds.append({})
             for ingress in args.ingress:
-                d = s.deploy.model_copy(update={"ingress": ingress, "port": free_port()})
-                d = d.model_copy(update={"autoscaling": d.autoscaling.model_copy(
-                    update={"min_replicas": args.replicas, "max_replicas": args.replicas})})
-                if args.batch_wait_s is not None:
-                    d = d.model_copy(update={"batching": d.batching.model_copy(
-                        update={"batch_wait_timeout_s": args.batch_wait_s})})
-                si = s.model_copy(update={"deploy": d})
+                si = s.model_copy(update={"deploy": d.model_copy(update={"ingress": ingress, "port": free_port()})})
                 connect(temp_dir=str(Path(tmp) / f"ray-{ingress}-{k}"), ingress=ingress)
                 endpoint = raypipe.serve(si, version=version)
                 wait_http(f"{endpoint.url}/healthz")
