@@ -11,7 +11,9 @@
 
 The experiment lives in ``<storage>/work/tune/<train fingerprint>/``, outside the stage's
 artifact folder (which a rerun wipes): a rerun of the same stage after a driver crash
-finds it and continues with ``Tuner.restore``, without re-running finished trials.
+finds it and continues with ``Tuner.restore``, without re-running finished trials. That
+folder is private to the user (``trust.py``): ``Tuner.restore`` unpickles Tune's state,
+so a folder others could have written is not resumed but searched again.
 Every trial launch leaves a small file in ``launches/`` (the tests count them).
 The best trial (by ``tune.metric`` at its last report) becomes the stage's model; the
 trial table is saved with the run.
@@ -29,6 +31,7 @@ import numpy as np
 
 from raypipe.errors import StageFailed
 from raypipe.tune.space import apply, flat, search_space, trial_count
+from raypipe.tune.trust import make_private, why_untrusted
 
 EXPERIMENT = "tune"
 
@@ -162,9 +165,7 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         search_alg = OptunaSearch(seed=t.seed)
     space = search_space(t.space, t.seed)
     path = os.path.join(work, EXPERIMENT)
-    if ctx.extra.get("forced"):  # --force: a new search, not the old one resumed
-        work_store.delete()
-    if tune.Tuner.can_restore(path):
+    if resumable(work_store, path, forced=bool(ctx.extra.get("forced")), log=ctx.log):
         ctx.log(f"tune: resuming the interrupted search in {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=space)
@@ -180,6 +181,28 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         )
     results = tuner.fit()
     return _best_model(spec, ctx, results, metric, mode, base, dims, work)
+
+
+def resumable(work_store: Any, path: str, *, forced: bool, log: Any) -> bool:
+    """Whether to resume the search saved at ``path``; if not, its working folder is ready (and private).
+
+    ``--force`` starts afresh. A saved search is resumed only from a folder no other
+    user could have written (``trust.why_untrusted``): ``Tuner.restore`` unpickles it.
+    """
+    from ray import tune
+
+    work = work_store.path()
+    if forced:
+        work_store.delete()
+    elif tune.Tuner.can_restore(path):
+        why = why_untrusted(work)
+        if why is None:
+            return True
+        log(f"tune: not resuming the interrupted search in {path}: {why}. Tune's state is pickled and is "
+            "loaded only from a folder no other user can write; the search starts again")
+        work_store.delete()
+    make_private(work)
+    return False
 
 
 def _cluster_cpus() -> float:
