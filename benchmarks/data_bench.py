@@ -5,6 +5,9 @@ the numeric cells missing. Each case runs in its own subprocess, so that its pea
 memory (the driver's max RSS) is its own:
 
   (a) pyarrow.parquet.read_table alone: the floor.
+  (a2) Ray Data's floor: read_parquet -> an identity map -> materialize, under raypipe's
+      Ray Data settings: what any Ray pass that reads the input and materialises rows
+      costs before doing any work.
   (b) pandas + scikit-learn in one process: read, SimpleImputer(median) +
       StandardScaler on the numerics, OneHotEncoder on the categoricals (fit + transform).
   (c) Ray's stock chain: read_parquet -> SimpleImputer -> StandardScaler ->
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +119,20 @@ def _ray(tmp: Path, settings: str = "raypipe") -> float:
     return time.perf_counter() - t0
 
 
+def _identity(table: Any) -> Any:
+    return table
+
+
+def case_ray_floor(path: Path, tmp: Path) -> dict:
+    import ray.data
+
+    init_s = _ray(tmp)
+    t0 = time.perf_counter()
+    ds = ray.data.read_parquet(str(path)).map_batches(_identity, batch_format="pyarrow", batch_size=None)
+    rows = ds.materialize().count()
+    return {"seconds": time.perf_counter() - t0, "rows": rows, "ray_init_s": init_s}
+
+
 def case_ray_stock(path: Path, tmp: Path, settings: str = "defaults") -> dict:
     import ray.data
     from ray.data.preprocessors import Chain, OneHotEncoder, SimpleImputer, StandardScaler
@@ -167,7 +185,7 @@ def case_ray_stock_tuned(path: Path, tmp: Path) -> dict:
     return case_ray_stock(path, tmp, "raypipe")
 
 
-CASES = {"arrow": case_arrow, "pandas": case_pandas, "ray_stock": case_ray_stock, "ray_stock_v1": case_ray_stock_v1,
+CASES = {"arrow": case_arrow, "ray_floor": case_ray_floor, "pandas": case_pandas, "ray_stock": case_ray_stock, "ray_stock_v1": case_ray_stock_v1,
          "ray_stock_tuned": case_ray_stock_tuned, "raypipe": case_raypipe}
 
 
@@ -207,14 +225,14 @@ def main() -> None:
             res[name] = run_case(name, path, tmp)
             print(f"  {name}: {res[name]['seconds']:.1f} s", flush=True)
     base = res.get("pandas", {}).get("seconds")
-    print(f"\n{'case':34s} {'seconds':>8s} {'vs pandas':>10s} {'peak RSS MB':>12s}")
-    labels = {"arrow": "(a) pyarrow read (floor)", "pandas": "(b) pandas + scikit-learn",
+    print(f"\n{'case':37s} {'seconds':>8s} {'vs pandas':>10s} {'peak RSS MB':>12s}")
+    labels = {"arrow": "(a) pyarrow read (floor)", "ray_floor": "(a2) Ray read+materialize (floor)", "pandas": "(b) pandas + scikit-learn",
               "ray_stock": "(c) Ray stock preprocessors", "ray_stock_v1": "(c1) the same, V1 parquet reader",
               "ray_stock_tuned": "(c') the same, raypipe's settings",
               "raypipe": "(d) raypipe ingest+validate+features"}
     for name, r in res.items():
         ratio = f"{base / r['seconds']:.2f}x" if base else "-"
-        print(f"{labels[name]:34s} {r['seconds']:8.1f} {ratio:>10s} {r['peak_rss_mb']:12.0f}")
+        print(f"{labels[name]:37s} {r['seconds']:8.1f} {ratio:>10s} {r['peak_rss_mb']:12.0f}")
     if "raypipe" in res:
         print("raypipe per stage (s):", res["raypipe"]["stages"])
     summary = {"bench": "data", "rows": args.rows, "cpus": __import__("os").cpu_count()}
@@ -228,6 +246,7 @@ def main() -> None:
             summary["speedup_vs_pandas"] = round(base / rp, 2)
         if "ray_stock" in res:
             summary["speedup_vs_ray_stock"] = round(res["ray_stock"]["seconds"] / rp, 2)
+            summary["seconds_for_4x_vs_ray_stock"] = round(res["ray_stock"]["seconds"] / 4, 2)
         if "ray_stock_v1" in res:
             summary["speedup_vs_ray_stock_v1"] = round(res["ray_stock_v1"]["seconds"] / rp, 2)
         if "ray_stock_tuned" in res:
