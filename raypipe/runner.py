@@ -297,13 +297,21 @@ class Runner:
             self.progress.stage_done(stage.name, "failed", record["seconds"])
             raise StageFailed(
                 f"stage {stage.name!r} failed: {type(exc).__name__}: {exc}\n"
-                f"Finished stages are cached; run again to resume from {stage.name!r}."
+                f"Finished stages are cached; run again to resume from {stage.name!r}.{self._logs_hint()}"
             ) from exc
         self.root.write_json(f"{rel}/outputs.json", outputs)
         self.root.complete_artifact(rel, {"stage": stage.name, "fingerprint": fp, "run_id": self.run_id})
         record.update(status="ran", seconds=round(time.perf_counter() - t0, 3))
         self.progress.stage_done(stage.name, "ran", record["seconds"])
         return StageOutput(stage.name, fp, artifact, outputs)
+
+
+    def _logs_hint(self) -> str:
+        """Where Ray's worker output went, when it was kept off the console (``ray.log_to_driver``)."""
+        from raypipe.runtime import worker_logs
+
+        logs = None if self.spec.ray.log_to_driver else worker_logs()
+        return f"\nRay workers' output: {logs} (or set ray.log_to_driver: true)" if logs else ""
 
 
 def _resolve(path: str) -> Callable[..., dict[str, Any]]:

@@ -17,14 +17,14 @@ log = logging.getLogger("raypipe")
 _USER_HAPROXY = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")  # the user's own choice, before raypipe sets it
 
 
-def local_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
+def local_init_kwargs(num_cpus: int | None = None, log_to_driver: bool = False) -> dict[str, Any]:
     """``ray.init`` arguments for a fresh local Ray, never an existing cluster.
 
     ``address="local"`` ignores RAY_ADDRESS and other clusters on the host. Ray 2.60
     turns token authentication on for local clusters; raypipe keeps it on. The
     dashboard (whose Jobs API runs code) listens on 127.0.0.1 only; it costs ~3 s of
     start-up here, and without its state API Ray Train cannot clean up after a run
-    that Tune stopped (see the module docstring).
+    that Tune stopped (see the module docstring). ``log_to_driver``: see :func:`connect`.
     """
     return {
         "address": "local",
@@ -34,7 +34,7 @@ def local_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
         "dashboard_host": "127.0.0.1",
         "configure_logging": True,
         "logging_level": logging.WARNING,
-        "log_to_driver": True,
+        "log_to_driver": log_to_driver,
     }
 
 
@@ -160,7 +160,7 @@ def serve_ingress() -> str:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None,
-            ingress: str = "haproxy") -> None:
+            ingress: str = "haproxy", log_to_driver: bool = False) -> None:
     """Make sure this process is connected to Ray.
 
     Args:
@@ -170,6 +170,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         temp_dir: a new local Ray's session folder (another Ray may use /tmp/ray).
         ingress: Serve's ingress for a new local Ray (``haproxy`` or ``proxy``, see
             :func:`serve_env`); a cluster's is set where its nodes start.
+        log_to_driver: print Ray workers' and actors' output (Ray Train's controller and
+            workers, Ray Data's coordinators, Serve's controller) on this console, as Ray
+            does by default. Off, raypipe's console shows its own progress only; that
+            output stays in the Ray session's log files (:func:`worker_logs`) and this
+            process's Serve messages below warnings are dropped too. Errors reach the
+            driver either way, with the worker's traceback.
     """
     import ray
 
@@ -182,16 +188,46 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     else:
         env = serve_env(ingress)
         os.environ.update(env)  # this process's Serve client reads it too
-        kwargs = local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1))
+        kwargs = local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1), log_to_driver=log_to_driver)
         kwargs["runtime_env"]["env_vars"].update(env)
         if temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(temp_dir)
         ray.init(**kwargs)
+    if not log_to_driver:
+        # A filter, not a level: every `import ray.serve` sets that logger back to INFO.
+        _add_filter("ray.serve", _warnings_up)
     configure_data()
+
+
+def _warnings_up(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def _not_progress_notice(record: logging.LogRecord) -> bool:
+    # Ray Data warns once per process that its progress bars are off; raypipe turns them off off a terminal.
+    return not str(record.msg).startswith("Progress bars disabled")
+
+
+
+def _add_filter(logger: str, fn: Any) -> None:
+    target = logging.getLogger(logger)
+    if fn not in target.filters:
+        target.addFilter(fn)
+
+
+def worker_logs() -> str | None:
+    """This node's folder of Ray worker logs (``<session>/logs``), or None when not known."""
+    try:
+        import ray._private.worker as worker  # Ray has no public API for the session folder
+
+        node = worker._global_node
+        return node.get_logs_dir_path() if node is not None else None
+    except Exception:  # noqa: BLE001 - a hint only
+        return None
 
 
 def configure_data() -> None:
@@ -226,12 +262,13 @@ def configure_data() -> None:
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(cpu=cores)
     ctx.enable_progress_bars = sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    _add_filter("ray.data._internal.progress", _not_progress_notice)
 
 
 def connect_for(spec: Any, address: str | None = None) -> None:
     """:func:`connect` with a spec's ``ray`` section (``address`` overrides it)."""
     connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir,
-            ingress=spec.deploy.ingress)
+            ingress=spec.deploy.ingress, log_to_driver=spec.ray.log_to_driver)
 
 
 def shutdown() -> None:

@@ -49,6 +49,8 @@ class RaySection(_Section):
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)
     temp_dir: str | None = Field(default=None, description="a local Ray's temp dir (default: Ray's, /tmp/ray)")
+    log_to_driver: bool = Field(default=False, description="print Ray workers' and actors' output on this console; "
+                                "off: it stays in the Ray session's log files, and the console shows raypipe's progress")
 
 
 # --- data --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def ray_session():
     temp_dir = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")
     # 4 logical CPUs on 2 cores: Ray Train's 2 workers must leave room for Ray Data tasks.
     # Serve runs behind the HAProxy ingress, raypipe's default.
-    connect(num_cpus=4, temp_dir=temp_dir, ingress="haproxy")
+    connect(num_cpus=4, temp_dir=temp_dir, ingress="haproxy", log_to_driver=True)  # workers' output in pytest's report
     yield ray
     try:
         from ray import serve

@@ -73,3 +73,41 @@ def test_free_port_is_bindable_and_outside_the_ranges_ray_draws_from() -> None:
         assert 20000 <= port < _ephemeral_low()
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_a_local_ray_keeps_worker_output_off_the_console_unless_asked() -> None:
+    from raypipe.runtime import local_init_kwargs
+    from raypipe.spec import load_spec
+
+    assert local_init_kwargs()["log_to_driver"] is False
+    assert local_init_kwargs(log_to_driver=True)["log_to_driver"] is True
+    minimal = {"name": "x", "data": {"source": {"type": "builtin", "name": "iris"}, "target": "target"}}
+    assert load_spec(minimal).ray.log_to_driver is False
+    assert load_spec({**minimal, "ray": {"log_to_driver": True}}).ray.log_to_driver is True
+
+
+def test_console_filters_drop_serve_info_and_the_progress_notice_only(ray_session) -> None:
+    import logging
+
+    from raypipe.runtime import _add_filter, _not_progress_notice, _warnings_up
+
+    serve_logger = logging.getLogger("ray.serve")
+    _add_filter("ray.serve", _warnings_up)
+    _add_filter("ray.serve", _warnings_up)  # idempotent
+    assert serve_logger.filters.count(_warnings_up) == 1
+    record = lambda level, msg: logging.LogRecord("ray.serve", level, __file__, 1, msg, None, None)  # noqa: E731
+    assert not serve_logger.filter(record(logging.INFO, "Started Serve in namespace 'serve'."))
+    assert serve_logger.filter(record(logging.WARNING, "Deployment is unhealthy"))
+    serve_logger.removeFilter(_warnings_up)  # the test session's console shows everything
+    progress = logging.getLogger("ray.data._internal.progress")  # configure_data added it on connect
+    assert _not_progress_notice in progress.filters
+    assert not progress.filter(record(logging.WARNING, "Progress bars disabled. To enable, set ..."))
+    assert progress.filter(record(logging.WARNING, "something else"))
+
+
+def test_worker_logs_is_the_session_log_folder(ray_session) -> None:
+    from raypipe.runtime import worker_logs
+
+    logs = worker_logs()
+    assert logs and os.path.isdir(logs) and logs.endswith("logs")
+    assert any(name.startswith("worker-") for name in os.listdir(logs))

@@ -7,6 +7,7 @@ import pytest
 
 import raypipe
 import raypipe.runner
+import raypipe.runtime
 import raypipe.train.stage
 from raypipe.errors import GateFailed, StageFailed
 from raypipe.progress import Progress
@@ -64,8 +65,10 @@ def test_failed_stage_resumes_from_that_stage(first, storage, monkeypatch):
     spec = small_spec(storage, model={"params": {"max_iter": 301}})  # a train section not cached yet
     real = raypipe.train.stage.run
     monkeypatch.setattr(raypipe.train.stage, "run", lambda ctx, inputs: (_ for _ in ()).throw(RuntimeError("boom")))
-    with pytest.raises(StageFailed, match="stage 'train' failed: RuntimeError: boom"):
+    with pytest.raises(StageFailed, match="stage 'train' failed: RuntimeError: boom") as failed:
         raypipe.run(spec, progress=quiet)
+    logs = raypipe.runtime.worker_logs()
+    assert f"Ray workers' output: {logs} (or set ray.log_to_driver: true)" in str(failed.value)  # off the console
     monkeypatch.setattr(raypipe.train.stage, "run", real)
     resumed = raypipe.run(spec, progress=quiet)
     assert statuses(resumed) == {"ingest": "cached", "validate": "cached", "features": "cached", "train": "ran",
