@@ -349,6 +349,9 @@ class TrainSection(_Section):
     shuffle_buffer: int = Field(default=10_000, ge=0, description="rows each worker mixes per epoch (0: storage order)")
     cache_shards_mb: float = Field(default=1024, ge=0, description="a worker keeps its shard in memory after the "
                                    "first epoch when it is smaller than this (0: stream every epoch)")
+    materialize_mb: float = Field(default=1024, ge=0, description="torch models: the transformed train and validation "
+                                  "splits are materialised in Ray's object store before training when together they "
+                                  "are smaller than this (0: workers stream them from storage)")
     lr: float = Field(default=1e-3, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="autocast dtype of the forward pass (bf16 on CPU pays off only with AMX/AVX-512 BF16)")
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"

