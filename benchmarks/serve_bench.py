@@ -220,6 +220,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error(f"--rounds must be at least 1, got {args.rounds}")
+    if len(set(args.clients)) != len(args.clients):  # each run is matched to its baseline by client count
+        ap.error(f"--clients: give each count once, got {' '.join(map(str, args.clients))}")
     if args.load:
         url, rows_file, clients, seconds = args.load
         rows = json.loads(Path(rows_file).read_text())
