@@ -305,7 +305,6 @@ class Runner:
         self.progress.stage_done(stage.name, "ran", record["seconds"])
         return StageOutput(stage.name, fp, artifact, outputs)
 
-
     def _logs_hint(self) -> str:
         """Where Ray's worker output went, when it was kept off the console (``ray.log_to_driver``)."""
         from raypipe.runtime import worker_logs

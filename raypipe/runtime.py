@@ -208,9 +208,8 @@ def _warnings_up(record: logging.LogRecord) -> bool:
 
 
 def _not_progress_notice(record: logging.LogRecord) -> bool:
-    # Ray Data warns once per process that its progress bars are off; raypipe turns them off off a terminal.
+    # Ray Data warns once per process that its progress bars are off; raypipe turns them off without a terminal.
     return not str(record.msg).startswith("Progress bars disabled")
-
 
 
 def _add_filter(logger: str, fn: Any) -> None:
