@@ -57,8 +57,9 @@ def materialize_small(datasets: dict[str, Any], rows: dict[str, int], n_features
     on the worker's first read, after the worker group has started: on the built-in demo
     (35,000 training rows, 2 workers, 2 cores) that lazy first read of read -> transform
     kept the first epoch waiting, and materialising the splits before ``fit`` made the
-    train stage ~2.5 s faster (24.0-26.1 s -> 22.2-23.2 s, five runs each). A Tune search
-    transforms the splits once instead of once per trial.
+    train stage ~2 s faster (seven runs each: 24.0-26.1 s without, 22.2-23.7 s with; two
+    more runs with it took 16 s). A Tune search transforms the splits once instead of
+    once per trial.
     """
     mb = estimated_mb(sum(rows[s] for s in datasets), n_features)
     if mb >= limit_mb:
