@@ -47,15 +47,21 @@ def has_rows(store: Store, rel: str) -> bool:
 _sequence: dict[str, Any] = {}
 
 
-def task_file_name() -> str:
+def task_file_name(content: bytes | None = None) -> str:
     """A parquet file name for a block written from inside a Ray task.
 
     The Ray task id and a per-task sequence number: a retried task overwrites its
-    own files instead of adding copies.
+    own files instead of adding copies. With ``content`` (bytes that follow from the
+    rows written, such as their hashes), the name starts with a digest of it: files
+    are read back in name order, and task ids differ from run to run, so this keeps
+    the rows' order the same in every fresh run of a pipeline (torch training sees rows
+    in that order; identical blocks share a digest and still get distinct names).
     """
+    import hashlib
     import itertools
 
     import ray
 
     task = ray.get_runtime_context().get_task_id() or "driver"
-    return f"{task}-{next(_sequence.setdefault(task, itertools.count())):05d}.parquet"
+    prefix = "" if content is None else hashlib.blake2b(content, digest_size=8).hexdigest() + "-"
+    return f"{prefix}{task}-{next(_sequence.setdefault(task, itertools.count())):05d}.parquet"

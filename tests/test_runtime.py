@@ -41,6 +41,25 @@ def test_task_file_names_are_unique_and_repeatable_per_task(ray_session) -> None
     assert b == [f"{task_b}-{i:05d}.parquet" for i in range(3)] and task_a != task_b
 
 
+def test_content_named_files_sort_by_content_and_never_collide(ray_session) -> None:
+    """With the rows' bytes, a name starts with their digest: the same in any task, so the same order every run."""
+    import hashlib
+
+    import ray
+
+    from raypipe.datasets import task_file_name
+
+    @ray.remote
+    def names() -> tuple[str, list[str]]:
+        return ray.get_runtime_context().get_task_id(), [task_file_name(b"rows-a"), task_file_name(b"rows-b")]
+
+    (task_a, a), (task_b, b) = ray.get([names.remote(), names.remote()])
+    digest = {k: hashlib.blake2b(k, digest_size=8).hexdigest() for k in (b"rows-a", b"rows-b")}
+    assert a == [f"{digest[b'rows-a']}-{task_a}-00000.parquet", f"{digest[b'rows-b']}-{task_a}-00001.parquet"]
+    assert b == [f"{digest[b'rows-a']}-{task_b}-00000.parquet", f"{digest[b'rows-b']}-{task_b}-00001.parquet"]
+    assert a[0] != b[0]  # identical content in two tasks: two files, next to each other in name order
+
+
 def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
     from raypipe import runtime
 

@@ -200,14 +200,15 @@ def write_block_splits(table: Any, *, bounds: dict[str, tuple[float, float]], ke
     import pyarrow as pa
 
     codes, strata = strata_codes(table[key].to_pandas() if key else None, table.num_rows)
-    names = split_names(codes, strata, table[U_COL].to_numpy(), bounds)
+    u = table[U_COL].to_numpy()
+    names = split_names(codes, strata, u, bounds)
     rows = table.drop_columns([U_COL])
     counts = []
-    file = task_file_name()
     for name in SPLITS:
         mask = names == name
         counts.append(int(mask.sum()))
         if counts[-1]:
+            file = task_file_name(u[mask].tobytes())  # named by the rows' numbers: the same order in every run
             write_table(rows.filter(pa.array(mask)), fs, f"{root}/{SPLIT_COL}={name}/{file}")
     return pa.table({"split": list(SPLITS), "rows": counts})
 

@@ -37,7 +37,7 @@ def check_and_write(batch: pd.DataFrame, *, schema: dict[str, Any], classes: lis
                     bounds: dict[str, Any], fs: Any, root: str, split: str) -> pd.DataFrame:
     """Ray Data batch function (one block per batch): check, write both kinds of rows, summarise."""
     block = check_block(batch, schema, classes, bounds)
-    name = task_file_name()
+    name = task_file_name(block.hashes.tobytes())  # named by the valid rows' hashes: the same order in every run
     if len(block.valid):
         write_table(_to_arrow(coerce_numeric(block.valid, schema)), fs, f"{folder(root, 'valid', split)}/{name}")
     if len(block.valid) < len(block.rows):

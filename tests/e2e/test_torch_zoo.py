@@ -94,19 +94,26 @@ def test_text_bag_with_early_stopping(ray_session, storage, tmp_path):
 
 
 def test_user_factory_same_seed_same_metrics(ray_session, storage):
+    """Two fresh pipelines (own storage, every stage run) train the same model bit for bit."""
     def run(name: str):
-        spec = small_spec(storage, name=name, rows=4000,
+        spec = small_spec(storage / name, name=name, rows=4000,
                           model={"kind": "torch:tests.train.factories:tiny", "params": {"width": 8}},
                           train={"workers": 2, "epochs": 3, "batch_size": 64, "lr": 0.01, "seed": 5})
         return raypipe.run(spec, progress=quiet)
 
     first, second = run("t-factory-a"), run("t-factory-b")
-    reports = [r.outputs["train"].store.read_json("train_report.json") for r in (first, second)]
-    assert reports[0]["history"] == reports[1]["history"]  # bit for bit, on CPU
+    assert all(s["status"] == "ran" for r in (first, second) for s in r.stages)  # nothing shared or cached
+    splits = [sorted(r.outputs["validate"].store.walk_files("valid/train")) for r in (first, second)]
+    assert [f.split("-")[0] for f in splits[0]] == [f.split("-")[0] for f in splits[1]]  # content-named files
+    timings = ("train_s", "val_s", "ckpt_s", "report_s")
+    histories = [[{k: v for k, v in h.items() if k not in timings}
+                  for h in r.outputs["train"].store.read_json("train_report.json")["history"]] for r in (first, second)]
+    assert len(histories[0]) == 3 and histories[0] == histories[1]  # bit for bit, on CPU
     assert first.metrics == second.metrics
     meta = first.outputs["train"].store.read_json("model", "model.json")
     assert meta["kind"] == "torch:tests.train.factories:tiny" and meta["params"] == {"width": 8}
     rows = [{"amount": 2500.0, "merchant_category": "jewelry", "country": "NG", "hour": 3, "device": "desktop",
              "card_present": False, "customer_age": 23.0, "account_age_days": 5, "distance_from_home_km": 4000.0,
              "transactions_last_24h": 14, "avg_amount_30d": 40.0}]
-    assert champion_predictor(storage, "t-factory-a").predict_records(rows) == champion_predictor(storage, "t-factory-b").predict_records(rows)
+    assert (champion_predictor(storage / "t-factory-a", "t-factory-a").predict_records(rows)
+            == champion_predictor(storage / "t-factory-b", "t-factory-b").predict_records(rows))
