@@ -169,16 +169,16 @@ def case_raypipe(path: Path, tmp: Path) -> dict:
     result = raypipe.run(spec, until="features", progress=Progress(quiet=True))
     stages = {s["name"]: round(s["seconds"], 2) for s in result.stages}
     val, feats = result.outputs["validate"], result.outputs["features"]
-    schema = val.store.read_json(val.outputs["schema"])
-    features = feats.store.read_json(feats.outputs["features"])
+    schema = val.store.read_json(val.outputs.schema)
+    features = feats.store.read_json(feats.outputs.features)
     t1 = time.perf_counter()
     # All three splits as one materialised dataset, as (c) transforms its one dataset.
-    paths = [val.store.path(rel) for rel in val.outputs["splits"].values()]
+    paths = [val.store.path(rel) for rel in val.outputs.splits.values()]
     every = ray.data.read_parquet(paths, filesystem=val.store.fs, file_extensions=["parquet"])
     rows = xy_dataset(every, features, schema).materialize().count()
     stages["transform"] = round(time.perf_counter() - t1, 2)
     return {"seconds": time.perf_counter() - t0, "rows": rows, "ray_init_s": init_s, "stages": stages,
-            "quarantined": val.outputs["quarantined"], "features": feats.outputs["n_features"]}
+            "quarantined": val.outputs.quarantined, "features": feats.outputs.n_features}
 
 
 def case_ray_stock_tuned(path: Path, tmp: Path) -> dict:

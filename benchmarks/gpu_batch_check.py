@@ -78,7 +78,7 @@ def main() -> None:
     write_input(src, args.rows)
     out: dict = {"bench": "gpu_batch", "rows": args.rows, "train_rows": args.train_rows, "gpu": gpu,
                  "stages_s": stages, "pipeline_s": round(run_s, 2),
-                 "test_metrics": {k: round(v, 4) for k, v in result.outputs["evaluate"].outputs["metrics"].items()
+                 "test_metrics": {k: round(v, 4) for k, v in result.outputs["evaluate"].outputs.metrics.items()
                                   if isinstance(v, float)}}
     if gpu:
         import torch

@@ -3,7 +3,7 @@
 Trains ``torch.mlp`` (tabular), ``torch.cnn`` (scikit-learn's bundled digits, upscaled
 to 32x32 and repeated with noise) and ``torch.text`` (a synthetic bag of words) with
 the very functions each Ray Train worker runs (``raypipe.train.loop``: autocast,
-gradient scaler, LR schedule; ``raypipe.train.zoo``: the models), on in-memory CUDA
+gradient scaler, LR schedule; ``raypipe.model.zoo``: the models), on in-memory CUDA
 tensors. Ray itself is not used: its wheel (~79 MB) is over one device call's 64 MiB
 transfer, so Ray Train's worker-group wiring is tested on CPU (``tests/train``) and
 only the math runs here.
@@ -33,7 +33,7 @@ _pkg.__path__ = [str(ROOT / "raypipe")]
 sys.modules.setdefault("raypipe", _pkg)
 
 from raypipe.train.loop import LoopConfig, evaluate, loss_function, make_optimizer, train_epoch  # noqa: E402
-from raypipe.train.zoo import build_model  # noqa: E402
+from raypipe.model.zoo import build_model  # noqa: E402
 
 
 def tabular(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -34,10 +34,10 @@ _pkg = types.ModuleType("raypipe")
 _pkg.__path__ = [str(ROOT / "raypipe")]
 sys.modules.setdefault("raypipe", _pkg)
 
-from raypipe.features.pipeline import FeaturePipeline  # noqa: E402
-from raypipe.predictor import Predictor  # noqa: E402
-from raypipe.train.models import TorchModel  # noqa: E402
-from raypipe.train.zoo import build_model  # noqa: E402
+from raypipe.model.features.pipeline import FeaturePipeline  # noqa: E402
+from raypipe.model.predictor import Predictor  # noqa: E402
+from raypipe.model.formats import TorchModel  # noqa: E402
+from raypipe.model.zoo import build_model  # noqa: E402
 
 BATCH = 4096
 

@@ -106,7 +106,7 @@ def load(url: str, rows_file: str, clients: int, seconds: float, headers: dict[s
 def fastapi_app(version_uri: str, version: int) -> Any:
     from fastapi import FastAPI
 
-    from raypipe.predictor import Predictor
+    from raypipe.model.predictor import Predictor
     from raypipe.serve.request_model import request_model
     from raypipe.store import Store
 
@@ -236,7 +236,7 @@ def main() -> None:
     import ray
 
     import raypipe
-    from raypipe.predictor import Predictor
+    from raypipe.model.predictor import Predictor
     from raypipe.progress import Progress
     from raypipe.registry import Registry
     from raypipe.runtime import connect, free_port

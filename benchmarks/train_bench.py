@@ -69,17 +69,17 @@ def arrays(first: Any) -> dict[str, np.ndarray]:
     """The validated train/validation splits through the fitted feature pipeline, as raypipe trains on them."""
     import pyarrow.dataset as pads
 
-    from raypipe.features.pipeline import FeaturePipeline
-    from raypipe.train.data import encode_labels
+    from raypipe.model.features.pipeline import FeaturePipeline
+    from raypipe.tasks import TASKS
 
     val, feats = first.outputs["validate"], first.outputs["features"]
-    schema = val.store.read_json(val.outputs["schema"])
-    pipeline = FeaturePipeline.from_dict(feats.store.read_json(feats.outputs["features"]))
+    schema = val.store.read_json(val.outputs.schema)
+    pipeline = FeaturePipeline.from_dict(feats.store.read_json(feats.outputs.features))
     out = {}
     for split in ("train", "validation"):
-        df = pads.dataset(val.store.path(val.outputs["splits"][split]), format="parquet").to_table().to_pandas()
+        df = pads.dataset(val.store.path(val.outputs.splits[split]), format="parquet").to_table().to_pandas()
         out[f"x_{split}"] = pipeline.transform(df)
-        out[f"y_{split}"] = encode_labels(df[schema["target"]["name"]], schema["target"]["classes"])
+        out[f"y_{split}"] = TASKS["classification"].encode_labels(df[schema["target"]["name"]], schema["target"]["classes"])
     return out
 
 
@@ -90,7 +90,7 @@ def _ddp_worker(rank: int, world: int, data: dict[str, np.ndarray], epochs: int,
     from torch.utils.data import DataLoader, TensorDataset
     from torch.utils.data.distributed import DistributedSampler
 
-    from raypipe.train.models import build_mlp
+    from raypipe.model.formats import build_mlp
 
     torch.set_num_threads(1)  # as a 1-CPU Ray Train worker (OMP_NUM_THREADS=1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

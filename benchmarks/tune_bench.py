@@ -56,7 +56,7 @@ def search(storage: Path, scheduler: str, epochs: int, rf: float) -> dict[str, A
     result = raypipe.run(spec(storage, scheduler, epochs, rf), until="train", progress=Progress(quiet=True))
     train_s = next(s["seconds"] for s in result.stages if s["name"] == "train")
     table = result.outputs["train"].store.read_json("tune_trials.json")
-    tune = result.outputs["train"].outputs["tune"]
+    tune = result.outputs["train"].outputs.tune
     return {"scheduler": scheduler, "trials": len(table["trials"]), "trial_epochs": table["trial_epochs"],
             "epochs_trained": trained_epochs(storage, [r["trial_id"] for r in table["trials"]]),
             "epochs_by_trial": sorted(r["epochs"] for r in table["trials"]),

@@ -27,9 +27,12 @@ def run(spec: Spec | str | Path | dict[str, Any] | None = None, *, force: str | 
     Raises:
         SpecError, DataValidationError, GateFailed, StageFailed: see ``raypipe.errors``.
     """
+    from raypipe.register.mlflow import check_available
     from raypipe.runner import Runner
 
-    return Runner(as_spec(spec), force=force, until=until, address=address, progress=progress).run()
+    spec = as_spec(spec)
+    check_available(spec)  # fail before the run, not at its end, when MLflow is configured but missing
+    return Runner(spec, force=force, until=until, address=address, progress=progress).run()
 
 
 def serve(spec: Spec | str | Path | dict[str, Any] | None = None, *, version: int | None = None, alias: str | None = None,
@@ -63,7 +66,7 @@ def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | Non
 
     from raypipe.errors import SpecError
     from raypipe.export import export_onnx
-    from raypipe.predictor import Predictor
+    from raypipe.model.predictor import Predictor
     from raypipe.registry import Registry
 
     if format != "onnx":

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raypipe.errors import RaypipeError, RegistryError
+from raypipe.stage import artifact_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="raypipe: one YAML spec -> a whole ML pipeline on Ray.")
 registry_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.")
@@ -222,7 +223,7 @@ def data_show_reference(spec: Path = SpecArg) -> None:
 
 @data_app.command("reset-reference")
 def data_reset_reference(spec: Path = SpecArg) -> None:
-    """Forget the reference: the next run with ``--force validate`` infers and stores a new one."""
+    """Forget the reference: the next run validates again and stores a new one."""
     from raypipe.api import as_spec
     from raypipe.store import Store
     from raypipe.validate.reference import reset_reference
@@ -230,7 +231,7 @@ def data_reset_reference(spec: Path = SpecArg) -> None:
     s = as_spec(spec)
     existed = reset_reference(Store(s.storage), s.name)
     err.print(f"{s.name}: reference {'removed' if existed else 'did not exist'}; "
-              f"run `raypipe run {spec} --force validate` to store a new one")
+              f"the next `raypipe run {spec}` validates again and stores a new one")
 
 
 @runs_app.command("list")
@@ -274,7 +275,7 @@ def runs_show(spec: Path = SpecArg, run_id: Optional[str] = typer.Argument(None,
         raise RegistryError(f"run {run_id!r} does not exist; see `raypipe runs list`")
     m = store.read_json("runs", run_id, "manifest.json")
     ev = next((st for st in m["stages"] if st["name"] == "evaluate" and st["status"] in ("ran", "cached")), None)
-    rel = f"stages/evaluate/{ev['fingerprint'][:20]}" if ev else None
+    rel = artifact_path("evaluate", ev["fingerprint"]) if ev else None
     doc = store.read_json(rel, "metrics.json") if rel and store.is_complete(rel) else {}
     if json_out:
         print(json.dumps({"run_id": run_id, "status": m.get("status"), "version": m.get("version"),

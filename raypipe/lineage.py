@@ -1,12 +1,103 @@
-"""Lineage records: where a model version came from."""
+"""Lineage: which code, libraries, data and spec a result came from.
+
+:func:`code_hash` fingerprints raypipe's source: all of it, or (for a stage) only its
+own package and the raypipe modules it imports, so that editing serving or the CLI
+leaves every pipeline stage cached while editing ``features/`` re-runs features onward.
+"""
 from __future__ import annotations
 
+import ast
 import getpass
 import hashlib
 import json
+import platform
 import subprocess
 from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+from raypipe import __version__
+
+ROOT = Path(__file__).parent
+
+
+def _module_file(module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for candidate in (ROOT / rel / "__init__.py", (ROOT / rel).with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """The raypipe modules a file imports (at the top or inside functions)."""
+    package = ".".join(("raypipe", *path.relative_to(ROOT).with_suffix("").parts))
+    if path.name == "__init__.py":
+        package = package.removesuffix(".__init__")
+    else:
+        package = package.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base.startswith("raypipe"):
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names)  # `from raypipe.x import module`
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("raypipe"))
+    return found
+
+
+def module_closure(package: str) -> list[Path]:
+    """The files of ``package`` and of every raypipe module they import, transitively.
+
+    ``raypipe/__init__.py`` (the public facade, which imports everything) is not followed;
+    the version string stands for it.
+    """
+    start = _module_file(package)
+    if start is None:
+        raise ValueError(f"{package!r} is not a raypipe module or package")
+    todo = sorted(start.parent.rglob("*.py")) if start.name == "__init__.py" else [start]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen or path == ROOT / "__init__.py":
+            continue
+        seen.add(path)
+        for module in _imports(path):
+            dotted = module.split(".")
+            for i in range(2, len(dotted) + 1):  # a module's packages run their __init__ too
+                f = _module_file(".".join(dotted[:i]))
+                if f is not None and f not in seen:
+                    todo.append(f)
+    return sorted(seen)
+
+
+@lru_cache(maxsize=None)
+def code_hash(package: str | None = None) -> str:
+    """Hash of raypipe's source (``package`` None) or of one package's closure (:func:`module_closure`)."""
+    h = hashlib.sha256(__version__.encode())
+    files = sorted(ROOT.rglob("*.py")) if package is None else module_closure(package)
+    for p in files:
+        h.update(p.relative_to(ROOT).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "raypipe": __version__}
+    for pkg in ("ray", "torch", "scikit-learn", "pyarrow", "pandas", "numpy", "pydantic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def git_commit() -> str | None:
@@ -24,14 +115,14 @@ def spec_hash(spec: Any) -> str:
 
 
 def lineage_record(ctx: Any, inputs: dict[str, Any], parent: int | None) -> dict[str, Any]:
-    from raypipe.runner import code_hash, library_versions
-
+    """Where a model version came from: run, data, schema, spec, code, libraries, seeds, stage fingerprints."""
+    validate = inputs.get("validate")
     return {
         "run_id": ctx.run_id,
         "pipeline": ctx.spec.name,
         "created": datetime.now(timezone.utc).isoformat(),
         "data_fingerprint": ctx.data_fingerprint,
-        "schema_sha256": inputs["validate"].store.sha256(inputs["validate"].outputs["schema"]) if "validate" in inputs else None,
+        "schema_sha256": validate.store.sha256(validate.outputs.schema) if validate else None,
         "spec_hash": spec_hash(ctx.spec),
         "code_hash": code_hash(),
         "git_commit": git_commit(),
@@ -41,11 +132,11 @@ def lineage_record(ctx: Any, inputs: dict[str, Any], parent: int | None) -> dict
         "stages": {name: out.fingerprint for name, out in inputs.items()},
         "register_fingerprint": ctx.fingerprint,
         "parent_champion": parent,
-        "user": _user(),
+        "user": current_user(),
     }
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers

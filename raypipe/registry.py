@@ -18,15 +18,15 @@ finishes or tombstones whatever a killed process left behind.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from raypipe.errors import RegistryError
+from raypipe.lineage import current_user
 from raypipe.store import MARKER, Store, create_exclusive
 
 OWNER, STATUS = "_OWNER.json", "_STATUS.json"
@@ -44,12 +44,16 @@ class Registry:
     Args:
         root: the artifact store (``spec.storage``), a Store or a URI/path.
         pipeline: the pipeline name.
+        verify: loads a sealed version back (its folder, its number) and raises if it cannot
+            be used; a pending version becomes ``ready`` only when it passes. Without it, a
+            version is ready once its manifest checks out.
     """
 
-    def __init__(self, root: Store | str, pipeline: str) -> None:
+    def __init__(self, root: Store | str, pipeline: str, *, verify: Callable[[Store, int], Any] | None = None) -> None:
         root = root if isinstance(root, Store) else Store(root)
         self.store = root.sub("registry", pipeline)
         self.pipeline = pipeline
+        self.verify = verify
 
     # -- versions ---------------------------------------------------------------------
     def _numbers(self) -> list[int]:
@@ -158,13 +162,14 @@ class Registry:
         return status
 
     def _verify(self, version: int) -> tuple[str, str]:
-        from raypipe.predictor import Predictor
-
         try:
-            Predictor.from_version(self.version_store(version), version)
+            vs = self.version_store(version)
+            vs.verify_artifact("")
+            if self.verify is not None:
+                self.verify(vs, version)
         except Exception as exc:  # any load failure makes the version unusable
             return "failed", f"does not load back: {type(exc).__name__}: {exc}"
-        return "ready", "manifest verified and model loaded"
+        return "ready", "manifest verified" + (" and model loaded" if self.verify is not None else "")
 
     def _set_status(self, version: int, status: str, why: str, *, finalized: bool = False) -> None:
         state = self.state(version)
@@ -270,9 +275,7 @@ class Registry:
 
     # -- audit --------------------------------------------------------------------------
     def _audit(self, event: dict[str, Any]) -> None:
-        from raypipe.lineage import _user
-
-        event = {"at": _now(), "user": _user(), **event}
+        event = {"at": _now(), "user": current_user(), **event}
         self.store.write_json(f"audit/{event['at']}-{uuid.uuid4().hex[:8]}.json", event)
 
     def audit_log(self) -> list[dict[str, Any]]:
@@ -286,49 +289,3 @@ def _age_s(store: Store, rel: str) -> float:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def run_stage(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """The register stage: publish the candidate (ready or rejected) and move the alias.
-
-    A version that an interrupted run of this same stage already wrote is finished and
-    reused, not written twice.
-    """
-    from raypipe.errors import ArtifactError
-    from raypipe.lineage import lineage_record
-
-    val, feats, train, ev = inputs["validate"], inputs["features"], inputs["train"], inputs["evaluate"]
-    reg = Registry(ctx.root, ctx.spec.name)
-    for v, what in reg.recover():
-        ctx.log(f"recovered version {v} left by a killed run: {what}")
-    gate, target = ev.outputs["gate"], ctx.spec.registry.promote_to
-    version = reg.find(register_fingerprint=ctx.fingerprint)
-    if version is not None and reg.status(version) != "failed":
-        ctx.log(f"version {version} was written by an interrupted run of this stage: finishing it")
-        reg.finalize(version)
-    else:
-        metrics_doc = ev.store.read_json(ev.outputs["metrics_file"])
-        parent = (metrics_doc.get("champion") or {}).get("version", reg.alias("champion"))
-        files = {
-            "features.json": feats.store.read_bytes(feats.outputs["features"]),
-            "schema.json": val.store.read_bytes(val.outputs["schema"]),
-            "metrics.json": ev.store.read_bytes(ev.outputs["metrics_file"]),
-            "train_report.json": train.store.read_bytes(train.outputs["report"]),
-            "lineage.json": json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode(),
-        }
-        model_dir = train.outputs["model"]
-        for f in train.store.walk_files(model_dir):
-            files[f"model/{f}"] = train.store.read_bytes(model_dir, f)
-        for f in ev.store.walk_files():  # report.html and plots/*.png
-            if f.endswith((".html", ".png")):
-                files[f"report/{f}"] = ev.store.read_bytes(f)
-        meta = {"threshold": ev.outputs.get("threshold", 0.5), "run_id": ctx.run_id, "kind": ctx.spec.model.kind,
-                "task": ctx.spec.data.task, "register_fingerprint": ctx.fingerprint}
-        version = reg.publish(files, passed=gate["passed"], promote_to=target, meta=meta,
-                              reason=f"gate passed in run {ctx.run_id}")
-    status = reg.status(version)
-    if status == "failed":
-        raise ArtifactError(f"version {version} was written but failed verification: {reg.state(version)['history'][-2:]}")
-    alias = target if status == "ready" and target and reg.alias(target) == version else None
-    ctx.log(f"registered {ctx.spec.name} version {version} ({status})" + (f" → {alias}" if alias else ""))
-    return {"version": version, "status": status, "alias": alias, "gate_failures": gate["failures"]}

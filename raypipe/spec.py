@@ -15,26 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raypipe.errors import SpecError
+from raypipe.tasks import TASKS
 
-TASKS = ("classification", "regression", "clustering", "anomaly")
-SUPPORTED_TASKS = TASKS
-UNSUPERVISED_TASKS = ("clustering", "anomaly")
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")  # the default summary
-REGRESSION_METRICS = ("rmse", "mae", "r2")
-TASK_METRICS = {  # every metric the evaluate stage computes, by task (raypipe/evaluate/metrics.py)
-    "classification": ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted",
-                       "roc_auc", "pr_auc", "log_loss", "brier"),
-    "regression": ("rmse", "mae", "r2", "mape"),
-    "clustering": ("silhouette", "davies_bouldin"),
-    # anomaly: roc_auc/pr_auc/precision_at_k/precision/recall/f1 need a label column (data.target)
-    "anomaly": ("roc_auc", "pr_auc", "precision_at_k", "precision", "recall", "f1", "anomaly_rate"),
-}
-DEFAULT_METRICS = {
-    "classification": CLASSIFICATION_METRICS,
-    "regression": REGRESSION_METRICS,
-    "clustering": ("silhouette", "davies_bouldin"),
-    "anomaly": ("roc_auc", "precision_at_k", "anomaly_rate"),
-}
+UNSUPERVISED_TASKS = tuple(name for name, t in TASKS.items() if not t.supervised)
+CLASSIFICATION_METRICS = TASKS["classification"].default_metrics  # evaluate.metrics' default, replaced per task
 TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text")
 
 
@@ -370,8 +354,33 @@ class TrainSection(_Section):
         return self
 
 
+SPACE_KINDS = ("uniform", "loguniform", "randint", "choice", "grid")  # tune.space distributions
+
+
+def _check_space(space: dict[str, dict[str, Any]], train_fields: set[str]) -> None:
+    """Raise ``ValueError`` naming the path and the fix for a space the search cannot use."""
+    for path, dist in space.items():
+        if len(dist) != 1 or next(iter(dist)) not in SPACE_KINDS:
+            raise ValueError(f"tune.space[{path!r}] = {dist!r}: write one of {list(SPACE_KINDS)}, e.g. {{uniform: [0, 1]}}")
+        kind, arg = next(iter(dist.items()))
+        parts = path.split(".")
+        if parts[0] == "train" and len(parts) == 2:
+            if parts[1] not in train_fields:
+                raise ValueError(f"tune.space[{path!r}]: train has no field {parts[1]!r}; use one of {sorted(train_fields)}")
+        elif not (parts[:2] == ["model", "params"] and len(parts) >= 3 and all(parts)):
+            raise ValueError(f"tune.space[{path!r}]: only train.<field> and model.params.<name> can be tuned "
+                             "(data, validation and features are computed once, before the search)")
+        if kind in ("uniform", "loguniform", "randint"):
+            if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg) and arg[0] < arg[1]):
+                raise ValueError(f"tune.space[{path!r}].{kind}: give [low, high] with low < high, not {arg!r}")
+            if kind == "loguniform" and arg[0] <= 0:
+                raise ValueError(f"tune.space[{path!r}].loguniform: bounds must be > 0, not {arg!r}")
+        elif not (isinstance(arg, list) and arg):
+            raise ValueError(f"tune.space[{path!r}].{kind}: give a non-empty list of values, not {arg!r}")
+
+
 class TuneSection(_Section):
-    """Ray Tune over ``train.*`` and ``model.params.*`` (see :mod:`raypipe.tune.space`)."""
+    """Ray Tune over ``train.*`` and ``model.params.*`` (see :mod:`raypipe.train.tune.space`)."""
 
     space: dict[str, dict[str, Any]]
     num_samples: int = Field(default=8, ge=1, description="samples of the space (times each grid combination)")
@@ -387,11 +396,9 @@ class TuneSection(_Section):
     @field_validator("space")
     @classmethod
     def _space(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from raypipe.tune.space import check_space
-
         if not v:
             raise ValueError("tune.space is empty; give at least one path, e.g. {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}")
-        check_space(v, set(TrainSection.model_fields))
+        _check_space(v, set(TrainSection.model_fields))
         return v
 
 
@@ -449,7 +456,7 @@ class EvaluateSection(_Section):
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, v: list[str]) -> list[str]:
-        known = sorted({m for ms in TASK_METRICS.values() for m in ms})
+        known = sorted({m for t in TASKS.values() for m in t.metrics})
         for m in v:
             if m not in known:
                 hint = difflib.get_close_matches(m, known, n=1)
@@ -575,9 +582,9 @@ class Spec(_Section):
                 raise ValueError(f"tune.metric: {self.tune.metric!r} is not reported by {task} trials; use one of {list(allowed)}")
             if self.data.split.validation == 0 and (self.tune.metric or "val_").startswith("val_"):
                 raise ValueError("tune: trials are scored on the validation split; set data.split.validation > 0")
-        allowed = TASK_METRICS[task]
+        allowed = TASKS[task].metrics
         if self.evaluate.metrics == list(CLASSIFICATION_METRICS):  # the default: each task has its own
-            defaults = DEFAULT_METRICS[task]
+            defaults = TASKS[task].default_metrics
             self.evaluate.metrics = list(defaults if task != "anomaly" or self.data.target else ("anomaly_rate",))
         gate = self.evaluate.gate
         if gate.vs_champion and task in ("regression", "clustering") and gate.vs_champion.metric == "f1":

@@ -66,7 +66,7 @@ def statuses(result) -> dict:
 
 def champion_predictor(storage: Path, name: str):
     """The Predictor of pipeline ``name``'s champion version in ``storage``."""
-    from raypipe.predictor import Predictor
+    from raypipe.model.predictor import Predictor
     from raypipe.registry import Registry
 
     reg = Registry(str(storage), name)

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from raypipe.errors import ArtifactError, RegistryError
-from raypipe.features.pipeline import FeaturePipeline
-from raypipe.predictor import Predictor
+from raypipe.model.features.pipeline import FeaturePipeline
+from raypipe.model.predictor import Predictor
+from raypipe.register.stage import load_check
 from raypipe.registry import Registry
 
 CANARY = Path("/tmp/raypipe-registry-canary")
@@ -138,7 +139,7 @@ def test_cli_promote_and_rollback(tmp_path):
 
 
 def test_publish_verifies_the_version_then_promotes_it(tmp_path):
-    reg = Registry(str(tmp_path), "p")
+    reg = Registry(str(tmp_path), "p", verify=load_check)
     v = reg.publish(_version_files(), passed=True, promote_to="champion", meta={"threshold": 0.5}, reason="gate passed")
     state = reg.state(v)
     assert state["status"] == "ready" and state["finalized"]
@@ -148,7 +149,7 @@ def test_publish_verifies_the_version_then_promotes_it(tmp_path):
 
 
 def test_publish_rejected_and_unloadable_versions_never_get_an_alias(tmp_path):
-    reg = Registry(str(tmp_path), "p")
+    reg = Registry(str(tmp_path), "p", verify=load_check)
     champion = reg.publish(_version_files(), passed=True, promote_to="champion")
     rejected = reg.publish(_version_files(1), passed=False, promote_to="champion")
     broken_files = {**_version_files(2), "model/model.json": json.dumps({"format": "raypipe.model/1", "kind": "nope"}).encode()}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from raypipe.predictor import Predictor
+from raypipe.model.predictor import Predictor
+from raypipe.register.stage import load_check
 from raypipe.registry import Registry
 from tests.test_registry import _version_files
 
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # target (as a real write would) and SIGKILLs itself. K = 0: never killed, print the count.
 CHILD = """
 import json, os, signal, sys
+from raypipe.register.stage import load_check
 from raypipe.registry import Registry
 from raypipe.store import Store
 from tests.test_registry import _version_files
@@ -49,7 +51,7 @@ def publish(root, kill_at):
         real(self, rel, data)
 
     Store.write_bytes = write_bytes
-    Registry(root, "p").publish(files, passed=True, promote_to="champion", reason="candidate")
+    Registry(root, "p", verify=load_check).publish(files, passed=True, promote_to="champion", reason="candidate")
     return calls
 
 outcome = {}
@@ -84,7 +86,7 @@ def _children(runs: list[tuple[Path, int]]) -> dict[str, dict]:
 def baseline(tmp_path_factory) -> Path:
     """A registry whose champion is version 1."""
     root = tmp_path_factory.mktemp("crash") / "base"
-    assert Registry(str(root), "p").publish(_version_files(0), passed=True, promote_to="champion") == 1
+    assert Registry(str(root), "p", verify=load_check).publish(_version_files(0), passed=True, promote_to="champion") == 1
     return root
 
 
@@ -97,7 +99,7 @@ def test_kill_at_every_write_leaves_only_complete_versions(baseline, tmp_path):
     outcomes = []
     for k, root in enumerate(roots, start=1):
         assert killed[k] == {"signal": 9, "exit": None}, f"kill point {k}: child was not killed ({killed[k]})"
-        reg = Registry(str(root), "p")
+        reg = Registry(str(root), "p", verify=load_check)
         # What a reader sees right after the crash: complete versions only, champion loadable.
         _assert_readers_see_complete_versions(reg, k)
         claimed, sealed = (root / "registry/p/versions/000002").exists(), 2 in reg.versions()

@@ -19,9 +19,10 @@ from raypipe.evaluate.gate import verdict
 from raypipe.evaluate.metrics import (LOWER_IS_BETTER, anomaly_metrics, choose_threshold, classification_metrics,
                                       clustering_metrics, main_metric, regression_metrics)
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
-from raypipe.predictor import decide, predict_batch
+from raypipe.model.predictor import predict_batch
+from raypipe.stage import SPLITS, EvaluateOutput, StageContext, StageOutput
 from raypipe.store import Store
-from raypipe.train.data import encode_labels
+from raypipe.tasks import TASKS
 
 
 def model_key(model_uri: str) -> str:
@@ -42,12 +43,12 @@ class Scored:
     x: np.ndarray | None = None  # the features (clustering only: silhouette needs them)
 
     def pred(self, threshold: float) -> np.ndarray:
-        return decide(self.scores, self.task, threshold)
+        return TASKS[self.task].decide(self.scores, threshold)
 
     def metrics(self, threshold: float, mask: np.ndarray | None = None) -> dict[str, Any]:
         sel = (lambda a: a) if mask is None else (lambda a: None if a is None else a[mask])  # noqa: E731
         y, scores = sel(self.y), sel(self.scores)
-        pred = decide(scores, self.task, threshold)
+        pred = TASKS[self.task].decide(scores, threshold)
         with warnings.catch_warnings():  # slices may lack a class: sklearn warns, the metric is still defined
             warnings.simplefilter("ignore")
             if self.task == "classification":
@@ -73,9 +74,7 @@ def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[
     classes = target.get("classes")
     scores = np.stack(out.pop("__scores").to_numpy()) if len(out) else np.zeros((0, len(classes or [0])))
     x = np.stack(out.pop("__x").to_numpy()) if "__x" in out else None
-    y = encode_labels(out[target["name"]], classes) if target else None
-    if task == "anomaly" and y is not None:
-        y = (y > 0.5).astype(np.int64)  # the label column marks anomalies with 1 / True
+    y = TASKS[task].encode_labels(out[target["name"]], classes) if target else None  # anomaly: 1 / True marks one
     return Scored(task, y, scores, out, classes, x)
 
 
@@ -97,18 +96,18 @@ def pick_threshold(cfg: Any, validation: Scored | None) -> tuple[float, str]:
     return choose_threshold(validation.y, validation.scores[:, 1], cfg.strategy, cfg.target_recall), cfg.strategy
 
 
-def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     ctx.ray()
     val, feats, train = inputs["validate"], inputs["features"], inputs["train"]
-    schema = val.store.read_json(val.outputs["schema"])
-    features = feats.store.read_json(feats.outputs["features"])
-    model_uri = train.store.full_uri(train.outputs["model"])
+    schema = val.read_json(val.outputs.schema)
+    features = feats.read_json(feats.outputs.features)
+    model_uri = train.store.full_uri(train.outputs.model)
     cfg, task = ctx.spec.evaluate, ctx.spec.data.task
     missing = [c for c in cfg.slices if c not in schema["columns"]]
     if missing:
         raise SpecError(f"evaluate.slices: {missing} are not columns of the data; use some of {sorted(schema['columns'])}")
-    splits = val.outputs["splits"]
-    datasets = {s: read_parquet(val.store, splits[s]) for s in ("train", "validation", "test") if s in splits}
+    splits = val.outputs.splits
+    datasets = {s: read_parquet(val.store, splits[s]) for s in SPLITS if s in splits}
     datasets["train"], train_rows = _capped(datasets["train"], cfg.train_sample_rows, ctx.spec.data.split.seed)
     scored = {s: score_split(ds, model_uri, features, schema, cfg.slices, task) for s, ds in datasets.items()}
     threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
@@ -140,8 +139,8 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
             + ("" if result["passed"] else "  — gate NOT passed"))
     for f in findings:
         ctx.log(f)
-    return {"metrics": doc["metrics"], "metrics_file": "metrics.json", "report": "report.html", "gate": result,
-            "threshold": threshold}
+    return EvaluateOutput(metrics=doc["metrics"], metrics_file="metrics.json", report="report.html", gate=result,
+                          threshold=threshold)
 
 
 def _capped(ds: Any, cap: int, seed: int) -> tuple[Any, int]:
@@ -158,7 +157,7 @@ def _capped(ds: Any, cap: int, seed: int) -> tuple[Any, int]:
 
 
 def _sample_rows(batch: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    from raypipe.ingest.split import row_uniform
+    from raypipe.columns import row_uniform
 
     return batch[row_uniform(batch, seed) < fraction]
 
@@ -170,7 +169,7 @@ def _write_report(store: Store, doc: dict[str, Any], test: Scored, threshold: fl
     write_report(store, doc, y=test.y, pred=test.pred(threshold), scores=scores, class_names=test.class_names, x=test.x)
 
 
-def _champion_metrics(ctx: Any, test_ds: Any) -> dict[str, Any] | None:
+def _champion_metrics(ctx: StageContext, test_ds: Any) -> dict[str, Any] | None:
     """The current champion scored on this run's test split (None when there is none)."""
     from raypipe.registry import Registry
 

@@ -30,7 +30,7 @@ class ExportResult:
 
 
 def export_onnx(predictor: Any, path: str, *, pipeline: str = "") -> ExportResult:
-    """Write ``predictor`` (a :class:`raypipe.predictor.Predictor`) as one ONNX model at ``path``."""
+    """Write ``predictor`` (a :class:`raypipe.model.predictor.Predictor`) as one ONNX model at ``path``."""
     try:
         import onnx
     except ImportError:

@@ -3,7 +3,7 @@
 Each operator is rebuilt from its fitted JSON state with standard ONNX operators (and
 ``ai.onnx.ml`` LabelEncoder), computing in float64 like the numpy code and casting to
 float32 at the end, so onnxruntime gives the same features as
-:meth:`raypipe.features.pipeline.FeaturePipeline.transform`.
+:meth:`raypipe.model.features.pipeline.FeaturePipeline.transform`.
 
 Inputs, one per raw column (batch dimension ``N``):
 
@@ -25,8 +25,8 @@ import numpy as np
 
 from raypipe.errors import ExportError
 from raypipe.export.graph import ML, Graph
-from raypipe.features.base import as_float, as_str
-from raypipe.features.pipeline import FeaturePipeline
+from raypipe.columns import as_float, as_str
+from raypipe.model.features.pipeline import FeaturePipeline
 
 FEATURES = "features"
 
@@ -144,8 +144,8 @@ def _pca(g: Graph, pca: Any, x: str) -> str:
 def onnx_feed(pipeline: FeaturePipeline, records: Any) -> dict[str, np.ndarray]:
     """The exported model's inputs for raw rows (a DataFrame or a list of dicts), coerced as raypipe does.
 
-    Numeric values go through :func:`raypipe.features.base.as_float` (None, junk → NaN),
-    categorical ones through :func:`~raypipe.features.base.as_str` (None → ``""``).
+    Numeric values go through :func:`raypipe.model.features.base.as_float` (None, junk → NaN),
+    categorical ones through :func:`~raypipe.model.features.base.as_str` (None → ``""``).
     """
     import pandas as pd
 

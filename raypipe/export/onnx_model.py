@@ -8,7 +8,7 @@ import numpy as np
 
 from raypipe.errors import ExportError
 from raypipe.export.graph import Graph
-from raypipe.train.models import SklearnModel, TorchModel
+from raypipe.model.formats import SklearnModel, TorchModel
 
 OPSET = 18  # the default domain's opset for scikit-learn models (torch.onnx picks its own)
 ML_OPSET = 3

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from raypipe.datasets import read_parquet
-from raypipe.features.pipeline import FeaturePipeline
-from raypipe.features.balance import class_counts
+from raypipe.model.features.pipeline import FeaturePipeline
+from raypipe.stage import FeaturesOutput, StageContext, StageOutput
 
 
 def build(spec: Any, schema: dict[str, Any]) -> FeaturePipeline:
@@ -17,25 +17,14 @@ def build(spec: Any, schema: dict[str, Any]) -> FeaturePipeline:
     return FeaturePipeline.from_spec(spec.features, schema)
 
 
-def class_weights(counts: dict[str, int], classes: list[str]) -> list[float]:
-    """Balanced weights n / (k * n_c), as scikit-learn's ``class_weight="balanced"``."""
-    n, k = sum(counts.values()), len(classes)
-    return [n / (k * counts[c]) if counts.get(c) else 0.0 for c in classes]
-
-
-def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
     ctx.ray()
     val = inputs["validate"]
-    schema = val.store.read_json(val.outputs["schema"])
-    pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, val.outputs["splits"]["train"]))
+    schema = val.read_json(val.outputs.schema)
+    pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, val.outputs.splits["train"]))
     ctx.artifact.write_json("features.json", pipeline.to_dict())
-    out: dict[str, Any] = {"features": "features.json", "n_features": pipeline.n_features, "class_weights": None}
-    target = schema.get("target")
-    if target and target.get("classes") and ctx.spec.features.balance == "class_weight":
-        counts = class_counts(read_parquet(val.store, val.outputs["splits"]["train"]), target["name"])
-        out["class_weights"] = class_weights(counts, target["classes"])
     ctx.log(_summary(pipeline))
-    return out
+    return FeaturesOutput(features="features.json", n_features=pipeline.n_features)
 
 
 def _summary(pipeline: FeaturePipeline) -> str:

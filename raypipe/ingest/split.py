@@ -9,7 +9,6 @@ block's rows straight to its split's folder (``write_block_splits``).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,71 +16,11 @@ import numpy as np
 import pandas as pd
 
 from raypipe.datasets import task_file_name, write_table
-from raypipe.features.base import str_codes
-from raypipe.validate.schema import label_strings
+from raypipe.columns import row_uniform
+from raypipe.schema import label_strings
+from raypipe.stage import SPLITS
 
 U_COL, SPLIT_COL = "__u", "__split"
-SPLITS = ("train", "validation", "test")
-
-
-def column_hashes(s: pd.Series) -> np.ndarray:
-    """A uint64 hash per value of one column, the same whatever dtype its block arrived in.
-
-    An int column with nulls reaches pandas as float in one block and as int in
-    another, strings as object or Arrow-backed: numbers are hashed as float64, other
-    values as their text (missing as None). Text is factorised first, so each distinct
-    value is hashed once. Images (arrays) are hashed by their bytes.
-    """
-    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-        return pd.util.hash_array(s.to_numpy(dtype=np.float64, na_value=np.nan), categorize=False)
-    if holds_arrays(s):  # images: their bytes, not numpy's abbreviated repr
-        return pd.util.hash_array(np.array(
-            [None if v is None or (np.ndim(v) == 0 and pd.isna(v)) else
-             hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).hexdigest() for v in s],
-            dtype=object), categorize=False)
-    codes, texts = str_codes(s)  # each value as text; raw objects are not factorised (1 and 1.0 differ)
-    # missing (code -1) hashes to the largest uint64, as pandas' categorize=True does
-    return np.append(pd.util.hash_array(texts, categorize=False), _MISSING)[codes]
-
-
-def holds_arrays(s: pd.Series) -> bool:
-    """A tensor column, or an object column whose first present value is an array."""
-    if "Tensor" in type(s.dtype).__name__:
-        return True
-    if s.dtype != object or not len(s):
-        return False
-    present = s.notna().to_numpy()
-    return bool(present.any()) and isinstance(s.iloc[int(np.argmax(present))], np.ndarray)
-
-
-_MISSING = np.uint64(np.iinfo(np.uint64).max)
-_M1, _M2, _PRIME = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x100000001B3)
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: every input bit affects every output bit."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-def hash_columns(columns: list[np.ndarray], n: int, seed: int = 0) -> np.ndarray:
-    """A 64-bit hash per row from per-column value hashes (:func:`column_hashes`), mixed with ``seed``.
-
-    The columns are folded in order; no DataFrame is built. pandas hashes numbers
-    without its key, so the seed is mixed in at the end.
-    """
-    h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for a in columns:
-            h = (h * _PRIME) ^ a
-        return _mix(h ^ _mix(np.full(1, seed & 0xFFFFFFFF, dtype=np.uint64)))  # the seed mod 2**32
-
-
-def row_uniform(df: pd.DataFrame, seed: int) -> np.ndarray:
-    """A number in [0, 1) per row, a pure function of the row's values and ``seed``."""
-    h = hash_columns([column_hashes(df[c]) for c in df.columns], len(df), seed)
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def strata_codes(values: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,11 @@
 """The ingest stage: read the source with Ray Data, split it, write parquet per split."""
 from __future__ import annotations
 
-from typing import Any
+from raypipe.ingest.split import SPLIT_COL, plan_splits, write_block_splits
+from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
-from raypipe.ingest.split import SPLIT_COL, SPLITS, plan_splits, write_block_splits
 
-
-def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> IngestOutput:
     from raypipe.ingest.sources import read_source
 
     ctx.ray()
@@ -22,5 +21,5 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     if any(written.get(name, 0) != n for name, n in plan.rows.items()):
         raise RuntimeError(f"ingest lost rows: planned {plan.rows}, written {written}")
     ctx.log("rows: " + ", ".join(f"{k} {v:,}" for k, v in plan.rows.items()))
-    return {"splits": {name: f"splits/{SPLIT_COL}={name}" for name in SPLITS if plan.rows[name]}, "rows": plan.rows,
-            "input_rows": sum(plan.rows.values())}
+    return IngestOutput(splits={name: f"splits/{SPLIT_COL}={name}" for name in SPLITS if plan.rows[name]},
+                        rows=plan.rows, input_rows=sum(plan.rows.values()))

@@ -1,6 +1,6 @@
 """The Ray Serve application: one deployment whose replicas score requests in batches.
 
-Each replica holds the champion's :class:`~raypipe.predictor.Predictor` and, with a canary
+Each replica holds the champion's :class:`~raypipe.model.predictor.Predictor` and, with a canary
 or shadow, the challenger's. Which versions it holds is the deployment's ``user_config``:
 promoting a new champion calls :meth:`ModelServer.reconfigure` on the running replicas,
 which load the new version first and then switch in one assignment, so no request fails
@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import TypeAdapter
 from ray import serve
 
-from raypipe.predictor import Predictor
+from raypipe.model.predictor import Predictor
 from raypipe.serve.request_model import request_model
 from raypipe.store import Store
 
@@ -239,10 +239,9 @@ class ModelServer:
 
 
 ModelServerDeployment = serve.deployment(serve.ingress()(ModelServer))
+DEPLOYMENT = "model"  # the one deployment of each application
 
 
 def build_app(args: dict[str, Any]) -> Any:
     """Serve's application builder (``import_path: raypipe.serve.app:build_app`` in a Serve config)."""
-    from raypipe.serve.deploy import DEPLOYMENT
-
     return ModelServerDeployment.options(name=DEPLOYMENT).bind(**args)

@@ -9,6 +9,7 @@ import pyarrow.fs as pafs
 from raypipe.errors import SpecError
 from raypipe.registry import Registry
 from raypipe.spec import Spec
+from raypipe.tasks import TASKS
 
 
 def _read(path: str) -> Any:
@@ -47,7 +48,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     import numpy as np
     import pandas as pd
 
-    from raypipe.predictor import BatchPredict
+    from raypipe.model.predictor import BatchPredict
     from raypipe.runtime import connect_for
 
     out_fs, out_path = pafs.FileSystem.from_uri(output) if "://" in output else (pafs.LocalFileSystem(), output)
@@ -78,16 +79,8 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     def finish(b: pd.DataFrame) -> pd.DataFrame:
         scores = np.stack(b.pop("__scores").to_numpy())
         pred = b.pop("__pred").to_numpy()
-        if classes:
-            b["prediction"] = [classes[int(i)] for i in pred]
-            for j, c in enumerate(classes):
-                b[f"score_{c}"] = scores[:, j]
-        elif task == "anomaly":
-            b["is_anomaly"], b["anomaly_score"] = pred.astype(bool), scores[:, 0]
-        elif task == "clustering":
-            b["cluster"] = pred
-        else:
-            b["prediction"] = pred
+        for name, values in TASKS[task].columns(pred, scores, classes).items():
+            b[name] = values
         b["model_version"] = v
         return b
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -12,11 +11,10 @@ from typing import Any
 
 import yaml
 
+from raypipe.errors import RegistryError
 from raypipe.registry import Registry
 from raypipe.runtime import SERVE_PROFILE
 from raypipe.spec import Spec
-from raypipe.store import Store
-from raypipe.validate.schema import feature_columns
 
 log = logging.getLogger("raypipe")
 
@@ -94,7 +92,6 @@ def serving_address(host: str, port: int) -> tuple[str, int]:
 
 
 QUIET = {"log_level": "WARNING", "enable_access_log": False}
-DEPLOYMENT = "model"  # the one deployment of each application
 
 
 def code_version(args: dict[str, Any]) -> str:
@@ -102,7 +99,7 @@ def code_version(args: dict[str, Any]) -> str:
     import inspect
 
     import raypipe
-    from raypipe import predictor
+    from raypipe.model import predictor
     from raypipe.serve import app, http, request_model
 
     h = hashlib.sha256(json.dumps({"raypipe": raypipe.__version__, "args": args}, sort_keys=True).encode())
@@ -121,6 +118,8 @@ def init_args(spec: Spec) -> dict[str, Any]:
 
 def deployment_options(spec: Spec, version: int) -> dict[str, Any]:
     """The Serve deployment's options, as ``Deployment.options`` and a Serve config file both take them."""
+    from raypipe.serve.app import DEPLOYMENT
+
     d = spec.deploy
     return {
         "name": DEPLOYMENT,
@@ -194,35 +193,12 @@ def api_key_digest(spec: Spec) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]:
-    """A few rows of the version's own test split, as a client would send them."""
-    import pyarrow.dataset as pads
-
-    reg = Registry(spec.storage, spec.name)
-    vs = reg.version_store(version)
-    schema, lineage = vs.read_json("schema.json"), vs.read_json("lineage.json")
-    root = Store(spec.storage)
-    rel = f"stages/validate/{lineage['stages']['validate'][:20]}/valid/test"
-    cols = feature_columns(schema)
-    target = (schema.get("target") or {}).get("name")
-    table = pads.dataset(root.path(rel), filesystem=root.fs, format="parquet").head(
-        2000, columns=cols + schema["id_columns"] + ([target] if target else []))
-    required = [c for c in cols if not schema["columns"][c].get("nullable", True)]
-    # one row per class first (a fraud demo should show a fraud), then the others in order
-    first, rest, labels = [], [], set()
-    for row in table.to_pylist():
-        label = row.pop(target, None) if target else None
-        if all(row[c] is not None for c in required):
-            (rest if label in labels else first).append(row)
-            labels.add(label)
-    return [{k: _json_value(v) for k, v in row.items()} for row in (first + rest)[:n]]
-
-
-def _json_value(v: Any) -> Any:
-    """A stored value as a client sends it: NaN as null, an image as nested lists."""
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v.tolist() if hasattr(v, "tolist") else v
+def sample_request(spec: Spec, version: int) -> list[dict[str, Any]]:
+    """A few rows of the version's own test split, as a client would send them (saved with the version)."""
+    vs = Registry(spec.storage, spec.name).version_store(version)
+    if not vs.exists("sample.json"):
+        raise RegistryError(f"{spec.name}: version {version} holds no sample request (registered by an older raypipe)")
+    return vs.read_json("sample.json")
 
 
 def shutdown() -> None:

@@ -13,7 +13,7 @@ from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model,
 )
 
-from raypipe.validate.schema import feature_columns
+from raypipe.schema import feature_columns
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)
 _INT64 = int(np.iinfo(np.int64).max)

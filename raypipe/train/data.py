@@ -7,21 +7,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.features.pipeline import FeaturePipeline
-from raypipe.validate.schema import label_strings
+from raypipe.model.features.pipeline import FeaturePipeline
+from raypipe.tasks import TASKS
 
 
-def encode_labels(values: Any, classes: list[str] | None) -> np.ndarray:
-    """Class index per row (classification) or float values (regression)."""
-    if classes is None:
-        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float32)
-    return pd.Categorical(label_strings(values), categories=classes).codes.astype(np.int64)
-
-
-def xy_batch(batch: pd.DataFrame, features: dict[str, Any], target: str | None, classes: list[str] | None) -> dict[str, np.ndarray]:
+def xy_batch(batch: pd.DataFrame, features: dict[str, Any], target: str | None, classes: list[str] | None,
+             task: str = "classification") -> dict[str, np.ndarray]:
     """Ray Data batch function: {"x": float32 (n, d), "y": labels} (y is 0 without a target)."""
     pipeline = _pipeline(features)
-    y = encode_labels(batch[target], classes) if target else np.zeros(len(batch), dtype=np.float32)
+    y = TASKS[task].encode_labels(batch[target], classes) if target else np.zeros(len(batch), dtype=np.float32)
     return {"x": pipeline.transform(batch), "y": y}
 
 
@@ -39,7 +33,8 @@ def _pipeline(features: dict[str, Any]) -> FeaturePipeline:
 def xy_dataset(ds: Any, features: dict[str, Any], schema: dict[str, Any]) -> Any:
     target = schema.get("target") or {}
     return ds.map_batches(
-        xy_batch, fn_kwargs={"features": features, "target": target.get("name"), "classes": target.get("classes")},
+        xy_batch, fn_kwargs={"features": features, "target": target.get("name"), "classes": target.get("classes"),
+                             "task": target.get("task", "classification")},
         batch_format="pandas",
     )
 

@@ -143,7 +143,7 @@ def epoch_metrics(train: Sequence[float], val: Sequence[float] | None, task: str
         rows = max(val[2], 1)
         out["val_loss"] = val[0] / rows
         if task == "classification":
-            from raypipe.tune.metrics import f1_from_counts
+            from raypipe.train.metrics import f1_from_counts
 
             k = (len(val) - 3) // 3
             out["val_accuracy"] = val[1] / rows

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.train.models import import_estimator, model_meta
+from raypipe.model.formats import import_estimator, model_meta
+from raypipe.tasks import TASKS
 
 
-def _fit(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray | None, sample_weight: np.ndarray | None,
+def _fit_estimator(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray | None, sample_weight: np.ndarray | None,
          seed: int, task: str = "classification") -> bytes:
     import skops.io as sio
 
@@ -22,7 +23,7 @@ def _fit(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray | None,
         params.setdefault("novelty", True)  # LocalOutlierFactor scores new rows only with novelty=True
     est = cls(**params)
     fit_kw = {"sample_weight": sample_weight} if sample_weight is not None and "sample_weight" in inspect.signature(est.fit).parameters else {}
-    if task in ("clustering", "anomaly"):
+    if not TASKS[task].supervised:
         est.fit(x, **fit_kw)  # unsupervised: labels, if any, are for evaluation only
     else:
         est.fit(x, y, **fit_kw)
@@ -77,7 +78,7 @@ def canonical_order(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return x[order], y[order]
 
 
-def arrays_from_refs(refs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+def read_arrays(refs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of a dataset's ``to_numpy_refs()`` blocks, joined."""
     import ray
 
@@ -85,8 +86,14 @@ def arrays_from_refs(refs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p["x"] for p in parts]), np.concatenate([p["y"] for p in parts])
 
 
+def fit_arrays(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, class_weights: list[float] | None,
+               seed: int, task: str) -> bytes:
+    """Fit in this process on (x, y) put in canonical row order; return the skops bytes."""
+    x, y = canonical_order(x, y)
+    sw = np.asarray(class_weights)[y] if class_weights is not None else None
+    return _fit_estimator(kind, params, x, y, sw, seed, task)
+
+
 def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
                    task: str) -> bytes:
-    x, y = canonical_order(*arrays_from_refs(refs))
-    sw = np.asarray(class_weights)[y] if class_weights is not None else None
-    return _fit(kind, params, x, y, sw, seed, task)
+    return fit_arrays(kind, params, *read_arrays(refs), class_weights, seed, task)

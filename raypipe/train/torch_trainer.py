@@ -1,6 +1,6 @@
 """Torch models on Ray Train (Train V2 ``TorchTrainer``): DDP on ``train.workers``.
 
-Each worker builds the model from the zoo (:mod:`raypipe.train.zoo`), reads its shard
+Each worker builds the model from the zoo (:mod:`raypipe.model.zoo`), reads its shard
 of the Ray Dataset and runs the epoch math of :mod:`raypipe.train.loop` (mixed
 precision, LR schedule, early stopping); gloo on CPU, NCCL on GPU. Every epoch rank 0
 writes a checkpoint (:mod:`raypipe.train.checkpoint`: safetensors weights, optimizer /
@@ -20,7 +20,7 @@ from typing import Any
 
 from raypipe.errors import StageFailed
 from raypipe.train import checkpoint as ckpt_files
-from raypipe.train.models import model_meta
+from raypipe.model.formats import model_meta
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def train_loop(config: dict[str, Any]) -> None:
         make_optimizer,
         train_epoch,
     )
-    from raypipe.train.zoo import build_model
+    from raypipe.model.zoo import build_model
 
     torch.manual_seed(config["seed"])
     cfg = LoopConfig.from_dict(config)
@@ -110,7 +110,7 @@ def train_loop(config: dict[str, Any]) -> None:
     limit = int(config["cache_shards_mb"] * 2**20)
     report_s = ckpt_s = 0.0
     train_cache, val_cache = ShardCache(limit), ShardCache(limit)
-    gate = config.get("tune_gate")  # set in a Tune trial under ASHA (raypipe.tune.search.LockstepReport)
+    gate = config.get("tune_gate")  # set in a Tune trial under ASHA (raypipe.train.tune.search.LockstepReport)
     for epoch in range(start_epoch, config["epochs"]):
         if stopped:
             break
@@ -255,7 +255,7 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
         TrainingFailedError,
     )
 
-    from raypipe.train.zoo import check_layout
+    from raypipe.model.zoo import check_layout
 
     check_layout(spec.model.kind, layout)  # a spec error on the driver, before any worker starts
     config = loop_config(spec, input_dim, n_outputs, class_weights, layout, "validation" in datasets)

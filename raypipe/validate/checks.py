@@ -15,13 +15,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from raypipe.validate.profile import (
-    block_profile,
-    row_hashes,
-    text_value_counts,
-    to_floats,
-)
-from raypipe.validate.schema import NUMERIC_TYPES, feature_columns, label_strings
+from raypipe.columns import as_float
+from raypipe.schema import NUMERIC_TYPES, feature_columns, label_strings
+from raypipe.validate.profile import block_profile, row_hashes, text_value_counts
 
 REASON = "__reason"
 INTERNAL = (REASON,)
@@ -68,7 +64,7 @@ def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> list[tuple[n
     checks: list[tuple[np.ndarray, str]] = []
     xf = None
     if col["type"] in ("number", "integer"):
-        xf = to_floats(s)
+        xf = as_float(s)
         checks += [(s.notna().to_numpy() & np.isnan(xf), f"{name}: not a number"),
                    (np.isinf(xf), f"{name}: infinite value")]
     elif col["type"] == "image" and col.get("shape"):
@@ -115,7 +111,7 @@ def coerce_numeric(batch: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
         if col["type"] in ("number", "integer") and name in batch.columns:
             s = batch[name]
             if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
-                batch[name] = to_floats(s)
+                batch[name] = as_float(s)
     return batch
 
 

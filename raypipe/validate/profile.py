@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.features.base import quantile_sketch
-from raypipe.ingest.split import column_hashes, hash_columns, holds_arrays
-from raypipe.validate.schema import label_strings
+from raypipe.columns import (as_float, column_hashes, hash_columns, holds_arrays, merge_sketches, quantile_sketch,
+                             sketch_quantiles)
+from raypipe.schema import label_strings
 
 FORMAT = "raypipe.profile/1"
 SKETCH_POINTS = 201
@@ -46,14 +46,6 @@ MAX_DISTINCT = 10_000
 UNSEEN_EXAMPLES = 5
 QUANTILES = {"p1": 0.01, "p5": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
 _PIXELS_PER_CHUNK = 1 << 22
-
-
-def to_floats(s: pd.Series) -> np.ndarray:
-    """A column as float64 numbers; text that is not a number becomes NaN."""
-    textual = not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s))
-    x = pd.to_numeric(s, errors="coerce") if textual else s
-    # Via numpy: pandas' Arrow-backed dtypes report a coerced NaN as not-NA.
-    return pd.Series(x).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def profile_kind(col_type: str, is_id: bool = False) -> str:
@@ -72,7 +64,7 @@ def _sketch(x: np.ndarray) -> list[float]:
 
 
 def _numeric_block(s: pd.Series, bounds: dict[str, Any], name: str) -> dict[str, Any]:
-    x = to_floats(s)
+    x = as_float(s)
     x = x[np.isfinite(x)]
     n = len(x)
     mean = float(x.mean()) if n else 0.0
@@ -199,7 +191,7 @@ def row_hashes(batch: pd.DataFrame, schema: dict[str, Any]) -> np.ndarray:
         if t == "image" or holds_arrays(s):
             cols.append(pd.util.hash_array(_digests(s), categorize=False))
         else:
-            cols.append(column_hashes(pd.Series(to_floats(s)) if t in ("number", "integer") else s))
+            cols.append(column_hashes(pd.Series(as_float(s)) if t in ("number", "integer") else s))
     if not cols or not len(batch):
         return np.zeros(0, dtype=np.uint64)
     return hash_columns(cols, len(batch))
@@ -298,22 +290,15 @@ def merge_profiles(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 # --- finishing ----------------------------------------------------------------------------------
 def _weighted_points(sketches: list[list[Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """All sketch points sorted, each weighted by its block's rows / its block's points."""
-    used = [(n, np.asarray(p, dtype=np.float64)) for n, p in sketches if len(p)]
-    values = np.concatenate([p for _, p in used])
-    weights = np.concatenate([np.full(len(p), n / len(p)) for n, p in used])
-    order = np.argsort(values, kind="stable")
-    return values[order], weights[order]
+    return merge_sketches((n, p) for n, p in sketches)
 
 
 def quantiles(sketches: list[list[Any]], levels: dict[str, float] = QUANTILES) -> dict[str, float]:
-    """Quantiles from merged sketches: linear interpolation between the weighted points' mid-ranks."""
+    """Quantiles from the merged sketches (:func:`raypipe.columns.sketch_quantiles`, as the fitted features)."""
     if not sketches:
         return {k: None for k in levels}
-    values, weights = _weighted_points(sketches)
-    cum = np.cumsum(weights)
-    ranks = (cum - weights / 2) / cum[-1]
-    return {k: float(np.interp(q, ranks, values)) for k, q in levels.items()}
+    q = sketch_quantiles(*_weighted_points(sketches), list(levels.values()))
+    return {k: float(v) for k, v in zip(levels, q)}
 
 
 def _round_to(parts: np.ndarray, total: int) -> list[int]:

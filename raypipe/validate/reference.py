@@ -7,18 +7,26 @@ validates successfully writes it; later runs use its schema instead of inferring
 one (so the columns serving accepts stay the same) and compare their data with its
 profile. :func:`reset_reference` removes it: the next run that validates writes a
 new one.
+
+The reference is state outside the pipeline's artifacts, so :func:`digest` folds it into
+the validate stage's fingerprint: a cached validate stage re-runs once the reference was
+reset or replaced. The reference a run wrote itself counts as the state that run saw
+(``origin.json``), so the run after the first one stays cached.
 """
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from raypipe.store import Store
 from raypipe.validate.checks import finding
-from raypipe.validate.schema import arrow_kind, tensor_shape
+from raypipe.schema import arrow_kind, tensor_shape
 
 DIR = "reference"
 SCHEMA_FILE = "schema.json"
 PROFILE_FILE = "profile.json"
+ORIGIN_FILE = "origin.json"  # the validate run that wrote it: its fingerprint without the reference, what it saw
+RESETS = "resets"  # reference/resets/<pipeline>.json: a token per reset, so a reset is a new state
 _FAMILY = {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "string", "text": "string",
            "image": "image"}
 _RESET = "reset the reference (the next run writes a new one)"
@@ -37,9 +45,11 @@ def load_reference(root: Store, pipeline: str) -> dict[str, Any] | None:
             "profile": root.read_json(DIR, pipeline, PROFILE_FILE)}
 
 
-def save_reference(root: Store, pipeline: str, schema: dict[str, Any], profile: dict[str, Any]) -> str:
+def save_reference(root: Store, pipeline: str, schema: dict[str, Any], profile: dict[str, Any],
+                   origin: dict[str, str] | None = None) -> str:
     """Store a reference (the profile first: the schema file completes it); return its location."""
     ref = reference_store(root, pipeline)
+    ref.write_json(ORIGIN_FILE, origin or {})
     ref.write_json(PROFILE_FILE, profile)
     ref.write_json(SCHEMA_FILE, schema)
     return ref.uri
@@ -51,10 +61,32 @@ def reset_reference(root: Store, pipeline: str | None = None) -> bool:
     A run whose validate stage is cached does not write a new reference: run the
     validate stage again (``force="validate"``) to write it at once.
     """
-    parts = (DIR,) if pipeline is None else (DIR, pipeline)
-    existed = bool(root.walk_files(*parts))
-    root.delete(*parts)
+    pipelines = [pipeline] if pipeline is not None else [n for n in root.listdir(DIR) if n != RESETS]
+    existed = False
+    for name in pipelines:
+        existed = bool(root.walk_files(DIR, name)) or existed
+        root.delete(DIR, name)
+        root.write_json(f"{DIR}/{RESETS}/{name}.json", {"token": uuid.uuid4().hex})
     return existed
+
+
+def digest(spec: Any, root: Store, base_fingerprint: str) -> str:
+    """The reference's part of the validate stage's fingerprint ("" when validation uses no reference).
+
+    ``absent:<reset token>`` without a reference; the digest the writing run saw when
+    this stage's own earlier run (same ``base_fingerprint``) wrote it; else the sha256 of
+    its files.
+    """
+    if spec.validate_.reference != "first_run":
+        return ""
+    name = spec.name
+    if load_reference(root, name) is None:
+        token = root.read_json(DIR, RESETS, f"{name}.json")["token"] if root.exists(DIR, RESETS, f"{name}.json") else ""
+        return f"absent:{token}"
+    origin = root.read_json(DIR, name, ORIGIN_FILE) if root.exists(DIR, name, ORIGIN_FILE) else {}
+    if origin.get("written_by") == base_fingerprint:
+        return origin["saw"]
+    return "sha256:" + root.sha256(DIR, name, SCHEMA_FILE) + root.sha256(DIR, name, PROFILE_FILE)
 
 
 # --- schema comparison --------------------------------------------------------------------------

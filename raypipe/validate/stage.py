@@ -22,6 +22,7 @@ from typing import Any
 
 from raypipe.datasets import has_rows, read_parquet
 from raypipe.errors import DataValidationError
+from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
 from raypipe.validate import reference as refs
 from raypipe.validate import sink
 from raypipe.validate.checks import (
@@ -41,9 +42,8 @@ from raypipe.validate.profile import (
     reference_bounds,
 )
 from raypipe.validate.report_html import render
-from raypipe.validate.schema import complete_schema, infer_schema
+from raypipe.schema import complete_schema, infer_schema
 
-SPLITS = ("train", "validation", "test")
 REPORT_FORMAT = "raypipe.validate-report/1"
 
 
@@ -205,11 +205,11 @@ def _write_report(ctx: Any, report: dict[str, Any]) -> None:
     ctx.artifact.write_bytes("report.html", render(report).encode())
 
 
-def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
     ctx.ray()
     ingest, cfg = inputs["ingest"], ctx.spec.validate_
-    rows = {s: n for s, n in ingest.outputs["rows"].items() if n}
-    datasets = {s: read_parquet(ingest.store, ingest.outputs["splits"][s]) for s in rows}
+    rows = {s: n for s, n in ingest.outputs.rows.items() if n}
+    datasets = {s: read_parquet(ingest.store, ingest.outputs.splits[s]) for s in rows}
     if "train" not in datasets:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
@@ -245,19 +245,14 @@ def run(ctx: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     ctx.artifact.write_json("schema.json", schema)
     ctx.artifact.write_json("profile.json", checks["train"].profile)
     if ref_status == "written":
-        refs.save_reference(ctx.root, ctx.spec.name, schema, checks["train"].profile)
+        refs.save_reference(ctx.root, ctx.spec.name, schema, checks["train"].profile,
+                            origin={"written_by": ctx.base_fingerprint, "saw": ctx.external})
     counts = {s: c.counts for s, c in checks.items()}
     quarantined = sum(c["quarantined"] for c in counts.values())
     ctx.log(f"schema ({source}): {len(schema['columns'])} columns; quarantined rows: {quarantined}; "
             f"warnings: {len(warnings)}; reference: {ref_status}")
-    return {
-        "schema": "schema.json",
-        "profile": "profile.json",
-        "report": "report.json",
-        "report_html": "report.html",
-        "splits": {s: f"valid/{s}" for s in checks if has_rows(ctx.artifact, f"valid/{s}")},
-        "counts": counts,
-        "quarantined": quarantined,
-        "warnings": warnings,
-        "reference": ref_status,
-    }
+    return ValidateOutput(
+        schema="schema.json", profile="profile.json", report="report.json", report_html="report.html",
+        splits={s: f"valid/{s}" for s in checks if has_rows(ctx.artifact, f"valid/{s}")},
+        counts=counts, quarantined=quarantined, warnings=warnings, reference=ref_status,
+    )

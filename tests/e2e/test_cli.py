@@ -61,7 +61,7 @@ def test_export_onnx_answers_like_the_registered_version(spec_file):
     import pandas as pd
 
     from raypipe.export import onnx_feed
-    from raypipe.predictor import Predictor
+    from raypipe.model.predictor import Predictor
     from raypipe.registry import Registry
     from raypipe.serve.deploy import sample_request
     from raypipe.spec import load_spec

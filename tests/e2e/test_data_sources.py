@@ -30,7 +30,7 @@ def storage(tmp_path_factory):
 
 def _test_rows(result) -> pd.DataFrame:
     val = result.outputs["validate"]
-    return read_parquet(val.store, val.outputs["splits"]["test"]).to_pandas()
+    return read_parquet(val.store, val.outputs.splits["test"]).to_pandas()
 
 
 def test_digits_png_images_end_to_end(ray_session, storage, tmp_path):
@@ -46,10 +46,10 @@ def test_digits_png_images_end_to_end(ray_session, storage, tmp_path):
     }
     result = raypipe.run(spec, progress=quiet)
     assert result.status == "ok" and result.metrics["accuracy"] >= 0.85
-    assert result.outputs["ingest"].outputs["input_rows"] == n == 800
+    assert result.outputs["ingest"].outputs.input_rows == n == 800
     schema = result.outputs["validate"].store.read_json("schema.json")
     assert schema["columns"]["image"]["type"] == "image" and schema["features"]["image"] == ["image"]
-    assert result.outputs["features"].outputs["n_features"] == 24
+    assert result.outputs["features"].outputs.n_features == 24
     # One request: the image as nested lists of pixels, validated by the endpoint's request model.
     predictor = champion_predictor(storage, "t-digits-png")
     rows = _test_rows(result).head(20)
@@ -113,7 +113,7 @@ def test_sqlite_query_end_to_end(ray_session, storage, tmp_path):
         "model": LOGREG, "evaluate": {"gate": {"min": {"roc_auc": 0.7}}},
     }
     result = raypipe.run(spec, progress=quiet)
-    assert result.status == "ok" and result.outputs["ingest"].outputs["input_rows"] == 2500
+    assert result.status == "ok" and result.outputs["ingest"].outputs.input_rows == 2500
     again = raypipe.run(spec, progress=quiet)  # same snapshot label: nothing is read again
     assert {s["name"]: s["status"] for s in again.stages}["ingest"] == "cached"
 
@@ -141,7 +141,7 @@ def test_postgres_sharded_query_end_to_end(ray_session, storage, monkeypatch):
             "model": LOGREG, "evaluate": {"gate": {"min": {"roc_auc": 0.7}}},
         }
         result = raypipe.run(spec, progress=quiet)
-        assert result.status == "ok" and result.outputs["ingest"].outputs["input_rows"] == 4000
+        assert result.status == "ok" and result.outputs["ingest"].outputs.input_rows == 4000
         schema = result.outputs["validate"].store.read_json("schema.json")
         assert schema["columns"]["charges"]["type"] == "number"  # numeric(8,2) arrives as float
         manifest = (storage / "t-postgres").rglob("manifest.json")

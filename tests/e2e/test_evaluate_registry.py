@@ -16,7 +16,7 @@ import pytest
 
 import raypipe
 from raypipe.errors import GateFailed
-from raypipe.predictor import Predictor
+from raypipe.model.predictor import Predictor
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 from tests.conftest import small_spec, statuses

@@ -42,10 +42,10 @@ def test_cnn_on_digits_png(ray_session, storage, tmp_path):
     assert report["materialized_mb"] is None
     lrs = [h["lr"] for h in report["history"]]
     assert lrs[0] < lrs[1] and lrs[1] > lrs[-1]  # warm-up, then the cosine decay
-    assert result.outputs["train"].outputs["ddp"]["world_size"] == 2
+    assert result.outputs["train"].outputs.ddp["world_size"] == 2
     # One request (the image as nested lists) scores as the batch path does.
     val = result.outputs["validate"]
-    rows = read_parquet(val.store, val.outputs["splits"]["test"]).to_pandas().head(10)
+    rows = read_parquet(val.store, val.outputs.splits["test"]).to_pandas().head(10)
     predictor = champion_predictor(storage, "t-cnn")
     batch = predictor.predict_records(rows)
     Row = request_model(val.store.read_json("schema.json"))

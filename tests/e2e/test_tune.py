@@ -53,7 +53,7 @@ def test_torch_trials_under_asha(ray_session, tmp_path):
     trained = {row["config"]["train.lr"]: len(glob.glob(str(work / "train" / row["trial_id"] / "*" / "COMPLETE.json")))
                for row in table["trials"]}
     assert trained == {good: 3, bad: 1}
-    tune = train.outputs["tune"]
+    tune = train.outputs.tune
     assert tune["best_config"] == {"train.lr": good} and tune["trials"] == 2
     best_row = next(r for r in table["trials"] if r["config"]["train.lr"] == good)
     assert tune["best_score"] == best_row["val_f1"] == max(r["val_f1"] for r in table["trials"])
@@ -126,7 +126,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_sessio
     table = result.outputs["train"].store.read_json("tune_trials.json")
     assert len(table["trials"]) == 6 and all(r["status"] == "ok" for r in table["trials"])
     assert set(launches) == {r["trial_id"] for r in table["trials"]}
-    tune = result.outputs["train"].outputs["tune"]
+    tune = result.outputs["train"].outputs.tune
     meta = result.outputs["train"].store.read_json("model", "model.json")
     assert meta["params"]["C"] == pytest.approx(tune["best_config"]["model.params.C"])
     assert tune["best_score"] == max(r["val_f1"] for r in table["trials"])

@@ -11,7 +11,7 @@ import pytest
 from sklearn.datasets import make_blobs
 
 import raypipe
-from raypipe.predictor import Predictor
+from raypipe.model.predictor import Predictor
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 from tests.conftest import small_spec

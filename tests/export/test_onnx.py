@@ -9,9 +9,9 @@ import pytest
 
 from raypipe.errors import ExportError
 from raypipe.export import export_onnx, onnx_feed
-from raypipe.features.pipeline import FeaturePipeline
-from raypipe.predictor import Predictor
-from raypipe.train.models import SklearnModel, TorchModel
+from raypipe.model.features.pipeline import FeaturePipeline
+from raypipe.model.predictor import Predictor
+from raypipe.model.formats import SklearnModel, TorchModel
 
 N = 400
 
@@ -156,7 +156,7 @@ def test_regression_clustering_and_anomaly_scores(tmp_path):
 def test_torch_zoo_models(kind, tmp_path):
     import torch
 
-    from raypipe.train.zoo import build_model
+    from raypipe.model.zoo import build_model
 
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({"img": list(rng.integers(0, 256, (50, 8, 8)).astype(np.float64)), "x": rng.normal(size=50),

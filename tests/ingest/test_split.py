@@ -6,7 +6,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raypipe.ingest.split import SPLIT_COL, U_COL, assign, row_uniform, split_dataset, stratum, thresholds
+from raypipe.columns import row_uniform
+from raypipe.ingest.split import SPLIT_COL, U_COL, assign, split_dataset, stratum, thresholds
 
 
 def frame(n: int = 1000, pos: float = 0.03, seed: int = 0) -> pd.DataFrame:
@@ -218,7 +219,7 @@ def test_split_dataset_ray_block_layout_with_nullable_int_feature(ray_session) -
 
 def test_column_hashes_same_for_every_string_representation() -> None:
     """A text column hashes alike as pandas str, Arrow-backed, object or categorical, missing included."""
-    from raypipe.ingest.split import column_hashes
+    from raypipe.columns import column_hashes
 
     values = ["b", None, "a", "b", None]
     forms = [pd.Series(values, dtype="str"), pd.Series(values, dtype=pd.ArrowDtype(pa.large_string())),
@@ -234,7 +235,7 @@ def test_column_hashes_same_for_every_string_representation() -> None:
 def test_object_columns_are_not_merged_by_value_order() -> None:
     """1 and 1.0 in an object column are different texts; factorising the raw objects would
     merge them into whichever came first, so a block's order would change hashes and strata."""
-    from raypipe.ingest.split import column_hashes
+    from raypipe.columns import column_hashes
 
     a = pd.Series([1, 1.0, None, "x"], dtype=object)
     b = pd.Series([1.0, 1, None, "x"], dtype=object)

@@ -9,7 +9,7 @@ import pyarrow.dataset as pads
 import pytest
 
 import raypipe
-from raypipe.predictor import Predictor
+from raypipe.model.predictor import Predictor
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 from tests.conftest import free_port, small_spec
@@ -37,7 +37,7 @@ def test_rows(deployed):
     val = result.outputs["validate"]
     schema = val.store.read_json("schema.json")
     cols = schema["features"]["numeric"] + schema["features"]["categorical"] + schema["id_columns"]
-    table = pads.dataset(val.store.path(val.outputs["splits"]["test"]), format="parquet").head(N_ROWS, columns=cols)
+    table = pads.dataset(val.store.path(val.outputs.splits["test"]), format="parquet").head(N_ROWS, columns=cols)
     rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in table.to_pylist()]
     return schema, rows
 

@@ -76,7 +76,7 @@ def test_canary_share_and_shadow_scoring(two_versions):
     assert meta["version"] == v1 and meta["challenger"] == {"version": v2, "canary_percent": 30.0, "shadow": False}
 
     shadow = deploy(with_deploy(spec, route_prefix="/shadow", shadow=True), app_name="shadow")
-    champion = raypipe.predictor.Predictor.from_version(reg.version_store(v1), v1).predict_records(rows)
+    champion = raypipe.model.predictor.Predictor.from_version(reg.version_store(v1), v1).predict_records(rows)
     with httpx.Client(timeout=30) as http:
         answers = [http.post(f"{shadow.url}/predict", json=row).json() for row in rows]
     assert {a["version"] for a in answers} == {v1}  # shadow never answers

@@ -14,7 +14,7 @@ from raypipe.train.loop import (
     make_optimizer,
     train_epoch,
 )
-from raypipe.train.zoo import build_model
+from raypipe.model.zoo import build_model
 
 CPU = torch.device("cpu")
 

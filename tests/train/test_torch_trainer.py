@@ -7,7 +7,7 @@ import os
 import pytest
 
 import raypipe
-from raypipe.predictor import Predictor
+from raypipe.model.predictor import Predictor
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 from tests.conftest import small_spec
@@ -28,7 +28,7 @@ def torch_run(ray_session, tmp_path_factory):
 
 def test_two_worker_processes_with_synchronised_gradients(torch_run):
     _, result = torch_run
-    ddp = result.outputs["train"].outputs["ddp"]
+    ddp = result.outputs["train"].outputs.ddp
     assert ddp["world_size"] == 2 and ddp["backend"] == "gloo"
     workers = ddp["workers"]
     assert sorted(w["rank"] for w in workers) == [0, 1]
@@ -43,9 +43,9 @@ def test_checkpoint_each_epoch_and_history(torch_run):
     train = result.outputs["train"]
     report = train.store.read_json("train_report.json")
     assert [h["epoch"] for h in report["history"]] == list(range(EPOCHS))
-    counts = result.outputs["validate"].outputs["counts"]
+    counts = result.outputs["validate"].outputs.counts
     rows = counts["train"]["valid"] + counts["validation"]["valid"]
-    n = result.outputs["features"].outputs["n_features"]
+    n = result.outputs["features"].outputs.n_features
     assert report["materialized_mb"] == pytest.approx(rows * (4 * n + 8) / 2**20, abs=0.05)  # small: materialised
     assert all(h["val_loss"] > 0 and 0 <= h["val_accuracy"] <= 1 for h in report["history"])
     ckpts = [p for p in train.store.walk_files("ray_train") if p.endswith("meta.json")]

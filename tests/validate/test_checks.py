@@ -1,4 +1,4 @@
-"""Unit tests for ``raypipe.validate.schema`` and ``raypipe.validate.checks``."""
+"""Unit tests for ``raypipe.schema`` and ``raypipe.validate.checks``."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from raypipe.errors import DataValidationError
 from raypipe.validate.checks import (
     MAX_EXAMPLES, REASON, annotate, batch_stats, coerce_numeric, column_problems, merge_stats, row_problems,
 )
-from raypipe.validate.schema import feature_columns, infer_schema, label_strings, label_value
+from raypipe.schema import feature_columns, infer_schema, label_strings, label_value
 
 ARROW = pa.schema([
     ("transaction_id", pa.int64()),

@@ -22,7 +22,7 @@ from raypipe.validate.profile import (
     reference_bounds,
     row_hashes,
 )
-from raypipe.validate.schema import feature_columns, infer_schema
+from raypipe.schema import feature_columns, infer_schema
 
 N = 20_000
 SIZES = [5000, 3, 7000, 1, 2996, 5000]  # uneven blocks, some smaller than a sketch

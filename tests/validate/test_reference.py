@@ -67,7 +67,7 @@ def test_first_run_writes_the_reference(first, storage):
 def test_changed_data_gives_warnings_with_the_right_severity(first, storage, files):
     result = raypipe.run(spec(storage, files / "drift.parquet"), until="validate", progress=quiet)
     out = result.outputs["validate"]
-    assert out.outputs["reference"] == "checked"
+    assert out.outputs.reference == "checked"
     report = out.store.read_json("report.json")
     warnings = _checks(report, "warning")
     assert ("unseen_values", "country") in warnings
@@ -78,7 +78,7 @@ def test_changed_data_gives_warnings_with_the_right_severity(first, storage, fil
     assert unseen["value"] == pytest.approx(0.3, abs=0.05) and unseen["limit"] == 0.01
     assert "'country'" in unseen["message"] and "max_unseen_fraction=0.01" in unseen["message"]
     assert "ZZ" in unseen["message"] or "QQ" in unseen["message"]
-    assert any("'amount'" in w and "outside the reference range" in w for w in out.outputs["warnings"])
+    assert any("'amount'" in w and "outside the reference range" in w for w in out.outputs.warnings)
     schema = out.store.read_json("schema.json")
     assert "promo" not in schema["columns"]  # the reference schema is used, not a new inferred one
     assert schema["columns"] == load_reference(Store(str(storage)), "t-ref")["schema"]["columns"]
@@ -105,7 +105,7 @@ def test_each_pipeline_has_its_own_reference(first, storage, files):
     other = spec(storage, files / "dropped.parquet")
     other["name"] = "t-ref-other"
     result = raypipe.run(other, until="validate", progress=quiet)
-    assert result.outputs["validate"].outputs["reference"] == "written"
+    assert result.outputs["validate"].outputs.reference == "written"
     root = Store(str(storage))
     assert "device" not in load_reference(root, "t-ref-other")["schema"]["columns"]
     assert "device" in load_reference(root, "t-ref")["schema"]["columns"]
@@ -123,7 +123,7 @@ def test_reset_reference_lets_the_next_run_write_a_new_one(first, storage, files
     assert reset_reference(root, "t-ref") is True
     assert load_reference(root, "t-ref") is None and reset_reference(root, "t-ref") is False
     result = raypipe.run(spec(storage, files / "drift.parquet"), force="validate", until="validate", progress=quiet)
-    assert result.outputs["validate"].outputs["reference"] == "written"
+    assert result.outputs["validate"].outputs.reference == "written"
     ref = load_reference(root, "t-ref")
     assert "promo" in ref["schema"]["columns"] and ref["profile"]["columns"]["amount"]["min"] > 100_000
     assert load_reference(root, "t-ref-other") is not None  # another pipeline's reference is kept

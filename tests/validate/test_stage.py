@@ -38,7 +38,7 @@ def schema_file(tmp_path):
     """A schema that says amount is a number (as a first clean run would have inferred)."""
     import json
 
-    from raypipe.validate.schema import infer_schema
+    from raypipe.schema import infer_schema
     import pyarrow as pa
 
     clean = pa.Table.from_pandas(generate_transactions(100, seed=1), preserve_index=False)
@@ -49,11 +49,11 @@ def schema_file(tmp_path):
 def test_quarantine_keeps_counts_and_explains_every_bad_row(ray_session, tmp_path, csv_path, schema_file):
     result = raypipe.run(_spec(tmp_path, csv_path, "quarantine"), until="validate", progress=Progress(quiet=True))
     out = result.outputs["validate"]
-    counts = out.outputs["counts"]
+    counts = out.outputs.counts
     total_in = sum(c["input"] for c in counts.values())
     assert total_in == 3000
     assert sum(c["valid"] + c["quarantined"] for c in counts.values()) == total_in
-    assert out.outputs["quarantined"] == BAD_AMOUNT + NO_TARGET
+    assert out.outputs.quarantined == BAD_AMOUNT + NO_TARGET
     quarantined = pd.concat(
         read_parquet(out.store, f"quarantine/{s}").to_pandas() for s, c in counts.items() if c["quarantined"]
     )
@@ -84,7 +84,7 @@ def test_missing_column_and_too_many_nulls_fail_even_in_quarantine_mode(ray_sess
 
     import pyarrow as pa
 
-    from raypipe.validate.schema import infer_schema
+    from raypipe.schema import infer_schema
 
     schema = infer_schema(pa.Table.from_pandas(generate_transactions(100, seed=1), preserve_index=False).schema,
                           target="is_fraud", task="classification", id_columns=["transaction_id"])
@@ -112,7 +112,7 @@ def mixed_csv(tmp_path_factory):
 
     import pyarrow as pa
 
-    from raypipe.validate.schema import infer_schema
+    from raypipe.schema import infer_schema
 
     df = generate_transactions(3000, seed=12)
     clean = infer_schema(pa.Table.from_pandas(df, preserve_index=False).schema, target="is_fraud",
@@ -146,11 +146,11 @@ def test_quarantine_invariant_with_mixed_bad_rows(ray_session, tmp_path, mixed_c
     folder, expected = mixed_csv
     result = raypipe.run(_mixed_spec(tmp_path, folder, "quarantine"), until="validate", progress=Progress(quiet=True))
     out = result.outputs["validate"]
-    counts = out.outputs["counts"]
+    counts = out.outputs.counts
     for split, c in counts.items():
         assert c["valid"] + c["quarantined"] == c["input"], split
     assert sum(c["input"] for c in counts.values()) == 3000
-    assert out.outputs["quarantined"] == sum(expected.values())
+    assert out.outputs.quarantined == sum(expected.values())
     quarantined = pd.concat(read_parquet(out.store, f"quarantine/{s}").to_pandas()
                             for s, c in counts.items() if c["quarantined"])
     assert quarantined["__reason"].value_counts().to_dict() == expected
@@ -162,9 +162,9 @@ def test_quarantine_invariant_with_mixed_bad_rows(ray_session, tmp_path, mixed_c
     report = out.store.read_json("report.json")
     assert {s: r["quarantined"] for s, r in report["splits"].items()} == {s: c["quarantined"] for s, c in counts.items()}
     assert report["status"] == "passed" and report["profile"]["rows"] == counts["train"]["valid"]
-    assert out.outputs["report_html"] == "report.html" and out.store.exists("report.html")
-    assert isinstance(out.outputs["warnings"], list)
-    assert out.outputs["reference"] == "written"  # a schema file is stored as the reference schema too
+    assert out.outputs.report_html == "report.html" and out.store.exists("report.html")
+    assert isinstance(out.outputs.warnings, list)
+    assert out.outputs.reference == "written"  # a schema file is stored as the reference schema too
 
 
 def test_fail_mode_lists_rows_and_columns_in_one_error_with_exit_code_3(ray_session, tmp_path, mixed_csv):
@@ -199,7 +199,7 @@ def test_image_and_text_columns_in_one_pass(ray_session, tmp_path):
     import ray.data
 
     from raypipe.store import Store
-    from raypipe.validate.schema import infer_schema
+    from raypipe.schema import infer_schema
     from raypipe.validate.stage import _check_splits
 
     rng = np.random.default_rng(0)
@@ -231,7 +231,8 @@ def test_image_and_text_columns_in_one_pass(ray_session, tmp_path):
 def test_class_only_outside_train_is_quarantined_after_a_second_look(ray_session, tmp_path):
     """All splits are checked in one pass without the training classes; a split holding an unseen
     class is checked again, and its first-pass files are replaced, not added to."""
-    from raypipe.ingest.split import _bounds, row_uniform
+    from raypipe.columns import row_uniform
+    from raypipe.ingest.split import _bounds
 
     rng = np.random.default_rng(5)
     df = pd.DataFrame({"x1": rng.normal(size=600), "x2": rng.normal(size=600),
@@ -249,8 +250,8 @@ def test_class_only_outside_train_is_quarantined_after_a_second_look(ray_session
         "source": {"type": "parquet", "path": str(tmp_path / "data")}, "target": "y",
         "split": {"stratify": False, "seed": 0}, "id_columns": []}, validate={"reference": "none"})
     out = raypipe.run(spec, until="validate", progress=Progress(quiet=True)).outputs["validate"]
-    counts = out.outputs["counts"]
-    assert counts["test"]["quarantined"] == 1 and out.outputs["quarantined"] == 1
+    counts = out.outputs.counts
+    assert counts["test"]["quarantined"] == 1 and out.outputs.quarantined == 1
     bad = read_parquet(out.store, "quarantine/test").to_pandas()
     assert bad["__reason"].tolist() == ["y: class not seen in the training split"] and bad["y"].tolist() == [7]
     valid = {s: read_parquet(out.store, f"valid/{s}").to_pandas() for s in counts}

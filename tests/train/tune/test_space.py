@@ -6,8 +6,8 @@ import pytest
 
 import raypipe
 from raypipe.errors import SpecError
-from raypipe.tune.metrics import f1_from_counts, validation_metrics
-from raypipe.tune.space import apply, flat, search_space, trial_count
+from raypipe.train.metrics import f1_from_counts, validation_metrics
+from raypipe.train.tune.space import flat, search_space, trial_count, trial_spec
 
 BASE = {"name": "t", "data": {"source": {"type": "builtin", "name": "iris"}, "target": "target"}}
 
@@ -19,7 +19,7 @@ def spec(**tune):
 def test_defaults_and_metric_by_task() -> None:
     t = spec().tune
     assert (t.scheduler, t.search, t.num_samples, t.metric, t.grace_period) == ("asha", "random", 8, None, 1)
-    from raypipe.tune.search import resolved_metric
+    from raypipe.train.tune.search import resolved_metric
 
     assert resolved_metric(spec()) == ("val_f1", "max")
     reg = raypipe.load_spec({**BASE, "data": {"source": {"type": "builtin", "name": "diabetes"}, "target": "target",
@@ -52,7 +52,7 @@ def test_metric_and_task_checks() -> None:
                            "tune": {"space": {"model.params.n_clusters": {"randint": [2, 5]}}}})
 
 
-def test_search_space_and_apply() -> None:
+def test_search_space_and_trial_spec() -> None:
     from ray import tune
 
     space = {"train.lr": {"loguniform": [1e-4, 1e-1]}, "model.params.hidden": {"choice": [[8], [16, 8]]},
@@ -62,13 +62,14 @@ def test_search_space_and_apply() -> None:
     assert sorted(p["train.batch_size"] for p in ts["grid"]["grid_search"]) == [64, 128]
     assert isinstance(ts["model.params.depth"], tune.search.sample.Integer)
     assert trial_count(space, 3) == 6
-    base = spec().model_dump(mode="json", by_alias=True)
-    out = apply(base, {"train.lr": 0.01, "model.params.hidden": [16, 8]})
-    assert out["train"]["lr"] == 0.01 and out["model"]["params"]["hidden"] == [16, 8] and "tune" not in out
-    assert base["train"]["lr"] == 0.001 and "hidden" not in base["model"]["params"]  # the base is not changed
-    assert raypipe.load_spec(out).train.lr == 0.01
-    nested = apply(base, {"train.lr": 0.01, "grid": {"train.batch_size": 128}})
-    assert nested["train"]["batch_size"] == 128 and "grid" not in nested
+    base = spec()
+    out = trial_spec(base, {"train.lr": np.float64(0.01), "model.params.hidden": [16, 8], "model.params.opt.beta": 0.9})
+    assert out.train.lr == 0.01 and type(out.train.lr) is float and out.tune is None
+    assert out.model.params == {"hidden": [16, 8], "opt": {"beta": 0.9}}
+    assert base.train.lr == 0.001 and base.model.params == {} and base.tune is not None  # the base is not changed
+    assert raypipe.load_spec(out.model_dump(mode="json", by_alias=True)).train.lr == 0.01  # still a valid spec
+    nested = trial_spec(base, {"train.lr": 0.01, "grid": {"train.batch_size": 128}})
+    assert nested.train.batch_size == 128 and nested.train.lr == 0.01
 
 
 def test_grid_points_run_in_a_seeded_shuffled_order() -> None:

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from raypipe.features.balance import factors, resample, resample_batch
+from raypipe.train.balance import factors, resample, resample_batch
 
 
 def _frame(n_pos: int, n_neg: int) -> pd.DataFrame:

@@ -24,30 +24,7 @@ import itertools
 import random
 from typing import Any
 
-KINDS = ("uniform", "loguniform", "randint", "choice", "grid")
 GRID = "grid"  # the one Tune key holding the grid's points (no spec path is named so)
-
-
-def check_space(space: dict[str, dict[str, Any]], train_fields: set[str]) -> None:
-    """Raise ``ValueError`` naming the path and the fix for a space the search cannot use."""
-    for path, dist in space.items():
-        if len(dist) != 1 or next(iter(dist)) not in KINDS:
-            raise ValueError(f"tune.space[{path!r}] = {dist!r}: write one of {list(KINDS)}, e.g. {{uniform: [0, 1]}}")
-        kind, arg = next(iter(dist.items()))
-        parts = path.split(".")
-        if parts[0] == "train" and len(parts) == 2:
-            if parts[1] not in train_fields:
-                raise ValueError(f"tune.space[{path!r}]: train has no field {parts[1]!r}; use one of {sorted(train_fields)}")
-        elif not (parts[:2] == ["model", "params"] and len(parts) >= 3 and all(parts)):
-            raise ValueError(f"tune.space[{path!r}]: only train.<field> and model.params.<name> can be tuned "
-                             "(data, validation and features are computed once, before the search)")
-        if kind in ("uniform", "loguniform", "randint"):
-            if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg) and arg[0] < arg[1]):
-                raise ValueError(f"tune.space[{path!r}].{kind}: give [low, high] with low < high, not {arg!r}")
-            if kind == "loguniform" and arg[0] <= 0:
-                raise ValueError(f"tune.space[{path!r}].loguniform: bounds must be > 0, not {arg!r}")
-        elif not (isinstance(arg, list) and arg):
-            raise ValueError(f"tune.space[{path!r}].{kind}: give a non-empty list of values, not {arg!r}")
 
 
 def search_space(space: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, Any]:
@@ -80,17 +57,26 @@ def flat(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply(spec_data: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the spec's data with each dotted path of ``sample`` set."""
-    out = copy.deepcopy(spec_data)
+def trial_spec(spec: Any, sample: dict[str, Any]) -> Any:
+    """The spec of one trial: each dotted path of ``sample`` set, ``tune`` removed (a trial trains one configuration).
+
+    Built with ``model_copy(update=...)`` from the validated spec: the paths were checked
+    when the spec was (``tune.space`` takes only ``train.<field>`` and ``model.params.<name>``).
+    """
+    train: dict[str, Any] = {}
+    params = copy.deepcopy(spec.model.params)
     for path, value in flat(sample).items():
-        node = out
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    out.pop("tune", None)  # a trial trains one configuration
-    return out
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars from Tune's samplers
+        section, *rest = path.split(".")
+        if section == "train":
+            train[rest[0]] = value
+            continue
+        node = params
+        for key in rest[1:-1]:  # model.params.<a>.<b>: nested parameters
+            node = node.setdefault(key, {})
+        node[rest[-1]] = value
+    return spec.model_copy(update={"train": spec.train.model_copy(update=train),
+                                   "model": spec.model.model_copy(update={"params": params}), "tune": None})
 
 
 def trial_count(space: dict[str, dict[str, Any]], num_samples: int) -> int:

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 
 from raypipe.errors import ArtifactError
-from raypipe.features.base import Batch, Operator, num_rows
-from raypipe.features.categorical import OTHER, CategoricalEncoder
-from raypipe.features.image import ImageTransformer
-from raypipe.features.numeric import SKETCH_POINTS, NumericTransformer
-from raypipe.features.pca import PcaReducer
-from raypipe.features.text import TextVectorizer
+from raypipe.model.features.base import Batch, Operator, num_rows
+from raypipe.model.features.categorical import OTHER, CategoricalEncoder
+from raypipe.model.features.image import ImageTransformer
+from raypipe.model.features.numeric import SKETCH_POINTS, NumericTransformer
+from raypipe.model.features.pca import PcaReducer
+from raypipe.model.features.text import TextVectorizer
 
 __all__ = ["FORMAT", "LEGACY_FORMAT", "OTHER", "SKETCH_POINTS", "FeaturePipeline"]
 

@@ -27,11 +27,10 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
-
 from raypipe.errors import StageFailed
-from raypipe.tune.space import apply, flat, search_space, trial_count
-from raypipe.tune.trust import make_private, why_untrusted
+from raypipe.train import fit as training
+from raypipe.train.tune.space import flat, search_space, trial_count, trial_spec
+from raypipe.train.tune.trust import make_private, why_untrusted
 
 EXPERIMENT = "tune"
 
@@ -69,7 +68,7 @@ def _lockstep_callback(gate: Any) -> Any:
     return LockstepReport()
 
 
-def torch_trial(sample: dict[str, Any], *, base: dict[str, Any], datasets: dict[str, Any], dims: dict[str, Any],
+def torch_trial(sample: dict[str, Any], *, spec: Any, datasets: dict[str, Any], dims: dict[str, Any],
                 work: str, lockstep: bool) -> None:
     """A Tune driver function: one distributed training run of one configuration."""
     from ray import tune
@@ -77,45 +76,30 @@ def torch_trial(sample: dict[str, Any], *, base: dict[str, Any], datasets: dict[
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.queue import Queue
 
-    from raypipe.spec import load_spec
-    from raypipe.train.torch_trainer import loop_config, make_trainer
-
     trial_id = tune.get_context().get_trial_id()
     _record_launch(work, trial_id)
-    spec = load_spec(apply(base, sample))
-    config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"],
-                         "validation" in datasets)
-    callback = TuneReportCallback()
+    spec = trial_spec(spec, sample)
+    gate, callback = None, TuneReportCallback()
     if lockstep:
-        config["tune_gate"] = gate = Queue(actor_options={"num_cpus": 0})
+        gate = Queue(actor_options={"num_cpus": 0})
         callback = _lockstep_callback(gate)
     run_config = RunConfig(name=trial_id, storage_path=os.path.join(work, "train"), callbacks=[callback],
                            failure_config=FailureConfig(max_failures=spec.train.max_failures))
-    make_trainer(spec, config, datasets, run_config).fit()
+    training.torch_trainer(spec, dims, datasets, run_config, gate).fit()
 
 
-def sklearn_trial(sample: dict[str, Any], *, base: dict[str, Any], train_refs: list[Any], val_refs: list[Any],
+def sklearn_trial(sample: dict[str, Any], *, spec: Any, train_refs: list[Any], val_refs: list[Any],
                   dims: dict[str, Any], work: str) -> None:
     """A function trainable: fit one estimator configuration, score it on the validation split."""
     from ray import tune
 
-    from raypipe.spec import load_spec
-    from raypipe.train.models import SklearnModel, load_skops
-    from raypipe.train.sklearn_trainer import _fit, arrays_from_refs, canonical_order
-    from raypipe.tune.metrics import validation_metrics
-
     _record_launch(work, tune.get_context().get_trial_id())
-    spec = load_spec(apply(base, sample))
-    x, y = canonical_order(*arrays_from_refs(train_refs))
-    cw = dims["class_weights"]
-    blob = _fit(spec.model.kind, spec.model.params, x, y, np.asarray(cw)[y] if cw is not None else None,
-                spec.train.seed, spec.data.task)
-    model = SklearnModel({"task": spec.data.task, "n_outputs": dims["n_outputs"]}, load_skops(blob))
-    xv, yv = arrays_from_refs(val_refs)
-    metrics = validation_metrics(spec.data.task, yv, model.predict_scores(xv), dims["n_outputs"])
+    spec = trial_spec(spec, sample)
+    fitted = training.fit_estimator(spec, train_refs, dims)
+    metrics = training.validation_scores(spec, fitted, val_refs, dims)
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "model.skops"), "wb") as f:
-            f.write(blob)
+            f.write(fitted.model)
         tune.report({"epoch": 0, **metrics}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -126,8 +110,8 @@ def resolved_metric(spec: Any) -> tuple[str, str]:
     return ("val_f1", "max") if spec.data.task == "classification" else ("val_rmse", "min")
 
 
-def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """Run (or resume) the search; return (best model metadata, its weights or skops bytes, report)."""
+def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> training.Fitted:
+    """Run (or resume) the search; return the best trial's model."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -138,17 +122,16 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         raise StageFailed("tune: the search's working folder must be on a local or shared filesystem for now; "
                           f"storage {ctx.root.full_uri('')!r} is remote")
     work = work_store.path()
-    base = spec.model_dump(mode="json", by_alias=True)
     if spec.model.is_torch:
         datasets = {"train": splits["train"]}
         if "validation" in splits:
             datasets["validation"] = splits["validation"]
-        trainable = tune.with_parameters(torch_trial, base=base, datasets=datasets, dims=dims, work=work,
+        trainable = tune.with_parameters(torch_trial, spec=spec, datasets=datasets, dims=dims, work=work,
                                          lockstep=t.scheduler == "asha")
         trainable = tune.with_resources(trainable, {"cpu": 0.01})  # the driver only waits; the workers hold the CPUs
         per_trial = spec.train.workers * float(spec.train.resources.get("CPU", 1))
     else:
-        trainable = tune.with_parameters(sklearn_trial, base=base, train_refs=splits["train"].to_numpy_refs(),
+        trainable = tune.with_parameters(sklearn_trial, spec=spec, train_refs=splits["train"].to_numpy_refs(),
                                          val_refs=splits["validation"].to_numpy_refs(), dims=dims, work=work)
         res = spec.train.resources
         trainable = tune.with_resources(trainable, {"cpu": res.get("CPU", 1), "gpu": res.get("GPU", 0)})
@@ -165,7 +148,7 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         search_alg = OptunaSearch(seed=t.seed)
     space = search_space(t.space, t.seed)
     path = os.path.join(work, EXPERIMENT)
-    if resumable(work_store, path, forced=bool(ctx.extra.get("forced")), log=ctx.log):
+    if resumable(work_store, path, forced=ctx.forced, log=ctx.log):
         ctx.log(f"tune: resuming the interrupted search in {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=space)
@@ -180,7 +163,7 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0),
         )
     results = tuner.fit()
-    return _best_model(spec, ctx, results, metric, mode, base, dims, work)
+    return _best_model(spec, ctx, results, metric, mode, dims, work)
 
 
 def resumable(work_store: Any, path: str, *, forced: bool, log: Any) -> bool:
@@ -211,11 +194,8 @@ def _cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1))
 
 
-def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, base: dict[str, Any], dims: dict[str, Any],
-                work: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    from raypipe.spec import load_spec
-    from raypipe.train.models import model_meta
-
+def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, dims: dict[str, Any],
+                work: str) -> training.Fitted:
     table = _trial_table(results, metric)
     ctx.artifact.write_json("tune_trials.json", table)
     errors = [r for r in results if r.error is not None]
@@ -224,7 +204,7 @@ def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, base:
         first = str(errors[0].error).strip().splitlines()[0] if errors else "no trial reported"
         raise StageFailed(f"stage 'train' failed: every tune trial failed ({len(errors)} errors); first: {first}")
     best = results.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
-    trial_spec = load_spec(apply(base, best.config))
+    best_spec = trial_spec(spec, best.config)
     report: dict[str, Any] = {
         "tune": {"metric": metric, "mode": mode, "best_trial": best.path.rstrip("/").split("/")[-1],
                  "best_config": flat(best.config), "best_score": best.metrics[metric], "trials": len(table["trials"]),
@@ -236,16 +216,12 @@ def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, base:
     if not spec.model.is_torch:
         with best.checkpoint.as_directory() as d:
             blob = open(os.path.join(d, "model.skops"), "rb").read()
-        meta = model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], params=trial_spec.model.params)
-        return meta, blob, report
+        return training.Fitted(training.fit_meta(best_spec, dims), blob, report)
     from ray.train import Checkpoint
 
-    from raypipe.train.torch_trainer import loop_config, model_from_checkpoint
-
-    config = loop_config(trial_spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"], True)
     path = best.metrics["checkpoint_path"]
-    meta, weights, trained = model_from_checkpoint(trial_spec, Checkpoint(path), config, best.metrics.get("ddp"), path)
-    return meta, weights, {**trained, **report}
+    fitted = training.torch_fitted(best_spec, dims, Checkpoint(path), best.metrics.get("ddp"), path)
+    return training.Fitted(fitted.meta, fitted.model, {**fitted.report, **report})
 
 
 def _trial_table(results: Any, metric: str) -> dict[str, Any]:

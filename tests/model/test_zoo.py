@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from raypipe.errors import SpecError
-from raypipe.features.pipeline import FeaturePipeline
+from raypipe.model.features.pipeline import FeaturePipeline
 from raypipe.store import Store
-from raypipe.train.models import TorchModel, load_model, model_meta, save_model
-from raypipe.train.zoo import build_model, check_layout
+from raypipe.model.formats import TorchModel, load_model, model_meta, save_model
+from raypipe.model.zoo import build_model, check_layout
 
 IMAGE = [{"kind": "numeric", "start": 0, "stop": 2}, {"kind": "image", "start": 2, "stop": 66, "shape": [8, 8, 1]}]
 TEXT = [{"kind": "numeric", "start": 0, "stop": 2}, {"kind": "text", "start": 2, "stop": 42}]

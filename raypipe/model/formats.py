@@ -32,7 +32,7 @@ class Model(Protocol):
 
 # --- torch -----------------------------------------------------------------------------
 def build_mlp(input_dim: int, hidden: list[int], n_outputs: int, dropout: float = 0.0) -> Any:
-    from raypipe.train.zoo import mlp
+    from raypipe.model.zoo import mlp
 
     return mlp(input_dim, hidden, n_outputs, dropout)
 
@@ -44,7 +44,7 @@ class TorchModel:
     def __init__(self, meta: dict[str, Any], state: dict[str, Any], device: str = "cpu") -> None:
         import torch
 
-        from raypipe.train.zoo import build_model
+        from raypipe.model.zoo import build_model
 
         self.meta, self.task = meta, meta["task"]
         params = meta.get("params")

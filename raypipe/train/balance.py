@@ -1,9 +1,11 @@
-"""Class balancing of the training split by resampling (never validation or test).
+"""Class balancing of the training split: loss weights, or resampling (never validation or test).
+
+``class_weight`` weighs each class's loss by ``n / (k * n_c)`` (scikit-learn's "balanced").
 
 ``oversample`` repeats the rows of each class ``n_max / n_c`` times, ``undersample``
 keeps each row of a class with probability ``n_min / n_c``. The fractional part of a
 factor is decided per row by a hash of its content and ``seed`` (see
-:func:`raypipe.ingest.split.row_uniform`), so the result does not depend on block
+:func:`raypipe.columns.row_uniform`), so the result does not depend on block
 layout and is the same on every run.
 """
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.ingest.split import row_uniform
-from raypipe.validate.schema import label_strings
+from raypipe.columns import row_uniform
+from raypipe.schema import label_strings
 
 
 def factors(counts: dict[str, int], how: str) -> dict[str, float]:
@@ -52,3 +54,13 @@ def resample(ds: Any, target: str, how: str, seed: int = 0) -> tuple[Any, dict[s
     out = ds.map_batches(resample_batch, fn_kwargs={"target": target, "factor": factor, "seed": seed},
                          batch_format="pandas")
     return out, {"method": how, "before": before, "factors": factor}
+
+
+def class_weights(counts: dict[str, int], classes: list[str]) -> list[float]:
+    """Balanced weights per class, as scikit-learn's ``class_weight="balanced"``; 0 for a class with no rows."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = [c for c in classes if counts.get(c)]
+    y = np.repeat(np.arange(len(present)), [counts[c] for c in present])
+    weights = dict(zip(present, compute_class_weight("balanced", classes=np.arange(len(present)), y=y)))
+    return [float(weights.get(c, 0.0)) for c in classes]

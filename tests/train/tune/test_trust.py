@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat
 
-from raypipe.tune.trust import make_private, why_untrusted
+from raypipe.train.tune.trust import make_private, why_untrusted
 
 
 def _search_folder(tmp_path):
@@ -95,7 +95,7 @@ def _saved_search(tmp_path):
 
 
 def test_a_private_saved_search_is_resumed(tmp_path):
-    from raypipe.tune.search import resumable
+    from raypipe.train.tune.search import resumable
 
     work_store, path = _saved_search(tmp_path)
     logs: list[str] = []
@@ -104,7 +104,7 @@ def test_a_private_saved_search_is_resumed(tmp_path):
 
 
 def test_an_open_saved_search_starts_again_private(tmp_path):
-    from raypipe.tune.search import resumable
+    from raypipe.train.tune.search import resumable
 
     work_store, path = _saved_search(tmp_path)
     os.chmod(work_store.path(), 0o777)
@@ -117,7 +117,7 @@ def test_an_open_saved_search_starts_again_private(tmp_path):
 
 def test_force_starts_again_and_a_fresh_folder_is_private(tmp_path):
     from raypipe.store import Store
-    from raypipe.tune.search import resumable
+    from raypipe.train.tune.search import resumable
 
     work_store, path = _saved_search(tmp_path)
     assert not resumable(work_store, path, forced=True, log=print)

@@ -1,4 +1,4 @@
-"""Unit tests for ``raypipe.train.models``: safe model files (safetensors, allow-listed skops)."""
+"""Unit tests for ``raypipe.model.formats``: safe model files (safetensors, allow-listed skops)."""
 from __future__ import annotations
 
 import builtins
@@ -11,7 +11,7 @@ import pytest
 
 from raypipe.errors import ArtifactError, SpecError
 from raypipe.store import Store
-from raypipe.train.models import (
+from raypipe.model.formats import (
     MODEL_JSON,
     SKOPS_FILE,
     TORCH_WEIGHTS,

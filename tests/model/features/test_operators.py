@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 
 from raypipe.errors import ArtifactError
-from raypipe.features import pipeline as pipeline_module
-from raypipe.features.base import Operator
-from raypipe.features.categorical import OTHER, CategoricalEncoder
-from raypipe.features.image import ImageTransformer
-from raypipe.features.numeric import IMPUTE, SCALE, NumericTransformer, signed_log1p
-from raypipe.features.pca import PcaReducer
-from raypipe.features.pipeline import FeaturePipeline
-from raypipe.features.text import TextVectorizer
+from raypipe.model.features import pipeline as pipeline_module
+from raypipe.model.features.base import Operator
+from raypipe.model.features.categorical import OTHER, CategoricalEncoder
+from raypipe.model.features.image import ImageTransformer
+from raypipe.model.features.numeric import IMPUTE, SCALE, NumericTransformer, signed_log1p
+from raypipe.model.features.pca import PcaReducer
+from raypipe.model.features.pipeline import FeaturePipeline
+from raypipe.model.features.text import TextVectorizer
 
 NUMERIC = ["amount", "age", "delta", "hour", "card_present"]
 CATEGORICAL = ["country", "device"]
@@ -656,7 +656,7 @@ def test_build_errors_name_the_column() -> None:
 ])
 def test_str_codes_are_as_str_factorised(col: Any) -> None:
     """The fast path (string columns factorised as they are) gives exactly ``as_str``'s texts."""
-    from raypipe.features.base import as_str, str_codes
+    from raypipe.columns import as_str, str_codes
 
     codes, texts = str_codes(col)
     expected = as_str(col).tolist()
@@ -667,7 +667,7 @@ def test_str_codes_are_as_str_factorised(col: Any) -> None:
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 70_000])
 def test_quantile_sketch_equals_numpy_quantile(n: int) -> None:
     """The sketch reads its quantiles off one sort: the same numbers as ``np.quantile`` (linear), bit for bit."""
-    from raypipe.features.base import SKETCH_SAMPLE, quantile_sketch, sorted_quantiles
+    from raypipe.columns import SKETCH_SAMPLE, quantile_sketch, sorted_quantiles
 
     x = np.random.default_rng(n).normal(size=n) * 1e6
     levels = np.linspace(0.0, 1.0, 1001)

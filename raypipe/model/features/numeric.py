@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.features.base import Batch, Operator, as_float, column, num_rows, quantile_sketch, record_numbers
+from raypipe.columns import as_float, merge_sketches, quantile_sketch, record_numbers, sketch_quantiles
+from raypipe.model.features.base import Batch, Operator, column, num_rows
 
 SKETCH_POINTS = 1001  # quantile points each block contributes to the quantile estimates
 IMPUTE = ("mean", "median", "constant")
@@ -161,19 +162,12 @@ def _moments(stats: list[dict[str, Any]], s1: str, s2: str) -> tuple[float, floa
 
 
 def _weighted_sketch(stats: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Every block's sketch points, sorted, each weighted by its block's rows / points."""
-    values = np.concatenate([np.asarray(s["sketch"], dtype=np.float64) for s in stats])
-    weights = np.concatenate([np.full(len(s["sketch"]), s["n"] / len(s["sketch"])) for s in stats])
-    order = np.argsort(values, kind="stable")
-    return values[order], weights[order]
+    return merge_sketches((s["n"], s["sketch"]) for s in stats)
 
 
 def merged_quantiles(stats: list[dict[str, Any]], qs: Sequence[float]) -> np.ndarray:
-    """Quantiles from the per-block sketches (exact for q=0; one block: the sketch's own points)."""
-    values, weights = _weighted_sketch(stats)
-    cum = np.cumsum(weights)
-    idx = np.searchsorted(cum, np.asarray(qs, dtype=np.float64) * cum[-1])
-    return values[np.minimum(idx, len(values) - 1)]
+    """Quantiles from the per-block sketches (:func:`raypipe.columns.sketch_quantiles`)."""
+    return sketch_quantiles(*_weighted_sketch(stats), qs)
 
 
 def _sketch_moments(stats: list[dict[str, Any]], g: Any) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Unit tests for ``raypipe.tracking``: export a run to a local MLflow store (no Ray)."""
+"""Unit tests for ``raypipe.register.mlflow``: export a run to a local MLflow store (no Ray)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from raypipe.errors import SpecError
-from raypipe.tracking import export_run
+from raypipe.register.mlflow import export_run
 
 
 PARAMS = {"model": "sklearn", "train": {"lr": 0.01, "epochs": 3, "opt": {"name": "adam"}},

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.features.pipeline import FeaturePipeline
+from raypipe.model.features.pipeline import FeaturePipeline
 from raypipe.store import Store
-from raypipe.train.models import Model, load_model
-from raypipe.validate.schema import label_value
+from raypipe.model.formats import Model, load_model
+from raypipe.tasks import TASKS
 
 
 class Predictor:
@@ -57,42 +57,13 @@ class Predictor:
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Class index per row (classification) or the values (regression)."""
-        return decide(scores, self.task, self.threshold)
+        return TASKS[self.task].decide(scores, self.threshold)
 
     # -- JSON ---------------------------------------------------------------------------
     def predict_records(self, rows: pd.DataFrame | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One JSON-ready answer per row."""
         scores = self.scores(rows)  # a list of records goes to the features as it is (their fast path)
-        decided = self.decide(scores)
-        if self.task == "clustering":
-            return [{"cluster": int(v)} for v in decided]
-        if self.task == "anomaly":
-            return [{"is_anomaly": bool(d), "anomaly_score": float(v)} for d, v in zip(decided, scores)]
-        if self.classes is None:
-            return [{"prediction": float(v)} for v in decided]
-        labels = [label_value(c, self.target_type) for c in self.classes]
-        return [
-            {"prediction": labels[int(k)], "scores": dict(zip(self.classes, map(float, s)))}
-            for k, s in zip(decided, scores)
-        ]
-
-
-def decide(scores: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray:
-    """The answer per row from the model's scores.
-
-    classification: class index (binary: positive-class score >= threshold, else argmax);
-    regression: the value; clustering: the cluster id; anomaly: 1 where score >= threshold.
-    """
-    flat = scores[:, 0] if scores.ndim == 2 and task != "classification" else scores
-    if task == "regression":
-        return flat
-    if task == "clustering":
-        return flat.astype(np.int64)
-    if task == "anomaly":
-        return (flat >= threshold).astype(np.int64)
-    if scores.shape[1] == 2:
-        return (scores[:, 1] >= threshold).astype(np.int64)
-    return scores.argmax(axis=1)
+        return TASKS[self.task].records(self.decide(scores), scores, self.classes, self.target_type)
 
 
 _PREDICTORS: dict[str, Predictor] = {}

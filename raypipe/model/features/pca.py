@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.features.base import Operator
+from raypipe.model.features.base import Operator
 
 
 class PcaReducer(Operator):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.features.base import Batch, Operator, column, num_rows
+from raypipe.model.features.base import Batch, Operator, column, num_rows
 
 NORMALIZE = ("standard", "unit")
 

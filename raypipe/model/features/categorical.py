@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.features.base import Batch, Operator, column, num_rows, str_codes
+from raypipe.columns import str_codes
+from raypipe.model.features.base import Batch, Operator, column, num_rows
 
 OTHER = "__other__"
 ENCODE = ("onehot", "ordinal", "hashing")

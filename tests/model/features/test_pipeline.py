@@ -1,4 +1,4 @@
-"""Unit tests for ``raypipe.features.pipeline.FeaturePipeline``."""
+"""Unit tests for ``raypipe.model.features.pipeline.FeaturePipeline``."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from raypipe.errors import ArtifactError
-from raypipe.features.pipeline import OTHER, FeaturePipeline
+from raypipe.model.features.pipeline import OTHER, FeaturePipeline
 
 NUMERIC = ["amount", "age", "hour", "card_present"]
 CATEGORICAL = ["country", "device"]
@@ -305,7 +305,7 @@ def test_fit_on_ray_dataset_matches_pandas(ray_session) -> None:
 def test_records_fast_path_equals_the_dataframe_path(encode) -> None:
     """Lists of records (Serve's batches) skip the DataFrame; the features are identical bit for bit,
     whatever the values: None, NaN, inf, bools, ints, unseen or empty strings, junk types, absent keys."""
-    from raypipe.features import pipeline
+    from raypipe.model.features import pipeline
 
     fp = fitted(make_frame(), encode=encode, clip=[0.01, 0.99], log=["amount"], max_categories=3)
     rng = np.random.default_rng(5)

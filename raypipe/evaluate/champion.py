@@ -1,0 +1,28 @@
+"""The current champion as an input of the evaluate stage (``evaluate.gate.vs_champion``).
+
+The champion lives in the registry, outside the pipeline's artifacts: :func:`digest`
+folds it into the evaluate stage's fingerprint, so a cached evaluation re-runs once
+another version became champion. A champion that this stage's own earlier run
+registered counts as the champion that run compared with (the version's
+``evaluate_base`` and ``champion_seen``), so the run after a promotion stays cached.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from raypipe.registry import Registry
+from raypipe.store import Store
+
+
+def digest(spec: Any, root: Store, base_fingerprint: str) -> str:
+    """The champion's part of the evaluate fingerprint ("" when the gate does not compare with it)."""
+    if spec.evaluate.gate.vs_champion is None:
+        return ""
+    reg = Registry(root, spec.name)
+    version = reg.alias("champion")
+    if version is None:
+        return "none"
+    meta = reg.info(version)
+    if meta.get("evaluate_base") == base_fingerprint and meta.get("champion_seen"):
+        return meta["champion_seen"]
+    return f"version:{version}"

@@ -1,0 +1,112 @@
+"""The register stage: publish the candidate (ready or rejected), move the alias, export to MLflow.
+
+A version that an interrupted run of this same stage already wrote is finished and
+reused, not written twice. A ready version has been loaded back from storage
+(manifest checked, features and model built) before any alias points at it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from raypipe.errors import ArtifactError
+from raypipe.lineage import lineage_record
+from raypipe.registry import Registry
+from raypipe.schema import feature_columns
+from raypipe.stage import RegisterOutput, StageContext, StageOutput
+from raypipe.store import Store
+
+SAMPLE_FILE = "sample.json"
+
+
+def load_check(version_store: Store, version: int) -> None:
+    """The registry's verify step: the version must load into a predictor."""
+    from raypipe.model.predictor import Predictor
+
+    Predictor.from_version(version_store, version)
+
+
+def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
+    val, feats, train, ev = inputs["validate"], inputs["features"], inputs["train"], inputs["evaluate"]
+    reg = Registry(ctx.root, ctx.spec.name, verify=load_check)
+    for v, what in reg.recover():
+        ctx.log(f"recovered version {v} left by a killed run: {what}")
+    gate, target = ev.outputs.gate, ctx.spec.registry.promote_to
+    version = reg.find(register_fingerprint=ctx.fingerprint)
+    if version is not None and reg.status(version) != "failed":
+        ctx.log(f"version {version} was written by an interrupted run of this stage: finishing it")
+        reg.finalize(version)
+    else:
+        metrics_doc = ev.read_json(ev.outputs.metrics_file)
+        parent = (metrics_doc.get("champion") or {}).get("version", reg.alias("champion"))
+        schema = val.read_json(val.outputs.schema)
+        files = {
+            "features.json": feats.read_bytes(feats.outputs.features),
+            "schema.json": val.read_bytes(val.outputs.schema),
+            "metrics.json": ev.read_bytes(ev.outputs.metrics_file),
+            "train_report.json": train.read_bytes(train.outputs.report),
+            "lineage.json": json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode(),
+            SAMPLE_FILE: json.dumps(sample_rows(val, schema)).encode(),
+        }
+        for f in train.store.walk_files(train.outputs.model):
+            files[f"model/{f}"] = train.store.read_bytes(train.outputs.model, f)
+        for f in ev.store.walk_files():  # report.html and plots/*.png
+            if f.endswith((".html", ".png")):
+                files[f"report/{f}"] = ev.read_bytes(f)
+        # evaluate_base + champion_seen: what the evaluation that made this version compared with, so that
+        # the champion's digest (raypipe.evaluate.champion) does not count this very version as a change
+        meta = {"threshold": ev.outputs.threshold, "run_id": ctx.run_id, "kind": ctx.spec.model.kind,
+                "task": ctx.spec.data.task, "register_fingerprint": ctx.fingerprint,
+                "evaluate_base": ev.base_fingerprint, "champion_seen": ev.external}
+        version = reg.publish(files, passed=gate["passed"], promote_to=target, meta=meta,
+                              reason=f"gate passed in run {ctx.run_id}")
+    status = reg.status(version)
+    if status == "failed":
+        raise ArtifactError(f"version {version} was written but failed verification: {reg.state(version)['history'][-2:]}")
+    alias = target if status == "ready" and target and reg.alias(target) == version else None
+    ctx.log(f"registered {ctx.spec.name} version {version} ({status})" + (f" → {alias}" if alias else ""))
+    return RegisterOutput(version=version, status=status, alias=alias, gate_failures=gate["failures"],
+                          tracking=_export(ctx, version) if ctx.spec.tracking.mlflow_uri else None)
+
+
+def _export(ctx: StageContext, version: int) -> dict[str, Any]:
+    """Log the new version to MLflow; a tracking failure is reported, the model stays registered."""
+    from raypipe.register.mlflow import export_version
+
+    uri = ctx.spec.tracking.mlflow_uri
+    try:
+        mlflow_run = export_version(ctx.spec, ctx.run_id, version)
+    except Exception as exc:
+        ctx.log(f"MLflow export to {uri!r} failed: {type(exc).__name__}: {exc}")
+        return {"mlflow_uri": uri, "error": f"{type(exc).__name__}: {exc}"}
+    ctx.log(f"logged to MLflow {uri} as run {mlflow_run}")
+    return {"mlflow_uri": uri, "mlflow_run_id": mlflow_run}
+
+
+def sample_rows(val: StageOutput, schema: dict[str, Any], n: int = 2) -> list[dict[str, Any]]:
+    """A few rows of the test split (one per class first), as a client would send them: the version's example."""
+    import pyarrow.dataset as pads
+
+    split = val.outputs.splits.get("test")
+    if split is None:
+        return []
+    cols = feature_columns(schema)
+    target = (schema.get("target") or {}).get("name")
+    table = pads.dataset(val.store.path(split), filesystem=val.store.fs, format="parquet").head(
+        2000, columns=cols + schema["id_columns"] + ([target] if target else []))
+    required = [c for c in cols if not schema["columns"][c].get("nullable", True)]
+    first, rest, labels = [], [], set()
+    for row in table.to_pylist():
+        label = row.pop(target, None) if target else None
+        if all(row[c] is not None for c in required):
+            (rest if label in labels else first).append(row)
+            labels.add(label)
+    return [{k: _json_value(v) for k, v in row.items()} for row in (first + rest)[:n]]
+
+
+def _json_value(v: Any) -> Any:
+    """A stored value as a client sends it: NaN as null, an image as nested lists."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v.tolist() if hasattr(v, "tolist") else v

@@ -1,0 +1,165 @@
+"""The stage contract: what a stage gets, what it hands on, where its artifact lives.
+
+A stage is ``run(ctx: StageContext, inputs: dict[str, StageOutput]) -> <its output dataclass>``.
+``inputs`` holds every earlier stage's :class:`StageOutput`: its artifact folder as a
+:class:`~raypipe.store.Store` and its typed outputs (one small dataclass per stage below,
+saved as the artifact's ``outputs.json``). A stage writes only into ``ctx.artifact``.
+
+Besides its inputs, a stage may depend on state outside its artifact: validate reads the
+pipeline's stored reference, evaluate the current champion. Such a stage names an
+``externals`` function (``StageDef.externals``) that digests that state; the runner folds
+the digest into the stage's fingerprint, so a cached stage is never stale.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # Ray workers import this module for SPLITS: keep it light
+    from raypipe.progress import Progress
+    from raypipe.spec import Spec
+    from raypipe.store import Store
+
+SPLITS = ("train", "validation", "test")
+OUTPUTS_FILE = "outputs.json"
+
+
+def artifact_path(stage: str, fingerprint: str) -> str:
+    """Where a stage's artifact with this fingerprint lives, relative to the storage root."""
+    return f"stages/{stage}/{fingerprint[:20]}"
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """A stage as the runner sees it.
+
+    Attributes:
+        name: the stage name (``--force``/``--until`` take it).
+        sections: the spec sections (YAML keys) that configure it.
+        func: ``"module:function"`` implementing ``run(ctx, inputs)``.
+        package: the package whose code (with the foundation modules it imports) is in its fingerprint.
+        externals: ``"module:function"`` digesting the state outside the pipeline it reads, or None.
+    """
+
+    name: str
+    sections: tuple[str, ...]
+    func: str
+    package: str
+    externals: str | None = None
+
+
+@dataclass
+class StageContext:
+    """What a stage gets besides its inputs."""
+
+    spec: Spec
+    root: Store
+    artifact: Store
+    run_id: str
+    fingerprint: str
+    data_fingerprint: str
+    progress: Progress
+    address: str | None = None
+    forced: bool = False
+    base_fingerprint: str = ""  # the fingerprint without the external state's digest
+    external: str = ""  # the digest of the external state this run of the stage saw
+
+    def ray(self) -> None:
+        """Connect to Ray on first use: a fully cached run never starts it."""
+        from raypipe.runtime import connect_for
+
+        connect_for(self.spec, self.address)
+
+    def log(self, msg: str) -> None:
+        self.progress.detail(msg)
+
+
+class Outputs:
+    """Base of the per-stage output dataclasses: plain JSON in ``outputs.json``."""
+
+    stage: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Any:
+        return cls(**doc)
+
+
+@dataclass
+class IngestOutput(Outputs):
+    splits: dict[str, str]  # split -> folder of parquet files (splits with rows only)
+    rows: dict[str, int]  # exact rows per split
+    input_rows: int
+
+
+@dataclass
+class ValidateOutput(Outputs):
+    schema: str
+    profile: str
+    report: str
+    report_html: str
+    splits: dict[str, str]  # split -> folder of its valid rows
+    counts: dict[str, dict[str, int]]  # split -> {"input", "valid", "quarantined"}
+    quarantined: int
+    warnings: list[str]
+    reference: str  # off | checked | written | not written
+
+
+@dataclass
+class FeaturesOutput(Outputs):
+    features: str  # the fitted FeaturePipeline (JSON)
+    n_features: int
+
+
+@dataclass
+class TrainOutput(Outputs):
+    model: str  # folder: model.json + safetensors or skops
+    report: str
+    kind: str
+    ddp: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None
+
+
+@dataclass
+class EvaluateOutput(Outputs):
+    metrics: dict[str, Any]
+    metrics_file: str
+    report: str
+    gate: dict[str, Any]
+    threshold: float
+
+
+@dataclass
+class RegisterOutput(Outputs):
+    version: int
+    status: str
+    alias: str | None
+    gate_failures: list[str]
+    tracking: dict[str, Any] | None = None
+
+
+@dataclass
+class StageOutput:
+    """What a finished stage hands on: its artifact folder and its typed outputs."""
+
+    name: str
+    fingerprint: str
+    store: Store
+    outputs: Any
+    base_fingerprint: str = ""
+    external: str = ""
+
+    def read_json(self, rel: str) -> Any:
+        return self.store.read_json(rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.store.read_bytes(rel)
+
+
+OUTPUT_TYPES: dict[str, type[Outputs]] = {
+    "ingest": IngestOutput, "validate": ValidateOutput, "features": FeaturesOutput, "train": TrainOutput,
+    "evaluate": EvaluateOutput, "register": RegisterOutput,
+}

@@ -1,0 +1,85 @@
+"""Training behind one public API: the train stage and every Tune trial go through these functions.
+
+* :func:`fit`: one configuration, as the train stage runs it: a scikit-learn estimator in
+  one Ray task sized by ``train.resources``, or a torch model on Ray Train (DDP).
+* The pieces a Tune trial needs to run the same training under Tune's control:
+  :func:`torch_trainer` (the ``TorchTrainer`` of one configuration), :func:`fit_estimator`
+  (a scikit-learn fit in the calling process), :func:`validation_scores` and
+  :func:`torch_fitted` (the model a finished run's checkpoint holds).
+
+``dims`` describes the feature matrix and the outputs: ``input_dim``, ``n_outputs``,
+``class_weights`` (or None) and ``layout`` (the feature blocks, torch models only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Fitted:
+    """A trained model: its metadata (``model.json``), its weights (torch state dict) or skops bytes, a report."""
+
+    meta: dict[str, Any]
+    model: Any
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def fit(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> Fitted:
+    """Train ``spec``'s model on the transformed ``splits`` (``{"x", "y"}`` Ray Datasets)."""
+    if spec.model.is_torch:
+        from raypipe.train.torch_trainer import train_torch
+
+        datasets = {s: splits[s] for s in ("train", "validation") if s in splits}
+        return Fitted(*train_torch(spec, ctx, datasets, dims["input_dim"], dims["n_outputs"], dims["class_weights"],
+                                   dims["layout"]))
+    from raypipe.train.sklearn_trainer import train_sklearn
+
+    return Fitted(*train_sklearn(spec, splits["train"], dims["n_outputs"], dims["class_weights"]))
+
+
+def torch_trainer(spec: Any, dims: dict[str, Any], datasets: dict[str, Any], run_config: Any,
+                  gate: Any = None) -> Any:
+    """The ``TorchTrainer`` of one configuration; ``gate`` (a Ray queue) makes rank 0 wait for Tune after each epoch."""
+    from raypipe.train.torch_trainer import loop_config, make_trainer
+
+    config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"],
+                         "validation" in datasets)
+    if gate is not None:
+        config["tune_gate"] = gate
+    return make_trainer(spec, config, datasets, run_config)
+
+
+def torch_fitted(spec: Any, dims: dict[str, Any], checkpoint: Any, ddp: Any, where: str) -> Fitted:
+    """The model of a finished torch run from its newest complete checkpoint."""
+    from raypipe.train.torch_trainer import loop_config, model_from_checkpoint
+
+    config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"], True)
+    return Fitted(*model_from_checkpoint(spec, checkpoint, config, ddp, where))
+
+
+def fit_estimator(spec: Any, train_refs: list[Any], dims: dict[str, Any]) -> Fitted:
+    """Fit ``spec``'s scikit-learn estimator in this process on a split's ``to_numpy_refs()`` blocks."""
+    from raypipe.train.sklearn_trainer import fit_arrays, read_arrays
+
+    blob = fit_arrays(spec.model.kind, spec.model.params, *read_arrays(train_refs), dims["class_weights"],
+                      spec.train.seed, spec.data.task)
+    return Fitted(fit_meta(spec, dims), blob)
+
+
+def fit_meta(spec: Any, dims: dict[str, Any]) -> dict[str, Any]:
+    """``model.json`` of a scikit-learn model of ``spec``."""
+    from raypipe.model.formats import model_meta
+
+    return model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], params=spec.model.params)
+
+
+def validation_scores(spec: Any, fitted: Fitted, val_refs: list[Any], dims: dict[str, Any]) -> dict[str, float]:
+    """The validation metrics a torch run reports per epoch (``val_f1``, ``val_rmse``, ...), for an estimator."""
+    from raypipe.model.formats import SklearnModel, load_skops
+    from raypipe.train.metrics import validation_metrics
+    from raypipe.train.sklearn_trainer import read_arrays
+
+    model = SklearnModel({"task": spec.data.task, "n_outputs": dims["n_outputs"]}, load_skops(fitted.model))
+    x, y = read_arrays(val_refs)
+    return validation_metrics(spec.data.task, y, model.predict_scores(x), dims["n_outputs"])
