@@ -56,7 +56,7 @@ def _checks(report, severity):
 
 def test_first_run_writes_the_reference(first, storage):
     out = first.outputs["validate"].outputs
-    assert out["reference"] == "written" and out["warnings"] == []
+    assert out.reference == "written" and out.warnings == []
     ref = load_reference(Store(str(storage)), "t-ref")
     assert ref is not None
     assert ref["schema"]["columns"] == first.outputs["validate"].store.read_json("schema.json")["columns"]
@@ -115,7 +115,7 @@ def test_each_pipeline_has_its_own_reference(first, storage, files):
 def test_reference_none_ignores_the_stored_reference(first, storage, files):
     result = raypipe.run(spec(storage, files / "dropped.parquet", reference="none"), until="validate", progress=quiet)
     out = result.outputs["validate"].outputs
-    assert out["reference"] == "off" and out["warnings"] == []
+    assert out.reference == "off" and out.warnings == []
 
 
 def test_reset_reference_lets_the_next_run_write_a_new_one(first, storage, files):
