@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pyarrow as pa
 
-from raypipe.errors import SpecError
+from raypipe.errors import HttpSourceError, SpecError
 from raypipe.ingest.files import table_from_records
 from raypipe.spec import HttpSource
 
@@ -28,10 +28,6 @@ log = logging.getLogger("raypipe.ingest.http")
 MAX_RETRY_AFTER_S = 30.0
 _RETRIED_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _BODY_CHARS = 200
-
-
-class HttpSourceError(RuntimeError):
-    """An HTTP source failed: a bad status, a body that is not JSON, records not where expected."""
 
 
 def fetch_records(source: HttpSource) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pyarrow as pa
 import pytest
 
-from raypipe.errors import SpecError
-from raypipe.ingest.http import HttpSourceError, _fetch_table, fetch_records, iter_pages, read_http, request_headers
+from raypipe.errors import HttpSourceError, RaypipeError, SpecError
+from raypipe.ingest.http import _fetch_table, fetch_records, iter_pages, read_http, request_headers
 from raypipe.spec import HttpSource
 from tests.conftest import free_port
 
@@ -282,3 +282,8 @@ def test_read_http_builds_a_dataset_in_a_ray_task(api: _Server, ray_session) -> 
 
     with pytest.raises(HttpSourceError, match="404"):
         read_http(source(api, "/missing"))
+
+
+def test_http_source_error_is_a_raypipe_error() -> None:
+    assert issubclass(HttpSourceError, RaypipeError) and issubclass(HttpSourceError, RuntimeError)
+    assert HttpSourceError("x").exit_code == 1
