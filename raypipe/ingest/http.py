@@ -30,11 +30,6 @@ _RETRIED_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProto
 _BODY_CHARS = 200
 
 
-def fetch_records(source: HttpSource) -> list[dict[str, Any]]:
-    """Every record of the API, in order, following ``source.pagination``."""
-    return [r for page in iter_pages(source) for r in page]
-
-
 def iter_pages(source: HttpSource, headers: dict[str, str] | None = None,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[list[dict[str, Any]]]:
     """The records of each page, page by page (``headers`` default: :func:`request_headers`)."""
