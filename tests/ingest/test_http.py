@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -134,6 +135,16 @@ def records(src: HttpSource) -> list[dict[str, Any]]:
     return [r for page in iter_pages(src) for r in page]
 
 
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits httpx-retries sleeps between attempts, recorded instead of slept."""
+    import httpx_retries.retry
+
+    recorded: list[float] = []
+    monkeypatch.setattr(httpx_retries.retry, "time", SimpleNamespace(sleep=recorded.append))
+    return recorded
+
+
 def requests_to(api: _Server, path: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
     return [r for r in api.requests if r[0] == path]
 
@@ -191,19 +202,19 @@ def test_retries_exhausted_names_status_and_attempts(api: _Server) -> None:
 
 
 @pytest.mark.parametrize(("after", "expected"), [("2", 2.0), ("999", 30.0)])
-def test_429_honours_retry_after_capped(api: _Server, after: str, expected: float) -> None:
-    waits: list[float] = []
-    src = source(api, f"/limited/{after}", params={"after": after}, pagination={"style": "none"})
-    pages = list(iter_pages(src, sleep=waits.append))
-    assert waits == [expected] and len(pages[0]) == 2
+def test_429_honours_retry_after_capped(api: _Server, waits: list[float], after: str, expected: float) -> None:
+    src = source(api, f"/limited/{after}", params={"after": after}, backoff_s=5.0, pagination={"style": "none"})
+    assert len(records(src)) == 2
+    assert waits == [expected]  # the server's Retry-After, not backoff_s
 
 
-def test_exponential_backoff(api: _Server) -> None:
-    waits: list[float] = []
+def test_exponential_backoff(api: _Server, waits: list[float], caplog: pytest.LogCaptureFixture) -> None:
     src = source(api, "/always503/b", retries=3, backoff_s=0.5, pagination={"style": "none"})
-    with pytest.raises(HttpSourceError):
-        list(iter_pages(src, sleep=waits.append))
+    with pytest.raises(HttpSourceError, match="HTTP 503.*after 4 attempts"):
+        records(src)
     assert waits == [0.5, 1.0, 2.0]
+    assert [r.getMessage() for r in caplog.records if r.name == "raypipe.ingest.http"] == [
+        f"http source: HTTP 503; retry {n} of 3" for n in (1, 2, 3)]
 
 
 def test_404_names_status_and_url_without_query(api: _Server) -> None:
@@ -254,10 +265,11 @@ def test_nested_records_are_refused(api: _Server) -> None:
         records(source(api, "/nested", pagination={"style": "none"}))
 
 
-def test_connection_refused_and_timeout(api: _Server) -> None:
-    dead = HttpSource(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=1, backoff_s=0.0)
-    with pytest.raises(HttpSourceError, match="after 2 attempt.*ConnectError"):
+def test_connection_refused_and_timeout(api: _Server, waits: list[float]) -> None:
+    dead = HttpSource(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=2, backoff_s=0.25)
+    with pytest.raises(HttpSourceError, match="after 3 attempt.*ConnectError"):
         records(dead)
+    assert waits == [0.25, 0.5]  # retried with backoff
     with pytest.raises(HttpSourceError, match="ReadTimeout"):
         records(source(api, "/slow", retries=0, timeout_s=0.2, pagination={"style": "none"}))
 
