@@ -63,6 +63,15 @@ class ArtifactError(RaypipeError, RuntimeError):
     exit_code = 1
 
 
+class HttpSourceError(RaypipeError, RuntimeError):
+    """An HTTP source failed: a bad status, a body that is not JSON, records not where expected. Exit code 1.
+
+    Its message names the URL without its query string and masks the token and header / ``params`` values.
+    """
+
+    exit_code = 1
+
+
 class RegistryError(RaypipeError, LookupError):
     """A model version or alias does not exist or cannot be used."""
 

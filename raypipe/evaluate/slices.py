@@ -1,7 +1,8 @@
 """Sliced metrics and the bias check: a metric per value of a column, and the largest gap.
 
 Categorical, boolean and low-cardinality numeric columns slice by value; other numeric
-columns by quartile (``[a, b)`` labels). Missing values form their own slice.
+columns by quartile (``pandas.qcut``; labels ``[a, b]``, then ``(b, c]`` ...). Missing values
+form their own slice.
 Slices smaller than ``min_rows`` are reported but left out of the gap, where one
 unlucky row would otherwise decide it.
 """
@@ -21,12 +22,9 @@ def slice_keys(values: pd.Series, *, max_distinct: int = MAX_DISTINCT) -> pd.Ser
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if numeric and values.nunique(dropna=True) > max_distinct:
         arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        edges = np.unique(np.nanquantile(arr, [0.0, 0.25, 0.5, 0.75, 1.0]))
-        idx = np.clip(np.searchsorted(edges, arr, side="right") - 1, 0, len(edges) - 2)
-        labels = np.array([f"[{edges[i]:.4g}, {edges[i + 1]:.4g}{']' if i == len(edges) - 2 else ')'}"
-                           for i in range(len(edges) - 1)], dtype=object)
-        out = labels[idx]
-        out[np.isnan(arr)] = MISSING
+        bins, edges = pd.qcut(arr, 4, labels=False, retbins=True, duplicates="drop")
+        labels = [f"{'(' if i else '['}{edges[i]:.4g}, {edges[i + 1]:.4g}]" for i in range(len(edges) - 1)]
+        out = np.array(labels + [MISSING], dtype=object)[np.nan_to_num(bins, nan=-1).astype(int)]  # NaN: the last
         return pd.Series(out, index=values.index)
     isna = values.isna().to_numpy()
     out = values.astype(str).to_numpy(dtype=object)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pyarrow as pa
+from httpx_retries import Retry, retry_request
 
-from raypipe.errors import SpecError
+from raypipe.errors import HttpSourceError, SpecError
 from raypipe.ingest.files import table_from_records
 from raypipe.spec import HttpSource
 
@@ -26,25 +26,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("raypipe.ingest.http")
 
 MAX_RETRY_AFTER_S = 30.0
-_RETRIED_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _BODY_CHARS = 200
 
 
-class HttpSourceError(RuntimeError):
-    """An HTTP source failed: a bad status, a body that is not JSON, records not where expected."""
-
-
-def fetch_records(source: HttpSource) -> list[dict[str, Any]]:
-    """Every record of the API, in order, following ``source.pagination``."""
-    return [r for page in iter_pages(source) for r in page]
-
-
-def iter_pages(source: HttpSource, headers: dict[str, str] | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> Iterator[list[dict[str, Any]]]:
+def iter_pages(source: HttpSource, headers: dict[str, str] | None = None) -> Iterator[list[dict[str, Any]]]:
     """The records of each page, page by page (``headers`` default: :func:`request_headers`)."""
     headers = request_headers(source) if headers is None else headers
     with httpx.Client(headers=headers, timeout=source.timeout_s, follow_redirects=True) as client:
-        get = _Getter(client, source, headers, sleep)
+        get = _Getter(client, source, headers)
         style = source.pagination.style
         if style == "none":
             yield _records(get({}, "the request"), source, get.where)
@@ -158,53 +147,44 @@ def _too_many_pages(source: HttpSource) -> None:
 
 
 # --- requests ----------------------------------------------------------------------
+class _LoggedRetry(Retry):
+    """httpx-retries' ``Retry``, with a warning before each wait."""
+
+    def sleep(self, response: httpx.Response | Exception) -> None:
+        why = f"HTTP {response.status_code}" if isinstance(response, httpx.Response) else type(response).__name__
+        log.warning("http source: %s; retry %d of %d", why, self.attempts_made, self.total)
+        super().sleep(response)
+
+
 class _Getter:
     """GET the source's URL with extra params; retries transient failures; returns parsed JSON."""
 
-    def __init__(self, client: httpx.Client, source: HttpSource, headers: dict[str, str],
-                 sleep: Callable[[float], None]) -> None:
-        self.client, self.source, self.sleep = client, source, sleep
+    def __init__(self, client: httpx.Client, source: HttpSource, headers: dict[str, str]) -> None:
+        self.client, self.source = client, source
         self.where = public_url(source.url)
+        # Retried: timeouts, network and protocol errors, 429 and 5xx; after the server's Retry-After, else
+        # backoff_s x 1, 2, 4 ... (httpx-retries waits backoff_factor x 2 ** retry); each wait at most 30 s.
+        self.retry = _LoggedRetry(total=source.retries, backoff_factor=source.backoff_s / 2, backoff_jitter=0.0,
+                                  max_backoff_wait=MAX_RETRY_AFTER_S, status_forcelist=[429, *range(500, 600)])
         # Never echoed in an error: the token, header values, longer param values (API keys).
         values = [v.removeprefix("Bearer ") for k, v in headers.items() if k.lower() != "accept"]
         values += source.params.values()
         self.secrets = sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
 
     def __call__(self, extra: dict[str, Any], what: str) -> Any:
-        src = self.source
-        params = {**src.params, **{k: str(v) for k, v in extra.items()}}
-        for attempt in range(src.retries + 1):
-            last = attempt == src.retries
-            try:
-                response = self.client.get(src.url, params=params)
-            except httpx.TransportError as e:
-                if last or not isinstance(e, _RETRIED_ERRORS):
-                    raise HttpSourceError(
-                        f"GET {self.where} ({what}) failed after {attempt + 1} attempt(s): "
-                        f"{type(e).__name__}: {self._clean(str(e))}; check data.source.url and that the server "
-                        "is reachable, or raise data.source.retries / timeout_s"
-                    ) from None
-                self._wait(attempt, None, type(e).__name__, what)
-                continue
-            if (response.status_code == 429 or response.status_code >= 500) and not last:
-                self._wait(attempt, response.headers.get("Retry-After"), f"HTTP {response.status_code}", what)
-                continue
-            if not response.is_success:
-                raise self._status_error(response, what, attempt + 1)
-            return self._json(response, what)
-        raise AssertionError("unreachable")
-
-    def _wait(self, attempt: int, retry_after: str | None, why: str, what: str) -> None:
-        delay = self.source.backoff_s * 2 ** attempt
-        if retry_after is not None:
-            try:
-                delay = max(0.0, float(retry_after))
-            except ValueError:
-                pass  # an HTTP date: keep the backoff
-        delay = min(delay, MAX_RETRY_AFTER_S)
-        log.warning("GET %s (%s): %s; retry %d/%d in %.1fs", self.where, what, why, attempt + 1,
-                    self.source.retries, delay)
-        self.sleep(delay)
+        params = {**self.source.params, **{k: str(v) for k, v in extra.items()}}
+        try:
+            response = retry_request(self.client, "GET", self.source.url, params=params, retry=self.retry)
+        except httpx.TransportError as e:
+            attempts = self.retry.total + 1 if self.retry.is_retryable_exception(e) else 1
+            raise HttpSourceError(
+                f"GET {self.where} ({what}) failed after {attempts} attempt(s): "
+                f"{type(e).__name__}: {self._clean(str(e))}; check data.source.url and that the server "
+                "is reachable, or raise data.source.retries / timeout_s"
+            ) from None
+        if not response.is_success:
+            raise self._status_error(response, what, response.extensions["retry"].attempts_made + 1)
+        return self._json(response, what)
 
     def _status_error(self, response: httpx.Response, what: str, attempts: int) -> HttpSourceError:
         code = response.status_code

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SCHEDULES = ("constant", "cosine", "step")
 
 
 @dataclass(frozen=True)
@@ -49,27 +48,28 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def lr_factor(epoch: int, cfg: LoopConfig) -> float:
-    """The learning rate of ``epoch`` over ``cfg.lr``: linear warm-up, then the schedule."""
+def lr_scheduler(optim: torch.optim.Optimizer, cfg: LoopConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch LR schedule: ``warmup_epochs`` of linear warm-up from ``lr / (warmup_epochs + 1)``,
+    then ``lr_schedule`` (constant; cosine to 0 over the remaining epochs; or x ``lr_gamma`` every ``lr_step_epochs``)."""
+    sched = torch.optim.lr_scheduler
     warm = cfg.warmup_epochs
-    if epoch < warm:
-        return (epoch + 1) / (warm + 1)
-    e = epoch - warm
     if cfg.lr_schedule == "cosine":
-        span = max(cfg.epochs - warm, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * e / span))
-    if cfg.lr_schedule == "step":
-        return cfg.lr_gamma ** (e // cfg.lr_step_epochs)
-    return 1.0
+        main: sched.LRScheduler = sched.CosineAnnealingLR(optim, T_max=max(cfg.epochs - warm, 1))
+    elif cfg.lr_schedule == "step":
+        main = sched.StepLR(optim, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
+    else:
+        main = sched.ConstantLR(optim, factor=1.0, total_iters=0)
+    if not warm:
+        return main
+    return sched.SequentialLR(optim, [sched.LinearLR(optim, start_factor=1 / (warm + 1), total_iters=warm), main], [warm])
 
 
 def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
     """Adam, its per-epoch LR schedule and the gradient scaler (active for fp16 only)."""
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda e: lr_factor(e, cfg))
     device = next(model.parameters()).device
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    return optim, sched, scaler
+    return optim, lr_scheduler(optim, cfg), scaler
 
 
 def loss_function(cfg: LoopConfig, device: torch.device) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import pytest
 
 from raypipe.evaluate.slices import MISSING, slice_keys, sliced_metrics
 
-QUARTILE = re.compile(r"^\[(-?[\d.e+-]+), (-?[\d.e+-]+)([)\]])$")
+QUARTILE = re.compile(r"^([\[(])(-?[\d.e+-]+), (-?[\d.e+-]+)\]$")
 
 
 # --- slice_keys ---------------------------------------------------------------------
@@ -55,10 +55,10 @@ def test_low_cardinality_ints_by_value():
 def _check_quartiles(keys: pd.Series, n_valid: int):
     labels = [k for k in keys.unique() if k != MISSING]
     assert 1 <= len(labels) <= 4
-    parsed = sorted((float(QUARTILE.match(k).group(1)), float(QUARTILE.match(k).group(2)), QUARTILE.match(k).group(3), k)
+    parsed = sorted((float(QUARTILE.match(k).group(2)), float(QUARTILE.match(k).group(3)), QUARTILE.match(k).group(1), k)
                     for k in labels)
-    # consecutive, half-open except the last, which is closed
-    assert [p[2] for p in parsed] == [")"] * (len(parsed) - 1) + ["]"]
+    # consecutive, open on the left except the first, which is closed (pandas.qcut's bins)
+    assert [p[2] for p in parsed] == ["["] + ["("] * (len(parsed) - 1)
     for a, b in zip(parsed, parsed[1:]):
         assert a[1] == pytest.approx(b[0])
     counts = keys[keys != MISSING].value_counts()
@@ -83,7 +83,7 @@ def test_high_cardinality_float_quartiles():
     for v, k in zip(arr, keys):
         if np.isnan(v):
             continue
-        lo, hi, close = bounds[k]
+        lo, hi, _ = bounds[k]
         assert v >= lo - 1e-3 * abs(lo)
         assert v <= hi + 1e-3 * abs(hi)
     # the minimum lands in the first bin, the maximum in the last (closed) one
@@ -95,8 +95,15 @@ def test_quartile_labels_by_hand():
     s = pd.Series(np.arange(100, dtype=float))
     keys = slice_keys(s)
     assert keys.value_counts().to_dict() == {
-        "[0, 24.75)": 25, "[24.75, 49.5)": 25, "[49.5, 74.25)": 25, "[74.25, 99]": 25}
-    assert keys[0] == "[0, 24.75)" and keys[99] == "[74.25, 99]"
+        "[0, 24.75]": 25, "(24.75, 49.5]": 25, "(49.5, 74.25]": 25, "(74.25, 99]": 25}
+    assert keys[0] == "[0, 24.75]" and keys[99] == "(74.25, 99]"
+
+
+def test_a_value_on_a_quartile_edge_falls_in_the_lower_bin():
+    s = pd.Series(np.r_[np.arange(1, 100, dtype=float), 50.0])  # the median, 50, is a value of the column
+    keys = slice_keys(s)
+    assert keys[49] == keys[99] == "(25.75, 50]" and keys[50] == "(50, 74.25]"
+    assert keys.value_counts().to_dict() == {"[1, 25.75]": 25, "(25.75, 50]": 26, "(50, 74.25]": 24, "(74.25, 99]": 25}
 
 
 @pytest.mark.parametrize("dtype", ["Int64", "Float64", pd.ArrowDtype(pa.float64()), pd.ArrowDtype(pa.int64())])

@@ -6,14 +6,15 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
 import pytest
 
-from raypipe.errors import SpecError
-from raypipe.ingest.http import HttpSourceError, _fetch_table, fetch_records, iter_pages, read_http, request_headers
+from raypipe.errors import HttpSourceError, RaypipeError, SpecError
+from raypipe.ingest.http import _fetch_table, iter_pages, read_http, request_headers
 from raypipe.spec import HttpSource
 from tests.conftest import free_port
 
@@ -130,6 +131,20 @@ def source(api: _Server, path: str, **kw: Any) -> HttpSource:
     return HttpSource(type="http", url=base(api) + path, **kw)
 
 
+def records(src: HttpSource) -> list[dict[str, Any]]:
+    return [r for page in iter_pages(src) for r in page]
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits httpx-retries sleeps between attempts, recorded instead of slept."""
+    import httpx_retries.retry
+
+    recorded: list[float] = []
+    monkeypatch.setattr(httpx_retries.retry, "time", SimpleNamespace(sleep=recorded.append))
+    return recorded
+
+
 def requests_to(api: _Server, path: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
     return [r for r in api.requests if r[0] == path]
 
@@ -137,7 +152,7 @@ def requests_to(api: _Server, path: str) -> list[tuple[str, dict[str, str], dict
 # --- pagination ----------------------------------------------------------------------
 def test_page_pagination_reads_every_page(api: _Server) -> None:
     api.requests.clear()
-    recs = fetch_records(source(api, "/items", params={"api_key": "k-123"}, headers={"X-Client": "raypipe"}))
+    recs = records(source(api, "/items", params={"api_key": "k-123"}, headers={"X-Client": "raypipe"}))
     assert [r["id"] for r in recs] == list(range(250))
     sent = requests_to(api, "/items")
     assert [q["page"] for _, q, _ in sent] == ["1", "2", "3"]  # 100, 100, 50: the short page ends it
@@ -148,63 +163,63 @@ def test_page_pagination_reads_every_page(api: _Server) -> None:
 def test_page_pagination_stops_at_an_empty_page(api: _Server) -> None:
     api.requests.clear()
     pag = {"page_size": 100, "start_page": 1}
-    recs = fetch_records(source(api, "/items", params={"n": "200"}, pagination=pag))
+    recs = records(source(api, "/items", params={"n": "200"}, pagination=pag))
     assert len(recs) == 200
     assert [q["page"] for _, q, _ in requests_to(api, "/items")] == ["1", "2", "3"]
 
 
 def test_max_pages_reached_while_pages_continue(api: _Server) -> None:
     with pytest.raises(HttpSourceError, match="max_pages = 2"):
-        fetch_records(source(api, "/items", pagination={"max_pages": 2}))
+        records(source(api, "/items", pagination={"max_pages": 2}))
 
 
 def test_cursor_pagination_follows_the_dotted_cursor(api: _Server) -> None:
     api.requests.clear()
     pag = {"style": "cursor", "cursor_field": "meta.next", "cursor_param": "cursor"}
-    recs = fetch_records(source(api, "/cursor", records="result.items", pagination=pag))
+    recs = records(source(api, "/cursor", records="result.items", pagination=pag))
     assert [r["id"] for r in recs] == list(range(250))
     assert [q.get("cursor") for _, q, _ in requests_to(api, "/cursor")] == [None, "70", "140", "210"]
 
 
 def test_no_pagination_and_a_bare_list(api: _Server) -> None:
-    recs = fetch_records(source(api, "/bare", records="", pagination={"style": "none"}))
+    recs = records(source(api, "/bare", records="", pagination={"style": "none"}))
     assert recs == ITEMS[:3]
     assert api.hits["/bare"] == 1
 
 
 # --- retries and errors -------------------------------------------------------------------
 def test_503_twice_then_success_is_retried(api: _Server) -> None:
-    recs = fetch_records(source(api, "/flaky/a", retries=3, pagination={"style": "none"}))
+    recs = records(source(api, "/flaky/a", retries=3, pagination={"style": "none"}))
     assert len(recs) == 5
     assert api.hits["/flaky/a"] == 3
 
 
 def test_retries_exhausted_names_status_and_attempts(api: _Server) -> None:
     with pytest.raises(HttpSourceError) as e:
-        fetch_records(source(api, "/always503", retries=2, pagination={"style": "none"}))
+        records(source(api, "/always503", retries=2, pagination={"style": "none"}))
     assert api.hits["/always503"] == 3
     assert "503" in str(e.value) and "after 3 attempts" in str(e.value) and "down for maintenance" in str(e.value)
 
 
 @pytest.mark.parametrize(("after", "expected"), [("2", 2.0), ("999", 30.0)])
-def test_429_honours_retry_after_capped(api: _Server, after: str, expected: float) -> None:
-    waits: list[float] = []
-    src = source(api, f"/limited/{after}", params={"after": after}, pagination={"style": "none"})
-    pages = list(iter_pages(src, sleep=waits.append))
-    assert waits == [expected] and len(pages[0]) == 2
+def test_429_honours_retry_after_capped(api: _Server, waits: list[float], after: str, expected: float) -> None:
+    src = source(api, f"/limited/{after}", params={"after": after}, backoff_s=5.0, pagination={"style": "none"})
+    assert len(records(src)) == 2
+    assert waits == [expected]  # the server's Retry-After, not backoff_s
 
 
-def test_exponential_backoff(api: _Server) -> None:
-    waits: list[float] = []
+def test_exponential_backoff(api: _Server, waits: list[float], caplog: pytest.LogCaptureFixture) -> None:
     src = source(api, "/always503/b", retries=3, backoff_s=0.5, pagination={"style": "none"})
-    with pytest.raises(HttpSourceError):
-        list(iter_pages(src, sleep=waits.append))
+    with pytest.raises(HttpSourceError, match="HTTP 503.*after 4 attempts"):
+        records(src)
     assert waits == [0.5, 1.0, 2.0]
+    assert [r.getMessage() for r in caplog.records if r.name == "raypipe.ingest.http"] == [
+        f"http source: HTTP 503; retry {n} of 3" for n in (1, 2, 3)]
 
 
 def test_404_names_status_and_url_without_query(api: _Server) -> None:
     with pytest.raises(HttpSourceError) as e:
-        fetch_records(source(api, "/missing", params={"api_key": "k-secret-9"}, retries=3))
+        records(source(api, "/missing", params={"api_key": "k-secret-9"}, retries=3))
     msg = str(e.value)
     assert "404" in msg and f"{base(api)}/missing" in msg and "data.source.url" in msg
     assert "k-secret-9" not in msg
@@ -213,7 +228,7 @@ def test_404_names_status_and_url_without_query(api: _Server) -> None:
 
 def test_bearer_token_is_sent(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RP_TEST_TOKEN", TOKEN)
-    recs = fetch_records(source(api, "/secure", token_env="RP_TEST_TOKEN"))
+    recs = records(source(api, "/secure", token_env="RP_TEST_TOKEN"))
     assert len(recs) == 4
     assert requests_to(api, "/secure")[-1][2]["Authorization"] == f"Bearer {TOKEN}"
 
@@ -221,7 +236,7 @@ def test_bearer_token_is_sent(api: _Server, monkeypatch: pytest.MonkeyPatch) -> 
 def test_wrong_token_never_appears_in_the_error(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RP_TEST_TOKEN", "wrong-" + TOKEN)
     with pytest.raises(HttpSourceError) as e:
-        fetch_records(source(api, "/secure", token_env="RP_TEST_TOKEN"))
+        records(source(api, "/secure", token_env="RP_TEST_TOKEN"))
     msg = str(e.value)
     assert "401" in msg and "token_env" in msg and "invalid credentials" in msg
     assert TOKEN not in msg and TOKEN not in repr(e.value)
@@ -230,32 +245,33 @@ def test_wrong_token_never_appears_in_the_error(api: _Server, monkeypatch: pytes
 def test_missing_token_variable_is_a_spec_error(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RP_TEST_NO_TOKEN", raising=False)
     with pytest.raises(SpecError, match="data.source.token_env.*RP_TEST_NO_TOKEN"):
-        fetch_records(source(api, "/secure", token_env="RP_TEST_NO_TOKEN"))
+        records(source(api, "/secure", token_env="RP_TEST_NO_TOKEN"))
 
 
 def test_non_json_body(api: _Server) -> None:
     with pytest.raises(HttpSourceError, match="did not return JSON.*text/html.*login page"):
-        fetch_records(source(api, "/html", pagination={"style": "none"}))
+        records(source(api, "/html", pagination={"style": "none"}))
 
 
 def test_records_path_not_found_or_not_a_list(api: _Server) -> None:
     with pytest.raises(HttpSourceError, match=r"no records 'data'.*\['count', 'items'\]"):
-        fetch_records(source(api, "/wrongpath", pagination={"style": "none"}))
+        records(source(api, "/wrongpath", pagination={"style": "none"}))
     with pytest.raises(HttpSourceError, match="records 'count' is a int, not a list"):
-        fetch_records(source(api, "/wrongpath", records="count", pagination={"style": "none"}))
+        records(source(api, "/wrongpath", records="count", pagination={"style": "none"}))
 
 
 def test_nested_records_are_refused(api: _Server) -> None:
     with pytest.raises(HttpSourceError, match="'owner'.*nested object.*flatten"):
-        fetch_records(source(api, "/nested", pagination={"style": "none"}))
+        records(source(api, "/nested", pagination={"style": "none"}))
 
 
-def test_connection_refused_and_timeout(api: _Server) -> None:
-    dead = HttpSource(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=1, backoff_s=0.0)
-    with pytest.raises(HttpSourceError, match="after 2 attempt.*ConnectError"):
-        fetch_records(dead)
+def test_connection_refused_and_timeout(api: _Server, waits: list[float]) -> None:
+    dead = HttpSource(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=2, backoff_s=0.25)
+    with pytest.raises(HttpSourceError, match="after 3 attempt.*ConnectError"):
+        records(dead)
+    assert waits == [0.25, 0.5]  # retried with backoff
     with pytest.raises(HttpSourceError, match="ReadTimeout"):
-        fetch_records(source(api, "/slow", retries=0, timeout_s=0.2, pagination={"style": "none"}))
+        records(source(api, "/slow", retries=0, timeout_s=0.2, pagination={"style": "none"}))
 
 
 def test_pages_become_one_table_with_unified_columns(api: _Server) -> None:
@@ -282,3 +298,8 @@ def test_read_http_builds_a_dataset_in_a_ray_task(api: _Server, ray_session) -> 
 
     with pytest.raises(HttpSourceError, match="404"):
         read_http(source(api, "/missing"))
+
+
+def test_http_source_error_is_a_raypipe_error() -> None:
+    assert issubclass(HttpSourceError, RaypipeError) and issubclass(HttpSourceError, RuntimeError)
+    assert HttpSourceError("x").exit_code == 1

@@ -1,6 +1,8 @@
 """The plain-PyTorch epoch math that every Ray Train worker runs."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -10,7 +12,6 @@ from raypipe.train.loop import (
     epoch_metrics,
     evaluate,
     loss_function,
-    lr_factor,
     make_optimizer,
     train_epoch,
 )
@@ -19,34 +20,82 @@ from raypipe.model.zoo import build_model
 CPU = torch.device("cpu")
 
 
-def test_lr_schedules() -> None:
-    cosine = LoopConfig(epochs=10, lr_schedule="cosine", warmup_epochs=2)
-    f = [lr_factor(e, cosine) for e in range(10)]
-    assert f[0] < f[1] < f[2] == 1.0  # linear warm-up, then the cosine starts at the full rate
-    assert all(a > b for a, b in zip(f[2:], f[3:])) and f[-1] < 0.05
-    step = LoopConfig(epochs=10, lr_schedule="step", lr_step_epochs=3, lr_gamma=0.5)
-    assert [lr_factor(e, step) for e in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25]
-    assert {lr_factor(e, LoopConfig()) for e in range(5)} == {1.0}
-
-
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-def test_scheduler_steps_the_optimizer_and_survives_a_state_round_trip() -> None:
-    cfg = LoopConfig(epochs=6, lr=0.1, lr_schedule="step", lr_step_epochs=2, lr_gamma=0.1)
+def _lrs(cfg: LoopConfig, epochs: int, state: dict | None = None) -> tuple[list[float], dict]:
+    """The LR each of ``epochs`` trains with (stepped as torch_trainer does), from a fresh or a saved state."""
     model = build_model("torch.mlp", input_dim=3, n_outputs=2, params={"hidden": [4]})
-    optim, sched, scaler = make_optimizer(model, cfg)
+    optim, sched, _ = make_optimizer(model, cfg)
+    if state is not None:  # in torch_trainer's order: the optimizer, then the schedule
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
     lrs = []
-    for _ in range(3):
+    for _ in range(epochs):
         lrs.append(optim.param_groups[0]["lr"])
+        optim.step()
         sched.step()
-    assert lrs == pytest.approx([0.1, 0.1, 0.01])
-    state = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict()}
-    model2 = build_model("torch.mlp", input_dim=3, n_outputs=2, params={"hidden": [4]})
-    optim2, sched2, _ = make_optimizer(model2, cfg)
-    optim2.load_state_dict(state["optimizer"])
-    sched2.load_state_dict(state["scheduler"])
-    assert optim2.param_groups[0]["lr"] == pytest.approx(0.01)  # epoch 3 goes on where the saved run stopped
-    sched2.step()
-    assert optim2.param_groups[0]["lr"] == pytest.approx(0.001)  # epoch 4: the second decay
+    return lrs, {"optimizer": optim.state_dict(), "scheduler": sched.state_dict()}
+
+
+def _expected(cfg: LoopConfig) -> list[float]:
+    """The schedules written out in closed form, independently of torch."""
+    out = []
+    for epoch in range(cfg.epochs):
+        e, warm = epoch - cfg.warmup_epochs, cfg.warmup_epochs
+        if e < 0:
+            f = (epoch + 1) / (warm + 1)
+        elif cfg.lr_schedule == "cosine":
+            f = 0.5 * (1 + math.cos(math.pi * e / max(cfg.epochs - warm, 1)))
+        elif cfg.lr_schedule == "step":
+            f = cfg.lr_gamma ** (e // cfg.lr_step_epochs)
+        else:
+            f = 1.0
+        out.append(cfg.lr * f)
+    return out
+
+
+SCHEDULES = [
+    LoopConfig(epochs=8, lr=0.002),  # the demo's (raypipe/demo/transactions.yaml): constant, no warm-up
+    LoopConfig(epochs=6, lr=0.01, warmup_epochs=3),
+    LoopConfig(epochs=10, lr=0.1, lr_schedule="cosine", warmup_epochs=2),
+    LoopConfig(epochs=12, lr=0.005, lr_schedule="cosine", warmup_epochs=1),  # tests/e2e/test_torch_zoo.py's
+    LoopConfig(epochs=8, lr=0.001, lr_schedule="cosine"),
+    LoopConfig(epochs=10, lr=0.1, lr_schedule="step", lr_step_epochs=3, lr_gamma=0.5),
+    LoopConfig(epochs=12, lr=0.002, lr_schedule="step", warmup_epochs=2, lr_step_epochs=2, lr_gamma=0.3),
+]
+IDS = [f"{c.lr_schedule}-warmup{c.warmup_epochs}-{c.epochs}ep" for c in SCHEDULES]
+
+
+@pytest.mark.parametrize("cfg", SCHEDULES, ids=IDS)
+def test_lr_schedule_per_epoch(cfg: LoopConfig) -> None:
+    lrs, _ = _lrs(cfg, cfg.epochs)
+    # torch's cosine and step schedules update the rate recursively: off the closed form by up to 4e-16 (relative) here.
+    assert lrs == pytest.approx(_expected(cfg), rel=1e-14, abs=0)
+    if cfg.lr_schedule == "constant":
+        assert lrs == _expected(cfg)  # bit for bit, warm-up included
+    if cfg.lr_schedule == "cosine":
+        assert lrs[cfg.warmup_epochs] == cfg.lr and lrs[-1] < 0.05 * cfg.lr
+
+
+def test_the_demo_trains_at_a_constant_rate() -> None:
+    from raypipe.spec import demo_spec_path, load_spec
+    from raypipe.train.torch_trainer import loop_config
+
+    spec = load_spec(demo_spec_path())
+    cfg = LoopConfig.from_dict(loop_config(spec, 4, 2, None, [], True))
+    assert _lrs(cfg, cfg.epochs)[0] == [spec.train.lr] * spec.train.epochs  # bit for bit, as before torch's schedulers
+
+
+@pytest.mark.parametrize("cfg", SCHEDULES, ids=IDS)
+def test_a_resumed_run_continues_the_same_lr_sequence(cfg: LoopConfig, tmp_path) -> None:
+    from raypipe.train import checkpoint
+
+    whole, _ = _lrs(cfg, cfg.epochs)
+    for cut in range(1, cfg.epochs):
+        first, state = _lrs(cfg, cut)
+        folder = tmp_path / str(cut)
+        folder.mkdir()
+        checkpoint.write(str(folder), weights={}, state=state, meta={"epoch": cut - 1})  # torch.save, read back weights_only
+        rest, _ = _lrs(cfg, cfg.epochs - cut, checkpoint.read(str(folder))["state"])
+        assert first + rest == whole, cut
 
 
 def _data(n: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
