@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raypipe.errors import SpecError
 
 TASKS = ("classification", "regression", "clustering", "anomaly")
-SUPPORTED_TASKS = TASKS
 UNSUPERVISED_TASKS = ("clustering", "anomaly")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")  # the default summary
 REGRESSION_METRICS = ("rmse", "mae", "r2")
