@@ -99,17 +99,6 @@ def strata_codes(values: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarr
     return codes, np.append(names, "__null__")  # code -1 (missing) picks the last
 
 
-def stratum(values: pd.Series | None, n: int) -> np.ndarray:
-    """Each row's stratum name."""
-    codes, names = strata_codes(values, n)
-    return names[codes]
-
-
-def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float) -> dict[str, tuple[float, float]]:
-    """Per stratum: u below the first bound -> test, below the second -> validation."""
-    return {str(s): _bounds(np.sort(u[strata == s]), test, validation) for s in np.unique(strata)}
-
-
 def split_names(codes: np.ndarray, names: np.ndarray, u: np.ndarray,
                 bounds: dict[str, tuple[float, float]]) -> np.ndarray:
     """Each row's split from its stratum (``strata_codes``) and its number."""
@@ -117,12 +106,6 @@ def split_names(codes: np.ndarray, names: np.ndarray, u: np.ndarray,
     lo = np.array([bounds.get(str(n), nan)[0] for n in names], dtype=np.float64)[codes]
     hi = np.array([bounds.get(str(n), nan)[1] for n in names], dtype=np.float64)[codes]
     return np.where(u < lo, "test", np.where(u < hi, "validation", "train"))
-
-
-def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: str | None) -> pd.DataFrame:
-    codes, names = strata_codes(batch[target] if target else None, len(batch))
-    batch[SPLIT_COL] = split_names(codes, names, batch[U_COL].to_numpy(), bounds)
-    return batch
 
 
 def _strata_u(batch: pd.DataFrame, key: str | None) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raypipe.ingest.split import (SPLIT_COL, SPLITS, U_COL, assign, plan_splits, row_uniform, stratum, thresholds,
+from raypipe.ingest.split import (SPLIT_COL, SPLITS, U_COL, _bounds, plan_splits, row_uniform, split_names, strata_codes,
                                   write_block_splits)
 
 
@@ -64,6 +64,23 @@ def test_row_uniform_depends_on_content_not_position() -> None:
 
 
 # --- thresholds + assign -------------------------------------------------------------------------
+# The driver's per-stratum bounds (as plan_splits computes them) and a block's split names (as
+# write_block_splits assigns them), on pandas frames.
+def stratum(values: pd.Series | None, n: int) -> np.ndarray:
+    codes, names = strata_codes(values, n)
+    return names[codes]
+
+
+def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float) -> dict[str, tuple[float, float]]:
+    return {str(s): _bounds(np.sort(u[strata == s]), test, validation) for s in np.unique(strata)}
+
+
+def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: str | None) -> pd.DataFrame:
+    codes, names = strata_codes(batch[target] if target else None, len(batch))
+    batch[SPLIT_COL] = split_names(codes, names, batch[U_COL].to_numpy(), bounds)
+    return batch
+
+
 def split_counts(out: pd.DataFrame) -> pd.DataFrame:
     return out.groupby(["y", SPLIT_COL]).size().unstack(fill_value=0)
 
