@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raypipe.errors import SpecError
 
-TASKS = ("classification", "regression", "clustering", "anomaly")
 UNSUPERVISED_TASKS = ("clustering", "anomaly")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")  # the default summary
 REGRESSION_METRICS = ("rmse", "mae", "r2")
