@@ -38,6 +38,16 @@ class DataValidationError(RaypipeError, ValueError):
         super().__init__(f"data validation failed with {len(self.problems)} problem(s):\n{lines}")
 
 
+class UndecodableFileError(RaypipeError, ValueError):
+    """A file of a folder-tree source (image or text) cannot be decoded. Exit code 3.
+
+    The message names the file. Raised inside a Ray task, it reaches the caller wrapped
+    in Ray's task error, whose text holds that message.
+    """
+
+    exit_code = 3
+
+
 class GateFailed(RaypipeError):
     """The evaluation gate was not met: the model is registered as rejected. Exit code 4."""
 

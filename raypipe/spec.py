@@ -475,7 +475,7 @@ class TrackingSection(_Section):
     experiment: str | None = Field(default=None, description="default: the pipeline name")
 
 
-# --- deploy / monitor ----------------------------------------------------------------
+# --- deploy --------------------------------------------------------------------------
 class AutoscalingSection(_Section):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=2, ge=1)
@@ -536,21 +536,6 @@ class DeploySection(_Section):
         return self.max_ongoing_requests or 2 * self.batching.max_batch_size
 
 
-class DriftSection(_Section):
-    method: Literal["psi", "ks"] = "psi"
-    threshold: float = Field(default=0.2, gt=0)
-    min_samples: int = Field(default=1000, ge=1)
-
-
-class RetrainSection(_Section):
-    on_drift: bool = False
-
-
-class MonitorSection(_Section):
-    drift: DriftSection = Field(default_factory=DriftSection)
-    retrain: RetrainSection = Field(default_factory=RetrainSection)
-
-
 # --- the spec ------------------------------------------------------------------------
 class Spec(_Section):
     """A whole pipeline. Every section but ``name`` and ``data`` has defaults."""
@@ -568,7 +553,15 @@ class Spec(_Section):
     registry: RegistrySection = Field(default_factory=RegistrySection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
-    monitor: MonitorSection = Field(default_factory=MonitorSection)
+    monitor: Any = None  # refused when present (_no_monitor): nothing reads it yet
+
+    @field_validator("monitor", mode="before")
+    @classmethod
+    def _no_monitor(cls, value: Any) -> None:
+        if value is not None:  # a section that would silently do nothing is an error
+            raise ValueError("not implemented yet in this version of raypipe (planned: prediction log, drift, "
+                             "retraining); remove the monitor section")
+        return None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Spec":

@@ -134,7 +134,3 @@ def choose_threshold(y: np.ndarray, p1: np.ndarray, strategy: str = "max_f1", ta
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
-
-def best_f1_threshold(y: np.ndarray, p1: np.ndarray) -> float:
-    """The decision threshold on the positive-class score that maximises F1."""
-    return choose_threshold(y, p1, "max_f1")

@@ -38,17 +38,6 @@ def strata_codes(values: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarr
     return codes, np.append(names, "__null__")  # code -1 (missing) picks the last
 
 
-def stratum(values: pd.Series | None, n: int) -> np.ndarray:
-    """Each row's stratum name."""
-    codes, names = strata_codes(values, n)
-    return names[codes]
-
-
-def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float) -> dict[str, tuple[float, float]]:
-    """Per stratum: u below the first bound -> test, below the second -> validation."""
-    return {str(s): _bounds(np.sort(u[strata == s]), test, validation) for s in np.unique(strata)}
-
-
 def split_names(codes: np.ndarray, names: np.ndarray, u: np.ndarray,
                 bounds: dict[str, tuple[float, float]]) -> np.ndarray:
     """Each row's split from its stratum (``strata_codes``) and its number."""
@@ -56,12 +45,6 @@ def split_names(codes: np.ndarray, names: np.ndarray, u: np.ndarray,
     lo = np.array([bounds.get(str(n), nan)[0] for n in names], dtype=np.float64)[codes]
     hi = np.array([bounds.get(str(n), nan)[1] for n in names], dtype=np.float64)[codes]
     return np.where(u < lo, "test", np.where(u < hi, "validation", "train"))
-
-
-def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: str | None) -> pd.DataFrame:
-    codes, names = strata_codes(batch[target] if target else None, len(batch))
-    batch[SPLIT_COL] = split_names(codes, names, batch[U_COL].to_numpy(), bounds)
-    return batch
 
 
 def _strata_u(batch: pd.DataFrame, key: str | None) -> pd.DataFrame:
@@ -118,18 +101,6 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     return SplitPlan(with_u, bounds, key, rows)
 
 
-def label_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
-                 seed: int) -> tuple[Any, dict[str, int]]:
-    """Every row with its split name in ``__split`` (lazy), and the exact rows per split."""
-    plan = plan_splits(ds, target=target, stratify=stratify, test=test, validation=validation, seed=seed)
-    labelled = plan.rows_u.map_batches(_label, fn_kwargs={"bounds": plan.bounds, "key": plan.key}, batch_format="pandas")
-    return labelled, plan.rows
-
-
-def _label(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], key: str | None) -> pd.DataFrame:
-    return assign(batch, bounds, key).drop(columns=[U_COL])
-
-
 def write_block_splits(table: Any, *, bounds: dict[str, tuple[float, float]], key: str | None, fs: Any,
                        root: str) -> Any:
     """Ray Data batch function: write a block's rows to ``<root>/__split=<name>/``; return its counts.
@@ -150,15 +121,6 @@ def write_block_splits(table: Any, *, bounds: dict[str, tuple[float, float]], ke
             file = task_file_name(u[mask].tobytes())  # named by the rows' numbers: the same order in every run
             write_table(rows.filter(pa.array(mask)), fs, f"{root}/{SPLIT_COL}={name}/{file}")
     return pa.table({"split": list(SPLITS), "rows": counts})
-
-
-def split_dataset(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
-                  seed: int) -> tuple[dict[str, Any], dict[str, int]]:
-    """The three splits as lazy datasets, and their exact row counts (see :func:`label_splits`)."""
-    labelled, rows = label_splits(ds, target=target, stratify=stratify, test=test, validation=validation, seed=seed)
-    splits = {name: labelled.map_batches(lambda b, name=name: b[b[SPLIT_COL] == name].drop(columns=[SPLIT_COL]),
-                                         batch_format="pandas") for name in SPLITS}
-    return splits, rows
 
 
 def _bounds(us: np.ndarray, test: float, validation: float) -> tuple[float, float]:

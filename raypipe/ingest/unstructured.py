@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from raypipe.errors import UndecodableFileError
+
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
@@ -38,10 +40,6 @@ __all__ = [
 
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
 TEXT_EXTENSIONS = ["txt"]
-
-
-class UndecodableFileError(ValueError):
-    """A file in a folder-tree source could not be decoded; the message names it."""
 
 
 def _label(path: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from raypipe.errors import RegistryError
+from raypipe.errors import RegistryError, SpecError
 from raypipe.registry import Registry
 from raypipe.runtime import SERVE_PROFILE
 from raypipe.spec import Spec
@@ -174,8 +174,9 @@ def serving_config(spec: Spec, reg: Registry, version: int) -> dict[str, Any]:
         name = d.canary.alias if d.canary else "challenger"
         challenger = reg.aliases().get(name)
         if challenger is None:
-            raise ValueError(f"deploy.canary.alias: no registry alias {name!r} in {spec.name!r}; set it with "
-                             f"`raypipe registry promote SPEC VERSION --alias {name}` or remove deploy.canary/shadow")
+            field = "deploy.canary.alias" if d.canary else "deploy.shadow"  # shadow alone mirrors to 'challenger'
+            raise SpecError(f"{field}: no registry alias {name!r} in {spec.name!r}; set it with "
+                            f"`raypipe registry promote SPEC VERSION --alias {name}` or remove deploy.canary/shadow")
         out["challenger"] = {"uri": reg.version_store(challenger).full_uri(), "version": challenger}
         out["canary_percent"] = d.canary.percent if d.canary else 0.0
     return out
@@ -188,8 +189,8 @@ def api_key_digest(spec: Spec) -> str | None:
         return None
     key = os.environ.get(auth.api_key_env)
     if not key:
-        raise ValueError(f"deploy.auth.api_key_env: the environment variable {auth.api_key_env!r} is not set or empty; "
-                         "export it with the API key clients will send, or remove deploy.auth")
+        raise SpecError(f"deploy.auth.api_key_env: the environment variable {auth.api_key_env!r} is not set or empty; "
+                        "export it with the API key clients will send, or remove deploy.auth")
     return hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -221,12 +221,6 @@ def null_findings(stats: dict[str, Any], schema: dict[str, Any], max_missing: fl
     return out
 
 
-def column_problems(stats: dict[str, Any], schema: dict[str, Any], present: list[str], max_missing: float) -> list[str]:
-    """Problems no row-level quarantine can fix: missing columns, too many nulls."""
-    found = missing_column_findings(schema, present) + null_findings(stats, schema, max_missing)
-    return [f["message"] for f in found]
-
-
 def row_findings(stats: dict[str, Any], split: str) -> list[dict[str, Any]]:
     """``on_invalid_rows: fail``: an error for each reason rows were invalid, with examples."""
     out = []
@@ -235,10 +229,6 @@ def row_findings(stats: dict[str, Any], split: str) -> list[dict[str, Any]]:
         out.append(finding("error", "invalid_rows", f"{n} row(s) invalid — {reason} (e.g. {stats['examples'].get(reason, [])})",
                            column=col, value=n, limit=0, split=split))
     return out
-
-
-def row_problems(stats: dict[str, Any], split: str) -> list[str]:
-    return [f["message"] for f in row_findings(stats, split)]
 
 
 def duplicate_findings(profile: dict[str, Any], limit: float, split: str) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from raypipe.columns import row_uniform
-from raypipe.ingest.split import SPLIT_COL, U_COL, assign, split_dataset, stratum, thresholds
+from raypipe.ingest.split import SPLIT_COL, U_COL, _bounds, plan_splits, split_names, strata_codes, write_block_splits
+from raypipe.stage import SPLITS
 
 
 def frame(n: int = 1000, pos: float = 0.03, seed: int = 0) -> pd.DataFrame:
@@ -64,6 +65,23 @@ def test_row_uniform_depends_on_content_not_position() -> None:
 
 
 # --- thresholds + assign -------------------------------------------------------------------------
+# The driver's per-stratum bounds (as plan_splits computes them) and a block's split names (as
+# write_block_splits assigns them), on pandas frames.
+def stratum(values: pd.Series | None, n: int) -> np.ndarray:
+    codes, names = strata_codes(values, n)
+    return names[codes]
+
+
+def thresholds(strata: np.ndarray, u: np.ndarray, test: float, validation: float) -> dict[str, tuple[float, float]]:
+    return {str(s): _bounds(np.sort(u[strata == s]), test, validation) for s in np.unique(strata)}
+
+
+def assign(batch: pd.DataFrame, bounds: dict[str, tuple[float, float]], target: str | None) -> pd.DataFrame:
+    codes, names = strata_codes(batch[target] if target else None, len(batch))
+    batch[SPLIT_COL] = split_names(codes, names, batch[U_COL].to_numpy(), bounds)
+    return batch
+
+
 def split_counts(out: pd.DataFrame) -> pd.DataFrame:
     return out.groupby(["y", SPLIT_COL]).size().unstack(fill_value=0)
 
@@ -148,22 +166,31 @@ def pandas_blocks(df: pd.DataFrame, n: int) -> list[pd.DataFrame]:
     return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _collect(result: tuple[dict, dict]) -> dict[str, pd.DataFrame]:
-    """The splits as frames; the row counts computed on the driver must be exact."""
-    splits, rows = result
-    out = {k: v.to_pandas().sort_values("id").reset_index(drop=True) for k, v in splits.items()}
-    assert rows == {k: len(v) for k, v in out.items()}
+def _split(ds, root) -> dict[str, pd.DataFrame]:
+    """Split ``ds`` as the ingest stage does (``plan_splits`` + ``write_block_splits`` into
+    ``root``) and read each split back, sorted by id; the driver's row counts must be exact."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    plan = plan_splits(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42)
+    counts = plan.rows_u.map_batches(write_block_splits, fn_kwargs={"bounds": plan.bounds, "key": plan.key,
+                                     "fs": pafs.LocalFileSystem(), "root": str(root)},
+                                     batch_format="pyarrow", batch_size=None).to_pandas()
+    assert counts.groupby("split")["rows"].sum().to_dict() == plan.rows
+    out = {name: pq.read_table(root / f"{SPLIT_COL}={name}").to_pandas().sort_values("id").reset_index(drop=True)
+           for name in SPLITS}
+    assert plan.rows == {k: len(v) for k, v in out.items()}
     return out
 
 
-def test_split_dataset_ray(ray_session) -> None:
+def test_split_ray(ray_session, tmp_path) -> None:
     import ray
 
     df = frame(2000, pos=0.05, seed=9)
     results = []
     for blocks in (1, 5):
         ds = ray.data.from_pandas(pandas_blocks(df, blocks))
-        parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
+        parts = _split(ds, tmp_path / f"blocks{blocks}")
         results.append(parts)
     parts = results[0]
     ids = {k: set(v["id"]) for k, v in parts.items()}
@@ -181,7 +208,7 @@ def test_split_dataset_ray(ray_session) -> None:
         pd.testing.assert_frame_equal(results[0][name], results[1][name])
 
 
-def test_split_dataset_ray_int_target_with_nulls(ray_session) -> None:
+def test_split_ray_int_target_with_nulls(ray_session, tmp_path) -> None:
     """An integer label column with a few missing labels (read from parquet/CSV as Arrow int64
     with nulls): blocks without a null arrive as int64 ("1"), the driver-side column as float64
     ("1.0"). The split must still work and be block-layout independent; missing labels are
@@ -195,13 +222,13 @@ def test_split_dataset_ray_int_target_with_nulls(ray_session) -> None:
     for n_blocks in (1, 5):
         step = len(df) // n_blocks
         ds = ray.data.from_arrow([table.slice(i * step, step) for i in range(n_blocks)])
-        parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
+        parts = _split(ds, tmp_path / f"blocks{n_blocks}")
         assert sum(len(v) for v in parts.values()) == len(df)
         results.append({k: v["id"].tolist() for k, v in parts.items()})
     assert results[0] == results[1]
 
 
-def test_split_dataset_ray_block_layout_with_nullable_int_feature(ray_session) -> None:
+def test_split_ray_block_layout_with_nullable_int_feature(ray_session, tmp_path) -> None:
     """A row's split must not depend on whether its block holds a null in an int column."""
     import ray
 
@@ -212,7 +239,7 @@ def test_split_dataset_ray_block_layout_with_nullable_int_feature(ray_session) -
     for n_blocks in (1, 5):
         step = len(df) // n_blocks
         ds = ray.data.from_arrow([table.slice(i * step, step) for i in range(n_blocks)])
-        parts = _collect(split_dataset(ds, target="y", stratify=True, test=0.15, validation=0.15, seed=42))
+        parts = _split(ds, tmp_path / f"blocks{n_blocks}")
         results.append({k_: v["id"].tolist() for k_, v in parts.items()})
     assert results[0] == results[1]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raypipe.errors import SpecError
+from raypipe.errors import RaypipeError, SpecError
 from raypipe.ingest.unstructured import (
     UndecodableFileError,
     decode_image,
@@ -91,6 +91,8 @@ def test_decode_image_corrupt_names_file(corrupt: str) -> None:
     }[corrupt]
     with pytest.raises(UndecodableFileError, match=r"cannot decode image '/data/7/bad\.png'"):
         decode_image(data, (8, 8), "L", "/data/7/bad.png")
+    assert issubclass(UndecodableFileError, RaypipeError) and issubclass(UndecodableFileError, ValueError)
+    assert UndecodableFileError.exit_code == 3  # a data problem
 
 
 def test_list_tree_skips_hidden_and_other_extensions(digits_tree: Path, tmp_path: Path) -> None:

@@ -171,6 +171,26 @@ def test_api_key_is_required_compared_and_never_stored_or_logged(trained, monkey
             assert key.encode() not in Path(path).read_bytes(), path
 
 
+def test_bad_deploy_settings_are_spec_errors(monkeypatch):
+    """Checked before anything is deployed: each names its field, the value and the fix."""
+    from types import SimpleNamespace
+
+    from raypipe.errors import SpecError
+    from raypipe.serve.deploy import api_key_digest, serving_config
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    spec = SimpleNamespace(name="p", deploy=SimpleNamespace(auth=SimpleNamespace(api_key_env=KEY_ENV)))
+    with pytest.raises(SpecError, match=f"deploy.auth.api_key_env: .*{KEY_ENV}.*export it"):
+        api_key_digest(spec)
+    reg = SimpleNamespace(aliases=lambda: {}, version_store=lambda v: SimpleNamespace(full_uri=lambda: "/m"))
+    spec.deploy = SimpleNamespace(shadow=False, canary=SimpleNamespace(alias="beta", percent=10.0))
+    with pytest.raises(SpecError, match=r"deploy.canary.alias: no registry alias 'beta' in 'p'.*--alias beta"):
+        serving_config(spec, reg, 1)
+    spec.deploy = SimpleNamespace(shadow=True, canary=None)
+    with pytest.raises(SpecError, match=r"deploy.shadow: no registry alias 'challenger'"):
+        serving_config(spec, reg, 1)
+
+
 def test_missing_api_key_variable_is_a_clear_error(trained, monkeypatch):
     spec, _, _ = trained
     monkeypatch.delenv(KEY_ENV, raising=False)

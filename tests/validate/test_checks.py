@@ -8,7 +8,8 @@ import pytest
 
 from raypipe.errors import DataValidationError
 from raypipe.validate.checks import (
-    MAX_EXAMPLES, REASON, annotate, batch_stats, coerce_numeric, column_problems, merge_stats, row_problems,
+    MAX_EXAMPLES, REASON, annotate, batch_stats, coerce_numeric, merge_stats, missing_column_findings, null_findings,
+    row_findings,
 )
 from raypipe.schema import feature_columns, infer_schema, label_strings, label_value
 
@@ -207,21 +208,20 @@ def test_merge_stats() -> None:
     assert m["classes"] == {"0": 3, "1": 4, "2": 1}
     assert all(len(v) <= MAX_EXAMPLES for v in m["examples"].values())
     assert merge_stats([])["rows"] == 0
-    lines = row_problems(m, "train")
+    lines = [f["message"] for f in row_findings(m, "train")]
     assert any(line.startswith("train: 4 row(s) invalid — x: not a number") for line in lines)
 
 
-def test_column_problems_missing_column() -> None:
-    stats = {"rows": 10, "nulls": {"x": 0, "y": 0}}
-    problems = column_problems(stats, SMALL, present=["x", "y"], max_missing=0.3)
+def test_missing_column_findings() -> None:
+    problems = [f["message"] for f in missing_column_findings(SMALL, present=["x", "y"])]
     assert len(problems) == 2
     assert "'n'" in problems[0] and "missing" in problems[0] and "integer" in problems[0]
     assert "'c'" in problems[1] and "string" in problems[1]
 
 
-def test_column_problems_null_fraction() -> None:
+def test_null_findings_fraction() -> None:
     stats = {"rows": 10, "nulls": {"x": 4, "n": 3, "c": 0, "y": 0, "extra": 9}}
-    problems = column_problems(stats, SMALL, present=list(SMALL["columns"]), max_missing=0.3)
+    problems = [f["message"] for f in null_findings(stats, SMALL, max_missing=0.3)]
     assert len(problems) == 1  # 30% is not over the limit; 'extra' is not in the schema
     p = problems[0]
     assert "'x'" in p and "40.0%" in p and "validate.max_missing_fraction=0.3" in p

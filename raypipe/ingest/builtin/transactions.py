@@ -65,7 +65,6 @@ _CAT_SIGMA = np.array([0.6, 0.6, 0.4, 0.9, 0.9, 0.9, 0.7, 0.8, 1.0, 0.9])
 _RISKY_CNP = np.isin(CATEGORIES, ("online_retail", "electronics", "jewelry", "gaming"))
 
 COUNTRIES = ("US", "CA", "MX", "GB", "DE", "FR", "IN", "BR", "CN", "NG", "RU", "RO")
-HOME_COUNTRY = "US"
 _COUNTRY_P = np.array(
     [0.82, 0.045, 0.03, 0.025, 0.018, 0.015, 0.012, 0.01, 0.01, 0.005, 0.005, 0.005]
 )

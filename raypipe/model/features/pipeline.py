@@ -15,8 +15,6 @@ the model version::
                     "state": {...its fitted attributes, e.g. "centers_"...}}, ...],
      "pca": null | {"kind": "pca", "params": {...}, "state": {...}},
      "feature_names": [...]}
-
-``raypipe.features/1`` files (numeric impute/scale + one-hot) still load.
 """
 from __future__ import annotations
 
@@ -35,11 +33,10 @@ from raypipe.model.features.numeric import SKETCH_POINTS, NumericTransformer
 from raypipe.model.features.pca import PcaReducer
 from raypipe.model.features.text import TextVectorizer
 
-__all__ = ["FORMAT", "LEGACY_FORMAT", "OTHER", "SKETCH_POINTS", "FeaturePipeline"]
+__all__ = ["FORMAT", "OTHER", "SKETCH_POINTS", "FeaturePipeline"]
 
 FORMAT = "raypipe.features/2"
 RECORDS_FAST_MAX = 1024  # lists of records up to this long skip the DataFrame (see _records_transform)
-LEGACY_FORMAT = "raypipe.features/1"
 OPERATORS: dict[str, type[Operator]] = {
     op.kind: op for op in (NumericTransformer, CategoricalEncoder, TextVectorizer, ImageTransformer)
 }
@@ -317,30 +314,6 @@ class FeaturePipeline:
                 return False
         return True
 
-    # -- fitted state, as the old single-class pipeline exposed it ----------------------
-    def _op(self, kind: str) -> Any:
-        return next((op for op in self.operators if op.kind == kind), None)
-
-    @property
-    def impute_values_(self) -> dict[str, float]:
-        return self._op("numeric").impute_values_ if self._op("numeric") else {}
-
-    @property
-    def centers_(self) -> dict[str, float]:
-        return self._op("numeric").centers_ if self._op("numeric") else {}
-
-    @property
-    def scales_(self) -> dict[str, float]:
-        return self._op("numeric").scales_ if self._op("numeric") else {}
-
-    @property
-    def clip_(self) -> dict[str, list[float]]:
-        return self._op("numeric").clip_ if self._op("numeric") else {}
-
-    @property
-    def categories_(self) -> dict[str, list[str]]:
-        return self._op("categorical").categories_ if self._op("categorical") else {}
-
     # -- serialisation (JSON, no pickle) --------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """``{"format": "raypipe.features/2", "params", "operators": [...], "pca", "feature_names"}``."""
@@ -355,17 +328,17 @@ class FeaturePipeline:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeaturePipeline:
-        """A fitted pipeline from :meth:`to_dict` output (``raypipe.features/2`` or ``/1``)."""
+        """A fitted pipeline from :meth:`to_dict` output (``raypipe.features/2``)."""
         fmt = d.get("format") if isinstance(d, dict) else None
-        if fmt not in (FORMAT, LEGACY_FORMAT):
-            raise ArtifactError(f"not a raypipe feature pipeline (format {fmt!r})")
+        if fmt != FORMAT:
+            raise ArtifactError(f"not a raypipe feature pipeline in format {FORMAT} (format {fmt!r}); "
+                                "a model saved by an older raypipe must be retrained")
         try:
-            obj = cls._from_v1(d) if fmt == LEGACY_FORMAT else cls._from_v2(d)
+            obj = cls._from_v2(d)
             names = obj.feature_names_
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ArtifactError(f"malformed feature pipeline ({fmt}): {e}") from e
-        expected = d["state"]["feature_names_"] if fmt == LEGACY_FORMAT else d.get("feature_names")
-        if names != expected:
+        if names != d.get("feature_names"):
             raise ArtifactError(f"feature pipeline ({fmt}) is inconsistent: its state gives other feature names")
         return obj
 
@@ -379,22 +352,6 @@ class FeaturePipeline:
         if (d["pca"] is None) != (obj.pca is None):
             raise ValueError("pca state does not match pca_components")
         obj.pca = PcaReducer.from_dict(d["pca"]) if d["pca"] is not None else None
-        return obj
-
-    @classmethod
-    def _from_v1(cls, d: dict[str, Any]) -> FeaturePipeline:
-        """The single-class pipeline's format: numeric impute/scale + one-hot."""
-        obj = cls(**d["params"])
-        state = d["state"]
-        loaded: list[Operator] = []
-        for op in obj.operators:
-            if op.kind == "numeric":
-                st = {"impute_values_": state["impute_values_"], "clip_": {}, "centers_": state["centers_"],
-                      "scales_": state["scales_"]}
-            else:
-                st = {"categories_": state["categories_"]}
-            loaded.append(type(op).from_dict({"kind": op.kind, "params": op.get_params(), "state": st}))
-        obj.operators = loaded
         return obj
 
 

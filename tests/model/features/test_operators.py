@@ -524,14 +524,13 @@ def test_pipeline_ray_fit_and_parity(ray_session, monkeypatch: pytest.MonkeyPatc
     assert np.array_equal(back.transform(test), served_pandas)
 
 
-def test_pipeline_format_and_compat_attributes() -> None:
+def test_pipeline_format() -> None:
     fp = FeaturePipeline(NUMERIC, CATEGORICAL, **PIPELINE_KW).fit(make_frame())
     d = fp.to_dict()
     assert d["format"] == "raypipe.features/2"
     assert [o["kind"] for o in d["operators"]] == ["numeric", "categorical", "text", "image"]
     assert d["pca"] is None and d["feature_names"] == fp.feature_names_
-    assert set(fp.impute_values_) == set(fp.centers_) == set(fp.scales_) == set(NUMERIC)
-    assert fp.categories_ == fp.operators[1].categories_
+    assert set(fp.operators[0].impute_values_) == set(fp.operators[0].centers_) == set(NUMERIC)
     assert fp.n_features == sum(op.n_features for op in fp.operators)
 
 
@@ -551,40 +550,10 @@ def test_pipeline_rejects_a_column_in_two_groups() -> None:
         FeaturePipeline(["amount"], ["review"], text=["review"])
 
 
-# --- raypipe.features/1 files (models already in registries) ------------------------
-V1 = {  # written by the single-class pipeline (raypipe 0.x), max_categories=2, standard scaling
-    "format": "raypipe.features/1",
-    "params": {"numeric": ["amount", "flag"], "categorical": ["country"], "impute": "median", "fill_value": 0.0,
-               "scale": "standard", "max_categories": 2},
-    "state": {"impute_values_": {"amount": 7.25, "flag": 0.5}, "centers_": {"amount": 13.15, "flag": 0.5},
-              "scales_": {"amount": 13.87227450708787, "flag": 0.5}, "categories_": {"country": ["US", "DE"]},
-              "feature_names_": ["amount", "flag", "country=US", "country=DE", "country=__other__"]},
-}
-V1_INPUT = pd.DataFrame({"amount": [None, 100.0, 3.0], "flag": [True, False, None], "country": ["JP", None, "DE"]})
-V1_OUTPUT = [  # that pipeline's transform of V1_INPUT
-    [-0.4253087639808655, 1.0, 0.0, 0.0, 1.0],
-    [6.2606892585754395, -1.0, 0.0, 0.0, 0.0],
-    [-0.7316752672195435, 0.0, 0.0, 1.0, 0.0],
-]
-
-
-def test_loads_v1_dicts() -> None:
-    fp = FeaturePipeline.from_dict(json.loads(json.dumps(V1)))
-    assert fp.feature_names_ == V1["state"]["feature_names_"]
-    assert fp.impute_values_ == V1["state"]["impute_values_"] and fp.categories_ == V1["state"]["categories_"]
-    assert np.array_equal(fp.transform(V1_INPUT), np.array(V1_OUTPUT, dtype=np.float32))
-    for k, rec in enumerate(records(V1_INPUT)):
-        assert np.array_equal(fp.transform(rec)[0], np.array(V1_OUTPUT[k], dtype=np.float32))
-    again = FeaturePipeline.from_dict(json.loads(json.dumps(fp.to_dict())))  # re-saved as /2
-    assert again.to_dict()["format"] == "raypipe.features/2"
-    assert np.array_equal(again.transform(V1_INPUT), np.array(V1_OUTPUT, dtype=np.float32))
-
-
-def test_v1_with_bad_state_is_an_artifact_error() -> None:
-    broken = json.loads(json.dumps(V1))
-    del broken["state"]["centers_"]
-    with pytest.raises(ArtifactError):
-        FeaturePipeline.from_dict(broken)
+def test_v1_dicts_are_refused() -> None:
+    """``raypipe.features/1`` (the single-class pipeline of raypipe 0.x) no longer loads."""
+    with pytest.raises(ArtifactError, match="must be retrained"):
+        FeaturePipeline.from_dict({"format": "raypipe.features/1", "params": {}, "state": {}})
 
 
 # --- from the spec and schema (stage.build) ------------------------------------------
