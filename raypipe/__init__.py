@@ -9,7 +9,7 @@ The public API mirrors the command line::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from raypipe.version import __version__  # noqa: F401
 
 # The subpackage raypipe.serve is imported first: importing a subpackage binds its name on
 # the parent, and that must happen before the public serve() function takes the name,

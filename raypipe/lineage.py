@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from raypipe import __version__
+from raypipe.version import __version__
 
 ROOT = Path(__file__).parent
 

@@ -38,6 +38,7 @@ STAGES: tuple[StageDef, ...] = (
     StageDef("register", ("name", "registry"), "raypipe.register.stage:run", "raypipe.register"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+DATA_FINGERPRINT = "raypipe.ingest.sources:data_fingerprint"  # the source's digest, before any Ray work
 
 
 def fingerprint(spec: Spec, stage: StageDef, upstream: str | None, data_fp: str, external: str = "") -> str:
@@ -126,10 +127,8 @@ class Runner:
         self.run_id = new_run_id()
 
     def run(self) -> RunResult:
-        from raypipe.ingest.sources import data_fingerprint
-
         spec = self.spec
-        data_fp = data_fingerprint(spec.data.source, nonce=self.run_id)
+        data_fp = _resolve(DATA_FINGERPRINT)(spec.data.source, nonce=self.run_id)
         manifest: dict[str, Any] = {
             "run_id": self.run_id,
             "pipeline": spec.name,

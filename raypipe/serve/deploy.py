@@ -15,6 +15,7 @@ from raypipe.errors import RegistryError, SpecError
 from raypipe.registry import Registry
 from raypipe.runtime import SERVE_PROFILE
 from raypipe.spec import Spec
+from raypipe.version import __version__
 
 log = logging.getLogger("raypipe")
 
@@ -98,11 +99,10 @@ def code_version(args: dict[str, Any]) -> str:
     """What makes replicas different code: the constructor's arguments and the source the replica runs."""
     import inspect
 
-    import raypipe
     from raypipe.model import predictor
     from raypipe.serve import app, http, request_model
 
-    h = hashlib.sha256(json.dumps({"raypipe": raypipe.__version__, "args": args}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"raypipe": __version__, "args": args}, sort_keys=True).encode())
     for module in (app, http, request_model, predictor):
         h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:16]
