@@ -44,7 +44,7 @@ def spec(storage: Path, scheduler: str, epochs: int, rf: float) -> dict[str, Any
 
 def trained_epochs(storage: Path, trial_ids: list[str]) -> int:
     """Complete checkpoints written by the trials' rank 0: one per epoch trained."""
-    return sum(len(glob.glob(str(storage / "work" / "tune" / "*" / "train" / t / "*" / "COMPLETE.json")))
+    return sum(len(glob.glob(str(storage / "work" / "tune" / "*" / "train" / t / "*" / "_COMPLETE.json")))
                for t in trial_ids)
 
 

@@ -3,27 +3,22 @@
 A checkpoint folder holds the weights (safetensors), the best weights so far when early
 stopping keeps them, the optimizer / LR-schedule / gradient-scaler state (``torch.save``
 of plain tensors and numbers, read back with ``weights_only=True``) and ``meta.json``
-(epoch counter, history). Its completion marker, ``COMPLETE.json``, is written last and
-holds the sha256 of every other file: a folder without it, or whose files do not match
-it, is not a checkpoint. On resume the newest *complete* checkpoint wins.
+(epoch counter, history). It is sealed like every artifact (:mod:`raypipe.store`): the
+marker is written last and holds the sha256 of every other file, so a folder without it,
+or whose files do not match it, is not a checkpoint. On resume the newest *complete*
+checkpoint wins.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 from typing import Any
 
-WEIGHTS, BEST, STATE, META, MARKER = "model.safetensors", "best.safetensors", "train_state.pt", "meta.json", "COMPLETE.json"
+from raypipe.errors import ArtifactError
+from raypipe.store import MARKER, Store
 
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+WEIGHTS, BEST, STATE, META = "model.safetensors", "best.safetensors", "train_state.pt", "meta.json"
 
 
 def write(folder: str, *, weights: dict[str, Any], state: dict[str, Any], meta: dict[str, Any],
@@ -35,26 +30,23 @@ def write(folder: str, *, weights: dict[str, Any], state: dict[str, Any], meta: 
     def tensors(sd: dict[str, Any]) -> bytes:
         return save({k: v.detach().cpu().contiguous() for k, v in sd.items()})
 
-    files = {WEIGHTS: tensors(weights), META: json.dumps(meta).encode()}
+    store = Store(folder)
+    store.write_bytes(WEIGHTS, tensors(weights))
+    store.write_bytes(META, json.dumps(meta).encode())
     if best is not None:
-        files[BEST] = tensors(best)
+        store.write_bytes(BEST, tensors(best))
     buf = io.BytesIO()
     torch.save(state, buf)
-    files[STATE] = buf.getvalue()
-    for name, data in files.items():
-        with open(os.path.join(folder, name), "wb") as f:
-            f.write(data)
-    marker = {"epoch": meta["epoch"], "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
-    with open(os.path.join(folder, MARKER), "w") as f:
-        json.dump(marker, f)
+    store.write_bytes(STATE, buf.getvalue())
+    store.complete_artifact("", {"epoch": meta["epoch"]})
 
 
 def is_complete(folder: str) -> bool:
     """True when the marker is there and every file it lists has its recorded sha256."""
     try:
-        marker = json.load(open(os.path.join(folder, MARKER)))
-        return all(_sha256(os.path.join(folder, name)) == digest for name, digest in marker["files"].items())
-    except (OSError, ValueError, KeyError, TypeError):
+        Store(folder).verify_artifact("")
+        return True
+    except (ArtifactError, OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -95,5 +87,5 @@ def newest_complete(checkpoint: Any) -> Any:
         candidate = Checkpoint(path=info.path, filesystem=fs)
         with candidate.as_directory() as d:
             if is_complete(d):
-                found.append((json.load(open(os.path.join(d, MARKER)))["epoch"], candidate))
+                found.append((Store(d).read_json(MARKER)["epoch"], candidate))
     return max(found, key=lambda t: t[0])[1] if found else None
