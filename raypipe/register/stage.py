@@ -7,18 +7,13 @@ reused, not written twice. A ready version has been loaded back from storage
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from raypipe.errors import ArtifactError
 from raypipe.lineage import lineage_record
 from raypipe.registry import Registry
-from raypipe.schema import feature_columns
 from raypipe.stage import RegisterOutput, StageContext, StageOutput
 from raypipe.store import Store
-
-SAMPLE_FILE = "sample.json"
-
 
 def load_check(version_store: Store, version: int) -> None:
     """The registry's verify step: the version must load into a predictor."""
@@ -40,14 +35,12 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
     else:
         metrics_doc = ev.read_json(ev.outputs.metrics_file)
         parent = (metrics_doc.get("champion") or {}).get("version", reg.alias("champion"))
-        schema = val.read_json(val.outputs.schema)
         files = {
             "features.json": feats.read_bytes(feats.outputs.features),
             "schema.json": val.read_bytes(val.outputs.schema),
             "metrics.json": ev.read_bytes(ev.outputs.metrics_file),
             "train_report.json": train.read_bytes(train.outputs.report),
             "lineage.json": json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode(),
-            SAMPLE_FILE: json.dumps(sample_rows(val, schema)).encode(),
         }
         for f in train.store.walk_files(train.outputs.model):
             files[f"model/{f}"] = train.store.read_bytes(train.outputs.model, f)
@@ -82,31 +75,3 @@ def _export(ctx: StageContext, version: int) -> dict[str, Any]:
         return {"mlflow_uri": uri, "error": f"{type(exc).__name__}: {exc}"}
     ctx.log(f"logged to MLflow {uri} as run {mlflow_run}")
     return {"mlflow_uri": uri, "mlflow_run_id": mlflow_run}
-
-
-def sample_rows(val: StageOutput, schema: dict[str, Any], n: int = 2) -> list[dict[str, Any]]:
-    """A few rows of the test split (one per class first), as a client would send them: the version's example."""
-    import pyarrow.dataset as pads
-
-    split = val.outputs.splits.get("test")
-    if split is None:
-        return []
-    cols = feature_columns(schema)
-    target = (schema.get("target") or {}).get("name")
-    table = pads.dataset(val.store.path(split), filesystem=val.store.fs, format="parquet").head(
-        2000, columns=cols + schema["id_columns"] + ([target] if target else []))
-    required = [c for c in cols if not schema["columns"][c].get("nullable", True)]
-    first, rest, labels = [], [], set()
-    for row in table.to_pylist():
-        label = row.pop(target, None) if target else None
-        if all(row[c] is not None for c in required):
-            (rest if label in labels else first).append(row)
-            labels.add(label)
-    return [{k: _json_value(v) for k, v in row.items()} for row in (first + rest)[:n]]
-
-
-def _json_value(v: Any) -> Any:
-    """A stored value as a client sends it: NaN as null, an image as nested lists."""
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v.tolist() if hasattr(v, "tolist") else v

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -11,10 +12,13 @@ from typing import Any
 
 import yaml
 
-from raypipe.errors import RegistryError, SpecError
+from raypipe.errors import SpecError
 from raypipe.registry import Registry
 from raypipe.runtime import SERVE_PROFILE
+from raypipe.schema import feature_columns
 from raypipe.spec import Spec
+from raypipe.stage import OUTPUTS_FILE, ValidateOutput, artifact_path
+from raypipe.store import Store
 from raypipe.version import __version__
 
 log = logging.getLogger("raypipe")
@@ -194,12 +198,33 @@ def api_key_digest(spec: Spec) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def sample_request(spec: Spec, version: int) -> list[dict[str, Any]]:
-    """A few rows of the version's own test split, as a client would send them (saved with the version)."""
+def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]:
+    """A few rows of the version's own test split, as a client would send them (one per class first)."""
+    import pyarrow.dataset as pads
+
     vs = Registry(spec.storage, spec.name).version_store(version)
-    if not vs.exists("sample.json"):
-        raise RegistryError(f"{spec.name}: version {version} holds no sample request (registered by an older raypipe)")
-    return vs.read_json("sample.json")
+    schema, lineage = vs.read_json("schema.json"), vs.read_json("lineage.json")
+    validate = Store(spec.storage).sub(artifact_path("validate", lineage["stages"]["validate"]))
+    split = ValidateOutput.from_json(validate.read_json(OUTPUTS_FILE)).splits["test"]
+    cols = feature_columns(schema)
+    target = (schema.get("target") or {}).get("name")
+    table = pads.dataset(validate.path(split), filesystem=validate.fs, format="parquet").head(
+        2000, columns=cols + schema["id_columns"] + ([target] if target else []))
+    required = [c for c in cols if not schema["columns"][c].get("nullable", True)]
+    first, rest, labels = [], [], set()
+    for row in table.to_pylist():
+        label = row.pop(target, None) if target else None
+        if all(row[c] is not None for c in required):
+            (rest if label in labels else first).append(row)
+            labels.add(label)
+    return [{k: _json_value(v) for k, v in row.items()} for row in (first + rest)[:n]]
+
+
+def _json_value(v: Any) -> Any:
+    """A stored value as a client sends it: NaN as null, an image as nested lists."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v.tolist() if hasattr(v, "tolist") else v
 
 
 def shutdown() -> None:
