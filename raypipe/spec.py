@@ -179,7 +179,7 @@ class SplitSection(_Section):
 class DataSection(_Section):
     source: Source
     target: str | None = None
-    task: Literal["classification", "regression", "clustering", "anomaly"] = "classification"
+    task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]  # one entry per raypipe.tasks.TASKS
     id_columns: list[str] = Field(default_factory=list, description="kept with the rows, never used as features")
     split: SplitSection = Field(default_factory=SplitSection)
 
@@ -402,12 +402,6 @@ class TuneSection(_Section):
         return v
 
 
-TUNE_METRICS = {
-    "classification": ("val_f1", "val_accuracy", "val_loss", "train_loss"),
-    "regression": ("val_rmse", "val_loss", "train_loss"),
-}
-
-
 class VsChampion(_Section):
     metric: str = "f1"
     min_delta: float = 0.0
@@ -567,10 +561,12 @@ class Spec(_Section):
     def _cross_checks(self) -> "Spec":
         task = self.data.task
         if self.tune is not None:
-            if task not in TUNE_METRICS:
-                raise ValueError(f"tune: search needs a supervised task (classification or regression), not {task!r}; "
-                                 "remove the tune section")
-            allowed = TUNE_METRICS[task] if self.model.is_torch else tuple(m for m in TUNE_METRICS[task] if m != "train_loss")
+            reported = TASKS[task].tune_metrics
+            if not reported:
+                tunable = [t.name for t in TASKS.values() if t.tune_metrics]
+                raise ValueError(f"tune: search needs a task whose trials report a metric ({' or '.join(tunable)}), "
+                                 f"not {task!r}; remove the tune section")
+            allowed = reported if self.model.is_torch else tuple(m for m in reported if m != "train_loss")
             if self.tune.metric is not None and self.tune.metric not in allowed:
                 raise ValueError(f"tune.metric: {self.tune.metric!r} is not reported by {task} trials; use one of {list(allowed)}")
             if self.data.split.validation == 0 and (self.tune.metric or "val_").startswith("val_"):
@@ -580,8 +576,8 @@ class Spec(_Section):
             defaults = TASKS[task].default_metrics
             self.evaluate.metrics = list(defaults if task != "anomaly" or self.data.target else ("anomaly_rate",))
         gate = self.evaluate.gate
-        if gate.vs_champion and task in ("regression", "clustering") and gate.vs_champion.metric == "f1":
-            gate.vs_champion.metric = {"regression": "rmse", "clustering": "silhouette"}[task]
+        if gate.vs_champion and gate.vs_champion.metric == "f1" and "f1" not in allowed:
+            gate.vs_champion.metric = TASKS[task].main_metric  # the default ("f1") is not this task's
         if task in UNSUPERVISED_TASKS and self.model.is_torch:
             example = "sklearn:sklearn.cluster:KMeans" if task == "clustering" else "sklearn:sklearn.ensemble:IsolationForest"
             raise ValueError(f"model.kind: task {task!r} needs a scikit-learn estimator, not {self.model.kind!r}; "
@@ -591,10 +587,10 @@ class Spec(_Section):
             if es.metric.startswith("val_") and self.data.split.validation == 0:
                 raise ValueError(f"train.early_stopping.metric: {es.metric!r} needs a validation split "
                                  "(data.split.validation > 0), or use metric: train_loss")
-            if es.metric == "val_accuracy" and task != "classification":
+            if es.metric == "val_accuracy" and not TASKS[task].has_classes:
                 raise ValueError(f"train.early_stopping.metric: 'val_accuracy' needs task classification, not {task!r}; "
                                  "use val_loss")
-        if self.features.balance != "none" and task != "classification":
+        if self.features.balance != "none" and not TASKS[task].has_classes:
             raise ValueError(f"features.balance: {self.features.balance!r} needs task classification, not {task!r}; "
                              "set balance: none")
         used = [("evaluate.metrics", m) for m in self.evaluate.metrics]

@@ -24,6 +24,11 @@ class Task:
         main_metric: the metric findings and the overfitting gap are stated in.
         default_metrics: ``evaluate.metrics`` when the spec leaves the default.
         metrics: every metric the evaluate stage computes for it.
+        scores: what a model outputs per row: ``probabilities`` (one per class), ``value``,
+            ``cluster`` (the id) or ``anomaly_score`` (higher = more anomalous).
+        tune_metrics: what a Tune trial reports (the first is the default, ``tune_mode`` its
+            direction); empty when the task cannot be tuned.
+        serving_methods: an unsupervised estimator must have one of these to score new rows.
     """
 
     name: str
@@ -31,10 +36,15 @@ class Task:
     main_metric: str
     default_metrics: tuple[str, ...]
     metrics: tuple[str, ...]
+    scores: str
+    tune_metrics: tuple[str, ...] = ()
+    tune_mode: str = "max"
+    serving_methods: tuple[str, ...] = ()
 
     @property
     def has_classes(self) -> bool:
-        return self.name == "classification"
+        """Labels are classes and scores are class probabilities."""
+        return self.scores == "probabilities"
 
     def encode_labels(self, values: Any, classes: list[str] | None) -> np.ndarray:
         """Labels as the model and the metrics use them: class index, float value, or 0/1 anomaly flag."""
@@ -49,7 +59,7 @@ class Task:
         classification: class index (binary: positive-class score >= threshold, else argmax);
         regression: the value; clustering: the cluster id; anomaly: 1 where score >= threshold.
         """
-        if self.name == "classification":
+        if self.has_classes:
             if scores.shape[1] == 2:
                 return (scores[:, 1] >= threshold).astype(np.int64)
             return scores.argmax(axis=1)
@@ -89,10 +99,14 @@ class Task:
 _CLASSIFICATION_ALL = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted",
                        "roc_auc", "pr_auc", "log_loss", "brier")
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("classification", True, "f1", ("accuracy", "precision", "recall", "f1", "roc_auc"), _CLASSIFICATION_ALL),
-    Task("regression", True, "rmse", ("rmse", "mae", "r2"), ("rmse", "mae", "r2", "mape")),
-    Task("clustering", False, "silhouette", ("silhouette", "davies_bouldin"), ("silhouette", "davies_bouldin")),
+    Task("classification", True, "f1", ("accuracy", "precision", "recall", "f1", "roc_auc"), _CLASSIFICATION_ALL,
+         "probabilities", ("val_f1", "val_accuracy", "val_loss", "train_loss")),
+    Task("regression", True, "rmse", ("rmse", "mae", "r2"), ("rmse", "mae", "r2", "mape"), "value",
+         ("val_rmse", "val_loss", "train_loss"), "min"),
+    Task("clustering", False, "silhouette", ("silhouette", "davies_bouldin"), ("silhouette", "davies_bouldin"),
+         "cluster", serving_methods=("predict",)),
     # anomaly: roc_auc/pr_auc/precision_at_k/precision/recall/f1 need a label column (data.target)
     Task("anomaly", False, "roc_auc", ("roc_auc", "precision_at_k", "anomaly_rate"),
-         ("roc_auc", "pr_auc", "precision_at_k", "precision", "recall", "f1", "anomaly_rate")),
+         ("roc_auc", "pr_auc", "precision_at_k", "precision", "recall", "f1", "anomaly_rate"), "anomaly_score",
+         serving_methods=("score_samples", "decision_function")),
 )}

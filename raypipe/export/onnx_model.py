@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from raypipe.tasks import TASKS
 from raypipe.errors import ExportError
 from raypipe.export.graph import Graph
 from raypipe.model.formats import SklearnModel, TorchModel
@@ -32,7 +33,8 @@ def _sklearn(model: SklearnModel, n_features: int) -> tuple[Any, dict[str, Any]]
     from skl2onnx.common.data_types import FloatTensorType
 
     est = model.estimator
-    options = {id(est): {"zipmap": False}} if model.task == "classification" else None
+    scores = TASKS[model.task].scores
+    options = {id(est): {"zipmap": False}} if scores == "probabilities" else None
     try:
         proto = convert_sklearn(est, initial_types=[("features", FloatTensorType([None, n_features]))],
                                 options=options, target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET})
@@ -40,9 +42,9 @@ def _sklearn(model: SklearnModel, n_features: int) -> tuple[Any, dict[str, Any]]
         raise ExportError([f"model.kind {model.meta['kind']!r}: skl2onnx cannot convert "
                            f"{type(est).__name__} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"]) from exc
     names = [o.name for o in proto.graph.output]
-    roles = {"classification": {"scores": names[-1]}, "clustering": {"label": names[0]},
-             "anomaly": {"scores": names[-1]}}.get(model.task, {"value": names[0]})
-    if model.task == "classification" and len(est.classes_) != model.meta["n_outputs"]:
+    roles = {"probabilities": {"scores": names[-1]}, "cluster": {"label": names[0]},
+             "anomaly_score": {"scores": names[-1]}}.get(scores, {"value": names[0]})
+    if scores == "probabilities" and len(est.classes_) != model.meta["n_outputs"]:
         roles["scatter"] = _class_scatter(est.classes_, model.meta["n_outputs"])
     return proto, roles
 
@@ -68,7 +70,7 @@ def _torch(model: TorchModel, n_features: int) -> tuple[Any, dict[str, Any]]:
             out = self.net(x).float()
             return torch.softmax(out, dim=1) if self.classify else out[:, :1]
 
-    head = Scores(model.net, model.task == "classification").eval()
+    head = Scores(model.net, TASKS[model.task].has_classes).eval()
     sample = torch.zeros(2, n_features, dtype=torch.float32)
     try:
         program = torch.onnx.export(head, (sample,), dynamo=True, input_names=["features"], output_names=["scores"],
@@ -76,7 +78,7 @@ def _torch(model: TorchModel, n_features: int) -> tuple[Any, dict[str, Any]]:
     except Exception as exc:
         raise ExportError([f"model.kind {model.meta['kind']!r}: torch.onnx.export failed "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"]) from exc
-    return program.model_proto, {"scores" if model.task == "classification" else "value": "scores"}
+    return program.model_proto, {"scores" if TASKS[model.task].has_classes else "value": "scores"}
 
 
 def add_decision(g: Graph, outputs: dict[str, Any], task: str, *, threshold: float, n_classes: int | None,
@@ -92,7 +94,8 @@ def add_decision(g: Graph, outputs: dict[str, Any], task: str, *, threshold: flo
     def flat() -> str:
         return g.const(np.array([-1], dtype=np.int64), "flat")
 
-    if task == "classification":
+    kind = TASKS[task].scores
+    if kind == "probabilities":
         scores = outputs["scores"]
         if "scatter" in outputs:  # classes absent from training (SklearnModel.predict_scores)
             scores = g.op("MatMul", scores, g.const(outputs["scatter"], "scatter"))
@@ -107,10 +110,10 @@ def add_decision(g: Graph, outputs: dict[str, Any], task: str, *, threshold: flo
         g.output(g.op("Gather", g.const(np.array(classes, dtype=object), "classes"), decided, axis=0), "label",
                  TensorProto.STRING, ["N"])
         return
-    if task == "regression":
+    if kind == "value":
         g.output(g.op("Reshape", outputs["value"], flat()), "prediction", TensorProto.FLOAT, ["N"])
         return
-    if task == "clustering":
+    if kind == "cluster":
         g.output(g.op("Reshape", outputs["label"], flat()), "cluster", TensorProto.INT64, ["N"])
         return
     # anomaly: skl2onnx gives decision_function = score_samples - offset_; raypipe's score is -score_samples

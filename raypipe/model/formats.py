@@ -14,6 +14,7 @@ import numpy as np
 
 from raypipe.errors import ArtifactError, SpecError
 from raypipe.store import Store
+from raypipe.tasks import TASKS
 
 MODEL_JSON = "model.json"
 TORCH_WEIGHTS = "model.safetensors"
@@ -63,7 +64,7 @@ class TorchModel:
         with self._torch.inference_mode():
             batch = self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             out = self.net(batch).float()
-            out = self._torch.softmax(out, dim=1) if self.task == "classification" else out[:, 0]
+            out = self._torch.softmax(out, dim=1) if TASKS[self.task].has_classes else out[:, 0]
             return out.cpu().numpy().astype(np.float64)
 
 
@@ -83,7 +84,8 @@ class SklearnModel:
         self.meta, self.task, self.estimator = meta, meta["task"], estimator
 
     def predict_scores(self, x: np.ndarray) -> np.ndarray:
-        if self.task == "classification":
+        scores = TASKS[self.task].scores
+        if scores == "probabilities":
             proba = self.estimator.predict_proba(x)
             k = self.meta["n_outputs"]
             if proba.shape[1] == k:
@@ -91,11 +93,9 @@ class SklearnModel:
             full = np.zeros((len(x), k))  # a class missing from training keeps probability 0
             full[:, self.estimator.classes_.astype(int)] = proba
             return full
-        if self.task == "clustering":
-            return np.asarray(self.estimator.predict(x), dtype=np.float64)  # the cluster id
-        if self.task == "anomaly":
+        if scores == "anomaly_score":
             return anomaly_score(self.estimator, x)
-        return np.asarray(self.estimator.predict(x), dtype=np.float64)
+        return np.asarray(self.estimator.predict(x), dtype=np.float64)  # the value, or the cluster id
 
 
 def anomaly_score(estimator: Any, x: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import TypeAdapter
 from ray import serve
 
+from raypipe.tasks import TASKS
 from raypipe.model.predictor import Predictor
 from raypipe.serve.request_model import request_model
 from raypipe.store import Store
@@ -102,7 +103,7 @@ class ServeMetrics:
 
     def count(self, loaded: Loaded, role: str, answers: list[dict[str, Any]]) -> None:
         tags = {"version": str(loaded.version), "role": role}
-        if loaded.predictor.task == "regression":  # a value is no class: one series, not one per value
+        if TASKS[loaded.predictor.task].scores == "value":  # a value is no class: one series, not one per value
             self.predictions.inc(len(answers), tags={**tags, "prediction": "value"})
             return
         labels = [str(a.get("prediction", a.get("cluster", a.get("is_anomaly")))) for a in answers]

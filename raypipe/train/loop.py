@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from raypipe.tasks import TASKS
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -73,7 +75,7 @@ def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> tuple[torch.optim
 
 
 def loss_function(cfg: LoopConfig, device: torch.device) -> torch.nn.Module:
-    if cfg.task == "classification":
+    if TASKS[cfg.task].has_classes:
         w = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
         return torch.nn.CrossEntropyLoss(weight=w)
     return torch.nn.MSELoss()
@@ -81,7 +83,7 @@ def loss_function(cfg: LoopConfig, device: torch.device) -> torch.nn.Module:
 
 def _loss(out: torch.Tensor, y: torch.Tensor, loss_fn: torch.nn.Module, task: str) -> torch.Tensor:
     out = out.float()  # the loss in fp32 under autocast
-    return loss_fn(out, y) if task == "classification" else loss_fn(out[:, 0], y)
+    return loss_fn(out, y) if TASKS[task].has_classes else loss_fn(out[:, 0], y)
 
 
 def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optim: torch.optim.Optimizer,
@@ -120,7 +122,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         with autocast(device, cfg.precision):
             out = model(x)
         loss_sum += _loss(out, y, loss_fn, cfg.task).double() * len(y)
-        if cfg.task == "classification":
+        if TASKS[cfg.task].has_classes:
             k = out.shape[1]
             pred = out.argmax(dim=1)
             hit = pred == y
@@ -130,7 +132,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
             counts = batch_counts if counts is None else counts + batch_counts
         n += len(y)
     out_sums = [float(loss_sum), float(correct), float(n)]
-    if cfg.task == "classification":
+    if TASKS[cfg.task].has_classes:
         k = cfg.n_outputs
         out_sums += counts.tolist() if counts is not None else [0.0] * (3 * k)
     return out_sums
@@ -142,7 +144,7 @@ def epoch_metrics(train: Sequence[float], val: Sequence[float] | None, task: str
     if val is not None:
         rows = max(val[2], 1)
         out["val_loss"] = val[0] / rows
-        if task == "classification":
+        if TASKS[task].has_classes:
             from raypipe.train.metrics import f1_from_counts
 
             k = (len(val) - 3) // 3

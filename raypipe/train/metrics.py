@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from raypipe.tasks import TASKS
+
 
 def validation_metrics(task: str, y: np.ndarray, scores: np.ndarray, n_outputs: int) -> dict[str, float]:
     from sklearn import metrics as skm
 
-    if task == "classification":
+    if TASKS[task].has_classes:
         labels = list(range(n_outputs))
         pred = scores.argmax(axis=1)
         f1 = (skm.f1_score(y, pred, pos_label=1, average="binary", zero_division=0) if n_outputs == 2

@@ -19,7 +19,7 @@ def _fit_estimator(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarr
     accepted = inspect.signature(cls).parameters
     if "random_state" in accepted:
         params.setdefault("random_state", seed)
-    if task == "anomaly" and "novelty" in accepted:
+    if "novelty" in accepted and TASKS[task].scores == "anomaly_score":
         params.setdefault("novelty", True)  # LocalOutlierFactor scores new rows only with novelty=True
     est = cls(**params)
     fit_kw = {"sample_weight": sample_weight} if sample_weight is not None and "sample_weight" in inspect.signature(est.fit).parameters else {}
@@ -35,7 +35,7 @@ def check_estimator(kind: str, task: str) -> None:
     from raypipe.errors import SpecError
 
     cls = import_estimator(kind)
-    needs = {"clustering": ("predict",), "anomaly": ("score_samples", "decision_function")}.get(task)
+    needs = TASKS[task].serving_methods
     if needs and not any(hasattr(cls, n) for n in needs):
         raise SpecError(
             f"model.kind: {kind!r} cannot score new rows for task {task!r} (it has no {' or '.join(needs)}); "

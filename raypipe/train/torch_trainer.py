@@ -21,6 +21,7 @@ from typing import Any
 from raypipe.errors import StageFailed
 from raypipe.train import checkpoint as ckpt_files
 from raypipe.model.formats import model_meta
+from raypipe.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def train_loop(config: dict[str, Any]) -> None:
         start_epoch, history = meta["epoch"] + 1, meta["history"]
         # A restart after a failure: record where training picked up again.
         resumes = meta.get("resumes", []) + [{"from_checkpoint_epoch": meta["epoch"], "first_epoch": start_epoch}]
-    dtypes = {"x": torch.float32, "y": torch.int64 if cfg.task == "classification" else torch.float32}
+    dtypes = {"x": torch.float32, "y": torch.int64 if TASKS[cfg.task].has_classes else torch.float32}
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
     bs = config["batch_size"]

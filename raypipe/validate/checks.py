@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from raypipe.columns import as_float
+from raypipe.tasks import TASKS
 from raypipe.schema import NUMERIC_TYPES, feature_columns, label_strings
 from raypipe.validate.profile import block_profile, row_hashes, text_value_counts
 
@@ -262,12 +263,12 @@ def target_findings(schema: dict[str, Any], stats: dict[str, Any], present: list
     if not target or target["name"] not in present:
         return []
     name, task = target["name"], target["task"]
-    if task == "classification" and len(stats["classes"]) < 2:
+    if TASKS[task].has_classes and len(stats["classes"]) < 2:
         seen = sorted(stats["classes"])
         return [finding("error", "target", f"target {name!r} has {len(seen)} class(es) {seen} in the training split; "
                         "classification needs at least 2: check data.target and the source",
                         column=name, value=len(seen), limit=2, split="train")]
-    if task == "regression" and target["type"] not in NUMERIC_TYPES:
+    if TASKS[task].scores == "value" and target["type"] not in NUMERIC_TYPES:
         return [finding("error", "target", f"target {name!r} is {target['type']} but task regression needs numbers; "
                         "convert the column or choose task classification", column=name, value=target["type"],
                         limit="number", split="train")]

@@ -22,6 +22,7 @@ from typing import Any
 
 from raypipe.datasets import has_rows, read_parquet
 from raypipe.errors import DataValidationError
+from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
 from raypipe.validate import reference as refs
 from raypipe.validate import sink
@@ -97,7 +98,7 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None) -> tu
 def _settle_schema(schema: dict[str, Any], train: SplitCheck, source: str) -> None:
     """What the training split decides: classes, nullable (inferred schemas), image shapes."""
     target = schema.get("target")
-    if target and target["task"] == "classification":
+    if target and TASKS[target["task"]].has_classes:
         target["classes"] = sorted(train.stats["classes"])
     if source == "inferred":  # serving requires the columns that were never missing
         for c, col in schema["columns"].items():
@@ -148,7 +149,7 @@ def _check_all(datasets: dict[str, Any], schema: dict[str, Any], source: str, bo
     checks = _check_splits(datasets, schema, None, bounds, artifact)
     _settle_schema(schema, checks["train"], source)
     target = schema.get("target")
-    classes = target["classes"] if target and target["task"] == "classification" else None
+    classes = target["classes"] if target and TASKS[target["task"]].has_classes else None
     again = [s for s, c in checks.items() if s != "train" and _needs_recheck(c, schema, classes)]
     if again:
         checks.update(_check_splits({s: datasets[s] for s in again}, schema, classes, bounds, artifact))

@@ -28,6 +28,7 @@ import uuid
 from typing import Any
 
 from raypipe.errors import StageFailed
+from raypipe.tasks import TASKS
 from raypipe.train import fit as training
 from raypipe.train.tune.space import flat, search_space, trial_count, trial_spec
 from raypipe.train.tune.trust import make_private, why_untrusted
@@ -107,7 +108,8 @@ def resolved_metric(spec: Any) -> tuple[str, str]:
     t = spec.tune
     if t.metric:
         return t.metric, t.mode or ("min" if t.metric.endswith(("loss", "rmse")) else "max")
-    return ("val_f1", "max") if spec.data.task == "classification" else ("val_rmse", "min")
+    task = TASKS[spec.data.task]
+    return task.tune_metrics[0], task.tune_mode
 
 
 def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> training.Fitted:

@@ -46,7 +46,7 @@ def test_bad_space_names_the_path_and_the_fix(space, match) -> None:
 def test_metric_and_task_checks() -> None:
     with pytest.raises(SpecError, match="'val_rmse' is not reported by classification trials"):
         spec(metric="val_rmse")
-    with pytest.raises(SpecError, match="needs a supervised task"):
+    with pytest.raises(SpecError, match="search needs a task whose trials report a metric"):
         raypipe.load_spec({**BASE, "data": {"source": {"type": "builtin", "name": "iris"}, "task": "clustering"},
                            "model": {"kind": "sklearn:sklearn.cluster:KMeans"},
                            "tune": {"space": {"model.params.n_clusters": {"randint": [2, 5]}}}})
