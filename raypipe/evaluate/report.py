@@ -1,8 +1,11 @@
 """A human-friendly evaluation report: PNG plots and one self-contained ``report.html``.
 
 Plots are drawn on ``matplotlib.figure.Figure`` objects and rendered with the Agg
-canvas into memory, so no pyplot state or global backend is touched. The HTML page
-uses inline CSS only (no JS, no external URLs) and escapes every piece of text.
+canvas into memory, so no pyplot figure or global backend is touched. Where
+scikit-learn has a display for a plot (confusion matrix, ROC, precision-recall,
+calibration, prediction error) its ``Display`` class draws on the figure's axes.
+The HTML page uses inline CSS only (no JS, no external URLs) and escapes every
+piece of text.
 
 Plots by ``doc["task"]``: classification (confusion matrix, ROC, precision-recall,
 calibration), clustering (cluster sizes, PCA projection), anomaly (score histogram;
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
-from sklearn.calibration import calibration_curve
+from sklearn.calibration import CalibrationDisplay
 from sklearn.decomposition import PCA
 
 from raypipe.report_format import fmt as _fmt
@@ -83,17 +86,13 @@ def _subsample(n: int) -> np.ndarray:
 
 
 def _confusion_plot(cm: np.ndarray, names: list[str]) -> bytes:
-    k = len(names)
-    side = min(16.0, 0.6 * k + 3)
+    side = min(16.0, 0.6 * len(names) + 3)
     fig = Figure(figsize=(side + 1, side))
     ax = fig.add_subplot()
-    im = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(im, ax=ax)
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="actual", title="Confusion matrix")
-    ax.set_xticklabels([_text(n) for n in names], rotation=45, ha="right")
-    ax.set_yticklabels([_text(n) for n in names])
+    skm.ConfusionMatrixDisplay(cm, display_labels=[_text(n) for n in names]).plot(ax=ax, cmap="Blues", xticks_rotation=45)
+    for t in ax.get_xticklabels():
+        t.set_horizontalalignment("right")
+    ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix")
     return _png(fig)
 
 
@@ -101,14 +100,12 @@ def _curve_plots(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, 
     """ROC and precision-recall plots; `curves` holds (label, is_positive, positive_score) per curve."""
     roc, pr = Figure(figsize=(6, 5)), Figure(figsize=(6, 5))
     rax, pax = roc.add_subplot(), pr.add_subplot()
-    for n, truth, s in curves:
-        fpr, tpr, _ = skm.roc_curve(truth, s)
-        rax.plot(fpr, tpr, label=_text(f"{n} (AUC {skm.auc(fpr, tpr):.3f})"))
-        prec, rec, _ = skm.precision_recall_curve(truth, s)
-        pax.plot(rec, prec, label=_text(f"{n} (AUC {skm.auc(rec, prec):.3f})"))
-    rax.plot([0, 1], [0, 1], "k--", lw=1)
+    for i, (n, truth, s) in enumerate(curves):  # the displays put "name (AUC = ...)" / "name (AP = ...)" in the legend
+        skm.RocCurveDisplay.from_predictions(truth, s, name=_text(n), ax=rax, plot_chance_level=i == len(curves) - 1)
+        skm.PrecisionRecallDisplay.from_predictions(truth, s, name=_text(n), ax=pax,
+                                                    plot_chance_level=len(curves) == 1)
     rax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
-    pax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", ylim=(0, 1.05))
+    pax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve")
     for ax in (rax, pax):
         ax.legend(loc="lower right" if ax is rax else "lower left", fontsize="small")
     return {"roc": _png(roc), "precision_recall": _png(pr)}
@@ -125,11 +122,9 @@ def _classification_plots(doc: dict[str, Any], y: np.ndarray, pred: np.ndarray, 
     curves = [(1, "positive")] if k == 2 else [(c, names[c]) for c in range(min(k, MAX_CURVE_CLASSES))]
     out.update(_curve_plots([(n, y == c, scores[:, c]) for c, n in curves if 0 < np.sum(y == c) < len(y)]))
     if k == 2:
-        frac_pos, mean_pred = calibration_curve(y, scores[:, 1], n_bins=10)
         fig = Figure(figsize=(6, 5))
         ax = fig.add_subplot()
-        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
-        ax.plot(mean_pred, frac_pos, "o-", label="model")
+        CalibrationDisplay.from_predictions(y, scores[:, 1], n_bins=10, pos_label=1, name="model", ax=ax)
         ax.set(xlabel="mean predicted probability", ylabel="fraction of positives", title="Calibration")
         ax.legend(loc="upper left")
         out["calibration"] = _png(fig)
@@ -208,22 +203,18 @@ def _anomaly_plots(doc: dict[str, Any], y: np.ndarray | None, pred: np.ndarray,
 
 def _regression_plots(y: np.ndarray, pred: np.ndarray) -> dict[str, bytes]:
     y, pred = y.astype(float), pred.astype(float)
-    idx = _subsample(len(y))
+    idx = _subsample(len(y))  # our own subsample (without replacement), so the display's is off
     resid = y - pred
     out: dict[str, bytes] = {}
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
-    ax.scatter(y[idx], pred[idx], s=6, alpha=0.5)
-    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual")
-    out["predicted_vs_actual"] = _png(fig)
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
-    ax.scatter(pred[idx], resid[idx], s=6, alpha=0.5)
-    ax.axhline(0, color="k", ls="--", lw=1)
-    ax.set(xlabel="predicted", ylabel="residual (actual - predicted)", title="Residuals vs predicted")
-    out["residuals"] = _png(fig)
+    for name, kind, ylabel, title in (("predicted_vs_actual", "actual_vs_predicted", "actual", "Actual vs predicted"),
+                                      ("residuals", "residual_vs_predicted", "residual (actual - predicted)",
+                                       "Residuals vs predicted")):
+        fig = Figure(figsize=(6, 5))
+        ax = fig.add_subplot()
+        skm.PredictionErrorDisplay.from_predictions(y[idx], pred[idx], kind=kind, subsample=None, ax=ax,
+                                                    scatter_kwargs={"s": 6, "alpha": 0.5})
+        ax.set(xlabel="predicted", ylabel=ylabel, title=title)
+        out[name] = _png(fig)
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
     ax.hist(resid, bins=min(50, max(5, len(resid) // 10)))

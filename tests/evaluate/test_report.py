@@ -192,3 +192,42 @@ def test_anomaly_single_class_labels_skip_curves(tmp_path):
     paths = write_report(Store(str(tmp_path)), doc, y=np.zeros(100, dtype=int), pred=pred, scores=scores)
     names, _ = _check_outputs(tmp_path, paths)
     assert names == {"score_histogram.png"}
+
+
+def _multiclass(k, n=600, seed=5, present=None):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(present if present is not None else np.arange(k), n)
+    logits = np.eye(k)[y] * 2 + rng.normal(0, 1, (n, k))
+    scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, scores, scores.argmax(1)
+
+
+def test_many_classes_and_absent_classes(tmp_path):
+    from raypipe.evaluate.report import MAX_CURVE_CLASSES
+    k = MAX_CURVE_CLASSES + 5
+    # classes 1 and 3 never occur in y; curves are capped at MAX_CURVE_CLASSES classes
+    y, scores, pred = _multiclass(k, present=[c for c in range(k) if c not in (1, 3)])
+    cls = [f"c{i}" for i in range(k)]
+    paths = write_report(Store(str(tmp_path)), _clf_doc(y, pred, cls), y=y, pred=pred, scores=scores, class_names=cls)
+    names, _ = _check_outputs(tmp_path, paths)
+    assert names == {"confusion_matrix.png", "roc.png", "precision_recall.png", "slice_region.png"}
+
+
+def test_classification_without_scores_or_names(tmp_path):
+    y, _, pred = _multiclass(3, n=90)
+    doc = _clf_doc(y, pred, ["0", "1", "2"])
+    del doc["test"]["confusion_matrix"]  # recomputed from y and pred
+    paths = write_report(Store(str(tmp_path)), doc, y=y, pred=pred, scores=None)
+    names, _ = _check_outputs(tmp_path, paths)
+    assert names == {"confusion_matrix.png", "slice_region.png"}
+
+
+def test_dollar_labels_and_no_pyplot_figures(tmp_path):
+    import matplotlib.pyplot as plt
+    before = plt.get_fignums()
+    y, scores, pred = _multiclass(2, n=200)
+    cls = ["$cheap", "x $^$ y"]  # "$^$" is a mathtext parse error unless the "$" are escaped
+    paths = write_report(Store(str(tmp_path)), _clf_doc(y, pred, cls), y=y, pred=pred, scores=scores, class_names=cls)
+    names, _ = _check_outputs(tmp_path, paths)
+    assert "calibration.png" in names and "roc.png" in names
+    assert plt.get_fignums() == before  # drawn on Figure objects, no pyplot figures left behind
