@@ -142,14 +142,19 @@ def validate(spec: Path = SpecArg) -> None:
     out.print(f"{spec}: valid spec for pipeline {s.name!r} ({s.data.task}, model {s.model.kind})")
 
 
-@registry_app.command("list")
-def registry_list(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json")) -> None:
-    """List model versions with status, key metrics and aliases."""
+def _registry(spec: Path) -> tuple[Any, Any]:
+    """The spec and its pipeline's registry."""
     from raypipe.api import as_spec
     from raypipe.registry import Registry
 
     s = as_spec(spec)
-    reg = Registry(s.storage, s.name)
+    return s, Registry(s.storage, s.name)
+
+
+@registry_app.command("list")
+def registry_list(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json")) -> None:
+    """List model versions with status, key metrics and aliases."""
+    s, reg = _registry(spec)
     rows = [{"version": v, **reg.info(v)} for v in reg.versions()]
     if json_out:
         print(json.dumps([{k: r[k] for k in ("version", "status", "metrics", "aliases")} for r in rows]))
@@ -166,11 +171,7 @@ def registry_list(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--
 @registry_app.command("show")
 def registry_show(spec: Path = SpecArg, version: Optional[int] = typer.Argument(None)) -> None:
     """Everything about one version (default: the champion)."""
-    from raypipe.api import as_spec
-    from raypipe.registry import Registry
-
-    s = as_spec(spec)
-    reg = Registry(s.storage, s.name)
+    _, reg = _registry(spec)
     v = reg.resolve(version=version)
     print(json.dumps({"version": v, **reg.info(v)}, indent=2, default=str))
 
@@ -182,11 +183,8 @@ def registry_promote(spec: Path = SpecArg, version: int = typer.Argument(...),
                                                          "endpoint on the cluster to it, in place, without downtime."),
                      address: Optional[str] = AddressOpt) -> None:
     """Point an alias at a version (recorded in the audit log)."""
-    from raypipe.api import as_spec
-    from raypipe.registry import Registry
-
-    s = as_spec(spec)
-    Registry(s.storage, s.name).set_alias(alias, version, reason=reason)
+    s, reg = _registry(spec)
+    reg.set_alias(alias, version, reason=reason)
     err.print(f"{s.name}: {alias} → version {version}")
     if update_serving:
         from raypipe.serve.deploy import deploy
@@ -199,11 +197,8 @@ def registry_promote(spec: Path = SpecArg, version: int = typer.Argument(...),
 def registry_rollback(spec: Path = SpecArg, alias: str = typer.Option("champion", "--alias"),
                       reason: str = typer.Option("manual rollback", "--reason")) -> None:
     """Point an alias back at its previous version (recorded in the audit log)."""
-    from raypipe.api import as_spec
-    from raypipe.registry import Registry
-
-    s = as_spec(spec)
-    version = Registry(s.storage, s.name).rollback(alias, reason=reason)
+    s, reg = _registry(spec)
+    version = reg.rollback(alias, reason=reason)
     err.print(f"{s.name}: {alias} rolled back to version {version}")
 
 
