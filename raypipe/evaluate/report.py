@@ -4,8 +4,8 @@ Plots are drawn on ``matplotlib.figure.Figure`` objects and rendered with the Ag
 canvas into memory, so no pyplot figure or global backend is touched. Where
 scikit-learn has a display for a plot (confusion matrix, ROC, precision-recall,
 calibration, prediction error) its ``Display`` class draws on the figure's axes.
-The HTML page uses inline CSS only (no JS, no external URLs) and escapes every
-piece of text.
+The HTML page is rendered from ``report.html.j2`` (autoescaped, so every piece of
+text is escaped) and uses inline CSS only (no JS, no external URLs).
 
 Plots by ``doc["task"]``: classification (confusion matrix, ROC, precision-recall,
 calibration), clustering (cluster sizes, PCA projection), anomaly (score histogram;
@@ -14,7 +14,6 @@ else). Slice bar charts are added for every task.
 """
 from __future__ import annotations
 
-import html
 import re
 from io import BytesIO
 from typing import Any
@@ -25,17 +24,13 @@ from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 from sklearn.decomposition import PCA
 
-from raypipe.report_format import fmt as _fmt
+from raypipe.report_format import fmt as _fmt, templates
 
 MAX_POINTS = 5000  # scatter plots are subsampled to this many points
 MAX_CURVE_CLASSES = 10  # one-vs-rest curves are drawn for at most this many classes
 MAX_BARS = 30  # per-slice bar charts show the largest slices only
 MAX_LEGEND = 10  # the cluster projection gets a legend up to this many clusters, a colour bar beyond
 _NON_SCALAR = {"confusion_matrix", "per_class"}
-_CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
-.pass{color:#1a7f37;font-weight:bold}.fail{color:#cf222e;font-weight:bold}figure{display:inline-block;margin:1em}
-img{max-width:640px;border:1px solid #ddd}"""
 
 
 def write_report(store: Any, doc: dict[str, Any], *, y: Any, pred: Any, scores: Any = None,
@@ -247,50 +242,13 @@ def _slice_plots(slices: dict[str, Any], used: set[str]) -> dict[str, bytes]:
 
 
 # -- html -----------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _html(doc: dict[str, Any], plots: list[str]) -> str:
-    e = html.escape
-    ids = [f"{label} {doc[k]}" for k, label in (("pipeline", "pipeline"), ("run_id", "run"), ("version", "version"))
-           if doc.get(k) is not None]
-    title = "Evaluation report" + "".join(f" — {i}" for i in ids)
-    gate = doc.get("gate") or {}
-    ok = bool(gate.get("passed"))
-    parts = [f"<h1>{e(title)}</h1>", f"<p>task: {e(_fmt(doc.get('task')))}; threshold: {e(_fmt(doc.get('threshold')))}</p>",
-             f'<h2>Gate: <span class="{"pass" if ok else "fail"}">{"PASSED" if ok else "FAILED"}</span></h2>']
-    checks = gate.get("checks") or []
-    rows = "".join(f'<tr><td>{e(str(c.get("check")))}</td><td>{e(_fmt(c.get("value")))}</td><td>{e(_fmt(c.get("limit")))}</td>'
-                   f'<td class="{"pass" if c.get("passed") else "fail"}">{"pass" if c.get("passed") else "FAIL"}</td></tr>'
-                   for c in checks)
-    parts.append(f"<table><tr><th>check</th><th>value</th><th>limit</th><th>passed</th></tr>{rows}</table>" if checks
-                 else "<p>No gate checks configured.</p>")
-    if gate.get("failures"):
-        parts.append("<ul>" + "".join(f"<li>{e(str(f))}</li>" for f in gate["failures"]) + "</ul>")
-    sets = [(s, doc.get(s)) for s in ("test", "train", "validation") if isinstance(doc.get(s), dict)]
+    """The page, from report.html.j2; its metrics table has a column per metrics set (test, train, ..., champion)."""
+    sets = [(s, doc[s]) for s in ("test", "train", "validation") if isinstance(doc.get(s), dict)]
     if isinstance(doc.get("champion"), dict):
         sets.append((f"champion (v{doc['champion']['version']})" if doc["champion"].get("version") is not None
                      else "champion", doc["champion"]))
     names = list(dict.fromkeys(k for _, m in sets for k, v in m.items()
                                if k not in _NON_SCALAR and k != "version" and not isinstance(v, (dict, list))))
-    parts += ["<h2>Metrics</h2>", _table(["metric"] + [s for s, _ in sets], [[n] + [m.get(n) for _, m in sets] for n in names])]
-    if doc.get("findings"):
-        parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{e(str(f))}</li>" for f in doc["findings"]) + "</ul>")
-    per_class = (doc.get("test") or {}).get("per_class") or {}
-    pc_rows = [[c, r.get("precision"), r.get("recall"), r.get("f1-score"), r.get("support")]
-               for c, r in per_class.items() if isinstance(r, dict)]
-    if pc_rows:
-        parts += ["<h2>Per-class report (test)</h2>", _table(["class", "precision", "recall", "f1-score", "support"], pc_rows)]
-    for col, info in (doc.get("slices") or {}).items():
-        metric = str(info.get("metric", ""))
-        parts.append(f"<h2>Slices by {e(str(col))}</h2><p>{e(metric)} gap between slices: {e(_fmt(info.get('gap')))}</p>")
-        parts.append(_table(["value", "rows", metric], [[k, v.get("rows"), v.get(metric)]
-                                                         for k, v in (info.get("values") or {}).items()]))
-    if plots:
-        parts.append("<h2>Plots</h2>" + "".join(f'<figure><img src="plots/{e(p)}.png" alt="{e(p)}">'
-                                                 f"<figcaption>{e(p.replace('_', ' '))}</figcaption></figure>" for p in plots))
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head>'
-            f"<body>{''.join(parts)}</body></html>")
+    return templates("raypipe.evaluate").get_template("report.html.j2").render(
+        doc=doc, plots=plots, columns=[s for s, _ in sets], metrics=[[n] + [m.get(n) for _, m in sets] for n in names])

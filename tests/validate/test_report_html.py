@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from raypipe.validate.checks import finding
 from raypipe.validate.profile import block_profile, finish, merge_profiles
@@ -82,3 +84,13 @@ def test_html_with_nothing_to_report() -> None:
     parser = Balanced()
     parser.feed(page)
     assert parser.stack == []
+
+
+def test_every_report_template_ships_with_the_package() -> None:
+    """The .html.j2 templates are package data: each one matches a glob in pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["raypipe"]
+    found = [p.relative_to(root / "raypipe") for p in (root / "raypipe").rglob("*.html.j2")]
+    assert len(found) >= 3
+    assert [str(p) for p in found if not any(p.match(g) and len(p.parts) == len(Path(g).parts) for g in globs)] == []
