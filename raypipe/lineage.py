@@ -22,33 +22,19 @@ from raypipe.version import __version__
 ROOT = Path(__file__).parent
 
 
-def _module_file(module: str) -> Path | None:
-    rel = Path(*module.split(".")[1:])
-    for candidate in (ROOT / rel / "__init__.py", (ROOT / rel).with_suffix(".py")):
-        if candidate.is_file():
-            return candidate
-    return None
+def _file(module: str) -> Path | None:
+    rel = ROOT.joinpath(*module.split(".")[1:])
+    return next((f for f in (rel / "__init__.py", rel.with_suffix(".py")) if f.is_file()), None)
 
 
-def _imports(path: Path) -> set[str]:
-    """The raypipe modules a file imports (at the top or inside functions)."""
-    package = ".".join(("raypipe", *path.relative_to(ROOT).with_suffix("").parts))
-    if path.name == "__init__.py":
-        package = package.removesuffix(".__init__")
-    else:
-        package = package.rsplit(".", 1)[0]
+def imported_modules(path: Path) -> set[str]:
+    """The raypipe modules a file imports, at the top or inside functions (raypipe imports absolutely)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            if base.startswith("raypipe"):
-                found.add(base)
-                found.update(f"{base}.{a.name}" for a in node.names)  # `from raypipe.x import module`
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("raypipe"):
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}  # `from raypipe.x import module`
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("raypipe"))
+            found |= {a.name for a in node.names if a.name.startswith("raypipe")}
     return found
 
 
@@ -58,22 +44,17 @@ def module_closure(package: str) -> list[Path]:
     ``raypipe/__init__.py`` (the public facade, which imports everything) is not followed;
     the version string stands for it.
     """
-    start = _module_file(package)
+    start = _file(package)
     if start is None:
         raise ValueError(f"{package!r} is not a raypipe module or package")
     todo = sorted(start.parent.rglob("*.py")) if start.name == "__init__.py" else [start]
     seen: set[Path] = set()
     while todo:
         path = todo.pop()
-        if path in seen or path == ROOT / "__init__.py":
-            continue
-        seen.add(path)
-        for module in _imports(path):
-            dotted = module.split(".")
-            for i in range(2, len(dotted) + 1):  # a module's packages run their __init__ too
-                f = _module_file(".".join(dotted[:i]))
-                if f is not None and f not in seen:
-                    todo.append(f)
+        if path not in seen and path != ROOT / "__init__.py":
+            seen.add(path)
+            for parts in (m.split(".") for m in imported_modules(path)):  # a module's packages run their __init__
+                todo += [f for i in range(2, len(parts) + 1) if (f := _file(".".join(parts[:i]))) and f not in seen]
     return sorted(seen)
 
 

@@ -118,6 +118,13 @@ def test_no_circles() -> None:
     assert not real, "\n".join(" -> ".join(c) for c in real)
 
 
+def test_imports_are_absolute() -> None:
+    """The walks here and in ``raypipe.lineage.module_closure`` read absolute imports only."""
+    relative = [str(p) for p in ROOT.rglob("*.py")
+                if any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(p.read_text())))]
+    assert not relative, relative
+
+
 def test_no_private_names_across_packages() -> None:
     wrong = []
     for path in sorted(ROOT.rglob("*.py")):
