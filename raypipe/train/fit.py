@@ -30,12 +30,10 @@ def fit(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> Fi
     if spec.model.is_torch:
         from raypipe.train.torch_trainer import train_torch
 
-        datasets = {s: splits[s] for s in ("train", "validation") if s in splits}
-        return Fitted(*train_torch(spec, ctx, datasets, dims["input_dim"], dims["n_outputs"], dims["class_weights"],
-                                   dims["layout"]))
+        return Fitted(*train_torch(spec, ctx, {s: splits[s] for s in ("train", "validation") if s in splits}, dims))
     from raypipe.train.sklearn_trainer import train_sklearn
 
-    return Fitted(*train_sklearn(spec, splits["train"], dims["n_outputs"], dims["class_weights"]))
+    return Fitted(*train_sklearn(spec, splits["train"], dims))
 
 
 def torch_trainer(spec: Any, dims: dict[str, Any], datasets: dict[str, Any], run_config: Any,
@@ -43,19 +41,15 @@ def torch_trainer(spec: Any, dims: dict[str, Any], datasets: dict[str, Any], run
     """The ``TorchTrainer`` of one configuration; ``gate`` (a Ray queue) makes rank 0 wait for Tune after each epoch."""
     from raypipe.train.torch_trainer import loop_config, make_trainer
 
-    config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"],
-                         "validation" in datasets)
-    if gate is not None:
-        config["tune_gate"] = gate
+    config = {**loop_config(spec, dims, "validation" in datasets), **({"tune_gate": gate} if gate is not None else {})}
     return make_trainer(spec, config, datasets, run_config)
 
 
 def torch_fitted(spec: Any, dims: dict[str, Any], checkpoint: Any, ddp: Any, where: str) -> Fitted:
     """The model of a finished torch run from its newest complete checkpoint."""
-    from raypipe.train.torch_trainer import loop_config, model_from_checkpoint
+    from raypipe.train.torch_trainer import model_from_checkpoint
 
-    config = loop_config(spec, dims["input_dim"], dims["n_outputs"], dims["class_weights"], dims["layout"], True)
-    return Fitted(*model_from_checkpoint(spec, checkpoint, config, ddp, where))
+    return Fitted(*model_from_checkpoint(spec, checkpoint, dims, ddp, where))
 
 
 def fit_estimator(spec: Any, train_refs: list[Any], dims: dict[str, Any]) -> Fitted:
@@ -68,7 +62,7 @@ def fit_estimator(spec: Any, train_refs: list[Any], dims: dict[str, Any]) -> Fit
 
 
 def fit_meta(spec: Any, dims: dict[str, Any]) -> dict[str, Any]:
-    """``model.json`` of a scikit-learn model of ``spec``."""
+    """``model.json`` of ``spec``'s scikit-learn model."""
     from raypipe.model.formats import model_meta
 
     return model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], params=spec.model.params)

@@ -44,7 +44,7 @@ def check_estimator(kind: str, task: str) -> None:
         )
 
 
-def train_sklearn(spec: Any, train_xy: Any, n_outputs: int, class_weights: list[float] | None) -> tuple[dict[str, Any], bytes]:
+def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """Fit ``spec.model.kind`` on the training split in one Ray task.
 
     Returns:
@@ -59,8 +59,9 @@ def train_sklearn(spec: Any, train_xy: Any, n_outputs: int, class_weights: list[
         num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0),
         resources={k: v for k, v in res.items() if k not in ("CPU", "GPU")} or None,
     )
-    blob = ray.get(task.remote(spec.model.kind, spec.model.params, batch, class_weights, spec.train.seed, spec.data.task))
-    meta = model_meta(spec.model.kind, spec.data.task, n_outputs, params=spec.model.params)
+    blob = ray.get(task.remote(spec.model.kind, spec.model.params, batch, dims["class_weights"], spec.train.seed,
+                               spec.data.task))
+    meta = model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], params=spec.model.params)
     return meta, blob
 
 

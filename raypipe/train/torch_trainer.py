@@ -184,16 +184,15 @@ def _ddp_evidence(net: Any, rank: int, world: int) -> dict[str, Any]:
     return {"world_size": world, "backend": dist.get_backend(), "workers": everyone}
 
 
-def loop_config(spec: Any, input_dim: int, n_outputs: int, class_weights: list[float] | None,
-                layout: list[dict[str, Any]], has_validation: bool) -> dict[str, Any]:
-    """The JSON config each worker's :func:`train_loop` receives."""
+def loop_config(spec: Any, dims: dict[str, Any], has_validation: bool) -> dict[str, Any]:
+    """The JSON config each worker's :func:`train_loop` receives (``dims``: see :mod:`raypipe.train.fit`)."""
     t, params = spec.train, dict(spec.model.params)
     es = t.early_stopping
     return {
-        "kind": spec.model.kind, "task": spec.data.task, "input_dim": input_dim, "n_outputs": n_outputs,
-        "layout": layout, "params": {k: v for k, v in params.items() if k != "weight_decay"},
+        "kind": spec.model.kind, "task": spec.data.task, "input_dim": dims["input_dim"], "n_outputs": dims["n_outputs"],
+        "layout": dims["layout"], "params": {k: v for k, v in params.items() if k != "weight_decay"},
         "weight_decay": float(params.get("weight_decay", 0.0)), "lr": t.lr, "epochs": t.epochs,
-        "batch_size": t.batch_size, "shuffle_buffer": t.shuffle_buffer, "cache_shards_mb": t.cache_shards_mb, "seed": t.seed, "class_weights": class_weights, "has_validation": has_validation,
+        "batch_size": t.batch_size, "shuffle_buffer": t.shuffle_buffer, "cache_shards_mb": t.cache_shards_mb, "seed": t.seed, "class_weights": dims["class_weights"], "has_validation": has_validation,
         "precision": t.precision, "lr_schedule": t.lr_schedule, "warmup_epochs": t.warmup_epochs,
         "lr_step_epochs": t.lr_step_epochs, "lr_gamma": t.lr_gamma,
         "early_stopping": None if es is None else {"metric": es.metric, "mode": es.resolved_mode, "patience": es.patience,
@@ -219,7 +218,7 @@ def make_trainer(spec: Any, config: dict[str, Any], datasets: dict[str, Any], ru
     )
 
 
-def model_from_checkpoint(spec: Any, checkpoint: Any, config: dict[str, Any], ddp: Any,
+def model_from_checkpoint(spec: Any, checkpoint: Any, dims: dict[str, Any], ddp: Any,
                           where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(model metadata, weights, training report) from a run's newest complete checkpoint.
 
@@ -232,6 +231,7 @@ def model_from_checkpoint(spec: Any, checkpoint: Any, config: dict[str, Any], dd
         saved = ckpt_files.read(d)
     es = spec.train.early_stopping
     keep_best = es is not None and es.restore_best and saved["best"] is not None
+    config = loop_config(spec, dims, True)
     meta = model_meta(spec.model.kind, spec.data.task, config["n_outputs"], input_dim=config["input_dim"],
                       layout=config["layout"], params=config["params"])
     history = saved["meta"]["history"]
@@ -245,8 +245,7 @@ def model_from_checkpoint(spec: Any, checkpoint: Any, config: dict[str, Any], dd
     return meta, saved["best"] if keep_best else saved["weights"], report
 
 
-def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n_outputs: int,
-                class_weights: list[float] | None, layout: list[dict[str, Any]],
+def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], dims: dict[str, Any],
                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the TorchTrainer; return (model metadata, final weights, training report)."""
     from ray.train import (
@@ -258,8 +257,8 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
 
     from raypipe.model.zoo import check_layout
 
-    check_layout(spec.model.kind, layout)  # a spec error on the driver, before any worker starts
-    config = loop_config(spec, input_dim, n_outputs, class_weights, layout, "validation" in datasets)
+    check_layout(spec.model.kind, dims["layout"])  # a spec error on the driver, before any worker starts
+    config = loop_config(spec, dims, "validation" in datasets)
     store = ctx.artifact
     run_config = RunConfig(
         name="ray_train",
@@ -278,4 +277,4 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], input_dim: int, n
             f"restart(s): {first}\nEvery committed checkpoint is kept under {store.full_uri('ray_train')}; "
             "raise train.max_failures to survive more worker failures."
         ) from exc
-    return model_from_checkpoint(spec, result.checkpoint, config, result.metrics.get("ddp"), store.full_uri("ray_train"))
+    return model_from_checkpoint(spec, result.checkpoint, dims, result.metrics.get("ddp"), store.full_uri("ray_train"))

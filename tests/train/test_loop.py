@@ -80,7 +80,7 @@ def test_the_demo_trains_at_a_constant_rate() -> None:
     from raypipe.train.torch_trainer import loop_config
 
     spec = load_spec(demo_spec_path())
-    cfg = LoopConfig.from_dict(loop_config(spec, 4, 2, None, [], True))
+    cfg = LoopConfig.from_dict(loop_config(spec, {"input_dim": 4, "n_outputs": 2, "class_weights": None, "layout": []}, True))
     assert _lrs(cfg, cfg.epochs)[0] == [spec.train.lr] * spec.train.epochs  # bit for bit, as before torch's schedulers
 
 
