@@ -27,16 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from raypipe.spec import ImagesSource, TextSource
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "TEXT_EXTENSIONS",
-    "UndecodableFileError",
-    "decode_image",
-    "list_tree",
-    "read_images",
-    "read_text_folder",
-    "write_digits_png",
-]
 
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
 TEXT_EXTENSIONS = ["txt"]

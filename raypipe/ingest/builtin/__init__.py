@@ -3,46 +3,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from raypipe.ingest.builtin.sensors import generate_sensors, sensors_dataset
-from raypipe.ingest.builtin.sklearn_sets import (
-    SKLEARN_SETS,
-    TARGET_COLUMN,
-    default_task,
-    load_frame,
-    sklearn_dataset,
-)
-from raypipe.ingest.builtin.transactions import (
-    CHUNK_ROWS,
-    SCHEMA_DOC,
-    generate_chunk,
-    generate_transactions,
-    transactions_dataset,
-)
+from raypipe.ingest.builtin.sensors import sensors_dataset
+from raypipe.ingest.builtin.sklearn_sets import SKLEARN_SETS, TARGET_COLUMN, sklearn_dataset
+from raypipe.ingest.builtin.transactions import transactions_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
     from raypipe.spec import BuiltinSource
 
-__all__ = [
-    "BUILTIN_GENERATOR_VERSION",
-    "BUILTIN_ID_COLUMNS",
-    "BUILTIN_TARGETS",
-    "BUILTIN_TASKS",
-    "CHUNK_ROWS",
-    "SCHEMA_DOC",
-    "SKLEARN_SETS",
-    "TARGET_COLUMN",
-    "builtin_dataset",
-    "default_task",
-    "generate_chunk",
-    "generate_sensors",
-    "generate_transactions",
-    "load_frame",
-    "sensors_dataset",
-    "sklearn_dataset",
-    "transactions_dataset",
-]
 
 BUILTIN_GENERATOR_VERSION: dict[str, int] = {
     "transactions": 1,

@@ -26,15 +26,6 @@ from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunked_dataset, drift_wei
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
-__all__ = [
-    "CHUNK_ROWS",
-    "HORIZON",
-    "SCHEMA_DOC",
-    "SENSOR_COLUMNS",
-    "generate_chunk",
-    "generate_sensors",
-    "sensors_dataset",
-]
 
 """Rows per generation chunk; machine ids of chunk ``i`` are ``M<i:04d>-<k:04d>``."""
 

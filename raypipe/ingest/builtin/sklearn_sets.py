@@ -19,15 +19,6 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
-__all__ = [
-    "SKLEARN_SETS",
-    "TARGET_COLUMN",
-    "SklearnSet",
-    "default_task",
-    "load_frame",
-    "sanitize_column",
-    "sklearn_dataset",
-]
 
 TARGET_COLUMN = "target"
 

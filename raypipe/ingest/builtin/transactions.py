@@ -26,14 +26,6 @@ from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunked_dataset, drift_wei
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
-__all__ = [
-    "CHUNK_ROWS",
-    "SCHEMA_DOC",
-    "generate_chunk",
-    "generate_transactions",
-    "transactions_dataset",
-]
-
 
 SCHEMA_DOC: dict[str, str] = {
     "transaction_id": "int64; unique id, equal to the global row index.",

@@ -27,13 +27,12 @@ import pandas as pd
 
 from raypipe.errors import ArtifactError
 from raypipe.model.features.base import Batch, Operator, num_rows
-from raypipe.model.features.categorical import OTHER, CategoricalEncoder
+from raypipe.model.features.categorical import CategoricalEncoder
 from raypipe.model.features.image import ImageTransformer
 from raypipe.model.features.numeric import SKETCH_POINTS, NumericTransformer
 from raypipe.model.features.pca import PcaReducer
 from raypipe.model.features.text import TextVectorizer
 
-__all__ = ["FORMAT", "OTHER", "SKETCH_POINTS", "FeaturePipeline"]
 
 FORMAT = "raypipe.features/2"
 RECORDS_FAST_MAX = 1024  # lists of records up to this long skip the DataFrame (see _records_transform)

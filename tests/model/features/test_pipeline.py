@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from raypipe.errors import ArtifactError
-from raypipe.model.features.pipeline import OTHER, FeaturePipeline
+from raypipe.model.features.categorical import OTHER
+from raypipe.model.features.pipeline import FeaturePipeline
 
 NUMERIC = ["amount", "age", "hour", "card_present"]
 CATEGORICAL = ["country", "device"]
