@@ -63,16 +63,8 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from raypipe.train.loop import (
-        EarlyStopping,
-        LoopConfig,
-        ShardCache,
-        epoch_metrics,
-        evaluate,
-        loss_function,
-        make_optimizer,
-        train_epoch,
-    )
+    from raypipe.train.loop import (EarlyStopping, LoopConfig, ShardCache, epoch_metrics, evaluate, loss_function,
+                                    make_optimizer, train_epoch)
     from raypipe.model.zoo import build_model
 
     torch.manual_seed(config["seed"])
@@ -248,12 +240,7 @@ def model_from_checkpoint(spec: Any, checkpoint: Any, dims: dict[str, Any], ddp:
 def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], dims: dict[str, Any],
                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Run the TorchTrainer; return (model metadata, final weights, training report)."""
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        RunConfig,
-        TrainingFailedError,
-    )
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
 
     from raypipe.model.zoo import check_layout
 

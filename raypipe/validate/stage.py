@@ -26,22 +26,9 @@ from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
 from raypipe.validate import reference as refs
 from raypipe.validate import sink
-from raypipe.validate.checks import (
-    constant_findings,
-    duplicate_findings,
-    merge_stats,
-    missing_column_findings,
-    null_findings,
-    row_findings,
-    shape_key,
-    target_findings,
-)
-from raypipe.validate.profile import (
-    count_duplicates,
-    finish,
-    merge_profiles,
-    reference_bounds,
-)
+from raypipe.validate.checks import (constant_findings, duplicate_findings, merge_stats, missing_column_findings,
+                                     null_findings, row_findings, shape_key, target_findings)
+from raypipe.validate.profile import count_duplicates, finish, merge_profiles, reference_bounds
 from raypipe.validate.report_html import render
 from raypipe.schema import complete_schema, infer_schema
 

@@ -29,7 +29,7 @@ from raypipe.errors import ArtifactError
 from raypipe.model.features.base import Batch, Operator, num_rows
 from raypipe.model.features.categorical import CategoricalEncoder
 from raypipe.model.features.image import ImageTransformer
-from raypipe.model.features.numeric import SKETCH_POINTS, NumericTransformer
+from raypipe.model.features.numeric import NumericTransformer
 from raypipe.model.features.pca import PcaReducer
 from raypipe.model.features.text import TextVectorizer
 
