@@ -1,13 +1,6 @@
-"""Column helpers every stage shares: coercion, row hashing and the one mergeable quantile sketch.
-
-* Coercion (:func:`as_float`, :func:`as_str`, :func:`str_codes`, :func:`record_numbers`):
-  a column as numbers or text, the same whatever dtype a block arrived in.
-* Row hashing (:func:`column_hashes`, :func:`hash_columns`, :func:`row_uniform`): a
-  64-bit hash per row that depends on the values only, not on block layout or dtype
-  quirks; the split, duplicate counts and balanced resampling use it.
-* The quantile sketch (:func:`quantile_sketch` per block, :func:`merge_sketches` and
-  :func:`sketch_quantiles` across blocks): the fitted numeric features and the data
-  profile read their quantiles from the same merge.
+"""Column helpers the stages share: coercion (the same whatever dtype a block arrived in), row hashing
+(values only, not block layout: the split, duplicates, resampling) and the one mergeable quantile
+sketch (the fitted numeric features and the data profile read their quantiles from the same merge).
 """
 from __future__ import annotations
 

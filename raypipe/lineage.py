@@ -1,9 +1,4 @@
-"""Lineage: which code, libraries, data and spec a result came from.
-
-:func:`code_hash` fingerprints raypipe's source: all of it, or (for a stage) only its
-own package and the raypipe modules it imports, so that editing serving or the CLI
-leaves every pipeline stage cached while editing ``features/`` re-runs features onward.
-"""
+"""Lineage: which code, libraries, data and spec a result came from (``code_hash`` of a stage: its closure)."""
 from __future__ import annotations
 
 import ast

@@ -1,12 +1,9 @@
 """The runner: stages in order, fingerprints, cache, resume, run manifest, progress.
 
-A stage's fingerprint hashes its own spec sections, its input's fingerprint, the data
-fingerprint, the code of its package and of the raypipe modules that package imports
-(:func:`raypipe.lineage.code_hash`), and the digest of any state outside the pipeline
-it reads (the stored reference, the champion: ``StageDef.externals``). A stage whose
-artifact with that fingerprint is complete is skipped ("cached"); a failed run
-therefore resumes from the first stage without a complete artifact. ``force``
-recomputes a stage and all after it.
+A stage's fingerprint hashes its spec sections, its input's fingerprint, the data fingerprint,
+its code closure (:func:`raypipe.lineage.code_hash`) and the digest of the outside state it reads
+(``StageDef.externals``). A stage whose artifact with that fingerprint is complete is "cached": a
+failed run resumes from the first stage without one. ``force`` recomputes a stage and all after it.
 """
 from __future__ import annotations
 

@@ -1,20 +1,15 @@
-"""The stage contract: what a stage gets, what it hands on, where its artifact lives.
+"""The stage contract: ``run(ctx: StageContext, inputs) -> <Stage>Output``, and where artifacts live.
 
-A stage is ``run(ctx: StageContext, inputs: dict[str, StageOutput]) -> <its output dataclass>``.
-``inputs`` holds every earlier stage's :class:`StageOutput`: its artifact folder as a
-:class:`~raypipe.store.Store` and its typed outputs (one small dataclass per stage below,
-saved as the artifact's ``outputs.json``). A stage writes only into ``ctx.artifact``.
-
-Besides its inputs, a stage may depend on state outside its artifact: validate reads the
-pipeline's stored reference, evaluate the current champion. Such a stage names an
-``externals`` function (``StageDef.externals``) that digests that state; the runner folds
-the digest into the stage's fingerprint, so a cached stage is never stale.
+``inputs`` holds every earlier stage's :class:`StageOutput` (its artifact folder and its typed
+outputs, saved as ``outputs.json``); a stage writes only into ``ctx.artifact``. State outside
+the pipeline that a stage reads is digested by its ``StageDef.externals`` function and folded
+into its fingerprint by the runner.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # Ray workers import this module for SPLITS: keep it light
     from raypipe.progress import Progress
@@ -32,15 +27,8 @@ def artifact_path(stage: str, fingerprint: str) -> str:
 
 @dataclass(frozen=True)
 class StageDef:
-    """A stage as the runner sees it.
-
-    Attributes:
-        name: the stage name (``--force``/``--until`` take it).
-        sections: the spec sections (YAML keys) that configure it.
-        func: ``"module:function"`` implementing ``run(ctx, inputs)``.
-        package: the package whose code (with the foundation modules it imports) is in its fingerprint.
-        externals: ``"module:function"`` digesting the state outside the pipeline it reads, or None.
-    """
+    """A stage as the runner sees it: its spec sections, ``"module:function"`` of its ``run``, the package
+    whose code closure is in its fingerprint, and ``externals``, the ``"module:function"`` digesting outside state."""
 
     name: str
     sections: tuple[str, ...]
@@ -77,8 +65,6 @@ class StageContext:
 
 class Outputs:
     """Base of the per-stage output dataclasses: plain JSON in ``outputs.json``."""
-
-    stage: ClassVar[str] = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]

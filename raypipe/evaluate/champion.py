@@ -1,10 +1,7 @@
-"""The current champion as an input of the evaluate stage (``evaluate.gate.vs_champion``).
+"""The champion, an input of the evaluate stage from outside the pipeline (``evaluate.gate.vs_champion``).
 
-The champion lives in the registry, outside the pipeline's artifacts: :func:`digest`
-folds it into the evaluate stage's fingerprint, so a cached evaluation re-runs once
-another version became champion. A champion that this stage's own earlier run
-registered counts as the champion that run compared with (the version's
-``evaluate_base`` and ``champion_seen``), so the run after a promotion stays cached.
+A champion this stage's own earlier run registered counts as the one that run compared with
+(the version's ``evaluate_base`` and ``champion_seen``): the run after a promotion stays cached.
 """
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The register stage: publish the candidate (ready or rejected), move the alias, export to MLflow.
-
-A version that an interrupted run of this same stage already wrote is finished and
-reused, not written twice. A ready version has been loaded back from storage
-(manifest checked, features and model built) before any alias points at it.
-"""
+"""The register stage: publish the candidate (ready once it loads back, or rejected), move the alias, export
+to MLflow. A version an interrupted run of this stage already wrote is finished, not written twice."""
 from __future__ import annotations
 
 import json

@@ -1,14 +1,6 @@
-"""Training behind one public API: the train stage and every Tune trial go through these functions.
-
-* :func:`fit`: one configuration, as the train stage runs it: a scikit-learn estimator in
-  one Ray task sized by ``train.resources``, or a torch model on Ray Train (DDP).
-* The pieces a Tune trial needs to run the same training under Tune's control:
-  :func:`torch_trainer` (the ``TorchTrainer`` of one configuration), :func:`fit_estimator`
-  (a scikit-learn fit in the calling process), :func:`validation_scores` and
-  :func:`torch_fitted` (the model a finished run's checkpoint holds).
-
-``dims`` describes the feature matrix and the outputs: ``input_dim``, ``n_outputs``,
-``class_weights`` (or None) and ``layout`` (the feature blocks, torch models only).
+"""Training behind one public API: :func:`fit` for the train stage, and the same training under
+Tune's control for its trials (:func:`torch_trainer`, :func:`torch_fitted`, :func:`fit_estimator`,
+:func:`validation_scores`). ``dims``: ``input_dim``, ``n_outputs``, ``class_weights``, ``layout``.
 """
 from __future__ import annotations
 

@@ -7,11 +7,8 @@ validates successfully writes it; later runs use its schema instead of inferring
 one (so the columns serving accepts stay the same) and compare their data with its
 profile. :func:`reset_reference` removes it: the next run that validates writes a
 new one.
-
-The reference is state outside the pipeline's artifacts, so :func:`digest` folds it into
-the validate stage's fingerprint: a cached validate stage re-runs once the reference was
-reset or replaced. The reference a run wrote itself counts as the state that run saw
-(``origin.json``), so the run after the first one stays cached.
+Its :func:`digest` is part of the validate stage's fingerprint: a reset or replaced reference
+re-runs validate; one the stage's own earlier run wrote (``origin.json``) is no change.
 """
 from __future__ import annotations
 
@@ -58,8 +55,7 @@ def save_reference(root: Store, pipeline: str, schema: dict[str, Any], profile: 
 def reset_reference(root: Store, pipeline: str | None = None) -> bool:
     """Remove a pipeline's stored reference (every pipeline's without ``pipeline``); True when one existed.
 
-    A run whose validate stage is cached does not write a new reference: run the
-    validate stage again (``force="validate"``) to write it at once.
+    A reset is a new state (a token in ``reference/resets/``): the next run validates again and writes one.
     """
     pipelines = [pipeline] if pipeline is not None else [n for n in root.listdir(DIR) if n != RESETS]
     existed = False

@@ -122,7 +122,7 @@ def test_reset_reference_lets_the_next_run_write_a_new_one(first, storage, files
     root = Store(str(storage))
     assert reset_reference(root, "t-ref") is True
     assert load_reference(root, "t-ref") is None and reset_reference(root, "t-ref") is False
-    result = raypipe.run(spec(storage, files / "drift.parquet"), force="validate", until="validate", progress=quiet)
+    result = raypipe.run(spec(storage, files / "drift.parquet"), until="validate", progress=quiet)
     assert result.outputs["validate"].outputs.reference == "written"
     ref = load_reference(root, "t-ref")
     assert "promo" in ref["schema"]["columns"] and ref["profile"]["columns"]["amount"]["min"] > 100_000
