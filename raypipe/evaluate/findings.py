@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from raypipe.evaluate.metrics import higher_is_better_gap, main_metric
+from raypipe.evaluate.metrics import higher_is_better_gap
+from raypipe.tasks import TASKS
 
 OVERFIT_TOLERANCE = 0.05  # when the gate sets no max_overfit_gap
 
@@ -16,7 +17,7 @@ OVERFIT_TOLERANCE = 0.05  # when the gate sets no max_overfit_gap
 def fit_findings(task: str, train: dict[str, Any], held_out: dict[str, Any], held_out_name: str,
                  max_gap: float | None) -> tuple[list[str], float | None]:
     """Findings about the train vs held-out gap, and that gap (in the main metric)."""
-    m = main_metric(task)
+    m = TASKS[task].main_metric
     a, b = train.get(m), held_out.get(m)
     if a is None or b is None:
         return [], None

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from raypipe.evaluate.metrics import higher_is_better_gap, main_metric
+from raypipe.evaluate.metrics import higher_is_better_gap
+from raypipe.tasks import TASKS
 
 
 def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any] | None = None,
@@ -36,7 +37,7 @@ def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any]
         v = test.get(m)
         check(f"{m} <= {hi:g}", v, hi, v is not None and v <= hi)
     if gate.max_overfit_gap is not None and train is not None:
-        m, other = main_metric(task), held_out or test
+        m, other = TASKS[task].main_metric, held_out or test
         gap = None if train.get(m) is None or other.get(m) is None else higher_is_better_gap(m, train[m], other[m])
         check(f"train vs validation {m} gap <= {gate.max_overfit_gap:g}", gap, gate.max_overfit_gap,
               gap is not None and gap <= gate.max_overfit_gap)

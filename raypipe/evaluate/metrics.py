@@ -10,14 +10,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from raypipe.tasks import TASKS
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mape", "log_loss", "brier", "davies_bouldin"})
-
-
-def main_metric(task: str) -> str:
-    """The metric findings and the overfitting gap are stated in."""
-    return TASKS[task].main_metric
 
 
 def higher_is_better_gap(metric: str, a: float, b: float) -> float:

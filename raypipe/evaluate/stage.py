@@ -17,7 +17,7 @@ from raypipe.errors import SpecError
 from raypipe.evaluate.findings import fit_findings, slice_findings, threshold_finding
 from raypipe.evaluate.gate import verdict
 from raypipe.evaluate.metrics import (LOWER_IS_BETTER, anomaly_metrics, choose_threshold, classification_metrics,
-                                      clustering_metrics, main_metric, regression_metrics)
+                                      clustering_metrics, regression_metrics)
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
 from raypipe.model.predictor import predict_batch
 from raypipe.stage import SPLITS, EvaluateOutput, StageContext, StageOutput
@@ -114,7 +114,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     m = {s: sc.metrics(threshold) for s, sc in scored.items()}
     test = scored["test"]
     slice_metric = (cfg.gate.max_slice_gap.metric if cfg.gate.max_slice_gap and cfg.gate.max_slice_gap.metric
-                    else main_metric(task))
+                    else TASKS[task].main_metric)
     slices = {c: sliced_metrics(slice_keys(test.frame[c]), lambda mask: test.metrics(threshold, mask), slice_metric,
                                 lower_is_better=slice_metric in LOWER_IS_BETTER, min_rows=cfg.min_slice_rows)
               for c in cfg.slices}

@@ -15,7 +15,6 @@ from raypipe.evaluate.metrics import (
     classification_metrics,
     clustering_metrics,
     higher_is_better_gap,
-    main_metric,
     regression_metrics,
 )
 
@@ -303,9 +302,3 @@ def test_gap_higher_is_better(metric):
 def test_lower_is_better_set():
     assert {"rmse", "mae", "mape", "log_loss", "brier", "davies_bouldin"} <= LOWER_IS_BETTER
     assert not {"f1", "accuracy", "roc_auc", "r2", "silhouette"} & LOWER_IS_BETTER
-
-
-@pytest.mark.parametrize("task,metric", [("classification", "f1"), ("regression", "rmse"),
-                                         ("clustering", "silhouette"), ("anomaly", "roc_auc")])
-def test_main_metric(task, metric):
-    assert main_metric(task) == metric
