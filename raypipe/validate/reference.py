@@ -139,27 +139,14 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _out_of_range(name: str, p: dict[str, Any], ref: dict[str, Any], limit: float, split: str) -> dict[str, Any] | None:
-    frac = p["out_of_range"] / p["count"]
+def _share_over(name: str, check: str, count: int, total: int, limit: float, split: str, what: str,
+                fix: str) -> dict[str, Any] | None:
+    """A warning when ``count`` of ``total`` values (``what``) exceed the fraction ``limit``."""
+    frac = count / total
     if frac <= limit:
         return None
-    return finding("warning", "out_of_range",
-                   f"column {name!r}: {frac:.1%} of values lie outside the reference range "
-                   f"[{_fmt(ref['min'])}, {_fmt(ref['max'])}] (now [{_fmt(p['min'])}, {_fmt(p['max'])}]) > "
-                   f"validate.max_out_of_range_fraction={limit:g}; check the source for a unit or scale change, "
-                   f"raise the limit, or {_RESET} if the new range is expected",
-                   column=name, value=round(frac, 6), limit=limit, split=split)
-
-
-def _unseen(name: str, p: dict[str, Any], limit: float, split: str) -> dict[str, Any] | None:
-    frac = p["unseen"] / p["count"]
-    if frac <= limit:
-        return None
-    return finding("warning", "unseen_values",
-                   f"column {name!r}: {frac:.1%} of values were never seen in the reference "
-                   f"(e.g. {p.get('unseen_examples', [])}) > validate.max_unseen_fraction={limit:g}; fix the source "
-                   f"if they are errors, raise the limit, or {_RESET} if they are expected",
-                   column=name, value=round(frac, 6), limit=limit, split=split)
+    return finding("warning", check, f"column {name!r}: {frac:.1%} of values {what} > {fix}", column=name,
+                   value=round(frac, 6), limit=limit, split=split)
 
 
 def drift_findings(profile: dict[str, Any], reference: dict[str, Any], cfg: Any, split: str) -> list[dict[str, Any]]:
@@ -170,9 +157,19 @@ def drift_findings(profile: dict[str, Any], reference: dict[str, Any], cfg: Any,
         if not p.get("count"):
             continue
         if "out_of_range" in p and name in ref_cols:
-            out.append(_out_of_range(name, p, ref_cols[name], cfg.max_out_of_range_fraction, split))
+            ref, lim = ref_cols[name], cfg.max_out_of_range_fraction
+            out.append(_share_over(
+                name, "out_of_range", p["out_of_range"], p["count"], lim, split,
+                f"lie outside the reference range [{_fmt(ref['min'])}, {_fmt(ref['max'])}] (now [{_fmt(p['min'])}, "
+                f"{_fmt(p['max'])}])", f"validate.max_out_of_range_fraction={lim:g}; check the source for a unit or "
+                f"scale change, raise the limit, or {_RESET} if the new range is expected"))
         if "unseen" in p:
-            out.append(_unseen(name, p, cfg.max_unseen_fraction, split))
+            lim = cfg.max_unseen_fraction
+            out.append(_share_over(
+                name, "unseen_values", p["unseen"], p["count"], lim, split,
+                f"were never seen in the reference (e.g. {p.get('unseen_examples', [])})",
+                f"validate.max_unseen_fraction={lim:g}; fix the source if they are errors, raise the limit, "
+                f"or {_RESET} if they are expected"))
     return [f for f in out if f]
 
 
