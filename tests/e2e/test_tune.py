@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import raypipe
+from raypipe.store import MARKER
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 
@@ -50,7 +51,7 @@ def test_torch_trials_under_asha(ray_session, tmp_path):
     # Lockstep: the workers waited for ASHA's decision after each report, so the stopped trial trained (and
     # checkpointed) exactly one epoch, not the epochs its workers could have run while the result travelled.
     work = next((tmp_path / "store" / "work" / "tune").iterdir())
-    trained = {row["config"]["train.lr"]: len(glob.glob(str(work / "train" / row["trial_id"] / "*" / "COMPLETE.json")))
+    trained = {row["config"]["train.lr"]: len(glob.glob(str(work / "train" / row["trial_id"] / "*" / MARKER)))
                for row in table["trials"]}
     assert trained == {good: 3, bad: 1}
     tune = train.outputs.tune

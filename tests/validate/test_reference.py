@@ -60,7 +60,7 @@ def test_first_run_writes_the_reference(first, storage):
     ref = load_reference(Store(str(storage)), "t-ref")
     assert ref is not None
     assert ref["schema"]["columns"] == first.outputs["validate"].store.read_json("schema.json")["columns"]
-    assert ref["profile"]["rows"] == out["counts"]["train"]["valid"]
+    assert ref["profile"]["rows"] == out.counts["train"]["valid"]
     assert set(ref["profile"]["columns"]["country"]["values"]) >= {"US", "CA"}
 
 
