@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import time
 import uuid
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 from raypipe.errors import RegistryError
 from raypipe.lineage import current_user
+from raypipe.spec import ALIAS_PATTERN
 from raypipe.store import MARKER, Store, create_exclusive
 
 OWNER, STATUS = "_OWNER.json", "_STATUS.json"
@@ -240,9 +242,10 @@ class Registry:
                 for n in self.store.listdir("aliases") if n.endswith(".json")}
 
     def alias(self, name: str) -> int | None:
-        return self.aliases().get(name)
+        return self.aliases().get(check_alias(name))
 
     def set_alias(self, name: str, version: int, *, reason: str, action: str = "promote") -> None:
+        check_alias(name)
         self.version_store(version)
         status = self.status(version)
         if name in ("champion", "challenger") and status != "ready":
@@ -257,6 +260,7 @@ class Registry:
         Returns:
             The version the alias points to now.
         """
+        check_alias(name)
         moves = [e for e in self.audit_log() if e.get("alias") == name]
         if not moves or moves[-1].get("previous") is None:
             raise RegistryError(f"{self.pipeline}: alias {name!r} has no earlier version to roll back to")
@@ -280,6 +284,14 @@ class Registry:
 
     def audit_log(self) -> list[dict[str, Any]]:
         return [self.store.read_json("audit", n) for n in self.store.listdir("audit") if n.endswith(".json")]
+
+
+def check_alias(name: str) -> str:
+    """``name`` if it is a valid alias (it becomes a file name), else a RegistryError saying what is allowed."""
+    if not isinstance(name, str) or not re.fullmatch(ALIAS_PATTERN, name):
+        raise RegistryError(f"alias {name!r} is not a valid alias name: start with a letter, then letters, digits, "
+                            "'_', '-' or '.' (64 characters at most), e.g. champion or challenger")
+    return name
 
 
 def _age_s(store: Store, rel: str) -> float:

@@ -20,6 +20,7 @@ from raypipe.tasks import TASKS
 UNSUPERVISED_TASKS = tuple(name for name, t in TASKS.items() if not t.supervised)
 CLASSIFICATION_METRICS = TASKS["classification"].default_metrics  # evaluate.metrics' default, replaced per task
 TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text")
+ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]{0,63}"  # a registry alias becomes a file name: no path separators
 
 
 class _Section(BaseModel):
@@ -490,7 +491,8 @@ class AuthSection(_Section):
 
 
 class CanarySection(_Section):
-    alias: str = Field(default="challenger", description="registry alias of the version that gets the share")
+    alias: str = Field(default="challenger", pattern=f"^{ALIAS_PATTERN}$",
+                       description="registry alias of the version that gets the share")
     percent: float = Field(default=10.0, ge=0, le=100, description="share of requests answered by it")
 
 

@@ -179,3 +179,27 @@ def test_recover_leaves_versions_of_live_processes_alone(tmp_path):
     assert reg.status(v) == "pending" and reg.recover() == []
     assert reg.finalize(v) == "ready" and reg.finalize(v) == "ready"  # idempotent
     assert reg.alias("champion") is None  # no promote_to in its meta
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "x" * 65, "champion\n"])
+def test_alias_names_that_are_not_plain_file_names_are_refused(tmp_path, name):
+    reg = Registry(str(tmp_path / "store"), "p")
+    v = reg.register({"a.txt": b"x"}, status="ready")
+    with pytest.raises(RegistryError, match="not a valid alias name"):
+        reg.set_alias(name, v, reason="test")
+    with pytest.raises(RegistryError, match="not a valid alias name"):
+        reg.rollback(name, reason="test")
+    assert [p.name for p in (tmp_path / "store").rglob("*.json") if "aliases" in p.parts or p.parent.name == "p"] == []
+
+
+def test_cli_promote_with_a_path_as_alias_exits_2_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("name: p\nstorage: store\ndata:\n  source: {type: builtin}\n  target: is_fraud\n")
+    v = Registry(str(tmp_path / "store"), "p").register({"a.txt": b"x"}, status="ready")
+    done = subprocess.run([sys.executable, "-m", "raypipe", "registry", "promote", str(spec), str(v), "--alias", "../../x"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "not a valid alias name" in done.stderr
+    assert not any(p.name == "x.json" for p in tmp_path.rglob("*.json"))

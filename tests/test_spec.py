@@ -470,3 +470,10 @@ def test_cli_validate_good_spec_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "valid spec" in proc.stdout and "mini" in proc.stdout
 
+
+
+def test_canary_alias_must_be_a_plain_name() -> None:
+    base = {"name": "t", "data": {"source": {"type": "builtin"}, "target": "is_fraud"}}
+    with pytest.raises(SpecError, match="deploy.canary.alias"):
+        load_spec({**base, "deploy": {"canary": {"alias": "../../etc/x"}}})
+    assert load_spec({**base, "deploy": {"canary": {"alias": "blue-2"}}}).deploy.canary.alias == "blue-2"
