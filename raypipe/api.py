@@ -66,6 +66,7 @@ def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | Non
 
     from raypipe.errors import SpecError
     from raypipe.export import export_onnx
+    from raypipe.model.formats import trusted_factories
     from raypipe.model.predictor import Predictor
     from raypipe.registry import Registry
 
@@ -74,5 +75,5 @@ def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | Non
     s = as_spec(spec)
     reg = Registry(s.storage, s.name)
     v = reg.resolve(version=version, alias=alias)
-    predictor = Predictor.from_version(reg.version_store(v), v)
+    predictor = Predictor.from_version(reg.version_store(v), v, trusted_factories(s))
     return asdict(export_onnx(predictor, output or f"{s.name}-v{v}.onnx", pipeline=s.name))

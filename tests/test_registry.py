@@ -203,3 +203,60 @@ def test_cli_promote_with_a_path_as_alias_exits_2_and_writes_nothing(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2 and "not a valid alias name" in done.stderr
     assert not any(p.name == "x.json" for p in tmp_path.rglob("*.json"))
+
+
+def planted_factory_version(tmp_path: Path, reg: Registry, source_version: int | None = None) -> tuple[int, Path]:
+    """A version whose model.json (re-sealed, as a storage writer could) names ``torch.hub.load`` on a local
+    folder whose hubconf writes a canary file: loading it would run that code. Returns (version, canary)."""
+    from raypipe.store import MARKER, Store
+
+    canary, hub = tmp_path / "canary.txt", tmp_path / "hub"
+    hub.mkdir(exist_ok=True)
+    (hub / "hubconf.py").write_text(f"def canary(**kw):\n    open({str(canary)!r}, 'w').write('ran')\n"
+                                    "    import torch\n    return torch.nn.Linear(1, 1)\n")
+    if source_version is None:
+        files = _version_files()
+    else:
+        vs = reg.version_store(source_version)
+        files = {f: vs.read_bytes(f) for f in vs.walk_files() if not f.startswith("_")}
+    meta = json.loads(files["model/model.json"])
+    meta.update(kind="torch:torch.hub:load", input_dim=1, layout=[],
+                params={"repo_or_dir": str(hub), "model": "canary", "source": "local"})
+    files["model/model.json"] = json.dumps(meta).encode()
+    from safetensors.torch import save
+    import torch
+
+    files["model/model.safetensors"] = save({"weight": torch.zeros(1, 1)})
+    v = reg.register(files, status="ready", meta={"threshold": 0.5})
+    vs = Store(reg.version_store(v).full_uri())
+    marker = vs.read_json(MARKER)
+    vs.complete_artifact("", {k: val for k, val in marker.items() if k != "files"})  # re-sealed: the sha256s match
+    return v, canary
+
+
+def test_a_stored_model_never_chooses_the_code_that_builds_it(tmp_path):
+    reg = Registry(str(tmp_path / "store"), "p")
+    v, canary = planted_factory_version(tmp_path, reg)
+    reg.version_store(v).verify_artifact("")  # the manifest checks out: integrity is not authorship
+    with pytest.raises(ArtifactError, match="torch:torch.hub:load.*does not trust"):
+        Predictor.from_version(reg.version_store(v))
+    assert not canary.exists()
+    with pytest.raises(ArtifactError, match="does not trust"):  # the register stage's check refuses it the same way
+        load_check(reg.version_store(v), v)
+    assert not canary.exists()
+    # The same version with the deployer's allow-list does run the factory: the refusal above is what stopped it.
+    with pytest.raises(Exception):
+        Predictor.from_version(reg.version_store(v), v, trusted=("torch:torch.hub:load",))
+    assert canary.read_text() == "ran"
+
+
+def test_trusted_factories_come_from_the_spec_and_the_deployer_environment(monkeypatch):
+    from types import SimpleNamespace
+
+    from raypipe.model.formats import TRUSTED_FACTORIES_ENV, trusted_factories
+
+    monkeypatch.delenv(TRUSTED_FACTORIES_ENV, raising=False)
+    assert trusted_factories(SimpleNamespace(model=SimpleNamespace(kind="torch.mlp"))) == ()
+    monkeypatch.setenv(TRUSTED_FACTORIES_ENV, " torch:a:b ,torch:c:d,")
+    spec = SimpleNamespace(model=SimpleNamespace(kind="torch:my.models:net"))
+    assert trusted_factories(spec) == ("torch:a:b", "torch:c:d", "torch:my.models:net")

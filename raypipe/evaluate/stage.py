@@ -19,6 +19,7 @@ from raypipe.evaluate.gate import verdict
 from raypipe.evaluate.metrics import (LOWER_IS_BETTER, anomaly_metrics, choose_threshold, classification_metrics,
                                       clustering_metrics, regression_metrics)
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
+from raypipe.model.formats import trusted_factories
 from raypipe.model.predictor import predict_batch
 from raypipe.stage import SPLITS, EvaluateOutput, StageContext, StageOutput
 from raypipe.store import Store
@@ -61,14 +62,17 @@ class Scored:
 
 
 def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any],
-                keep: list[str] | None = None, task: str = "classification") -> Scored:
-    """Predict a split with Ray Data tasks; gather labels, scores and ``keep`` columns."""
+                keep: list[str] | None = None, task: str = "classification", trusted: tuple[str, ...] = ()) -> Scored:
+    """Predict a split with Ray Data tasks; gather labels, scores and ``keep`` columns.
+
+    ``trusted``: the user factories the model may name (``formats.trusted_factories`` of the driver).
+    """
     target = schema.get("target") or {}
     cols = list(dict.fromkeys([*([target["name"]] if target else []), *(keep or [])]))
     out = ds.map_batches(
         predict_batch,
         fn_kwargs={"model_uri": model_uri, "model_key": model_key(model_uri), "features": features,
-                   "schema": schema, "keep": cols, "with_features": task == "clustering"},
+                   "schema": schema, "keep": cols, "with_features": task == "clustering", "trusted": list(trusted)},
         batch_format="pandas", batch_size=4096,
     ).drop_columns(["__pred"]).to_pandas()
     classes = target.get("classes")
@@ -109,7 +113,8 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     splits = val.outputs.splits
     datasets = {s: read_parquet(val.store, splits[s]) for s in SPLITS if s in splits}
     datasets["train"], train_rows = _capped(datasets["train"], cfg.train_sample_rows, ctx.spec.data.split.seed)
-    scored = {s: score_split(ds, model_uri, features, schema, cfg.slices, task) for s, ds in datasets.items()}
+    trusted = trusted_factories(ctx.spec)
+    scored = {s: score_split(ds, model_uri, features, schema, cfg.slices, task, trusted) for s, ds in datasets.items()}
     threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
     m = {s: sc.metrics(threshold) for s, sc in scored.items()}
     test = scored["test"]
@@ -178,7 +183,8 @@ def _champion_metrics(ctx: StageContext, test_ds: Any) -> dict[str, Any] | None:
     if version is None:
         return None
     vs = reg.version_store(version)
+    vs.verify_artifact("")  # the champion's files as registered (sha256 manifest) before any of them is loaded
     scored = score_split(test_ds, vs.full_uri("model"), vs.read_json("features.json"), vs.read_json("schema.json"),
-                         task=ctx.spec.data.task)
+                         task=ctx.spec.data.task, trusted=trusted_factories(ctx.spec))
     metrics = scored.metrics(reg.info(version).get("threshold", 0.5))
     return {"version": version, **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}}

@@ -22,6 +22,24 @@ SKOPS_FILE = "model.skops"
 # Beyond skops' own trusted list, a model file may hold classes (never functions:
 # a function reference is a code-execution gadget) from these packages only.
 SKOPS_ALLOWED_PACKAGES = ("sklearn", "numpy", "scipy")
+TRUSTED_FACTORIES_ENV = "RAYPIPE_TRUSTED_FACTORIES"  # comma-separated torch:<module>:<factory> kinds
+
+
+def trusted_factories(spec: Any = None) -> tuple[str, ...]:
+    """The user factories a stored model may name, as this (deploying) process allows them.
+
+    A stored ``model.json`` names the code that builds its network: a ``torch:<module>:<factory>``
+    kind there is imported and called at load time. Its sha256 manifest lives in the same storage,
+    so whoever can write storage could re-seal it: the allow-list therefore never comes from the
+    artifact, only from the deployer: the spec's own ``model.kind`` and the environment variable
+    ``RAYPIPE_TRUSTED_FACTORIES`` of the process that loads or deploys. Built-in kinds need none.
+    """
+    import os
+
+    kinds = [k.strip() for k in os.environ.get(TRUSTED_FACTORIES_ENV, "").split(",") if k.strip()]
+    if spec is not None and spec.model.kind.startswith("torch:"):
+        kinds.append(spec.model.kind)
+    return tuple(dict.fromkeys(kinds))
 
 
 class Model(Protocol):
@@ -42,11 +60,13 @@ class TorchModel:
     """A trained zoo model (``torch.*`` kinds) for inference: eval mode, no grad, on ``device``
     (``cpu``, or ``cuda`` in a batch-inference actor that holds a GPU)."""
 
-    def __init__(self, meta: dict[str, Any], state: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, meta: dict[str, Any], state: dict[str, Any], device: str = "cpu",
+                 trusted: tuple[str, ...] = ()) -> None:
         import torch
 
         from raypipe.model.zoo import build_model
 
+        check_trusted(meta["kind"], trusted)
         self.meta, self.task = meta, meta["task"]
         params = meta.get("params")
         if params is None:  # a torch.mlp saved before the zoo: its architecture was hidden + dropout
@@ -145,16 +165,29 @@ def save_model(store: Store, meta: dict[str, Any], *, torch_state: dict[str, Any
     store.write_json(MODEL_JSON, meta)
 
 
-def load_model(store: Store, device: str = "cpu") -> Model:
-    """Load a model folder written by :func:`save_model` (torch models onto ``device``)."""
+def load_model(store: Store, device: str = "cpu", trusted: tuple[str, ...] = ()) -> Model:
+    """Load a model folder written by :func:`save_model` (torch models onto ``device``).
+
+    A user factory named by the model must be in ``trusted`` (see :func:`trusted_factories`).
+    """
     meta = store.read_json(MODEL_JSON)
     if meta.get("format") != "raypipe.model/1":
         raise ArtifactError(f"{store.full_uri(MODEL_JSON)}: not a raypipe model (format {meta.get('format')!r})")
     if meta["kind"].startswith("torch"):
         from safetensors.torch import load
 
-        return TorchModel(meta, load(store.read_bytes(TORCH_WEIGHTS)), device)
+        check_trusted(meta["kind"], trusted)  # before any byte of the weights is read
+        return TorchModel(meta, load(store.read_bytes(TORCH_WEIGHTS)), device, trusted)
     return SklearnModel(meta, load_skops(store.read_bytes(SKOPS_FILE)))
+
+
+def check_trusted(kind: str, trusted: tuple[str, ...]) -> None:
+    """Refuse a stored model whose kind names a user factory this process does not trust."""
+    if kind.startswith("torch:") and kind not in trusted:
+        raise ArtifactError(
+            f"model.json names the factory {kind!r}, which this process does not trust: a stored model never "
+            f"decides what code runs. Deploy with the spec whose model.kind is {kind!r}, or add it to the "
+            f"{TRUSTED_FACTORIES_ENV} environment variable of the deploying process")
 
 
 def model_meta(kind: str, task: str, n_outputs: int, **extra: Any) -> dict[str, Any]:

@@ -38,17 +38,21 @@ class Predictor:
 
     @classmethod
     def load(cls, model_store: Store, features: dict[str, Any], schema: dict[str, Any], *, device: str = "cpu",
-             **kw: Any) -> "Predictor":
-        return cls(FeaturePipeline.from_dict(features), load_model(model_store, device), schema, **kw)
+             trusted: tuple[str, ...] = (), **kw: Any) -> "Predictor":
+        return cls(FeaturePipeline.from_dict(features), load_model(model_store, device, trusted), schema, **kw)
 
     @classmethod
-    def from_version(cls, version_store: Store, version: int | None = None) -> "Predictor":
-        """Load a registry version after checking every file against its sha256 manifest."""
+    def from_version(cls, version_store: Store, version: int | None = None, trusted: tuple[str, ...] = ()) -> "Predictor":
+        """Load a registry version after checking every file against its sha256 manifest.
+
+        ``trusted``: the user factories the loading process allows (``formats.trusted_factories``).
+        """
         marker = version_store.verify_artifact("")
         meta = marker.get("meta", {})
         return cls.load(
             version_store.sub("model"), version_store.read_json("features.json"), version_store.read_json("schema.json"),
             threshold=meta.get("threshold", 0.5), version=version if version is not None else meta.get("version"),
+            trusted=trusted,
         )
 
     # -- arrays ------------------------------------------------------------------------
@@ -71,7 +75,7 @@ _PREDICTORS: dict[str, Predictor] = {}
 
 def predict_batch(batch: pd.DataFrame, model_uri: str, model_key: str, features: dict[str, Any],
                   schema: dict[str, Any], threshold: float = 0.5, keep: list[str] | None = None,
-                  with_features: bool = False) -> dict[str, Any]:
+                  with_features: bool = False, trusted: tuple[str, ...] = ()) -> dict[str, Any]:
     """Ray Data task function: like :class:`BatchPredict` without an actor's start-up cost.
 
     The predictor is cached per worker process under ``model_key`` (a digest of the
@@ -79,7 +83,7 @@ def predict_batch(batch: pd.DataFrame, model_uri: str, model_key: str, features:
     """
     if model_key not in _PREDICTORS:
         _PREDICTORS.clear()
-        _PREDICTORS[model_key] = Predictor.load(Store(model_uri), features, schema)
+        _PREDICTORS[model_key] = Predictor.load(Store(model_uri), features, schema, trusted=tuple(trusted))
     predictor = _PREDICTORS[model_key]
     predictor.threshold = threshold
     return _predict_columns(predictor, batch, keep or [], with_features)
@@ -107,10 +111,10 @@ class BatchPredict:
     """Ray Data callable class: loads the predictor once per actor (on its GPU with ``use_gpu``), predicts batches."""
 
     def __init__(self, model_uri: str, features: dict[str, Any], schema: dict[str, Any], threshold: float = 0.5,
-                 keep: list[str] | None = None, use_gpu: bool = False) -> None:
+                 keep: list[str] | None = None, use_gpu: bool = False, trusted: tuple[str, ...] = ()) -> None:
         # With use_gpu the actor holds a GPU (num_gpus=1): a torch model scores there.
         self.predictor = Predictor.load(Store(model_uri), features, schema, threshold=threshold,
-                                        device="cuda" if use_gpu else "cpu")
+                                        device="cuda" if use_gpu else "cpu", trusted=tuple(trusted))
         self.keep = keep or []
 
     def __call__(self, batch: pd.DataFrame) -> dict[str, Any]:

@@ -7,20 +7,22 @@ from typing import Any
 
 from raypipe.errors import ArtifactError
 from raypipe.lineage import lineage_record
+from raypipe.model.formats import trusted_factories
 from raypipe.registry import Registry
 from raypipe.stage import RegisterOutput, StageContext, StageOutput
 from raypipe.store import Store
 
-def load_check(version_store: Store, version: int) -> None:
-    """The registry's verify step: the version must load into a predictor."""
+def load_check(version_store: Store, version: int, trusted: tuple[str, ...] = ()) -> None:
+    """The registry's verify step: the version must load into a predictor (with the deployer's ``trusted``)."""
     from raypipe.model.predictor import Predictor
 
-    Predictor.from_version(version_store, version)
+    Predictor.from_version(version_store, version, trusted)
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
     val, feats, train, ev = inputs["validate"], inputs["features"], inputs["train"], inputs["evaluate"]
-    reg = Registry(ctx.root, ctx.spec.name, verify=load_check)
+    trusted = trusted_factories(ctx.spec)
+    reg = Registry(ctx.root, ctx.spec.name, verify=lambda vs, v: load_check(vs, v, trusted))
     for v, what in reg.recover():
         ctx.log(f"recovered version {v} left by a killed run: {what}")
     gate, target = ev.outputs.gate, ctx.spec.registry.promote_to

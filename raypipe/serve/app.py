@@ -20,8 +20,6 @@ pickled.
 
 import asyncio
 import gc
-import hashlib
-import hmac
 import random
 import time
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ import numpy as np
 from pydantic import TypeAdapter
 from ray import serve
 
+from raypipe.serve.apikey import KeyCheck
 from raypipe.tasks import TASKS
 from raypipe.model.predictor import Predictor
 from raypipe.serve.request_model import request_model
@@ -58,9 +57,9 @@ class Routing:
     shadow: bool = False
 
 
-def load_version(uri: str, version: int, pipeline: str) -> Loaded:
+def load_version(uri: str, version: int, pipeline: str, trusted: tuple[str, ...] = ()) -> Loaded:
     store = Store(uri)
-    predictor = Predictor.from_version(store, version)
+    predictor = Predictor.from_version(store, version, trusted)
     metadata = {
         "pipeline": pipeline,
         "version": version,
@@ -131,19 +130,22 @@ class ModelServer:
         max_batch_size, batch_wait_timeout_s: dynamic batching settings.
         request_timeout_s: a prediction not answered by then gets a 408.
         max_body_bytes: larger bodies get a 413.
-        api_key_sha256: the SHA-256 of the API key, or None for no auth. The key itself
-            never leaves the process that deployed the app.
+        api_key_hash: the API key's salted scrypt hash (:mod:`raypipe.serve.apikey`), or None
+            for no auth. The key itself never leaves the process that deployed the app.
+        trusted_factories: the ``torch:<module>:<factory>`` kinds a served model may name,
+            as the deploying process allows them (``formats.trusted_factories``).
 
     ``user_config`` (see :meth:`reconfigure`) says which versions to serve.
     """
 
     def __init__(self, pipeline: str, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005,
                  request_timeout_s: float = 10.0, max_body_bytes: int = 1 << 20,
-                 api_key_sha256: Optional[str] = None) -> None:
+                 api_key_hash: Optional[str] = None, trusted_factories: Optional[list[str]] = None) -> None:
         self.pipeline = pipeline
         self.routing: Optional[Routing] = None
         self.request_timeout_s, self.max_body_bytes = request_timeout_s, max_body_bytes
-        self.api_key_sha256 = bytes.fromhex(api_key_sha256) if api_key_sha256 else None
+        self.key_check = KeyCheck(api_key_hash) if api_key_hash else None
+        self.trusted = tuple(trusted_factories or ())
         self.metrics = ServeMetrics(pipeline)
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -160,7 +162,7 @@ class ModelServer:
             if not ref:
                 return None
             key = (ref["uri"], int(ref["version"]))
-            return self._cache.get(key) or load_version(ref["uri"], int(ref["version"]), self.pipeline)
+            return self._cache.get(key) or load_version(ref["uri"], int(ref["version"]), self.pipeline, self.trusted)
 
         new = Routing(champion=get(config["champion"]), challenger=get(config.get("challenger")),
                       canary_percent=float(config.get("canary_percent", 0.0)), shadow=bool(config.get("shadow", False)))
@@ -228,11 +230,10 @@ class ModelServer:
 
     # -- used by the HTTP layer ---------------------------------------------------------
     def authorised(self, headers: Any) -> bool:
-        if self.api_key_sha256 is None:
+        if self.key_check is None:
             return True
         auth = headers.get("authorization", "")
-        key = auth[7:] if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
-        return hmac.compare_digest(hashlib.sha256(key.encode()).digest(), self.api_key_sha256)
+        return self.key_check(auth[7:] if auth[:7].lower() == "bearer " else headers.get("x-api-key", ""))
 
     def to_canary(self) -> bool:
         r = self.routing

@@ -48,6 +48,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     import numpy as np
     import pandas as pd
 
+    from raypipe.model.formats import check_trusted, trusted_factories
     from raypipe.model.predictor import BatchPredict
     from raypipe.runtime import connect_for
 
@@ -58,6 +59,9 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     reg = Registry(spec.storage, spec.name)
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
+    vs.verify_artifact("")  # every file as registered (sha256 manifest) before any actor loads one
+    trusted = trusted_factories(spec)
+    check_trusted(vs.read_json("model", "model.json")["kind"], trusted)  # refused here, before any actor starts
     connect_for(spec, address)
     schema = vs.read_json("schema.json")
     gpu = 1 if spec.train.use_gpu else 0
@@ -70,7 +74,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
         BatchPredict,
         fn_constructor_kwargs={"model_uri": vs.full_uri("model"), "features": vs.read_json("features.json"),
                                "schema": schema, "threshold": reg.info(v).get("threshold", 0.5), "keep": keep,
-                               "use_gpu": bool(gpu)},
+                               "use_gpu": bool(gpu), "trusted": trusted},
         batch_format="pandas", concurrency=actors, num_gpus=gpu, batch_size=4096,
     )
     classes = (schema.get("target") or {}).get("classes")

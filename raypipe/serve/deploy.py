@@ -13,9 +13,11 @@ from typing import Any
 import yaml
 
 from raypipe.errors import SpecError
+from raypipe.model.formats import trusted_factories
 from raypipe.registry import Registry
 from raypipe.runtime import SERVE_PROFILE
 from raypipe.schema import feature_columns
+from raypipe.serve.apikey import hash_key
 from raypipe.spec import Spec
 from raypipe.stage import OUTPUTS_FILE, ValidateOutput, artifact_path
 from raypipe.store import Store
@@ -117,7 +119,8 @@ def init_args(spec: Spec) -> dict[str, Any]:
     d = spec.deploy
     return {"pipeline": spec.name, "max_batch_size": d.batching.max_batch_size,
             "batch_wait_timeout_s": d.batching.batch_wait_timeout_s, "request_timeout_s": d.request_timeout_s,
-            "max_body_bytes": d.max_body_bytes, "api_key_sha256": api_key_digest(spec)}
+            "max_body_bytes": d.max_body_bytes, "api_key_hash": api_key_digest(spec),
+            "trusted_factories": list(trusted_factories(spec))}
 
 
 def deployment_options(spec: Spec, version: int) -> dict[str, Any]:
@@ -187,7 +190,7 @@ def serving_config(spec: Spec, reg: Registry, version: int) -> dict[str, Any]:
 
 
 def api_key_digest(spec: Spec) -> str | None:
-    """SHA-256 of the API key named by ``deploy.auth.api_key_env``: the replicas get this, never the key."""
+    """The salted scrypt hash of the API key named by ``deploy.auth.api_key_env``: the replicas get this, never the key."""
     auth = spec.deploy.auth
     if auth is None:
         return None
@@ -195,7 +198,7 @@ def api_key_digest(spec: Spec) -> str | None:
     if not key:
         raise SpecError(f"deploy.auth.api_key_env: the environment variable {auth.api_key_env!r} is not set or empty; "
                         "export it with the API key clients will send, or remove deploy.auth")
-    return hashlib.sha256(key.encode()).hexdigest()
+    return hash_key(key, spec.name)
 
 
 def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ time-outs, back-pressure and health, each against a live Serve application over 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import pytest
 import raypipe
 from raypipe.progress import Progress
 from raypipe.registry import Registry
+from raypipe.serve.apikey import hash_key
 from raypipe.serve.deploy import sample_request
 from tests.conftest import free_port, small_spec
 from tests.serve.helpers import with_deploy
@@ -164,7 +166,8 @@ def test_api_key_is_required_compared_and_never_stored_or_logged(trained, monkey
     from ray.serve.context import _get_global_client
 
     details = json.dumps(_get_global_client().get_serve_details(), default=str)
-    assert key not in details
+    assert key not in details and hashlib.sha256(key.encode()).hexdigest() not in details  # no fast digest either
+    assert hash_key(key, spec.name) in details  # the salted scrypt hash is what the replicas got
     session = Path(ray_session._private.worker._global_node.get_session_dir_path())
     for path in glob.glob(str(session / "logs" / "**" / "*"), recursive=True):
         if os.path.isfile(path):
@@ -249,3 +252,28 @@ def test_check_health_fails_until_a_model_is_loaded(trained):
     server.reconfigure({"champion": {"uri": uri, "version": result.version}})
     server.check_health()
     assert server.routing.champion.version == result.version
+
+
+def test_a_planted_factory_is_refused_by_predict_and_by_a_replica(trained, tmp_path):
+    """A version whose re-sealed model.json names torch.hub.load on a local folder: no process runs it."""
+    import pandas as pd
+
+    from raypipe.errors import ArtifactError
+    from tests.test_registry import planted_factory_version
+
+    spec, result, rows = trained
+    v, canary = planted_factory_version(tmp_path, Registry(spec.storage, spec.name), source_version=result.version)
+    src = tmp_path / "rows.parquet"
+    pd.DataFrame.from_records(rows).to_parquet(src)
+    with pytest.raises(ArtifactError, match="does not trust"):
+        raypipe.predict(spec, str(src), str(tmp_path / "out"), version=v)
+    from ray import serve
+
+    from raypipe.serve.deploy import deploy as serve_deploy
+
+    try:
+        with pytest.raises(Exception):  # every replica refuses to load it, so the deployment fails
+            serve_deploy(with_deploy(spec, route_prefix="/planted"), version=v, app_name="planted")
+    finally:
+        serve.delete("planted")
+    assert not canary.exists()
