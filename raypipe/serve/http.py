@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 JSON_TYPES = ("application/json", "application/x-ndjson", "text/json")
+NO_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+PUBLIC = ("/healthz",)  # with deploy.auth, every other route (/metadata: lineage; /docs, /openapi.json) needs the key
 MAX_ERRORS = 10
 
 
@@ -41,8 +43,7 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> tuple[int, d
         return status, {"error": reason, **({"detail": detail} if detail is not None else {})}, extra
 
     if not server.authorised(headers):
-        return refuse(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                      "auth", extra={"WWW-Authenticate": "Bearer"})
+        return refuse(401, NO_KEY, "auth", extra={"WWW-Authenticate": "Bearer"})
     too_large = f"request body over {server.max_body_bytes} bytes (deploy.max_body_bytes)"
     declared = headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > server.max_body_bytes):
@@ -92,13 +93,10 @@ async def fast_predict(server: Any, scope: dict[str, Any], receive: Any, send: A
     /metadata, /docs, /openapi.json). Its middleware, router and dependency layers were
     ~10 % of a replica's CPU at 32 clients (py-spy).
     """
-    path = scope.get("path", "")
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
+    path = _path(scope)
     if scope["type"] != "http" or scope.get("method") != "POST" or path not in ("/predict", "/predict/"):
         return False
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    headers = _headers(scope)
 
     async def chunks() -> Any:
         while True:
@@ -109,13 +107,25 @@ async def fast_predict(server: Any, scope: dict[str, Any], receive: Any, send: A
             if not message.get("more_body", False):
                 return
 
-    status, body, extra = await handle_predict(server, headers, chunks())
+    await _send(send, *await handle_predict(server, headers, chunks()))
+    return True
+
+
+def _path(scope: dict[str, Any]) -> str:
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+
+
+async def _send(send: Any, status: int, body: dict[str, Any], extra: dict[str, str] | None) -> None:
     payload = _json(body)
     out = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     out += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": payload})
-    return True
 
 
 def build_fastapi(server: Any) -> Any:
@@ -124,8 +134,12 @@ def build_fastapi(server: Any) -> Any:
 
     class App(FastAPI):
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if not await fast_predict(server, scope, receive, send):
-                await super().__call__(scope, receive, send)
+            if await fast_predict(server, scope, receive, send):
+                return
+            if scope["type"] == "http" and _path(scope).rstrip("/") not in PUBLIC and not server.authorised(_headers(scope)):
+                await _send(send, 401, {"error": NO_KEY}, {"WWW-Authenticate": "Bearer"})
+                return
+            await super().__call__(scope, receive, send)
 
     app = App(title=f"raypipe: {server.pipeline}")
 

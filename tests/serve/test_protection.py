@@ -162,6 +162,11 @@ def test_api_key_is_required_compared_and_never_stored_or_logged(trained, monkey
     assert httpx.post(url, json=rows[0], headers={"X-API-Key": key[:-1]}, timeout=30).status_code == 401
     assert httpx.post(url, json=rows[0], headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200
     assert httpx.post(url, json=rows[0], headers={"X-API-Key": key}, timeout=30).status_code == 200
+    # Lineage, the schema and the docs need the key too; only the health check answers without it.
+    for route in ("metadata", "docs", "openapi.json"):
+        assert httpx.get(f"{endpoint.url}/{route}", timeout=30).status_code == 401, route
+        assert httpx.get(f"{endpoint.url}/{route}", headers={"X-API-Key": key}, timeout=30).status_code == 200, route
+    assert httpx.get(f"{endpoint.url}/healthz", timeout=30).status_code == 200
     # The replicas got only its digest: the key is in no Serve config and no Ray log.
     from ray.serve.context import _get_global_client
 
