@@ -29,7 +29,7 @@ from typing import Any, Callable
 from raypipe.errors import RegistryError
 from raypipe.lineage import current_user
 from raypipe.spec import ALIAS_PATTERN
-from raypipe.store import MARKER, Store, create_exclusive
+from raypipe.store import MARKER, Store, create_exclusive, fsync_dir
 
 OWNER, STATUS = "_OWNER.json", "_STATUS.json"
 STATUSES = ("pending", "ready", "rejected", "failed")
@@ -128,6 +128,7 @@ class Registry:
         while True:
             try:
                 os.rename(self.store.path(tmp), self.store.path("versions", _name(v)))
+                fsync_dir(self.store.path("versions"))  # the claimed number survives a power loss
                 return v
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):

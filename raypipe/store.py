@@ -102,13 +102,25 @@ class Store:
 
     # -- writing ----------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write a file atomically: temporary name first, then a move into place."""
+        """Write a file atomically: temporary name first, then a move into place.
+
+        Locally the bytes are fsynced before the rename and the folder after it, so a file
+        that is visible survives a power loss, not only a killed process.
+        """
         final = self.path(rel)
         self.fs.create_dir(posixpath.dirname(final), recursive=True)
         tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as f:
+        if not self.is_local:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, final)
+            return
+        with open(tmp, "wb") as f:
             f.write(data)
-        self.fs.move(tmp, final)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(posixpath.dirname(final))
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
@@ -138,8 +150,17 @@ class Store:
         return self.path(rel)
 
     def complete_artifact(self, rel: str, meta: dict[str, Any] | None = None) -> dict[str, str]:
-        """Seal an artifact: hash every file and write the marker last."""
+        """Seal an artifact: hash every file and write the marker last.
+
+        Locally every file and folder of the artifact is fsynced first (files written by Ray
+        tasks were not), so the marker never outlives the files it vouches for.
+        """
         names = [f for f in self.walk_files(rel) if f != MARKER]
+        if self.is_local:
+            for name in names:
+                fsync_file(self.path(rel, name))
+            for folder in sorted({posixpath.dirname(self.path(rel, n)) for n in names} | {self.path(rel)}):
+                fsync_dir(folder)
         with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL: files hash in parallel
             files = dict(zip(names, pool.map(lambda f: self.sha256(rel, f), names)))
         self.write_json(posixpath.join(rel, MARKER), {"files": files, **(meta or {})})
@@ -160,6 +181,23 @@ class Store:
             if self.sha256(rel, name) != digest:
                 raise ArtifactError(f"artifact {self.full_uri(rel)!r}: file {name!r} fails its sha256 check")
         return marker
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def iter_file_digests(fs: pafs.FileSystem, path: str) -> Iterator[tuple[str, str]]:

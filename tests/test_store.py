@@ -222,3 +222,28 @@ def test_non_local_filesystem_branch(tmp_path: Path) -> None:
     assert store.full_uri("art", "a.bin") == "mem://root/art/a.bin"
     assert create_exclusive(store, "lock") is True and create_exclusive(store, "lock") is False
     assert not any(".tmp-" in f for f in all_files(tmp_path))
+
+
+def test_writes_are_fsynced_before_they_are_published(tmp_path, monkeypatch):
+    """A visible file or a complete marker survives a power loss: data, then rename, then the folder, then the marker."""
+    import os
+
+    import raypipe.store as store_module
+
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(store_module.os, "fsync",
+                        lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd))
+    monkeypatch.setattr(store_module.os, "replace", lambda a, b: events.append(("replace", str(b))) or replace(a, b))
+    s = Store(str(tmp_path / "root"))
+    s.write_bytes("art/a.bin", b"x")
+    target = str(tmp_path / "root" / "art" / "a.bin")
+    kinds = [(k, p.split(".tmp-")[0] if ".tmp-" in p else p) for k, p in events]
+    assert kinds == [("fsync", target), ("replace", target), ("fsync", str(tmp_path / "root" / "art"))]
+    (tmp_path / "root" / "art" / "from_a_task.parquet").write_bytes(b"rows")  # as Ray tasks write: no fsync
+    events.clear()
+    s.complete_artifact("art")
+    marker = str(tmp_path / "root" / "art" / MARKER)
+    synced = [p for k, p in events if k == "fsync"]
+    assert str(tmp_path / "root" / "art" / "from_a_task.parquet") in synced
+    assert events.index(("replace", marker)) > max(i for i, e in enumerate(events) if e[1].endswith(".parquet"))
