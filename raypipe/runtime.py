@@ -161,7 +161,7 @@ def serve_ingress() -> str:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None,
-            ingress: str = "haproxy", log_to_driver: bool = False) -> None:
+            ingress: str = "haproxy", log_to_driver: bool = False, allow_insecure: bool = False) -> None:
     """Make sure this process is connected to Ray.
 
     Args:
@@ -177,6 +177,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
             output stays in the Ray session's log files (:func:`worker_logs`) and this
             process's Serve messages below warnings are dropped too. Errors reach the
             driver either way, with the worker's traceback.
+        allow_insecure: start a local Ray without token authentication when the environment
+            says ``RAY_AUTH_MODE=disabled`` (refused otherwise; see :func:`require_token_auth`).
     """
     import ray
 
@@ -191,6 +193,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     else:
+        require_token_auth(allow_insecure)
         env = serve_env(ingress)
         os.environ.update(env)  # this process's Serve client reads it too
         kwargs = local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1), log_to_driver=log_to_driver)
@@ -202,6 +205,26 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         # A filter, not a level: every `import ray.serve` sets that logger back to INFO.
         _add_filter("ray.serve", _warnings_up)
     configure_data()
+
+
+def require_token_auth(allow_insecure: bool = False) -> None:
+    """Token authentication for a new local Ray, set explicitly rather than left to Ray's default.
+
+    Anyone who reaches a Ray's dashboard, Jobs or Client port can run code. A stray
+    ``RAY_AUTH_MODE=disabled`` would otherwise win silently: it is refused unless the spec
+    says ``ray.allow_insecure: true``.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode == "token":
+        os.environ["RAY_AUTH_MODE"] = "token"
+        return
+    if not allow_insecure:
+        from raypipe.errors import SpecError
+
+        raise SpecError(f"RAY_AUTH_MODE={mode!r} would start a local Ray without authentication: anyone on this host "
+                        "could run code through its dashboard and job API. Unset RAY_AUTH_MODE, or set "
+                        "ray.allow_insecure: true in the spec to accept that")
+    log.warning("starting a local Ray with RAY_AUTH_MODE=%s (ray.allow_insecure: true): no authentication", mode)
 
 
 def _warnings_up(record: logging.LogRecord) -> bool:
@@ -268,7 +291,7 @@ def configure_data() -> None:
 def connect_for(spec: Any, address: str | None = None) -> None:
     """:func:`connect` with a spec's ``ray`` section (``address`` overrides it)."""
     connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir,
-            ingress=spec.deploy.ingress, log_to_driver=spec.ray.log_to_driver)
+            ingress=spec.deploy.ingress, log_to_driver=spec.ray.log_to_driver, allow_insecure=spec.ray.allow_insecure)
 
 
 def shutdown() -> None:

@@ -36,6 +36,8 @@ class RaySection(_Section):
     temp_dir: str | None = Field(default=None, description="a local Ray's temp dir (default: Ray's, /tmp/ray)")
     log_to_driver: bool = Field(default=False, description="print Ray workers' and actors' output on this console; "
                                 "off: it stays in the Ray session's log files, and the console shows raypipe's progress")
+    allow_insecure: bool = Field(default=False, description="let a local Ray start without token authentication "
+                                 "(RAY_AUTH_MODE=disabled); anyone on the host could then run code through it")
 
 
 # --- data --------------------------------------------------------------------------

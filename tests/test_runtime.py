@@ -130,3 +130,49 @@ def test_worker_logs_is_the_session_log_folder(ray_session) -> None:
     logs = worker_logs()
     assert logs and os.path.isdir(logs) and logs.endswith("logs")
     assert any(name.startswith("worker-") for name in os.listdir(logs))
+
+
+def test_a_local_ray_without_authentication_is_refused_unless_the_spec_allows_it(monkeypatch) -> None:
+    import ray
+
+    import raypipe.runtime as runtime
+    from raypipe.errors import SpecError
+
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))
+    monkeypatch.setattr(runtime, "configure_data", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    try:
+        runtime.connect(num_cpus=1)
+    except SpecError as exc:
+        assert "RAY_AUTH_MODE='disabled'" in str(exc) and "ray.allow_insecure: true" in str(exc)
+    else:
+        raise AssertionError("an unauthenticated local Ray was started")
+    assert started == []
+    runtime.connect(num_cpus=1, allow_insecure=True)  # the deployer's explicit choice
+    assert len(started) == 1 and os.environ["RAY_AUTH_MODE"] == "disabled"
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    runtime.connect(num_cpus=1)
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # set explicitly, not left to Ray's default
+
+
+def test_the_local_dashboard_and_job_api_need_the_token_and_listen_on_loopback(ray_session) -> None:
+    import httpx
+
+    node = ray_session._private.worker._global_node
+    host, port = node.webui_url.rsplit(":", 1)
+    assert host in ("127.0.0.1", "localhost"), node.webui_url
+    for path in ("/api/jobs/", "/api/version", "/nodes?view=summary"):
+        r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
+        assert r.status_code in (401, 403), (path, r.status_code)
+    submit = httpx.post(f"http://127.0.0.1:{port}/api/jobs/", json={"entrypoint": "touch /tmp/pwned"}, timeout=30)
+    assert submit.status_code in (401, 403)  # the job API runs code: not without the token
+    import socket
+
+    addrs = [a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    for addr in {a for a in addrs if not a.startswith("127.")}:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((addr, int(port))) != 0, f"dashboard answers on {addr}"
