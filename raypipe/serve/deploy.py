@@ -75,7 +75,8 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
     connect_for(spec, address)
     d = spec.deploy
     http_port = d.port if port is None else port
-    serve.start(http_options={"host": d.host, "port": http_port}, logging_config=LoggingConfig(**QUIET))
+    serve.start(http_options={"host": d.host, "port": http_port, "request_timeout_s": http_timeout_s(spec)},
+                logging_config=LoggingConfig(**QUIET))
     # An explicit code version: without one, every serve.run counts as new code and replaces the replicas.
     # With it, a change of user_config alone (a promotion) is applied by `reconfigure` on the running ones.
     # (`version` is internal-only in Deployment.options since Ray 2.x; the swap test checks the replicas stay.)
@@ -99,6 +100,11 @@ def serving_address(host: str, port: int) -> tuple[str, int]:
 
 
 QUIET = {"log_level": "WARNING", "enable_access_log": False}
+
+
+def http_timeout_s(spec: Spec) -> float:
+    """Serve's own limit on a whole HTTP request: reading the body and answering each get request_timeout_s."""
+    return 2 * spec.deploy.request_timeout_s + 5
 
 
 def code_version(args: dict[str, Any]) -> str:
@@ -160,7 +166,7 @@ def serve_config(spec: Spec, *, version: int | None = None, alias: str | None = 
     d = spec.deploy
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": d.host, "port": d.port},
+        "http_options": {"host": d.host, "port": d.port, "request_timeout_s": http_timeout_s(spec)},
         "logging_config": QUIET,
         "applications": [{
             "name": name,
@@ -266,7 +272,7 @@ def rayservice_manifest(spec: Spec, config: dict[str, Any], *, image: str = "ray
         "kind": "RayService",
         "metadata": {"name": f"raypipe-{spec.name}"},
         "spec": {
-            "serveConfigV2": dump_yaml({**config, "http_options": {"host": "0.0.0.0", "port": port}}),
+            "serveConfigV2": dump_yaml({**config, "http_options": {**config["http_options"], "host": "0.0.0.0"}}),
             "rayClusterConfig": {
                 "rayVersion": ray_version(),
                 "enableInTreeAutoscaling": True,

@@ -34,7 +34,8 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> tuple[int, d
     """``POST /predict`` without a web framework: (status, JSON body, extra headers).
 
     ``headers`` maps lower-case names to values; ``chunks`` yields the body's bytes. Refusals,
-    in order: API key 401, size 413 (declared, then streamed), content type 415, empty 400,
+    in order: API key 401, size 413 (declared, then streamed), content type 415, a body not received
+    within the time limit 408, empty 400,
     then one pydantic-core pass (bad JSON or nesting 400, schema 422), time-out 408.
     """
     def refuse(status: int, reason: str, tag: str, detail: Any = None,
@@ -52,10 +53,15 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> tuple[int, d
     if ctype not in JSON_TYPES:
         return refuse(415, f"content type {ctype!r} is not accepted; send application/json", "content_type")
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > server.max_body_bytes:
-            return refuse(413, too_large, "too_large")
+    try:
+        async with asyncio.timeout(server.request_timeout_s):  # a slow body holds no slot past the time limit
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > server.max_body_bytes:
+                    return refuse(413, too_large, "too_large")
+    except TimeoutError:
+        return refuse(408, f"request body not received within {server.request_timeout_s} s "
+                      "(deploy.request_timeout_s); send it at once", "slow_body")
     if not body.strip():
         return refuse(400, "empty body: send one row as a JSON object, or a list of them", "empty")
     raw, champion = bytes(body), server.routing.champion

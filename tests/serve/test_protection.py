@@ -282,3 +282,24 @@ def test_a_planted_factory_is_refused_by_predict_and_by_a_replica(trained, tmp_p
     finally:
         serve.delete("planted")
     assert not canary.exists()
+
+
+def test_a_client_that_never_finishes_its_body_gets_a_408_and_holds_no_slot(trained):
+    import socket
+    from urllib.parse import urlsplit
+
+    spec, _, rows = trained
+    _, endpoint = deployed(spec, "slow", request_timeout_s=2.0)
+    url = urlsplit(endpoint.url)
+    slow = []
+    for _ in range(4):  # more stalled bodies than the replica's batch would hold
+        s = socket.create_connection((url.hostname, url.port), timeout=60)
+        s.sendall(f"POST {url.path}/predict HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+                  "Content-Length: 1000\r\n\r\n{\"amount\": ".encode())
+        slow.append(s)
+    ok = httpx.post(f"{endpoint.url}/predict", json=rows[0], timeout=30)  # answered while they stall
+    assert ok.status_code == 200
+    for s in slow:
+        with s:
+            status = s.recv(4096).split(b"\r\n", 1)[0]  # the socket's 60 s timeout: an answer must come before
+            assert b" 408 " in status, status
