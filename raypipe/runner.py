@@ -130,7 +130,7 @@ class Runner:
             "run_id": self.run_id,
             "pipeline": spec.name,
             "started": datetime.now(timezone.utc).isoformat(),
-            "spec": spec.model_dump(mode="json", by_alias=True),
+            "spec": spec.redacted(),
             "data_fingerprint": data_fp,
             "code_hash": code_hash(),
             "versions": library_versions(),

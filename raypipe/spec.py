@@ -27,6 +27,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+_SECRET_QUERY = re.compile(r"(?i)(?:^|[&;])[^=&;]*(?:pass|pwd|secret|token|key|signature|credential|auth)[^=&;]*=")
+
+
+def no_secret_in_url(url: str, fix: str, *, user_ok: bool = False) -> str:
+    """``url`` unless it carries a secret: a password (or, unless ``user_ok``, any user info) or a
+    query parameter named like one (password, token, key, secret, signature...). ``fix`` says where it goes."""
+    from urllib.parse import urlsplit
+
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    if len(netloc) == 2 and (not user_ok or ":" in netloc[0]):
+        raise ValueError(f"the URL holds credentials ({'a password' if ':' in netloc[0] else 'user info'}); "
+                         f"remove them and {fix}")
+    if _SECRET_QUERY.search(parts.query):
+        raise ValueError(f"the URL's query holds what looks like a secret ({_SECRET_QUERY.search(parts.query).group(0)}…); "
+                         f"remove it and {fix}")
+    return url
+
+
 # --- ray ---------------------------------------------------------------------------
 class RaySection(_Section):
     """Where Ray runs. ``address: null`` starts a local in-process Ray."""
@@ -101,7 +122,7 @@ class SqlSource(_Snapshot):
             raise ValueError("write sqlite:///path/to.db or postgresql://user@host:port/dbname")
         if scheme != "sqlite" and "@" in v and ":" in v.split("://", 1)[1].split("@", 1)[0]:
             raise ValueError("url holds a password; remove it and set password_env to the variable that holds it")
-        return v
+        return no_secret_in_url(v, "set password_env to the variable that holds the password", user_ok=True)
 
 
 class Pagination(_Section):
@@ -124,8 +145,12 @@ class HttpSource(_Snapshot):
     url: str
     records: str = Field(default="data", description="dotted path of the list of records ('' for a bare list)")
     pagination: Pagination = Field(default_factory=Pagination)
-    params: dict[str, str] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, str] = Field(default_factory=dict, description="not for secrets: stored with the run (use params_env)")
+    headers: dict[str, str] = Field(default_factory=dict, description="not for secrets: stored with the run (use headers_env)")
+    params_env: dict[str, str] = Field(default_factory=dict, description="query parameter -> the environment variable "
+                                       "holding its value (API keys); read where the run starts, never stored")
+    headers_env: dict[str, str] = Field(default_factory=dict, description="header -> the environment variable holding "
+                                        "its value; read where the run starts, never stored")
     token_env: str | None = Field(default=None, description="sent as 'Authorization: Bearer <value of this variable>'")
     retries: int = Field(default=3, ge=0)
     backoff_s: float = Field(default=0.5, ge=0)
@@ -136,7 +161,7 @@ class HttpSource(_Snapshot):
     def _http(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("write an http:// or https:// URL")
-        return v
+        return no_secret_in_url(v, "name the variable that holds it in params_env, headers_env or token_env")
 
 
 class ImagesSource(_Section):
@@ -185,6 +210,14 @@ class DataSection(_Section):
     task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]  # one entry per raypipe.tasks.TASKS
     id_columns: list[str] = Field(default_factory=list, description="kept with the rows, never used as features")
     split: SplitSection = Field(default_factory=SplitSection)
+
+    @field_validator("source")
+    @classmethod
+    def _no_credentials_in_path(cls, v: Any) -> Any:
+        if getattr(v, "path", None):
+            no_secret_in_url(v.path, "give the filesystem its credentials through the environment "
+                                     "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)")
+        return v
 
     @model_validator(mode="after")
     def _target_for_task(self) -> "DataSection":
@@ -471,6 +504,12 @@ class TrackingSection(_Section):
     mlflow_uri: str | None = Field(default=None, description="e.g. sqlite:///mlflow.db or file:///abs/mlruns")
     experiment: str | None = Field(default=None, description="default: the pipeline name")
 
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        return v and no_secret_in_url(v, "export MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                                         "MLFLOW_TRACKING_TOKEN) instead")
+
 
 # --- deploy --------------------------------------------------------------------------
 class AutoscalingSection(_Section):
@@ -540,6 +579,12 @@ class Spec(_Section):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     storage: str = "./.raypipe"
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        return no_secret_in_url(v, "give the filesystem its credentials through the environment "
+                                   "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)")
     ray: RaySection = Field(default_factory=RaySection)
     data: DataSection
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
@@ -616,6 +661,16 @@ class Spec(_Section):
         """One section as plain JSON-able data (by its YAML key)."""
         return self.model_dump(mode="json", by_alias=True)[name]
 
+    def redacted(self) -> dict[str, Any]:
+        """The spec as plain data to store or log: literal HTTP header and parameter values (which may
+        be secrets despite the advice) become ``***``; URLs hold no secrets (refused when loaded)."""
+        doc = self.model_dump(mode="json", by_alias=True)
+        source = doc["data"]["source"]
+        for key in ("headers", "params"):
+            if source.get(key):
+                source[key] = {k: "***" for k in source[key]}
+        return doc
+
 
 # --- loading and error formatting ----------------------------------------------------
 def load_spec(source: str | Path | dict[str, Any], *, base_dir: str | Path | None = None) -> Spec:
@@ -681,8 +736,12 @@ _URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^@/\s]*@")
 
 
 def redact(value: Any) -> Any:
-    """A value safe to print: a password inside a URL becomes ``***``."""
-    return _URL_PASSWORD.sub(r"\1:***@", value) if isinstance(value, str) else value
+    """A value safe to print: a password inside a URL, and a query value named like a secret, become ``***``."""
+    if not isinstance(value, str):
+        return value
+    value = _URL_PASSWORD.sub(r"\1:***@", value)
+    return re.sub(r"(?i)((?:^|[?&;])[^=&;?]*(?:pass|pwd|secret|token|key|signature|credential|auth)[^=&;?]*=)[^&;#]*",
+                  r"\1***", value)
 
 
 def _dotted(loc: list[Any]) -> str:

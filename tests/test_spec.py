@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import json
+
 import pytest
 import yaml
 
@@ -477,3 +479,33 @@ def test_canary_alias_must_be_a_plain_name() -> None:
     with pytest.raises(SpecError, match="deploy.canary.alias"):
         load_spec({**base, "deploy": {"canary": {"alias": "../../etc/x"}}})
     assert load_spec({**base, "deploy": {"canary": {"alias": "blue-2"}}}).deploy.canary.alias == "blue-2"
+
+
+@pytest.mark.parametrize("where, value, fix", [
+    ("data.source.url", {"type": "http", "url": "https://api.example/items?api_key=abc123"}, "params_env"),
+    ("data.source.url", {"type": "http", "url": "https://bob:pw@api.example/items"}, "params_env"),
+    ("data.source.url", {"type": "sql", "url": "postgresql://bob@db:5432/x?password=pw", "query": "select 1"},
+     "password_env"),
+    ("data.source.path", {"type": "parquet", "path": "s3://AKIAX:s3cr3t@bucket/data"}, "AWS_ACCESS_KEY_ID"),
+    ("storage", "s3://bucket/store?secret_key=s3cr3t", "AWS_ACCESS_KEY_ID"),
+    ("tracking.mlflow_uri", "https://bob:pw@mlflow.example", "MLFLOW_TRACKING_PASSWORD"),
+])
+def test_secrets_in_urls_are_refused_and_the_error_names_where_they_go(where, value, fix) -> None:
+    doc = {"name": "t", "data": {"source": {"type": "builtin"}, "target": "is_fraud"}}
+    if where.startswith("data.source"):
+        doc["data"]["source"] = value
+    elif where == "storage":
+        doc["storage"] = value
+    else:
+        doc["tracking"] = {"mlflow_uri": value}
+    with pytest.raises(SpecError) as e:
+        load_spec(doc)
+    assert fix in str(e.value) and "s3cr3t" not in str(e.value) and "abc123" not in str(e.value)
+
+
+def test_the_stored_spec_hides_literal_header_and_param_values() -> None:
+    spec = load_spec({"name": "t", "data": {"target": "y", "source": {
+        "type": "http", "url": "https://api.example/items", "headers": {"X-Key": "lit-secret"},
+        "params": {"q": "lit-param"}, "params_env": {"api_key": "RP_KEY"}}}})
+    shown = json.dumps(spec.redacted())
+    assert "lit-secret" not in shown and "lit-param" not in shown and "RP_KEY" in shown and "X-Key" in shown

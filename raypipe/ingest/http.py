@@ -29,11 +29,13 @@ MAX_RETRY_AFTER_S = 30.0
 _BODY_CHARS = 200
 
 
-def iter_pages(source: HttpSource, headers: dict[str, str] | None = None) -> Iterator[list[dict[str, Any]]]:
-    """The records of each page, page by page (``headers`` default: :func:`request_headers`)."""
+def iter_pages(source: HttpSource, headers: dict[str, str] | None = None,
+               params: dict[str, str] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The records of each page, page by page (defaults: :func:`request_headers`, :func:`request_params`)."""
     headers = request_headers(source) if headers is None else headers
+    params = request_params(source) if params is None else params
     with httpx.Client(headers=headers, timeout=source.timeout_s, follow_redirects=True) as client:
-        get = _Getter(client, source, headers)
+        get = _Getter(client, source, headers, params)
         style = source.pagination.style
         if style == "none":
             yield _records(get({}, "the request"), source, get.where)
@@ -43,9 +45,23 @@ def iter_pages(source: HttpSource, headers: dict[str, str] | None = None) -> Ite
             yield from _cursor_pages(get, source)
 
 
+def _from_env(names: dict[str, str], field: str) -> dict[str, str]:
+    """Each key with the value of the environment variable it names (read here, never stored)."""
+    missing = [v for v in names.values() if not os.environ.get(v)]
+    if missing:
+        raise SpecError(f"data.source.{field}: the environment variable(s) {missing} are not set (or empty); export "
+                        f"them before the run, or remove them from {field}")
+    return {k: os.environ[v] for k, v in names.items()}
+
+
+def request_params(source: HttpSource) -> dict[str, str]:
+    """``source.params`` plus those whose values come from the environment (``params_env``)."""
+    return {**source.params, **_from_env(source.params_env, "params_env")}
+
+
 def request_headers(source: HttpSource) -> dict[str, str]:
-    """``source.headers`` plus ``Authorization: Bearer`` with the value of ``token_env``."""
-    headers = {"Accept": "application/json", **source.headers}
+    """``source.headers``, those from the environment (``headers_env``), and ``Authorization: Bearer`` from ``token_env``."""
+    headers = {"Accept": "application/json", **source.headers, **_from_env(source.headers_env, "headers_env")}
     if source.token_env:
         token = os.environ.get(source.token_env)
         if not token:
@@ -66,9 +82,9 @@ def read_http(source: HttpSource) -> ray.data.Dataset:
     import ray
     import ray.data
 
-    headers = request_headers(source)
+    headers, params = request_headers(source), request_params(source)
     task = ray.remote(num_returns=2, max_retries=0)(_fetch_table)
-    rows_ref, table_ref = task.remote(source, headers)
+    rows_ref, table_ref = task.remote(source, headers, params)
     try:
         rows = ray.get(rows_ref)
     except ray.exceptions.RayTaskError as e:
@@ -79,10 +95,11 @@ def read_http(source: HttpSource) -> ray.data.Dataset:
     return ray.data.from_arrow_refs([table_ref])
 
 
-def _fetch_table(source: HttpSource, headers: dict[str, str]) -> tuple[int, pa.Table]:
+def _fetch_table(source: HttpSource, headers: dict[str, str],
+                 params: dict[str, str] | None = None) -> tuple[int, pa.Table]:
     """(rows, one arrow table of every page): each page a table, columns unified."""
     tables = []
-    for page in iter_pages(source, headers):
+    for page in iter_pages(source, headers, params):
         try:
             tables.append(table_from_records(page))
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -159,8 +176,9 @@ class _LoggedRetry(Retry):
 class _Getter:
     """GET the source's URL with extra params; retries transient failures; returns parsed JSON."""
 
-    def __init__(self, client: httpx.Client, source: HttpSource, headers: dict[str, str]) -> None:
-        self.client, self.source = client, source
+    def __init__(self, client: httpx.Client, source: HttpSource, headers: dict[str, str],
+                 params: dict[str, str]) -> None:
+        self.client, self.source, self.params = client, source, params
         self.where = public_url(source.url)
         # Retried: timeouts, network and protocol errors, 429 and 5xx; after the server's Retry-After, else
         # backoff_s x 1, 2, 4 ... (httpx-retries waits backoff_factor x 2 ** retry); each wait at most 30 s.
@@ -168,11 +186,11 @@ class _Getter:
                                   max_backoff_wait=MAX_RETRY_AFTER_S, status_forcelist=[429, *range(500, 600)])
         # Never echoed in an error: the token, header values, longer param values (API keys).
         values = [v.removeprefix("Bearer ") for k, v in headers.items() if k.lower() != "accept"]
-        values += source.params.values()
+        values += params.values()
         self.secrets = sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
 
     def __call__(self, extra: dict[str, Any], what: str) -> Any:
-        params = {**self.source.params, **{k: str(v) for k, v in extra.items()}}
+        params = {**self.params, **{k: str(v) for k, v in extra.items()}}
         try:
             response = retry_request(self.client, "GET", self.source.url, params=params, retry=self.retry)
         except httpx.TransportError as e:

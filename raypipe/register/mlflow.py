@@ -142,7 +142,8 @@ def export_version(spec: Any, run_id: str, version: int) -> str:
             "raypipe.model_uri": vs.full_uri(), "raypipe.aliases": ",".join(info["aliases"]),
             "raypipe.data_fingerprint": lineage.get("data_fingerprint", ""), "raypipe.spec_hash": lineage.get("spec_hash", ""),
             "raypipe.git_commit": lineage.get("git_commit") or "", "raypipe.gate": "passed" if doc["gate"]["passed"] else "failed"}
-    params = {k: spec.section(k) for k in ("data", "features", "model", "train", "evaluate")}
+    shown = spec.redacted()
+    params = {k: shown[k] for k in ("data", "features", "model", "train", "evaluate")}
     root = Store(spec.storage)
     location = root.full_uri("mlflow-artifacts")
     location = Path(location).as_uri() if root.is_local else location

@@ -303,3 +303,20 @@ def test_read_http_builds_a_dataset_in_a_ray_task(api: _Server, ray_session) -> 
 def test_http_source_error_is_a_raypipe_error() -> None:
     assert issubclass(HttpSourceError, RaypipeError) and issubclass(HttpSourceError, RuntimeError)
     assert HttpSourceError("x").exit_code == 1
+
+
+def test_secret_params_and_headers_come_from_the_environment(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RP_TEST_KEY", "k-from-env-77")
+    monkeypatch.setenv("RP_TEST_HDR", "h-from-env-88")
+    src = source(api, "/items", params={"n": "120"}, params_env={"api_key": "RP_TEST_KEY"},
+                 headers_env={"X-Api-Secret": "RP_TEST_HDR"})
+    before = len(api.requests)
+    assert len(records(src)) == 120
+    sent = api.requests[before:]
+    assert all(q["api_key"] == "k-from-env-77" and q["n"] == "120" for _, q, _ in sent)
+    assert all(h["X-Api-Secret"] == "h-from-env-88" for _, _, h in sent)
+    stored = json.dumps(src.model_dump(mode="json"))  # what a spec dump (manifest, MLflow) could hold
+    assert "k-from-env-77" not in stored and "h-from-env-88" not in stored
+    monkeypatch.delenv("RP_TEST_HDR")
+    with pytest.raises(SpecError, match=r"data.source.headers_env: .*RP_TEST_HDR"):
+        records(src)
