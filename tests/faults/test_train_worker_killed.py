@@ -55,10 +55,11 @@ class KillAtCheckpoint(threading.Thread):
                 except (OSError, ValueError, KeyError):
                     continue  # being written
                 if latest and latest["metrics"]["epoch"] >= self.epoch:
+                    # The registered checkpoint a restart gets, read from its own files on disk.
+                    ckpt = snap.parent / latest["checkpoint_dir_name"]
+                    on_disk = json.loads((ckpt / "meta.json").read_text())["epoch"] if (ckpt / MARKER).exists() else None
                     os.kill(latest["metrics"]["pid"], signal.SIGKILL)
-                    self.killed = latest["metrics"]
-                    self.on_disk_epoch = max(json.loads((d / "meta.json").read_text())["epoch"]
-                                             for d in snap.parent.glob("checkpoint_*") if (d / MARKER).exists())
+                    self.killed, self.on_disk_epoch = latest["metrics"], on_disk
                     return
             time.sleep(0.05)
 
@@ -78,8 +79,8 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, tmp_path):
     assert killer.killed is not None, "the fault was never injected"
     report = result.outputs["train"].store.read_json("train_report.json")
     (resume,) = report["resumes"]
-    # Read from the checkpoints on disk when the worker died, not from what the resumed code says it did:
-    # training picked up right after the newest complete checkpoint, nothing redone, nothing skipped.
+    # Read from the registered checkpoint's files on disk when the worker died, not from what the resumed
+    # code says it did: training picked up right after that checkpoint, nothing redone, nothing skipped.
     assert killer.on_disk_epoch is not None and killer.on_disk_epoch >= killer.killed["epoch"]
     assert resume["from_checkpoint_epoch"] == killer.on_disk_epoch
     assert resume["first_epoch"] == killer.on_disk_epoch + 1
