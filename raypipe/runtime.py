@@ -201,6 +201,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         if temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(temp_dir)
         ray.init(**kwargs)
+        check_token_auth(allow_insecure)
     if not log_to_driver:
         # A filter, not a level: every `import ray.serve` sets that logger back to INFO.
         _add_filter("ray.serve", _warnings_up)
@@ -208,7 +209,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
 
 
 def require_token_auth(allow_insecure: bool = False) -> None:
-    """Token authentication for a new local Ray, set explicitly rather than left to Ray's default.
+    """Refuse to start a new local Ray without token authentication (see :func:`check_token_auth`).
 
     Anyone who reaches a Ray's dashboard, Jobs or Client port can run code. A stray
     ``RAY_AUTH_MODE=disabled`` would otherwise win silently: it is refused unless the spec
@@ -216,7 +217,6 @@ def require_token_auth(allow_insecure: bool = False) -> None:
     """
     mode = os.environ.get("RAY_AUTH_MODE", "token")
     if mode == "token":
-        os.environ["RAY_AUTH_MODE"] = "token"
         return
     if not allow_insecure:
         from raypipe.errors import SpecError
@@ -225,6 +225,26 @@ def require_token_auth(allow_insecure: bool = False) -> None:
                         "could run code through its dashboard and job API. Unset RAY_AUTH_MODE, or set "
                         "ray.allow_insecure: true in the spec to accept that")
     log.warning("starting a local Ray with RAY_AUTH_MODE=%s (ray.allow_insecure: true): no authentication", mode)
+
+
+def check_token_auth(allow_insecure: bool = False) -> None:
+    """After a local ``ray.init``: token authentication must be on, or the Ray is stopped and refused.
+
+    Ray >= 2.60 turns it on for a new local cluster when ``RAY_AUTH_MODE`` is unset (it
+    generates ``~/.ray/auth_token`` and sets ``RAY_AUTH_MODE=token`` for its processes).
+    Setting the variable ourselves before ``ray.init`` is not enough: Ray reads its config
+    once, at import, so the driver and the cluster would disagree. This checks the outcome.
+    """
+    import ray
+
+    if allow_insecure or os.environ.get("RAY_AUTH_MODE") == "token":
+        return
+    ray.shutdown()
+    from raypipe.errors import SpecError
+
+    raise SpecError("the local Ray came up without token authentication (RAY_AUTH_MODE="
+                    f"{os.environ.get('RAY_AUTH_MODE')!r}); raypipe needs Ray >= 2.60, which turns it on by default, "
+                    "or ray.allow_insecure: true in the spec to accept a Ray anyone on this host can use")
 
 
 def _warnings_up(record: logging.LogRecord) -> bool:

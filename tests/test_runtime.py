@@ -138,9 +138,15 @@ def test_a_local_ray_without_authentication_is_refused_unless_the_spec_allows_it
     import raypipe.runtime as runtime
     from raypipe.errors import SpecError
 
-    started = []
+    started, stopped = [], []
+
+    def init(**kw):  # as Ray >= 2.60 does for a new local cluster when RAY_AUTH_MODE is unset
+        started.append(kw)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(1))
     monkeypatch.setattr(runtime, "configure_data", lambda: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -155,7 +161,16 @@ def test_a_local_ray_without_authentication_is_refused_unless_the_spec_allows_it
     assert len(started) == 1 and os.environ["RAY_AUTH_MODE"] == "disabled"
     monkeypatch.delenv("RAY_AUTH_MODE")
     runtime.connect(num_cpus=1)
-    assert os.environ["RAY_AUTH_MODE"] == "token"  # set explicitly, not left to Ray's default
+    assert os.environ["RAY_AUTH_MODE"] == "token" and stopped == []  # Ray's default turned it on: accepted
+    monkeypatch.setattr(ray, "init", lambda **kw: started.append(kw))  # a Ray that did not turn it on
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    try:
+        runtime.connect(num_cpus=1)
+    except SpecError as exc:
+        assert "without token authentication" in str(exc)
+    else:
+        raise AssertionError("a local Ray without token authentication was kept")
+    assert stopped == [1]  # and it was stopped
 
 
 def test_the_local_dashboard_and_job_api_need_the_token_and_listen_on_loopback(ray_session) -> None:
