@@ -64,10 +64,10 @@ def statuses(result) -> dict:
     return {s["name"]: s["status"] for s in result.stages}
 
 
-def champion_predictor(storage: Path, name: str):
-    """The Predictor of pipeline ``name``'s champion version in ``storage``."""
+def champion_predictor(storage: Path, name: str, trusted: tuple[str, ...] = ()):
+    """The Predictor of pipeline ``name``'s champion version in ``storage`` (``trusted``: user factories)."""
     from raypipe.model.predictor import Predictor
     from raypipe.registry import Registry
 
     reg = Registry(str(storage), name)
-    return Predictor.from_version(reg.version_store(reg.alias("champion")))
+    return Predictor.from_version(reg.version_store(reg.alias("champion")), trusted=trusted)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import raypipe
+from raypipe.errors import ArtifactError
 from raypipe.datasets import read_parquet
 from raypipe.progress import Progress
 from raypipe.serve.request_model import request_model
@@ -115,5 +116,8 @@ def test_user_factory_same_seed_same_metrics(ray_session, storage):
     rows = [{"amount": 2500.0, "merchant_category": "jewelry", "country": "NG", "hour": 3, "device": "desktop",
              "card_present": False, "customer_age": 23.0, "account_age_days": 5, "distance_from_home_km": 4000.0,
              "transactions_last_24h": 14, "avg_amount_30d": 40.0}]
-    assert (champion_predictor(storage / "t-factory-a", "t-factory-a").predict_records(rows)
-            == champion_predictor(storage / "t-factory-b", "t-factory-b").predict_records(rows))
+    trusted = ("torch:tests.train.factories:tiny",)  # the spec's own kind, as a deploying process trusts it
+    with pytest.raises(ArtifactError, match="does not trust"):  # a process that does not trust it refuses it
+        champion_predictor(storage / "t-factory-a", "t-factory-a")
+    assert (champion_predictor(storage / "t-factory-a", "t-factory-a", trusted).predict_records(rows)
+            == champion_predictor(storage / "t-factory-b", "t-factory-b", trusted).predict_records(rows))
