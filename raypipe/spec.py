@@ -155,6 +155,7 @@ class HttpSource(_Snapshot):
     retries: int = Field(default=3, ge=0)
     backoff_s: float = Field(default=0.5, ge=0)
     timeout_s: float = Field(default=30.0, gt=0)
+    max_response_mb: float = Field(default=64.0, gt=0, description="a larger response is refused (memory guard)")
 
     @field_validator("url")
     @classmethod

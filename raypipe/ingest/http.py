@@ -34,7 +34,17 @@ def iter_pages(source: HttpSource, headers: dict[str, str] | None = None,
     """The records of each page, page by page (defaults: :func:`request_headers`, :func:`request_params`)."""
     headers = request_headers(source) if headers is None else headers
     params = request_params(source) if params is None else params
-    with httpx.Client(headers=headers, timeout=source.timeout_s, follow_redirects=True) as client:
+    origin = _origin(httpx.URL(source.url))
+    private = [k for k in headers if k.lower() != "accept"]
+
+    def same_origin_only(request: httpx.Request) -> None:
+        """Custom headers (tokens, API keys) never follow a redirect to another origin; httpx drops only Authorization."""
+        if _origin(request.url) != origin:
+            for k in private:
+                request.headers.pop(k, None)
+
+    with httpx.Client(headers=headers, timeout=source.timeout_s, follow_redirects=True,
+                      event_hooks={"request": [same_origin_only]}) as client:
         get = _Getter(client, source, headers, params)
         style = source.pagination.style
         if style == "none":
@@ -202,6 +212,11 @@ class _Getter:
             ) from None
         if not response.is_success:
             raise self._status_error(response, what, response.extensions["retry"].attempts_made + 1)
+        limit = int(self.source.max_response_mb * 2**20)
+        if len(response.content) > limit:
+            raise HttpSourceError(f"GET {self.where} ({what}) returned {len(response.content):,} bytes, over "
+                                  f"data.source.max_response_mb={self.source.max_response_mb:g}; ask for smaller pages "
+                                  "(pagination.page_size) or raise the limit")
         return self._json(response, what)
 
     def _status_error(self, response: httpx.Response, what: str, attempts: int) -> HttpSourceError:
@@ -239,6 +254,10 @@ def _fix(code: int) -> str:
     if code >= 500:
         return "the server failed: try again later or raise data.source.retries"
     return "check data.source.url, params and headers"
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
 
 
 def public_url(url: str) -> str:

@@ -79,6 +79,12 @@ class _Api(BaseHTTPRequestHandler):
             self._json({"data": data})
         elif path == "/badtypes":
             self._json({"data": [{"id": 1}, {"id": "one"}]})
+        elif path == "/away":  # a redirect to another origin (the port in ?to=)
+            self._send(302, b"", "text/plain", {"Location": f"http://127.0.0.1:{q['to']}/bare"})
+        elif path == "/here":  # a redirect within the origin
+            self._send(302, b"", "text/plain", {"Location": "/bare"})
+        elif path == "/big":
+            self._json({"data": [{"id": i, "pad": "x" * 1000} for i in range(3000)]})
         elif path == "/slow":
             time.sleep(1.0)
             self._json({"data": []})
@@ -320,3 +326,29 @@ def test_secret_params_and_headers_come_from_the_environment(api: _Server, monke
     monkeypatch.delenv("RP_TEST_HDR")
     with pytest.raises(SpecError, match=r"data.source.headers_env: .*RP_TEST_HDR"):
         records(src)
+
+
+def test_custom_headers_never_follow_a_redirect_to_another_origin(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = _Server(free_port())
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("RP_TEST_HDR", "h-secret-99")
+        monkeypatch.setenv("RP_TEST_TOKEN", TOKEN)
+        kw = {"headers_env": {"X-Api-Secret": "RP_TEST_HDR"}, "headers": {"X-Plain": "p"}, "token_env": "RP_TEST_TOKEN",
+              "records": "", "pagination": {"style": "none"}}
+        assert len(records(source(api, "/here", **kw))) == 3
+        same = requests_to(api, "/bare")[-1][2]
+        assert same["X-Api-Secret"] == "h-secret-99" and same["Authorization"] == f"Bearer {TOKEN}"
+        assert len(records(source(api, "/away", params={"to": str(other.server_address[1])}, **kw))) == 3
+        (_, _, elsewhere), = other.requests
+        assert not {"X-Api-Secret", "X-Plain", "Authorization"} & set(elsewhere)
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_a_response_over_the_size_limit_is_refused(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match=r"bytes, over data.source.max_response_mb=1"):
+        records(source(api, "/big", max_response_mb=1, pagination={"style": "none"}))
+    assert len(records(source(api, "/big", max_response_mb=8, pagination={"style": "none"}))) == 3000
