@@ -83,9 +83,13 @@ class Registry:
     def status(self, version: int) -> str:
         return self.state(version)["status"]
 
+    def meta(self, version: int) -> dict[str, Any]:
+        """The meta a complete version was sealed with (threshold, run id, fingerprints, ...)."""
+        return self.version_store(version).read_json(MARKER).get("meta", {})
+
     def info(self, version: int) -> dict[str, Any]:
         vs = self.version_store(version)
-        meta = vs.read_json(MARKER).get("meta", {})
+        meta = self.meta(version)
         state = self.state(version)
         return {**meta, "status": state["status"], "history": state.get("history", []),
                 "metrics": vs.read_json("metrics.json").get("metrics"), "lineage": vs.read_json("lineage.json"),

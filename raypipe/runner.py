@@ -25,14 +25,14 @@ from raypipe.stage import OUTPUT_TYPES, OUTPUTS_FILE, StageContext, StageDef, St
 from raypipe.store import Store
 
 STAGES: tuple[StageDef, ...] = (
-    StageDef("ingest", ("data",), "raypipe.ingest.stage:run", "raypipe.ingest"),
-    StageDef("validate", ("validate",), "raypipe.validate.stage:run", "raypipe.validate",
+    StageDef("ingest", ("data",), "raypipe.ingest.stage:run"),
+    StageDef("validate", ("validate",), "raypipe.validate.stage:run",
              externals="raypipe.validate.reference:digest"),
-    StageDef("features", ("features",), "raypipe.features.stage:run", "raypipe.features"),
-    StageDef("train", ("model", "train", "tune"), "raypipe.train.stage:run", "raypipe.train"),
-    StageDef("evaluate", ("evaluate",), "raypipe.evaluate.stage:run", "raypipe.evaluate",
+    StageDef("features", ("features",), "raypipe.features.stage:run"),
+    StageDef("train", ("model", "train", "tune"), "raypipe.train.stage:run"),
+    StageDef("evaluate", ("evaluate",), "raypipe.evaluate.stage:run",
              externals="raypipe.evaluate.champion:digest"),
-    StageDef("register", ("name", "registry"), "raypipe.register.stage:run", "raypipe.register"),
+    StageDef("register", ("name", "registry"), "raypipe.register.stage:run"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 DATA_FINGERPRINT = "raypipe.ingest.sources:data_fingerprint"  # the source's digest, before any Ray work

@@ -27,7 +27,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-_SECRET_QUERY = re.compile(r"(?i)(?:^|[&;])[^=&;]*(?:pass|pwd|secret|token|key|signature|credential|auth)[^=&;]*=")
+_SECRET_NAME = r"[^=&;?]*(?:pass|pwd|secret|token|key|signature|credential|auth)[^=&;?]*="  # a query key like a secret's
+_SECRET_QUERY = re.compile(r"(?i)(?:^|[&;])" + _SECRET_NAME)
 
 
 def no_secret_in_url(url: str, fix: str, *, user_ok: bool = False) -> str:
@@ -741,8 +742,7 @@ def redact(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     value = _URL_PASSWORD.sub(r"\1:***@", value)
-    return re.sub(r"(?i)((?:^|[?&;])[^=&;?]*(?:pass|pwd|secret|token|key|signature|credential|auth)[^=&;?]*=)[^&;#]*",
-                  r"\1***", value)
+    return re.sub(r"(?i)((?:^|[?&;])" + _SECRET_NAME + r")[^&;#]*", r"\1***", value)
 
 
 def _dotted(loc: list[Any]) -> str:

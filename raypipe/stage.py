@@ -33,8 +33,12 @@ class StageDef:
     name: str
     sections: tuple[str, ...]
     func: str
-    package: str
     externals: str | None = None
+
+    @property
+    def package(self) -> str:
+        """The package of the stage's ``run`` (``raypipe.ingest`` for ``raypipe.ingest.stage:run``)."""
+        return self.func.split(":")[0].rsplit(".", 1)[0]
 
 
 @dataclass

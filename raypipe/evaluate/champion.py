@@ -19,7 +19,7 @@ def digest(spec: Any, root: Store, base_fingerprint: str) -> str:
     version = reg.alias("champion")
     if version is None:
         return "none"
-    meta = reg.info(version)
+    meta = reg.meta(version)  # the marker only: not the metrics, lineage and aliases info() reads
     if meta.get("evaluate_base") == base_fingerprint and meta.get("champion_seen"):
         return meta["champion_seen"]
     return f"version:{version}"

@@ -12,6 +12,7 @@ from raypipe.registry import Registry
 from raypipe.stage import RegisterOutput, StageContext, StageOutput
 from raypipe.store import Store
 
+
 def load_check(version_store: Store, version: int, trusted: tuple[str, ...] = ()) -> None:
     """The registry's verify step: the version must load into a predictor (with the deployer's ``trusted``)."""
     from raypipe.model.predictor import Predictor
