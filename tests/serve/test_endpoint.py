@@ -211,6 +211,40 @@ def test_requests_reach_the_replica_through_haproxy(deployed):
     assert httpx.post(f"{endpoint.url}/predict", json={}, timeout=30).status_code == 422  # answered via HAProxy
 
 
+def test_replica_ports_listen_on_loopback_only(deployed):
+    """A local deployment (deploy.host 127.0.0.1): HAProxy reaches each replica's own HTTP port on
+    loopback, and that port refuses connections on the node's other address."""
+    import glob
+    import os
+    import re
+    import socket
+
+    import ray
+
+    spec, _, endpoint = deployed
+    pattern = os.path.join(os.path.dirname(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]), "*", "haproxy.cfg")
+
+    def replica_servers() -> list[tuple[str, int]]:
+        found = []
+        for f in glob.glob(pattern):
+            for host, port in re.findall(r"^\s*server SERVE_REPLICA_\S+ (\S+):(\d+)", open(f).read(), re.M):
+                found.append((host, int(port)))
+        return found
+
+    wait_for(replica_servers, 30, "HAProxy's replica servers")
+    servers = replica_servers()
+    assert {host for host, _ in servers} == {"127.0.0.1"}, servers
+    node_ip = ray.util.get_node_ip_address()
+    assert node_ip not in ("127.0.0.1", "localhost"), "this check needs a node address besides loopback"
+    for _, port in servers:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # HAProxy's way in
+        with pytest.raises(OSError):  # ConnectionRefused: nothing listens on the node's address
+            socket.create_connection((node_ip, port), timeout=5).close()
+    port = httpx.URL(endpoint.url).port
+    with pytest.raises(OSError):  # the ingress itself follows deploy.host too
+        socket.create_connection((node_ip, port), timeout=5).close()
+
+
 def _cmdline(pid: str) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
