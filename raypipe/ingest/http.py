@@ -1,11 +1,14 @@
 """An HTTP source: a paginated JSON API read page by page with ``httpx``.
 
 Pages are fetched inside one Ray task (:func:`read_http`), so records never pass
-through the driver. Errors name the URL without its query string, never a token
-or the values of ``params`` (which may hold API keys).
+through the driver. Each response body is streamed and refused as soon as it passes
+``data.source.max_response_mb`` (at once when its ``Content-Length`` says so). Errors
+name the URL without its query string, never a token or the values of ``params`` (which
+may hold API keys).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -14,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pyarrow as pa
-from httpx_retries import Retry, retry_request
+from httpx_retries import Retry
 
 from raypipe.errors import HttpSourceError, SpecError
 from raypipe.ingest.files import table_from_records
@@ -27,6 +30,7 @@ log = logging.getLogger("raypipe.ingest.http")
 
 MAX_RETRY_AFTER_S = 30.0
 _BODY_CHARS = 200
+_ERROR_BODY_BYTES = 4 * _BODY_CHARS  # what is read of an error response's body: its start goes in the message
 
 
 def iter_pages(source: HttpSource, headers: dict[str, str] | None = None,
@@ -184,14 +188,21 @@ class _LoggedRetry(Retry):
 
 
 class _Getter:
-    """GET the source's URL with extra params; retries transient failures; returns parsed JSON."""
+    """GET the source's URL with extra params; retries transient failures; returns parsed JSON.
+
+    Bodies are streamed: a success's body is refused once it passes ``max_response_mb`` (at
+    once when its ``Content-Length`` says it will), an error's body is read only as far as
+    the error message quotes it.
+    """
 
     def __init__(self, client: httpx.Client, source: HttpSource, headers: dict[str, str],
                  params: dict[str, str]) -> None:
         self.client, self.source, self.params = client, source, params
         self.where = public_url(source.url)
-        # Retried: timeouts, network and protocol errors, 429 and 5xx; after the server's Retry-After, else
-        # backoff_s x 1, 2, 4 ... (httpx-retries waits backoff_factor x 2 ** retry); each wait at most 30 s.
+        self.limit = int(source.max_response_mb * 2**20)
+        # Retried: timeouts, network and protocol errors (in the headers or the body), 429 and 5xx; after the
+        # server's Retry-After, else backoff_s x 1, 2, 4 ... (httpx-retries waits backoff_factor x 2 ** retry);
+        # each wait at most 30 s.
         self.retry = _LoggedRetry(total=source.retries, backoff_factor=source.backoff_s / 2, backoff_jitter=0.0,
                                   max_backoff_wait=MAX_RETRY_AFTER_S, status_forcelist=[429, *range(500, 600)])
         # Never echoed in an error: the token, header values, longer param values (API keys).
@@ -201,8 +212,9 @@ class _Getter:
 
     def __call__(self, extra: dict[str, Any], what: str) -> Any:
         params = {**self.params, **{k: str(v) for k, v in extra.items()}}
+        request = self.client.build_request("GET", self.source.url, params=params)
         try:
-            response = retry_request(self.client, "GET", self.source.url, params=params, retry=self.retry)
+            response, body, attempts = self._send(request, what)
         except httpx.TransportError as e:
             attempts = self.retry.total + 1 if self.retry.is_retryable_exception(e) else 1
             raise HttpSourceError(
@@ -211,37 +223,91 @@ class _Getter:
                 "is reachable, or raise data.source.retries / timeout_s"
             ) from None
         if not response.is_success:
-            raise self._status_error(response, what, response.extensions["retry"].attempts_made + 1)
-        limit = int(self.source.max_response_mb * 2**20)
-        if len(response.content) > limit:
-            raise HttpSourceError(f"GET {self.where} ({what}) returned {len(response.content):,} bytes, over "
-                                  f"data.source.max_response_mb={self.source.max_response_mb:g}; ask for smaller pages "
-                                  "(pagination.page_size) or raise the limit")
-        return self._json(response, what)
+            raise self._status_error(response, body, what, attempts)
+        return self._json(response, body, what)
 
-    def _status_error(self, response: httpx.Response, what: str, attempts: int) -> HttpSourceError:
+    def _send(self, request: httpx.Request, what: str) -> tuple[httpx.Response, bytearray, int]:
+        """(the final response, its body, attempts): httpx-retries' loop, with each body read inside it.
+
+        ``httpx_retries.retry_request`` reads the whole body before anyone can look at it, and
+        has no streaming form; this is its loop (the same ``Retry`` decides what is retried and
+        how long to wait), with :meth:`_read` in place of a buffered send.
+        """
+        retry = self.retry
+        while True:
+            try:
+                response, body = self._read(request, what)
+            except httpx.TransportError as e:
+                if retry.is_exhausted() or not retry.is_retryable_exception(e):
+                    raise
+                failed: httpx.Response | Exception = e
+            else:
+                if retry.is_exhausted() or not retry.is_retryable_status_code(response.status_code):
+                    return response, body, retry.attempts_made + 1
+                failed = response
+            retry = retry.increment()
+            retry.sleep(failed)
+
+    def _read(self, request: httpx.Request, what: str) -> tuple[httpx.Response, bytearray]:
+        """Send ``request`` and stream its body: a success's up to the limit, an error's start; closed after."""
+        response = self.client.send(request, stream=True)
+        try:
+            if not response.is_success:
+                return response, _read_at_most(response, _ERROR_BODY_BYTES)
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.limit:
+                raise self._too_large(what, f"{int(declared):,} bytes (its Content-Length)")
+            body = _read_at_most(response, self.limit + 1)
+            if len(body) > self.limit:
+                raise self._too_large(what, f"more than {self.limit:,} bytes (reading stopped there)")
+            return response, body
+        finally:
+            response.close()  # a body not read to its end closes the connection
+
+    def _too_large(self, what: str, size: str) -> HttpSourceError:
+        return HttpSourceError(f"GET {self.where} ({what}) returned {size}, over "
+                               f"data.source.max_response_mb={self.source.max_response_mb:g}; ask for smaller pages "
+                               "(pagination.page_size) or raise the limit")
+
+    def _status_error(self, response: httpx.Response, body: bytearray, what: str, attempts: int) -> HttpSourceError:
         code = response.status_code
-        body = self._clean(response.text)[:_BODY_CHARS]
+        text = self._clean(_text(response, body))[:_BODY_CHARS]
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         return HttpSourceError(
             f"GET {self.where} ({what}) returned HTTP {code} {response.reason_phrase}{tries}; "
-            f"body: {body!r}; {_fix(code)}"
+            f"body: {text!r}; {_fix(code)}"
         )
 
-    def _json(self, response: httpx.Response, what: str) -> Any:
+    def _json(self, response: httpx.Response, body: bytearray, what: str) -> Any:
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             kind = response.headers.get("Content-Type", "no content type")
             raise HttpSourceError(
                 f"GET {self.where} ({what}) did not return JSON ({kind}); body starts "
-                f"{self._clean(response.text)[:_BODY_CHARS]!r}; point data.source.url at the JSON API"
+                f"{self._clean(_text(response, body[:_ERROR_BODY_BYTES]))[:_BODY_CHARS]!r}; "
+                "point data.source.url at the JSON API"
             ) from None
 
     def _clean(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _read_at_most(response: httpx.Response, limit: int) -> bytearray:
+    """The start of a streamed response's decoded body: at most the chunk that passes ``limit`` bytes."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return body
+
+
+def _text(response: httpx.Response, body: bytes | bytearray) -> str:
+    """``body`` as text, in the response's charset (UTF-8 by default); undecodable bytes replaced."""
+    return body.decode(response.encoding or "utf-8", errors="replace")
 
 
 def _fix(code: int) -> str:

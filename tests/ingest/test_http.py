@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections import Counter
@@ -21,11 +22,12 @@ from tests.conftest import free_port
 TOKEN = "s3cret-T0KEN-value"
 # 250 records; the last 50 have a key the others lack.
 ITEMS = [{"id": i, "value": i * 1.5, "name": f"item-{i}", **({"note": "late"} if i >= 200 else {})} for i in range(250)]
+ENDLESS_BYTES = 256 * 2**20  # what /endless sends to a client that never stops reading
 
 
 class _Api(BaseHTTPRequestHandler):
     """Routes: /items (page), /cursor, /bare, /flaky/<k>, /always503, /limited/<k>, /missing, /secure,
-    /html, /nested, /slow, /wrongpath."""
+    /html, /nested, /slow, /wrongpath, /mixed, /badtypes, /away, /here, /big, /endless, /declared, /cut."""
 
     server: _Server
 
@@ -88,8 +90,32 @@ class _Api(BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(1.0)
             self._json({"data": []})
+        elif path == "/endless":
+            self._endless()
+        elif path in ("/declared", "/cut"):  # announces 1 GB (or 2 KB), sends 1 KB and hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(10**9 if path == "/declared" else 2048))
+            self.end_headers()
+            self.wfile.write(b" " * 1024)
         else:
             self._send(404, b"no such endpoint", "text/plain")
+
+    def _endless(self) -> None:
+        """A body without Content-Length (it ends when the connection does), sent until the client hangs up
+        or ENDLESS_BYTES have gone; how many bytes went is put on ``server.streamed``."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        chunk, sent = b" " * 2**16, 0
+        try:
+            while sent < ENDLESS_BYTES:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.server.streamed.put(sent)
 
     def _json(self, value: Any) -> None:
         self._send(200, json.dumps(value).encode(), "application/json")
@@ -115,6 +141,7 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
+        self.streamed: queue.Queue[int] = queue.Queue()
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +298,12 @@ def test_nested_records_are_refused(api: _Server) -> None:
         records(source(api, "/nested", pagination={"style": "none"}))
 
 
+def test_a_body_cut_short_is_retried(api: _Server, waits: list[float]) -> None:
+    with pytest.raises(HttpSourceError, match=r"after 3 attempt\(s\): RemoteProtocolError"):
+        records(source(api, "/cut", retries=2, backoff_s=0.25, pagination={"style": "none"}))
+    assert api.hits["/cut"] == 3 and waits == [0.25, 0.5]  # errors while reading the body are retried too
+
+
 def test_connection_refused_and_timeout(api: _Server, waits: list[float]) -> None:
     dead = HttpSource(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=2, backoff_s=0.25)
     with pytest.raises(HttpSourceError, match="after 3 attempt.*ConnectError"):
@@ -349,6 +382,28 @@ def test_custom_headers_never_follow_a_redirect_to_another_origin(api: _Server, 
 
 
 def test_a_response_over_the_size_limit_is_refused(api: _Server) -> None:
-    with pytest.raises(HttpSourceError, match=r"bytes, over data.source.max_response_mb=1"):
+    with pytest.raises(HttpSourceError, match=r"bytes \(its Content-Length\), over data.source.max_response_mb=1"):
         records(source(api, "/big", max_response_mb=1, pagination={"style": "none"}))
     assert len(records(source(api, "/big", max_response_mb=8, pagination={"style": "none"}))) == 3000
+
+
+def test_a_body_over_the_limit_is_not_read_to_its_end(api: _Server) -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(HttpSourceError) as e:
+        records(source(api, "/endless", params={"api_key": "k-secret-5"}, max_response_mb=1, retries=3,
+                       pagination={"style": "none"}))
+    msg = str(e.value)
+    assert f"GET {base(api)}/endless (the request) returned more than 1,048,576 bytes" in msg
+    assert "over data.source.max_response_mb=1; ask for smaller pages (pagination.page_size)" in msg
+    assert "k-secret-5" not in msg
+    sent = api.streamed.get(timeout=30)  # the server saw the client hang up
+    assert sent < 32 * 2**20 < ENDLESS_BYTES, f"the server sent {sent:,} bytes"  # the limit plus socket buffers
+    assert api.hits["/endless"] == 1  # not retried
+    assert time.perf_counter() - t0 < 20
+
+
+def test_a_content_length_over_the_limit_is_refused_before_the_body(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match=r"returned 1,000,000,000 bytes \(its Content-Length\), over "
+                                              r"data.source.max_response_mb=64"):
+        records(source(api, "/declared", retries=3, pagination={"style": "none"}))
+    assert api.hits["/declared"] == 1  # the 1 KB it did send was never waited for, nor the request retried
