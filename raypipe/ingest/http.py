@@ -2,26 +2,32 @@
 
 Pages are fetched inside one Ray task (:func:`read_http`), so records never pass
 through the driver. Each response body is streamed and refused as soon as it passes
-``data.source.max_response_mb`` (at once when its ``Content-Length`` says so). Errors
-name the URL without its query string, never a token or the values of ``params`` (which
-may hold API keys).
+``data.source.max_response_mb`` (at once when its ``Content-Length`` says so), and each
+page is written as its own parquet file before the next is fetched: the task holds one
+page at a time, and Ray Data reads the files. Errors name the URL without its query
+string, never a token or the values of ``params`` (which may hold API keys).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
+import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pyarrow as pa
+import pyarrow.parquet as pq
 from httpx_retries import Retry
 
+from raypipe.datasets import parquet_options
 from raypipe.errors import HttpSourceError, SpecError
 from raypipe.ingest.files import table_from_records
 from raypipe.spec import HttpSource
+from raypipe.store import Store
 
 if TYPE_CHECKING:
     import ray.data
@@ -87,53 +93,103 @@ def request_headers(source: HttpSource) -> dict[str, str]:
     return headers
 
 
-def read_http(source: HttpSource) -> ray.data.Dataset:
-    """The API's records as a ``ray.data.Dataset``, fetched in one Ray task.
+def read_http(source: HttpSource, pages: Store | None = None) -> ray.data.Dataset:
+    """The API's records as a ``ray.data.Dataset``, fetched in one Ray task and read from its page files.
 
     The token is read here, on the driver (a missing variable fails before any
     task), and travels to the task with the request headers.
+
+    Args:
+        source: the ``data.source`` section.
+        pages: the folder the task writes one parquet file per page into; every Ray node must
+            be able to read it (the ingest stage passes a folder of its artifact, in the
+            pipeline's storage, and deletes it once the splits are written). Default: a new
+            temporary folder on this machine, enough for a one-machine Ray; the caller removes it.
     """
     import ray
     import ray.data
 
+    if pages is None:
+        pages = Store(tempfile.mkdtemp(prefix="raypipe-http-"))
     headers, params = request_headers(source), request_params(source)
-    task = ray.remote(num_returns=2, max_retries=0)(_fetch_table)
-    rows_ref, table_ref = task.remote(source, headers, params)
+    task = ray.remote(max_retries=0)(_fetch_pages)
     try:
-        rows = ray.get(rows_ref)
+        fetched = ray.get(task.remote(source, pages, headers, params))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, (HttpSourceError, SpecError)):
             raise e.cause from None
         raise
-    log.info("http source: %d records from %s", rows, public_url(source.url))
-    return ray.data.from_arrow_refs([table_ref])
+    log.info("http source: %d records in %d pages from %s", fetched.rows, len(fetched.files), public_url(source.url))
+    # Pages may lack columns or hold narrower types than later pages: each file is read as the unified schema.
+    return ray.data.read_parquet(fetched.files, filesystem=pages.fs, schema=fetched.schema)
 
 
-def _fetch_table(source: HttpSource, headers: dict[str, str],
-                 params: dict[str, str] | None = None) -> tuple[int, pa.Table]:
-    """(rows, one arrow table of every page): each page a table, columns unified."""
-    tables = []
-    for page in iter_pages(source, headers, params):
-        try:
-            tables.append(table_from_records(page))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise HttpSourceError(
-                f"{public_url(source.url)}: a field mixes types within a page ({e}); "
-                "fix the API's output or pick other records"
-            ) from None
-    if not tables:
+class _Fetched(NamedTuple):
+    """What the fetching task returns: a few numbers and names, never the records."""
+
+    rows: int
+    files: list[str]  # the page files' paths in the pages store's filesystem, in page order
+    schema: pa.Schema  # every page's columns, types promoted as ``pa.concat_tables(promote_options="permissive")``
+
+
+def _fetch_pages(source: HttpSource, pages: Store, headers: dict[str, str],
+                 params: dict[str, str] | None = None) -> _Fetched:
+    """Fetch every page and write each as ``page-NNNNN.parquet`` in ``pages`` before fetching the next."""
+    files: list[str] = []
+    schema: pa.Schema | None = None
+    rows = 0
+    for records in iter_pages(source, headers, params):  # not enumerate(): its tuple would keep the last page
+        table = _page_table(records, source)
+        del records
+        schema = _unify(schema, table.schema, source)
+        files.append(_write_page(pages, len(files) + 1, table))
+        rows += table.num_rows
+        del table
+    if schema is None:
         raise HttpSourceError(
             f"{public_url(source.url)} returned no records at {_path_name(source.records)}; "
             "check data.source.url, params and records"
         )
+    return _Fetched(rows, files, schema)
+
+
+def _page_table(records: list[dict[str, Any]], source: HttpSource) -> pa.Table:
+    """One page's records as an arrow table; a clear error when a field mixes types within it."""
     try:
-        table = pa.concat_tables(tables, promote_options="permissive")
+        return table_from_records(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise HttpSourceError(
+            f"{public_url(source.url)}: a field mixes types within a page ({e}); "
+            "fix the API's output or pick other records"
+        ) from None
+
+
+def _unify(schema: pa.Schema | None, page: pa.Schema, source: HttpSource) -> pa.Schema:
+    """The columns of the pages so far and of this one (int and float give float, null gives way to any type)."""
+    if schema is None:
+        return page
+    try:
+        return pa.unify_schemas([schema, page], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise HttpSourceError(
             f"{public_url(source.url)}: pages disagree on the type of a field ({e}); "
             "fix the API's output or pick other records"
         ) from None
-    return table.num_rows, table
+
+
+def _write_page(pages: Store, n: int, table: pa.Table) -> str:
+    """Write page ``n`` as ``page-NNNNN.parquet``; its path.
+
+    As the store writes files: a temporary name, then a move into place, so the folder never
+    holds half a page. Not fsynced (``Store.write_bytes`` is): the pages are scratch that a
+    crashed run fetches again, and a sync per page would slow a 10,000-page API down.
+    """
+    path = pages.path(f"page-{n:05d}.parquet")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with pages.fs.open_output_stream(tmp) as f:
+        pq.write_table(table, f, **parquet_options(table.schema))
+    pages.fs.move(tmp, path)
+    return path
 
 
 # --- pagination ----------------------------------------------------------------------
@@ -145,10 +201,12 @@ def _page_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, Any
         if p.size_param:
             params[p.size_param] = p.page_size
         records = _records(get(params, f"page {page}"), source, get.where)
+        count = len(records)
         if records:
             yield records
+        del records  # not held while the next page is fetched
         # Without size_param the server picks the page size: only an empty page ends.
-        if not records or (p.size_param and len(records) < p.page_size):
+        if not count or (p.size_param and count < p.page_size):
             return
         page += 1
     _too_many_pages(source)
@@ -160,10 +218,11 @@ def _cursor_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, A
     for n in range(1, p.max_pages + 1):
         params = {} if n == 1 else {p.cursor_param: cursor}
         body = get(params, f"request {n}")
-        records = _records(body, source, get.where)
+        records, cursor = _records(body, source, get.where), _dig(body, p.cursor_field)
+        del body
         if records:
             yield records
-        cursor = _dig(body, p.cursor_field)
+        del records  # not held while the next page is fetched
         if cursor in (None, "") or cursor is _MISSING:
             return
     _too_many_pages(source)
