@@ -1,24 +1,33 @@
 """An HTTP source: a paginated JSON API read page by page with ``httpx``.
 
 Pages are fetched inside one Ray task (:func:`read_http`), so records never pass
-through the driver. Errors name the URL without its query string, never a token
-or the values of ``params`` (which may hold API keys).
+through the driver. Each response body is streamed and refused as soon as it passes
+``data.source.max_response_mb`` (at once when its ``Content-Length`` says so), and each
+page is written as its own parquet file before the next is fetched: the task holds one
+page at a time, and Ray Data reads the files. Errors name the URL without its query
+string, never a token or the values of ``params`` (which may hold API keys).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
+import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pyarrow as pa
-from httpx_retries import Retry, retry_request
+import pyarrow.parquet as pq
+from httpx_retries import Retry
 
+from raypipe.datasets import parquet_options
 from raypipe.errors import HttpSourceError, SpecError
 from raypipe.ingest.files import table_from_records
 from raypipe.spec import HttpSource
+from raypipe.store import Store
 
 if TYPE_CHECKING:
     import ray.data
@@ -27,6 +36,7 @@ log = logging.getLogger("raypipe.ingest.http")
 
 MAX_RETRY_AFTER_S = 30.0
 _BODY_CHARS = 200
+_ERROR_BODY_BYTES = 4 * _BODY_CHARS  # what is read of an error response's body: its start goes in the message
 
 
 def iter_pages(source: HttpSource, headers: dict[str, str] | None = None,
@@ -83,53 +93,103 @@ def request_headers(source: HttpSource) -> dict[str, str]:
     return headers
 
 
-def read_http(source: HttpSource) -> ray.data.Dataset:
-    """The API's records as a ``ray.data.Dataset``, fetched in one Ray task.
+def read_http(source: HttpSource, pages: Store | None = None) -> ray.data.Dataset:
+    """The API's records as a ``ray.data.Dataset``, fetched in one Ray task and read from its page files.
 
     The token is read here, on the driver (a missing variable fails before any
     task), and travels to the task with the request headers.
+
+    Args:
+        source: the ``data.source`` section.
+        pages: the folder the task writes one parquet file per page into; every Ray node must
+            be able to read it (the ingest stage passes a folder of its artifact, in the
+            pipeline's storage, and deletes it once the splits are written). Default: a new
+            temporary folder on this machine, enough for a one-machine Ray; the caller removes it.
     """
     import ray
     import ray.data
 
+    if pages is None:
+        pages = Store(tempfile.mkdtemp(prefix="raypipe-http-"))
     headers, params = request_headers(source), request_params(source)
-    task = ray.remote(num_returns=2, max_retries=0)(_fetch_table)
-    rows_ref, table_ref = task.remote(source, headers, params)
+    task = ray.remote(max_retries=0)(_fetch_pages)
     try:
-        rows = ray.get(rows_ref)
+        fetched = ray.get(task.remote(source, pages, headers, params))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, (HttpSourceError, SpecError)):
             raise e.cause from None
         raise
-    log.info("http source: %d records from %s", rows, public_url(source.url))
-    return ray.data.from_arrow_refs([table_ref])
+    log.info("http source: %d records in %d pages from %s", fetched.rows, len(fetched.files), public_url(source.url))
+    # Pages may lack columns or hold narrower types than later pages: each file is read as the unified schema.
+    return ray.data.read_parquet(fetched.files, filesystem=pages.fs, schema=fetched.schema)
 
 
-def _fetch_table(source: HttpSource, headers: dict[str, str],
-                 params: dict[str, str] | None = None) -> tuple[int, pa.Table]:
-    """(rows, one arrow table of every page): each page a table, columns unified."""
-    tables = []
-    for page in iter_pages(source, headers, params):
-        try:
-            tables.append(table_from_records(page))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise HttpSourceError(
-                f"{public_url(source.url)}: a field mixes types within a page ({e}); "
-                "fix the API's output or pick other records"
-            ) from None
-    if not tables:
+class _Fetched(NamedTuple):
+    """What the fetching task returns: a few numbers and names, never the records."""
+
+    rows: int
+    files: list[str]  # the page files' paths in the pages store's filesystem, in page order
+    schema: pa.Schema  # every page's columns, types promoted as ``pa.concat_tables(promote_options="permissive")``
+
+
+def _fetch_pages(source: HttpSource, pages: Store, headers: dict[str, str],
+                 params: dict[str, str] | None = None) -> _Fetched:
+    """Fetch every page and write each as ``page-NNNNN.parquet`` in ``pages`` before fetching the next."""
+    files: list[str] = []
+    schema: pa.Schema | None = None
+    rows = 0
+    for records in iter_pages(source, headers, params):  # not enumerate(): its tuple would keep the last page
+        table = _page_table(records, source)
+        del records
+        schema = _unify(schema, table.schema, source)
+        files.append(_write_page(pages, len(files) + 1, table))
+        rows += table.num_rows
+        del table
+    if schema is None:
         raise HttpSourceError(
             f"{public_url(source.url)} returned no records at {_path_name(source.records)}; "
             "check data.source.url, params and records"
         )
+    return _Fetched(rows, files, schema)
+
+
+def _page_table(records: list[dict[str, Any]], source: HttpSource) -> pa.Table:
+    """One page's records as an arrow table; a clear error when a field mixes types within it."""
     try:
-        table = pa.concat_tables(tables, promote_options="permissive")
+        return table_from_records(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise HttpSourceError(
+            f"{public_url(source.url)}: a field mixes types within a page ({e}); "
+            "fix the API's output or pick other records"
+        ) from None
+
+
+def _unify(schema: pa.Schema | None, page: pa.Schema, source: HttpSource) -> pa.Schema:
+    """The columns of the pages so far and of this one (int and float give float, null gives way to any type)."""
+    if schema is None:
+        return page
+    try:
+        return pa.unify_schemas([schema, page], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise HttpSourceError(
             f"{public_url(source.url)}: pages disagree on the type of a field ({e}); "
             "fix the API's output or pick other records"
         ) from None
-    return table.num_rows, table
+
+
+def _write_page(pages: Store, n: int, table: pa.Table) -> str:
+    """Write page ``n`` as ``page-NNNNN.parquet``; its path.
+
+    As the store writes files: a temporary name, then a move into place, so the folder never
+    holds half a page. Not fsynced (``Store.write_bytes`` is): the pages are scratch that a
+    crashed run fetches again, and a sync per page would slow a 10,000-page API down.
+    """
+    path = pages.path(f"page-{n:05d}.parquet")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with pages.fs.open_output_stream(tmp) as f:
+        pq.write_table(table, f, **parquet_options(table.schema))
+    pages.fs.move(tmp, path)
+    return path
 
 
 # --- pagination ----------------------------------------------------------------------
@@ -141,10 +201,12 @@ def _page_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, Any
         if p.size_param:
             params[p.size_param] = p.page_size
         records = _records(get(params, f"page {page}"), source, get.where)
+        count = len(records)
         if records:
             yield records
+        del records  # not held while the next page is fetched
         # Without size_param the server picks the page size: only an empty page ends.
-        if not records or (p.size_param and len(records) < p.page_size):
+        if not count or (p.size_param and count < p.page_size):
             return
         page += 1
     _too_many_pages(source)
@@ -156,10 +218,11 @@ def _cursor_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, A
     for n in range(1, p.max_pages + 1):
         params = {} if n == 1 else {p.cursor_param: cursor}
         body = get(params, f"request {n}")
-        records = _records(body, source, get.where)
+        records, cursor = _records(body, source, get.where), _dig(body, p.cursor_field)
+        del body
         if records:
             yield records
-        cursor = _dig(body, p.cursor_field)
+        del records  # not held while the next page is fetched
         if cursor in (None, "") or cursor is _MISSING:
             return
     _too_many_pages(source)
@@ -184,14 +247,21 @@ class _LoggedRetry(Retry):
 
 
 class _Getter:
-    """GET the source's URL with extra params; retries transient failures; returns parsed JSON."""
+    """GET the source's URL with extra params; retries transient failures; returns parsed JSON.
+
+    Bodies are streamed: a success's body is refused once it passes ``max_response_mb`` (at
+    once when its ``Content-Length`` says it will), an error's body is read only as far as
+    the error message quotes it.
+    """
 
     def __init__(self, client: httpx.Client, source: HttpSource, headers: dict[str, str],
                  params: dict[str, str]) -> None:
         self.client, self.source, self.params = client, source, params
         self.where = public_url(source.url)
-        # Retried: timeouts, network and protocol errors, 429 and 5xx; after the server's Retry-After, else
-        # backoff_s x 1, 2, 4 ... (httpx-retries waits backoff_factor x 2 ** retry); each wait at most 30 s.
+        self.limit = int(source.max_response_mb * 2**20)
+        # Retried: timeouts, network and protocol errors (in the headers or the body), 429 and 5xx; after the
+        # server's Retry-After, else backoff_s x 1, 2, 4 ... (httpx-retries waits backoff_factor x 2 ** retry);
+        # each wait at most 30 s.
         self.retry = _LoggedRetry(total=source.retries, backoff_factor=source.backoff_s / 2, backoff_jitter=0.0,
                                   max_backoff_wait=MAX_RETRY_AFTER_S, status_forcelist=[429, *range(500, 600)])
         # Never echoed in an error: the token, header values, longer param values (API keys).
@@ -201,8 +271,9 @@ class _Getter:
 
     def __call__(self, extra: dict[str, Any], what: str) -> Any:
         params = {**self.params, **{k: str(v) for k, v in extra.items()}}
+        request = self.client.build_request("GET", self.source.url, params=params)
         try:
-            response = retry_request(self.client, "GET", self.source.url, params=params, retry=self.retry)
+            response, body, attempts = self._send(request, what)
         except httpx.TransportError as e:
             attempts = self.retry.total + 1 if self.retry.is_retryable_exception(e) else 1
             raise HttpSourceError(
@@ -211,37 +282,91 @@ class _Getter:
                 "is reachable, or raise data.source.retries / timeout_s"
             ) from None
         if not response.is_success:
-            raise self._status_error(response, what, response.extensions["retry"].attempts_made + 1)
-        limit = int(self.source.max_response_mb * 2**20)
-        if len(response.content) > limit:
-            raise HttpSourceError(f"GET {self.where} ({what}) returned {len(response.content):,} bytes, over "
-                                  f"data.source.max_response_mb={self.source.max_response_mb:g}; ask for smaller pages "
-                                  "(pagination.page_size) or raise the limit")
-        return self._json(response, what)
+            raise self._status_error(response, body, what, attempts)
+        return self._json(response, body, what)
 
-    def _status_error(self, response: httpx.Response, what: str, attempts: int) -> HttpSourceError:
+    def _send(self, request: httpx.Request, what: str) -> tuple[httpx.Response, bytearray, int]:
+        """(the final response, its body, attempts): httpx-retries' loop, with each body read inside it.
+
+        ``httpx_retries.retry_request`` reads the whole body before anyone can look at it, and
+        has no streaming form; this is its loop (the same ``Retry`` decides what is retried and
+        how long to wait), with :meth:`_read` in place of a buffered send.
+        """
+        retry = self.retry
+        while True:
+            try:
+                response, body = self._read(request, what)
+            except httpx.TransportError as e:
+                if retry.is_exhausted() or not retry.is_retryable_exception(e):
+                    raise
+                failed: httpx.Response | Exception = e
+            else:
+                if retry.is_exhausted() or not retry.is_retryable_status_code(response.status_code):
+                    return response, body, retry.attempts_made + 1
+                failed = response
+            retry = retry.increment()
+            retry.sleep(failed)
+
+    def _read(self, request: httpx.Request, what: str) -> tuple[httpx.Response, bytearray]:
+        """Send ``request`` and stream its body: a success's up to the limit, an error's start; closed after."""
+        response = self.client.send(request, stream=True)
+        try:
+            if not response.is_success:
+                return response, _read_at_most(response, _ERROR_BODY_BYTES)
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.limit:
+                raise self._too_large(what, f"{int(declared):,} bytes (its Content-Length)")
+            body = _read_at_most(response, self.limit + 1)
+            if len(body) > self.limit:
+                raise self._too_large(what, f"more than {self.limit:,} bytes (reading stopped there)")
+            return response, body
+        finally:
+            response.close()  # a body not read to its end closes the connection
+
+    def _too_large(self, what: str, size: str) -> HttpSourceError:
+        return HttpSourceError(f"GET {self.where} ({what}) returned {size}, over "
+                               f"data.source.max_response_mb={self.source.max_response_mb:g}; ask for smaller pages "
+                               "(pagination.page_size) or raise the limit")
+
+    def _status_error(self, response: httpx.Response, body: bytearray, what: str, attempts: int) -> HttpSourceError:
         code = response.status_code
-        body = self._clean(response.text)[:_BODY_CHARS]
+        text = self._clean(_text(response, body))[:_BODY_CHARS]
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         return HttpSourceError(
             f"GET {self.where} ({what}) returned HTTP {code} {response.reason_phrase}{tries}; "
-            f"body: {body!r}; {_fix(code)}"
+            f"body: {text!r}; {_fix(code)}"
         )
 
-    def _json(self, response: httpx.Response, what: str) -> Any:
+    def _json(self, response: httpx.Response, body: bytearray, what: str) -> Any:
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             kind = response.headers.get("Content-Type", "no content type")
             raise HttpSourceError(
                 f"GET {self.where} ({what}) did not return JSON ({kind}); body starts "
-                f"{self._clean(response.text)[:_BODY_CHARS]!r}; point data.source.url at the JSON API"
+                f"{self._clean(_text(response, body[:_ERROR_BODY_BYTES]))[:_BODY_CHARS]!r}; "
+                "point data.source.url at the JSON API"
             ) from None
 
     def _clean(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _read_at_most(response: httpx.Response, limit: int) -> bytearray:
+    """The start of a streamed response's decoded body: at most the chunk that passes ``limit`` bytes."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return body
+
+
+def _text(response: httpx.Response, body: bytes | bytearray) -> str:
+    """``body`` as text, in the response's charset (UTF-8 by default); undecodable bytes replaced."""
+    return body.decode(response.encoding or "utf-8", errors="replace")
 
 
 def _fix(code: int) -> str:

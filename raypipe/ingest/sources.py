@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raypipe.spec import (
     BuiltinSource, CsvSource, HttpSource, ImagesSource, JsonSource, ParquetSource, SqlSource, TextSource,
 )
+
+if TYPE_CHECKING:
+    from raypipe.store import Store
 
 FileSource = ParquetSource | CsvSource | JsonSource
 TreeSource = ImagesSource | TextSource
 AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource
 
 
-def read_source(source: AnySource) -> Any:
-    """Open a source as a lazy ``ray.data.Dataset`` (read by Ray tasks, not on the driver)."""
+def read_source(source: AnySource, scratch: Store | None = None) -> Any:
+    """Open a source as a lazy ``ray.data.Dataset`` (read by Ray tasks, not on the driver).
+
+    ``scratch``: a folder every Ray node can read, for a source that lands its data in files
+    first (``http`` writes its pages there); the caller deletes it once the dataset is consumed.
+    """
     if isinstance(source, BuiltinSource):
         from raypipe.ingest.builtin import builtin_dataset
 
@@ -30,7 +37,7 @@ def read_source(source: AnySource) -> Any:
     if isinstance(source, HttpSource):
         from raypipe.ingest.http import read_http
 
-        return read_http(source)
+        return read_http(source, scratch)
     if isinstance(source, ImagesSource):
         from raypipe.ingest.unstructured import read_images
 

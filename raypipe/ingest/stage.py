@@ -1,16 +1,31 @@
-"""The ingest stage: read the source with Ray Data, split it, write parquet per split."""
+"""The ingest stage: read the source with Ray Data, split it, write parquet per split.
+
+A source that lands its data in files first (the HTTP source's pages) writes them under
+``_source/`` in the stage's artifact folder, in the pipeline's storage, so every Ray node
+reads them; the folder is deleted once the splits are written (or the stage fails), before
+the artifact is sealed; after a crash, the next run's ``begin_artifact`` removes it with the rest.
+"""
 from __future__ import annotations
 
 from raypipe.ingest.split import SPLIT_COL, plan_splits, write_block_splits
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
+SCRATCH = "_source"
+
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> IngestOutput:
+    try:
+        return _ingest(ctx)
+    finally:
+        ctx.artifact.delete(SCRATCH)
+
+
+def _ingest(ctx: StageContext) -> IngestOutput:
     from raypipe.ingest.sources import read_source
 
     ctx.ray()
     data = ctx.spec.data
-    ds = read_source(data.source)
+    ds = read_source(data.source, ctx.artifact.sub(SCRATCH))
     plan = plan_splits(ds, target=data.target, stratify=data.split.stratify, test=data.split.test,
                        validation=data.split.validation, seed=data.split.seed)
     # Each task writes its block's rows to splits/__split=<name>/ (Ray's partitioned write took 2x longer).

@@ -1,31 +1,47 @@
 """``raypipe.ingest.http`` against a real HTTP server on a loopback port."""
 from __future__ import annotations
 
+import functools
 import json
+import queue
+import shutil
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from raypipe.errors import HttpSourceError, RaypipeError, SpecError
-from raypipe.ingest.http import _fetch_table, iter_pages, read_http, request_headers
+from raypipe.ingest.http import _fetch_pages, iter_pages, read_http, request_headers
 from raypipe.spec import HttpSource
+from raypipe.store import Store
 from tests.conftest import free_port
 
 TOKEN = "s3cret-T0KEN-value"
 # 250 records; the last 50 have a key the others lack.
 ITEMS = [{"id": i, "value": i * 1.5, "name": f"item-{i}", **({"note": "late"} if i >= 200 else {})} for i in range(250)]
+ENDLESS_BYTES = 256 * 2**20  # what /endless sends to a client that never stops reading
+BIG_PAGE_ROWS = 1000  # /pages: rows of ~1 KB each, about 1 MB a page
+
+
+@functools.cache
+def big_page(page: int) -> bytes:
+    """Page ``page`` of /pages, encoded once (the server then sends it without allocating)."""
+    first = (page - 1) * BIG_PAGE_ROWS
+    return json.dumps({"data": [{"id": i, "pad": f"{i:08d}" * 125} for i in range(first, first + BIG_PAGE_ROWS)]}).encode()
 
 
 class _Api(BaseHTTPRequestHandler):
     """Routes: /items (page), /cursor, /bare, /flaky/<k>, /always503, /limited/<k>, /missing, /secure,
-    /html, /nested, /slow, /wrongpath."""
+    /html, /nested, /slow, /wrongpath, /mixed, /disagree, /badtypes, /away, /here, /big, /endless, /declared, /cut, /pages."""
 
     server: _Server
 
@@ -77,6 +93,8 @@ class _Api(BaseHTTPRequestHandler):
             data = {1: [{"id": 1, "v": 1}, {"id": 2, "v": 2}],
                     2: [{"id": 3, "v": 2.5, "tag": "t"}, {"id": 4, "v": None, "tag": None}], 3: []}[page]
             self._json({"data": data})
+        elif path == "/disagree":  # id: an int on page 1, a string on page 2
+            self._json({"data": [{"id": {1: 1, 2: "two", 3: 3}.get(int(q["page"]))}]})
         elif path == "/badtypes":
             self._json({"data": [{"id": 1}, {"id": "one"}]})
         elif path == "/away":  # a redirect to another origin (the port in ?to=)
@@ -88,8 +106,35 @@ class _Api(BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(1.0)
             self._json({"data": []})
+        elif path == "/endless":
+            self._endless()
+        elif path in ("/declared", "/cut"):  # announces 1 GB (or 2 KB), sends 1 KB and hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(10**9 if path == "/declared" else 2048))
+            self.end_headers()
+            self.wfile.write(b" " * 1024)
+        elif path == "/pages":  # ?page=k of q["pages"], ~1 MB each
+            page = int(q["page"])
+            self._send(200, big_page(page) if page <= int(q["pages"]) else b'{"data": []}', "application/json")
         else:
             self._send(404, b"no such endpoint", "text/plain")
+
+    def _endless(self) -> None:
+        """A body without Content-Length (it ends when the connection does), sent until the client hangs up
+        or ENDLESS_BYTES have gone; how many bytes went is put on ``server.streamed``."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        chunk, sent = b" " * 2**16, 0
+        try:
+            while sent < ENDLESS_BYTES:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.server.streamed.put(sent)
 
     def _json(self, value: Any) -> None:
         self._send(200, json.dumps(value).encode(), "application/json")
@@ -115,6 +160,7 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
+        self.streamed: queue.Queue[int] = queue.Queue()
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +317,12 @@ def test_nested_records_are_refused(api: _Server) -> None:
         records(source(api, "/nested", pagination={"style": "none"}))
 
 
+def test_a_body_cut_short_is_retried(api: _Server, waits: list[float]) -> None:
+    with pytest.raises(HttpSourceError, match=r"after 3 attempt\(s\): RemoteProtocolError"):
+        records(source(api, "/cut", retries=2, backoff_s=0.25, pagination={"style": "none"}))
+    assert api.hits["/cut"] == 3 and waits == [0.25, 0.5]  # errors while reading the body are retried too
+
+
 def test_connection_refused_and_timeout(api: _Server, waits: list[float]) -> None:
     dead = HttpSource(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=2, backoff_s=0.25)
     with pytest.raises(HttpSourceError, match="after 3 attempt.*ConnectError"):
@@ -280,30 +332,108 @@ def test_connection_refused_and_timeout(api: _Server, waits: list[float]) -> Non
         records(source(api, "/slow", retries=0, timeout_s=0.2, pagination={"style": "none"}))
 
 
-def test_pages_become_one_table_with_unified_columns(api: _Server) -> None:
+MIXED_ROWS = [
+    {"id": 1, "v": 1.0, "tag": None}, {"id": 2, "v": 2.0, "tag": None},
+    {"id": 3, "v": 2.5, "tag": "t"}, {"id": 4, "v": None, "tag": None},
+]
+
+
+def test_each_page_is_a_file_and_the_schema_unifies_them(api: _Server, tmp_path) -> None:
     src = source(api, "/mixed", pagination={"page_size": 2})
-    rows, table = _fetch_table(src, request_headers(src))
-    assert rows == 4
-    assert table.schema.field("v").type == pa.float64()  # int page + float page
-    assert table.to_pylist() == [
-        {"id": 1, "v": 1.0, "tag": None}, {"id": 2, "v": 2.0, "tag": None},
-        {"id": 3, "v": 2.5, "tag": "t"}, {"id": 4, "v": None, "tag": None},
-    ]
-    with pytest.raises(HttpSourceError, match="mixes types"):
-        _fetch_table(source(api, "/badtypes"), {})
+    fetched = _fetch_pages(src, Store(tmp_path), request_headers(src))
+    assert fetched.rows == 4
+    assert fetched.files == [str(tmp_path / "page-00001.parquet"), str(tmp_path / "page-00002.parquet")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page-00001.parquet", "page-00002.parquet"]  # no temp names
+    assert [pq.read_schema(f).names for f in fetched.files] == [["id", "v"], ["id", "v", "tag"]]  # each page as it came
+    assert fetched.schema == pa.schema([("id", pa.int64()), ("v", pa.float64()), ("tag", pa.string())])  # int + float
+    table = pa.concat_tables(pq.read_table(f, schema=fetched.schema) for f in fetched.files)
+    assert table.to_pylist() == MIXED_ROWS
+
+
+def test_page_errors_stay_clear(api: _Server, tmp_path) -> None:
+    with pytest.raises(HttpSourceError, match="mixes types within a page"):
+        _fetch_pages(source(api, "/badtypes"), Store(tmp_path / "a"), {})
+    with pytest.raises(HttpSourceError, match=r"returned no records at records 'data'.*check data.source.url"):
+        _fetch_pages(source(api, "/items", params={"n": "0"}), Store(tmp_path / "b"), {})
+    api.requests.clear()
+    with pytest.raises(HttpSourceError, match="pages disagree on the type of a field"):
+        _fetch_pages(source(api, "/disagree", pagination={"page_size": 1}), Store(tmp_path / "c"), {})
+    assert [q["page"] for _, q, _ in requests_to(api, "/disagree")] == ["1", "2"]  # refused before page 3
+
+
+def test_the_task_holds_one_page_at_a_time(api: _Server, tmp_path) -> None:
+    """40 pages of ~1 MB: the peak is one page's body, its records and its table (and ~1.3 MB of client and
+    imports), not all 40 pages (the old task, which concatenated them, peaked above their total)."""
+    n = 40
+    total = sum(len(big_page(k)) for k in range(1, n + 1))  # encoded before tracing: the server only sends them
+    src = source(api, "/pages", params={"pages": str(n)}, pagination={"page_size": BIG_PAGE_ROWS})
+    arrow = pa.proxy_memory_pool(pa.default_memory_pool())  # arrow's allocations are not Python's: traced apart
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(arrow)
+    tracemalloc.start()
+    try:
+        fetched = _fetch_pages(src, Store(tmp_path), request_headers(src))
+        _, python_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        pa.set_memory_pool(previous)
+    assert fetched.rows == n * BIG_PAGE_ROWS and len(fetched.files) == n
+    assert [pq.read_metadata(f).num_rows for f in fetched.files] == [BIG_PAGE_ROWS] * n
+    peak = python_peak + arrow.max_memory()
+    assert peak < total / 4, f"peak {peak:,} bytes (Python {python_peak:,}, arrow {arrow.max_memory():,}) of {total:,}"
 
 
 # --- read_http (Ray) ----------------------------------------------------------------------
-def test_read_http_builds_a_dataset_in_a_ray_task(api: _Server, ray_session) -> None:
-    ds = read_http(source(api, "/items"))
+def test_read_http_builds_a_dataset_in_a_ray_task(api: _Server, ray_session, tmp_path) -> None:
+    ds = read_http(source(api, "/items"))  # the pages in a temporary folder of this machine
+    (folder,) = {Path(f).parent for f in ds.input_files()}
+    assert folder.name.startswith("raypipe-http-")
+    assert sorted(p.name for p in folder.iterdir()) == ["page-00001.parquet", "page-00002.parquet", "page-00003.parquet"]
     df = ds.to_pandas().sort_values("id").reset_index(drop=True)
     assert len(df) == ds.count() == 250
     assert df["id"].tolist() == list(range(250))
     assert df["value"].tolist() == [i * 1.5 for i in range(250)]
     assert df["note"].isna().sum() == 200 and (df["note"][200:] == "late").all()  # keys missing -> nulls
+    shutil.rmtree(folder)
 
     with pytest.raises(HttpSourceError, match="404"):
-        read_http(source(api, "/missing"))
+        read_http(source(api, "/missing"), Store(tmp_path))
+
+
+def test_read_http_reads_the_page_files_as_one_schema(api: _Server, ray_session, tmp_path) -> None:
+    ds = read_http(source(api, "/mixed", pagination={"page_size": 2}), Store(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page-00001.parquet", "page-00002.parquet"]
+    assert ds.schema().base_schema == pa.schema([("id", pa.int64()), ("v", pa.float64()), ("tag", pa.string())])
+    assert sorted(ds.take_all(), key=lambda r: r["id"]) == MIXED_ROWS
+
+
+def test_the_ingest_stage_reads_pages_from_storage_and_removes_them(api: _Server, ray_session, tmp_path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import raypipe
+    from raypipe.progress import Progress
+    from tests.conftest import small_spec
+
+    removed: list[list[str]] = []
+    delete = Store.delete
+
+    def spy(store: Store, *parts: str) -> None:
+        if parts == ("_source",):
+            removed.append(store.listdir("_source"))
+        delete(store, *parts)
+
+    monkeypatch.setattr(Store, "delete", spy)
+    data = {"source": {"type": "http", "url": base(api) + "/items", "backoff_s": 0.0}, "target": "value",
+            "id_columns": ["id"], "split": {"stratify": False}}
+    before = len(requests_to(api, "/items"))
+    result = raypipe.run(small_spec(tmp_path / "store", name="t-http", data=data), until="ingest",
+                         progress=Progress(quiet=True))
+    ingest = result.outputs["ingest"]
+    assert ingest.outputs.input_rows == 250 and len(requests_to(api, "/items")) - before == 3
+    assert removed == [["page-00001.parquet", "page-00002.parquet", "page-00003.parquet"]]  # in the artifact's folder
+    assert not ingest.store.exists("_source")  # the pages went once the splits were written
+    assert not any(f.startswith("_source") for f in ingest.store.read_json("_COMPLETE.json")["files"])
+    split = pa.concat_tables(pq.read_table(ingest.store.path(p)) for p in ingest.outputs.splits.values())
+    assert sorted(split["id"].to_pylist()) == list(range(250)) and split["note"].null_count == 200
 
 
 def test_http_source_error_is_a_raypipe_error() -> None:
@@ -349,6 +479,28 @@ def test_custom_headers_never_follow_a_redirect_to_another_origin(api: _Server, 
 
 
 def test_a_response_over_the_size_limit_is_refused(api: _Server) -> None:
-    with pytest.raises(HttpSourceError, match=r"bytes, over data.source.max_response_mb=1"):
+    with pytest.raises(HttpSourceError, match=r"bytes \(its Content-Length\), over data.source.max_response_mb=1"):
         records(source(api, "/big", max_response_mb=1, pagination={"style": "none"}))
     assert len(records(source(api, "/big", max_response_mb=8, pagination={"style": "none"}))) == 3000
+
+
+def test_a_body_over_the_limit_is_not_read_to_its_end(api: _Server) -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(HttpSourceError) as e:
+        records(source(api, "/endless", params={"api_key": "k-secret-5"}, max_response_mb=1, retries=3,
+                       pagination={"style": "none"}))
+    msg = str(e.value)
+    assert f"GET {base(api)}/endless (the request) returned more than 1,048,576 bytes" in msg
+    assert "over data.source.max_response_mb=1; ask for smaller pages (pagination.page_size)" in msg
+    assert "k-secret-5" not in msg
+    sent = api.streamed.get(timeout=30)  # the server saw the client hang up
+    assert sent < 32 * 2**20 < ENDLESS_BYTES, f"the server sent {sent:,} bytes"  # the limit plus socket buffers
+    assert api.hits["/endless"] == 1  # not retried
+    assert time.perf_counter() - t0 < 20
+
+
+def test_a_content_length_over_the_limit_is_refused_before_the_body(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match=r"returned 1,000,000,000 bytes \(its Content-Length\), over "
+                                              r"data.source.max_response_mb=64"):
+        records(source(api, "/declared", retries=3, pagination={"style": "none"}))
+    assert api.hits["/declared"] == 1  # the 1 KB it did send was never waited for, nor the request retried
