@@ -552,6 +552,11 @@ class DeploySection(_Section):
                                                                     "ones get a fast 503 (-1: no limit)")
     request_timeout_s: float = Field(default=10.0, gt=0, description="a prediction not answered by then gets a 408")
     max_body_bytes: int = Field(default=1_048_576, ge=256, description="larger request bodies get a 413")
+    health_check_period_s: float = Field(default=10.0, gt=0, description="how often Serve calls each replica's "
+                                                                         "check_health (Serve's default)")
+    health_check_timeout_s: float = Field(default=30.0, gt=0, description="a check not answered by then fails; "
+                                                                          "three failures in a row and Serve "
+                                                                          "replaces the replica")
     auth: AuthSection | None = None
     canary: CanarySection | None = None
     shadow: bool = Field(default=False, description="also score every request with the canary alias's version, "

@@ -138,6 +138,8 @@ def deployment_options(spec: Spec, version: int) -> dict[str, Any]:
         "name": DEPLOYMENT,
         "max_ongoing_requests": d.ongoing,
         "max_queued_requests": d.max_queued_requests,
+        "health_check_period_s": d.health_check_period_s,
+        "health_check_timeout_s": d.health_check_timeout_s,
         "user_config": serving_config(spec, Registry(spec.storage, spec.name), version),
         "autoscaling_config": {
             "min_replicas": d.autoscaling.min_replicas,
