@@ -73,7 +73,7 @@ def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | Non
     if format != "onnx":
         raise SpecError(f"--format {format!r} is not supported; use --format onnx")
     s = as_spec(spec)
-    reg = Registry(s.storage, s.name)
+    reg = Registry.for_spec(s)
     v = reg.resolve(version=version, alias=alias)
-    predictor = Predictor.from_version(reg.version_store(v), v, trusted_factories(s))
+    predictor = Predictor.from_version(reg.version_store(v), v, trusted_factories(s), manifest_sha256=reg.check_version(v))
     return asdict(export_onnx(predictor, output or f"{s.name}-v{v}.onnx", pipeline=s.name))

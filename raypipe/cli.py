@@ -148,7 +148,7 @@ def _registry(spec: Path) -> tuple[Any, Any]:
     from raypipe.registry import Registry
 
     s = as_spec(spec)
-    return s, Registry(s.storage, s.name)
+    return s, Registry.for_spec(s)
 
 
 @registry_app.command("list")

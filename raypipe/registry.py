@@ -6,6 +6,10 @@
 * ``versions/000007/_STATUS.json``: the version's status after its manifest:
   ``pending`` → ``ready`` (verified and loadable) or ``rejected`` (gate failed) or
   ``failed`` (did not load, or its registering process died).
+* ``versions/000007/_SIGNATURE.json``: with ``registry.signing_key_env``, an HMAC-SHA256 of
+  the manifest under a key only the deployer holds. The sha256 manifest proves the files
+  are the ones sealed; the signature proves who sealed them: a storage writer can re-seal
+  a forged version, not sign it.
 * ``aliases/<alias>.json``: atomic pointers (``champion``, ``challenger``).
 * ``audit/``: one file per promotion or rollback, never rewritten.
 
@@ -18,6 +22,8 @@ finishes or tombstones whatever a killed process left behind.
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import os
 import re
 import socket
@@ -26,12 +32,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from raypipe.errors import RegistryError
+from raypipe.errors import ArtifactError, RegistryError, SpecError
 from raypipe.lineage import current_user
-from raypipe.spec import ALIAS_PATTERN
+from raypipe.spec import ALIAS_PATTERN, Spec
 from raypipe.store import MARKER, Store, create_exclusive, fsync_dir
 
-OWNER, STATUS = "_OWNER.json", "_STATUS.json"
+OWNER, STATUS, SIGNATURE = "_OWNER.json", "_STATUS.json", "_SIGNATURE.json"
 STATUSES = ("pending", "ready", "rejected", "failed")
 ORPHAN_AGE_S = 3600  # an incomplete version from another host is abandoned after this long
 
@@ -49,13 +55,25 @@ class Registry:
         verify: loads a sealed version back (its folder, its number) and raises if it cannot
             be used; a pending version becomes ``ready`` only when it passes. Without it, a
             version is ready once its manifest checks out.
+        signing_key_env: the environment variable holding the key versions are signed with
+            (``registry.signing_key_env``). With it, new versions are signed and
+            :meth:`check_version` refuses a version without a valid signature. It is read
+            when first needed, so listing and reading a registry never needs it.
     """
 
-    def __init__(self, root: Store | str, pipeline: str, *, verify: Callable[[Store, int], Any] | None = None) -> None:
+    def __init__(self, root: Store | str, pipeline: str, *, verify: Callable[[Store, int], Any] | None = None,
+                 signing_key_env: str | None = None) -> None:
         root = root if isinstance(root, Store) else Store(root)
         self.store = root.sub("registry", pipeline)
         self.pipeline = pipeline
         self.verify = verify
+        self.signing_key_env = signing_key_env
+
+    @classmethod
+    def for_spec(cls, spec: Spec, root: Store | str | None = None, **kw: Any) -> "Registry":
+        """The registry of a spec's pipeline, signing as its ``registry.signing_key_env`` says."""
+        return cls(spec.storage if root is None else root, spec.name,
+                   signing_key_env=spec.registry.signing_key_env, **kw)
 
     # -- versions ---------------------------------------------------------------------
     def _numbers(self) -> list[int]:
@@ -111,7 +129,48 @@ class Registry:
         for name, data in files.items():
             vs.write_bytes(name, data)
         self.store.complete_artifact(rel, {"meta": {"version": v, "status": "pending", **(meta or {})}})
+        key = self._signing_key()
+        if key is not None:
+            raw = self.store.read_bytes(rel, MARKER)
+            self.store.write_json(f"{rel}/{SIGNATURE}", {"algorithm": "hmac-sha256",
+                                                         "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+                                                         "hmac": _hmac(key, raw)})
         return v
+
+    def _signing_key(self) -> bytes | None:
+        if not self.signing_key_env:
+            return None
+        key = os.environ.get(self.signing_key_env)
+        if not key:
+            raise SpecError(f"registry.signing_key_env: the environment variable {self.signing_key_env!r} is not set or "
+                            "empty; export the key this registry's versions are signed with, or remove the setting")
+        return key.encode()
+
+    def check_version(self, version: int) -> str:
+        """Check a version before anything of it is loaded; return its manifest's sha256 (to pin).
+
+        Every file against the sha256 manifest and, when versions are signed
+        (``signing_key_env``), the manifest against its HMAC: a version re-sealed by
+        someone without the key, or registered unsigned, is refused.
+
+        Raises:
+            ArtifactError: naming the version and what failed.
+        """
+        vs = self.version_store(version)
+        vs.verify_artifact("")
+        raw = vs.read_bytes(MARKER)
+        key = self._signing_key()
+        if key is not None:
+            if not vs.exists(SIGNATURE):
+                raise ArtifactError(f"{self.pipeline} version {version} is not signed, and this registry's versions "
+                                    f"are (registry.signing_key_env: {self.signing_key_env}): registered without "
+                                    "the key, or sealed by someone else. Refusing to load it")
+            signature = vs.read_json(SIGNATURE)
+            if not hmac.compare_digest(str(signature.get("hmac", "")), _hmac(key, raw)):
+                raise ArtifactError(f"{self.pipeline} version {version}: its manifest does not match its signature "
+                                    f"(registry.signing_key_env: {self.signing_key_env}): re-sealed by someone "
+                                    "without the key, or signed with another key. Refusing to load it")
+        return hashlib.sha256(raw).hexdigest()
 
     def _claim(self, v: int) -> int:
         """Take the first free number from ``v`` on, with its owner file already inside.
@@ -170,10 +229,9 @@ class Registry:
 
     def _verify(self, version: int) -> tuple[str, str]:
         try:
-            vs = self.version_store(version)
-            vs.verify_artifact("")
+            self.check_version(version)
             if self.verify is not None:
-                self.verify(vs, version)
+                self.verify(self.version_store(version), version)
         except Exception as exc:  # any load failure makes the version unusable
             return "failed", f"does not load back: {type(exc).__name__}: {exc}"
         return "ready", "manifest verified" + (" and model loaded" if self.verify is not None else "")
@@ -302,6 +360,10 @@ def check_alias(name: str) -> str:
 def _age_s(store: Store, rel: str) -> float:
     mtime = store.fs.get_file_info(store.path(rel)).mtime
     return 0.0 if mtime is None else time.time() - mtime.timestamp()
+
+
+def _hmac(key: bytes, data: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
 def _now() -> str:

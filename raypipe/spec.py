@@ -500,6 +500,10 @@ class EvaluateSection(_Section):
 class RegistrySection(_Section):
     promote_to: Literal["champion", "challenger"] | None = Field(
         default="champion", description="the alias a version that passes the gate gets (null: none)")
+    signing_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="an environment variable holding a secret key: versions are signed (HMAC-SHA256 of the manifest) "
+                    "and only versions with a valid signature are loaded, served or compared")
 
 
 class TrackingSection(_Section):

@@ -166,15 +166,24 @@ class Store:
         self.write_json(posixpath.join(rel, MARKER), {"files": files, **(meta or {})})
         return files
 
-    def verify_artifact(self, rel: str) -> dict[str, Any]:
+    def verify_artifact(self, rel: str, *, manifest_sha256: str | None = None) -> dict[str, Any]:
         """Check an artifact's marker and every file's sha256; return the marker.
 
+        ``manifest_sha256``: the marker's own sha256 as someone who checked it earlier saw it
+        (a deployer that verified the version's signature): a marker that differs, even
+        re-sealed with matching file hashes, is refused.
+
         Raises:
-            ArtifactError: when the artifact is incomplete or any file differs.
+            ArtifactError: when the artifact is incomplete, its marker is not the pinned one,
+                or any file differs.
         """
         if not self.is_complete(rel):
             raise ArtifactError(f"artifact {self.full_uri(rel)!r} is incomplete (no {MARKER})")
-        marker = self.read_json(rel, MARKER)
+        raw = self.read_bytes(rel, MARKER)
+        if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256:
+            raise ArtifactError(f"artifact {self.full_uri(rel)!r}: its manifest changed after it was verified "
+                                f"(sha256 {manifest_sha256[:12]}... expected); refusing to load it")
+        marker = json.loads(raw)
         for name, digest in marker["files"].items():
             if not self.exists(rel, name):
                 raise ArtifactError(f"artifact {self.full_uri(rel)!r}: file {name!r} is missing")

@@ -260,3 +260,62 @@ def test_trusted_factories_come_from_the_spec_and_the_deployer_environment(monke
     monkeypatch.setenv(TRUSTED_FACTORIES_ENV, " torch:a:b ,torch:c:d,")
     spec = SimpleNamespace(model=SimpleNamespace(kind="torch:my.models:net"))
     assert trusted_factories(spec) == ("torch:a:b", "torch:c:d", "torch:my.models:net")
+
+
+def _re_seal(vs, edit) -> None:
+    """What a storage writer can do: change files, then rewrite the sha256 manifest to match."""
+    from raypipe.store import MARKER
+
+    marker = vs.read_json(MARKER)
+    edit(vs)
+    vs.complete_artifact("", {k: val for k, val in marker.items() if k != "files"})
+
+
+def _raise_threshold(vs) -> None:
+    from raypipe.store import MARKER
+
+    marker = vs.read_json(MARKER)
+    marker["meta"]["threshold"] = 0.99  # every case flagged negative: a quiet sabotage
+    vs.write_json(MARKER, marker)
+
+
+def test_signed_versions_refuse_a_re_sealed_forgery(tmp_path, monkeypatch):
+    monkeypatch.setenv("RP_SIGNING_KEY", "k3y-only-the-deployer-holds")
+    reg = Registry(str(tmp_path / "store"), "p", signing_key_env="RP_SIGNING_KEY")
+    v = reg.register(_version_files(), meta={"threshold": 0.5})
+    vs = reg.version_store(v)
+    assert vs.exists("_SIGNATURE.json") and reg.check_version(v)
+    _re_seal(vs, _raise_threshold)
+    vs.verify_artifact("")  # the sha256 manifest alone is fooled: every file matches it
+    assert Registry(str(tmp_path / "store"), "p").check_version(v)  # and so is an unsigned registry
+    with pytest.raises(ArtifactError, match="does not match its signature"):
+        reg.check_version(v)
+    monkeypatch.setenv("RP_SIGNING_KEY", "another-key")
+    w = Registry(str(tmp_path / "store"), "p").register(_version_files(), meta={"threshold": 0.5})  # unsigned
+    with pytest.raises(ArtifactError, match="is not signed"):
+        reg.check_version(w)
+    u = reg.register(_version_files(), meta={"threshold": 0.5})
+    monkeypatch.setenv("RP_SIGNING_KEY", "k3y-only-the-deployer-holds")
+    with pytest.raises(ArtifactError, match="does not match its signature"):  # signed with another key
+        reg.check_version(u)
+
+
+def test_the_signing_key_is_needed_only_to_sign_or_check(tmp_path, monkeypatch):
+    monkeypatch.delenv("RP_SIGNING_KEY", raising=False)
+    reg = Registry(str(tmp_path / "store"), "p", signing_key_env="RP_SIGNING_KEY")
+    assert reg.versions() == [] and reg.aliases() == {}
+    from raypipe.errors import SpecError
+
+    with pytest.raises(SpecError, match="registry.signing_key_env.*'RP_SIGNING_KEY' is not set"):
+        reg.register(_version_files())
+
+
+def test_a_pinned_manifest_refuses_a_version_re_sealed_after_the_check(tmp_path):
+    reg = Registry(str(tmp_path / "store"), "p")
+    v = reg.register(_version_files(), meta={"threshold": 0.5})
+    vs = reg.version_store(v)
+    pin = reg.check_version(v)
+    assert Predictor.from_version(vs, v, manifest_sha256=pin).threshold == 0.5
+    _re_seal(vs, _raise_threshold)
+    with pytest.raises(ArtifactError, match="manifest changed after it was verified"):
+        Predictor.from_version(vs, v, manifest_sha256=pin)

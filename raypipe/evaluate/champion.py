@@ -15,7 +15,7 @@ def digest(spec: Any, root: Store, base_fingerprint: str) -> str:
     """The champion's part of the evaluate fingerprint ("" when the gate does not compare with it)."""
     if spec.evaluate.gate.vs_champion is None:
         return ""
-    reg = Registry(root, spec.name)
+    reg = Registry.for_spec(spec, root)
     version = reg.alias("champion")
     if version is None:
         return "none"

@@ -178,12 +178,12 @@ def _champion_metrics(ctx: StageContext, test_ds: Any) -> dict[str, Any] | None:
     """The current champion scored on this run's test split (None when there is none)."""
     from raypipe.registry import Registry
 
-    reg = Registry(ctx.root, ctx.spec.name)
+    reg = Registry.for_spec(ctx.spec, ctx.root)
     version = reg.alias("champion")
     if version is None:
         return None
     vs = reg.version_store(version)
-    vs.verify_artifact("")  # the champion's files as registered (sha256 manifest) before any of them is loaded
+    reg.check_version(version)  # the champion's files as registered (manifest, signature) before any is loaded
     scored = score_split(test_ds, vs.full_uri("model"), vs.read_json("features.json"), vs.read_json("schema.json"),
                          task=ctx.spec.data.task, trusted=trusted_factories(ctx.spec))
     metrics = scored.metrics(reg.info(version).get("threshold", 0.5))

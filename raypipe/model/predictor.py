@@ -42,12 +42,15 @@ class Predictor:
         return cls(FeaturePipeline.from_dict(features), load_model(model_store, device, trusted), schema, **kw)
 
     @classmethod
-    def from_version(cls, version_store: Store, version: int | None = None, trusted: tuple[str, ...] = ()) -> "Predictor":
+    def from_version(cls, version_store: Store, version: int | None = None, trusted: tuple[str, ...] = (), *,
+                     manifest_sha256: str | None = None) -> "Predictor":
         """Load a registry version after checking every file against its sha256 manifest.
 
         ``trusted``: the user factories the loading process allows (``formats.trusted_factories``).
+        ``manifest_sha256``: the manifest as the deployer checked it (``Registry.check_version``,
+        its signature included): a manifest that changed since is refused.
         """
-        marker = version_store.verify_artifact("")
+        marker = version_store.verify_artifact("", manifest_sha256=manifest_sha256)
         meta = marker.get("meta", {})
         return cls.load(
             version_store.sub("model"), version_store.read_json("features.json"), version_store.read_json("schema.json"),

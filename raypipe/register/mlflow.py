@@ -130,7 +130,7 @@ def export_version(spec: Any, run_id: str, version: int) -> str:
     from raypipe.registry import Registry
     from raypipe.store import Store
 
-    reg = Registry(spec.storage, spec.name)
+    reg = Registry.for_spec(spec)
     vs, info = reg.version_store(version), reg.info(version)
     doc = vs.read_json("metrics.json")
     lineage = info["lineage"]

@@ -23,7 +23,7 @@ def load_check(version_store: Store, version: int, trusted: tuple[str, ...] = ()
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
     val, feats, train, ev = inputs["validate"], inputs["features"], inputs["train"], inputs["evaluate"]
     trusted = trusted_factories(ctx.spec)
-    reg = Registry(ctx.root, ctx.spec.name, verify=lambda vs, v: load_check(vs, v, trusted))
+    reg = Registry.for_spec(ctx.spec, ctx.root, verify=lambda vs, v: load_check(vs, v, trusted))
     for v, what in reg.recover():
         ctx.log(f"recovered version {v} left by a killed run: {what}")
     gate, target = ev.outputs.gate, ctx.spec.registry.promote_to

@@ -57,9 +57,10 @@ class Routing:
     shadow: bool = False
 
 
-def load_version(uri: str, version: int, pipeline: str, trusted: tuple[str, ...] = ()) -> Loaded:
+def load_version(uri: str, version: int, pipeline: str, trusted: tuple[str, ...] = (),
+                 manifest_sha256: Optional[str] = None) -> Loaded:
     store = Store(uri)
-    predictor = Predictor.from_version(store, version, trusted)
+    predictor = Predictor.from_version(store, version, trusted, manifest_sha256=manifest_sha256)
     metadata = {
         "pipeline": pipeline,
         "version": version,
@@ -155,14 +156,15 @@ class ModelServer:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this with the ``user_config``: load what is new, then switch at once.
 
-        ``{"champion": {"uri", "version"}, "challenger": {"uri", "version"} | None,
+        ``{"champion": {"uri", "version", "manifest_sha256"}, "challenger": {...} | None,
         "canary_percent": float, "shadow": bool}``
         """
         def get(ref: Optional[dict[str, Any]]) -> Optional[Loaded]:
             if not ref:
                 return None
             key = (ref["uri"], int(ref["version"]))
-            return self._cache.get(key) or load_version(ref["uri"], int(ref["version"]), self.pipeline, self.trusted)
+            return self._cache.get(key) or load_version(ref["uri"], int(ref["version"]), self.pipeline, self.trusted,
+                                                        ref.get("manifest_sha256"))
 
         new = Routing(champion=get(config["champion"]), challenger=get(config.get("challenger")),
                       canary_percent=float(config.get("canary_percent", 0.0)), shadow=bool(config.get("shadow", False)))

@@ -56,10 +56,10 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     existing = out_fs.get_file_info(pafs.FileSelector(out_path, allow_not_found=True))
     if existing:
         raise SpecError(f"--output {output!r} exists and is not empty; give a new folder (predictions are never mixed)")
-    reg = Registry(spec.storage, spec.name)
+    reg = Registry.for_spec(spec)
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
-    vs.verify_artifact("")  # every file as registered (sha256 manifest) before any actor loads one
+    reg.check_version(v)  # every file as registered (manifest, signature) before any actor loads one
     trusted = trusted_factories(spec)
     check_trusted(vs.read_json("model", "model.json")["kind"], trusted)  # refused here, before any actor starts
     connect_for(spec, address)

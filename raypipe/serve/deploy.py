@@ -69,7 +69,7 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
     from raypipe.runtime import connect_for
     from raypipe.serve.app import ModelServerDeployment
 
-    v = Registry(spec.storage, spec.name).resolve(version=version, alias=alias)
+    v = Registry.for_spec(spec).resolve(version=version, alias=alias)
     name = app_name or spec.name
     options, args = deployment_options(spec, v), init_args(spec)
     connect_for(spec, address)
@@ -140,7 +140,7 @@ def deployment_options(spec: Spec, version: int) -> dict[str, Any]:
         "max_queued_requests": d.max_queued_requests,
         "health_check_period_s": d.health_check_period_s,
         "health_check_timeout_s": d.health_check_timeout_s,
-        "user_config": serving_config(spec, Registry(spec.storage, spec.name), version),
+        "user_config": serving_config(spec, Registry.for_spec(spec), version),
         "autoscaling_config": {
             "min_replicas": d.autoscaling.min_replicas,
             "initial_replicas": max(1, d.autoscaling.min_replicas),
@@ -163,7 +163,7 @@ def serve_config(spec: Spec, *, version: int | None = None, alias: str | None = 
     promotion can be rolled out by editing (or re-emitting) this file. The API key, when
     ``deploy.auth`` is set, appears only as its salted scrypt hash.
     """
-    v = Registry(spec.storage, spec.name).resolve(version=version, alias=alias)
+    v = Registry.for_spec(spec).resolve(version=version, alias=alias)
     name = app_name or spec.name
     d = spec.deploy
     return {
@@ -183,7 +183,7 @@ def serve_config(spec: Spec, *, version: int | None = None, alias: str | None = 
 def serving_config(spec: Spec, reg: Registry, version: int) -> dict[str, Any]:
     """The deployment's ``user_config``: which versions the replicas hold, and the traffic split."""
     d = spec.deploy
-    out: dict[str, Any] = {"champion": {"uri": reg.version_store(version).full_uri(), "version": version},
+    out: dict[str, Any] = {"champion": _served(reg, version),
                            "challenger": None, "canary_percent": 0.0, "shadow": d.shadow}
     if d.canary is not None or d.shadow:
         name = d.canary.alias if d.canary else "challenger"
@@ -192,9 +192,20 @@ def serving_config(spec: Spec, reg: Registry, version: int) -> dict[str, Any]:
             field = "deploy.canary.alias" if d.canary else "deploy.shadow"  # shadow alone mirrors to 'challenger'
             raise SpecError(f"{field}: no registry alias {name!r} in {spec.name!r}; set it with "
                             f"`raypipe registry promote SPEC VERSION --alias {name}` or remove deploy.canary/shadow")
-        out["challenger"] = {"uri": reg.version_store(challenger).full_uri(), "version": challenger}
+        out["challenger"] = _served(reg, challenger)
         out["canary_percent"] = d.canary.percent if d.canary else 0.0
     return out
+
+
+def _served(reg: Registry, version: int) -> dict[str, Any]:
+    """A served version as replicas get it: checked here (files, signature), its manifest pinned for them.
+
+    Replicas never hold the signing key: they load a version only if its manifest is still
+    the one this process checked, so a version re-sealed in storage after the deploy is
+    refused by every replica that starts later.
+    """
+    return {"uri": reg.version_store(version).full_uri(), "version": version,
+            "manifest_sha256": reg.check_version(version)}
 
 
 def api_key_digest(spec: Spec) -> str | None:
@@ -213,7 +224,7 @@ def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]
     """A few rows of the version's own test split, as a client would send them (one per class first)."""
     import pyarrow.dataset as pads
 
-    vs = Registry(spec.storage, spec.name).version_store(version)
+    vs = Registry.for_spec(spec).version_store(version)
     schema, lineage = vs.read_json("schema.json"), vs.read_json("lineage.json")
     validate = Store(spec.storage).sub(artifact_path("validate", lineage["stages"]["validate"]))
     split = ValidateOutput.from_json(validate.read_json(OUTPUTS_FILE)).splits["test"]

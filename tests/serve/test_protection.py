@@ -190,7 +190,8 @@ def test_bad_deploy_settings_are_spec_errors(monkeypatch):
     spec = SimpleNamespace(name="p", deploy=SimpleNamespace(auth=SimpleNamespace(api_key_env=KEY_ENV)))
     with pytest.raises(SpecError, match=f"deploy.auth.api_key_env: .*{KEY_ENV}.*export it"):
         api_key_digest(spec)
-    reg = SimpleNamespace(aliases=lambda: {}, version_store=lambda v: SimpleNamespace(full_uri=lambda: "/m"))
+    reg = SimpleNamespace(aliases=lambda: {}, version_store=lambda v: SimpleNamespace(full_uri=lambda: "/m"),
+                          check_version=lambda v: "0" * 64)
     spec.deploy = SimpleNamespace(shadow=False, canary=SimpleNamespace(alias="beta", percent=10.0))
     with pytest.raises(SpecError, match=r"deploy.canary.alias: no registry alias 'beta' in 'p'.*--alias beta"):
         serving_config(spec, reg, 1)
