@@ -25,7 +25,7 @@ from raypipe.progress import Progress
 from raypipe.registry import Registry
 from raypipe.serve.deploy import deploy, sample_request
 from tests.conftest import free_port, small_spec
-from tests.serve.helpers import ClosedLoop, replicas, wait_for, with_deploy
+from tests.serve.helpers import ClosedLoop, alive_actors, replicas, wait_for, with_deploy
 
 APP = "ctl"
 
@@ -46,9 +46,7 @@ def two_versions(ray_session, tmp_path_factory):
 
 
 def _controller_pid() -> int | None:
-    from ray.util.state import list_actors
-
-    alive = list_actors(filters=[("class_name", "=", "ServeController"), ("state", "=", "ALIVE")])
+    alive = [a for a in alive_actors() if a.class_name == "ServeController"]
     return alive[0].pid if alive else None
 
 

@@ -18,11 +18,18 @@ def with_deploy(spec: Any, **deploy_settings: Any) -> Any:
     return raypipe.load_spec(data)
 
 
-def replicas(app: str) -> dict[str, int]:
-    """Running replicas of a Serve application: actor id -> pid."""
+def alive_actors() -> list[Any]:
+    """The live actors of this process's Ray (by its address: other Rays may run on the host)."""
+    import ray
     from ray.util.state import list_actors
 
-    return {a.actor_id: a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                       limit=10_000)
+
+
+def replicas(app: str) -> dict[str, int]:
+    """Running replicas of a Serve application: actor id -> pid."""
+    return {a.actor_id: a.pid for a in alive_actors()
             if a.class_name.startswith("ServeReplica") and f"::{app}#" in (a.name or "")}
 
 
