@@ -127,7 +127,12 @@ class SqlSource(_Snapshot):
 
 
 class Pagination(_Section):
-    """``page``: ?page=N&per_page=M until an empty page; ``cursor``: follow a cursor field until it is null."""
+    """``page``: ?page=N&per_page=M until an empty page (or ``has_more_field`` says false); ``cursor``: follow
+    a cursor field until it is null.
+
+    A page shorter than ``page_size`` does not end a ``page`` read: APIs cap page sizes
+    below what is asked for, so only an empty page or the API's own end marker does.
+    """
 
     style: Literal["none", "page", "cursor"] = "page"
     page_param: str = "page"
@@ -137,6 +142,9 @@ class Pagination(_Section):
     cursor_param: str = "cursor"
     cursor_field: str = Field(default="next_cursor", description="dotted path of the next cursor in a response")
     max_pages: int = Field(default=10_000, ge=1)
+    has_more_field: str | None = Field(default=None, description="dotted path of the API's 'more pages follow' "
+                                       "flag (e.g. meta.has_more): a false value ends a page read without asking "
+                                       "for one more, empty page")
 
 
 class HttpSource(_Snapshot):
