@@ -7,6 +7,9 @@ the artifact is sealed; after a crash, the next run's ``begin_artifact`` removes
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
+from typing import Any
+
 from raypipe.ingest.split import SPLIT_COL, plan_splits, write_block_splits
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
@@ -25,7 +28,13 @@ def _ingest(ctx: StageContext) -> IngestOutput:
 
     ctx.ray()
     data = ctx.spec.data
-    ds = read_source(data.source, ctx.artifact.sub(SCRATCH))
+    with ExitStack() as held:  # held while the source is read: a sharded SQL read's one snapshot
+        ds = read_source(data.source, ctx.artifact.sub(SCRATCH), held)
+        return _write_splits(ctx, ds)
+
+
+def _write_splits(ctx: StageContext, ds: Any) -> IngestOutput:
+    data = ctx.spec.data
     plan = plan_splits(ds, target=data.target, stratify=data.split.stratify, test=data.split.test,
                        validation=data.split.validation, seed=data.split.seed)
     # Each task writes its block's rows to splits/__split=<name>/ (Ray's partitioned write took 2x longer).
