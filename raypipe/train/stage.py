@@ -62,10 +62,26 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
         report["balance"] = balance
     if spec.model.is_torch:
         report["materialized_mb"] = None if materialized_mb is None else round(materialized_mb, 1)
+        report["rows_per_epoch"] = rows_seen(report.get("history", []), rows)
+        left = report["rows_per_epoch"].get("train", {}).get("left_out")
+        if left:
+            ctx.log(f"Ray Train's equal split leaves {left} of {rows['train']:,} training rows out of each epoch "
+                    f"(at most workers - 1, so that every worker takes as many steps)")
     ctx.artifact.write_json("train_report.json", report)
     tune = {k: report["tune"][k] for k in ("best_config", "best_score", "metric", "trials", "trial_epochs")} \
         if "tune" in report else None
     return TrainOutput(model="model", report="train_report.json", kind=spec.model.kind, ddp=report.get("ddp"), tune=tune)
+
+
+def rows_seen(history: list[dict[str, Any]], rows: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Per split: its rows, the rows the last epoch saw, and the difference (none for validation)."""
+    if not history:
+        return {}
+    last, out = history[-1], {}
+    for split, key in (("train", "train_rows"), ("validation", "val_rows")):
+        if key in last and split in rows:
+            out[split] = {"rows": rows[split], "seen": last[key], "left_out": rows[split] - last[key]}
+    return out
 
 
 def _log_torch(ctx: StageContext, report: dict[str, Any]) -> None:

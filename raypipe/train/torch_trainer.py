@@ -121,6 +121,7 @@ def train_loop(config: dict[str, Any]) -> None:
             vb = val_cache.batches(bs, device) if val_cache.ready else val_cache.record(_batches(val_shard, bs, dtypes, device))
             val_sums = _reduce(evaluate(model, vb, loss_fn, cfg, device), device)
         metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task),
+                                   "train_rows": int(train_sums[1]), **({"val_rows": int(val_sums[2])} if val_sums else {}),
                                    "train_s": round(t1 - t0, 3), "val_s": round(time.perf_counter() - t1, 3),
                                    "report_s": report_s, "ckpt_s": ckpt_s}  # the previous epoch's report and checkpoint write
         sched.step()
@@ -192,6 +193,36 @@ def loop_config(spec: Any, dims: dict[str, Any], has_validation: bool) -> dict[s
     }
 
 
+def shard_config() -> Any:
+    """How Ray Train hands the splits to the workers: every validation row to exactly one worker.
+
+    Ray Train's default ``DataConfig`` splits every dataset with ``streaming_split(equal=True)``,
+    which leaves out up to ``workers - 1`` rows per epoch so that every worker gets as many. The
+    training split needs that (DDP all-reduces gradients at every step: a worker with one more
+    batch would wait forever); the rows it leaves out are counted in the train report. The
+    validation split does not: evaluation runs no collective per batch, only one all-reduce of
+    its totals at the end, so it is split unequally and its metrics (which early stopping and
+    Tune act on) cover every row.
+    """
+    from ray.train import DataConfig
+
+    class EveryValidationRow(DataConfig):
+        def configure(self, datasets: dict[str, Any], world_size: int, worker_handles: Any, worker_node_ids: Any,
+                      **kwargs: Any) -> list[dict[str, Any]]:
+            equal = {k: v for k, v in datasets.items() if k != "validation"}
+            out = super().configure(equal, world_size, worker_handles, worker_node_ids, **kwargs)
+            if "validation" in datasets:
+                ds = datasets["validation"]
+                ds = ds.copy(ds)
+                ds.set_name("validation")
+                ds.context.execution_options = self._resolve_execution_options("validation")
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    out[i]["validation"] = split
+            return out
+
+    return EveryValidationRow()
+
+
 def make_trainer(spec: Any, config: dict[str, Any], datasets: dict[str, Any], run_config: Any) -> Any:
     """The ``TorchTrainer`` for one configuration: ``train.workers`` workers, NCCL with ``use_gpu``."""
     from ray.train import ScalingConfig
@@ -207,6 +238,7 @@ def make_trainer(spec: Any, config: dict[str, Any], datasets: dict[str, Any], ru
         torch_config=TorchConfig(backend="nccl" if spec.train.use_gpu else "gloo"),
         run_config=run_config,
         datasets=datasets,
+        dataset_config=shard_config(),
     )
 
 
