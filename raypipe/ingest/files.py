@@ -78,16 +78,18 @@ def _with_env_credentials(fs: pafs.FileSystem) -> pafs.FileSystem:
 
 @dataclass
 class FileRead:
-    """A file source opened for reading: the lazy dataset, the files it reads, and those it leaves out.
+    """A file source's files: those to read, those left out, and (once opened) the lazy dataset.
 
     ``skipped`` holds ``{"file", "reason", "kind"}`` per file left out; ``kind`` is ``name`` (a name
     or extension the format does not read), ``empty`` (no rows to read) or ``bad`` (unreadable,
     left out under ``on_bad_files: skip``).
     """
 
-    dataset: Any
+    source: ParquetSource | CsvSource | JsonSource
+    fs: pafs.FileSystem
     files: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    dataset: Any = None
 
     def counts(self) -> dict[str, int]:
         kinds = [s["kind"] for s in self.skipped]
@@ -100,32 +102,47 @@ def read_files(source: ParquetSource | CsvSource | JsonSource) -> ray.data.Datas
 
 
 def open_files(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = ()) -> FileRead:
-    """List, check and open a file source; ``bad``: files already found bad (left out under ``on_bad_files: skip``).
+    """:func:`plan_read`, then :func:`open_dataset`."""
+    read = plan_read(source, bad)
+    read.dataset = open_dataset(read)
+    return read
+
+
+def plan_read(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = ()) -> FileRead:
+    """List and check a file source's files, without Ray; ``bad``: files already found bad by a full check.
 
     Raises:
+        SpecError: the path does not exist or holds no file of the format.
         DataValidationError: a file is bad and ``on_bad_files`` is ``fail``, or no file is left to read.
     """
-    import ray.data
-
     fs, path = filesystem_and_path(source.path)
     files, skipped = _list_files(fs, path, source)
     if isinstance(source, JsonSource):
-        return FileRead(_read_json(fs, files, source.path), files, skipped)
+        return FileRead(source, fs, files, skipped)
     problems = check_files(fs, files, source)
     problems += [b for b in bad if b.file not in {p.file for p in problems}]
     if any(not p.empty for p in problems) and source.on_bad_files == "fail":
         raise bad_files_error([p for p in problems if not p.empty])
-    left_out = {p.file: p for p in problems}
+    left_out = {p.file for p in problems}
     skipped += [{"file": p.file, "reason": p.message, "kind": "empty" if p.empty else "bad"} for p in problems]
     files = [f for f in files if f not in left_out]
     if not files:
         raise DataValidationError([f"data.source.path: {redact(source.path)!r} holds no readable {source.type} file: "
                                    + "; ".join(p.message for p in problems)])
+    return FileRead(source, fs, files, skipped)
+
+
+def open_dataset(read: FileRead) -> ray.data.Dataset:
+    """The lazy dataset of a planned read's files (Ray must be connected: Ray Data would start its own)."""
+    import ray.data
+
+    source, fs, files = read.source, read.fs, read.files
+    if isinstance(source, JsonSource):
+        return _read_json(fs, files, source.path)
     if isinstance(source, ParquetSource):
-        return FileRead(ray.data.read_parquet(files, filesystem=fs, file_extensions=None), files, skipped)
-    ds = ray.data.read_csv(files, filesystem=fs, file_extensions=None, read_options=filecheck.csv_read_options(source),
-                           parse_options=filecheck.csv_parse_options(source))
-    return FileRead(ds, files, skipped)
+        return ray.data.read_parquet(files, filesystem=fs, file_extensions=None)
+    return ray.data.read_csv(files, filesystem=fs, file_extensions=None, read_options=filecheck.csv_read_options(source),
+                             parse_options=filecheck.csv_parse_options(source))
 
 
 def bad_files_error(problems: list[FileProblem]) -> DataValidationError:

@@ -20,7 +20,9 @@ from raypipe.ingest.files import (
     FileRead,
     bad_files_error,
     find_bad_files,
+    open_dataset,
     open_files,
+    plan_read,
     redact,
 )
 from raypipe.ingest.split import SPLIT_COL, SplitPlan, plan_splits, write_block_splits
@@ -39,7 +41,6 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> IngestOutput:
 
 
 def _ingest(ctx: StageContext) -> IngestOutput:
-    ctx.ray()
     data = ctx.spec.data
 
     def plan_of(ds: Any) -> SplitPlan:
@@ -51,6 +52,7 @@ def _ingest(ctx: StageContext) -> IngestOutput:
     else:
         from raypipe.ingest.sources import read_source
 
+        ctx.ray()
         read, plan = None, plan_of(read_source(data.source, ctx.artifact.sub(SCRATCH)))
     if read is not None and not sum(plan.rows.values()):
         raise DataValidationError([(f"data.source.path: {redact(data.source.path)!r} holds no rows: its "
@@ -70,14 +72,16 @@ def _ingest(ctx: StageContext) -> IngestOutput:
 
 def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource,
                 plan_of: Callable[[Any], SplitPlan]) -> tuple[FileRead, SplitPlan]:
-    """Open the files (each checked first) and read them into the split plan.
+    """Check the files (before Ray starts: a bad file fails fast), then read them into the split plan.
 
     Should the read still fail, or a CSV column come out as bytes (text the encoding cannot
     decode, past the first block the check looked at), every file is checked in full: the
     bad ones stop the run with their names, or (``on_bad_files: skip``) the read runs again
     without them. A failure no file explains is raised as it came.
     """
-    read = open_files(source)
+    read = plan_read(source)
+    ctx.ray()
+    read.dataset = open_dataset(read)
     failure: Exception | None = None
     try:
         plan = plan_of(read.dataset)
