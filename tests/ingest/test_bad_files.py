@@ -173,3 +173,19 @@ def test_cli_exit_code_and_message_on_a_bad_file(tmp_path: Path) -> None:
     assert "feb.csv" in out and "data.source.delimiter: ';'" in out
     assert not any(s in out for s in NOT_SHOWN), out
     assert not (tmp_path / "ray").exists()  # no Ray was started for a run that could not read its input
+
+
+def test_data_report_lists_the_skipped_files(tmp_path: Path, ray_session) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    truncated_parquet(d)
+    (d / "README.txt").write_text("orders, one file a day\n")
+    result = raypipe.run(spec(tmp_path, {"type": "parquet", "on_bad_files": "skip"}), until="validate",
+                         progress=quiet)
+    validate = result.outputs["validate"]
+    report = validate.store.read_json("report.json")
+    assert report["input_files"]["counts"] == {"read": 2, "skipped_name": 1, "skipped_empty": 0, "skipped_bad": 1}
+    kinds = {Path(s["file"]).name: s["kind"] for s in report["input_files"]["skipped"]}
+    assert kinds == {"README.txt": "name", "part-1.parquet": "bad"}
+    html = (Path(validate.store.path("report.html"))).read_text()
+    assert "Input files" in html and "part-1.parquet" in html and "truncated" in html
