@@ -167,7 +167,7 @@ def test_cli_exit_code_and_message_on_a_bad_file(tmp_path: Path) -> None:
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({**spec(tmp_path, {"type": "csv"}), "ray": {"temp_dir": str(tmp_path / "ray")}}))
     proc = subprocess.run([sys.executable, "-m", "raypipe", "run", str(path), "--until", "ingest"],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == DataValidationError.exit_code == 3, out
     assert "feb.csv" in out and "data.source.delimiter: ';'" in out
