@@ -84,15 +84,47 @@ class BuiltinSource(_Section):
     drift: float = Field(default=0.0, ge=0.0, description="generated sets only")
 
 
+_ON_BAD_FILES = Field(
+    default="fail",
+    description="a file that cannot be read as its format (truncated, malformed, wrong encoding or delimiter): "
+                "fail names it and stops the run; skip reads the other files and lists it in the ingest output "
+                "and the data report",
+)
+
+
 class ParquetSource(_Section):
     type: Literal["parquet"]
     path: str = Field(description="a file or folder, local or any pyarrow.fs URI (s3://bucket/key?endpoint_override=...)")
+    on_bad_files: Literal["fail", "skip"] = _ON_BAD_FILES
 
 
 class CsvSource(_Section):
+    """CSV (or TSV) files; quoted values may hold newlines; a UTF-8 byte-order mark is dropped."""
+
     type: Literal["csv"]
     path: str
-    delimiter: str = ","
+    delimiter: str = Field(default=",", description="the one character between fields: , ; | or \\t for a tab")
+    encoding: str = Field(default="utf-8", description="the files' text encoding: utf-8, latin-1, cp1252, ...")
+    on_bad_files: Literal["fail", "skip"] = _ON_BAD_FILES
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, v: str) -> str:
+        v = {"\\t": "\t", "tab": "\t"}.get(v, v)
+        if len(v) != 1 or v in "\"\r\n":
+            raise ValueError(f"write one character such as ',' ';' '|' or '\\t' (got {v!r})")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"{v!r} is not a text encoding Python knows; write utf-8, latin-1, cp1252, ...") from None
+        return v
 
 
 class JsonSource(_Section):

@@ -88,7 +88,7 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     parts = with_u.select_columns(cols).map_batches(_strata_u, fn_kwargs={"key": key}, batch_format="pandas",
                                                     batch_size=None).to_pandas()
     by_stratum: dict[str, list[np.ndarray]] = {}
-    for s, u in zip(parts["s"], parts["u"]):
+    for s, u in zip(parts.get("s", ()), parts.get("u", ())):  # no rows: no columns either
         by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
     strata_u = {s: np.sort(np.concatenate(us)) for s, us in by_stratum.items()}
     bounds = {s: _bounds(us, test, validation) for s, us in strata_u.items()}

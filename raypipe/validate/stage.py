@@ -218,6 +218,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         "reference": {"mode": cfg.reference, "status": ref_status, "location": ctx.root.full_uri(refs.DIR, ctx.spec.name)},
         "splits": {s: _split_report(c) for s, c in checks.items()},
         "findings": findings, "errors": errors, "warnings": warnings,
+        "input_files": {"counts": ingest.outputs.files, "skipped": ingest.outputs.skipped_files},
         "schema": schema, "profile": checks["train"].profile,
     }
     _write_report(ctx, report)
