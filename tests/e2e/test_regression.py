@@ -7,7 +7,11 @@ scaled and it scores R² ≈ -3.5: the gate must refuse it, and a finding must s
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import httpx
 import pyarrow.dataset as pads
@@ -78,6 +82,17 @@ def test_linear_baseline_is_fitted_on_the_models_own_features(ridge, doc_of):
     # ... and the run summary carries both baselines beside the model's metrics.
     assert set(ridge.summary()["baselines"]) == {"trivial", "linear"}
     assert ridge.summary()["baselines"]["linear"]["metrics"]["r2"] == pytest.approx(ridge.metrics["r2"], rel=1e-6)
+
+
+def test_runs_show_lists_the_baselines_beside_the_model(ridge, storage, tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(json.dumps(diabetes_spec(storage)))
+    out = subprocess.run([sys.executable, "-m", "raypipe", "runs", "show", str(spec), ridge.run_id],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    header = next(line for line in out.stdout.splitlines() if "metric" in line and "test" in line)
+    assert "trivial baseline (test)" in header and "linear baseline (test)" in header
+    assert "No better than a linear model" in out.stdout
 
 
 def test_min_lift_over_baseline_gates_on_the_linear_model(ridge, storage, doc_of):
