@@ -498,6 +498,13 @@ class GateSection(_Section):
     max_overfit_gap: float | None = Field(default=None, ge=0)
     max_slice_gap: SliceGap | None = None
     vs_champion: VsChampion | None = None
+    beat_trivial_baseline: bool = Field(
+        default=True, description="refuse a model worse than the trivial baseline on the test split: balanced "
+                                  "accuracy below the majority class's (classification), R² below 0, the mean's "
+                                  "(regression); unsupervised tasks have no baseline")
+    min_lift_over_baseline: float | None = Field(
+        default=None, description="the least lift of the task's main metric (f1; rmse for regression, where a "
+                                  "lift is a reduction) over the linear baseline on the test split; null: off")
 
 
 class ThresholdSection(_Section):
@@ -700,6 +707,9 @@ class Spec(_Section):
         for where, m in used:
             if m not in allowed:
                 raise ValueError(f"{where}: metric {m!r} does not apply to task {self.data.task!r}; use one of {list(allowed)}")
+        if gate.min_lift_over_baseline is not None and task in UNSUPERVISED_TASKS:
+            raise ValueError(f"evaluate.gate.min_lift_over_baseline: task {task!r} has no baseline to beat "
+                             "(baselines are for classification and regression); remove it")
         if gate.max_slice_gap and not self.evaluate.slices:
             raise ValueError("evaluate.gate.max_slice_gap needs evaluate.slices: the columns to slice the test split by")
         return self

@@ -122,6 +122,7 @@ class EvaluateOutput(Outputs):
     report: str
     gate: dict[str, Any]
     threshold: float
+    baselines: dict[str, Any] | None = None  # trivial / linear: their evaluate.metrics on test (supervised tasks)
 
 
 @dataclass
