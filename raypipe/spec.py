@@ -295,7 +295,7 @@ class CategoricalFeatures(_Section):
                     "block sends at most this many values; a count is under by at most rows/(sketch_size+1))")
 
     @model_validator(mode="after")
-    def _sketch_holds_the_categories(self) -> "CategoricalFeatures":
+    def _sketch_holds_the_categories(self) -> CategoricalFeatures:
         if self.sketch_size < self.max_categories:
             raise ValueError(f"sketch_size ({self.sketch_size}) must be at least max_categories ({self.max_categories})")
         return self

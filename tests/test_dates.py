@@ -63,7 +63,7 @@ def test_dayfirst_settles_an_ambiguous_column() -> None:
 
 
 def test_threshold_is_a_share_of_present_values() -> None:
-    ok = ["2024-03-%02d" % d for d in range(1, 29)]
+    ok = [f"2024-03-{d:02d}" for d in range(1, 29)]
     col = pd.Series(ok * 4 + ["31/31/2024", "n/a"] + [None] * 50, dtype=object)  # 112 dates of 114 present: 98 %
     guess = infer_format(col)
     assert guess.format == "iso" and guess.fraction == pytest.approx(112 / 114)

@@ -25,7 +25,7 @@ from raypipe.validate.profile import block_profile, row_hashes, text_value_count
 REASON = "__reason"
 INTERNAL = (REASON,)
 MAX_EXAMPLES = 3
-_VALUE_DETAIL = re.compile(r": (?:'.*'|\".*\")$", re.S)  # a reason's trailing quoted value: "d: not a date: '31/31'"
+_VALUE_DETAIL = re.compile(r": (?:'.*'|\".*\")$", re.DOTALL)  # a reason's trailing quoted value: "d: not a date: '31/31'"
 Check = tuple[np.ndarray, "str | np.ndarray"]  # a mask and its reason (one text, or one per row)
 
 

@@ -228,7 +228,7 @@ def test_datetime_features_are_refused_not_exported_wrong(tmp_path):
     predictor = _sklearn(fp, Ridge().fit(fp.transform(frame), frame["x"]), "regression")
     with pytest.raises(ExportError) as info:
         export_onnx(predictor, str(tmp_path / "m.onnx"))
-    assert info.value.problems == [
+    assert info.value.problems == [(
         "datetime features are not supported by ONNX export yet (columns ['when']); serve this pipeline with raypipe "
-        "serve, or list them in data.id_columns to export without them"]
+        "serve, or list them in data.id_columns to export without them")]
     assert not (tmp_path / "m.onnx").exists()

@@ -6,7 +6,12 @@ import pandas as pd
 import pyarrow as pa
 
 from raypipe.schema import feature_columns, infer_schema, refine_schema
-from raypipe.validate.checks import annotate, batch_stats, column_kind_findings, merge_stats
+from raypipe.validate.checks import (
+    annotate,
+    batch_stats,
+    column_kind_findings,
+    merge_stats,
+)
 from raypipe.validate.reference import schema_findings
 
 
@@ -83,7 +88,7 @@ def test_bad_dates_are_quarantined_with_the_value_and_counted_by_kind() -> None:
 
 def test_ambiguous_day_month_is_warned_and_dayfirst_settles_it() -> None:
     df = _messy()
-    df["paid_on"] = ["%02d/%02d/2024" % (1 + i % 12, 1 + i % 11) for i in range(len(df))]  # every value reads both ways
+    df["paid_on"] = [f"{1 + i % 12:02d}/{1 + i % 11:02d}/2024" for i in range(len(df))]  # every value reads both ways
     s = _schema(df)
     assert s["columns"]["paid_on"]["format"] == "mdy" and s["columns"]["paid_on"]["ambiguous_order"]
     warn = [f for f in column_kind_findings(s, {"columns": {}}, 1000) if f["check"] == "date_order"]
