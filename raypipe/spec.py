@@ -285,6 +285,19 @@ class ValidateSection(_Section):
                                        description="categorical values the reference never saw")
     max_duplicate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     strict: bool = Field(default=False, description="column warnings (ranges, unseen, duplicates, constant) fail the run")
+    datetime_fraction: float = Field(
+        default=0.95, gt=0.0, le=1.0,
+        description="an inferred string column is a datetime column when this share of its present values are "
+                    "dates (ISO 8601, dd/mm/yyyy or mm/dd/yyyy); its other values are quarantined ('not a date')")
+    dayfirst: bool | None = Field(
+        default=None, description="slashed dates whose every value reads both ways (01/03/2024): true reads "
+                                  "day/month, false month/day; null decides from the data (month/day when it cannot)")
+    id_fraction: float = Field(
+        default=0.95, gt=0.0, le=1.0,
+        description="a string or integer column whose values are at least this share distinct is identifier-like: "
+                    "warned about; a string one is kept out of the features")
+    high_cardinality: int = Field(default=1000, ge=1,
+                                  description="warn about string feature columns with more distinct values")
     on_invalid_rows: Literal["quarantine", "fail"] = "quarantine"
 
 
@@ -316,6 +329,16 @@ class CategoricalFeatures(_Section):
     encode: Literal["onehot", "ordinal", "hashing"] = "onehot"
     max_categories: int = Field(default=32, ge=1)
     hash_buckets: int = Field(default=64, ge=2)
+    sketch_size: int = Field(
+        default=1024, ge=16,
+        description="counters per column when fitting onehot/ordinal (a mergeable Misra-Gries sketch: each "
+                    "block sends at most this many values; a count is under by at most rows/(sketch_size+1))")
+
+    @model_validator(mode="after")
+    def _sketch_holds_the_categories(self) -> CategoricalFeatures:
+        if self.sketch_size < self.max_categories:
+            raise ValueError(f"sketch_size ({self.sketch_size}) must be at least max_categories ({self.max_categories})")
+        return self
 
 
 class TextFeatures(_Section):

@@ -10,12 +10,14 @@ A finding is ``{"severity": "error"|"warning", "check", "column", "value",
 """
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from raypipe.columns import as_float
+from raypipe.dates import unparsable
 from raypipe.tasks import TASKS
 from raypipe.schema import NUMERIC_TYPES, feature_columns, label_strings
 from raypipe.validate.profile import block_profile, row_hashes, text_value_counts
@@ -23,6 +25,27 @@ from raypipe.validate.profile import block_profile, row_hashes, text_value_count
 REASON = "__reason"
 INTERNAL = (REASON,)
 MAX_EXAMPLES = 3
+_VALUE_DETAIL = re.compile(r": (?:'.*'|\".*\")$", re.DOTALL)  # a reason's trailing quoted value: "d: not a date: '31/31'"
+Check = tuple[np.ndarray, "str | np.ndarray"]  # a mask and its reason (one text, or one per row)
+
+
+def reason_key(reason: str) -> str:
+    """A row's reason without the value it may quote: what the counts and findings group by."""
+    return _VALUE_DETAIL.sub("", reason)
+
+
+def date_check(name: str, col: dict[str, Any], s: pd.Series) -> Check:
+    """Rows of a ``datetime`` column whose value is present but no date in the column's format.
+
+    The reason quotes the value (``Year: not a date: '31/31/2024'``); the counts group by
+    ``Year: not a date`` (:func:`reason_key`).
+    """
+    bad = unparsable(s, col.get("format", "iso"))
+    texts = np.full(len(s), None, dtype=object)
+    if bad.any():
+        values = s.to_numpy(dtype=object)
+        texts[bad] = [f"{name}: not a date: {str(v)[:60]!r}" for v in values[bad]]
+    return bad, texts
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -60,9 +83,9 @@ def _value_checks(name: str, col: dict[str, Any], s: pd.Series, xf: np.ndarray |
     return out
 
 
-def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> list[tuple[np.ndarray, str]]:
+def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> list[Check]:
     """(mask, reason) pairs for one column, in the order they are applied."""
-    checks: list[tuple[np.ndarray, str]] = []
+    checks: list[Check] = []
     xf = None
     if col["type"] in ("number", "integer"):
         xf = as_float(s)
@@ -71,6 +94,8 @@ def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> list[tuple[n
     elif col["type"] == "image" and col.get("shape"):
         shape = "x".join(str(d) for d in col["shape"])
         checks.append((_wrong_shape(s, col["shape"]), f"{name}: image of the wrong shape (expected {shape})"))
+    elif col["type"] == "datetime":
+        checks.append(date_check(name, col, s))
     return checks + _value_checks(name, col, s, xf)
 
 
@@ -86,10 +111,10 @@ def annotate(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | N
     reasons = np.full(len(batch), None, dtype=object)
     flagged = np.zeros(len(batch), dtype=bool)
 
-    def flag(mask: np.ndarray, text: str) -> None:
+    def flag(mask: np.ndarray, text: str | np.ndarray) -> None:
         new = mask & ~flagged
         if new.any():
-            reasons[new] = text
+            reasons[new] = text if isinstance(text, str) else text[new]
             flagged[new] = True
 
     for name, col in schema["columns"].items():
@@ -126,13 +151,14 @@ def _example(v: Any) -> Any:
 
 
 def batch_stats(batch: pd.DataFrame, target: str | None) -> dict[str, Any]:
-    """Mergeable counts of one annotated block."""
+    """Mergeable counts of one annotated block (reasons grouped by :func:`reason_key`)."""
     bad = batch[REASON].notna()
-    reasons = batch.loc[bad, REASON].value_counts().to_dict()
+    keys = batch.loc[bad, REASON].map(reason_key)
+    reasons = keys.value_counts().to_dict()
     examples: dict[str, list[Any]] = {}
     for reason in reasons:
         col = reason.split(":", 1)[0]
-        vals = batch.loc[batch[REASON] == reason, col].head(MAX_EXAMPLES) if col in batch else []
+        vals = batch.loc[keys.index[keys == reason], col].head(MAX_EXAMPLES) if col in batch else []
         examples[reason] = [_example(v) for v in vals]
     out = {
         "rows": len(batch),
@@ -254,6 +280,38 @@ def constant_findings(profile: dict[str, Any], schema: dict[str, Any], split: st
                                f"column {c!r} holds the single value {value!r} in every row and carries no "
                                "information; drop it from the source or list it in data.id_columns",
                                column=c, value=value, split=split))
+    return out
+
+
+def column_kind_findings(schema: dict[str, Any], profile: dict[str, Any], high_cardinality: int,
+                         split: str = "train") -> list[dict[str, Any]]:
+    """Warnings about what a column's values say it is: identifier-like, very many categories, a
+    date column whose day/month order was a default (see :func:`raypipe.schema.refine_schema`)."""
+    feats = set(feature_columns(schema))
+    out = []
+    for c, col in schema["columns"].items():
+        if col.get("id_like"):
+            frac = col.get("distinct_fraction", 1.0)
+            fate = ("it is kept out of the features (one-hot of an identifier learns nothing that generalises)"
+                    if col["type"] == "string" else "it is used as a number")
+            out.append(finding("warning", "id_like",
+                               f"column {c!r} looks like an identifier: {frac:.1%} of its values are distinct; {fate}; "
+                               "list it in data.id_columns to say so, or drop it from the source",
+                               column=c, value=frac, split=split))
+        if col.get("ambiguous_order"):
+            out.append(finding("warning", "date_order",
+                               f"column {c!r}: every date reads both day/month and month/day (e.g. 01/03/2024); read "
+                               "as month/day (mdy); set validate.dayfirst: true if it is day/month",
+                               column=c, value="mdy", split=split))
+        distinct = profile.get("columns", {}).get(c, {}).get("distinct")
+        n = int(str(distinct).rstrip("+")) if distinct is not None else 0
+        if c in feats and col["type"] == "string" and n > high_cardinality:
+            out.append(finding("warning", "high_cardinality",
+                               f"column {c!r} has {distinct} distinct values > validate.high_cardinality="
+                               f"{high_cardinality}; one-hot keeps the features.categorical.max_categories most "
+                               "frequent and the rest share __other__; list it in data.id_columns if it identifies "
+                               "rows, or use features.categorical.encode: hashing",
+                               column=c, value=distinct, limit=high_cardinality, split=split))
     return out
 
 

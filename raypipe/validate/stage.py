@@ -26,13 +26,14 @@ from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
 from raypipe.validate import reference as refs
 from raypipe.validate import sink
-from raypipe.validate.checks import (constant_findings, duplicate_findings, merge_stats, missing_column_findings,
-                                     null_findings, row_findings, shape_key, target_findings)
+from raypipe.validate.checks import (column_kind_findings, constant_findings, duplicate_findings, merge_stats,
+                                     missing_column_findings, null_findings, row_findings, shape_key, target_findings)
 from raypipe.validate.profile import count_duplicates, finish, merge_profiles, reference_bounds
 from raypipe.validate.report_html import render
-from raypipe.schema import complete_schema, infer_schema
+from raypipe.schema import complete_schema, infer_schema, refine_schema
 
 REPORT_FORMAT = "raypipe.validate-report/1"
+SAMPLE_ROWS = 10_000  # training rows an inferred schema's dates and identifiers are judged on
 
 
 @dataclass
@@ -63,8 +64,19 @@ def _image_shape_from_spec(source: Any) -> list[int] | None:
     return [h, w, 3] if source.mode == "RGB" else [h, w]
 
 
-def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
-    """The schema to enforce and where it came from: a schema file, the reference, or inferred."""
+def _sample(train: Any, schema: dict[str, Any]) -> Any:
+    """The first :data:`SAMPLE_ROWS` training rows of the string and integer columns (None when there are none)."""
+    cols = [c for c, col in schema["columns"].items() if col["type"] in ("string", "integer")]
+    return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas") if cols else None
+
+
+def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
+                 train: Any = None) -> tuple[dict[str, Any], str]:
+    """The schema to enforce and where it came from: a schema file, the reference, or inferred.
+
+    An inferred schema is refined on a sample of ``train`` (a Ray dataset): date strings,
+    identifier-like columns (:func:`raypipe.schema.refine_schema`).
+    """
     data, cfg = spec.data, spec.validate_
     if cfg.schema_ != "infer":
         with open(cfg.schema_) as f:
@@ -74,6 +86,10 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None) -> tu
     else:
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
                               text_columns=_text_columns(spec))
+        sample = _sample(train, schema) if train is not None else None
+        if sample is not None:
+            refine_schema(schema, sample, datetime_fraction=cfg.datetime_fraction, dayfirst=cfg.dayfirst,
+                          id_fraction=cfg.id_fraction)
         source = "inferred"
     complete_schema(schema)
     for name, col in schema["columns"].items():
@@ -177,6 +193,7 @@ def _train_findings(train: SplitCheck, schema: dict[str, Any], arrow_schema: Any
         out += refs.schema_findings(schema, arrow_schema, train.stats, cfg.max_missing_fraction, label)
     out += target_findings(schema, train.stats, present)
     out += constant_findings(train.profile, schema, "train")
+    out += column_kind_findings(schema, train.profile, cfg.high_cardinality)
     return out
 
 
@@ -202,7 +219,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     arrow_schema = datasets["train"].schema().base_schema
-    schema, source = _load_schema(ctx.spec, arrow_schema, ref)
+    schema, source = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"])
     bounds = reference_bounds(ref["profile"]) if ref else {}
     checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact)
     findings = _train_findings(checks["train"], schema, arrow_schema, source, cfg)

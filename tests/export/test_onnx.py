@@ -218,3 +218,17 @@ def test_an_estimator_without_a_converter_is_refused_by_name(tmp_path):
     train, fp, x = _tabular()
     with pytest.raises(ExportError, match="skl2onnx cannot convert Median"):
         export_onnx(_sklearn(fp, Median().fit(x, train["age"]), "regression"), str(tmp_path / "m.onnx"))
+
+
+def test_datetime_features_are_refused_not_exported_wrong(tmp_path):
+    from sklearn.linear_model import Ridge
+
+    frame = pd.DataFrame({"x": np.arange(20.0), "when": [f"2024-03-{d:02d}T10:00:00Z" for d in range(1, 21)]})
+    fp = FeaturePipeline(["x"], datetime=["when"]).fit(frame)
+    predictor = _sklearn(fp, Ridge().fit(fp.transform(frame), frame["x"]), "regression")
+    with pytest.raises(ExportError) as info:
+        export_onnx(predictor, str(tmp_path / "m.onnx"))
+    assert info.value.problems == [(
+        "datetime features are not supported by ONNX export yet (columns ['when']); serve this pipeline with raypipe "
+        "serve, or list them in data.id_columns to export without them")]
+    assert not (tmp_path / "m.onnx").exists()
