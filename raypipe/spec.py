@@ -233,7 +233,8 @@ SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "t
 class SplitSection(_Section):
     validation: float = Field(default=0.15, ge=0.0, lt=1.0)
     test: float = Field(default=0.15, gt=0.0, lt=1.0)
-    stratify: bool = True
+    stratify: bool = Field(default=True, description="keep each class's share in every split (classification and "
+                                                      "anomaly labels; a regression target is never stratified)")
     seed: int = 42
 
     @model_validator(mode="after")

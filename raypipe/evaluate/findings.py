@@ -28,6 +28,8 @@ def fit_findings(task: str, train: dict[str, Any], held_out: dict[str, Any], hel
         return [], None
     gap = higher_is_better_gap(m, a, b)
     limit = OVERFIT_TOLERANCE if max_gap is None else max_gap
+    if max_gap is None and not TASKS[task].has_classes:
+        limit = OVERFIT_TOLERANCE * abs(a)  # an error in the target's units (rmse): 5 % of the train error
     out: list[str] = []
     if gap > limit:
         out.append(f"Overfitting: {m} is {a:.3f} on train but {b:.3f} on {held_out_name} (gap {gap:.3f} > {limit:g}). "

@@ -175,3 +175,12 @@ def test_underfitting_points_at_a_named_cause_instead_of_more_epochs():
     named, _ = fit_findings("regression", train, held, "validation", 1000.0, cause_named=True)
     assert "more epochs" in generic[0]
     assert named[0].startswith("Underfitting") and "more epochs" not in named[0] and "likely cause" in named[0]
+
+
+def test_a_regression_error_gap_is_judged_against_the_size_of_the_error():
+    """Without a gate limit, rmse 52.9 vs 54.2 (diabetes, Ridge: 2.5 %) is agreement, not overfitting;
+    the same 1.3 gap on an error of 2.0 is."""
+    out, _ = fit_findings("regression", {"rmse": 52.9, "r2": 0.5}, {"rmse": 54.2, "r2": 0.45}, "validation", None)
+    assert "agree" in out[0]
+    out, _ = fit_findings("regression", {"rmse": 2.0, "r2": 0.9}, {"rmse": 3.3, "r2": 0.7}, "validation", None)
+    assert out[0].startswith("Overfitting")
