@@ -15,6 +15,13 @@ column ranges of each operator's block (:meth:`FeaturePipeline.layout`):
 - ``torch:<module>:<factory>``: the user's factory, called as
   ``factory(input_dim=..., n_outputs=..., layout=..., **params)``; it returns the module.
 
+A regression model trained on the standardised target (``train.scale_target``) is
+wrapped in :class:`TargetScale`, which un-scales its output (``out * std + mean``, the
+train split's statistics stored in ``model.json`` as ``target_scale``): the module's
+output is in the target's units wherever it runs (training, serving, ONNX export), and
+the training loss divides the squared error by the variance, which is exactly the MSE
+of the standardised target.
+
 The same function builds the model in each Ray Train worker and in the serving
 replica, from the JSON in the model's metadata; the weights travel as safetensors.
 """
@@ -32,8 +39,34 @@ BUILTIN = ("torch.mlp", "torch.cnn", "torch.text")
 
 
 def build_model(kind: str, *, input_dim: int, n_outputs: int, layout: list[dict[str, Any]] | None = None,
-                params: dict[str, Any] | None = None) -> Any:
-    """The untrained module for ``kind`` (see the module docstring)."""
+                params: dict[str, Any] | None = None, target_scale: dict[str, float] | None = None) -> Any:
+    """The untrained module for ``kind`` (see the module docstring); wrapped in :class:`TargetScale`
+    when ``target_scale`` (``{"mean", "std"}``) is given."""
+    net = _build(kind, input_dim=input_dim, n_outputs=n_outputs, layout=layout, params=params)
+    return TargetScale(net, **target_scale) if target_scale else net
+
+
+class TargetScale(nn.Module):
+    """A regression network whose raw output is the standardised target: returns ``raw * std + mean``.
+
+    ``mean`` and ``std`` are non-persistent buffers (they live in ``model.json``, not in the
+    weights); the addition runs in float32 even under autocast.
+    """
+
+    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"target_scale: std must be > 0, not {std!r}")
+        self.net = net
+        self.register_buffer("mean", torch.tensor(float(mean), dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(float(std), dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).float() * self.std + self.mean
+
+
+def _build(kind: str, *, input_dim: int, n_outputs: int, layout: list[dict[str, Any]] | None,
+           params: dict[str, Any] | None) -> Any:
     params = dict(params or {})
     layout = layout or [{"kind": "dense", "start": 0, "stop": input_dim}]
     if kind == "torch.mlp":

@@ -174,6 +174,27 @@ def test_torch_zoo_models(kind, tmp_path):
     np.testing.assert_array_equal(out["class_index"], predictor.decide(scores))
 
 
+def test_torch_regression_on_a_standardised_target_exports_un_scaled_values(tmp_path):
+    """A regression model trained on (y - mean) / std: the graph answers in the target's units, as the predictor."""
+    import torch
+
+    from raypipe.model.zoo import build_model
+
+    frame = _frame()
+    fp = FeaturePipeline(["amount", "age"], ["city"]).fit(frame)
+    torch.manual_seed(0)
+    scale = {"mean": 150.0, "std": 77.0}
+    meta = {"format": "raypipe.model/1", "kind": "torch.mlp", "task": "regression", "n_outputs": 1,
+            "input_dim": fp.n_features, "params": {"hidden": [8]}, "target_scale": scale}
+    net = build_model("torch.mlp", input_dim=fp.n_features, n_outputs=1, params={"hidden": [8]}, target_scale=scale)
+    predictor = Predictor(fp, TorchModel(meta, net.state_dict()), {"target": {"name": "y", "task": "regression"}},
+                          version=1)
+    out = _export(predictor, tmp_path, frame)
+    values = predictor.scores(frame)
+    assert abs(values.mean() - 150.0) < 50  # un-scaled: near the mean, not near 0
+    np.testing.assert_allclose(out["prediction"].ravel(), values, rtol=1e-5, atol=1e-3)
+
+
 def test_what_has_no_onnx_form_is_refused_by_name(tmp_path):
     from sklearn.linear_model import Ridge
 
