@@ -190,7 +190,9 @@ def train_plan(spec: Any, dims: dict[str, Any]) -> TrainPlan:
 
 def loop_config(spec: Any, dims: dict[str, Any], has_validation: bool) -> dict[str, Any]:
     """The JSON config each worker's :func:`train_loop` receives (``dims``: see :mod:`raypipe.train.fit`)."""
-    t, params = spec.train, dict(spec.model.params)
+    from raypipe.model.zoo import TRAIN_PARAMS
+
+    t, params = spec.train, {**TRAIN_PARAMS.get(spec.model.kind, {}), **spec.model.params}
     es = t.early_stopping
     resolved = train_plan(spec, dims)
     scale = dims.get("target_scale")

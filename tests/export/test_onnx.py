@@ -152,8 +152,8 @@ def test_regression_clustering_and_anomaly_scores(tmp_path):
     _same_decisions(out["is_anomaly"].astype(int), anomaly.decide(scores), scores, anomaly.threshold)
 
 
-@pytest.mark.parametrize("kind", ["torch.mlp", "torch.cnn"])
-def test_torch_zoo_models(kind, tmp_path):
+@pytest.mark.parametrize("kind, pool", [("torch.mlp", None), ("torch.cnn", None), ("torch.cnn", 4)])
+def test_torch_zoo_models(kind, pool, tmp_path):
     import torch
 
     from raypipe.model.zoo import build_model
@@ -164,6 +164,8 @@ def test_torch_zoo_models(kind, tmp_path):
     fp = FeaturePipeline(["x"], ["c"], image=["img"], image_shapes={"img": [8, 8]}).fit(frame)
     torch.manual_seed(0)
     params = {"hidden": [16]} if kind == "torch.mlp" else {"channels": [4, 8], "hidden": [16]}
+    if pool:
+        params["pool"] = pool  # a 2x2 grid on the 8x8 image's last 2x2 map
     meta = {"format": "raypipe.model/1", "kind": kind, "task": "classification", "n_outputs": 3,
             "input_dim": fp.n_features, "layout": fp.layout(), "params": params}
     net = build_model(kind, input_dim=fp.n_features, n_outputs=3, layout=fp.layout(), params=params)

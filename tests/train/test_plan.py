@@ -90,3 +90,13 @@ def test_loop_config_carries_the_resolved_plan_and_the_target_scale(tmp_path) ->
     assert cfg["lr_schedule"] == "cosine" and cfg["early_stopping"]["patience"] == 10
     explicit = loop_config(_spec(tmp_path, workers=1, epochs=3, batch_size=64), {**dims, "target_scale": None}, True)
     assert (explicit["epochs"], explicit["batch_size"], explicit["target_std"]) == (3, 64, None)
+
+
+def test_a_new_cnn_gets_the_grid_pool_unless_the_spec_sets_one(tmp_path) -> None:
+    dims = {"input_dim": 64, "n_outputs": 10, "class_weights": None, "layout": None, "train_rows": 1257}
+    spec = _spec(tmp_path, workers=1)
+    cnn = spec.model_copy(update={"model": spec.model.model_copy(update={"kind": "torch.cnn", "params": {}})})
+    assert loop_config(cnn, dims, True)["params"] == {"pool": 4}
+    cnn.model.params = {"pool": 1, "channels": [8]}
+    assert loop_config(cnn, dims, True)["params"] == {"pool": 1, "channels": [8]}
+    assert loop_config(spec, dims, True)["params"] == {}  # torch.mlp: nothing added
