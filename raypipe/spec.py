@@ -416,7 +416,8 @@ class EarlyStoppingSection(_Section):
 
     metric: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
     mode: Literal["min", "max"] | None = Field(default=None, description="default: max for accuracy, min for losses")
-    patience: int = Field(default=3, ge=1)
+    patience: int = Field(default=10, ge=1, description="epochs without improvement before stopping (10: a run of "
+                          "10 epochs or fewer is never cut short)")
     min_delta: float = Field(default=0.0, ge=0)
     restore_best: bool = Field(default=True, description="keep the best epoch's weights, not the last epoch's")
 
@@ -430,8 +431,13 @@ class TrainSection(_Section):
 
     workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=1024, ge=1)
+    epochs: int | None = Field(default=None, ge=1, description="exactly this many epochs (early stopping may stop "
+                               "sooner); null (default): enough epochs for min_steps, at least 10 and at most 200")
+    min_steps: int = Field(default=1000, ge=0, description="with epochs unset: train for at least this many optimiser "
+                           "steps per worker (epochs x ceil(train rows / workers / batch_size)); 0: 10 epochs")
+    batch_size: int | None = Field(default=None, ge=1, description="rows per step per worker; null (default): train "
+                                   "rows / workers / 32 as a power of two in [16, 1024], so small data sets still "
+                                   "take ~32 steps per epoch")
     shuffle_buffer: int = Field(default=10_000, ge=0, description="rows each worker mixes per epoch (0: storage order)")
     cache_shards_mb: float = Field(default=1024, ge=0, description="a worker keeps its shard in memory after the "
                                    "first epoch when it is smaller than this (0: stream every epoch)")
@@ -440,14 +446,29 @@ class TrainSection(_Section):
                                   "are smaller than this (0: workers stream them from storage)")
     lr: float = Field(default=1e-3, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="autocast dtype of the forward pass (bf16 on CPU pays off only with AMX/AVX-512 BF16)")
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
-    warmup_epochs: int = Field(default=0, ge=0, description="linear warm-up before the schedule")
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(default="cosine", description="per epoch, after the "
+                                                              "warm-up: cosine decay to 0 over the remaining epochs "
+                                                              "(default), constant, or step decay")
+    warmup_epochs: int = Field(default=1, ge=0, description="linear warm-up before the schedule (the first epoch at "
+                               "lr / 2 by default)")
     lr_step_epochs: int = Field(default=10, ge=1, description="step schedule: epochs between decays")
     lr_gamma: float = Field(default=0.1, gt=0, le=1, description="step schedule: the decay factor")
-    early_stopping: EarlyStoppingSection | None = None
+    early_stopping: EarlyStoppingSection | None = Field(
+        default_factory=EarlyStoppingSection,
+        description="on by default (val_loss, patience 10, best weights restored); null turns it off. Left at the "
+                    "default without a validation split it is off")
+    scale_target: bool = Field(default=True, description="regression: train on the standardised target "
+                               "((y - mean) / std of the train split); the model un-scales its predictions")
     max_failures: int = Field(default=2, ge=0)
     seed: int = 0
     resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+
+    @model_validator(mode="after")
+    def _epochs_or_min_steps(self) -> TrainSection:
+        if self.epochs is not None and "min_steps" in self.model_fields_set:
+            raise ValueError(f"train.min_steps={self.min_steps} applies only when train.epochs is unset; "
+                             f"remove one of them (epochs: {self.epochs} trains exactly that many epochs)")
+        return self
 
     @model_validator(mode="after")
     def _precision_device(self) -> "TrainSection":
@@ -714,6 +735,9 @@ class Spec(_Section):
             raise ValueError(f"model.kind: task {task!r} needs a scikit-learn estimator, not {self.model.kind!r}; "
                              f"write e.g. kind: {example!r}")
         es = self.train.early_stopping
+        if es is not None and "early_stopping" not in self.train.model_fields_set and (
+                self.data.split.validation == 0 or (es.metric == "val_accuracy" and not TASKS[task].has_classes)):
+            self.train.early_stopping = es = None  # the default needs a validation split: off without one
         if es is not None and self.model.is_torch:
             if es.metric.startswith("val_") and self.data.split.validation == 0:
                 raise ValueError(f"train.early_stopping.metric: {es.metric!r} needs a validation split "

@@ -24,7 +24,10 @@ DIVERGED_RISE = 1.5  # the final train loss this many times its lowest, and abov
 
 
 def optimiser_steps(report: dict[str, Any], train_rows: int, batch_size: int) -> int:
-    """Optimiser steps one worker took: epochs run × its batches per epoch (its share of the train rows)."""
+    """Optimiser steps one worker took: the report's ``steps_run``, else epochs run × its batches per
+    epoch (its share of the train rows)."""
+    if report.get("steps_run") is not None:
+        return int(report["steps_run"])
     workers = max(int(report.get("workers") or 1), 1)
     per_epoch = math.ceil(math.ceil(train_rows / workers) / max(batch_size, 1))
     return len(report.get("history") or []) * per_epoch
@@ -46,7 +49,8 @@ def training_causes(task: str, report: dict[str, Any] | None, *, y_train: np.nda
         out.append(f"Likely cause: the learning rate is too high — the train loss rose from {losses[0]:.4g} "
                    f"(epoch 0) to {losses[-1]:.4g} (epoch {len(losses) - 1}), its lowest being {min(losses):.4g}. "
                    f"Lower train.lr (now {lr:g}), e.g. by 10×.")
-    if task == "regression" and bad is None and y_train is not None and len(y_train) > 1:
+    scaled = bool((report or {}).get("target_scale"))  # trained on the standardised target already
+    if task == "regression" and not scaled and bad is None and y_train is not None and len(y_train) > 1:
         y = y_train[np.isfinite(y_train)]
         std, var = float(np.std(y)), float(np.var(y))
         if std > UNSCALED_STD and losses[-1] > LOSS_VS_VARIANCE * var:
@@ -60,5 +64,6 @@ def training_causes(task: str, report: dict[str, Any] | None, *, y_train: np.nda
         per_epoch = steps // max(len(history), 1)
         out.append(f"Likely cause: too few optimiser steps — {steps} ({len(history)} epochs × {per_epoch} "
                    f"batch{'es' if per_epoch != 1 else ''} of up to {batch_size} rows per worker); networks "
-                   f"usually need {MIN_STEPS} or more. Raise train.epochs or lower train.batch_size.")
+                   f"usually need {MIN_STEPS} or more. Raise train.epochs (or train.min_steps with epochs "
+                   "unset) or lower train.batch_size.")
     return out

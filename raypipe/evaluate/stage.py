@@ -113,9 +113,9 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     versus, short = baseline_findings(task, m["test"], baselines)
     causes = []
     if short or underfits(task, m["train"], m[held_name]):
-        causes = training_causes(task, train.read_json(train.outputs.report), y_train=scored["train"].y,
-                                 train_rows=train_rows,
-                                 **_loop_settings(ctx.spec, train.outputs.tune))
+        report = train.read_json(train.outputs.report)
+        causes = training_causes(task, report, y_train=scored["train"].y, train_rows=train_rows,
+                                 **_loop_settings(ctx.spec, train.outputs.tune, report))
     fit, gap = fit_findings(task, m["train"], m[held_name], held_name, cfg.gate.max_overfit_gap,
                             cause_named=bool(causes))
     findings = versus + fit + causes + slice_findings(slices)
@@ -155,10 +155,12 @@ def _linear_skip_reason(task: str, counts: dict[str, dict[str, int]], train_samp
             f"evaluate.train_sample_rows (its train rows, at most {LINEAR_MAX_ROWS:,}) or use fewer features")
 
 
-def _loop_settings(spec: Any, tune: dict[str, Any] | None) -> dict[str, Any]:
-    """The batch size and learning rate the model was trained with (a Tune search may have chosen them)."""
+def _loop_settings(spec: Any, tune: dict[str, Any] | None, report: dict[str, Any]) -> dict[str, Any]:
+    """The batch size and learning rate the model was trained with (a Tune search may have chosen them;
+    an unset ``train.batch_size`` is resolved in the train report)."""
     best = (tune or {}).get("best_config") or {}
-    return {"batch_size": int(best.get("train.batch_size", spec.train.batch_size)),
+    batch = best.get("train.batch_size", report.get("batch_size") or spec.train.batch_size or 1024)
+    return {"batch_size": int(batch),
             "lr": float(best.get("train.lr", spec.train.lr))}
 
 

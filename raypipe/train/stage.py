@@ -37,6 +37,11 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
         rows = {s: c["valid"] for s, c in val.outputs.counts.items()}
         if balance:
             rows["train"] = round(sum(n * balance["factors"].get(c, 1.0) for c, n in balance["before"].items()))
+        dims["train_rows"] = rows["train"]
+        if spec.data.task == "regression" and spec.train.scale_target and target.get("name"):
+            dims["target_scale"] = target_scale(val.read_json(val.outputs.profile), raw["train"], target["name"])
+            ctx.log("regression target standardised for training: mean {mean:.4g}, std {std:.4g} "
+                    "(train split); the model un-scales its predictions".format(**dims["target_scale"]))
         torch_splits = {s: splits[s] for s in ("train", "validation") if s in splits}
         torch_splits, materialized_mb = materialize_small(torch_splits, rows, dims["input_dim"], spec.train.materialize_mb)
         splits.update(torch_splits)
@@ -73,6 +78,19 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
     return TrainOutput(model="model", report="train_report.json", kind=spec.model.kind, ddp=report.get("ddp"), tune=tune)
 
 
+def target_scale(profile: dict[str, Any], train: Any, target: str) -> dict[str, float]:
+    """The train split's target mean and (population) std: from validate's profile of the train split,
+    which holds them exactly; from one Ray Data aggregate if it does not. A constant target gets std 1."""
+    col = profile.get("columns", {}).get(target, {})
+    mean, std = col.get("mean"), col.get("std")
+    if mean is None or std is None:
+        from ray.data.aggregate import Mean, Std
+
+        stats = train.aggregate(Mean(target, alias_name="mean"), Std(target, ddof=0, alias_name="std"))
+        mean, std = stats["mean"], stats["std"]
+    return {"mean": float(mean), "std": float(std) if std and std > 0 else 1.0}
+
+
 def rows_seen(history: list[dict[str, Any]], rows: dict[str, int]) -> dict[str, dict[str, int]]:
     """Per split: its rows, the rows the last epoch saw, and the difference (none for validation)."""
     if not history:
@@ -85,6 +103,10 @@ def rows_seen(history: list[dict[str, Any]], rows: dict[str, int]) -> dict[str, 
 
 
 def _log_torch(ctx: StageContext, report: dict[str, Any]) -> None:
+    p = report.get("plan")
+    if p:
+        ctx.log(f"plan: {p['epochs']} epochs ({p['epochs_reason']}) x {p['steps_per_epoch']} steps of "
+                f"{p['batch_size']} rows per worker ({p['batch_size_reason']})")
     last = report["history"][-1]
     ctx.log("epochs: " + str(len(report["history"])) + ", last: "
             + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "stopped")))

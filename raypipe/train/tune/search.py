@@ -41,6 +41,7 @@ from typing import Any
 from raypipe.errors import StageFailed
 from raypipe.tasks import TASKS
 from raypipe.train import fit as training
+from raypipe.train.torch_trainer import train_plan
 from raypipe.train.tune.space import flat, search_space, trial_count, trial_spec
 from raypipe.train.tune.trust import make_private, why_untrusted
 
@@ -152,7 +153,9 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         trainable = tune.with_resources(trainable, {"cpu": res.get("CPU", 1), "gpu": res.get("GPU", 0)})
         per_trial = float(res.get("CPU", 1))
     concurrent = t.max_concurrent_trials or max(1, int(_cluster_cpus() // (per_trial + 1)))
-    epochs = spec.train.epochs if spec.model.is_torch else 1
+    # ASHA's horizon: the epochs the spec's own settings resolve to (a trial whose tuned batch size or
+    # epochs resolve to more is stopped there).
+    epochs = train_plan(spec, dims).epochs if spec.model.is_torch else 1
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(t.grace_period, epochs),
                                reduction_factor=t.reduction_factor)
                  if t.scheduler == "asha" else FIFOScheduler())
