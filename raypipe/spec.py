@@ -677,6 +677,39 @@ class DeploySection(_Section):
 
 
 # --- the spec ------------------------------------------------------------------------
+class PredictionLogSection(_Section):
+    """The prediction log: every answer of the endpoint and of ``raypipe predict``, written off
+    the request path to ``<storage>/predictions/<pipeline>/date=YYYY-MM-DD/hour=HH/``."""
+
+    enabled: bool = True
+    sample_rate: float = Field(default=1.0, gt=0.0, le=1.0, description="share of requests logged")
+    exclude_columns: list[str] = Field(default_factory=list, description="input columns never written (PII)")
+    flush_rows: int = Field(default=2000, ge=1, description="a replica writes a file when it holds this many rows")
+    flush_seconds: float = Field(default=10.0, gt=0.0, description="... or when its oldest row is this old")
+    max_buffer_rows: int = Field(default=20000, ge=1, description="rows held while a write is slow; more are "
+                                 "dropped and counted (ray_raypipe_prediction_log_dropped_total), never waited for")
+
+
+class DriftSection(_Section):
+    """How a window is compared with the data the served version was trained on.
+
+    Decisions are by effect size: ``method``'s statistic over ``threshold`` (PSI 0.2 is the
+    conventional "significant shift"); ``per_column`` overrides the threshold per feature.
+    A window of fewer than ``min_rows`` rows is "not enough data", never "no drift".
+    """
+
+    method: Literal["psi", "wasserstein", "jensenshannon"] = "psi"
+    threshold: float = Field(default=0.2, gt=0.0)
+    per_column: dict[str, float] = Field(default_factory=dict)
+    min_rows: int = Field(default=1000, ge=1)
+
+
+class MonitorSection(_Section):
+    log: PredictionLogSection = Field(default_factory=PredictionLogSection)
+    drift: DriftSection = Field(default_factory=DriftSection)
+    interval_s: float = Field(default=300.0, gt=0.0, description="raypipe monitor --serve: seconds between checks")
+
+
 class Spec(_Section):
     """A whole pipeline. Every section but ``name`` and ``data`` has defaults."""
 
@@ -699,15 +732,7 @@ class Spec(_Section):
     registry: RegistrySection = Field(default_factory=RegistrySection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
-    monitor: Any = None  # refused when present (_no_monitor): nothing reads it yet
-
-    @field_validator("monitor", mode="before")
-    @classmethod
-    def _no_monitor(cls, value: Any) -> None:
-        if value is not None:  # a section that would silently do nothing is an error
-            raise ValueError("not implemented yet in this version of raypipe (planned: prediction log, drift, "
-                             "retraining); remove the monitor section")
-        return None
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Spec":

@@ -83,7 +83,7 @@ def test_minimal_spec_gets_defaults(tmp_path: Path) -> None:
     assert spec.deploy.enabled is True and spec.deploy.port == 8000
     assert spec.deploy.ongoing == 2 * spec.deploy.batching.max_batch_size
     assert spec.route_prefix == "/mini"
-    assert spec.monitor is None
+    assert spec.monitor.log.enabled and spec.monitor.drift.method == "psi" and spec.monitor.drift.min_rows == 1000
     # section() uses YAML keys (aliases)
     assert spec.section("validate")["schema"] == "infer"
 
@@ -372,23 +372,24 @@ def test_tune_section_needs_a_space(tmp_path: Path) -> None:
     assert problems == ["tune.space: required field missing"] or problems[0].startswith("tune.space")
 
 
-@pytest.mark.parametrize("monitor", [{"retrain": {"on_drift": True}}, {"drift": {"method": "ks"}},
-                                     {"drift": {"method": "psi"}}, {}])
-def test_monitor_section_is_refused_until_monitoring_exists(tmp_path: Path, monitor: dict) -> None:
-    """Nothing reads a monitor section yet: any one, even of default values, fails instead of doing nothing."""
+def test_monitor_section_checks_its_keys(tmp_path: Path) -> None:
     raw = minimal()
-    raw["monitor"] = monitor
-    problems = problems_of(raw, tmp_path)
-    assert problems == ["monitor: not implemented yet in this version of raypipe (planned: prediction log, drift, "
-                        "retraining); remove the monitor section (got a mapping)"]
-    raw["monitor"] = None  # `monitor:` with nothing under it asks for nothing
-    assert load_spec(write(tmp_path, raw)).monitor is None
+    raw["monitor"] = {"drift": {"method": "ks"}}
+    (problem,) = problems_of(raw, tmp_path)
+    assert problem.startswith("monitor.drift.method") and "psi" in problem
+    raw["monitor"] = {"log": {"sample_rate": 0}}
+    assert problems_of(raw, tmp_path)[0].startswith("monitor.log.sample_rate")
+    raw["monitor"] = {"log": {"exclude_columns": ["card_number"]}, "drift": {"per_column": {"amount": 0.5}}}
+    spec = load_spec(write(tmp_path, raw))
+    assert spec.monitor.log.exclude_columns == ["card_number"] and spec.monitor.drift.per_column == {"amount": 0.5}
 
 
 def test_a_dumped_spec_loads_again(tmp_path: Path) -> None:
-    """The tune stage re-validates model_dump() output: the monitor key it holds must not be refused."""
-    spec = load_spec(write(tmp_path, minimal()))
-    assert load_spec(spec.model_dump(mode="json", by_alias=True)).monitor is None
+    """The tune stage re-validates model_dump() output."""
+    raw = minimal()
+    raw["monitor"] = {"drift": {"threshold": 0.3}}
+    spec = load_spec(write(tmp_path, raw))
+    assert load_spec(spec.model_dump(mode="json", by_alias=True)).monitor.drift.threshold == 0.3
 
 
 @pytest.mark.parametrize("kind", ["torch.mlp", "torch.cnn", "torch.text", "torch:my_models.nets:build"])
