@@ -15,13 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "raypipe"
 
 FOUNDATION = {"version", "errors", "spec", "store", "schema", "columns", "dates", "tasks", "runtime", "datasets", "progress",
-              "report_format", "lineage", "stage", "runner", "registry"}
+              "report_format", "lineage", "stage", "runner", "registry", "metrics", "rowchecks"}
 STAGES = {"ingest", "validate", "features", "train", "evaluate", "register"}
 LAYERS: list[set[str]] = [
     FOUNDATION,           # imports nothing above it
     {"model"},            # the fitted artifact a version holds: features, model formats, zoo, predictor
     STAGES,               # each imports the foundation and the model, never another stage package
-    {"serve", "export"},  # build on the registry, the model and the foundation
+    {"serve", "export", "monitor"},  # build on the registry, the model and the foundation
     {"api", "cli", "__init__", "__main__"},
 ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from raypipe.evaluate.baselines import TRIVIAL_METRIC
-from raypipe.evaluate.metrics import higher_is_better_gap
+from raypipe.metrics import higher_is_better_gap
 from raypipe.tasks import TASKS
 
 OVERFIT_TOLERANCE = 0.05  # when the gate sets no max_overfit_gap

@@ -5,19 +5,13 @@ every model is measured by the same code on the same rows.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from raypipe.evaluate.metrics import (
-    anomaly_metrics,
-    classification_metrics,
-    clustering_metrics,
-    regression_metrics,
-)
+from raypipe.metrics import task_metrics
 from raypipe.tasks import TASKS
 
 
@@ -37,14 +31,4 @@ class Scored:
 
     def metrics(self, threshold: float, mask: np.ndarray | None = None) -> dict[str, Any]:
         sel = (lambda a: a) if mask is None else (lambda a: None if a is None else a[mask])
-        y, scores = sel(self.y), sel(self.scores)
-        pred = TASKS[self.task].decide(scores, threshold)
-        with warnings.catch_warnings():  # slices may lack a class: sklearn warns, the metric is still defined
-            warnings.simplefilter("ignore")
-            if self.task == "classification":
-                return classification_metrics(y, pred.astype(np.int64), scores, self.class_names)
-            if self.task == "regression":
-                return regression_metrics(y, pred.astype(np.float64))
-            if self.task == "clustering":
-                return clustering_metrics(sel(self.x), pred)
-            return anomaly_metrics(scores[:, 0], y, pred=pred)
+        return task_metrics(self.task, sel(self.y), sel(self.scores), threshold, self.class_names, sel(self.x))

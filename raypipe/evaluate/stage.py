@@ -18,7 +18,7 @@ from raypipe.evaluate.baselines import BASELINE_TASKS, LINEAR_MAX_ROWS, features
 from raypipe.evaluate.causes import training_causes
 from raypipe.evaluate.findings import baseline_findings, fit_findings, slice_findings, threshold_finding, underfits
 from raypipe.evaluate.gate import verdict
-from raypipe.evaluate.metrics import LOWER_IS_BETTER, choose_threshold
+from raypipe.metrics import LOWER_IS_BETTER, choose_threshold
 from raypipe.evaluate.scored import Scored
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
 from raypipe.model.formats import trusted_factories

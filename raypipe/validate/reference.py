@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from raypipe.store import Store
-from raypipe.validate.checks import finding
+from raypipe.rowchecks import finding
 from raypipe.schema import arrow_kind, tensor_shape
 
 DIR = "reference"

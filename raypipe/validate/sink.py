@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from raypipe.datasets import task_file_name, write_table
-from raypipe.validate.checks import REASON, check_block, coerce_numeric
+from raypipe.rowchecks import REASON, coerce_numeric
+from raypipe.validate.checks import check_block
 
 SPLIT, SUMMARY, HASHES = "split", "summary", "hashes"
 

@@ -4,7 +4,7 @@ One Ray Data execution over all splits (``sink.check_and_write``) annotates ever
 row with a reason (or None), writes it to ``valid/`` or ``quarantine/`` from the same
 task, and returns the block's counts, profile and row hashes; only those small
 results reach the driver. ``valid + quarantined == input rows`` holds per split
-(and the input equals what ingest wrote) and is recorded in the report. Column findings (see ``checks.finding``)
+(and the input equals what ingest wrote) and is recorded in the report. Column findings (see ``rowchecks.finding``)
 are errors or warnings; errors (and warnings with ``validate.strict``) fail the
 stage with one :class:`DataValidationError` after every split was checked.
 
@@ -26,8 +26,9 @@ from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
 from raypipe.validate import reference as refs
 from raypipe.validate import sink
+from raypipe.rowchecks import missing_column_findings, null_findings, shape_key
 from raypipe.validate.checks import (column_kind_findings, constant_findings, duplicate_findings, merge_stats,
-                                     missing_column_findings, null_findings, row_findings, shape_key, target_findings)
+                                     row_findings, target_findings)
 from raypipe.validate.profile import count_duplicates, finish, merge_profiles, reference_bounds
 from raypipe.validate.report_html import render
 from raypipe.schema import complete_schema, infer_schema, refine_schema

@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.datasets import make_blobs
 
-from raypipe.evaluate.metrics import (
+from raypipe.metrics import (
     LOWER_IS_BETTER,
     anomaly_metrics,
     choose_threshold,

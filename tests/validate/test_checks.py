@@ -7,10 +7,8 @@ import pyarrow as pa
 import pytest
 
 from raypipe.errors import DataValidationError
-from raypipe.validate.checks import (
-    MAX_EXAMPLES, REASON, annotate, batch_stats, coerce_numeric, merge_stats, missing_column_findings, null_findings,
-    row_findings,
-)
+from raypipe.rowchecks import REASON, annotate, coerce_numeric, missing_column_findings, null_findings
+from raypipe.validate.checks import MAX_EXAMPLES, batch_stats, merge_stats, row_findings
 from raypipe.schema import feature_columns, infer_schema, label_strings, label_value
 
 ARROW = pa.schema([

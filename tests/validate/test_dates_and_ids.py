@@ -6,12 +6,8 @@ import pandas as pd
 import pyarrow as pa
 
 from raypipe.schema import feature_columns, infer_schema, refine_schema
-from raypipe.validate.checks import (
-    annotate,
-    batch_stats,
-    column_kind_findings,
-    merge_stats,
-)
+from raypipe.rowchecks import annotate
+from raypipe.validate.checks import batch_stats, column_kind_findings, merge_stats
 from raypipe.validate.reference import schema_findings
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raypipe.validate.checks import REASON, annotate, check_block
+from raypipe.rowchecks import REASON, annotate
+from raypipe.validate.checks import check_block
 from raypipe.validate.profile import (
     HIST_BINS,
     MAX_DISTINCT,

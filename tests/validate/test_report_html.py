@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raypipe.validate.checks import finding
+from raypipe.rowchecks import finding
 from raypipe.validate.profile import block_profile, finish, merge_profiles
 from raypipe.validate.report_html import render
 

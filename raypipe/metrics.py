@@ -2,14 +2,18 @@
 
 Every function takes plain numpy arrays and returns JSON-ready dicts (floats, lists,
 ``None`` where a metric is undefined, e.g. ROC-AUC with one class in the split).
+A foundation module (it was ``evaluate/metrics.py``): the evaluate stage and the monitor
+(a labelled window) measure with the same code.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
+from raypipe.tasks import TASKS
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mape", "log_loss", "brier", "davies_bouldin"})
 
@@ -128,3 +132,18 @@ def choose_threshold(y: np.ndarray, p1: np.ndarray, strategy: str = "max_f1", ta
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
+
+
+def task_metrics(task: str, y: np.ndarray | None, scores: np.ndarray, threshold: float,
+                 class_names: list[str] | None, x: np.ndarray | None = None) -> dict[str, Any]:
+    """Every metric of ``task`` from labels and a model's scores, decided at ``threshold``."""
+    pred = TASKS[task].decide(scores, threshold)
+    with warnings.catch_warnings():  # slices may lack a class: sklearn warns, the metric is still defined
+        warnings.simplefilter("ignore")
+        if task == "classification":
+            return classification_metrics(y, pred.astype(np.int64), scores, class_names)
+        if task == "regression":
+            return regression_metrics(y, pred.astype(np.float64))
+        if task == "clustering":
+            return clustering_metrics(x, pred)
+        return anomaly_metrics(scores[:, 0], y, pred=pred)
