@@ -15,10 +15,12 @@ from raypipe.version import __version__  # noqa: F401
 # the parent, and that must happen before the public serve() function takes the name,
 # or `import raypipe.serve.deploy` anywhere would replace raypipe.serve with a module.
 import raypipe.serve as _serve_package  # noqa: E402,F401
-from raypipe.api import predict, run, serve  # noqa: E402
+import raypipe.monitor as _monitor_package  # noqa: E402,F401  (the same, for monitor())
+from raypipe.api import monitor, predict, run, serve  # noqa: E402
 from raypipe.errors import (  # noqa: E402
     ArtifactError,
     DataValidationError,
+    DriftDetected,
     GateFailed,
     RaypipeError,
     RegistryError,
@@ -31,6 +33,7 @@ from raypipe.spec import Spec, load_spec  # noqa: E402
 __all__ = [
     "ArtifactError",
     "DataValidationError",
+    "DriftDetected",
     "GateFailed",
     "RaypipeError",
     "Registry",
@@ -40,6 +43,7 @@ __all__ = [
     "StageFailed",
     "__version__",
     "load_spec",
+    "monitor",
     "predict",
     "run",
     "serve",

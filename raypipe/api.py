@@ -55,6 +55,48 @@ def predict(spec: Spec | str | Path | dict[str, Any] | None, input: str, output:
     return predict_files(as_spec(spec), input, output, version=version, alias=alias, address=address)
 
 
+def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str, *, version: int | None = None,
+            alias: str | None = None, report: str | Path | None = None, address: str | None = None) -> Any:
+    """Check a batch of rows (a CSV or parquet file or folder, the training columns, the target optional)
+    against a registered version (the champion by default): drift per column, of the predictions and
+    of the rows as a whole, and performance (measured with labels, estimated without).
+
+    Returns:
+        A :class:`raypipe.monitor.check.MonitorReport` (``.alarm``: drift or performance below the gate;
+        ``.status``: ``ok``, ``drift`` or ``not_enough_data``); kept under
+        ``<storage>/monitor/<pipeline>/<window-id>/`` and copied to ``report`` when given.
+
+    Raises:
+        DataValidationError: the window itself fails validation. RegistryError: no such version, or a
+        version registered without a drift reference. SpecError: both ``version`` and ``alias``.
+    """
+    from raypipe.errors import SpecError
+    from raypipe.ingest.files import open_files
+    from raypipe.model.formats import check_trusted, trusted_factories
+    from raypipe.monitor.check import check_window
+    from raypipe.monitor.reference import load_reference
+    from raypipe.registry import Registry
+    from raypipe.runtime import connect_for
+    from raypipe.spec import CsvSource, ParquetSource
+
+    if version is not None and alias is not None:
+        raise SpecError("give --version or --alias, not both")
+    s = as_spec(spec)
+    reg = Registry.for_spec(s)
+    v = reg.resolve(version=version, alias=alias)
+    ref = load_reference(reg, v)
+    trusted = trusted_factories(s)
+    check_trusted(reg.version_store(v).read_json("model", "model.json")["kind"], trusted)
+    name = str(input).lower().rstrip("/")
+    source = (CsvSource(type="csv", path=str(input)) if name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz"))
+              else ParquetSource(type="parquet", path=str(input)))
+    connect_for(s, address)
+    ds = open_files(source).dataset
+    model = {"uri": ref.model_uri, "key": reg.check_version(v), "features": ref.features, "schema": ref.schema,
+             "trusted": list(trusted)}
+    return check_window(s, ref, ds, input=str(input), model=model, report_dir=report)
+
+
 def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | None = None, format: str = "onnx",
            version: int | None = None, alias: str | None = None) -> dict[str, Any]:
     """Write a registered version (the champion by default) as one ONNX file; returns a summary.

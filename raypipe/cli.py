@@ -118,6 +118,65 @@ def predict(
 
 
 @app.command()
+def monitor(
+    spec: Path = SpecArg,
+    input: str = typer.Option(..., "--input", help="CSV or parquet file/folder of rows: the training columns, the "
+                                                    "target optional (with it, performance is measured)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary as the last line."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also copy report.json, drift.html and the "
+                                          "pictures to this folder."),
+    version: Optional[int] = typer.Option(None, "--version", help="Check against this registry version."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="... or the version with this alias (default champion)."),
+    address: Optional[str] = AddressOpt,
+) -> None:
+    """Check a batch of rows for drift and performance against the version that would answer it.
+
+    Exit codes: 0 no drift (or not enough data to say), 5 drift or performance below the gate's
+    minimum, 3 the window itself fails validation, 2 usage errors.
+    """
+    from raypipe.api import monitor as monitor_api
+    from raypipe.errors import DriftDetected
+
+    result = monitor_api(str(spec), input, version=version, alias=alias, report=report, address=address)
+    _print_monitor(result)
+    if json_out:
+        print(json.dumps(result.summary(), default=str), flush=True)
+    if result.alarm:
+        raise DriftDetected(result)
+
+
+def _print_monitor(r: Any) -> None:
+    """A table on stderr: columns by drift, then predictions, the domain classifier and performance."""
+    verdict = {"ok": "[green]no drift[/]", "drift": "[red]DRIFT[/]",
+               "not_enough_data": f"[yellow]not enough data[/] (fewer than {r.min_rows} valid rows: no decision)"}
+    err.print(f"{r.pipeline} version {r.version}: {r.rows:,} rows ({r.invalid_rows:,} invalid) — {verdict[r.status]}")
+    table = Table(title=f"drift ({r.method})")
+    for col in ("column", "statistic", "value", "threshold", "drifted"):
+        table.add_column(col)
+    for c in sorted(r.columns.values(), key=lambda e: -e.value / e.threshold):
+        table.add_row(c.column, c.statistic, f"{c.value:.4f}", f"{c.threshold:g}",
+                      "—" if c.drifted is None else "[red]yes[/]" if c.drifted else "no")
+    err.print(table)
+    if r.prediction_drift:
+        err.print("predictions: " + ", ".join(f"{k} {p['statistic']}={p['value']:.4f}"
+                                              for k, p in r.prediction_drift["parts"].items())
+                  + (" — [red]drifted[/]" if r.prediction_drift["drifted"] else ""))
+    mv = r.multivariate
+    if mv.get("auc") is not None:
+        err.print(f"domain classifier ROC-AUC {mv['auc']:.3f} (threshold {mv['threshold']:g})"
+                  + (" — [red]drifted[/]" if mv.get("drifted") else ""))
+    perf = r.performance
+    if perf.get("metrics"):
+        err.print(f"performance ({perf['kind']}): " + ", ".join(f"{k}={v:.4f}" for k, v in perf["metrics"].items()
+                                                                if isinstance(v, float) and k in _HEADLINE)
+                  + ("" if perf.get("trustworthy", True) else f" — {perf.get('note')}"), markup=False)
+    err.print(f"report: {r.report_dir}/drift.html" + (f" (copied to {r.copied_to})" if r.copied_to else ""))
+
+
+_HEADLINE = ("accuracy", "f1", "roc_auc", "rmse", "mae", "r2", "silhouette", "anomaly_rate")
+
+
+@app.command()
 def export(
     spec: Path = SpecArg,
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),

@@ -137,6 +137,40 @@ def sketch_quantiles(values: np.ndarray, weights: np.ndarray, levels: Sequence[f
     return values[np.minimum(idx, len(values) - 1)]
 
 
+# -- fixed quantile bins (the drift reference) ---------------------------------------------
+DRIFT_BINS = 10
+
+
+def bin_of(edges: Sequence[float] | np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The bin of each value: ``i`` where ``edges[i-1] <= x < edges[i]`` (bin 0 below the first edge,
+    bin ``len(edges)`` from the last one up). The profile's reference counts and the monitor's
+    window counts use this one rule, so equal values always land in the same bin."""
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right")
+
+
+def quantile_bins(values: np.ndarray, weights: np.ndarray, n: int, bins: int = DRIFT_BINS) -> dict[str, Any]:
+    """Fixed bins for drift from merged sketch points (:func:`merge_sketches`): ``bins`` quantile bins of the
+    reference, their reference counts (scaled to ``n`` values) and each bin's mean.
+
+    The edges are the reference's inner quantiles (deduplicated: a column with few distinct values
+    gets fewer bins), so they never move with the data being compared, and counts from any number
+    of windows or blocks add up. Counts are approximate like the sketch (rank error ~1/points);
+    the means let the Wasserstein distance be computed from the binned distributions.
+    """
+    if not len(values):
+        return {"edges": [], "counts": [], "means": []}
+    edges = np.unique(sketch_quantiles(values, weights, np.arange(1, bins) / bins))
+    idx = bin_of(edges, values)
+    w = np.bincount(idx, weights=weights, minlength=len(edges) + 1)
+    sums = np.bincount(idx, weights=weights * values, minlength=len(edges) + 1)
+    total = w.sum()
+    exact = w * n / total if total > 0 else w
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: n - int(counts.sum())]] += 1
+    means = [float(s / c) if c > 0 else None for s, c in zip(sums, w)]
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "means": means}
+
+
 # -- the frequent-values sketch ---------------------------------------------------------
 def counts_sketch(values: Sequence[Any], counts: Sequence[int] | np.ndarray, size: int,
                   n: int | None = None) -> dict[str, Any]:

@@ -88,6 +88,37 @@ class RegistryError(RaypipeError, LookupError):
     exit_code = 2
 
 
+class DriftDetected(RaypipeError):
+    """A monitored window drifted from the version's training data, or its performance fell below the
+    gate's limits. Exit code 5.
+
+    Attributes:
+        report: the :class:`raypipe.monitor.check.MonitorReport` (its ``drifted`` columns, performance, report path).
+    """
+
+    exit_code = 5
+
+    def __init__(self, report: object) -> None:
+        self.report = report
+        drifted = list(getattr(report, "drifted", []) or [])
+        what = []
+        if drifted:
+            what.append(f"drifted columns: {', '.join(drifted)}")
+        pred = getattr(report, "prediction_drift", None) or {}
+        if pred.get("drifted"):
+            what.append("the predictions drifted")
+        if (getattr(report, "multivariate", None) or {}).get("drifted"):
+            what.append(f"a domain classifier tells the window from the training rows "
+                        f"(ROC-AUC {report.multivariate['auc']:.3f})")  # type: ignore[attr-defined]
+        if getattr(report, "performance_below_gate", False):
+            perf = report.performance  # type: ignore[attr-defined]
+            failed = [c["check"] + f" (got {c['value']:.4f})" for c in perf.get("checks", []) if not c["passed"]]
+            what.append(f"{perf.get('kind')} performance below the gate: {'; '.join(failed)}")
+        where = getattr(report, "report_dir", "")
+        super().__init__(f"{getattr(report, 'pipeline', '')} version {getattr(report, 'version', '')}: "
+                         + "; ".join(what or ["drift detected"]) + (f" — report: {where}/drift.html" if where else ""))
+
+
 class ExportError(SpecError):
     """The pipeline (features or model) has no form in the requested export format. Exit code 2."""
 

@@ -123,6 +123,7 @@ class EvaluateOutput(Outputs):
     gate: dict[str, Any]
     threshold: float
     baselines: dict[str, Any] | None = None  # trivial / linear: their evaluate.metrics on test (supervised tasks)
+    monitor_reference: str | None = None  # the test split's prediction distribution and the score calibration
 
 
 @dataclass

@@ -70,6 +70,15 @@ class Task:
             return (flat >= threshold).astype(np.int64)
         return flat
 
+    def drift_score(self, scores: np.ndarray) -> np.ndarray | None:
+        """The one score per row whose distribution monitoring follows: the positive class's probability
+        (binary), the top probability (multi-class), the anomaly score; None for values and clusters."""
+        if self.has_classes:
+            return scores[:, 1] if scores.shape[1] == 2 else scores.max(axis=1)
+        if self.name == "anomaly":
+            return scores[:, 0] if scores.ndim == 2 else scores
+        return None
+
     def columns(self, decided: np.ndarray, scores: np.ndarray, classes: list[str] | None) -> dict[str, Any]:
         """The answer as columns (batch inference): one per answer field, ``score_<class>`` per class."""
         if classes:

@@ -18,6 +18,7 @@ from raypipe.evaluate.baselines import BASELINE_TASKS, LINEAR_MAX_ROWS, features
 from raypipe.evaluate.causes import training_causes
 from raypipe.evaluate.findings import baseline_findings, fit_findings, slice_findings, threshold_finding, underfits
 from raypipe.evaluate.gate import verdict
+from raypipe.evaluate.monitoring import prediction_reference
 from raypipe.metrics import LOWER_IS_BETTER, choose_threshold
 from raypipe.evaluate.scored import Scored
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
@@ -132,6 +133,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     }
     summary = _baseline_summary(baselines, cfg.metrics)
     ctx.artifact.write_json("metrics.json", doc)
+    ctx.artifact.write_json("monitor_reference.json", prediction_reference(test, scored.get("validation"), threshold))
     _write_report(ctx.artifact, doc, test, threshold)
     ctx.log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in doc["metrics"].items() if v is not None)
             + ("" if result["passed"] else "  — gate NOT passed"))
@@ -141,7 +143,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     for f in findings:
         ctx.log(f)
     return EvaluateOutput(metrics=doc["metrics"], metrics_file="metrics.json", report="report.html", gate=result,
-                          threshold=threshold, baselines=summary)
+                          threshold=threshold, baselines=summary, monitor_reference="monitor_reference.json")
 
 
 def _linear_skip_reason(task: str, counts: dict[str, dict[str, int]], train_sample: int, n_features: int) -> str | None:

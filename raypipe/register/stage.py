@@ -20,6 +20,42 @@ def load_check(version_store: Store, version: int, trusted: tuple[str, ...] = ()
     Predictor.from_version(version_store, version, trusted)
 
 
+SAMPLE_ROWS = 5000  # the reference sample the monitor's domain classifier compares windows with
+
+
+def monitor_files(val: StageOutput, ev: StageOutput, seed: int) -> dict[str, bytes]:
+    """The version's drift reference: the training profile (validate), the test split's prediction
+    distribution and score calibration (evaluate), and a seeded sample of at most ``SAMPLE_ROWS``
+    valid training rows (features and target; images left out).
+
+    The sample is taken by row number from the parquet files of the valid train split, which
+    validate names by content, so the same data gives the same sample. pyarrow reads only the
+    columns kept, on the driver (a scan of the split: a few seconds for millions of rows).
+    """
+    import io
+
+    import numpy as np
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from raypipe.schema import is_tensor_type
+
+    files = {"profile.json": val.read_bytes(val.outputs.profile)}
+    if ev.outputs.monitor_reference:
+        files["monitor/predictions.json"] = ev.read_bytes(ev.outputs.monitor_reference)
+    schema = val.read_json(val.outputs.schema)
+    ids = set(schema.get("id_columns", []))
+    data = pads.dataset(val.store.path(val.outputs.splits["train"]), filesystem=val.store.fs, format="parquet")
+    keep = [f.name for f in data.schema if f.name in schema["columns"] and f.name not in ids
+            and not is_tensor_type(f.type)]
+    n = data.count_rows()
+    take = np.sort(np.random.default_rng(seed).choice(n, size=min(n, SAMPLE_ROWS), replace=False))
+    buf = io.BytesIO()
+    pq.write_table(data.take(take, columns=keep), buf)
+    files["monitor/sample.parquet"] = buf.getvalue()
+    return files
+
+
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
     val, feats, train, ev = inputs["validate"], inputs["features"], inputs["train"], inputs["evaluate"]
     trusted = trusted_factories(ctx.spec)
@@ -41,6 +77,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
             "train_report.json": train.read_bytes(train.outputs.report),
             "lineage.json": json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode(),
         }
+        files.update(monitor_files(val, ev, ctx.spec.data.split.seed))
         for f in train.store.walk_files(train.outputs.model):
             files[f"model/{f}"] = train.store.read_bytes(train.outputs.model, f)
         for f in ev.store.walk_files():  # report.html and plots/*.png

@@ -10,6 +10,11 @@ text lengths, image shapes and pixel mean/std, categorical counts up to
 
 Approximate:
 
+* drift bins (``bins``, the monitor's reference): numeric columns get the edges of ten
+  quantile bins of the merged sketch, the reference counts in them and each bin's mean;
+  categorical columns their 100 most frequent values with counts (exact up to
+  ``MAX_DISTINCT`` distinct values).
+
 * quantiles: each block sends ``SKETCH_POINTS`` evenly spaced quantiles of its
   values (all its values when it has fewer), each point weighted by the block's
   rows / points; a quantile of the split is read off the merged, weighted points.
@@ -34,8 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.columns import (as_float, column_hashes, hash_columns, holds_arrays, merge_sketches, quantile_sketch,
-                             sketch_quantiles)
+from raypipe.columns import (as_float, column_hashes, hash_columns, holds_arrays, merge_sketches, quantile_bins,
+                             quantile_sketch, sketch_quantiles)
 from raypipe.schema import label_strings
 
 FORMAT = "raypipe.profile/1"
@@ -43,6 +48,7 @@ SKETCH_POINTS = 201
 HIST_BINS = 20
 TOP_VALUES = 20
 MAX_DISTINCT = 10_000
+DRIFT_CATEGORIES = 100  # categories kept with their counts for drift (the rest are counted together)
 UNSEEN_EXAMPLES = 5
 QUANTILES = {"p1": 0.01, "p5": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
 _PIXELS_PER_CHUNK = 1 << 22
@@ -327,7 +333,8 @@ def _finish_numeric(p: dict[str, Any]) -> dict[str, Any]:
     n = p["n"]
     out = {"min": p["min"], "max": p["max"], "mean": p["mean"] if n else None,
            "std": float(np.sqrt(p["m2"] / n)) if n else None, "zeros": p["zeros"],
-           "quantiles": quantiles(p["sketches"]), "histogram": histogram(p["sketches"], p["min"], p["max"], n)}
+           "quantiles": quantiles(p["sketches"]), "histogram": histogram(p["sketches"], p["min"], p["max"], n),
+           "bins": quantile_bins(*_weighted_points(p["sketches"]), n)}
     if "out_of_range" in p:
         out["out_of_range"] = p["out_of_range"]
     if n and p["min"] == p["max"]:
@@ -342,6 +349,7 @@ def _finish_categorical(p: dict[str, Any]) -> dict[str, Any]:
         "distinct": f"{MAX_DISTINCT}+" if p["overflow"] else len(counts),
         "top": [[k, v] for k, v in top.items()],
         "values": None if p["overflow"] else sorted(counts),
+        "bins": _category_bins(counts, p["n"]),
     }
     if "unseen" in p:
         out["unseen"] = p["unseen"]
@@ -349,6 +357,13 @@ def _finish_categorical(p: dict[str, Any]) -> dict[str, Any]:
     if not p["overflow"] and len(counts) == 1:
         out["constant_value"] = next(iter(counts))
     return out
+
+
+def _category_bins(counts: dict[str, int], n: int) -> dict[str, Any]:
+    """The drift reference of a categorical column: its ``DRIFT_CATEGORIES`` most frequent values with
+    their counts, and how many values fall outside them (``rest``; 0 when it has no more values)."""
+    top = _top(counts, DRIFT_CATEGORIES)
+    return {"values": list(top), "counts": list(top.values()), "rest": int(n - sum(top.values()))}
 
 
 def _finish_text(p: dict[str, Any]) -> dict[str, Any]:

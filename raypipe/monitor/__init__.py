@@ -1,0 +1,1 @@
+"""Monitoring: a window of rows checked against the version that answered it (drift, performance, report)."""

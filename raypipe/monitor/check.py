@@ -1,0 +1,208 @@
+"""One window checked against one version: validation, drift, prediction drift, multivariate, performance.
+
+:func:`check_window` takes a Ray dataset (a batch file read by raypipe's file reading, or, later,
+a window of the prediction log: the log's rows hold the request's input columns, and ``__``
+columns are ignored here) and returns a :class:`MonitorReport`; the report and its pictures are
+kept under ``<storage>/monitor/<pipeline>/<window-id>/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from raypipe.errors import DataValidationError
+from raypipe.monitor.domain import domain_classifier
+from raypipe.monitor.drift import decide_column
+from raypipe.monitor.performance import estimated, measured
+from raypipe.monitor.reference import Reference, build_plan
+from raypipe.monitor.window import count_window
+from raypipe.rowchecks import missing_column_findings, null_findings
+from raypipe.spec import Spec
+from raypipe.store import Store
+
+SAMPLE_ROWS = 5000  # window rows the domain classifier sees (the reference sample holds as many)
+
+
+class ColumnDrift(BaseModel):
+    """One column's drift: the deciding statistic against its threshold, and the other statistics."""
+
+    model_config = {"extra": "allow"}
+    column: str
+    kind: str
+    statistic: str
+    value: float
+    threshold: float
+    drifted: bool | None  # None: not enough data to decide
+    reasons: list[str] = Field(default_factory=list)
+    null_rate: float
+    null_rate_change: float
+
+
+class MonitorReport(BaseModel):
+    """The answer of ``raypipe monitor`` / :func:`raypipe.monitor`."""
+
+    pipeline: str
+    version: int
+    window_id: str
+    input: str
+    status: Literal["ok", "drift", "not_enough_data"]
+    rows: int
+    valid_rows: int
+    invalid_rows: int
+    min_rows: int
+    method: str
+    drifted: list[str]
+    columns: dict[str, ColumnDrift]
+    prediction_drift: dict[str, Any] | None
+    multivariate: dict[str, Any]
+    performance: dict[str, Any]
+    performance_below_gate: bool
+    report_dir: str
+    copied_to: str | None = None
+    seconds: float
+
+    @property
+    def alarm(self) -> bool:
+        """Drift, or performance under the gate's limits: what makes ``raypipe monitor`` exit 5."""
+        return self.status == "drift" or self.performance_below_gate
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` line: rows, drifted columns, per column ``{statistic, value, threshold, drifted}``, ..."""
+        return {
+            "pipeline": self.pipeline, "version": self.version, "window_id": self.window_id, "status": self.status,
+            "rows": self.rows, "valid_rows": self.valid_rows, "drifted": self.drifted,
+            "columns": {c: {"statistic": e.statistic, "value": e.value, "threshold": e.threshold, "drifted": e.drifted}
+                        for c, e in self.columns.items()},
+            "prediction_drift": None if self.prediction_drift is None else {
+                "drifted": self.prediction_drift["drifted"],
+                **{k: {"statistic": p["statistic"], "value": p["value"], "threshold": p["threshold"]}
+                   for k, p in self.prediction_drift["parts"].items()}},
+            "multivariate": {k: self.multivariate.get(k) for k in ("auc", "threshold", "drifted", "top_features")},
+            "performance": {k: self.performance.get(k) for k in ("kind", "metrics", "trustworthy", "below_gate")
+                            if k in self.performance},
+            "report": self.report_dir,
+        }
+
+
+def _prediction_drift(plan: dict[str, Any], doc: dict[str, Any], cfg: Any, enough: bool) -> dict[str, Any] | None:
+    """The version's answers (classes, clusters, flags or values) and its score against the test split's."""
+    parts = {}
+    for key in ("answer", "score"):
+        ref = plan.get(key)
+        if not ref or key not in doc:
+            continue
+        if ref["kind"] == "numeric":
+            counts = np.asarray(ref["counts"], dtype=np.float64)
+            means = np.array([m if m is not None else 0.0 for m in ref["means"]])
+            mu = float((counts * means).sum() / counts.sum()) if counts.sum() else 0.0
+            std = float(np.sqrt((counts * (means - mu) ** 2).sum() / counts.sum())) if counts.sum() else None
+            col = {"kind": "numeric", "edges": ref["edges"], "ref_counts": ref["counts"], "ref_means": ref["means"],
+                   "ref_std": std}
+        else:
+            col = {"kind": "categorical", "values": ref["values"], "ref_counts": [*ref["counts"], ref.get("rest", 0)]}
+        part = {**doc[key], "nulls": 0, "unseen": doc[key].get("unseen", 0)}
+        entry = decide_column(f"__{key}", col, part, 1, cfg, enough)
+        parts[key] = {**entry, "ref_counts": col["ref_counts"]}
+    if not parts:
+        return None
+    flags = [p["drifted"] for p in parts.values()]
+    return {"drifted": None if not enough else any(flags), "parts": parts}
+
+
+def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any], spec: Spec) -> None:
+    """Raise what makes the window itself unusable, as the validate stage would for a split."""
+    schema = plan["schema"]
+    target = (schema.get("target") or {}).get("name")
+    needed = {**schema, "columns": {c: v for c, v in schema["columns"].items() if c != target}}
+    problems = [f["message"] for f in missing_column_findings(needed, present, "the monitored version's schema")]
+    if doc is not None:
+        stats = {"rows": doc["rows"], "nulls": {c: p["nulls"] + doc["invalid"] for c, p in doc["columns"].items()}}
+        problems += [f["message"] for f in null_findings(stats, needed, spec.validate.max_missing_fraction, "window")]
+        if doc["invalid"] and spec.validate.on_invalid_rows == "fail":
+            problems += [f"window: {n} row(s) invalid — {r} (validate.on_invalid_rows: fail)"
+                         for r, n in sorted(doc["reasons"].items())]
+    if problems:
+        raise DataValidationError(problems)
+
+
+def window_id(version: int, input: str) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{now}-v{version}-{hashlib.sha256(input.encode()).hexdigest()[:8]}"
+
+
+def check_window(spec: Spec, ref: Reference, ds: Any, *, input: str, model: dict[str, Any],
+                 report_dir: str | Path | None = None) -> MonitorReport:
+    """Check the rows of ``ds`` against ``ref`` (the version that answered them).
+
+    Raises:
+        DataValidationError: the window lacks a column of the version's schema, has more missing or
+            invalid values than ``validate.max_missing_fraction`` allows, or invalid rows under
+            ``validate.on_invalid_rows: fail``.
+    """
+    t0 = time.perf_counter()
+    cfg = spec.monitor.drift
+    plan = build_plan(ref)
+    present = [c for c in ds.schema().names if not c.startswith("__")]
+    _validate(plan, present, None, spec)
+    n = ds.count()
+    feats = ref.schema.get("features", {})
+    sample_cols = [c for c in [*feats.get("numeric", []), *feats.get("categorical", [])] if c in present]
+    sample = {"columns": sample_cols, "seed": spec.data.split.seed, "rows": SAMPLE_ROWS,
+              "fraction": min(1.0, 3.0 * SAMPLE_ROWS / max(n, 1))}
+    doc, window_sample, labelled = count_window(ds, plan, model, sample)
+    _validate(plan, present, doc, spec)
+    valid = doc["valid"]
+    enough = valid >= cfg.min_rows
+    columns = {c: ColumnDrift(**decide_column(c, plan["columns"][c], part, valid, cfg, enough))
+               for c, part in doc["columns"].items()}
+    prediction = _prediction_drift(plan, doc, cfg, enough)
+    multivariate = domain_classifier(ref.sample, window_sample, feats.get("numeric", []), feats.get("categorical", []),
+                                     cfg.multivariate_auc, seed=spec.data.split.seed)
+    if not enough:
+        multivariate["drifted"] = None
+    version_test = ref.metrics.get("test") or {}
+    if len(labelled):
+        performance = measured(plan, labelled, version_test, spec.evaluate.gate)
+    else:
+        performance = estimated(plan, doc, version_test, spec.evaluate.gate, spec.monitor.max_calibration_error) \
+            or {"kind": "none", "note": "no labels in the window, and no estimate for this task"}
+    drifted = [c for c, e in columns.items() if e.drifted]
+    any_drift = bool(drifted) or bool(prediction and prediction["drifted"]) or bool(multivariate.get("drifted"))
+    status = "not_enough_data" if not enough else "drift" if any_drift else "ok"
+    wid = window_id(ref.version, input)
+    store = Store(spec.storage).sub("monitor", spec.name)
+    report = MonitorReport(
+        pipeline=spec.name, version=ref.version, window_id=wid, input=input, status=status, rows=doc["rows"],
+        valid_rows=valid, invalid_rows=doc["invalid"], min_rows=cfg.min_rows, method=cfg.method, drifted=drifted,
+        columns=columns, prediction_drift=prediction, multivariate=multivariate, performance=performance,
+        performance_below_gate=bool(enough and performance.get("below_gate")),
+        report_dir=store.full_uri(wid), seconds=0.0)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    _write(store, wid, report, plan, doc)
+    if report_dir is not None:
+        dest = Path(report_dir)
+        if store.is_local:
+            shutil.copytree(store.path(wid), dest, dirs_exist_ok=True)
+        else:
+            for f in store.walk_files(wid):
+                (dest / f).parent.mkdir(parents=True, exist_ok=True)
+                (dest / f).write_bytes(store.read_bytes(wid, f))
+        report.copied_to = str(dest)
+    return report
+
+
+def _write(store: Store, wid: str, report: MonitorReport, plan: dict[str, Any], doc: dict[str, Any]) -> None:
+    from raypipe.monitor.report import write_report
+
+    out = store.sub(wid)
+    data = report.model_dump(mode="json")
+    write_report(out, data, plan, doc)
+    out.write_json("report.json", data)
+    store.complete_artifact(wid, {"version": report.version, "status": report.status})

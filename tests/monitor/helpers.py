@@ -1,0 +1,43 @@
+"""A drift reference built from a generated training frame with the validate stage's own profile code
+(no pipeline, no Ray): the statistical tests count windows with the monitor's block function."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from raypipe.monitor.drift import decide_column
+from raypipe.monitor.reference import Reference, build_plan
+from raypipe.monitor.window import block_counts, merge
+from raypipe.schema import infer_schema
+from raypipe.spec import DriftSection
+from raypipe.validate.profile import block_profile, finish, merge_profiles
+
+SHIFTED = {"amount", "avg_amount_30d", "merchant_category", "country", "hour", "device"}  # by the drift knob
+UNSHIFTED = {"customer_age", "account_age_days", "transactions_last_24h"}
+
+
+def reference_plan(train: pd.DataFrame, blocks: int = 4) -> dict[str, Any]:
+    """The plan a version trained on ``train`` would give (its profile merged from ``blocks`` blocks)."""
+    schema = infer_schema(pa.Schema.from_pandas(train, preserve_index=False), target="is_fraud",
+                          task="classification", id_columns=["transaction_id"])
+    step = -(-len(train) // blocks)
+    profile = finish(merge_profiles([block_profile(train.iloc[i:i + step], schema)
+                                     for i in range(0, len(train), step)]))
+    preds = {"task": "classification", "classes": ["0", "1"], "answer": {"kind": "categorical", "values": ["0", "1"],
+                                                                         "counts": [1, 1], "rest": 0},
+             "score": None, "calibration": None}
+    ref = Reference(pipeline="t", version=1, schema=schema, profile=profile, predictions=preds,
+                    sample=train.head(5000), metrics={}, features={}, model_uri="", threshold=0.5)
+    return build_plan(ref)
+
+
+def column_verdicts(plan: dict[str, Any], window: pd.DataFrame, cfg: DriftSection | None = None,
+                    blocks: int = 1) -> dict[str, dict[str, Any]]:
+    """Every column's decision for ``window``, counted in ``blocks`` blocks and merged."""
+    cfg = cfg or DriftSection()
+    step = -(-len(window) // blocks)
+    doc = merge([block_counts(window.iloc[i:i + step], plan)[0] for i in range(0, len(window), step)])
+    return {c: decide_column(c, plan["columns"][c], part, doc["valid"], cfg, doc["valid"] >= cfg.min_rows)
+            for c, part in doc["columns"].items()}
