@@ -92,7 +92,7 @@ def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str, *, vers
               else ParquetSource(type="parquet", path=str(input)))
     connect_for(s, address)
     ds = open_files(source).dataset
-    model = {"uri": ref.model_uri, "key": reg.check_version(v), "features": ref.features, "schema": ref.schema,
+    model = {"uri": ref.model_uri, "key": ref.manifest_sha256, "features": ref.features, "schema": ref.schema,
              "trusted": list(trusted)}
     return check_window(s, ref, ds, input=str(input), model=model, report_dir=report)
 

@@ -24,6 +24,7 @@ from raypipe.monitor.performance import estimated, measured
 from raypipe.monitor.reference import Reference, build_plan
 from raypipe.monitor.window import count_window
 from raypipe.rowchecks import missing_column_findings, null_findings
+from raypipe.schema import feature_columns
 from raypipe.spec import Spec
 from raypipe.store import Store
 
@@ -120,7 +121,8 @@ def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any], spe
     """Raise what makes the window itself unusable, as the validate stage would for a split."""
     schema = plan["schema"]
     target = (schema.get("target") or {}).get("name")
-    needed = {**schema, "columns": {c: v for c, v in schema["columns"].items() if c != target}}
+    features = set(feature_columns(schema))  # ids and the target may be absent from a window
+    needed = {**schema, "columns": {c: v for c, v in schema["columns"].items() if c in features and c != target}}
     problems = [f["message"] for f in missing_column_findings(needed, present, "the monitored version's schema")]
     if doc is not None:
         stats = {"rows": doc["rows"], "nulls": {c: p["nulls"] + doc["invalid"] for c, p in doc["columns"].items()}}

@@ -39,6 +39,7 @@ class Reference:
     features: dict[str, Any]
     model_uri: str
     threshold: float
+    manifest_sha256: str = ""  # the manifest as checked here: the key under which Ray workers cache the predictor
 
 
 def load_reference(reg: Registry, version: int) -> Reference:
@@ -47,7 +48,7 @@ def load_reference(reg: Registry, version: int) -> Reference:
     Raises:
         RegistryError: the version was registered before raypipe kept a drift reference.
     """
-    reg.check_version(version)
+    manifest = reg.check_version(version)
     vs = reg.version_store(version)
     missing = [f for f in REQUIRED if not vs.exists(f)]
     if missing:
@@ -62,7 +63,7 @@ def load_reference(reg: Registry, version: int) -> Reference:
         predictions=vs.read_json("monitor/predictions.json"),
         sample=pq.read_table(io.BytesIO(vs.read_bytes("monitor/sample.parquet"))).to_pandas(),
         metrics=vs.read_json("metrics.json"), features=vs.read_json("features.json"), model_uri=vs.full_uri("model"),
-        threshold=float(reg.meta(version).get("threshold", 0.5)))
+        threshold=float(reg.meta(version).get("threshold", 0.5)), manifest_sha256=manifest)
 
 
 def vocabulary(features: dict[str, Any], column: str) -> list[str] | None:
