@@ -1,7 +1,8 @@
 """Drift detection on 1M rows x (20 numeric + 2 categorical): raypipe vs Evidently vs a numpy floor.
 
 A reference and a window of 1,000,000 rows each (the window has 5 numeric columns moved by half
-a standard deviation and one categorical column's mix changed), as parquet files. One run:
+a standard deviation and one categorical column's mix changed), as parquet (the window as 8
+files, as a window of the prediction log or an export arrives). One run:
 
   (a) numpy floor: PSI per column with the reference's ten quantile bins computed beforehand
       (np.searchsorted + np.bincount on the window's in-memory arrays; categorical columns by
@@ -195,7 +196,12 @@ def main() -> None:
         return
     d = Path(tempfile.mkdtemp(prefix="drift-bench-"))
     _frame(args.rows, 1, False).to_parquet(d / "reference.parquet", index=False)
-    _frame(args.rows, 2, True).to_parquet(d / "window.parquet", index=False)
+    window = _frame(args.rows, 2, True)  # a window arrives as several files (log parts, exports): 8 here
+    (d / "window.parquet").mkdir()
+    step = -(-args.rows // 8)
+    for i in range(8):
+        window.iloc[i * step:(i + 1) * step].to_parquet(d / "window.parquet" / f"part-{i}.parquet", index=False)
+    del window
 
     def part(name: str) -> dict[str, Any]:
         proc = subprocess.run([sys.executable, __file__, "--part", name, "--dir", str(d)], capture_output=True,

@@ -87,14 +87,27 @@ def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str, *, vers
     ref = load_reference(reg, v)
     trusted = trusted_factories(s)
     check_trusted(reg.version_store(v).read_json("model", "model.json")["kind"], trusted)
-    name = str(input).lower().rstrip("/")
-    source = (CsvSource(type="csv", path=str(input)) if name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz"))
-              else ParquetSource(type="parquet", path=str(input)))
+    source = _window_source(str(input), CsvSource, ParquetSource)
     connect_for(s, address)
     ds = open_files(source).dataset
     model = {"uri": ref.model_uri, "key": ref.manifest_sha256, "features": ref.features, "schema": ref.schema,
              "trusted": list(trusted)}
     return check_window(s, ref, ds, input=str(input), model=model, report_dir=report)
+
+
+def _window_source(path: str, csv: Any, parquet: Any) -> Any:
+    """A CSV source for a .csv/.tsv file or a folder holding only such files; parquet otherwise."""
+    from raypipe.ingest.files import CSV_EXTENSIONS, PARQUET_EXTENSIONS, filesystem_and_path
+
+    fs, inner = filesystem_and_path(path)
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(inner).type == pafs.FileType.Directory:
+        names = [i.path.lower() for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True))]
+        is_csv = any(n.endswith(CSV_EXTENSIONS) for n in names) and not any(n.endswith(PARQUET_EXTENSIONS) for n in names)
+    else:
+        is_csv = path.lower().endswith(CSV_EXTENSIONS)
+    return csv(type="csv", path=path) if is_csv else parquet(type="parquet", path=path)
 
 
 def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | None = None, format: str = "onnx",

@@ -9,3 +9,13 @@ def test_public_serve_function_survives_imports_of_the_serve_subpackage() -> Non
     code = "import raypipe, raypipe.serve.batch, raypipe.serve.deploy; print(callable(raypipe.serve))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_public_monitor_function_survives_imports_of_the_monitor_subpackage() -> None:
+    import subprocess
+    import sys
+
+    code = ("import raypipe, raypipe.monitor.check, raypipe.monitor.window; "
+            "print(callable(raypipe.monitor), 'monitor' in raypipe.__all__, raypipe.DriftDetected.exit_code)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True True 5"

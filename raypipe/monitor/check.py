@@ -23,7 +23,7 @@ from raypipe.monitor.drift import decide_column
 from raypipe.monitor.performance import estimated, measured
 from raypipe.monitor.reference import Reference, build_plan
 from raypipe.monitor.window import count_window
-from raypipe.rowchecks import missing_column_findings, null_findings
+from raypipe.rowchecks import null_findings
 from raypipe.schema import feature_columns
 from raypipe.spec import Spec
 from raypipe.store import Store
@@ -117,19 +117,26 @@ def _prediction_drift(plan: dict[str, Any], doc: dict[str, Any], cfg: Any, enoug
     return {"drifted": None if not enough else any(flags), "parts": parts}
 
 
-def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any], spec: Spec) -> None:
-    """Raise what makes the window itself unusable, as the validate stage would for a split."""
+def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any] | None, spec: Spec) -> None:
+    """Raise what makes the window itself unusable, by the validate stage's rules: a feature column
+    missing, more missing values in a column than ``validate.max_missing_fraction`` (over the valid
+    rows), more invalid rows than that share, or any invalid row under ``on_invalid_rows: fail``."""
     schema = plan["schema"]
-    target = (schema.get("target") or {}).get("name")
-    features = set(feature_columns(schema))  # ids and the target may be absent from a window
-    needed = {**schema, "columns": {c: v for c, v in schema["columns"].items() if c in features and c != target}}
-    problems = [f["message"] for f in missing_column_findings(needed, present, "the monitored version's schema")]
+    features = feature_columns(schema)  # ids and the target may be absent from a window
+    problems = [f"column {c!r} is missing from the window (the version was trained with it, as "
+                f"{schema['columns'][c]['type']}); add it to the input" for c in features if c not in present]
     if doc is not None:
-        stats = {"rows": doc["rows"], "nulls": {c: p["nulls"] + doc["invalid"] for c, p in doc["columns"].items()}}
-        problems += [f["message"] for f in null_findings(stats, needed, spec.validate.max_missing_fraction, "window")]
-        if doc["invalid"] and spec.validate.on_invalid_rows == "fail":
-            problems += [f"window: {n} row(s) invalid — {r} (validate.on_invalid_rows: fail)"
-                         for r, n in sorted(doc["reasons"].items())]
+        limit = spec.validate.max_missing_fraction
+        needed = {**schema, "columns": {c: schema["columns"][c] for c in features}}
+        stats = {"rows": doc["valid"], "nulls": {c: p["nulls"] for c, p in doc["columns"].items()}}
+        problems += [f["message"] for f in null_findings(stats, needed, limit, "window")]
+        share = doc["invalid"] / doc["rows"] if doc["rows"] else 0.0
+        reasons = "; ".join(f"{r} ({n:,})" for r, n in sorted(doc["reasons"].items(), key=lambda kv: -kv[1]))
+        if share > limit:
+            problems.append(f"window: {doc['invalid']:,} of {doc['rows']:,} rows ({share:.1%}) are invalid > "
+                            f"validate.max_missing_fraction={limit:g}: {reasons}")
+        elif doc["invalid"] and spec.validate.on_invalid_rows == "fail":
+            problems.append(f"window: {doc['invalid']:,} row(s) invalid (validate.on_invalid_rows: fail): {reasons}")
     if problems:
         raise DataValidationError(problems)
 

@@ -132,10 +132,11 @@ def block_counts(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any
     row invalid here: monitoring windows are mostly unlabelled.
     """
     schema = {**plan["schema"], "target": None}
-    batch = annotate(batch.copy(), schema)
+    batch = annotate(batch.copy(deep=False), schema)  # adds a column: the caller's frame stays as it was
     bad = batch[REASON].notna()
     reasons = batch.loc[bad, REASON].map(reason_key).value_counts()
-    valid = coerce_numeric(batch.loc[~bad].drop(columns=[REASON]), schema).reset_index(drop=True)
+    valid = batch.drop(columns=[REASON]) if not bad.any() else batch.loc[~bad].drop(columns=[REASON])
+    valid = coerce_numeric(valid, schema).reset_index(drop=True)
     doc: dict[str, Any] = {"rows": int(len(batch)), "valid": int(len(valid)), "invalid": int(bad.sum()),
                            "reasons": {str(k): int(v) for k, v in reasons.items()}, "columns": {}}
     for c, col in plan["columns"].items():
