@@ -707,6 +707,10 @@ class DriftSection(_Section):
     min_rows: int = Field(default=1000, ge=1)
     max_null_rate_change: float = Field(default=0.1, gt=0.0, le=1.0,
                                         description="a column whose share of missing values moved more has drifted")
+    prediction_threshold: float = Field(default=0.15, gt=0.0,
+                                        description="the version's score (or regression value) drifts when its "
+                                                    "distribution moves more than this many test-split standard "
+                                                    "deviations (Wasserstein distance)")
     multivariate_auc: float = Field(default=0.6, gt=0.5, le=1.0,
                                     description="the domain classifier's ROC-AUC above which the window as a whole "
                                                 "has drifted (0.5: it cannot tell the window from the training rows)")

@@ -93,23 +93,29 @@ class MonitorReport(BaseModel):
 
 
 def _prediction_drift(plan: dict[str, Any], doc: dict[str, Any], cfg: Any, enough: bool) -> dict[str, Any] | None:
-    """The version's answers (classes, clusters, flags or values) and its score against the test split's."""
+    """The version's answers (classes, clusters, flags or values) and its score against the test split's.
+
+    Classes, clusters and flags by ``method`` against ``threshold`` like any categorical column; the
+    score (and a regressor's value) by the Wasserstein distance in the test split's standard deviations
+    against ``prediction_threshold``. PSI over the score's deciles barely moves when a classifier's
+    rare positive class grows: on the transactions model, ``drift: 0.5`` took the predicted fraud rate
+    from 5.7 % to 9.2 % and the mean score up by half, yet PSI only to 0.03 (undrifted 1,000-row
+    windows reach 0.03 too); the mean shift is 0.23 standard deviations (undrifted: at most 0.08).
+    """
     parts = {}
+    numeric_cfg = cfg.model_copy(update={"method": "wasserstein", "threshold": cfg.prediction_threshold,
+                                         "per_column": {}})
     for key in ("answer", "score"):
         ref = plan.get(key)
         if not ref or key not in doc:
             continue
         if ref["kind"] == "numeric":
-            counts = np.asarray(ref["counts"], dtype=np.float64)
-            means = np.array([m if m is not None else 0.0 for m in ref["means"]])
-            mu = float((counts * means).sum() / counts.sum()) if counts.sum() else 0.0
-            std = float(np.sqrt((counts * (means - mu) ** 2).sum() / counts.sum())) if counts.sum() else None
             col = {"kind": "numeric", "edges": ref["edges"], "ref_counts": ref["counts"], "ref_means": ref["means"],
-                   "ref_std": std}
+                   "ref_std": ref.get("std")}
         else:
             col = {"kind": "categorical", "values": ref["values"], "ref_counts": [*ref["counts"], ref.get("rest", 0)]}
         part = {**doc[key], "nulls": 0, "unseen": doc[key].get("unseen", 0)}
-        entry = decide_column(f"__{key}", col, part, 1, cfg, enough)
+        entry = decide_column(f"__{key}", col, part, 1, numeric_cfg if ref["kind"] == "numeric" else cfg, enough)
         parts[key] = {**entry, "ref_counts": col["ref_counts"]}
     if not parts:
         return None
@@ -126,7 +132,7 @@ def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any] | No
     problems = [f"column {c!r} is missing from the window (the version was trained with it, as "
                 f"{schema['columns'][c]['type']}); add it to the input" for c in features if c not in present]
     if doc is not None:
-        limit = spec.validate.max_missing_fraction
+        limit = spec.validate_.max_missing_fraction
         needed = {**schema, "columns": {c: schema["columns"][c] for c in features}}
         stats = {"rows": doc["valid"], "nulls": {c: p["nulls"] for c, p in doc["columns"].items()}}
         problems += [f["message"] for f in null_findings(stats, needed, limit, "window")]
@@ -135,7 +141,7 @@ def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any] | No
         if share > limit:
             problems.append(f"window: {doc['invalid']:,} of {doc['rows']:,} rows ({share:.1%}) are invalid > "
                             f"validate.max_missing_fraction={limit:g}: {reasons}")
-        elif doc["invalid"] and spec.validate.on_invalid_rows == "fail":
+        elif doc["invalid"] and spec.validate_.on_invalid_rows == "fail":
             problems.append(f"window: {doc['invalid']:,} row(s) invalid (validate.on_invalid_rows: fail): {reasons}")
     if problems:
         raise DataValidationError(problems)

@@ -118,9 +118,12 @@ def build_plan(ref: Reference, *, threshold: float | None = None) -> dict[str, A
     for c in feats.get("categorical", []):
         p = profile.get(c, {})
         bins = p.get("bins") or {}
+        known = p.get("values")
         cols[c] = {"kind": "categorical", "values": bins.get("values", []),
                    "ref_counts": [*bins.get("counts", []), bins.get("rest", 0)],
-                   "known": p.get("values"), "ref_null_rate": p.get("missing_rate", 0.0)}
+                   "known": known, "ref_null_rate": p.get("missing_rate", 0.0),
+                   # a CSV window reads a missing text as "" (pyarrow's default): missing, unless training had ""
+                   "empty_is_missing": "" not in (known if known is not None else bins.get("values", []))}
     for c in feats.get("text", []):
         vocab = vocabulary(ref.features, c)
         lengths, tokens, oov = text_stats(ref.sample[c], set(vocab) if vocab else None) if c in ref.sample \

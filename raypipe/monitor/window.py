@@ -137,6 +137,10 @@ def block_counts(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any
     reasons = batch.loc[bad, REASON].map(reason_key).value_counts()
     valid = batch.drop(columns=[REASON]) if not bad.any() else batch.loc[~bad].drop(columns=[REASON])
     valid = coerce_numeric(valid, schema).reset_index(drop=True)
+    for c, col in plan["columns"].items():
+        s = valid[c] if c in valid else None
+        if col.get("empty_is_missing") and s is not None and (s.dtype == object or pd.api.types.is_string_dtype(s)):
+            valid[c] = s.mask(s == "", None)
     doc: dict[str, Any] = {"rows": int(len(batch)), "valid": int(len(valid)), "invalid": int(bad.sum()),
                            "reasons": {str(k): int(v) for k, v in reasons.items()}, "columns": {}}
     for c, col in plan["columns"].items():

@@ -38,3 +38,13 @@ def test_regression_reference_bins_the_predicted_values_and_has_no_calibration()
     doc = prediction_reference(test, None, 0.5)
     assert doc["answer"]["kind"] == "numeric" and sum(doc["answer"]["counts"]) == 1000
     assert doc["score"] is None and doc["calibration"] is None
+
+
+def test_few_positives_get_platts_sigmoid_rather_than_isotonic_steps() -> None:
+    rng = np.random.default_rng(2)
+    p = 1 / (1 + np.exp(-rng.normal(-4, 1.5, 3000)))  # ~3 % positives: under 1,000 of them
+    y = (rng.random(len(p)) < p).astype(np.int64)
+    test = Scored("classification", y, np.c_[1 - p, p], pd.DataFrame(index=range(3000)), ["0", "1"])
+    cal = prediction_reference(test, test, 0.5)["calibration"]
+    assert cal["method"] == "sigmoid" and cal["ece"] < 0.02
+    assert np.all(np.diff(cal["y"]) >= 0) and 0 < cal["y"][1] < cal["y"][-2] < 1  # smooth, monotone, no 0/1 plateaus

@@ -113,9 +113,10 @@ def test_usage_errors_exit_2(pipeline, tmp_path, capsys):
 
 def test_labels_give_measured_performance_and_the_estimate_without_them_is_within_0_03(pipeline, tmp_path):
     spec = yaml.safe_load(pipeline.read_text())
-    labelled = raypipe.monitor(spec, input=str(_window(tmp_path, "lab", 10_000, seed=16, labels=True)))
-    unlabelled = raypipe.monitor(spec, input=str(_window(tmp_path, "unlab", 10_000, seed=16)))
-    assert labelled.performance["kind"] == "measured" and labelled.performance["rows"] == 10_000
+    # 40,000 rows (~1,100 frauds): the realised ROC-AUC of a 10,000-row window still wanders by ±0.02
+    labelled = raypipe.monitor(spec, input=str(_window(tmp_path, "lab", 40_000, seed=16, labels=True)))
+    unlabelled = raypipe.monitor(spec, input=str(_window(tmp_path, "unlab", 40_000, seed=16)))
+    assert labelled.performance["kind"] == "measured" and labelled.performance["rows"] == 40_000
     assert set(labelled.performance["version_test"]) >= {"accuracy", "roc_auc"}
     est = unlabelled.performance
     assert est["kind"] == "estimated" and est["trustworthy"], est
