@@ -2,7 +2,9 @@
 
 :func:`check_window` takes a Ray dataset (a batch file read by raypipe's file reading, or, later,
 a window of the prediction log: the log's rows hold the request's input columns, and ``__``
-columns are ignored here) and returns a :class:`MonitorReport`; the report and its pictures are
+columns are ignored here; the caller keeps the rows one version answered, by ``__version``) and
+returns a :class:`MonitorReport`; the version re-scores the rows (the same answers the log holds:
+one predictor everywhere) so that a batch file without answers is checked the same way; the report and its pictures are
 kept under ``<storage>/monitor/<pipeline>/<window-id>/``.
 """
 from __future__ import annotations
