@@ -165,3 +165,16 @@ def test_per_block_counts_merged_through_ray_data_equal_the_one_shot_counts(pipe
     assert merged["confidence"]["expected_correct"] == pytest.approx(one["confidence"]["expected_correct"])
     assert len(sample) == 300 and list(sample.columns) == ["amount", "country"]
     assert len(labelled) == 5000 and np.isfinite(labelled["s1"]).all()
+
+
+def test_measured_performance_below_the_gate_exits_5_without_drift(pipeline, tmp_path, capsys):
+    """Labels that disagree with the model (flipped): no column moved, but ROC-AUC falls under the gate's 0.6."""
+    df = generate_transactions(3000, seed=19)
+    df["is_fraud"] = 1 - df["is_fraud"]
+    df.to_parquet(tmp_path / "flipped.parquet", index=False)
+    code, summary, err = _monitor(capsys, str(pipeline), "--input", str(tmp_path / "flipped.parquet"))
+    assert code == 5, err[-3000:]
+    assert summary["status"] == "ok" and summary["drifted"] == []
+    perf = summary["performance"]
+    assert perf["kind"] == "measured" and perf["below_gate"] and perf["metrics"]["roc_auc"] < 0.6
+    assert "measured performance below the gate: roc_auc >= 0.6" in err
