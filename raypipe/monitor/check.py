@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from raypipe.errors import DataValidationError
@@ -94,7 +93,7 @@ class MonitorReport(BaseModel):
         }
 
 
-def _prediction_drift(plan: dict[str, Any], doc: dict[str, Any], cfg: Any, enough: bool) -> dict[str, Any] | None:
+def prediction_drift_of(plan: dict[str, Any], doc: dict[str, Any], cfg: Any, enough: bool) -> dict[str, Any] | None:
     """The version's answers (classes, clusters, flags or values) and its score against the test split's.
 
     Classes, clusters and flags by ``method`` against ``threshold`` like any categorical column; the
@@ -149,6 +148,16 @@ def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any] | No
         raise DataValidationError(problems)
 
 
+def check_per_column(cfg: Any, plan: dict[str, Any]) -> None:
+    """``monitor.drift.per_column`` may name only monitored columns: a typo would silently keep the default."""
+    unknown = sorted(set(cfg.per_column) - set(plan["columns"]))
+    if unknown:
+        from raypipe.errors import SpecError
+
+        raise SpecError(f"monitor.drift.per_column: {unknown} are not feature columns of the monitored version; "
+                        f"use some of {sorted(plan['columns'])}")
+
+
 def window_id(version: int, input: str) -> str:
     now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{now}-v{version}-{hashlib.sha256(input.encode()).hexdigest()[:8]}"
@@ -166,6 +175,7 @@ def check_window(spec: Spec, ref: Reference, ds: Any, *, input: str, model: dict
     t0 = time.perf_counter()
     cfg = spec.monitor.drift
     plan = build_plan(ref)
+    check_per_column(cfg, plan)
     present = [c for c in ds.schema().names if not c.startswith("__")]
     _validate(plan, present, None, spec)
     n = ds.count()
@@ -179,7 +189,7 @@ def check_window(spec: Spec, ref: Reference, ds: Any, *, input: str, model: dict
     enough = valid >= cfg.min_rows
     columns = {c: ColumnDrift(**decide_column(c, plan["columns"][c], part, valid, cfg, enough))
                for c, part in doc["columns"].items()}
-    prediction = _prediction_drift(plan, doc, cfg, enough)
+    prediction = prediction_drift_of(plan, doc, cfg, enough)
     multivariate = domain_classifier(ref.sample, window_sample, feats.get("numeric", []), feats.get("categorical", []),
                                      cfg.multivariate_auc, seed=spec.data.split.seed)
     if not enough:

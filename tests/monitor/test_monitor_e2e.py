@@ -178,3 +178,28 @@ def test_measured_performance_below_the_gate_exits_5_without_drift(pipeline, tmp
     perf = summary["performance"]
     assert perf["kind"] == "measured" and perf["below_gate"] and perf["metrics"]["roc_auc"] < 0.6
     assert "measured performance below the gate: roc_auc >= 0.6" in err
+
+
+def test_twenty_undrifted_windows_of_1000_rows_raise_no_column_or_prediction_alarm(pipeline):
+    """The version's own predictions included (the block function in process, no Ray)."""
+    from raypipe.model.formats import trusted_factories
+    from raypipe.monitor.check import prediction_drift_of
+    from raypipe.monitor.drift import decide_column
+    from raypipe.monitor.reference import build_plan, load_reference
+    from raypipe.monitor.window import block_counts
+
+    spec = raypipe.load_spec(pipeline)
+    reg = Registry.for_spec(spec)
+    ref = load_reference(reg, reg.alias("champion"))
+    plan = build_plan(ref)
+    model = {"uri": ref.model_uri, "key": ref.manifest_sha256, "features": ref.features, "schema": ref.schema,
+             "trusted": list(trusted_factories(spec))}
+    cfg = spec.monitor.drift
+    alarms, score_shift = 0, []
+    for i in range(20):
+        doc = block_counts(generate_transactions(1000, seed=900 + i), plan, model)[0]
+        columns = [decide_column(c, plan["columns"][c], p, doc["valid"], cfg, True) for c, p in doc["columns"].items()]
+        prediction = prediction_drift_of(plan, doc, cfg, True)
+        score_shift.append(prediction["parts"]["score"]["value"])
+        alarms += any(c["drifted"] for c in columns) or prediction["drifted"]
+    assert alarms <= 1 and max(score_shift) < cfg.prediction_threshold

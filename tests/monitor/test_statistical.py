@@ -106,3 +106,12 @@ def test_counts_of_any_block_split_add_up_to_the_one_shot_counts(plan) -> None:
     one = column_verdicts(plan, window, blocks=1)
     many = column_verdicts(plan, window, blocks=7)
     assert {c: v["value"] for c, v in one.items()} == pytest.approx({c: v["value"] for c, v in many.items()})
+
+
+def test_a_per_column_threshold_for_a_column_the_version_lacks_is_refused(plan) -> None:
+    from raypipe.errors import SpecError
+    from raypipe.monitor.check import check_per_column
+
+    check_per_column(DriftSection(per_column={"amount": 0.3}), plan)
+    with pytest.raises(SpecError, match=r"monitor.drift.per_column: \['amont'\] .* use some of .*'amount'"):
+        check_per_column(DriftSection(per_column={"amont": 0.3}), plan)
