@@ -4,20 +4,29 @@ A path is a local file or folder, or a pyarrow filesystem URI such as
 ``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http&region=us-east-1``.
 In a folder, only files with the format's extensions are read; names starting with
 ``_`` or ``.`` (``_SUCCESS``, ``.part-0.crc``) are skipped, as Ray Data does.
+
+Text formats keep their text: every csv column is read as strings (pyarrow would type a column
+from the first block of each file: a stray ``n/a?`` made it text in one file and numeric in the
+next, or stopped a large file's read), and a json column whose values mix numbers and text is
+text. The validate stage types such columns by majority over the whole training split
+(``raypipe.validate.infer``). In both formats the cells listed in ``data.na_values`` (empty,
+``NA``, ``null``, ``-``, ...) are missing values, whatever the column.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raypipe.errors import SpecError
-from raypipe.spec import CsvSource, JsonSource, ParquetSource
+from raypipe.spec import NA_VALUES, CsvSource, JsonSource, ParquetSource
 
 if TYPE_CHECKING:
     import ray.data
@@ -28,6 +37,7 @@ CSV_EXTENSIONS = tuple(f"{e}{c}" for c in ("", *(f".{z}" for z in _COMPRESSED)) 
 JSON_EXTENSIONS = tuple(f"{e}{c}" for c in ("", *(f".{z}" for z in _COMPRESSED)) for e in ("json", "jsonl", "ndjson"))
 _EXTENSIONS = {"parquet": PARQUET_EXTENSIONS, "csv": CSV_EXTENSIONS, "json": JSON_EXTENSIONS}
 _SNIFF_BYTES = 4096
+_HEADER_BYTES = 1 << 16  # read to find a csv file's column names; grown while the header is longer
 _USERINFO = re.compile(r"^([a-zA-Z][\w+.-]*://)[^/@]*@")
 
 
@@ -69,10 +79,15 @@ def _with_env_credentials(fs: pafs.FileSystem) -> pafs.FileSystem:
     return rebuild(options)
 
 
-def read_files(source: ParquetSource | CsvSource | JsonSource) -> ray.data.Dataset:
-    """Open a parquet, csv or json file (or folder of them) as a lazy ``ray.data.Dataset``."""
+def read_files(source: ParquetSource | CsvSource | JsonSource,
+               na_values: Sequence[str] | None = None) -> ray.data.Dataset:
+    """Open a parquet, csv or json file (or folder of them) as a lazy ``ray.data.Dataset``.
+
+    ``na_values``: csv and json cells that are missing values (default: ``spec.NA_VALUES``).
+    """
     import ray.data
 
+    na = list(NA_VALUES if na_values is None else na_values)
     fs, path = filesystem_and_path(source.path)
     is_file, files = _list_files(fs, path, source)
     extensions = None if is_file else list(_EXTENSIONS[source.type])
@@ -81,9 +96,46 @@ def read_files(source: ParquetSource | CsvSource | JsonSource) -> ray.data.Datas
     if isinstance(source, CsvSource):
         import pyarrow.csv as pacsv
 
-        return ray.data.read_csv(path, filesystem=fs, file_extensions=extensions,
-                                 parse_options=pacsv.ParseOptions(delimiter=source.delimiter))
-    return _read_json(fs, files, source.path)
+        parse = pacsv.ParseOptions(delimiter=source.delimiter)
+        convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in _csv_names(fs, files, parse)},
+                                       null_values=na, strings_can_be_null=True, quoted_strings_can_be_null=True)
+        return ray.data.read_csv(path, filesystem=fs, file_extensions=extensions, parse_options=parse,
+                                 convert_options=convert)
+    return _read_json(fs, files, source.path, na)
+
+
+# --- csv ---------------------------------------------------------------------------
+def _csv_names(fs: pafs.FileSystem, files: list[str], parse: Any) -> list[str]:
+    """The column names of every csv file's header (the union, in order of appearance).
+
+    Each file's first block only is read. Every column is then read as strings: no value of a
+    later block can fail a type pyarrow guessed from the first.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.csv as pacsv
+
+    def header(f: str) -> list[str]:
+        size = _HEADER_BYTES
+        while True:
+            with fs.open_input_stream(f, compression="detect") as stream:
+                try:
+                    reader = pacsv.open_csv(stream, parse_options=parse,
+                                            read_options=pacsv.ReadOptions(block_size=size, use_threads=False))
+                except pa.ArrowInvalid as e:
+                    if "Empty CSV file" in str(e):
+                        return []
+                    if "straddling" not in str(e) or size >= 1 << 30:
+                        raise
+                    size *= 4  # a header longer than the block
+                    continue
+                return reader.schema.names
+
+    names: dict[str, None] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one small read per file: many at once on object stores
+        for found in pool.map(header, files):
+            names.update(dict.fromkeys(found))
+    return list(names)
 
 
 def _list_files(fs: pafs.FileSystem, path: str, source: Any) -> tuple[bool, list[str]]:
@@ -118,30 +170,21 @@ def _wanted(file: str, base: str, extensions: tuple[str, ...]) -> bool:
 
 
 # --- json --------------------------------------------------------------------------
-def _read_json(fs: pafs.FileSystem, files: list[str], shown_path: str) -> ray.data.Dataset:
-    """JSON lines through Ray's arrow JSON reader; files holding a JSON array parsed per file.
+def _read_json(fs: pafs.FileSystem, files: list[str], shown_path: str, na_values: list[str]) -> ray.data.Dataset:
+    """Every JSON file read as bytes and parsed by one task per file (``_parse_json_files``).
 
-    Ray's ``read_json`` reads JSON lines with ``pyarrow.json`` (``lines=True`` is the
-    pandas reader, which refuses a ``filesystem``). A JSON array makes pyarrow fail and
-    Ray fall back to ``pa.Table.from_pylist``, which keeps only the first object's keys:
-    so array files are read as bytes and parsed here, keeping every key.
+    JSON lines go through ``pyarrow.json`` (typed by pyarrow). A file pyarrow refuses (a column
+    holding numbers and text, such as ``1.5`` and ``"NA"``) and a JSON array (where Ray's
+    fallback, ``pa.Table.from_pylist``, keeps only the first object's keys) are parsed with
+    Python's ``json``, keeping every key; a column of mixed types becomes text.
     """
     import ray.data
 
-    kinds: dict[str, list[str]] = {"lines": [], "array": []}
-    for f in files:
-        kind = _json_kind(fs, f, shown_path)
-        if kind:
-            kinds[kind].append(f)
-    parts = []
-    if kinds["lines"]:
-        parts.append(ray.data.read_json(kinds["lines"], filesystem=fs, file_extensions=None))
-    if kinds["array"]:
-        raw = ray.data.read_binary_files(kinds["array"], filesystem=fs, include_paths=True, file_extensions=None)
-        parts.append(raw.map_batches(_parse_json_arrays, batch_format="pyarrow", batch_size=1))
-    if not parts:
+    wanted = [f for f in files if _json_kind(fs, f, shown_path)]
+    if not wanted:
         raise SpecError(f"data.source.path: {redact(shown_path)!r} holds only empty JSON files; point it at data")
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    raw = ray.data.read_binary_files(wanted, filesystem=fs, include_paths=True, file_extensions=None)
+    return raw.map_batches(_parse_json_files, fn_kwargs={"na_values": na_values}, batch_format="pyarrow", batch_size=1)
 
 
 def _json_kind(fs: pafs.FileSystem, path: str, shown_path: str) -> str | None:
@@ -158,11 +201,49 @@ def _json_kind(fs: pafs.FileSystem, path: str, shown_path: str) -> str | None:
     )
 
 
-def _parse_json_arrays(batch: pa.Table) -> pa.Table:
-    records: list[dict[str, Any]] = []
-    for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist(), strict=True):
-        records.extend(_array_records(data, path))
-    return table_from_records(records)
+def _parse_json_files(batch: pa.Table, na_values: list[str]) -> pa.Table:
+    tables = [_json_table(data, path) for path, data in
+              zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist(), strict=True)]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    return null_na_values(table, na_values)
+
+
+def _json_table(data: bytes, path: str) -> pa.Table:
+    """One JSON file (lines or an array of objects) as a table."""
+    import pyarrow.json as pajson
+
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":
+        return table_from_records(_array_records(data, path), mixed_as_text=True)
+    try:
+        return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(use_threads=False))
+    except pa.ArrowInvalid:  # mixed types in a column, or an object longer than pyarrow's block
+        pass
+    records = []
+    for i, line in enumerate(data.decode("utf-8-sig").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{path}: line {i} is not valid JSON ({e})") from None
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: expected one JSON object per line")
+    return table_from_records(records, mixed_as_text=True)
+
+
+def null_na_values(table: pa.Table, na_values: list[str]) -> pa.Table:
+    """Text cells listed in ``na_values`` (``data.na_values``) as missing values."""
+    import pyarrow.compute as pc
+
+    if not na_values:
+        return table
+    tokens = pa.array(na_values, type=pa.string())
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            col = table.column(i)
+            na = pc.is_in(col, value_set=tokens.cast(field.type))
+            if pc.any(na).as_py():
+                table = table.set_column(i, field, pc.if_else(na, pa.scalar(None, field.type), col))
+    return table
 
 
 def _array_records(data: bytes, path: str) -> list[dict[str, Any]]:
@@ -175,12 +256,28 @@ def _array_records(data: bytes, path: str) -> list[dict[str, Any]]:
     return value
 
 
-def table_from_records(records: list[dict[str, Any]]) -> pa.Table:
+def table_from_records(records: list[dict[str, Any]], mixed_as_text: bool = False) -> pa.Table:
     """An arrow table with a column for every key of any record (missing values are null).
 
-    ``pa.Table.from_pylist`` alone takes its columns from the first record only.
+    ``pa.Table.from_pylist`` alone takes its columns from the first record only. With
+    ``mixed_as_text``, a column whose values pyarrow cannot hold in one type (numbers and
+    text) becomes text; without it, pyarrow's error is raised.
     """
     keys: dict[str, None] = {}
     for r in records:
         keys.update(dict.fromkeys(r))
-    return pa.table({k: [r.get(k) for r in records] for k in keys})
+    if not mixed_as_text:
+        return pa.table({k: [r.get(k) for r in records] for k in keys})
+    return pa.table({k: _array([r.get(k) for r in records]) for k in keys})
+
+
+def _array(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else json_text(v) for v in values], type=pa.string())
+
+
+def json_text(v: Any) -> str:
+    """A JSON value as the text a file would hold: strings as they are, numbers, true/false, objects as JSON."""
+    return v if isinstance(v, str) else json.dumps(v)

@@ -20,11 +20,12 @@ TreeSource = ImagesSource | TextSource
 AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource
 
 
-def read_source(source: AnySource, scratch: Store | None = None) -> Any:
+def read_source(source: AnySource, scratch: Store | None = None, na_values: list[str] | None = None) -> Any:
     """Open a source as a lazy ``ray.data.Dataset`` (read by Ray tasks, not on the driver).
 
     ``scratch``: a folder every Ray node can read, for a source that lands its data in files
     first (``http`` writes its pages there); the caller deletes it once the dataset is consumed.
+    ``na_values``: the cells of a csv or json source that are missing values (``data.na_values``).
     """
     if isinstance(source, BuiltinSource):
         from raypipe.ingest.builtin import builtin_dataset
@@ -48,7 +49,7 @@ def read_source(source: AnySource, scratch: Store | None = None) -> Any:
         return read_text_folder(source)
     from raypipe.ingest.files import read_files
 
-    return read_files(source)
+    return read_files(source, na_values=na_values)
 
 
 def data_fingerprint(source: AnySource, nonce: str = "") -> str:
