@@ -281,13 +281,15 @@ def runs_show(spec: Path = SpecArg, run_id: Optional[str] = typer.Argument(None,
     out.print("stages: " + "  ".join(f"{st['name']}:{st['status']} ({st['seconds']:.1f}s)" for st in m["stages"]))
     if not doc:
         return
-    splits = [sp for sp in ("train", "validation", "test", "champion") if doc.get(sp)]
+    sets = [(sp + (f" v{doc['champion']['version']}" if sp == "champion" else ""), doc[sp])
+            for sp in ("train", "validation", "test", "champion") if doc.get(sp)]
+    sets += [(f"{name} baseline (test)", b["test"]) for name, b in (doc.get("baselines") or {}).items() if "test" in b]
     table = Table(title="metrics")
     table.add_column("metric")
-    for sp in splits:
-        table.add_column(sp + (f" v{doc['champion']['version']}" if sp == "champion" else ""))
+    for name, _ in sets:
+        table.add_column(name)
     for k in sorted(key for key, v in doc["test"].items() if isinstance(v, float)):
-        table.add_row(k, *[_num(doc[sp].get(k)) for sp in splits])
+        table.add_row(k, *[_num(m.get(k)) for _, m in sets])
     out.print(table)
     out.print(f"threshold {doc['threshold']:.4f} ({doc.get('threshold_strategy')})")
     for f in doc.get("findings", []):

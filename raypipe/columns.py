@@ -1,6 +1,7 @@
 """Column helpers the stages share: coercion (the same whatever dtype a block arrived in), row hashing
-(values only, not block layout: the split, duplicates, resampling) and the one mergeable quantile
-sketch (the fitted numeric features and the data profile read their quantiles from the same merge).
+(values only, not block layout: the split, duplicates, resampling), the one mergeable quantile
+sketch (the fitted numeric features and the data profile read their quantiles from the same merge)
+and a mergeable frequent-values sketch (the fitted categorical features).
 """
 from __future__ import annotations
 
@@ -268,6 +269,49 @@ def sketch_quantiles(values: np.ndarray, weights: np.ndarray, levels: Sequence[f
     cum = np.cumsum(weights)
     idx = np.searchsorted(cum, np.asarray(levels, dtype=np.float64) * cum[-1])
     return values[np.minimum(idx, len(values) - 1)]
+
+
+# -- the frequent-values sketch ---------------------------------------------------------
+def counts_sketch(values: Sequence[Any], counts: Sequence[int] | np.ndarray, size: int,
+                  n: int | None = None) -> dict[str, Any]:
+    """A Misra-Gries summary of at most ``size`` counters from exact (value, count) pairs.
+
+    When there are more than ``size`` values, the ``size + 1``-th largest count is taken
+    off every counter and those left at zero or below are dropped (the Misra-Gries
+    reduction). The result ``{"values", "counts", "n"}`` (``n``: every value counted,
+    kept or not) is merged with :func:`merge_counts_sketches`, any number of times in
+    any order (Agarwal et al., "Mergeable summaries", 2012).
+
+    Error bound: for every value, ``true - (n - sum(counts)) / (size + 1) <= estimate <=
+    true`` (a value not kept has estimate 0), so every value seen in more than
+    ``n / (size + 1)`` rows is kept. With no more than ``size`` distinct values in all
+    it is exact.
+    """
+    v = np.asarray(values, dtype=object)
+    c = np.asarray(counts, dtype=np.int64)
+    total = int(c.sum()) if n is None else int(n)
+    if len(c) > size:
+        cut = np.partition(c, len(c) - size - 1)[len(c) - size - 1]  # the (size+1)-th largest count
+        keep = c > cut
+        v, c = v[keep], c[keep] - cut
+    return {"values": v.tolist(), "counts": c.tolist(), "n": total}
+
+
+def merge_counts_sketches(parts: Iterable[dict[str, Any]], size: int) -> dict[str, Any]:
+    """Add :func:`counts_sketch` summaries value by value, then reduce to ``size`` counters again."""
+    parts = [p for p in parts if p["values"]] or [{"values": [], "counts": [], "n": 0}]
+    n = sum(int(p["n"]) for p in parts)
+    if len(parts) == 1 and len(parts[0]["values"]) <= size:
+        return {"values": list(parts[0]["values"]), "counts": list(parts[0]["counts"]), "n": n}
+    summed = pd.Series(np.concatenate([np.asarray(p["counts"], dtype=np.int64) for p in parts]),
+                       index=pd.Index(np.concatenate([np.asarray(p["values"], dtype=object) for p in parts]),
+                                      dtype=object)).groupby(level=0, sort=False).sum()
+    return counts_sketch(summed.index.to_numpy(dtype=object), summed.to_numpy(dtype=np.int64), size, n)
+
+
+def sketch_error(sketch: dict[str, Any], size: int) -> float:
+    """The most any count in ``sketch`` is under its true value: (n - kept) / (size + 1)."""
+    return (sketch["n"] - sum(sketch["counts"])) / (size + 1)
 
 
 # -- row hashing ---------------------------------------------------------------------

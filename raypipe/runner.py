@@ -63,6 +63,7 @@ class RunResult:
     outputs: dict[str, StageOutput]
     manifest_path: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Any] | None = None  # the same metrics of the trivial and linear baselines (supervised tasks)
     version: int | None = None
     alias: str | None = None
     status: str = "ok"
@@ -75,6 +76,7 @@ class RunResult:
             "stages": {s["name"]: {"status": s["status"], "seconds": s["seconds"]} for s in self.stages},
             "data": self._data_summary(),
             "metrics": self.metrics,
+            "baselines": self.baselines,
             "version": self.version,
             "alias": self.alias,
             "endpoint": self.endpoint,
@@ -159,7 +161,9 @@ class Runner:
                 self.root.write_json(manifest_rel, manifest)
                 if stage.name == self.until:
                     break
-            result.metrics = result.outputs["evaluate"].outputs.metrics if "evaluate" in result.outputs else {}
+            if "evaluate" in result.outputs:
+                result.metrics = result.outputs["evaluate"].outputs.metrics
+                result.baselines = result.outputs["evaluate"].outputs.baselines
             if "register" in result.outputs:
                 reg = result.outputs["register"].outputs
                 result.version, result.alias = reg.version, reg.alias
@@ -175,6 +179,7 @@ class Runner:
             raise
         finally:
             manifest["metrics"] = result.metrics
+            manifest["baselines"] = result.baselines
             manifest["version"] = result.version
             manifest["finished"] = datetime.now(timezone.utc).isoformat()
             self.root.write_json(manifest_rel, manifest)

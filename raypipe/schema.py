@@ -3,8 +3,11 @@
 The schema is plain JSON stored with the data and in every model version; serving
 builds its request model from it. Column types: ``number``, ``integer``,
 ``boolean``, ``string``, ``text`` (free text: a string column named in
-``features.text.columns`` or a text source's ``text`` column) and ``image`` (an
-Arrow tensor column, with its ``shape``). A hand-written schema file may also give
+``features.text.columns`` or a text source's ``text`` column), ``datetime`` (an Arrow
+date or timestamp column, or a string column whose values are dates: see
+:mod:`raypipe.dates`; its ``format`` is ``iso``, ``dmy`` or ``mdy``) and ``image`` (an
+Arrow tensor column, with its ``shape``). A string column whose values are nearly all
+distinct is marked ``id_like`` (see :func:`refine_schema`) and kept out of the features. A hand-written schema file may also give
 a column ``min``/``max`` (numbers) or ``values`` (allowed categories): rows outside
 them are quarantined.
 """
@@ -19,7 +22,7 @@ import pyarrow as pa
 from raypipe.errors import DataValidationError
 
 FORMAT = "raypipe.schema/1"
-FEATURE_KINDS = ("numeric", "categorical", "text", "image")
+FEATURE_KINDS = ("numeric", "categorical", "datetime", "text", "image")
 NUMERIC_TYPES = ("number", "integer", "boolean")
 
 
@@ -42,6 +45,8 @@ def arrow_kind(t: pa.DataType) -> str | None:
         return "image"
     if pa.types.is_boolean(t):
         return "boolean"
+    if pa.types.is_date(t) or pa.types.is_timestamp(t):
+        return "datetime"
     if pa.types.is_integer(t):
         return "integer"
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -69,6 +74,8 @@ def _column(field: pa.Field, text_columns: list[str]) -> tuple[dict[str, Any] | 
     col: dict[str, Any] = {"type": kind, "nullable": True}
     if kind == "image":
         col["shape"] = tensor_shape(field.type)
+    if kind == "datetime":
+        col["format"] = "iso"  # typed by Arrow; strings sent to the endpoint are read as ISO 8601
     return col, None
 
 
@@ -118,10 +125,11 @@ def infer_schema(arrow_schema: pa.Schema, *, target: str | None, task: str, id_c
 
 
 def feature_lists(columns: dict[str, dict[str, Any]], target: str | None, id_columns: list[str]) -> dict[str, list[str]]:
-    """The feature columns by kind: every column but the target and the ids."""
-    feats = [c for c in columns if c != target and c not in id_columns]
+    """The feature columns by kind: every column but the target, the ids and the id-like strings."""
+    feats = [c for c in columns if c != target and c not in id_columns
+             and not (columns[c].get("id_like") and columns[c]["type"] == "string")]
     kind = {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "categorical",
-            "text": "text", "image": "image"}
+            "text": "text", "image": "image", "datetime": "datetime"}
     return {k: [c for c in feats if kind.get(columns[c]["type"]) == k] for k in FEATURE_KINDS}
 
 
@@ -141,8 +149,58 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def feature_columns(schema: dict[str, Any]) -> list[str]:
-    """Every feature column: numeric, categorical, text and image."""
+    """Every feature column: numeric, categorical, datetime, text and image."""
     return [c for kind in FEATURE_KINDS for c in schema["features"].get(kind, [])]
+
+
+ID_MIN_VALUES = 50  # fewer present values in the sample: too few to call a column identifier-like
+
+
+def distinct_fraction(values: pd.Series) -> tuple[float, int]:
+    """Distinct present values / present values, and the present count."""
+    present = values.dropna()
+    n = len(present)
+    return (float(present.nunique()) / n if n else 0.0), n
+
+
+def refine_schema(schema: dict[str, Any], sample: pd.DataFrame, *, datetime_fraction: float = 0.95,
+                  dayfirst: bool | None = None, id_fraction: float = 0.95) -> dict[str, Any]:
+    """What an inferred schema learns from a sample of the training rows (the Arrow types cannot tell).
+
+    * A ``string`` column where at least ``datetime_fraction`` of the present values are
+      dates (:func:`raypipe.dates.infer_format`) becomes ``datetime`` with their
+      ``format``; the rest of its values are quarantined by validate. ``date_fraction``
+      and, when the day/month order was a default, ``ambiguous_order`` are recorded.
+    * A ``string`` or ``integer`` feature column whose present values are at least
+      ``id_fraction`` distinct (and at least :data:`ID_MIN_VALUES` of them) is marked
+      ``id_like`` with its ``distinct_fraction``: an id-like string is kept out of the
+      features (one-hot of an identifier learns nothing that generalises), an id-like
+      integer stays numeric; validate warns about both.
+
+    The target, ``data.id_columns`` and text columns are left alone. Feature lists are
+    derived again. Returns ``schema``, changed in place.
+    """
+    from raypipe.dates import infer_format
+
+    target = schema["target"]["name"] if schema.get("target") else None
+    skip = {target, *schema.get("id_columns", [])}
+    for name, col in schema["columns"].items():
+        if name in skip or name not in sample.columns:
+            continue
+        s = sample[name]
+        if col["type"] == "string":
+            guess = infer_format(s, datetime_fraction, dayfirst)
+            if guess is not None:
+                col.update(type="datetime", format=guess.format, date_fraction=round(guess.fraction, 6))
+                if guess.ambiguous:
+                    col["ambiguous_order"] = True
+                continue
+        if col["type"] in ("string", "integer"):
+            frac, n = distinct_fraction(s)
+            if n >= ID_MIN_VALUES and frac >= id_fraction:
+                col.update(id_like=True, distinct_fraction=round(frac, 6))
+    schema["features"] = feature_lists(schema["columns"], target, schema.get("id_columns", []))
+    return schema
 
 
 def label_strings(values: Any) -> pd.Series:

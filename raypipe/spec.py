@@ -84,15 +84,47 @@ class BuiltinSource(_Section):
     drift: float = Field(default=0.0, ge=0.0, description="generated sets only")
 
 
+_ON_BAD_FILES = Field(
+    default="fail",
+    description="a file that cannot be read as its format (truncated, malformed, wrong encoding or delimiter): "
+                "fail names it and stops the run; skip reads the other files and lists it in the ingest output "
+                "and the data report",
+)
+
+
 class ParquetSource(_Section):
     type: Literal["parquet"]
     path: str = Field(description="a file or folder, local or any pyarrow.fs URI (s3://bucket/key?endpoint_override=...)")
+    on_bad_files: Literal["fail", "skip"] = _ON_BAD_FILES
 
 
 class CsvSource(_Section):
+    """CSV (or TSV) files; quoted values may hold newlines; a UTF-8 byte-order mark is dropped."""
+
     type: Literal["csv"]
     path: str
-    delimiter: str = ","
+    delimiter: str = Field(default=",", description="the one character between fields: , ; | or \\t for a tab")
+    encoding: str = Field(default="utf-8", description="the files' text encoding: utf-8, latin-1, cp1252, ...")
+    on_bad_files: Literal["fail", "skip"] = _ON_BAD_FILES
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, v: str) -> str:
+        v = {"\\t": "\t", "tab": "\t"}.get(v, v)
+        if len(v) != 1 or v in "\"\r\n":
+            raise ValueError(f"write one character such as ',' ';' '|' or '\\t' (got {v!r})")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"{v!r} is not a text encoding Python knows; write utf-8, latin-1, cp1252, ...") from None
+        return v
 
 
 class JsonSource(_Section):
@@ -127,7 +159,12 @@ class SqlSource(_Snapshot):
 
 
 class Pagination(_Section):
-    """``page``: ?page=N&per_page=M until an empty page; ``cursor``: follow a cursor field until it is null."""
+    """``page``: ?page=N&per_page=M until an empty page (or ``has_more_field`` says false); ``cursor``: follow
+    a cursor field until it is null.
+
+    A page shorter than ``page_size`` does not end a ``page`` read: APIs cap page sizes
+    below what is asked for, so only an empty page or the API's own end marker does.
+    """
 
     style: Literal["none", "page", "cursor"] = "page"
     page_param: str = "page"
@@ -137,6 +174,9 @@ class Pagination(_Section):
     cursor_param: str = "cursor"
     cursor_field: str = Field(default="next_cursor", description="dotted path of the next cursor in a response")
     max_pages: int = Field(default=10_000, ge=1)
+    has_more_field: str | None = Field(default=None, description="dotted path of the API's 'more pages follow' "
+                                       "flag (e.g. meta.has_more): a false value ends a page read without asking "
+                                       "for one more, empty page")
 
 
 class HttpSource(_Snapshot):
@@ -193,7 +233,8 @@ SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "t
 class SplitSection(_Section):
     validation: float = Field(default=0.15, ge=0.0, lt=1.0)
     test: float = Field(default=0.15, gt=0.0, lt=1.0)
-    stratify: bool = True
+    stratify: bool = Field(default=True, description="keep each class's share in every split (classification and "
+                                                      "anomaly labels; a regression target is never stratified)")
     seed: int = 42
 
     @model_validator(mode="after")
@@ -266,6 +307,19 @@ class ValidateSection(_Section):
                                        description="categorical values the reference never saw")
     max_duplicate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     strict: bool = Field(default=False, description="column warnings (ranges, unseen, duplicates, constant) fail the run")
+    datetime_fraction: float = Field(
+        default=0.95, gt=0.0, le=1.0,
+        description="an inferred string column is a datetime column when this share of its present values are "
+                    "dates (ISO 8601, dd/mm/yyyy or mm/dd/yyyy); its other values are quarantined ('not a date')")
+    dayfirst: bool | None = Field(
+        default=None, description="slashed dates whose every value reads both ways (01/03/2024): true reads "
+                                  "day/month, false month/day; null decides from the data (month/day when it cannot)")
+    id_fraction: float = Field(
+        default=0.95, gt=0.0, le=1.0,
+        description="a string or integer column whose values are at least this share distinct is identifier-like: "
+                    "warned about; a string one is kept out of the features")
+    high_cardinality: int = Field(default=1000, ge=1,
+                                  description="warn about string feature columns with more distinct values")
     on_invalid_rows: Literal["quarantine", "fail"] = "quarantine"
     max_quarantine_fraction: float = Field(default=0.1, ge=0.0, le=1.0,
                                            description="more quarantined rows (of all input rows) fails the run")
@@ -300,6 +354,16 @@ class CategoricalFeatures(_Section):
     encode: Literal["onehot", "ordinal", "hashing"] = "onehot"
     max_categories: int = Field(default=32, ge=1)
     hash_buckets: int = Field(default=64, ge=2)
+    sketch_size: int = Field(
+        default=1024, ge=16,
+        description="counters per column when fitting onehot/ordinal (a mergeable Misra-Gries sketch: each "
+                    "block sends at most this many values; a count is under by at most rows/(sketch_size+1))")
+
+    @model_validator(mode="after")
+    def _sketch_holds_the_categories(self) -> CategoricalFeatures:
+        if self.sketch_size < self.max_categories:
+            raise ValueError(f"sketch_size ({self.sketch_size}) must be at least max_categories ({self.max_categories})")
+        return self
 
 
 class TextFeatures(_Section):
@@ -376,7 +440,8 @@ class EarlyStoppingSection(_Section):
 
     metric: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
     mode: Literal["min", "max"] | None = Field(default=None, description="default: max for accuracy, min for losses")
-    patience: int = Field(default=3, ge=1)
+    patience: int = Field(default=10, ge=1, description="epochs without improvement before stopping (10: a run of "
+                          "10 epochs or fewer is never cut short)")
     min_delta: float = Field(default=0.0, ge=0)
     restore_best: bool = Field(default=True, description="keep the best epoch's weights, not the last epoch's")
 
@@ -390,8 +455,13 @@ class TrainSection(_Section):
 
     workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=1024, ge=1)
+    epochs: int | None = Field(default=None, ge=1, description="exactly this many epochs (early stopping may stop "
+                               "sooner); null (default): enough epochs for min_steps, at least 10 and at most 200")
+    min_steps: int = Field(default=1000, ge=0, description="with epochs unset: train for at least this many optimiser "
+                           "steps per worker (epochs x ceil(train rows / workers / batch_size)); 0: 10 epochs")
+    batch_size: int | None = Field(default=None, ge=1, description="rows per step per worker; null (default): train "
+                                   "rows / workers / 32 as a power of two in [16, 1024], so small data sets still "
+                                   "take ~32 steps per epoch")
     shuffle_buffer: int = Field(default=10_000, ge=0, description="rows each worker mixes per epoch (0: storage order)")
     cache_shards_mb: float = Field(default=1024, ge=0, description="a worker keeps its shard in memory after the "
                                    "first epoch when it is smaller than this (0: stream every epoch)")
@@ -400,14 +470,29 @@ class TrainSection(_Section):
                                   "are smaller than this (0: workers stream them from storage)")
     lr: float = Field(default=1e-3, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="autocast dtype of the forward pass (bf16 on CPU pays off only with AMX/AVX-512 BF16)")
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
-    warmup_epochs: int = Field(default=0, ge=0, description="linear warm-up before the schedule")
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(default="cosine", description="per epoch, after the "
+                                                              "warm-up: cosine decay to 0 over the remaining epochs "
+                                                              "(default), constant, or step decay")
+    warmup_epochs: int = Field(default=1, ge=0, description="linear warm-up before the schedule (the first epoch at "
+                               "lr / 2 by default)")
     lr_step_epochs: int = Field(default=10, ge=1, description="step schedule: epochs between decays")
     lr_gamma: float = Field(default=0.1, gt=0, le=1, description="step schedule: the decay factor")
-    early_stopping: EarlyStoppingSection | None = None
+    early_stopping: EarlyStoppingSection | None = Field(
+        default_factory=EarlyStoppingSection,
+        description="on by default (val_loss, patience 10, best weights restored); null turns it off. Left at the "
+                    "default without a validation split it is off")
+    scale_target: bool = Field(default=True, description="regression: train on the standardised target "
+                               "((y - mean) / std of the train split); the model un-scales its predictions")
     max_failures: int = Field(default=2, ge=0)
     seed: int = 0
     resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+
+    @model_validator(mode="after")
+    def _epochs_or_min_steps(self) -> TrainSection:
+        if self.epochs is not None and "min_steps" in self.model_fields_set:
+            raise ValueError(f"train.min_steps={self.min_steps} applies only when train.epochs is unset; "
+                             f"remove one of them (epochs: {self.epochs} trains exactly that many epochs)")
+        return self
 
     @model_validator(mode="after")
     def _precision_device(self) -> "TrainSection":
@@ -482,6 +567,13 @@ class GateSection(_Section):
     max_overfit_gap: float | None = Field(default=None, ge=0)
     max_slice_gap: SliceGap | None = None
     vs_champion: VsChampion | None = None
+    beat_trivial_baseline: bool = Field(
+        default=True, description="refuse a model worse than the trivial baseline on the test split: balanced "
+                                  "accuracy below the majority class's (classification), R² below 0, the mean's "
+                                  "(regression); unsupervised tasks have no baseline")
+    min_lift_over_baseline: float | None = Field(
+        default=None, description="the least lift of the task's main metric (f1; rmse for regression, where a "
+                                  "lift is a reduction) over the linear baseline on the test split; null: off")
 
 
 class ThresholdSection(_Section):
@@ -667,6 +759,9 @@ class Spec(_Section):
             raise ValueError(f"model.kind: task {task!r} needs a scikit-learn estimator, not {self.model.kind!r}; "
                              f"write e.g. kind: {example!r}")
         es = self.train.early_stopping
+        if es is not None and "early_stopping" not in self.train.model_fields_set and (
+                self.data.split.validation == 0 or (es.metric == "val_accuracy" and not TASKS[task].has_classes)):
+            self.train.early_stopping = es = None  # the default needs a validation split: off without one
         if es is not None and self.model.is_torch:
             if es.metric.startswith("val_") and self.data.split.validation == 0:
                 raise ValueError(f"train.early_stopping.metric: {es.metric!r} needs a validation split "
@@ -684,6 +779,9 @@ class Spec(_Section):
         for where, m in used:
             if m not in allowed:
                 raise ValueError(f"{where}: metric {m!r} does not apply to task {self.data.task!r}; use one of {list(allowed)}")
+        if gate.min_lift_over_baseline is not None and task in UNSUPERVISED_TASKS:
+            raise ValueError(f"evaluate.gate.min_lift_over_baseline: task {task!r} has no baseline to beat "
+                             "(baselines are for classification and regression); remove it")
         if gate.max_slice_gap and not self.evaluate.slices:
             raise ValueError("evaluate.gate.max_slice_gap needs evaluate.slices: the columns to slice the test split by")
         return self

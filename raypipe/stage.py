@@ -83,6 +83,8 @@ class IngestOutput(Outputs):
     splits: dict[str, str]  # split -> folder of parquet files (splits with rows only)
     rows: dict[str, int]  # exact rows per split
     input_rows: int
+    files: dict[str, int] = dataclasses.field(default_factory=dict)  # file sources: read, skipped_{name,empty,bad}
+    skipped_files: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {file, reason, kind}, first 100
 
 
 @dataclass
@@ -120,6 +122,7 @@ class EvaluateOutput(Outputs):
     report: str
     gate: dict[str, Any]
     threshold: float
+    baselines: dict[str, Any] | None = None  # trivial / linear: their evaluate.metrics on test (supervised tasks)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "raypipe"
 
-FOUNDATION = {"version", "errors", "spec", "store", "schema", "columns", "tasks", "runtime", "datasets", "progress",
+FOUNDATION = {"version", "errors", "spec", "store", "schema", "columns", "dates", "tasks", "runtime", "datasets", "progress",
               "report_format", "lineage", "stage", "runner", "registry"}
 STAGES = {"ingest", "validate", "features", "train", "evaluate", "register"}
 LAYERS: list[set[str]] = [

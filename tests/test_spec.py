@@ -76,7 +76,8 @@ def test_minimal_spec_gets_defaults(tmp_path: Path) -> None:
     assert spec.features.numeric.impute == "median" and spec.features.numeric.scale == "standard"
     assert spec.features.categorical.max_categories == 32
     assert spec.model.kind == "torch.mlp"
-    assert spec.train.workers == 2 and spec.train.epochs == 10 and spec.train.batch_size == 1024
+    assert spec.train.workers == 2 and spec.train.epochs is None and spec.train.batch_size is None  # resolved per data
+    assert spec.train.min_steps == 1000 and spec.train.early_stopping.patience == 10
     assert spec.tune is None
     assert spec.evaluate.metrics == ["accuracy", "precision", "recall", "f1", "roc_auc"]
     assert spec.deploy.enabled is True and spec.deploy.port == 8000

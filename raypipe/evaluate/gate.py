@@ -1,4 +1,4 @@
-"""The evaluation gate: absolute limits, overfitting gap, slice gap, and the champion comparison.
+"""The evaluation gate: absolute limits, overfitting gap, slice gap, the baselines, and the champion comparison.
 
 Every check is stored with its value and limit, passed or not, so the verdict can be
 audited later from the version's ``metrics.json``.
@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from raypipe.evaluate.baselines import TRIVIAL_METRIC
 from raypipe.evaluate.metrics import higher_is_better_gap
 from raypipe.tasks import TASKS
 
 
 def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any] | None = None,
             held_out: dict[str, Any] | None = None, champion: dict[str, Any] | None = None,
-            slices: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+            slices: dict[str, dict[str, Any]] | None = None,
+            baselines: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check every gate rule; return each check with its numbers and the outcome.
 
     Args:
@@ -24,6 +26,8 @@ def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any]
             (``held_out`` falls back to ``test`` when the spec has no validation split).
         champion: the champion's metrics on the same test split (None: no champion).
         slices: sliced metrics by column (see :mod:`raypipe.evaluate.slices`).
+        baselines: the baselines scored on the same test split (see :mod:`raypipe.evaluate.baselines`;
+            None: the task has none, and their checks are skipped).
     """
     checks: list[dict[str, Any]] = []
 
@@ -45,6 +49,21 @@ def verdict(gate: Any, task: str, test: dict[str, Any], *, train: dict[str, Any]
         for column, s in (slices or {}).items():
             check(f"{s['metric']} gap across {column!r} slices <= {gate.max_slice_gap.max:g}", s.get("gap"),
                   gate.max_slice_gap.max, s.get("gap") is None or s["gap"] <= gate.max_slice_gap.max)
+    trivial = ((baselines or {}).get("trivial") or {}).get("test")
+    if gate.beat_trivial_baseline and trivial is not None and task in TRIVIAL_METRIC:
+        m = TRIVIAL_METRIC[task]
+        # R²: any constant answer scores at most 0 on the test split, so 0 is the mean's best.
+        limit = max(trivial.get(m) or 0.0, 0.0) if m == "r2" else trivial.get(m)
+        v = test.get(m)
+        check(f"{m} >= trivial baseline ({baselines['trivial']['model']})", v, limit,
+              v is not None and limit is not None and v >= limit)
+    if gate.min_lift_over_baseline is not None and baselines is not None:
+        m, lift, linear = TASKS[task].main_metric, gate.min_lift_over_baseline, baselines.get("linear") or {}
+        base = (linear.get("test") or {}).get(m)
+        cand = test.get(m)
+        better = None if cand is None or base is None else higher_is_better_gap(m, cand, base)
+        check(f"{m} lift over linear baseline ({linear.get('model')}) >= {lift:+g}", better, lift,
+              better is not None and better >= lift)
     if gate.vs_champion is not None and champion is not None:
         m, delta = gate.vs_champion.metric, gate.vs_champion.min_delta
         cand, champ = test.get(m), champion.get(m)

@@ -243,11 +243,15 @@ def _slice_plots(slices: dict[str, Any], used: set[str]) -> dict[str, bytes]:
 
 # -- html -----------------------------------------------------------------------------
 def _html(doc: dict[str, Any], plots: list[str]) -> str:
-    """The page, from report.html.j2; its metrics table has a column per metrics set (test, train, ..., champion)."""
+    """The page, from report.html.j2; its metrics table has a column per metrics set (test, train, ..., champion,
+    then the baselines)."""
     sets = [(s, doc[s]) for s in ("test", "train", "validation") if isinstance(doc.get(s), dict)]
     if isinstance(doc.get("champion"), dict):
         sets.append((f"champion (v{doc['champion']['version']})" if doc["champion"].get("version") is not None
                      else "champion", doc["champion"]))
+    for name, b in (doc.get("baselines") or {}).items():  # the same test rows, beside the model's test column
+        if isinstance(b, dict) and isinstance(b.get("test"), dict):
+            sets.append((f"{name} baseline: {b.get('model')} (test)", b["test"]))
     names = list(dict.fromkeys(k for _, m in sets for k, v in m.items()
                                if k not in _NON_SCALAR and k != "version" and not isinstance(v, (dict, list))))
     return templates("raypipe.evaluate").get_template("report.html.j2").render(

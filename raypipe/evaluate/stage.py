@@ -1,12 +1,12 @@
-"""The evaluate stage: batch inference on Ray over every split, metrics, slices, findings, gate, report.
+"""The evaluate stage: batch inference on Ray over every split, metrics, baselines, slices, findings, gate, report.
 
 Predictions are made by Ray Data tasks (``map_batches``); only labels, slice columns and
-scores travel to the driver, where ``sklearn.metrics`` turns them into numbers.
+scores travel to the driver, where ``sklearn.metrics`` turns them into numbers. For a
+supervised task the fitted features travel too (when they fit in memory), so the linear
+baseline is fitted on exactly what the model saw.
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,10 +14,12 @@ import pandas as pd
 
 from raypipe.datasets import read_parquet
 from raypipe.errors import SpecError
-from raypipe.evaluate.findings import fit_findings, slice_findings, threshold_finding
+from raypipe.evaluate.baselines import BASELINE_TASKS, LINEAR_MAX_ROWS, features_fit_in_memory, score_baselines
+from raypipe.evaluate.causes import training_causes
+from raypipe.evaluate.findings import baseline_findings, fit_findings, slice_findings, threshold_finding, underfits
 from raypipe.evaluate.gate import verdict
-from raypipe.evaluate.metrics import (LOWER_IS_BETTER, anomaly_metrics, choose_threshold, classification_metrics,
-                                      clustering_metrics, regression_metrics)
+from raypipe.evaluate.metrics import LOWER_IS_BETTER, choose_threshold
+from raypipe.evaluate.scored import Scored
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
 from raypipe.model.formats import trusted_factories
 from raypipe.model.predictor import predict_batch
@@ -32,52 +34,27 @@ def model_key(model_uri: str) -> str:
     return "-".join(store.sha256(f)[:16] for f in store.walk_files())
 
 
-@dataclass
-class Scored:
-    """A split's labels, scores and kept columns, as gathered from Ray."""
-
-    task: str
-    y: np.ndarray | None  # None: no label column (clustering / anomaly without labels); anomaly: 0/1
-    scores: np.ndarray  # (n, k) class probabilities, or (n, 1) values / cluster ids / anomaly scores
-    frame: pd.DataFrame  # the kept columns (target and slice columns)
-    class_names: list[str] | None
-    x: np.ndarray | None = None  # the features (clustering only: silhouette needs them)
-
-    def pred(self, threshold: float) -> np.ndarray:
-        return TASKS[self.task].decide(self.scores, threshold)
-
-    def metrics(self, threshold: float, mask: np.ndarray | None = None) -> dict[str, Any]:
-        sel = (lambda a: a) if mask is None else (lambda a: None if a is None else a[mask])  # noqa: E731
-        y, scores = sel(self.y), sel(self.scores)
-        pred = TASKS[self.task].decide(scores, threshold)
-        with warnings.catch_warnings():  # slices may lack a class: sklearn warns, the metric is still defined
-            warnings.simplefilter("ignore")
-            if self.task == "classification":
-                return classification_metrics(y, pred.astype(np.int64), scores, self.class_names)
-            if self.task == "regression":
-                return regression_metrics(y, pred.astype(np.float64))
-            if self.task == "clustering":
-                return clustering_metrics(sel(self.x), pred)
-            return anomaly_metrics(scores[:, 0], y, pred=pred)
-
-
 def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any],
-                keep: list[str] | None = None, task: str = "classification", trusted: tuple[str, ...] = ()) -> Scored:
+                keep: list[str] | None = None, task: str = "classification", trusted: tuple[str, ...] = (),
+                with_features: bool | None = None) -> Scored:
     """Predict a split with Ray Data tasks; gather labels, scores and ``keep`` columns.
 
     ``trusted``: the user factories the model may name (``formats.trusted_factories`` of the driver).
+    ``with_features``: gather the fitted features too (default: for clustering, whose metrics need them).
     """
+    with_features = task == "clustering" if with_features is None else with_features
     target = schema.get("target") or {}
     cols = list(dict.fromkeys([*([target["name"]] if target else []), *(keep or [])]))
     out = ds.map_batches(
         predict_batch,
         fn_kwargs={"model_uri": model_uri, "model_key": model_key(model_uri), "features": features,
-                   "schema": schema, "keep": cols, "with_features": task == "clustering", "trusted": list(trusted)},
+                   "schema": schema, "keep": cols, "with_features": with_features, "trusted": list(trusted)},
         batch_format="pandas", batch_size=4096,
     ).drop_columns(["__pred"]).to_pandas()
     classes = target.get("classes")
     scores = np.stack(out.pop("__scores").to_numpy()) if len(out) else np.zeros((0, len(classes or [0])))
-    x = np.stack(out.pop("__x").to_numpy()) if "__x" in out else None
+    x = out.pop("__x").to_numpy() if "__x" in out else None
+    x = None if x is None else np.stack(x) if len(x) else np.zeros((0, 0))
     y = TASKS[task].encode_labels(out[target["name"]], classes) if target else None  # anomaly: 1 / True marks one
     return Scored(task, y, scores, out, classes, x)
 
@@ -114,10 +91,18 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     datasets = {s: read_parquet(val.store, splits[s]) for s in SPLITS if s in splits}
     datasets["train"], train_rows = _capped(datasets["train"], cfg.train_sample_rows, ctx.spec.data.split.seed)
     trusted = trusted_factories(ctx.spec)
-    scored = {s: score_split(ds, model_uri, features, schema, cfg.slices, task, trusted) for s, ds in datasets.items()}
+    skip_linear = _linear_skip_reason(task, val.outputs.counts, min(train_rows, cfg.train_sample_rows),
+                                      feats.outputs.n_features)
+    with_x = task == "clustering" or (task in BASELINE_TASKS and skip_linear is None)
+    scored = {s: score_split(ds, model_uri, features, schema, cfg.slices, task, trusted, with_features=with_x)
+              for s, ds in datasets.items()}
     threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
     m = {s: sc.metrics(threshold) for s, sc in scored.items()}
     test = scored["test"]
+    baselines = score_baselines(scored, lambda v: pick_threshold(cfg.threshold, v), seed=ctx.spec.data.split.seed,
+                                skip_linear=skip_linear)
+    if baselines is not None and baselines["linear"].get("train_rows") is not None:
+        baselines["linear"]["train_split_rows"] = train_rows
     slice_metric = (cfg.gate.max_slice_gap.metric if cfg.gate.max_slice_gap and cfg.gate.max_slice_gap.metric
                     else TASKS[task].main_metric)
     slices = {c: sliced_metrics(slice_keys(test.frame[c]), lambda mask: test.metrics(threshold, mask), slice_metric,
@@ -125,27 +110,75 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
               for c in cfg.slices}
     champion = _champion_metrics(ctx, datasets["test"]) if cfg.gate.vs_champion is not None else None
     held_name = "validation" if "validation" in m else "test"
-    fit, gap = fit_findings(task, m["train"], m[held_name], held_name, cfg.gate.max_overfit_gap)
-    findings = fit + slice_findings(slices)
+    versus, short = baseline_findings(task, m["test"], baselines)
+    causes = []
+    if short or underfits(task, m["train"], m[held_name]):
+        report = train.read_json(train.outputs.report)
+        causes = training_causes(task, report, y_train=scored["train"].y, train_rows=train_rows,
+                                 **_loop_settings(ctx.spec, train.outputs.tune, report))
+    fit, gap = fit_findings(task, m["train"], m[held_name], held_name, cfg.gate.max_overfit_gap,
+                            cause_named=bool(causes))
+    findings = versus + fit + causes + slice_findings(slices)
     if (test.class_names is not None and len(test.class_names) == 2) or task == "anomaly":
         findings += threshold_finding(strategy, threshold, m.get("validation"))
     result = verdict(cfg.gate, task, m["test"], train=m["train"], held_out=m.get("validation"),
-                     champion=champion, slices=slices)
+                     champion=champion, slices=slices, baselines=baselines)
     doc = {
         "task": task, "pipeline": ctx.spec.name, "run_id": ctx.run_id, "classes": test.class_names,
         "threshold": threshold, "threshold_strategy": strategy, "overfit_gap": gap, "train_split_rows": train_rows,
         "train": m["train"], "validation": m.get("validation"), "test": m["test"], "champion": champion,
-        "slices": slices, "findings": findings, "gate": result,
+        "baselines": baselines, "slices": slices, "findings": findings, "gate": result,
         "metrics": {k: m["test"].get(k) for k in cfg.metrics},
     }
+    summary = _baseline_summary(baselines, cfg.metrics)
     ctx.artifact.write_json("metrics.json", doc)
     _write_report(ctx.artifact, doc, test, threshold)
     ctx.log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in doc["metrics"].items() if v is not None)
             + ("" if result["passed"] else "  — gate NOT passed"))
+    for name, b in (summary or {}).items():
+        ctx.log(f"baseline {name} ({b['model']}): " + (b["skipped"] if "skipped" in b else ", ".join(
+            f"{k}={v:.4f}" for k, v in b["metrics"].items() if v is not None)))
     for f in findings:
         ctx.log(f)
     return EvaluateOutput(metrics=doc["metrics"], metrics_file="metrics.json", report="report.html", gate=result,
-                          threshold=threshold)
+                          threshold=threshold, baselines=summary)
+
+
+def _linear_skip_reason(task: str, counts: dict[str, dict[str, int]], train_sample: int, n_features: int) -> str | None:
+    """Why the linear baseline cannot be fitted here (None: it can): its features must fit in memory."""
+    if task not in BASELINE_TASKS:
+        return None
+    rows = train_sample + sum(c.get("valid", 0) for s, c in counts.items() if s != "train")
+    if features_fit_in_memory(rows, n_features):
+        return None
+    return (f"{n_features:,} features × {rows:,} rows are too many to gather for it; lower "
+            f"evaluate.train_sample_rows (its train rows, at most {LINEAR_MAX_ROWS:,}) or use fewer features")
+
+
+def _loop_settings(spec: Any, tune: dict[str, Any] | None, report: dict[str, Any]) -> dict[str, Any]:
+    """The batch size and learning rate the model was trained with (a Tune search may have chosen them;
+    an unset ``train.batch_size`` is resolved in the train report)."""
+    best = (tune or {}).get("best_config") or {}
+    batch = best.get("train.batch_size", report.get("batch_size") or spec.train.batch_size or 1024)
+    return {"batch_size": int(batch),
+            "lr": float(best.get("train.lr", spec.train.lr))}
+
+
+def _baseline_summary(baselines: dict[str, Any] | None, metrics: list[str]) -> dict[str, Any] | None:
+    """The baselines' ``evaluate.metrics`` on test, beside the model's in the run summary."""
+    if baselines is None:
+        return None
+    out = {}
+    for name, b in baselines.items():
+        entry: dict[str, Any] = {"model": b["model"]}
+        if "skipped" in b:
+            entry["skipped"] = b["skipped"]
+        else:
+            entry["metrics"] = {k: b["test"].get(k) for k in metrics}
+            if "train_rows" in b:
+                entry["train_rows"] = b["train_rows"]
+        out[name] = entry
+    return out
 
 
 def _capped(ds: Any, cap: int, seed: int) -> tuple[Any, int]:

@@ -13,8 +13,9 @@ Inputs, one per raw column (batch dimension ``N``):
 - image: ``float64 [N, h, w]`` or ``[N, h, w, c]``, pixels 0-255, every image present.
 
 Not exportable (an :class:`~raypipe.errors.ExportError` says so and what to use):
-categorical ``hashing`` (pandas' SipHash has no ONNX operator) and text columns
-(the tokeniser and vocabulary lookup have no standard ONNX form).
+categorical ``hashing`` (pandas' SipHash has no ONNX operator), text columns
+(the tokeniser and vocabulary lookup have no standard ONNX form) and datetime columns
+(date parsing and calendar parts are not built as ONNX nodes yet).
 :func:`onnx_feed` turns raw records into these inputs with raypipe's own coercions.
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ def check_exportable(pipeline: FeaturePipeline) -> None:
         if op.kind == "text":
             problems.append(f"text columns {op.columns} have no ONNX form (tokenising and the vocabulary lookup); "
                             "serve this pipeline with raypipe serve, or drop the text features to export")
+        if op.kind == "datetime":
+            problems.append(f"datetime features are not supported by ONNX export yet (columns {op.columns}); serve "
+                            "this pipeline with raypipe serve, or list them in data.id_columns to export without them")
     if problems:
         raise ExportError(problems)
 

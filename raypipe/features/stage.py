@@ -28,7 +28,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
 
 
 def _summary(pipeline: FeaturePipeline) -> str:
-    groups = {"numeric": pipeline.numeric, "categorical": pipeline.categorical,
+    groups = {"numeric": pipeline.numeric, "categorical": pipeline.categorical, "datetime": pipeline.datetime,
               "text": pipeline.text, "image": pipeline.image}
     parts = " + ".join(f"{len(cols)} {kind}" for kind, cols in groups.items() if cols) or "no"
     pca = f", PCA to {pipeline.pca_components} components" if pipeline.pca is not None else ""

@@ -3,7 +3,11 @@
 A path is a local file or folder, or a pyarrow filesystem URI such as
 ``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http&region=us-east-1``.
 In a folder, only files with the format's extensions are read; names starting with
-``_`` or ``.`` (``_SUCCESS``, ``.part-0.crc``) are skipped, as Ray Data does.
+``_`` or ``.`` (``_SUCCESS``, ``.part-0.crc``) are skipped, as Ray Data does. Skipped files
+are not silent: :func:`open_files` returns them with the reason, for the ingest output and
+the data report. Parquet and CSV files are checked before Ray reads them (``filecheck``):
+a bad one stops the run with its name and the key to change, or with
+``data.source.on_bad_files: skip`` is left out and listed.
 
 Text formats keep their text: every csv column is read as strings (pyarrow would type a column
 from the first block of each file: a stray ``n/a?`` made it text in one file and numeric in the
@@ -20,12 +24,15 @@ import os
 import posixpath
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raypipe.errors import SpecError
+from raypipe.errors import DataValidationError, SpecError
+from raypipe.ingest import filecheck
+from raypipe.ingest.filecheck import FileProblem, check_files
 from raypipe.spec import NA_VALUES, CsvSource, JsonSource, ParquetSource
 
 if TYPE_CHECKING:
@@ -79,33 +86,92 @@ def _with_env_credentials(fs: pafs.FileSystem) -> pafs.FileSystem:
     return rebuild(options)
 
 
+@dataclass
+class FileRead:
+    """A file source's files: those to read, those left out, and (once opened) the lazy dataset.
+
+    ``skipped`` holds ``{"file", "reason", "kind"}`` per file left out; ``kind`` is ``name`` (a name
+    or extension the format does not read), ``empty`` (no rows to read) or ``bad`` (unreadable,
+    left out under ``on_bad_files: skip``).
+    """
+
+    source: ParquetSource | CsvSource | JsonSource
+    fs: pafs.FileSystem
+    files: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    dataset: Any = None
+    na_values: tuple[str, ...] = NA_VALUES  # csv and json cells that are missing values (``data.na_values``)
+
+    def counts(self) -> dict[str, int]:
+        kinds = [s["kind"] for s in self.skipped]
+        return {"read": len(self.files), **{f"skipped_{k}": kinds.count(k) for k in ("name", "empty", "bad")}}
+
+
 def read_files(source: ParquetSource | CsvSource | JsonSource,
                na_values: Sequence[str] | None = None) -> ray.data.Dataset:
     """Open a parquet, csv or json file (or folder of them) as a lazy ``ray.data.Dataset``.
 
     ``na_values``: csv and json cells that are missing values (default: ``spec.NA_VALUES``).
     """
+    return open_files(source, na_values=na_values).dataset
+
+
+def open_files(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = (),
+               na_values: Sequence[str] | None = None) -> FileRead:
+    """:func:`plan_read`, then :func:`open_dataset`."""
+    read = plan_read(source, bad, na_values)
+    read.dataset = open_dataset(read)
+    return read
+
+
+def plan_read(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = (),
+              na_values: Sequence[str] | None = None) -> FileRead:
+    """List and check a file source's files, without Ray; ``bad``: files already found bad by a full check;
+    ``na_values``: the cells read as missing values (default: ``spec.NA_VALUES``).
+
+    Raises:
+        SpecError: the path does not exist or holds no file of the format.
+        DataValidationError: a file is bad and ``on_bad_files`` is ``fail``, or no file is left to read.
+    """
+    na = tuple(NA_VALUES if na_values is None else na_values)
+    fs, path = filesystem_and_path(source.path)
+    files, skipped = _list_files(fs, path, source)
+    if isinstance(source, JsonSource):
+        return FileRead(source, fs, files, skipped, na_values=na)
+    problems = check_files(fs, files, source)
+    problems += [b for b in bad if b.file not in {p.file for p in problems}]
+    if any(not p.empty for p in problems) and source.on_bad_files == "fail":
+        raise bad_files_error([p for p in problems if not p.empty])
+    left_out = {p.file for p in problems}
+    skipped += [{"file": p.file, "reason": p.message, "kind": "empty" if p.empty else "bad"} for p in problems]
+    files = [f for f in files if f not in left_out]
+    if not files:
+        raise DataValidationError([f"data.source.path: {redact(source.path)!r} holds no readable {source.type} file: "
+                                   + "; ".join(p.message for p in problems)])
+    return FileRead(source, fs, files, skipped, na_values=na)
+
+
+def open_dataset(read: FileRead) -> ray.data.Dataset:
+    """The lazy dataset of a planned read's files (Ray must be connected: Ray Data would start its own)."""
     import ray.data
 
-    na = list(NA_VALUES if na_values is None else na_values)
-    fs, path = filesystem_and_path(source.path)
-    is_file, files = _list_files(fs, path, source)
-    extensions = None if is_file else list(_EXTENSIONS[source.type])
+    source, fs, files = read.source, read.fs, read.files
+    if isinstance(source, JsonSource):
+        return _read_json(fs, files, source.path, list(read.na_values))
     if isinstance(source, ParquetSource):
-        return ray.data.read_parquet(path, filesystem=fs, file_extensions=extensions)
-    if isinstance(source, CsvSource):
-        import pyarrow.csv as pacsv
+        return ray.data.read_parquet(files, filesystem=fs, file_extensions=None)
+    import pyarrow.csv as pacsv
 
-        parse = pacsv.ParseOptions(delimiter=source.delimiter)
-        convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in _csv_names(fs, files, parse)},
-                                       null_values=na, strings_can_be_null=True, quoted_strings_can_be_null=True)
-        return ray.data.read_csv(path, filesystem=fs, file_extensions=extensions, parse_options=parse,
-                                 convert_options=convert)
-    return _read_json(fs, files, source.path, na)
+    parse = filecheck.csv_parse_options(source)
+    names = _csv_names(fs, files, source, parse)
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=list(read.na_values),
+                                   strings_can_be_null=True, quoted_strings_can_be_null=True)
+    return ray.data.read_csv(files, filesystem=fs, file_extensions=None, read_options=filecheck.csv_read_options(source),
+                             parse_options=parse, convert_options=convert)
 
 
 # --- csv ---------------------------------------------------------------------------
-def _csv_names(fs: pafs.FileSystem, files: list[str], parse: Any) -> list[str]:
+def _csv_names(fs: pafs.FileSystem, files: list[str], source: CsvSource, parse: Any) -> list[str]:
     """The column names of every csv file's header (the union, in order of appearance).
 
     Each file's first block only is read. Every column is then read as strings: no value of a
@@ -121,7 +187,7 @@ def _csv_names(fs: pafs.FileSystem, files: list[str], parse: Any) -> list[str]:
             with fs.open_input_stream(f, compression="detect") as stream:
                 try:
                     reader = pacsv.open_csv(stream, parse_options=parse,
-                                            read_options=pacsv.ReadOptions(block_size=size, use_threads=False))
+                                            read_options=filecheck.csv_read_options(source, block_size=size))
                 except pa.ArrowInvalid as e:
                     if "Empty CSV file" in str(e):
                         return []
@@ -138,8 +204,19 @@ def _csv_names(fs: pafs.FileSystem, files: list[str], parse: Any) -> list[str]:
     return list(names)
 
 
-def _list_files(fs: pafs.FileSystem, path: str, source: Any) -> tuple[bool, list[str]]:
-    """(is the path a file, the files to read); a clear SpecError when there are none."""
+def bad_files_error(problems: list[FileProblem]) -> DataValidationError:
+    """The error of a run that stops on bad files (``on_bad_files: fail``): one line per file."""
+    return DataValidationError([f"data.source.path: {p.message}" for p in problems])
+
+
+def find_bad_files(source: ParquetSource | CsvSource, files: list[str]) -> list[FileProblem]:
+    """Read every byte of ``files`` as the read did, after it failed: the files it failed on and why."""
+    fs, _ = filesystem_and_path(source.path)
+    return [p for p in check_files(fs, files, source, full=True) if not p.empty]
+
+
+def _list_files(fs: pafs.FileSystem, path: str, source: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """(the files to read, those skipped by name); a clear SpecError when there are none."""
     shown = redact(source.path)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -148,25 +225,35 @@ def _list_files(fs: pafs.FileSystem, path: str, source: Any) -> tuple[bool, list
             "(relative paths are resolved against the spec file's folder)"
         )
     if info.type == pafs.FileType.File:
-        return True, [path]
+        return [path], []
     extensions = _EXTENSIONS[source.type]
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and _wanted(i.path, path, extensions))
+    files, skipped = [], []
+    for f in sorted(i.path for i in infos if i.type == pafs.FileType.File):
+        why = _skip_reason(f, path, extensions, source.type)
+        if why:
+            skipped.append({"file": f, "reason": why, "kind": "name"})
+        else:
+            files.append(f)
     if not files:
         raise SpecError(
             f"data.source.path: the folder {shown!r} holds no {source.type} files "
-            f"(read: {', '.join('.' + e for e in extensions[:3])} ...); point it at the data files, "
-            "or set data.source.type to their format"
+            f"(read: {', '.join('.' + e for e in extensions[:3])} ...; skipped {len(skipped)} other file(s)"
+            f"{': ' + ', '.join(posixpath.basename(s['file']) for s in skipped[:5]) if skipped else ''}); "
+            "point it at the data files, or set data.source.type to their format"
         )
-    return False, files
+    return files, skipped
 
 
-def _wanted(file: str, base: str, extensions: tuple[str, ...]) -> bool:
+def _skip_reason(file: str, base: str, extensions: tuple[str, ...], kind: str) -> str | None:
+    """Why a file of the folder is not read (None: it is read)."""
     rel = posixpath.relpath(file, base) if file.startswith(base) else posixpath.basename(file)
     if any(part.startswith((".", "_")) for part in rel.split("/")):
-        return False
+        return "a hidden or marker file (a name in its path starts with '.' or '_')"
     name = posixpath.basename(file).lower()
-    return any(name.endswith("." + e) for e in extensions)
+    if not any(name.endswith("." + e) for e in extensions):
+        return f"not a {kind} file name (read: {', '.join('.' + e for e in extensions[:4])} ...)"
+    return None
 
 
 # --- json --------------------------------------------------------------------------
@@ -237,12 +324,12 @@ def null_na_values(table: pa.Table, na_values: list[str]) -> pa.Table:
     if not na_values:
         return table
     tokens = pa.array(na_values, type=pa.string())
-    for i, field in enumerate(table.schema):
-        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+    for i, f in enumerate(table.schema):
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             col = table.column(i)
-            na = pc.is_in(col, value_set=tokens.cast(field.type))
+            na = pc.is_in(col, value_set=tokens.cast(f.type))
             if pc.any(na).as_py():
-                table = table.set_column(i, field, pc.if_else(na, pa.scalar(None, field.type), col))
+                table = table.set_column(i, f, pc.if_else(na, pa.scalar(None, f.type), col))
     return table
 
 

@@ -9,6 +9,7 @@ string, never a token or the values of ``params`` (which may hold API keys).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -194,22 +195,48 @@ def _write_page(pages: Store, n: int, table: pa.Table) -> str:
 
 # --- pagination ----------------------------------------------------------------------
 def _page_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, Any]]]:
+    """Pages until an empty one, or until ``has_more_field`` says no more.
+
+    A short page is not the end (an API may cap ``per_page`` lower than asked). A page
+    that repeats the previous one is an error: an API that clamps out-of-range page
+    numbers to its last page would otherwise be read as endless duplicates.
+    """
     p = source.pagination
-    page = p.start_page
+    page, previous = p.start_page, None
     for _ in range(p.max_pages):
         params: dict[str, Any] = {p.page_param: page}
         if p.size_param:
             params[p.size_param] = p.page_size
-        records = _records(get(params, f"page {page}"), source, get.where)
-        count = len(records)
-        if records:
-            yield records
+        body = get(params, f"page {page}")
+        records = _records(body, source, get.where)
+        more = _has_more(body, source, get.where) if p.has_more_field else None
+        del body
+        if not records:
+            return
+        digest = hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).digest()
+        if digest == previous:
+            raise HttpSourceError(
+                f"{get.where}: page {page} repeats page {page - 1}: the API ignores {p.page_param!r} (not paginated: "
+                f"set data.source.pagination.style: none) or answers its last page for any page past the end (set "
+                f"data.source.pagination.has_more_field to its end marker)")
+        previous = digest
+        yield records
         del records  # not held while the next page is fetched
-        # Without size_param the server picks the page size: only an empty page ends.
-        if not count or (p.size_param and count < p.page_size):
+        if more is False:
             return
         page += 1
     _too_many_pages(source)
+
+
+def _has_more(body: Any, source: HttpSource, where: str) -> bool:
+    """The API's own 'more pages follow' flag, at ``pagination.has_more_field``."""
+    path = source.pagination.has_more_field or ""
+    flag = _dig(body, path)
+    if flag is _MISSING or not isinstance(flag, bool):
+        found = "is missing" if flag is _MISSING else f"is {type(flag).__name__}, not true/false"
+        raise HttpSourceError(f"{where}: pagination.has_more_field {path!r} {found} in the response "
+                              f"(top-level keys: {_keys(body)}); fix data.source.pagination.has_more_field")
+    return flag
 
 
 def _cursor_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, Any]]]:
@@ -219,12 +246,22 @@ def _cursor_pages(get: _Getter, source: HttpSource) -> Iterator[list[dict[str, A
         params = {} if n == 1 else {p.cursor_param: cursor}
         body = get(params, f"request {n}")
         records, cursor = _records(body, source, get.where), _dig(body, p.cursor_field)
+        if cursor is _MISSING or isinstance(cursor, (dict, list, bool)):
+            # A wrong path would otherwise read as "no next page": a quiet stop after the first page.
+            found = "is missing" if cursor is _MISSING else f"holds a {type(cursor).__name__}, not a cursor"
+            raise HttpSourceError(f"{get.where}: pagination.cursor_field {p.cursor_field!r} {found} in response {n} "
+                                  f"(top-level keys: {_keys(body)}); set data.source.pagination.cursor_field to the "
+                                  "dotted path of the next cursor (null on the last page)")
         del body
         if records:
             yield records
         del records  # not held while the next page is fetched
-        if cursor in (None, "") or cursor is _MISSING:
+        if cursor in (None, ""):
             return
+        if n > 1 and cursor == params[p.cursor_param]:
+            raise HttpSourceError(f"{get.where}: response {n} gives back the cursor it was asked with "
+                                  f"({p.cursor_field!r}); the pages would repeat forever: check cursor_param "
+                                  f"{p.cursor_param!r}")
     _too_many_pages(source)
 
 
@@ -403,6 +440,10 @@ def _dig(value: Any, path: str) -> Any:
             return _MISSING
         value = value[key]
     return value
+
+
+def _keys(body: Any) -> str:
+    return str(sorted(body)[:20]) if isinstance(body, dict) else type(body).__name__
 
 
 def _path_name(path: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from raypipe.spec import (
@@ -20,11 +21,14 @@ TreeSource = ImagesSource | TextSource
 AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource
 
 
-def read_source(source: AnySource, scratch: Store | None = None, na_values: list[str] | None = None) -> Any:
+def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStack | None = None,
+                na_values: list[str] | None = None) -> Any:
     """Open a source as a lazy ``ray.data.Dataset`` (read by Ray tasks, not on the driver).
 
     ``scratch``: a folder every Ray node can read, for a source that lands its data in files
     first (``http`` writes its pages there); the caller deletes it once the dataset is consumed.
+    ``stack``: what a source must hold while its dataset is read (a sharded SQL read's
+    shared snapshot) is entered here; the caller closes it once the dataset is consumed.
     ``na_values``: the cells of a csv or json source that are missing values (``data.na_values``).
     """
     if isinstance(source, BuiltinSource):
@@ -34,7 +38,7 @@ def read_source(source: AnySource, scratch: Store | None = None, na_values: list
     if isinstance(source, SqlSource):
         from raypipe.ingest.sql import read_sql
 
-        return read_sql(source)
+        return read_sql(source, stack)
     if isinstance(source, HttpSource):
         from raypipe.ingest.http import read_http
 

@@ -129,9 +129,9 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed}, batch_format="pyarrow", batch_size=None).materialize()
     key = target if (stratify and target) else None
     parts = with_u.map_batches(_strata_u, fn_kwargs={"key": key}, batch_format="pyarrow", batch_size=None).to_pandas()
-    mixed = mixed_columns([json.loads(t) for t in parts["types"].unique()])
+    mixed = mixed_columns([json.loads(t) for t in parts.get("types", pd.Series(dtype=object)).unique()])
     by_stratum: dict[str, list[np.ndarray]] = {}
-    for s, u in zip(parts["s"], parts["u"]):
+    for s, u in zip(parts.get("s", ()), parts.get("u", ())):  # no rows: no columns either
         by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
     strata_u = {s: np.sort(np.concatenate(us)) for s, us in by_stratum.items()}
     bounds = {s: _bounds(us, test, validation) for s, us in strata_u.items()}

@@ -13,6 +13,13 @@ hash per dialect (see :func:`shard_sql`) and checks it before Ray does.
 
 Every task runs the whole query and filters it, so the query must be deterministic (no
 ``LIMIT`` without ``ORDER BY``, no ``random()``) and the rows' order is not the query's.
+
+The shards must also see ONE state of the database, or rows written during the read are
+lost or read twice. On PostgreSQL the driver opens a REPEATABLE READ transaction, exports
+its snapshot (``pg_export_snapshot``) and keeps it open while the dataset is read; every
+shard's connection imports it (``SET TRANSACTION SNAPSHOT``). SQLite has no snapshot to
+share across connections: a sharded read checks that the file did not change while it
+ran, and fails otherwise.
 """
 from __future__ import annotations
 
@@ -21,8 +28,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -104,10 +113,12 @@ class PostgresConnect:
     ``repr`` hides it. ``numeric`` columns load as ``float`` (float64 in Arrow).
     """
 
-    def __init__(self, url: str, password: str | None, password_env: str | None = None) -> None:
+    def __init__(self, url: str, password: str | None, password_env: str | None = None,
+                 snapshot: str | None = None) -> None:
         self.url = url
         self.password_env = password_env
         self._password = password
+        self.snapshot = snapshot  # an exported snapshot every connection's transaction imports
 
     def __repr__(self) -> str:
         return f"PostgresConnect({safe_url(self.url)!r}, password={'***' if self._password else None})"
@@ -131,7 +142,71 @@ class PostgresConnect:
                    ", and set data.source.password_env if the server wants a password")
             ) from None
         conn.adapters.register_loader("numeric", FloatLoader)
+        if self.snapshot:
+            _import_snapshot(conn, self.snapshot, safe_url(self.url))
         return conn
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
+
+
+def _import_snapshot(conn: Any, snapshot: str, where: str) -> None:
+    """Make ``conn``'s transaction see exactly the exported ``snapshot`` (REPEATABLE READ)."""
+    import psycopg
+    from psycopg import sql
+
+    if not _SNAPSHOT_ID.match(snapshot):
+        raise SqlSourceError(f"not a PostgreSQL snapshot id: {snapshot!r}")
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    except psycopg.Error as e:
+        conn.close()
+        raise SqlSourceError(f"a shard of the read of {where} could not join the read's snapshot: {_db_text(e, None)}; "
+                             "the transaction holding it ended early (a server restart, idle_in_transaction_"
+                             "session_timeout): run again") from None
+
+
+class SharedSnapshot:
+    """A REPEATABLE READ transaction on PostgreSQL whose snapshot the shards import; open until closed."""
+
+    def __init__(self, factory: PostgresConnect) -> None:
+        import psycopg
+
+        self.conn = factory()
+        self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self.id: str = self.conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+
+    def close(self) -> None:
+        try:
+            self.conn.rollback()  # read only: nothing to commit
+        finally:
+            self.conn.close()
+
+
+class SqliteUnchanged:
+    """A sharded SQLite read's guard: the file (and its WAL) must be the same after the read as before."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.before = self._state()
+
+    def _state(self) -> tuple[tuple[int, int] | None, ...]:
+        out = []
+        for p in (self.path, self.path + "-wal"):
+            try:
+                st = os.stat(p)
+                out.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def check(self) -> None:
+        if self._state() != self.before:
+            raise SqlSourceError(
+                f"SQLite database {self.path!r} changed while its shards were read (data.source.shard_keys): rows "
+                "written meanwhile may be missing or read twice. Run again once writes stop, or remove "
+                "data.source.shard_keys to read it in one transaction")
 
 
 def _password(source: SqlSource) -> str | None:
@@ -222,8 +297,12 @@ def check_source(source: SqlSource, factory: Callable[[], Any], sql: str, shard:
            "sharding by data.source.shard_keys", f"Ray's shard filter MOD(ABS({fn}(...)), N) must run on this database")
 
 
-def read_sql(source: SqlSource) -> ray.data.Dataset:
+def read_sql(source: SqlSource, stack: ExitStack | None = None) -> ray.data.Dataset:
     """Open ``source`` as a lazy dataset: one read task, or ``parallelism`` with ``shard_keys``.
+
+    A sharded read holds a consistent view (see the module's docstring) for as long as
+    ``stack`` is open: the caller closes it once the dataset is consumed (a failed SQLite
+    check raises then). Without a ``stack`` the dataset is materialised here, inside it.
 
     Raises:
         SpecError: the url or ``password_env`` is unusable.
@@ -237,7 +316,16 @@ def read_sql(source: SqlSource) -> ray.data.Dataset:
     check_source(source, factory, sql, shard)
     if shard is None:
         return ray.data.read_sql(sql, factory)
+    if stack is None:
+        with ExitStack() as own:
+            return read_sql(source, own).materialize()
     fn, expr = shard
+    if isinstance(factory, PostgresConnect):
+        snapshot = SharedSnapshot(factory)
+        stack.callback(snapshot.close)
+        factory = PostgresConnect(factory.url, factory._password, factory.password_env, snapshot=snapshot.id)
+    else:
+        stack.callback(SqliteUnchanged(sqlite_path(source.url)).check)
     # `parallelism=` is deprecated in Ray; left to Ray it starts up to 200 tasks, each running the query.
     return ray.data.read_sql(sql, factory, shard_keys=[expr], shard_hash_fn=fn, override_num_blocks=source.parallelism)
 

@@ -4,15 +4,35 @@ A source that lands its data in files first (the HTTP source's pages) writes the
 ``_source/`` in the stage's artifact folder, in the pipeline's storage, so every Ray node
 reads them; the folder is deleted once the splits are written (or the stage fails), before
 the artifact is sealed; after a crash, the next run's ``begin_artifact`` removes it with the rest.
+
+Parquet and CSV sources report the files they read and the files they left out (by name,
+empty, or bad under ``on_bad_files: skip``) in the output, and a bad file stops the run
+with a :class:`DataValidationError` that names it, instead of a Ray task's traceback.
 """
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
 from raypipe.datasets import footer_rows
-from raypipe.errors import ArtifactError
-from raypipe.ingest.split import SPLIT_COL, plan_splits, write_block_splits
+from raypipe.errors import ArtifactError, DataValidationError
+from raypipe.ingest.files import (
+    FileRead,
+    bad_files_error,
+    find_bad_files,
+    open_dataset,
+    open_files,
+    plan_read,
+    redact,
+)
+from raypipe.ingest.split import SPLIT_COL, SplitPlan, plan_splits, write_block_splits
+from raypipe.spec import CsvSource, ParquetSource
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
 SCRATCH = "_source"
+MAX_LISTED = 100  # skipped files named in the ingest output (all are counted)
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> IngestOutput:
@@ -23,13 +43,27 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> IngestOutput:
 
 
 def _ingest(ctx: StageContext) -> IngestOutput:
-    from raypipe.ingest.sources import read_source
-
-    ctx.ray()
     data = ctx.spec.data
-    ds = read_source(data.source, ctx.artifact.sub(SCRATCH), na_values=data.na_values)
-    plan = plan_splits(ds, target=data.target, stratify=data.split.stratify, test=data.split.test,
-                       validation=data.split.validation, seed=data.split.seed)
+
+    def plan_of(ds: Any) -> SplitPlan:
+        # A regression target has no classes to stratify by: every distinct value would be a stratum of one
+        # to three rows, each rounding to no test rows (diabetes got 29 test rows instead of ~66).
+        stratify = data.split.stratify and data.task != "regression"
+        return plan_splits(ds, target=data.target, stratify=stratify, test=data.split.test,
+                           validation=data.split.validation, seed=data.split.seed)
+
+    if isinstance(data.source, ParquetSource | CsvSource):
+        read, plan = _plan_files(ctx, data.source, plan_of, data.na_values)
+    else:
+        from raypipe.ingest.sources import read_source
+
+        ctx.ray()
+        with ExitStack() as held:  # held until the plan has read the source: a sharded SQL read's one snapshot
+            read, plan = None, plan_of(read_source(data.source, ctx.artifact.sub(SCRATCH), held,
+                                                     na_values=data.na_values))
+    if read is not None and not sum(plan.rows.values()):
+        raise DataValidationError([(f"data.source.path: {redact(data.source.path)!r} holds no rows: its "
+                                    f"{len(read.files)} file(s) have a header or schema only; point it at data")])
     # Each task writes its block's rows to splits/__split=<name>/ (Ray's partitioned write took 2x longer).
     counts = plan.rows_u.map_batches(write_block_splits, fn_kwargs={"bounds": plan.bounds, "key": plan.key,
                                      "fs": ctx.artifact.fs, "root": ctx.artifact.path("splits"),
@@ -41,5 +75,56 @@ def _ingest(ctx: StageContext) -> IngestOutput:
         raise ArtifactError(f"ingest lost rows: planned {plan.rows}, the tasks reported {written}, the parquet "
                             f"footers on disk hold {on_disk}; run again with --force ingest")
     ctx.log("rows: " + ", ".join(f"{k} {v:,}" for k, v in plan.rows.items()))
+    files, skipped = (read.counts(), read.skipped[:MAX_LISTED]) if read else ({}, [])
     return IngestOutput(splits={name: f"splits/{SPLIT_COL}={name}" for name in SPLITS if plan.rows[name]},
-                        rows=plan.rows, input_rows=sum(plan.rows.values()))
+                        rows=plan.rows, input_rows=sum(plan.rows.values()), files=files, skipped_files=skipped)
+
+
+def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource, plan_of: Callable[[Any], SplitPlan],
+                na_values: list[str]) -> tuple[FileRead, SplitPlan]:
+    """Check the files (before Ray starts: a bad file fails fast), then read them into the split plan.
+
+    Should the read still fail, or a CSV column come out as bytes (text the encoding cannot
+    decode, past the first block the check looked at), every file is checked in full: the
+    bad ones stop the run with their names, or (``on_bad_files: skip``) the read runs again
+    without them. A failure no file explains is raised as it came.
+    """
+    read = plan_read(source, na_values=na_values)
+    ctx.ray()
+    read.dataset = open_dataset(read)
+    failure: Exception | None = None
+    try:
+        plan = plan_of(read.dataset)
+    except Exception as exc:  # noqa: BLE001 - a Ray task's error: which file, and why, is found below
+        failure = exc
+    if failure is not None or (isinstance(source, CsvSource) and _bytes_columns(plan)):
+        bad = find_bad_files(source, read.files)
+        if not bad and failure is not None:
+            raise failure
+        if bad and source.on_bad_files == "fail":
+            raise bad_files_error(bad) from None
+        if bad:
+            read = open_files(source, bad=tuple(bad), na_values=na_values)
+            plan = plan_of(read.dataset)
+    _log_skipped(ctx, read)
+    return read, plan
+
+
+def _bytes_columns(plan: SplitPlan) -> list[str]:
+    """Columns pyarrow read as bytes: CSV text the encoding could not decode."""
+    import pyarrow as pa
+
+    schema = plan.rows_u.schema().base_schema
+    return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+
+
+def _log_skipped(ctx: StageContext, read: FileRead) -> None:
+    """One line per kind of skipped file (a few names each): skipping is never silent."""
+    for kind, what in (("name", "by name"), ("empty", "empty"), ("bad", "unreadable (on_bad_files: skip)")):
+        names = [posixpath.basename(s["file"]) for s in read.skipped if s["kind"] == kind]
+        if names:
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            ctx.log(f"skipped {len(names)} file(s) {what}: {', '.join(names[:5])}{more}")
+    for s in read.skipped:
+        if s["kind"] == "bad":
+            ctx.log(f"skipped: {s['reason']}")

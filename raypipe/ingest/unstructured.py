@@ -214,3 +214,52 @@ def write_digits_png(root: Path, per_class: int | None = None) -> int:
         Image.fromarray(image).save(folder / f"{index}.png")
         written[target] = written.get(target, 0) + 1
     return sum(written.values())
+
+
+_TICKET_TOPICS: dict[str, list[str]] = {
+    "billing": ["I was charged twice for my subscription this month", "the invoice amount does not match my plan",
+                "please refund the duplicate payment on my card", "my credit card was billed after I cancelled",
+                "how do I get a receipt for the last payment", "the discount code was not applied to the invoice",
+                "why did the monthly price go up", "I need to update the billing address on the invoice"],
+    "outage": ["the service is down and the dashboard does not load", "we get 502 errors from the API since this morning",
+               "the app times out for every user in our office", "status page says operational but nothing works",
+               "our integration stopped syncing an hour ago", "pages load very slowly and then fail",
+               "the login page returns a server error", "the mobile app cannot connect to the server"],
+    "account": ["I cannot reset my password, the email never arrives", "please add a new admin user to our account",
+                "how do I enable two factor authentication", "my account was locked after too many attempts",
+                "I want to change the email address on my profile", "please delete my account and my data",
+                "the invitation link for my colleague expired", "I lost access to my authenticator app"],
+    "shipping": ["my parcel has not arrived after two weeks", "the tracking number shows no movement",
+                 "the package was delivered to the wrong address", "the box arrived damaged and the item is broken",
+                 "can I change the delivery address of my order", "the courier left without ringing the bell",
+                 "I received the wrong size, how do I return it", "when will the back-ordered item ship"],
+}
+_TICKET_NOISE = ["Hello team,", "Hi,", "Thanks in advance.", "Best regards, Sam", "This is urgent for us.",
+                 "Order reference attached.", "Sent from my phone", "Kind regards", "Any update would help."]
+
+
+def write_support_tickets(root: Path, per_class: int = 150, seed: int = 0, mix: float = 0.15) -> int:
+    """Writes synthetic support tickets as ``root/<topic>/<n>.txt`` (UTF-8) for the text example.
+
+    Each ticket is a greeting, two or three sentences about its topic and a sign-off; with
+    probability ``mix`` a sentence comes from another topic (real tickets wander), so the
+    task is not trivially separable. Seeded: the same arguments write the same files.
+
+    Returns:
+        The number of files written.
+    """
+    rng = np.random.default_rng(seed)
+    topics = sorted(_TICKET_TOPICS)
+    n = 0
+    for topic in topics:
+        folder = Path(root) / topic
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            lines = [str(rng.choice(_TICKET_NOISE))]
+            for _ in range(int(rng.integers(2, 4))):
+                source = str(rng.choice(topics)) if rng.random() < mix else topic
+                lines.append(str(rng.choice(_TICKET_TOPICS[source])) + ".")
+            lines.append(str(rng.choice(_TICKET_NOISE)))
+            (folder / f"{i:04d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            n += 1
+    return n

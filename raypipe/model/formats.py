@@ -72,7 +72,7 @@ class TorchModel:
         if params is None:  # a torch.mlp saved before the zoo: its architecture was hidden + dropout
             params = {"hidden": meta["hidden"], "dropout": meta.get("dropout", 0.0)}
         self.net = build_model(meta["kind"], input_dim=meta["input_dim"], n_outputs=meta["n_outputs"],
-                               layout=meta.get("layout"), params=params)
+                               layout=meta.get("layout"), params=params, target_scale=meta.get("target_scale"))
         self.net.load_state_dict(state)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"model device {device!r}: CUDA is not available here (train.use_gpu needs a GPU node)")

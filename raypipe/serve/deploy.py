@@ -1,6 +1,7 @@
 """Deploying a registry version as a Ray Serve application, and talking to it."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -243,9 +244,11 @@ def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]
 
 
 def _json_value(v: Any) -> Any:
-    """A stored value as a client sends it: NaN as null, an image as nested lists."""
+    """A stored value as a client sends it: NaN as null, a date as ISO 8601, an image as nested lists."""
     if isinstance(v, float) and math.isnan(v):
         return None
+    if isinstance(v, (datetime.date, datetime.datetime)):
+        return v.isoformat()  # a date column as the endpoint takes it (ISO 8601)
     return v.tolist() if hasattr(v, "tolist") else v
 
 

@@ -2,7 +2,9 @@
 
 Strict types (no "12" for a number), no NaN/Inf, no unknown keys. Columns that were
 never missing in training are required; the rest may be null or left out and are
-imputed by the feature pipeline, exactly as in training.
+imputed by the feature pipeline, exactly as in training. A ``datetime`` column takes a
+string the validate stage would have accepted (:mod:`raypipe.dates`: ISO 8601 always,
+and the column's ``dmy``/``mdy`` slashed form); anything else is refused with a 422.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model,
 )
 
+from raypipe.dates import unparsable
 from raypipe.schema import feature_columns
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)
@@ -44,8 +47,26 @@ def _image_type(shape: list[int]) -> Any:
     return Annotated[typ, AfterValidator(check)]
 
 
+_DATE_EXAMPLE = {"iso": "2024-03-01 or 2024-03-01T12:30:00Z", "dmy": "01/03/2024 (day/month) or 2024-03-01",
+                 "mdy": "03/01/2024 (month/day) or 2024-03-01"}
+
+
+def _datetime_type(fmt: str) -> Any:
+    """A date string in ``fmt`` or ISO 8601, checked with the parser the features use."""
+    def check(value: str) -> str:
+        if unparsable([value], fmt)[0]:
+            raise ValueError(f"not a date: {value[:60]!r}; send e.g. {_DATE_EXAMPLE.get(fmt, _DATE_EXAMPLE['iso'])}")
+        return value
+
+    return Annotated[StrictStr, Field(max_length=64), AfterValidator(check)]
+
+
 def _column_type(meta: dict[str, Any]) -> Any:
-    return _image_type(meta["shape"]) if meta["type"] == "image" else _TYPES[meta["type"]]
+    if meta["type"] == "image":
+        return _image_type(meta["shape"])
+    if meta["type"] == "datetime":
+        return _datetime_type(meta.get("format", "iso"))
+    return _TYPES[meta["type"]]
 
 
 class _Row(BaseModel):
@@ -63,6 +84,6 @@ def request_model(schema: dict[str, Any], name: str = "Row") -> type[BaseModel]:
         else:
             fields[col] = (typ, Field(...))
     for col in schema.get("id_columns", []):  # accepted and echoed, never used as a feature
-        typ = _TYPES.get(schema["columns"][col]["type"], StrictStr)
+        typ = _TYPES.get(schema["columns"][col]["type"], StrictStr)  # a datetime id: any string
         fields[col] = (Optional[typ], Field(default=None))
     return create_model(name, __base__=_Row, **fields)

@@ -35,6 +35,7 @@ class LoopConfig:
     lr_step_epochs: int = 10
     lr_gamma: float = 0.1
     class_weights: list[float] | None = None
+    target_std: float | None = None  # regression on the standardised target: the train split's std
     early_stopping: dict[str, Any] | None = field(default=None)  # {metric, mode, patience, min_delta}
 
     @classmethod
@@ -67,18 +68,33 @@ def lr_scheduler(optim: torch.optim.Optimizer, cfg: LoopConfig) -> torch.optim.l
 
 
 def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
-    """Adam, its per-epoch LR schedule and the gradient scaler (active for fp16 only)."""
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """AdamW (decoupled weight decay; the same as Adam at the default ``weight_decay`` 0), its per-epoch
+    LR schedule and the gradient scaler (active for fp16 only)."""
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = next(model.parameters()).device
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     return optim, lr_scheduler(optim, cfg), scaler
 
 
 def loss_function(cfg: LoopConfig, device: torch.device) -> torch.nn.Module:
+    """Cross-entropy (classification); MSE (regression), divided by the target's variance when the
+    model un-scales a standardised output (:class:`raypipe.model.zoo.TargetScale`): the MSE of the
+    standardised target, which is what the network learns."""
     if TASKS[cfg.task].has_classes:
         w = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
         return torch.nn.CrossEntropyLoss(weight=w)
-    return torch.nn.MSELoss()
+    return StandardisedMSE(cfg.target_std) if cfg.target_std else torch.nn.MSELoss()
+
+
+class StandardisedMSE(torch.nn.Module):
+    """``MSE(out, y) / std**2``: the MSE of ``(out - mean) / std`` against ``(y - mean) / std``."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.inv_var = 1.0 / float(std) ** 2
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(out, y) * self.inv_var
 
 
 def _loss(out: torch.Tensor, y: torch.Tensor, loss_fn: torch.nn.Module, task: str) -> torch.Tensor:
@@ -138,12 +154,19 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     return out_sums
 
 
-def epoch_metrics(train: Sequence[float], val: Sequence[float] | None, task: str) -> dict[str, float]:
-    """Per-row averages (and F1 / RMSE) of summed, all-reduced epoch totals."""
-    out = {"train_loss": train[0] / max(train[1], 1)}
+def epoch_metrics(train: Sequence[float], val: Sequence[float] | None, task: str,
+                  target_std: float | None = None) -> dict[str, float]:
+    """Per-row averages (and F1 / RMSE) of summed, all-reduced epoch totals.
+
+    With ``target_std`` (regression on the standardised target) the losses are multiplied
+    back by its variance: ``train_loss`` / ``val_loss`` are MSEs and ``val_rmse`` an RMSE in
+    the target's own units, as without scaling.
+    """
+    unit = float(target_std) ** 2 if target_std and not TASKS[task].has_classes else 1.0
+    out = {"train_loss": train[0] / max(train[1], 1) * unit}
     if val is not None:
         rows = max(val[2], 1)
-        out["val_loss"] = val[0] / rows
+        out["val_loss"] = val[0] / rows * unit
         if TASKS[task].has_classes:
             from raypipe.train.metrics import f1_from_counts
 

@@ -37,6 +37,11 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
         rows = {s: c["valid"] for s, c in val.outputs.counts.items()}
         if balance:
             rows["train"] = round(sum(n * balance["factors"].get(c, 1.0) for c, n in balance["before"].items()))
+        dims["train_rows"] = rows["train"]
+        if spec.data.task == "regression" and spec.train.scale_target and target.get("name"):
+            dims["target_scale"] = target_scale(val.read_json(val.outputs.profile), raw["train"], target["name"])
+            ctx.log("regression target standardised for training: mean {mean:.4g}, std {std:.4g} "
+                    "(train split); the model un-scales its predictions".format(**dims["target_scale"]))
         torch_splits = {s: splits[s] for s in ("train", "validation") if s in splits}
         torch_splits, materialized_mb = materialize_small(torch_splits, rows, dims["input_dim"], spec.train.materialize_mb)
         splits.update(torch_splits)
@@ -62,13 +67,46 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
         report["balance"] = balance
     if spec.model.is_torch:
         report["materialized_mb"] = None if materialized_mb is None else round(materialized_mb, 1)
+        report["rows_per_epoch"] = rows_seen(report.get("history", []), rows)
+        left = report["rows_per_epoch"].get("train", {}).get("left_out")
+        if left:
+            ctx.log(f"Ray Train's equal split leaves {left} of {rows['train']:,} training rows out of each epoch "
+                    f"(at most workers - 1, so that every worker takes as many steps)")
     ctx.artifact.write_json("train_report.json", report)
     tune = {k: report["tune"][k] for k in ("best_config", "best_score", "metric", "trials", "trial_epochs")} \
         if "tune" in report else None
     return TrainOutput(model="model", report="train_report.json", kind=spec.model.kind, ddp=report.get("ddp"), tune=tune)
 
 
+def target_scale(profile: dict[str, Any], train: Any, target: str) -> dict[str, float]:
+    """The train split's target mean and (population) std: from validate's profile of the train split,
+    which holds them exactly; from one Ray Data aggregate if it does not. A constant target gets std 1."""
+    col = profile.get("columns", {}).get(target, {})
+    mean, std = col.get("mean"), col.get("std")
+    if mean is None or std is None:
+        from ray.data.aggregate import Mean, Std
+
+        stats = train.aggregate(Mean(target, alias_name="mean"), Std(target, ddof=0, alias_name="std"))
+        mean, std = stats["mean"], stats["std"]
+    return {"mean": float(mean), "std": float(std) if std and std > 0 else 1.0}
+
+
+def rows_seen(history: list[dict[str, Any]], rows: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Per split: its rows, the rows the last epoch saw, and the difference (none for validation)."""
+    if not history:
+        return {}
+    last, out = history[-1], {}
+    for split, key in (("train", "train_rows"), ("validation", "val_rows")):
+        if key in last and split in rows:
+            out[split] = {"rows": rows[split], "seen": last[key], "left_out": rows[split] - last[key]}
+    return out
+
+
 def _log_torch(ctx: StageContext, report: dict[str, Any]) -> None:
+    p = report.get("plan")
+    if p:
+        ctx.log(f"plan: {p['epochs']} epochs ({p['epochs_reason']}) x {p['steps_per_epoch']} steps of "
+                f"{p['batch_size']} rows per worker ({p['batch_size_reason']})")
     last = report["history"][-1]
     ctx.log("epochs: " + str(len(report["history"])) + ", last: "
             + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "stopped")))

@@ -21,6 +21,7 @@ from typing import Any
 from raypipe.errors import StageFailed
 from raypipe.train import checkpoint as ckpt_files
 from raypipe.model.formats import model_meta
+from raypipe.train.plan import TrainPlan, plan
 from raypipe.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     net = build_model(config["kind"], input_dim=config["input_dim"], n_outputs=config["n_outputs"],
-                      layout=config["layout"], params=config["params"])
+                      layout=config["layout"], params=config["params"], target_scale=config.get("target_scale"))
     model = ray.train.torch.prepare_model(net)
     device = ray.train.torch.get_device()
     optim, sched, scaler = make_optimizer(model, cfg)
@@ -120,7 +121,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if val_shard is not None:
             vb = val_cache.batches(bs, device) if val_cache.ready else val_cache.record(_batches(val_shard, bs, dtypes, device))
             val_sums = _reduce(evaluate(model, vb, loss_fn, cfg, device), device)
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task),
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task, cfg.target_std),
+                                   "train_rows": int(train_sums[1]), **({"val_rows": int(val_sums[2])} if val_sums else {}),
                                    "train_s": round(t1 - t0, 3), "val_s": round(time.perf_counter() - t1, 3),
                                    "report_s": report_s, "ckpt_s": ckpt_s}  # the previous epoch's report and checkpoint write
         sched.step()
@@ -176,20 +178,64 @@ def _ddp_evidence(net: Any, rank: int, world: int) -> dict[str, Any]:
     return {"world_size": world, "backend": dist.get_backend(), "workers": everyone}
 
 
+def train_plan(spec: Any, dims: dict[str, Any]) -> TrainPlan:
+    """The epochs and batch size ``spec.train`` resolves to for ``dims["train_rows"]`` (see :mod:`raypipe.train.plan`)."""
+    rows = dims.get("train_rows")
+    if rows is None:
+        if spec.train.epochs is None or spec.train.batch_size is None:
+            raise ValueError("loop_config: dims['train_rows'] is needed to resolve train.epochs / train.batch_size")
+        rows = spec.train.workers * spec.train.batch_size  # unknown: only the report's step counts use it
+    return plan(spec.train, int(rows))
+
+
 def loop_config(spec: Any, dims: dict[str, Any], has_validation: bool) -> dict[str, Any]:
     """The JSON config each worker's :func:`train_loop` receives (``dims``: see :mod:`raypipe.train.fit`)."""
-    t, params = spec.train, dict(spec.model.params)
+    from raypipe.model.zoo import TRAIN_PARAMS
+
+    t, params = spec.train, {**TRAIN_PARAMS.get(spec.model.kind, {}), **spec.model.params}
     es = t.early_stopping
+    resolved = train_plan(spec, dims)
+    scale = dims.get("target_scale")
     return {
         "kind": spec.model.kind, "task": spec.data.task, "input_dim": dims["input_dim"], "n_outputs": dims["n_outputs"],
         "layout": dims["layout"], "params": {k: v for k, v in params.items() if k != "weight_decay"},
-        "weight_decay": float(params.get("weight_decay", 0.0)), "lr": t.lr, "epochs": t.epochs,
-        "batch_size": t.batch_size, "shuffle_buffer": t.shuffle_buffer, "cache_shards_mb": t.cache_shards_mb, "seed": t.seed, "class_weights": dims["class_weights"], "has_validation": has_validation,
+        "weight_decay": float(params.get("weight_decay", 0.0)), "lr": t.lr, "epochs": resolved.epochs,
+        "batch_size": resolved.batch_size, "target_scale": scale, "target_std": scale["std"] if scale else None, "shuffle_buffer": t.shuffle_buffer, "cache_shards_mb": t.cache_shards_mb, "seed": t.seed, "class_weights": dims["class_weights"], "has_validation": has_validation,
         "precision": t.precision, "lr_schedule": t.lr_schedule, "warmup_epochs": t.warmup_epochs,
         "lr_step_epochs": t.lr_step_epochs, "lr_gamma": t.lr_gamma,
         "early_stopping": None if es is None else {"metric": es.metric, "mode": es.resolved_mode, "patience": es.patience,
                                                    "min_delta": es.min_delta},
     }
+
+
+def shard_config() -> Any:
+    """How Ray Train hands the splits to the workers: every validation row to exactly one worker.
+
+    Ray Train's default ``DataConfig`` splits every dataset with ``streaming_split(equal=True)``,
+    which leaves out up to ``workers - 1`` rows per epoch so that every worker gets as many. The
+    training split needs that (DDP all-reduces gradients at every step: a worker with one more
+    batch would wait forever); the rows it leaves out are counted in the train report. The
+    validation split does not: evaluation runs no collective per batch, only one all-reduce of
+    its totals at the end, so it is split unequally and its metrics (which early stopping and
+    Tune act on) cover every row.
+    """
+    from ray.train import DataConfig
+
+    class EveryValidationRow(DataConfig):
+        def configure(self, datasets: dict[str, Any], world_size: int, worker_handles: Any, worker_node_ids: Any,
+                      **kwargs: Any) -> list[dict[str, Any]]:
+            equal = {k: v for k, v in datasets.items() if k != "validation"}
+            out = super().configure(equal, world_size, worker_handles, worker_node_ids, **kwargs)
+            if "validation" in datasets:
+                ds = datasets["validation"]
+                ds = ds.copy(ds)
+                ds.set_name("validation")
+                ds.context.execution_options = self._resolve_execution_options("validation")
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    out[i]["validation"] = split
+            return out
+
+    return EveryValidationRow()
 
 
 def make_trainer(spec: Any, config: dict[str, Any], datasets: dict[str, Any], run_config: Any) -> Any:
@@ -207,6 +253,7 @@ def make_trainer(spec: Any, config: dict[str, Any], datasets: dict[str, Any], ru
         torch_config=TorchConfig(backend="nccl" if spec.train.use_gpu else "gloo"),
         run_config=run_config,
         datasets=datasets,
+        dataset_config=shard_config(),
     )
 
 
@@ -224,11 +271,16 @@ def model_from_checkpoint(spec: Any, checkpoint: Any, dims: dict[str, Any], ddp:
     es = spec.train.early_stopping
     keep_best = es is not None and es.restore_best and saved["best"] is not None
     config = loop_config(spec, dims, True)
+    scale = config["target_scale"]
     meta = model_meta(spec.model.kind, spec.data.task, config["n_outputs"], input_dim=config["input_dim"],
-                      layout=config["layout"], params=config["params"])
+                      layout=config["layout"], params=config["params"], **({"target_scale": scale} if scale else {}))
     history = saved["meta"]["history"]
+    resolved = train_plan(spec, dims)
     report = {"history": history, "resumes": saved["meta"].get("resumes", []), "ddp": ddp,
-              "epochs": spec.train.epochs, "epochs_run": len(history), "workers": spec.train.workers,
+              "epochs": resolved.epochs, "epochs_run": len(history), "workers": spec.train.workers,
+              "batch_size": resolved.batch_size, "steps_run": len(history) * resolved.steps_per_epoch,
+              "plan": resolved.to_dict(), "target_scale": scale, "lr_schedule": spec.train.lr_schedule,
+              "warmup_epochs": spec.train.warmup_epochs,
               "precision": spec.train.precision, "kind": spec.model.kind}
     if es is not None:
         report["early_stopping"] = {**saved["state"]["early_stopping"], "metric": es.metric,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from raypipe.columns import is_text, parse_booleans, parse_integers, parse_numbers, text_array
+from raypipe.dates import unparsable
 from raypipe.tasks import TASKS
 from raypipe.schema import NUMERIC_TYPES, feature_columns, label_strings
 from raypipe.validate.profile import block_profile, row_hashes, text_value_counts
@@ -89,6 +90,8 @@ def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> tuple[list[C
     elif col["type"] == "image" and col.get("shape"):
         shape = "x".join(str(d) for d in col["shape"])
         checks.append(Check(_wrong_shape(s, col["shape"]), f"{name}: image of the wrong shape (expected {shape})"))
+    elif col["type"] == "datetime":
+        checks.append(Check(unparsable(s, col.get("format", "iso")), f"{name}: not a date", s, True))
     return checks + [Check(mask, text) for mask, text in _value_checks(name, col, s, xf)], parsed
 
 
@@ -349,6 +352,38 @@ def constant_findings(profile: dict[str, Any], schema: dict[str, Any], split: st
                                f"column {c!r} holds the single value {value!r} in every row and carries no "
                                "information; drop it from the source or list it in data.id_columns",
                                column=c, value=value, split=split))
+    return out
+
+
+def column_kind_findings(schema: dict[str, Any], profile: dict[str, Any], high_cardinality: int,
+                         split: str = "train") -> list[dict[str, Any]]:
+    """Warnings about what a column's values say it is: identifier-like, very many categories, a
+    date column whose day/month order was a default (see :func:`raypipe.schema.refine_schema`)."""
+    feats = set(feature_columns(schema))
+    out = []
+    for c, col in schema["columns"].items():
+        if col.get("id_like"):
+            frac = col.get("distinct_fraction", 1.0)
+            fate = ("it is kept out of the features (one-hot of an identifier learns nothing that generalises)"
+                    if col["type"] == "string" else "it is used as a number")
+            out.append(finding("warning", "id_like",
+                               f"column {c!r} looks like an identifier: {frac:.1%} of its values are distinct; {fate}; "
+                               "list it in data.id_columns to say so, or drop it from the source",
+                               column=c, value=frac, split=split))
+        if col.get("ambiguous_order"):
+            out.append(finding("warning", "date_order",
+                               f"column {c!r}: every date reads both day/month and month/day (e.g. 01/03/2024); read "
+                               "as month/day (mdy); set validate.dayfirst: true if it is day/month",
+                               column=c, value="mdy", split=split))
+        distinct = profile.get("columns", {}).get(c, {}).get("distinct")
+        n = int(str(distinct).rstrip("+")) if distinct is not None else 0
+        if c in feats and col["type"] == "string" and n > high_cardinality:
+            out.append(finding("warning", "high_cardinality",
+                               f"column {c!r} has {distinct} distinct values > validate.high_cardinality="
+                               f"{high_cardinality}; one-hot keeps the features.categorical.max_categories most "
+                               "frequent and the rest share __other__; list it in data.id_columns if it identifies "
+                               "rows, or use features.categorical.encode: hashing",
+                               column=c, value=distinct, limit=high_cardinality, split=split))
     return out
 
 

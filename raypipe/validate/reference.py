@@ -25,7 +25,7 @@ PROFILE_FILE = "profile.json"
 ORIGIN_FILE = "origin.json"  # the validate run that wrote it: its fingerprint without the reference, what it saw
 RESETS = "resets"  # reference/resets/<pipeline>.json: a token per reset, so a reset is a new state
 _FAMILY = {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "string", "text": "string",
-           "image": "image"}
+           "image": "image", "datetime": "datetime"}
 _RESET = "reset the reference (the next run writes a new one)"
 
 
@@ -113,6 +113,12 @@ def _type_change(name: str, col: dict[str, Any], field_type: Any, stats: dict[st
             return None  # numbers (booleans) that arrived as text: rows whose text does not parse are quarantined
         what = "booleans" if want == "boolean" else "numbers"
         return finding("error", "changed_type", f"column {name!r} is text in the data, {frac:.1%} of it not {what}, "
+                       f"but {source} says {want}; {fix}", column=name, value=str(field_type), limit=want)
+    if expected == "datetime" and family == "string":
+        frac = _unparsed(stats, name)
+        if frac <= max_missing:
+            return None  # dates as text: rows that are not dates are quarantined
+        return finding("error", "changed_type", f"column {name!r} is text in the data, {frac:.1%} of it not dates, "
                        f"but {source} says {want}; {fix}", column=name, value=str(field_type), limit=want)
     return finding("error", "changed_type", f"column {name!r} is {kind or field_type} in the data but {source} "
                    f"says {want}; {fix}", column=name, value=str(kind or field_type), limit=want)

@@ -27,14 +27,15 @@ from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
 from raypipe.validate import infer
 from raypipe.validate import reference as refs
 from raypipe.validate import sink
-from raypipe.validate.checks import (constant_findings, duplicate_findings, looks_like_regression, merge_stats,
-                                     missing_column_findings, null_findings, quarantine_findings, row_findings,
-                                     shape_key, target_findings)
+from raypipe.validate.checks import (column_kind_findings, constant_findings, duplicate_findings,
+                                     looks_like_regression, merge_stats, missing_column_findings, null_findings,
+                                     quarantine_findings, row_findings, shape_key, target_findings)
 from raypipe.validate.profile import count_duplicates, finish, merge_profiles, reference_bounds
 from raypipe.validate.report_html import render
-from raypipe.schema import complete_schema, infer_schema
+from raypipe.schema import complete_schema, infer_schema, refine_schema
 
 REPORT_FORMAT = "raypipe.validate-report/1"
+SAMPLE_ROWS = 10_000  # training rows an inferred schema's dates and identifiers are judged on
 
 
 @dataclass
@@ -65,10 +66,21 @@ def _image_shape_from_spec(source: Any) -> list[int] | None:
     return [h, w, 3] if source.mode == "RGB" else [h, w]
 
 
-def _load_schema(spec: Any, train: Any, arrow_schema: Any,
-                 ref: dict[str, Any] | None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+def _sample(train: Any, schema: dict[str, Any]) -> Any:
+    """The first :data:`SAMPLE_ROWS` training rows of the string and integer columns (None when there are none)."""
+    cols = [c for c, col in schema["columns"].items() if col["type"] in ("string", "integer")]
+    return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas") if cols else None
+
+
+def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
+                 train: Any = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """The schema to enforce, where it came from (a schema file, the reference, or inferred) and,
-    when inferred, how its text columns were typed (``infer.decide``; a pass over ``train``)."""
+    when inferred, how its text columns were typed (``infer.decide``).
+
+    An inferred schema types text columns by majority over ``train`` (a Ray dataset: one pass,
+    :mod:`raypipe.validate.infer`), then is refined on a sample of it: date strings,
+    identifier-like columns (:func:`raypipe.schema.refine_schema`).
+    """
     data, cfg = spec.data, spec.validate_
     inference: dict[str, Any] = {}
     if cfg.schema_ != "infer":
@@ -79,10 +91,14 @@ def _load_schema(spec: Any, train: Any, arrow_schema: Any,
     else:
         roles = infer.text_columns(arrow_schema, target=data.target, id_columns=data.id_columns,
                                    free_text=_text_columns(spec))
-        inference = infer.infer_text_types(train, roles, cfg.infer)
+        inference = infer.infer_text_types(train, roles, cfg.infer) if train is not None else {}
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
                               text_columns=_text_columns(spec),
                               column_types={c: d["type"] for c, d in inference.items() if d["type"] != "string"})
+        sample = _sample(train, schema) if train is not None else None
+        if sample is not None:
+            refine_schema(schema, sample, datetime_fraction=cfg.datetime_fraction, dayfirst=cfg.dayfirst,
+                          id_fraction=cfg.id_fraction)
         source = "inferred"
     complete_schema(schema)
     for name, col in schema["columns"].items():
@@ -217,6 +233,7 @@ def _train_findings(train: SplitCheck, schema: dict[str, Any], arrow_schema: Any
         out += refs.schema_findings(schema, arrow_schema, train.stats, cfg.max_missing_fraction, label)
     out += target_findings(schema, train.stats, present)
     out += constant_findings(train.profile, schema, "train")
+    out += column_kind_findings(schema, train.profile, cfg.high_cardinality)
     return out
 
 
@@ -242,7 +259,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     arrow_schema = datasets["train"].schema().base_schema
-    schema, source, inference = _load_schema(ctx.spec, datasets["train"], arrow_schema, ref)
+    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"])
     bounds = reference_bounds(ref["profile"]) if ref else {}
     checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact)
     _check_task(schema, checks["train"])
@@ -262,6 +279,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         "reference": {"mode": cfg.reference, "status": ref_status, "location": ctx.root.full_uri(refs.DIR, ctx.spec.name)},
         "splits": {s: _split_report(c) for s, c in checks.items()}, "inference": inference,
         "findings": findings, "errors": errors, "warnings": warnings,
+        "input_files": {"counts": ingest.outputs.files, "skipped": ingest.outputs.skipped_files},
         "schema": schema, "profile": checks["train"].profile,
     }
     _write_report(ctx, report)

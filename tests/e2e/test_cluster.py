@@ -13,13 +13,9 @@ touch the pytest process's own Ray (no ``ray_session`` fixture).
 from __future__ import annotations
 
 import json
-import os
-import re
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -29,123 +25,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raypipe.runtime import free_port
+from tests.cluster_helpers import (
+    PYTHON,
+    RAY,
+    REPO,
+    alive_nodes,
+    cluster_env,
+    free_ports,
+    kill_leftovers,
+    node_ports_args,
+    stop_node,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fraud_detection" / "pipeline.yaml"
-PYTHON = sys.executable
-RAY = Path(PYTHON).parent / "ray"
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports outside the ranges Ray itself draws from (``runtime.free_port``)."""
-    ports: list[int] = []
-    while len(ports) < n:
-        if (port := free_port()) not in ports:
-            ports.append(port)
-    return ports
-
-
-def _cluster_env(token: str) -> dict[str, str]:
-    """This process's environment without any RAY_* setting, plus token auth.
-
-    The pytest process may be connected to a local Ray (RAY_ADDRESS and friends):
-    nothing of it may leak into the cluster or the job client.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=token,
-        RAY_USAGE_STATS_ENABLED="0",
-        PYTHONUNBUFFERED="1",
-        PATH=f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
-
-
-def _node_ports_args(ports: list[int]) -> list[str]:
-    """Free ports for every per-node port that defaults to a fixed number.
-
-    Other Ray clusters on this host use the defaults, and two nodes on one host
-    must not share them either.
-    """
-    names = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
-    return [f"{name}={port}" for name, port in zip(names, ports)]
-
-
-def _stop(proc: subprocess.Popen | None, grace: float = 60.0) -> None:
-    """SIGTERM one `ray start --block` (it stops its node's Ray processes), then wait."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        # Last resort: its whole process group (started with start_new_session=True,
-        # so the group holds only this node's Ray processes).
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-
-
-def _kill_leftovers(temp_dir: Path) -> list[str]:
-    """SIGKILL any process still running from this cluster's temp dir (none expected).
-
-    Every process of a Ray node (gcs_server, raylet, workers, agents) carries its
-    session folder on its command line, and the temp dir is unique to this test.
-    """
-    killed = []
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(temp_dir) in cmd and int(pid_dir.name) != os.getpid():
-            try:
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-                killed.append(f"{pid_dir.name}: {cmd[:120]}")
-            except ProcessLookupError:
-                pass
-    return killed
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-def _wait_for(what: str, check, timeout: float, procs: dict[str, tuple[subprocess.Popen, Path]], every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, (proc, log) in procs.items():
-            if proc.poll() is not None:
-                pytest.fail(f"`ray start` ({name}) exited with {proc.returncode} while waiting for {what}:\n{_tail(log)}")
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    logs = "\n".join(f"--- {name} ---\n{_tail(log)}" for name, (_, log) in procs.items())
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
-
-
-def _alive_nodes(gcs_address: str, env: dict[str, str]) -> int:
-    """Number of alive nodes as `ray status` reports them (0 when it cannot tell yet)."""
-    try:
-        out = subprocess.run([str(RAY), "status", "--address", gcs_address], env=env,
-                             capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return 0
-    if out.returncode != 0:
-        return 0
-    active = re.search(r"Active:\n(.*?)\n\s*Pending:", out.stdout, re.S)
-    return len(re.findall(r"node_", active.group(1))) if active else 0
 
 
 def _example_for_test(dest: Path) -> Path:
@@ -166,10 +61,10 @@ def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None
     if not RAY.exists():
         pytest.skip(f"no `ray` executable next to {PYTHON}")
     token = secrets.token_hex(32)
-    env = _cluster_env(token)
+    env = cluster_env(token)
     # A short temp dir: Ray's unix sockets live under it (path limit ~107 bytes).
     temp_dir = Path(tempfile.mkdtemp(prefix="rp-cluster-", dir="/tmp"))
-    gcs_port, dash_port, client_port, *node_ports = _free_ports(3 + 12)
+    gcs_port, dash_port, client_port, *node_ports = free_ports(3 + 12)
     head_log, worker_log = tmp_path / "ray-head.log", tmp_path / "ray-worker.log"
     head = worker = None
     passed = False
@@ -181,25 +76,25 @@ def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None
                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
                  f"--ray-client-server-port={client_port}", "--num-cpus=2",
                  "--object-store-memory=500000000", f"--temp-dir={temp_dir}",
-                 "--disable-usage-stats", *_node_ports_args(node_ports[:6])],
+                 "--disable-usage-stats", *node_ports_args(node_ports[:6])],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
             )
         procs = {"head": (head, head_log)}
         address_file = temp_dir / "ray_current_cluster"
-        _wait_for("the head node's address file", address_file.exists, 120, procs)
+        wait_for("the head node's address file", address_file.exists, 120, procs)
         # Ray replaces a loopback node IP by the routable one: the GCS listens there
         # (with token auth); only the dashboard stays on 127.0.0.1.
-        gcs_address = _wait_for("the GCS address", lambda: address_file.read_text().strip(), 30, procs)
+        gcs_address = wait_for("the GCS address", lambda: address_file.read_text().strip(), 30, procs)
 
         with open(worker_log, "w") as log:
             worker = subprocess.Popen(
                 [str(RAY), "start", "--block", f"--address={gcs_address}", "--num-cpus=2",
                  "--object-store-memory=500000000", f"--temp-dir={temp_dir}",
-                 "--disable-usage-stats", *_node_ports_args(node_ports[6:])],
+                 "--disable-usage-stats", *node_ports_args(node_ports[6:])],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
             )
         procs["worker"] = (worker, worker_log)
-        _wait_for("2 alive nodes", lambda: _alive_nodes(gcs_address, env) >= 2, 180, procs, every=3.0)
+        wait_for("2 alive nodes", lambda: alive_nodes(gcs_address, env) >= 2, 180, procs, every=3.0)
 
         # Token auth is really on: the dashboard refuses a request without a token,
         # and the Jobs client is refused with a wrong one.
@@ -208,7 +103,7 @@ def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None
         assert refused_http.value.code in (401, 403)
         wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32), "HOME": str(tmp_path)}
         refused = subprocess.run([str(RAY), "job", "list", "--address", f"http://127.0.0.1:{dash_port}"],
-                                 env=wrong, capture_output=True, text=True, timeout=120)
+                                 check=False, env=wrong, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0, refused.stdout + refused.stderr
         assert "token" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
         print(f"\ncluster of 2 nodes up (GCS {gcs_address}, token auth on) after {time.monotonic() - t_start:.1f}s")
@@ -219,7 +114,7 @@ def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None
         job = subprocess.run(
             [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--",
              PYTHON, "-m", "raypipe", "run", str(spec_path), "--address", "auto", "--no-serve", "--json"],
-            env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path,
+            check=False, env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path,
         )
         output = job.stdout + job.stderr
         print(f"\nray job submit: exit {job.returncode} after {time.monotonic() - t0:.1f}s")
@@ -262,9 +157,9 @@ def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None
         passed = True
     finally:
         t_stop = time.monotonic()
-        _stop(worker)
-        _stop(head)
-        leftovers = _kill_leftovers(temp_dir)
+        stop_node(worker)
+        stop_node(head)
+        leftovers = kill_leftovers(temp_dir)
         print(f"\ncluster stopped in {time.monotonic() - t_stop:.1f}s")
         if leftovers:
             print("Ray processes of this cluster outlived `ray start`; killed:\n" + "\n".join(leftovers))

@@ -59,7 +59,8 @@ def test_torch_trials_under_asha(ray_session, tmp_path):
     best_row = next(r for r in table["trials"] if r["config"]["train.lr"] == good)
     assert tune["best_score"] == best_row["val_f1"] == max(r["val_f1"] for r in table["trials"])
     report = train.store.read_json("train_report.json")
-    assert [h["epoch"] for h in report["history"]] == [0, 1, 2] and report["history"][-1]["lr"] == good
+    # The best trial's rate: the peak of the default schedule (a warm-up epoch at lr / 2, then the cosine decay).
+    assert [h["epoch"] for h in report["history"]] == [0, 1, 2] and max(h["lr"] for h in report["history"]) == good
     assert report["ddp"]["world_size"] == 2 and len({w["digest"] for w in report["ddp"]["workers"]}) == 1
     assert Registry(str(tmp_path / "store"), "t-tune-torch").alias("champion") == result.version
 

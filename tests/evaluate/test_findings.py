@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raypipe.evaluate.findings import OVERFIT_TOLERANCE, fit_findings, slice_findings, threshold_finding
+from raypipe.evaluate.findings import (OVERFIT_TOLERANCE, baseline_findings, fit_findings, slice_findings,
+                                      threshold_finding)
 from raypipe.evaluate.slices import sliced_metrics
 
 
@@ -123,3 +124,63 @@ def test_threshold_finding():
     assert "0.5000" in f and "fixed" in f
     (f,) = threshold_finding("max_f1", 0.42, {"precision": None, "recall": None})
     assert "0.4200" in f and "max_f1" in f
+
+
+# --- baselines ------------------------------------------------------------------------
+
+def _b(trivial, linear, kind="classification"):
+    t, lin = {"classification": ("DummyClassifier", "LogisticRegression"), "regression": ("DummyRegressor", "Ridge")}[kind]
+    return {"trivial": {"model": t, "about": "predicts the majority class", "test": trivial},
+            "linear": {"model": lin, "about": "fitted on 1,000 rows", "test": linear}}
+
+
+def test_a_network_worse_than_a_linear_model_is_told_so():
+    """The issue's digits case: a CNN at 0.60 while LogisticRegression reaches 0.97."""
+    test = {"f1": 0.60, "balanced_accuracy": 0.60}
+    out, short = baseline_findings("classification", test, _b({"f1": 0.02, "balanced_accuracy": 0.1},
+                                                              {"f1": 0.97, "balanced_accuracy": 0.97}))
+    assert short is True
+    (f,) = out
+    assert f.startswith("No better than a linear model: f1 0.600 on test vs 0.970 for LogisticRegression")
+
+
+def test_worse_than_trivial_and_linear():
+    test = {"rmse": 177.6, "r2": -4.04}
+    out, short = baseline_findings("regression", test, _b({"rmse": 79.3, "r2": -0.006}, {"rmse": 58.7, "r2": 0.45},
+                                                          "regression"))
+    assert short is True and len(out) == 2
+    assert out[0].startswith("Worse than the trivial baseline: r2 -4.040 on test") and "-0.006" in out[0]
+    assert out[1].startswith("No better than a linear model: rmse 177.600")
+
+
+def test_a_model_that_beats_both_gets_one_line_with_the_numbers():
+    out, short = baseline_findings("classification", {"f1": 0.51, "balanced_accuracy": 0.76},
+                                   _b({"f1": 0.0, "balanced_accuracy": 0.5}, {"f1": 0.45, "balanced_accuracy": 0.7}))
+    assert short is False
+    assert out == [("Beats the baselines on test: f1 0.510 vs 0.450 (LogisticRegression) and 0.000 "
+                    "(DummyClassifier, predicts the majority class).")]
+
+
+def test_skipped_linear_baseline_and_no_baselines():
+    b = _b({"f1": 0.0, "balanced_accuracy": 0.5}, None)
+    b["linear"] = {"model": "LogisticRegression", "skipped": "150,528 features × 9,000 rows are too many"}
+    out, short = baseline_findings("classification", {"f1": 0.8, "balanced_accuracy": 0.8}, b)
+    assert out == ["No linear baseline: 150,528 features × 9,000 rows are too many."] and short is False
+    assert baseline_findings("clustering", {"silhouette": 0.3}, None) == ([], False)
+
+
+def test_underfitting_points_at_a_named_cause_instead_of_more_epochs():
+    train, held = {"rmse": 170.0, "r2": -3.9}, {"rmse": 168.0, "r2": -3.8}
+    generic, _ = fit_findings("regression", train, held, "validation", 1000.0)
+    named, _ = fit_findings("regression", train, held, "validation", 1000.0, cause_named=True)
+    assert "more epochs" in generic[0]
+    assert named[0].startswith("Underfitting") and "more epochs" not in named[0] and "likely cause" in named[0]
+
+
+def test_a_regression_error_gap_is_judged_against_the_size_of_the_error():
+    """Without a gate limit, rmse 52.9 vs 54.2 (diabetes, Ridge: 2.5 %) is agreement, not overfitting;
+    the same 1.3 gap on an error of 2.0 is."""
+    out, _ = fit_findings("regression", {"rmse": 52.9, "r2": 0.5}, {"rmse": 54.2, "r2": 0.45}, "validation", None)
+    assert "agree" in out[0]
+    out, _ = fit_findings("regression", {"rmse": 2.0, "r2": 0.9}, {"rmse": 3.3, "r2": 0.7}, "validation", None)
+    assert out[0].startswith("Overfitting")

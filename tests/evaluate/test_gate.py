@@ -205,3 +205,65 @@ def test_passed_is_and_of_all_checks():
         for c in r["checks"]:
             if not c["passed"]:
                 assert any(f.startswith(c["check"] + ": got ") for f in r["failures"])
+
+
+# --- baselines ------------------------------------------------------------------------
+def _baselines(trivial: dict, linear: dict | None = None, kind: str = "classification") -> dict:
+    names = {"classification": ("DummyClassifier", "LogisticRegression"), "regression": ("DummyRegressor", "Ridge")}[kind]
+    out = {"trivial": {"model": names[0], "test": trivial}}
+    out["linear"] = {"model": names[1], "test": linear} if linear is not None else {"model": names[1], "skipped": "too wide"}
+    return out
+
+
+def test_worse_than_the_trivial_baseline_fails_by_default():
+    b = _baselines({"balanced_accuracy": 0.5, "accuracy": 0.97})
+    r = verdict(gate(), "classification", {"balanced_accuracy": 0.48, "accuracy": 0.98}, baselines=b)
+    c = _check(r, "balanced_accuracy >= trivial baseline (DummyClassifier)")
+    assert c["value"] == 0.48 and c["limit"] == 0.5 and not c["passed"] and r["passed"] is False
+    # Accuracy below the majority class's is no reason on its own: a recall-tuned threshold may trade it away.
+    r = verdict(gate(), "classification", {"balanced_accuracy": 0.76, "accuracy": 0.96}, baselines=b)
+    assert r["passed"] is True
+
+
+def test_regression_must_reach_r2_zero_even_if_the_mean_scores_below_it():
+    b = _baselines({"r2": -0.01, "rmse": 79.0}, kind="regression")
+    r = verdict(gate(), "regression", {"r2": -0.005, "rmse": 78.9}, baselines=b)
+    c = _check(r, "r2 >= trivial baseline (DummyRegressor)")
+    assert c["limit"] == 0.0 and not c["passed"]  # better than the train mean, still worse than the test mean
+    assert verdict(gate(), "regression", {"r2": 0.0}, baselines=b)["passed"] is True
+
+
+def test_trivial_check_can_be_turned_off_and_is_skipped_without_baselines():
+    b = _baselines({"r2": -0.01}, kind="regression")
+    r = verdict(gate(beat_trivial_baseline=False), "regression", {"r2": -3.48}, baselines=b)
+    assert r == {"passed": True, "checks": [], "failures": []}
+    assert verdict(gate(), "clustering", {"silhouette": 0.1}, baselines=None)["checks"] == []
+
+
+def test_min_lift_over_the_linear_baseline_in_the_main_metric():
+    b = _baselines({"f1": 0.0, "balanced_accuracy": 0.5}, {"f1": 0.60})
+    r = verdict(gate(min_lift_over_baseline=0.05), "classification", {"f1": 0.62, "balanced_accuracy": 0.8},
+                baselines=b)
+    c = _check(r, "f1 lift over linear baseline (LogisticRegression) >= +0.05")
+    assert c["value"] == pytest.approx(0.02) and c["passed"] is False
+    assert any("lift over linear baseline" in f and "0.0200" in f for f in r["failures"])
+    # rmse: lower is better, so the lift is the reduction.
+    b = _baselines({"r2": -0.01, "rmse": 80.0}, {"rmse": 58.0}, kind="regression")
+    r = verdict(gate(min_lift_over_baseline=2.0), "regression", {"r2": 0.5, "rmse": 55.0}, baselines=b)
+    assert _check(r, "rmse lift over linear baseline (Ridge)")["value"] == pytest.approx(3.0) and r["passed"]
+
+
+def test_min_lift_fails_when_the_linear_baseline_was_skipped():
+    b = _baselines({"f1": 0.0, "balanced_accuracy": 0.5})
+    r = verdict(gate(min_lift_over_baseline=0.0), "classification", {"f1": 0.9, "balanced_accuracy": 0.9}, baselines=b)
+    c = _check(r, "lift over linear baseline")
+    assert c["value"] is None and c["passed"] is False
+
+
+def test_min_lift_is_refused_for_unsupervised_tasks():
+    import raypipe
+
+    with pytest.raises(raypipe.SpecError, match="min_lift_over_baseline: task 'clustering' has no baseline"):
+        raypipe.load_spec({"name": "c", "data": {"source": {"type": "builtin", "name": "iris"}, "task": "clustering"},
+                           "model": {"kind": "sklearn:sklearn.cluster:KMeans"},
+                           "evaluate": {"gate": {"min_lift_over_baseline": 0.1}}})

@@ -231,3 +231,22 @@ def test_dollar_labels_and_no_pyplot_figures(tmp_path):
     names, _ = _check_outputs(tmp_path, paths)
     assert "calibration.png" in names and "roc.png" in names
     assert plt.get_fignums() == before  # drawn on Figure objects, no pyplot figures left behind
+
+
+def test_baselines_are_columns_beside_the_model_and_say_how_they_were_fitted(tmp_path):
+    y = np.array([0.0, 1.0, 2.0, 3.0] * 10)
+    pred = y + 0.5
+    doc = {"task": "regression", "test": {"rmse": 0.5, "r2": 0.8, "rows": 40}, "threshold": 0.5,
+           "gate": {"passed": False, "checks": [{"check": "r2 >= trivial baseline (DummyRegressor)", "value": -3.48,
+                                                 "limit": 0.0, "passed": False}], "failures": []},
+           "baselines": {"trivial": {"model": "DummyRegressor", "about": "predicts the train split's mean",
+                                     "test": {"rmse": 1.118, "r2": -0.0123, "rows": 40}},
+                         "linear": {"model": "Ridge", "about": "fitted on 50,000 rows (a seeded sample of 80,000)",
+                                    "train_rows": 50000, "test": {"rmse": 0.25, "r2": 0.95, "rows": 40}}}}
+    write_report(Store(str(tmp_path)), doc, y=y, pred=pred)
+    page = (tmp_path / "report.html").read_text()
+    header = re.search(r"<h2>Metrics</h2>.*?</tr>", page, re.DOTALL).group(0)
+    assert header.index("test") < header.index("trivial baseline: DummyRegressor (test)") \
+        < header.index("linear baseline: Ridge (test)")
+    assert "-0.0123" in page and "0.95" in page
+    assert "fitted on 50,000 rows (a seeded sample of 80,000)" in page and "predicts the train split&#39;s mean" in page

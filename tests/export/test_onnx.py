@@ -152,8 +152,8 @@ def test_regression_clustering_and_anomaly_scores(tmp_path):
     _same_decisions(out["is_anomaly"].astype(int), anomaly.decide(scores), scores, anomaly.threshold)
 
 
-@pytest.mark.parametrize("kind", ["torch.mlp", "torch.cnn"])
-def test_torch_zoo_models(kind, tmp_path):
+@pytest.mark.parametrize("kind, pool", [("torch.mlp", None), ("torch.cnn", None), ("torch.cnn", 4)])
+def test_torch_zoo_models(kind, pool, tmp_path):
     import torch
 
     from raypipe.model.zoo import build_model
@@ -164,6 +164,8 @@ def test_torch_zoo_models(kind, tmp_path):
     fp = FeaturePipeline(["x"], ["c"], image=["img"], image_shapes={"img": [8, 8]}).fit(frame)
     torch.manual_seed(0)
     params = {"hidden": [16]} if kind == "torch.mlp" else {"channels": [4, 8], "hidden": [16]}
+    if pool:
+        params["pool"] = pool  # a 2x2 grid on the 8x8 image's last 2x2 map
     meta = {"format": "raypipe.model/1", "kind": kind, "task": "classification", "n_outputs": 3,
             "input_dim": fp.n_features, "layout": fp.layout(), "params": params}
     net = build_model(kind, input_dim=fp.n_features, n_outputs=3, layout=fp.layout(), params=params)
@@ -172,6 +174,27 @@ def test_torch_zoo_models(kind, tmp_path):
     scores = predictor.scores(frame)
     np.testing.assert_allclose(out["scores"], scores, atol=1e-5)
     np.testing.assert_array_equal(out["class_index"], predictor.decide(scores))
+
+
+def test_torch_regression_on_a_standardised_target_exports_un_scaled_values(tmp_path):
+    """A regression model trained on (y - mean) / std: the graph answers in the target's units, as the predictor."""
+    import torch
+
+    from raypipe.model.zoo import build_model
+
+    frame = _frame()
+    fp = FeaturePipeline(["amount", "age"], ["city"]).fit(frame)
+    torch.manual_seed(0)
+    scale = {"mean": 150.0, "std": 77.0}
+    meta = {"format": "raypipe.model/1", "kind": "torch.mlp", "task": "regression", "n_outputs": 1,
+            "input_dim": fp.n_features, "params": {"hidden": [8]}, "target_scale": scale}
+    net = build_model("torch.mlp", input_dim=fp.n_features, n_outputs=1, params={"hidden": [8]}, target_scale=scale)
+    predictor = Predictor(fp, TorchModel(meta, net.state_dict()), {"target": {"name": "y", "task": "regression"}},
+                          version=1)
+    out = _export(predictor, tmp_path, frame)
+    values = predictor.scores(frame)
+    assert abs(values.mean() - 150.0) < 50  # un-scaled: near the mean, not near 0
+    np.testing.assert_allclose(out["prediction"].ravel(), values, rtol=1e-5, atol=1e-3)
 
 
 def test_what_has_no_onnx_form_is_refused_by_name(tmp_path):
@@ -218,3 +241,17 @@ def test_an_estimator_without_a_converter_is_refused_by_name(tmp_path):
     train, fp, x = _tabular()
     with pytest.raises(ExportError, match="skl2onnx cannot convert Median"):
         export_onnx(_sklearn(fp, Median().fit(x, train["age"]), "regression"), str(tmp_path / "m.onnx"))
+
+
+def test_datetime_features_are_refused_not_exported_wrong(tmp_path):
+    from sklearn.linear_model import Ridge
+
+    frame = pd.DataFrame({"x": np.arange(20.0), "when": [f"2024-03-{d:02d}T10:00:00Z" for d in range(1, 21)]})
+    fp = FeaturePipeline(["x"], datetime=["when"]).fit(frame)
+    predictor = _sklearn(fp, Ridge().fit(fp.transform(frame), frame["x"]), "regression")
+    with pytest.raises(ExportError) as info:
+        export_onnx(predictor, str(tmp_path / "m.onnx"))
+    assert info.value.problems == [(
+        "datetime features are not supported by ONNX export yet (columns ['when']); serve this pipeline with raypipe "
+        "serve, or list them in data.id_columns to export without them")]
+    assert not (tmp_path / "m.onnx").exists()

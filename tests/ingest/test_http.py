@@ -61,6 +61,17 @@ class _Api(BaseHTTPRequestHandler):
             items = ITEMS[: int(q.get("n", len(ITEMS)))]
             page, size = int(q["page"]), int(q["per_page"])
             self._json({"data": items[(page - 1) * size: page * size]})
+        elif path == "/capped":  # asks for per_page, gets at most 40 (APIs cap page sizes): a short page is no end
+            page, size = int(q["page"]), min(40, int(q["per_page"]))
+            self._json({"data": ITEMS[(page - 1) * size: page * size]})
+        elif path == "/clamped":  # any page number past the end answers the last page again
+            page = min(int(q["page"]), 3)
+            self._json({"data": ITEMS[(page - 1) * 100: page * 100]})
+        elif path == "/hasmore":  # its own end marker: no empty page is ever asked for
+            page = int(q["page"])
+            self._json({"data": ITEMS[(page - 1) * 100: page * 100], "meta": {"has_more": page * 100 < len(ITEMS)}})
+        elif path == "/samecursor":  # hands back the cursor it was asked with
+            self._json({"data": ITEMS[:3], "next_cursor": q.get("cursor", "a")})
         elif path == "/cursor":
             start = int(q.get("cursor", 0))
             nxt = str(start + 70) if start + 70 < len(ITEMS) else None
@@ -207,7 +218,7 @@ def test_page_pagination_reads_every_page(api: _Server) -> None:
     recs = records(source(api, "/items", params={"api_key": "k-123"}, headers={"X-Client": "raypipe"}))
     assert [r["id"] for r in recs] == list(range(250))
     sent = requests_to(api, "/items")
-    assert [q["page"] for _, q, _ in sent] == ["1", "2", "3"]  # 100, 100, 50: the short page ends it
+    assert [q["page"] for _, q, _ in sent] == ["1", "2", "3", "4"]  # 100, 100, 50, then the empty page ends it
     assert all(q["per_page"] == "100" and q["api_key"] == "k-123" for _, q, _ in sent)
     assert all(h["X-Client"] == "raypipe" and "Authorization" not in h for _, _, h in sent)
 
@@ -280,7 +291,7 @@ def test_404_names_status_and_url_without_query(api: _Server) -> None:
 
 def test_bearer_token_is_sent(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RP_TEST_TOKEN", TOKEN)
-    recs = records(source(api, "/secure", token_env="RP_TEST_TOKEN"))
+    recs = records(source(api, "/secure", token_env="RP_TEST_TOKEN", pagination={"style": "none"}))
     assert len(recs) == 4
     assert requests_to(api, "/secure")[-1][2]["Authorization"] == f"Bearer {TOKEN}"
 
@@ -428,7 +439,7 @@ def test_the_ingest_stage_reads_pages_from_storage_and_removes_them(api: _Server
     result = raypipe.run(small_spec(tmp_path / "store", name="t-http", data=data), until="ingest",
                          progress=Progress(quiet=True))
     ingest = result.outputs["ingest"]
-    assert ingest.outputs.input_rows == 250 and len(requests_to(api, "/items")) - before == 3
+    assert ingest.outputs.input_rows == 250 and len(requests_to(api, "/items")) - before == 4
     assert removed == [["page-00001.parquet", "page-00002.parquet", "page-00003.parquet"]]  # in the artifact's folder
     assert not ingest.store.exists("_source")  # the pages went once the splits were written
     assert not any(f.startswith("_source") for f in ingest.store.read_json("_COMPLETE.json")["files"])
@@ -504,3 +515,42 @@ def test_a_content_length_over_the_limit_is_refused_before_the_body(api: _Server
                                               r"data.source.max_response_mb=64"):
         records(source(api, "/declared", retries=3, pagination={"style": "none"}))
     assert api.hits["/declared"] == 1  # the 1 KB it did send was never waited for, nor the request retried
+
+
+def test_a_page_shorter_than_asked_is_not_the_last(api: _Server) -> None:
+    """The API caps per_page at 40: reading stops at the empty page, not the first short one."""
+    recs = records(source(api, "/capped", pagination={"page_size": 100}))
+    assert [r["id"] for r in recs] == list(range(250))
+
+
+def test_the_api_end_marker_ends_a_page_read(api: _Server) -> None:
+    api.requests.clear()
+    recs = records(source(api, "/hasmore", pagination={"has_more_field": "meta.has_more"}))
+    assert [r["id"] for r in recs] == list(range(250))
+    assert [q["page"] for _, q, _ in requests_to(api, "/hasmore")] == ["1", "2", "3"]  # no extra empty page
+    with pytest.raises(HttpSourceError, match=r"has_more_field 'meta.more' is missing.*\['data', 'meta'\]"):
+        records(source(api, "/hasmore", pagination={"has_more_field": "meta.more"}))
+
+
+def test_an_api_that_repeats_its_last_page_is_an_error_not_duplicates(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match=r"page 4 repeats page 3.*has_more_field"):
+        records(source(api, "/clamped"))
+
+
+@pytest.mark.parametrize("field, found", [("meta.nxt", "is missing"), ("meta", "holds a dict, not a cursor")])
+def test_a_wrong_cursor_field_is_an_error_naming_it(api: _Server, field: str, found: str) -> None:
+    """Before: a missing cursor read as 'no next page', a quiet stop after the first 70 of 250 records."""
+    src = source(api, "/cursor", records="result.items", pagination={"style": "cursor", "cursor_field": field})
+    with pytest.raises(HttpSourceError, match=rf"cursor_field '{field}' {found} in response 1.*\['meta', 'result'\]"):
+        records(src)
+
+
+def test_a_cursor_that_never_moves_is_an_error(api: _Server) -> None:
+    with pytest.raises(HttpSourceError, match="gives back the cursor it was asked with"):
+        records(source(api, "/samecursor", pagination={"style": "cursor"}))
+
+
+def test_an_api_that_is_not_paginated_read_as_pages_says_so(api: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RP_TEST_TOKEN", TOKEN)
+    with pytest.raises(HttpSourceError, match="page 2 repeats page 1.*not paginated: set data.source.pagination.style: none"):
+        records(source(api, "/secure", token_env="RP_TEST_TOKEN"))

@@ -270,3 +270,17 @@ def test_object_columns_are_not_merged_by_value_order() -> None:
     assert column_hashes(a)[0] != column_hashes(a)[1]
     assert stratum(a, 4).tolist() == ["1", "1.0", "__null__", "x"]
     assert stratum(b, 4).tolist() == ["1.0", "1", "__null__", "x"]
+
+
+def test_a_regression_target_is_not_stratified_by_value(ray_session, tmp_path) -> None:
+    """Diabetes (442 rows, 214 distinct targets): stratifying by value made strata of one to three rows that
+    each rounded to no test row (29 test rows instead of ~66)."""
+    import raypipe
+    from raypipe.progress import Progress
+
+    spec = {"name": "t-split-reg", "storage": str(tmp_path / "store"),
+            "data": {"source": {"type": "builtin", "name": "diabetes"}, "target": "target", "task": "regression"},
+            "model": {"kind": "sklearn:sklearn.linear_model:Ridge"}}
+    rows = raypipe.run(spec, until="ingest", progress=Progress(quiet=True)).outputs["ingest"].outputs.rows
+    assert sum(rows.values()) == 442
+    assert abs(rows["test"] - 0.15 * 442) <= 5 and abs(rows["validation"] - 0.15 * 442) <= 5, rows

@@ -37,6 +37,32 @@ def test_cnn_sees_the_image_as_an_image_and_the_other_features() -> None:
         assert not torch.allclose(net(y), out)
 
 
+def test_cnn_pools_to_a_grid_that_keeps_where_strokes_are_and_old_models_load_as_trained(tmp_path: Path) -> None:
+    from raypipe.model.zoo import CNN_POOL, TRAIN_PARAMS
+
+    big = [{"kind": "image", "start": 0, "stop": 24 * 24, "shape": [24, 24, 1]}]
+    net = build_model("torch.cnn", input_dim=576, n_outputs=10, layout=big, params={"channels": [4, 8], "pool": 4})
+    assert net.head[0].in_features == 8 * 4 * 4  # 24 -> 12 -> 6, pooled to 4x4
+    small = build_model("torch.cnn", input_dim=66, n_outputs=10, layout=IMAGE, params={"channels": [4, 8], "pool": 4})
+    assert small.head[0].in_features == 8 * 2 * 2 + 2  # 8 -> 4 -> 2: the grid is at most the map
+    # The global pool ignores where in the image a pattern is; the grid does not.
+    torch.manual_seed(0)
+    flat = build_model("torch.cnn", input_dim=576, n_outputs=10, layout=big, params={"channels": [4], "pool": 1}).eval()
+    grid = build_model("torch.cnn", input_dim=576, n_outputs=10, layout=big, params={"channels": [4], "pool": 4}).eval()
+    left, right = torch.zeros(1, 24, 24), torch.zeros(1, 24, 24)
+    left[0, 4:8, 2:6], right[0, 4:8, 16:20] = 1.0, 1.0  # the same stroke, moved within the pooled map
+    a, b = left.reshape(1, -1), right.reshape(1, -1)
+    assert torch.allclose(flat(a), flat(b), atol=1e-6) and not torch.allclose(grid(a), grid(b), atol=1e-4)
+    # A newly trained torch.cnn stores its pool; a model.json from before stores none and keeps the global pool.
+    assert TRAIN_PARAMS["torch.cnn"] == {"pool": CNN_POOL}
+    old = build_model("torch.cnn", input_dim=66, n_outputs=10, layout=IMAGE, params={"channels": [4, 8]})
+    assert old.head[0].in_features == 8 + 2
+    store = Store(tmp_path)
+    save_model(store, model_meta("torch.cnn", "classification", 10, input_dim=66, layout=IMAGE,
+                                 params={"channels": [4, 8]}), torch_state=old.state_dict())
+    assert load_model(store).net.head[0].in_features == 8 + 2
+
+
 def test_cnn_reads_pixels_in_hwc_order() -> None:
     layout = [{"kind": "image", "start": 0, "stop": 2 * 3 * 3, "shape": [2, 3, 3]}]
     net = build_model("torch.cnn", input_dim=18, n_outputs=2, layout=layout, params={"channels": [1]})

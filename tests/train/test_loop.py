@@ -75,13 +75,22 @@ def test_lr_schedule_per_epoch(cfg: LoopConfig) -> None:
         assert lrs[cfg.warmup_epochs] == cfg.lr and lrs[-1] < 0.05 * cfg.lr
 
 
-def test_the_demo_trains_at_a_constant_rate() -> None:
+def test_the_demo_trains_with_the_default_warm_up_and_cosine_schedule() -> None:
     from raypipe.spec import demo_spec_path, load_spec
     from raypipe.train.torch_trainer import loop_config
 
-    spec = load_spec(demo_spec_path())
+    spec = load_spec(demo_spec_path())  # sets epochs, batch_size and lr; the schedule is the default
     cfg = LoopConfig.from_dict(loop_config(spec, {"input_dim": 4, "n_outputs": 2, "class_weights": None, "layout": []}, True))
-    assert _lrs(cfg, cfg.epochs)[0] == [spec.train.lr] * spec.train.epochs  # bit for bit, as before torch's schedulers
+    assert (cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs) == (spec.train.epochs, "cosine", 1)
+    lrs = _lrs(cfg, cfg.epochs)[0]
+    assert lrs == pytest.approx(_expected(cfg), rel=1e-14, abs=0)
+    assert lrs[0] == spec.train.lr / 2 and lrs[1] == spec.train.lr and lrs[-1] < 0.05 * spec.train.lr
+
+
+def test_the_optimizer_is_adamw_with_the_models_weight_decay() -> None:
+    model = build_model("torch.mlp", input_dim=3, n_outputs=2, params={"hidden": [4]})
+    optim, _, _ = make_optimizer(model, LoopConfig(weight_decay=0.01))
+    assert isinstance(optim, torch.optim.AdamW) and optim.param_groups[0]["weight_decay"] == 0.01
 
 
 @pytest.mark.parametrize("cfg", SCHEDULES, ids=IDS)

@@ -19,7 +19,8 @@ EPOCHS = 6
 def torch_run(ray_session, tmp_path_factory):
     storage = tmp_path_factory.mktemp("torch") / "store"
     spec = raypipe.load_spec(small_spec(
-        storage, name="t-torch", rows=12000,
+        storage, name="t-torch", rows=12007,
+        data={"split": {"stratify": False}},  # an odd validation split: 1,801 rows
         model={"kind": "torch.mlp", "params": {"hidden": [32, 16]}},
         train={"workers": 2, "epochs": EPOCHS, "batch_size": 128, "lr": 0.005},
     ))
@@ -66,3 +67,18 @@ def test_sensible_test_metric_and_served_model_matches(torch_run):
            "transactions_last_24h": 14, "avg_amount_30d": 40.0}
     out = pred.predict_records([row])[0]
     assert out["scores"]["1"] > 0.5  # an obviously fraudulent transaction
+
+
+def test_validation_metrics_cover_every_row_and_left_out_training_rows_are_counted(torch_run):
+    """Ray Train's default equal split drops up to workers - 1 rows of every split per epoch."""
+    _, result = torch_run
+    report = result.outputs["train"].store.read_json("train_report.json")
+    counts = result.outputs["validate"].outputs.counts
+    val_rows = counts["validation"]["valid"]
+    assert val_rows % 2 == 1  # an odd count: an equal split over 2 workers would leave one row out
+    assert all(h["val_rows"] == val_rows for h in report["history"])
+    seen = report["rows_per_epoch"]
+    assert seen["validation"] == {"rows": val_rows, "seen": val_rows, "left_out": 0}
+    train_rows = counts["train"]["valid"]
+    assert seen["train"]["rows"] == train_rows and 0 <= seen["train"]["left_out"] <= 1
+    assert all(h["train_rows"] == train_rows - seen["train"]["left_out"] for h in report["history"])

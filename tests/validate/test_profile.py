@@ -247,7 +247,8 @@ def test_infer_schema_text_and_image_columns() -> None:
     assert s["columns"]["image"] == {"type": "image", "nullable": True, "shape": [8, 8, 3]}
     assert s["columns"]["scan"]["type"] == "image" and s["columns"]["scan"]["shape"] is None
     assert s["columns"]["review"]["type"] == "text"
-    assert s["features"] == {"numeric": ["n"], "categorical": ["city"], "text": ["review"], "image": ["image", "scan"]}
+    assert s["features"] == {"numeric": ["n"], "categorical": ["city"], "datetime": [], "text": ["review"],
+                             "image": ["image", "scan"]}
     assert feature_columns(s) == ["n", "city", "review", "image", "scan"]
 
 

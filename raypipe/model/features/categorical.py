@@ -2,6 +2,14 @@
 
 Values are compared as strings (``3`` and ``"3"`` are the same category); None/NaN
 is missing and never a category.
+
+Fitting is bounded whatever the cardinality: each block sends at most ``sketch_size``
+values per column (a Misra-Gries summary of its exact counts,
+:func:`raypipe.columns.counts_sketch`), and the driver merges them into one summary of
+the same size. Every count is under its true value by at most rows / (sketch_size + 1)
+(0.1 % of the rows at the default 1,024), so a value in more than that share of rows is
+always kept, and the kept categories are the true top ones up to that error; with at
+most ``sketch_size`` distinct values the counts are exact.
 """
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.columns import str_codes
+from raypipe.columns import counts_sketch, merge_counts_sketches, str_codes
 from raypipe.model.features.base import Batch, Operator, column, num_rows
 
 OTHER = "__other__"
@@ -38,25 +46,28 @@ class CategoricalEncoder(Operator):
             stable hash of the value; stateless; missing is all zeros.
         max_categories: categories kept per column (onehot, ordinal).
         hash_buckets: columns per input column (hashing).
+        sketch_size: counters per column while fitting (onehot, ordinal): bounds what each
+            block sends and the driver holds (see the module docstring).
     """
 
     kind = "categorical"
     state_keys = ("categories_",)
 
     def __init__(self, columns: Sequence[str], *, encode: str = "onehot", max_categories: int = 32,
-                 hash_buckets: int = 64) -> None:
+                 hash_buckets: int = 64, sketch_size: int = 1024) -> None:
         if encode not in ENCODE:
             raise ValueError(f"encode must be one of {ENCODE}, not {encode!r}")
-        if max_categories < 1 or hash_buckets < 2:
-            raise ValueError("max_categories must be >= 1 and hash_buckets >= 2")
+        if max_categories < 1 or hash_buckets < 2 or sketch_size < max_categories:
+            raise ValueError("max_categories must be >= 1, hash_buckets >= 2 and sketch_size >= max_categories")
         self.columns = list(columns)
         self.encode, self.max_categories, self.hash_buckets = encode, int(max_categories), int(hash_buckets)
+        self.sketch_size = int(sketch_size)
         self._index: dict[str, pd.Index] = {}  # categories_ as an Index, built on first use
         self._lookup: dict[str, dict[str, int]] = {}  # categories_ as a dict, built on first use
 
     def get_params(self) -> dict[str, Any]:
         return {"columns": self.columns, "encode": self.encode, "max_categories": self.max_categories,
-                "hash_buckets": self.hash_buckets}
+                "hash_buckets": self.hash_buckets, "sketch_size": self.sketch_size}
 
     # -- fitting ----------------------------------------------------------------------
     def partial_stats(self, batch: Batch) -> dict[str, Any]:
@@ -66,7 +77,8 @@ class CategoricalEncoder(Operator):
         for c in self.columns:
             codes, texts = str_codes(column(batch, c))
             counts = np.bincount(codes[codes >= 0], minlength=len(texts))
-            out[c] = {str(k): int(v) for k, v in zip(texts, counts) if v}
+            present = counts > 0
+            out[c] = counts_sketch([str(t) for t in texts[present]], counts[present], self.sketch_size)
         return out
 
     def _fit(self, parts: list[dict[str, Any]]) -> None:
@@ -75,11 +87,8 @@ class CategoricalEncoder(Operator):
         if self.encode == "hashing":
             return
         for c in self.columns:
-            total: dict[str, int] = {}
-            for p in parts:
-                for k, v in p[c].items():
-                    total[k] = total.get(k, 0) + v
-            ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+            merged = merge_counts_sketches([p[c] for p in parts], self.sketch_size)
+            ranked = sorted(zip(merged["values"], merged["counts"]), key=lambda kv: (-kv[1], kv[0]))
             self.categories_[c] = [k for k, _ in ranked[: self.max_categories]]
 
     # -- transforming -----------------------------------------------------------------

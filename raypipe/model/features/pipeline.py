@@ -1,4 +1,4 @@
-"""The fitted feature pipeline: numeric → categorical → text → image operators, then optional PCA.
+"""The fitted feature pipeline: numeric → categorical → datetime → text → image operators, then optional PCA.
 
 One object serves three callers with identical output: Ray Data batches during
 training and evaluation, batch inference, and single requests in a Serve replica.
@@ -10,7 +10,7 @@ the model version::
 
     {"format": "raypipe.features/2",
      "params": {...the constructor's keyword arguments...},
-     "operators": [{"kind": "numeric" | "categorical" | "text" | "image",
+     "operators": [{"kind": "numeric" | "categorical" | "datetime" | "text" | "image",
                     "params": {...the operator's keyword arguments...},
                     "state": {...its fitted attributes, e.g. "centers_"...}}, ...],
      "pca": null | {"kind": "pca", "params": {...}, "state": {...}},
@@ -28,6 +28,7 @@ import pandas as pd
 from raypipe.errors import ArtifactError
 from raypipe.model.features.base import Batch, Operator, num_rows
 from raypipe.model.features.categorical import CategoricalEncoder
+from raypipe.model.features.datetimes import DatetimeEncoder
 from raypipe.model.features.image import ImageTransformer
 from raypipe.model.features.numeric import NumericTransformer
 from raypipe.model.features.pca import PcaReducer
@@ -37,7 +38,7 @@ from raypipe.model.features.text import TextVectorizer
 FORMAT = "raypipe.features/2"
 RECORDS_FAST_MAX = 1024  # lists of records up to this long skip the DataFrame (see _records_transform)
 OPERATORS: dict[str, type[Operator]] = {
-    op.kind: op for op in (NumericTransformer, CategoricalEncoder, TextVectorizer, ImageTransformer)
+    op.kind: op for op in (NumericTransformer, CategoricalEncoder, DatetimeEncoder, TextVectorizer, ImageTransformer)
 }
 
 
@@ -47,10 +48,12 @@ class FeaturePipeline:
     Args:
         numeric: numeric (and boolean) input columns (:class:`NumericTransformer`).
         categorical: string input columns (:class:`CategoricalEncoder`).
+        datetime: date/time input columns (:class:`DatetimeEncoder`); ``date_formats`` gives
+            each one's format from the schema (``iso``, ``dmy``, ``mdy``).
         text: free-text input columns (:class:`TextVectorizer`).
         image: image input columns (:class:`ImageTransformer`); needs ``image_shapes``.
         impute, fill_value, clip, log, scale: numeric options (impute → clip → log → scale).
-        max_categories, encode, hash_buckets: categorical options.
+        max_categories, encode, hash_buckets, sketch_size: categorical options.
         text_method, max_features, ngram_range, min_df, lowercase: text options.
         image_normalize, image_shapes: image options (``{column: [h, w(, c)]}``).
         pca_components, whiten: PCA on the concatenated output (None: no PCA).
@@ -83,8 +86,13 @@ class FeaturePipeline:
         image_shapes: Mapping[str, Sequence[int]] | None = None,
         pca_components: int | None = None,
         whiten: bool = False,
+        datetime: Sequence[str] = (),
+        date_formats: Mapping[str, str] | None = None,
+        sketch_size: int = 1024,
     ) -> None:
         self.numeric, self.categorical, self.text, self.image = list(numeric), list(categorical), list(text), list(image)
+        self.datetime, self.date_formats = list(datetime), {c: str(f) for c, f in (date_formats or {}).items()}
+        self.sketch_size = int(sketch_size)
         self.impute, self.fill_value, self.scale = impute, fill_value, scale
         self.clip, self.log = (list(clip) if clip is not None else None), list(log)
         self.max_categories, self.encode, self.hash_buckets = max_categories, encode, hash_buckets
@@ -93,7 +101,8 @@ class FeaturePipeline:
         self.image_normalize = image_normalize
         self.image_shapes = {c: list(s) for c, s in (image_shapes or {}).items()}
         self.pca_components, self.whiten = pca_components, whiten
-        _check_disjoint({"numeric": self.numeric, "categorical": self.categorical, "text": self.text, "image": self.image})
+        _check_disjoint({"numeric": self.numeric, "categorical": self.categorical, "datetime": self.datetime,
+                         "text": self.text, "image": self.image})
         self.operators: list[Operator] = self._build_operators()
         self.pca: PcaReducer | None = PcaReducer(pca_components, whiten=whiten) if pca_components else None
 
@@ -106,7 +115,9 @@ class FeaturePipeline:
             raise ValueError(f"log columns {self.log} are not numeric feature columns")
         if self.categorical:
             ops.append(CategoricalEncoder(self.categorical, encode=self.encode, max_categories=self.max_categories,
-                                          hash_buckets=self.hash_buckets))
+                                          hash_buckets=self.hash_buckets, sketch_size=self.sketch_size))
+        if self.datetime:
+            ops.append(DatetimeEncoder(self.datetime, formats=self.date_formats))
         if self.text:
             ops.append(TextVectorizer(self.text, method=self.text_method, max_features=self.max_features,
                                       ngram_range=self.ngram_range, min_df=self.min_df, lowercase=self.lowercase))
@@ -132,6 +143,8 @@ class FeaturePipeline:
                              f"(categorical: {categorical}, text: {text})")
         text += [c for c in f.text.columns if c not in text]
         image = list(cols.get("image", []))
+        dates = list(cols.get("datetime", []))
+        formats = {c: schema.get("columns", {}).get(c, {}).get("format", "iso") for c in dates}
         shapes = {}
         for c in image:
             shape = schema.get("columns", {}).get(c, {}).get("shape")
@@ -143,7 +156,8 @@ class FeaturePipeline:
             impute=f.numeric.impute, fill_value=f.numeric.fill_value, clip=f.numeric.clip, log=f.numeric.log,
             scale=f.numeric.scale,
             encode=f.categorical.encode, max_categories=f.categorical.max_categories,
-            hash_buckets=f.categorical.hash_buckets,
+            hash_buckets=f.categorical.hash_buckets, sketch_size=f.categorical.sketch_size,
+            datetime=dates, date_formats=formats,
             text_method=f.text.method, max_features=f.text.max_features, ngram_range=f.text.ngram_range,
             min_df=f.text.min_df, lowercase=f.text.lowercase,
             image_normalize=f.image.normalize, image_shapes=shapes,
@@ -160,11 +174,12 @@ class FeaturePipeline:
             "min_df": self.min_df, "lowercase": self.lowercase,
             "image_normalize": self.image_normalize, "image_shapes": self.image_shapes,
             "pca_components": self.pca_components, "whiten": self.whiten,
+            "datetime": self.datetime, "date_formats": self.date_formats, "sketch_size": self.sketch_size,
         }
 
     @property
     def input_columns(self) -> list[str]:
-        return [*self.numeric, *self.categorical, *self.text, *self.image]
+        return [*self.numeric, *self.categorical, *self.datetime, *self.text, *self.image]
 
     # -- fitting ----------------------------------------------------------------------
     def partial_stats(self, batch: Batch) -> dict[str, Any]:

@@ -9,6 +9,17 @@
 - scikit-learn trials are plain function trainables sized by ``train.resources``: fit
   on the training split, score the validation split, report once with the skops file.
 
+Failures: ``train.max_failures`` is each trial's budget of restarts, spent by Tune alone.
+A trial whose training fails (a Train worker died) or whose own process died (its node
+was lost: the trial's driver, Train controller and workers go with it) is launched again
+(``FailureConfig`` on the Tuner). A torch trial's new launch builds the same
+``TorchTrainer`` (run named by the trial id, in the same folder), which finds that run's
+registered checkpoints and resumes after the newest; a scikit-learn trial fits again.
+Ray Train itself does not retry inside a trial (``max_failures=0`` there): two budgets
+would multiply, and a configuration that always fails would run (max_failures + 1)²
+times. A trial's epochs in the trial table count from its reported ``epoch``, not
+from Tune's iterations, which start again at a relaunch.
+
 The experiment lives in ``<storage>/work/tune/<train fingerprint>/``, outside the stage's
 artifact folder (which a rerun wipes): a rerun of the same stage after a driver crash
 finds it and continues with ``Tuner.restore``, without re-running finished trials. That
@@ -30,6 +41,7 @@ from typing import Any
 from raypipe.errors import StageFailed
 from raypipe.tasks import TASKS
 from raypipe.train import fit as training
+from raypipe.train.torch_trainer import train_plan
 from raypipe.train.tune.space import flat, search_space, trial_count, trial_spec
 from raypipe.train.tune.trust import make_private, why_untrusted
 
@@ -84,8 +96,10 @@ def torch_trial(sample: dict[str, Any], *, spec: Any, datasets: dict[str, Any], 
     if lockstep:
         gate = Queue(actor_options={"num_cpus": 0})
         callback = _lockstep_callback(gate)
+    # Named by the trial id: a relaunch of this trial (Tune's FailureConfig) resumes this run's newest registered
+    # checkpoint. Retries are Tune's alone (see the module docstring).
     run_config = RunConfig(name=trial_id, storage_path=os.path.join(work, "train"), callbacks=[callback],
-                           failure_config=FailureConfig(max_failures=spec.train.max_failures))
+                           failure_config=FailureConfig(max_failures=0))
     training.torch_trainer(spec, dims, datasets, run_config, gate).fit()
 
 
@@ -139,7 +153,9 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         trainable = tune.with_resources(trainable, {"cpu": res.get("CPU", 1), "gpu": res.get("GPU", 0)})
         per_trial = float(res.get("CPU", 1))
     concurrent = t.max_concurrent_trials or max(1, int(_cluster_cpus() // (per_trial + 1)))
-    epochs = spec.train.epochs if spec.model.is_torch else 1
+    # ASHA's horizon: the epochs the spec's own settings resolve to (a trial whose tuned batch size or
+    # epochs resolve to more is stopped there).
+    epochs = train_plan(spec, dims).epochs if spec.model.is_torch else 1
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(t.grace_period, epochs),
                                reduction_factor=t.reduction_factor)
                  if t.scheduler == "asha" else FIFOScheduler())
@@ -162,7 +178,9 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
             param_space=space,
             tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
                                         num_samples=t.num_samples, max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0),
+            # A failed trial (its Train workers, or its node with its driver) is launched again and resumes.
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=spec.train.max_failures)),
         )
     results = tuner.fit()
     return _best_model(spec, ctx, results, metric, mode, dims, work)
@@ -216,8 +234,8 @@ def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, dims:
         "kind": spec.model.kind,
     }
     if not spec.model.is_torch:
-        with best.checkpoint.as_directory() as d:
-            blob = open(os.path.join(d, "model.skops"), "rb").read()
+        with best.checkpoint.as_directory() as d, open(os.path.join(d, "model.skops"), "rb") as f:
+            blob = f.read()
         return training.Fitted(training.fit_meta(best_spec, dims), blob, report)
     from ray.train import Checkpoint
 
@@ -230,7 +248,8 @@ def _trial_table(results: Any, metric: str) -> dict[str, Any]:
     rows, total = [], 0
     for r in results:
         m = r.metrics or {}
-        iters = int(m.get("training_iteration", 0))
+        # The epoch counter survives a relaunch (it comes from the checkpoint); Tune's iterations start again.
+        iters = int(m["epoch"]) + 1 if "epoch" in m else int(m.get("training_iteration", 0))
         total += iters
         rows.append({"trial_id": m.get("trial_id") or r.path.rstrip("/").split("/")[-1], "config": flat(r.config),
                      "status": "error" if r.error else "ok", "epochs": iters, metric: m.get(metric),

@@ -574,7 +574,7 @@ def test_build_uses_every_option() -> None:
 
     f = features_section(
         numeric={"impute": "constant", "fill_value": 1.5, "clip": [0.01, 0.99], "log": ["amount"], "scale": "robust"},
-        categorical={"encode": "hashing", "hash_buckets": 16, "max_categories": 5},
+        categorical={"encode": "hashing", "hash_buckets": 16, "max_categories": 5, "sketch_size": 64},
         text={"columns": ["review"], "method": "hashing", "max_features": 64, "ngram_range": [1, 2], "min_df": 1,
               "lowercase": False},
         image={"normalize": "unit"},
@@ -585,7 +585,7 @@ def test_build_uses_every_option() -> None:
     assert numeric.get_params() == {"columns": NUMERIC, "impute": "constant", "fill_value": 1.5, "clip": [0.01, 0.99],
                                     "log": ["amount"], "scale": "robust"}
     assert categorical.get_params() == {"columns": CATEGORICAL, "encode": "hashing", "max_categories": 5,
-                                        "hash_buckets": 16}
+                                        "hash_buckets": 16, "sketch_size": 64}
     assert text.get_params() == {"columns": ["review"], "method": "hashing", "max_features": 64, "ngram_range": [1, 2],
                                  "min_df": 1, "lowercase": False}
     assert image.get_params() == {"columns": IMAGE, "shapes": SHAPES, "normalize": "unit"}
