@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,140 @@ def as_float(col: Any) -> np.ndarray:
 
 
 NUMBER_TYPES = (int, float, bool)
+
+
+# -- text that holds typed values ----------------------------------------------------
+# One grammar per type, used both to infer a text column's type (by majority) and to check
+# each value afterwards, so a value counts the same way in every block. Leading and trailing
+# white space is ignored. Missing values (null) are neither parsed nor failed.
+# ASCII digits, as a CSV export writes them; an infinity is a number too (later quarantined as infinite).
+NUMBER_PATTERN = r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity))$"
+INTEGER_PATTERN = r"^[+-]?\d+$"
+TRUE_TOKENS = ("true", "t", "yes", "y", "1")
+FALSE_TOKENS = ("false", "f", "no", "n", "0")
+TRUE_FALSE_WORDS = ("true", "false", "1", "0")  # a target's booleans: yes/no, y/n, t/f labels stay text
+
+
+class Parsed(NamedTuple):
+    """A column read as one type: the values (float64: numbers, booleans as 1.0/0.0; NaN where
+    missing or not parsed) and, per row, whether a present value failed to parse."""
+
+    values: np.ndarray
+    failed: np.ndarray
+
+
+def is_text(col: Any) -> bool:
+    """True for a column of strings (object, pandas string or Arrow string dtype)."""
+    if isinstance(col, pd.Series):
+        return not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)
+                    or pd.api.types.is_datetime64_any_dtype(col))
+    import pyarrow as pa
+
+    t = col.type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
+
+
+def text_array(col: Any) -> Any:
+    """A column as a trimmed ``pyarrow`` string array (null where missing)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        arr = col if not pa.types.is_dictionary(col.type) else col.cast(pa.string())
+        arr = arr.cast(pa.string()) if not pa.types.is_string(arr.type) else arr
+    else:
+        s = col if isinstance(col, pd.Series) else pd.Series(col)
+        try:  # Arrow-backed strings (pandas' str dtype) pass without a copy, object strings in one go
+            arr = pa.array(s, from_pandas=True)
+            if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_null(arr.type)):
+                raise pa.ArrowTypeError(f"not text: {arr.type}")
+            arr = arr.cast(pa.string())
+        except (pa.ArrowTypeError, pa.ArrowInvalid):  # values that are not all str: their text
+            arr = pa.array(as_str(s).to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+    return pc.utf8_trim_whitespace(arr)
+
+
+def _mask(arr: Any) -> np.ndarray:
+    """A boolean arrow array (nulls: False) as numpy."""
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def present(col: Any) -> np.ndarray:
+    """Per row: a value is there (not null / NaN)."""
+    import pyarrow as pa
+
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        return _mask(col.is_valid())
+    s = col if isinstance(col, pd.Series) else pd.Series(col)
+    return s.notna().to_numpy()
+
+
+def number_matches(text: Any) -> np.ndarray:
+    """Per value of a :func:`text_array`: it is a number (or an infinity)."""
+    import pyarrow.compute as pc
+
+    return _mask(pc.match_substring_regex(text, NUMBER_PATTERN))
+
+
+def integer_matches(text: Any) -> np.ndarray:
+    """Per value of a :func:`text_array`: it is an integer literal."""
+    import pyarrow.compute as pc
+
+    return _mask(pc.match_substring_regex(text, INTEGER_PATTERN))
+
+
+def boolean_matches(text: Any, tokens: tuple[str, ...] = TRUE_TOKENS + FALSE_TOKENS) -> np.ndarray:
+    """Per value of a :func:`text_array`: it is one of ``tokens`` (any case)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return _mask(pc.is_in(pc.utf8_lower(text), value_set=pa.array(tokens)))
+
+
+def parse_numbers(col: Any) -> Parsed:
+    """A column as float64 numbers: text by :data:`NUMBER_PATTERN`, numbers and booleans as they are."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not is_text(col):
+        x = as_float(col.to_pandas() if isinstance(col, (pa.Array, pa.ChunkedArray)) else col)
+        return Parsed(x, np.zeros(len(x), dtype=bool))
+    text = text_array(col)
+    ok = number_matches(text)
+    values = pc.cast(pc.if_else(pa.array(ok), text, pa.scalar(None, pa.string())), pa.float64())
+    return Parsed(values.to_numpy(zero_copy_only=False).astype(np.float64), present(text) & ~ok)
+
+
+def parse_integers(col: Any) -> pd.Series | None:
+    """A text column of integer literals as pandas' nullable ``Int64``, exactly (an id beyond 2**53
+    keeps every digit); None when a present value is no integer literal or does not fit 64 bits."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = text_array(col)
+    if (present(text) & ~integer_matches(text)).any():
+        return None
+    try:
+        ints = pc.cast(pc.replace_substring_regex(text, r"^\+", ""), pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # beyond int64
+        return None
+    out = ints.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return out.set_axis(col.index) if isinstance(col, pd.Series) else out
+
+
+def parse_booleans(col: Any) -> Parsed:
+    """A column as booleans (1.0 / 0.0): text by :data:`TRUE_TOKENS` / :data:`FALSE_TOKENS`, numbers 1 and 0."""
+    import pyarrow as pa
+
+    if not is_text(col):
+        x = as_float(col.to_pandas() if isinstance(col, (pa.Array, pa.ChunkedArray)) else col)
+        bad = ~np.isnan(x) & (x != 0) & (x != 1)
+        return Parsed(np.where(bad, np.nan, x), bad)
+    text = text_array(col)
+    yes, no = boolean_matches(text, TRUE_TOKENS), boolean_matches(text, FALSE_TOKENS)
+    return Parsed(np.where(yes, 1.0, np.where(no, 0.0, np.nan)), present(text) & ~(yes | no))
 
 
 def record_numbers(rows: list[dict[str, Any]], c: str) -> np.ndarray | None:

@@ -40,6 +40,27 @@ def read_parquet(store: Store, rel: str) -> Any:
     return ray.data.read_parquet(store.path(rel), filesystem=store.fs, file_extensions=["parquet"])
 
 
+def footer_rows(store: Store, rel: str) -> int:
+    """Rows of the parquet files under ``rel``, counted from their footers (0 when there are none).
+
+    What is on disk, not what the tasks that wrote it reported: a file torn by a killed
+    writer has no footer and fails here, loudly.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    files = [store.path(rel, f) for f in store.walk_files(rel) if f.endswith(".parquet")]
+    if not files:
+        return 0
+    def rows(path: str) -> int:
+        with store.fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # a footer is one small read: many at once on object stores
+        return sum(pool.map(rows, files))
+
+
 def has_rows(store: Store, rel: str) -> bool:
     return any(f.endswith(".parquet") for f in store.walk_files(rel))
 

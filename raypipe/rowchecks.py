@@ -1,8 +1,8 @@
 """Row checks and the column findings the validate stage and the monitor share.
 
-``annotate`` gives every row of a block the first reason it is invalid (not a number,
-infinite, not a date, wrong image shape, outside a schema file's limits, a missing or
-unseen target) or None; ``missing_column_findings`` and ``null_findings`` turn merged
+``annotate`` gives every row of a block the first reason it is invalid (not a number, not a
+boolean, infinite, not a date, wrong image shape, outside a schema file's limits, a missing
+or unseen target) or None; ``missing_column_findings`` and ``null_findings`` turn merged
 counts into findings. Moved down from ``validate/checks.py`` so that ``raypipe monitor``
 checks a window with exactly the validate stage's rules without importing a stage package.
 
@@ -11,38 +11,20 @@ A finding is ``{"severity": "error"|"warning", "check", "column", "value",
 """
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from raypipe.columns import as_float
+from raypipe.columns import is_text, parse_booleans, parse_integers, parse_numbers, text_array
 from raypipe.dates import unparsable
 from raypipe.schema import label_strings
 
-REASON = "__reason"
-_VALUE_DETAIL = re.compile(r": (?:'.*'|\".*\")$", re.DOTALL)  # a reason's trailing quoted value: "d: not a date: '31/31'"
-Check = tuple[np.ndarray, "str | np.ndarray"]  # a mask and its reason (one text, or one per row)
-
-
-def reason_key(reason: str) -> str:
-    """A row's reason without the value it may quote: what the counts and findings group by."""
-    return _VALUE_DETAIL.sub("", reason)
-
-
-def date_check(name: str, col: dict[str, Any], s: pd.Series) -> Check:
-    """Rows of a ``datetime`` column whose value is present but no date in the column's format.
-
-    The reason quotes the value (``Year: not a date: '31/31/2024'``); the counts group by
-    ``Year: not a date`` (:func:`reason_key`).
-    """
-    bad = unparsable(s, col.get("format", "iso"))
-    texts = np.full(len(s), None, dtype=object)
-    if bad.any():
-        values = s.to_numpy(dtype=object)
-        texts[bad] = [f"{name}: not a date: {str(v)[:60]!r}" for v in values[bad]]
-    return bad, texts
+REASON = "__reason"  # why a row is quarantined, with the offending value where one is to blame
+REASON_KEY = "__reason_key"  # the reason without the value: what counts and examples are grouped by
+INTERNAL = (REASON, REASON_KEY)
+MAX_EXAMPLES = 3
+MAX_VALUE_CHARS = 60  # an offending value longer than this is shortened in the reason
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -80,20 +62,70 @@ def _value_checks(name: str, col: dict[str, Any], s: pd.Series, xf: np.ndarray |
     return out
 
 
-def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> list[Check]:
-    """(mask, reason) pairs for one column, in the order they are applied."""
+class Check(NamedTuple):
+    """Rows one check flags: ``mask``; ``reason`` (the counted key); ``values``: the column whose
+    value is named in each flagged row's reason (None: the reason alone); ``unparsed``: the mask
+    counts as values of the column that did not parse as its type."""
+
+    mask: np.ndarray
+    reason: str
+    values: pd.Series | None = None
+    unparsed: bool = False
+
+
+def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> tuple[list[Check], np.ndarray | None]:
+    """The checks of one column, in the order they are applied, and the values of a numeric or
+    boolean column that arrived as text, parsed (float64, NaN where missing or not parsed)."""
     checks: list[Check] = []
-    xf = None
+    xf = parsed = None
     if col["type"] in ("number", "integer"):
-        xf = as_float(s)
-        checks += [(s.notna().to_numpy() & np.isnan(xf), f"{name}: not a number"),
-                   (np.isinf(xf), f"{name}: infinite value")]
+        p = parse_numbers(s)  # text by the grammar the inference counted with: the same values fail
+        xf, parsed = p.values, p.values if is_text(s) else None
+        checks += [Check(p.failed, f"{name}: not a number", s, True), Check(np.isinf(xf), f"{name}: infinite value")]
+    elif col["type"] == "boolean":
+        p = parse_booleans(s)
+        parsed = p.values if not pd.api.types.is_bool_dtype(s) else None
+        checks.append(Check(p.failed, f"{name}: not a boolean", s, True))
     elif col["type"] == "image" and col.get("shape"):
         shape = "x".join(str(d) for d in col["shape"])
-        checks.append((_wrong_shape(s, col["shape"]), f"{name}: image of the wrong shape (expected {shape})"))
+        checks.append(Check(_wrong_shape(s, col["shape"]), f"{name}: image of the wrong shape (expected {shape})"))
     elif col["type"] == "datetime":
-        checks.append(date_check(name, col, s))
-    return checks + _value_checks(name, col, s, xf)
+        checks.append(Check(unparsable(s, col.get("format", "iso")), f"{name}: not a date", s, True))
+    return checks + [Check(mask, text) for mask, text in _value_checks(name, col, s, xf)], parsed
+
+
+def from_parsed(s: pd.Series, values: np.ndarray, col_type: str) -> pd.Series:
+    """:func:`typed` of a column whose text was already parsed to ``values`` (float64)."""
+    if col_type == "integer":
+        ints = parse_integers(s)
+        if ints is not None:
+            return ints
+    if col_type == "boolean":
+        return pd.Series(pd.array(np.where(np.isnan(values), None, values == 1.0), dtype="boolean"), index=s.index)
+    return pd.Series(values, index=s.index)
+
+
+def typed(s: pd.Series, col_type: str) -> pd.Series:
+    """A column in its schema type: text integers as pandas' nullable Int64 (float64 when a value
+    is no integer literal), numbers as float64, booleans as pandas' nullable boolean; values that
+    do not parse become missing. Other types are returned as they are."""
+    if col_type in ("number", "integer") and is_text(s):
+        return from_parsed(s, parse_numbers(s).values, col_type)  # integers exact: ids keep every digit
+    if col_type in ("number", "integer") and pd.api.types.is_bool_dtype(s):
+        return pd.Series(parse_numbers(s).values, index=s.index)
+    if col_type == "boolean" and not pd.api.types.is_bool_dtype(s):
+        return from_parsed(s, parse_booleans(s).values, col_type)
+    return s
+
+
+def blank_target(t: pd.Series) -> pd.Series:
+    """The target with empty or blank text as missing: a row without a label is no class ``""``."""
+    if not is_text(t):
+        return t
+    import pyarrow.compute as pc
+
+    blank = np.asarray(pc.fill_null(pc.equal(text_array(t), ""), False).to_numpy(zero_copy_only=False), dtype=bool)
+    return t.where(~blank, None) if blank.any() else t
 
 
 def _known(t: pd.Series, classes: list[str]) -> np.ndarray:
@@ -103,41 +135,72 @@ def _known(t: pd.Series, classes: list[str]) -> np.ndarray:
     return np.append(known, True)[codes]  # code -1 (missing) picks the appended True
 
 
-def annotate(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | None = None) -> pd.DataFrame:
-    """Add a ``__reason`` column: why a row is invalid (the first reason found), or None."""
-    reasons = np.full(len(batch), None, dtype=object)
-    flagged = np.zeros(len(batch), dtype=bool)
+def _shown(v: Any) -> str:
+    """An offending value as it appears in a reason: its repr, shortened when long."""
+    return repr(v if not isinstance(v, str) or len(v) <= MAX_VALUE_CHARS else v[:MAX_VALUE_CHARS] + "…")
 
-    def flag(mask: np.ndarray, text: str | np.ndarray) -> None:
-        new = mask & ~flagged
+
+class Annotated(NamedTuple):
+    batch: pd.DataFrame  # with ``__reason`` and ``__reason_key``
+    unparsed: dict[str, int]  # per column, the values that did not parse as its type
+    parsed: dict[str, np.ndarray]  # per column that arrived as text, its values parsed (``_column_checks``)
+
+
+def annotate_block(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | None) -> Annotated:
+    """:func:`annotate`, with what the checks parsed on the way."""
+    reasons = np.full(len(batch), None, dtype=object)
+    keys = np.full(len(batch), None, dtype=object)
+    flagged = np.zeros(len(batch), dtype=bool)
+    unparsed: dict[str, int] = {}
+    parsed: dict[str, np.ndarray] = {}
+
+    def flag(check: Check) -> None:
+        new = check.mask & ~flagged
         if new.any():
-            reasons[new] = text if isinstance(text, str) else text[new]
+            keys[new] = check.reason
+            if check.values is None:
+                reasons[new] = check.reason
+            else:
+                values = check.values.to_numpy(dtype=object)[new]
+                reasons[new] = [f"{check.reason}: {_shown(v)}" for v in values]
             flagged[new] = True
 
     for name, col in schema["columns"].items():
         if name in batch.columns:
-            for mask, text in _column_checks(name, col, batch[name]):
-                flag(mask, text)
+            checks, values = _column_checks(name, col, batch[name])
+            if values is not None:
+                parsed[name] = values
+            for check in checks:
+                if check.unparsed and check.mask.any():
+                    unparsed[name] = int(check.mask.sum())
+                flag(check)
     target = schema.get("target")
     if target and target["name"] in batch.columns:
-        t = batch[target["name"]]
-        flag(t.isna().to_numpy(), f"{target['name']}: target is missing")
+        t = batch[target["name"]] = blank_target(batch[target["name"]])
+        flag(Check(t.isna().to_numpy(), f"{target['name']}: target is missing"))
         if classes is not None:
-            flag(~_known(t, classes), f"{target['name']}: class not seen in the training split")
+            flag(Check(~_known(typed(t, target["type"]), classes), f"{target['name']}: class not seen in the training split"))
     batch[REASON] = reasons
-    return batch
+    batch[REASON_KEY] = keys
+    return Annotated(batch, unparsed, parsed)
+
+
+def annotate(batch: pd.DataFrame, schema: dict[str, Any], classes: list[str] | None = None) -> pd.DataFrame:
+    """Add a ``__reason`` column: why a row is invalid (the first reason found, with the value that
+    did not parse: ``x: not a number: 'n/a?'``), or None; and ``__reason_key``, the reason without the value."""
+    return annotate_block(batch, schema, classes).batch
 
 
 def coerce_numeric(batch: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
-    """Numbers that arrived as text (CSV) continue as float64 numbers."""
+    """Numbers and booleans that arrived as text (csv, json) continue in their type (see :func:`typed`)."""
     for name, col in schema["columns"].items():
-        if col["type"] in ("number", "integer") and name in batch.columns:
-            s = batch[name]
-            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
-                batch[name] = as_float(s)
+        if col["type"] in ("number", "integer", "boolean") and name in batch.columns:
+            batch[name] = typed(batch[name], col["type"])
     return batch
 
 
+
+# --- findings -----------------------------------------------------------------------------------
 def finding(severity: str, check: str, message: str, *, column: str | None = None, value: Any = None,
             limit: Any = None, split: str | None = None) -> dict[str, Any]:
     """One column- or data-level result for the report (and, for errors, the raised error)."""

@@ -80,11 +80,13 @@ def _column(field: pa.Field, text_columns: list[str]) -> tuple[dict[str, Any] | 
 
 
 def infer_schema(arrow_schema: pa.Schema, *, target: str | None, task: str, id_columns: list[str],
-                 text_columns: list[str] | None = None) -> dict[str, Any]:
+                 text_columns: list[str] | None = None, column_types: dict[str, str] | None = None) -> dict[str, Any]:
     """Infer a schema from an Arrow schema.
 
     Args:
         text_columns: string columns to treat as free text (type ``text``).
+        column_types: the type of string columns whose values hold numbers or booleans
+            (decided from the data by ``raypipe.validate.infer``), by name.
 
     Raises:
         DataValidationError: naming every column whose type raypipe cannot use, and
@@ -100,6 +102,8 @@ def infer_schema(arrow_schema: pa.Schema, *, target: str | None, task: str, id_c
         if problem:
             problems.append(problem)
         if col is not None:
+            if (column_types or {}).get(field.name) and col["type"] == "string":
+                col["type"] = column_types[field.name]
             columns[field.name] = col
     if target is not None and target not in columns:
         problems.append(f"target column {target!r} not found; columns are {sorted(columns)}")

@@ -247,12 +247,20 @@ class SplitSection(_Section):
         return self
 
 
+# What exported files write for "no value": pandas' read_csv defaults, plus "-" and "?".
+NA_VALUES = ("", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A", "#N/A N/A",
+             "#NA", "-1.#IND", "-1.#QNAN", "1.#IND", "1.#QNAN", "-", "?")
+
+
 class DataSection(_Section):
     source: Source
     target: str | None = None
     task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]  # one entry per raypipe.tasks.TASKS
     id_columns: list[str] = Field(default_factory=list, description="kept with the rows, never used as features")
     split: SplitSection = Field(default_factory=SplitSection)
+    na_values: list[str] = Field(default_factory=lambda: list(NA_VALUES),
+                                 description="cells of a csv or json source that mean 'no value' (exact matches): "
+                                             "missing in every column type; a row whose target is one is quarantined")
 
     @field_validator("source")
     @classmethod
@@ -270,6 +278,19 @@ class DataSection(_Section):
 
 
 # --- validate / features -------------------------------------------------------------
+class InferSection(_Section):
+    """How an inferred schema types a column that arrived as text (csv, json): by majority.
+
+    A text column is numeric when at least ``numeric_min_fraction`` of its present values
+    parse as numbers, boolean when at least ``boolean_min_fraction`` are true/false, yes/no,
+    t/f, y/n or 1/0 (any case); its other values are quarantined with the value that did not
+    parse. Otherwise it stays a string (categorical) column.
+    """
+
+    numeric_min_fraction: float = Field(default=0.95, gt=0.5, le=1.0)
+    boolean_min_fraction: float = Field(default=0.95, gt=0.5, le=1.0)
+
+
 class ValidateSection(_Section):
     """Row checks quarantine (or fail); column checks compare against the reference profile.
 
@@ -300,6 +321,9 @@ class ValidateSection(_Section):
     high_cardinality: int = Field(default=1000, ge=1,
                                   description="warn about string feature columns with more distinct values")
     on_invalid_rows: Literal["quarantine", "fail"] = "quarantine"
+    max_quarantine_fraction: float = Field(default=0.1, ge=0.0, le=1.0,
+                                           description="more quarantined rows (of all input rows) fails the run")
+    infer: InferSection = Field(default_factory=InferSection)
 
 
 class NumericFeatures(_Section):

@@ -8,13 +8,22 @@ are not silent: :func:`open_files` returns them with the reason, for the ingest 
 the data report. Parquet and CSV files are checked before Ray reads them (``filecheck``):
 a bad one stops the run with its name and the key to change, or with
 ``data.source.on_bad_files: skip`` is left out and listed.
+
+Text formats keep their text: every csv column is read as strings (pyarrow would type a column
+from the first block of each file: a stray ``n/a?`` made it text in one file and numeric in the
+next, or stopped a large file's read), and a json column whose values mix numbers and text is
+text. The validate stage types such columns by majority over the whole training split
+(``raypipe.validate.infer``). In both formats the cells listed in ``data.na_values`` (empty,
+``NA``, ``null``, ``-``, ...) are missing values, whatever the column.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +33,7 @@ import pyarrow.fs as pafs
 from raypipe.errors import DataValidationError, SpecError
 from raypipe.ingest import filecheck
 from raypipe.ingest.filecheck import FileProblem, check_files
-from raypipe.spec import CsvSource, JsonSource, ParquetSource
+from raypipe.spec import NA_VALUES, CsvSource, JsonSource, ParquetSource
 
 if TYPE_CHECKING:
     import ray.data
@@ -35,6 +44,7 @@ CSV_EXTENSIONS = tuple(f"{e}{c}" for c in ("", *(f".{z}" for z in _COMPRESSED)) 
 JSON_EXTENSIONS = tuple(f"{e}{c}" for c in ("", *(f".{z}" for z in _COMPRESSED)) for e in ("json", "jsonl", "ndjson"))
 _EXTENSIONS = {"parquet": PARQUET_EXTENSIONS, "csv": CSV_EXTENSIONS, "json": JSON_EXTENSIONS}
 _SNIFF_BYTES = 4096
+_HEADER_BYTES = 1 << 16  # read to find a csv file's column names; grown while the header is longer
 _USERINFO = re.compile(r"^([a-zA-Z][\w+.-]*://)[^/@]*@")
 
 
@@ -90,35 +100,44 @@ class FileRead:
     files: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
     dataset: Any = None
+    na_values: tuple[str, ...] = NA_VALUES  # csv and json cells that are missing values (``data.na_values``)
 
     def counts(self) -> dict[str, int]:
         kinds = [s["kind"] for s in self.skipped]
         return {"read": len(self.files), **{f"skipped_{k}": kinds.count(k) for k in ("name", "empty", "bad")}}
 
 
-def read_files(source: ParquetSource | CsvSource | JsonSource) -> ray.data.Dataset:
-    """Open a parquet, csv or json file (or folder of them) as a lazy ``ray.data.Dataset``."""
-    return open_files(source).dataset
+def read_files(source: ParquetSource | CsvSource | JsonSource,
+               na_values: Sequence[str] | None = None) -> ray.data.Dataset:
+    """Open a parquet, csv or json file (or folder of them) as a lazy ``ray.data.Dataset``.
+
+    ``na_values``: csv and json cells that are missing values (default: ``spec.NA_VALUES``).
+    """
+    return open_files(source, na_values=na_values).dataset
 
 
-def open_files(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = ()) -> FileRead:
+def open_files(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = (),
+               na_values: Sequence[str] | None = None) -> FileRead:
     """:func:`plan_read`, then :func:`open_dataset`."""
-    read = plan_read(source, bad)
+    read = plan_read(source, bad, na_values)
     read.dataset = open_dataset(read)
     return read
 
 
-def plan_read(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = ()) -> FileRead:
-    """List and check a file source's files, without Ray; ``bad``: files already found bad by a full check.
+def plan_read(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FileProblem, ...] = (),
+              na_values: Sequence[str] | None = None) -> FileRead:
+    """List and check a file source's files, without Ray; ``bad``: files already found bad by a full check;
+    ``na_values``: the cells read as missing values (default: ``spec.NA_VALUES``).
 
     Raises:
         SpecError: the path does not exist or holds no file of the format.
         DataValidationError: a file is bad and ``on_bad_files`` is ``fail``, or no file is left to read.
     """
+    na = tuple(NA_VALUES if na_values is None else na_values)
     fs, path = filesystem_and_path(source.path)
     files, skipped = _list_files(fs, path, source)
     if isinstance(source, JsonSource):
-        return FileRead(source, fs, files, skipped)
+        return FileRead(source, fs, files, skipped, na_values=na)
     problems = check_files(fs, files, source)
     problems += [b for b in bad if b.file not in {p.file for p in problems}]
     if any(not p.empty for p in problems) and source.on_bad_files == "fail":
@@ -129,7 +148,7 @@ def plan_read(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FilePro
     if not files:
         raise DataValidationError([f"data.source.path: {redact(source.path)!r} holds no readable {source.type} file: "
                                    + "; ".join(p.message for p in problems)])
-    return FileRead(source, fs, files, skipped)
+    return FileRead(source, fs, files, skipped, na_values=na)
 
 
 def open_dataset(read: FileRead) -> ray.data.Dataset:
@@ -138,11 +157,51 @@ def open_dataset(read: FileRead) -> ray.data.Dataset:
 
     source, fs, files = read.source, read.fs, read.files
     if isinstance(source, JsonSource):
-        return _read_json(fs, files, source.path)
+        return _read_json(fs, files, source.path, list(read.na_values))
     if isinstance(source, ParquetSource):
         return ray.data.read_parquet(files, filesystem=fs, file_extensions=None)
+    import pyarrow.csv as pacsv
+
+    parse = filecheck.csv_parse_options(source)
+    names = _csv_names(fs, files, source, parse)
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=list(read.na_values),
+                                   strings_can_be_null=True, quoted_strings_can_be_null=True)
     return ray.data.read_csv(files, filesystem=fs, file_extensions=None, read_options=filecheck.csv_read_options(source),
-                             parse_options=filecheck.csv_parse_options(source))
+                             parse_options=parse, convert_options=convert)
+
+
+# --- csv ---------------------------------------------------------------------------
+def _csv_names(fs: pafs.FileSystem, files: list[str], source: CsvSource, parse: Any) -> list[str]:
+    """The column names of every csv file's header (the union, in order of appearance).
+
+    Each file's first block only is read. Every column is then read as strings: no value of a
+    later block can fail a type pyarrow guessed from the first.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.csv as pacsv
+
+    def header(f: str) -> list[str]:
+        size = _HEADER_BYTES
+        while True:
+            with fs.open_input_stream(f, compression="detect") as stream:
+                try:
+                    reader = pacsv.open_csv(stream, parse_options=parse,
+                                            read_options=filecheck.csv_read_options(source, block_size=size))
+                except pa.ArrowInvalid as e:
+                    if "Empty CSV file" in str(e):
+                        return []
+                    if "straddling" not in str(e) or size >= 1 << 30:
+                        raise
+                    size *= 4  # a header longer than the block
+                    continue
+                return reader.schema.names
+
+    names: dict[str, None] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one small read per file: many at once on object stores
+        for found in pool.map(header, files):
+            names.update(dict.fromkeys(found))
+    return list(names)
 
 
 def bad_files_error(problems: list[FileProblem]) -> DataValidationError:
@@ -198,30 +257,21 @@ def _skip_reason(file: str, base: str, extensions: tuple[str, ...], kind: str) -
 
 
 # --- json --------------------------------------------------------------------------
-def _read_json(fs: pafs.FileSystem, files: list[str], shown_path: str) -> ray.data.Dataset:
-    """JSON lines through Ray's arrow JSON reader; files holding a JSON array parsed per file.
+def _read_json(fs: pafs.FileSystem, files: list[str], shown_path: str, na_values: list[str]) -> ray.data.Dataset:
+    """Every JSON file read as bytes and parsed by one task per file (``_parse_json_files``).
 
-    Ray's ``read_json`` reads JSON lines with ``pyarrow.json`` (``lines=True`` is the
-    pandas reader, which refuses a ``filesystem``). A JSON array makes pyarrow fail and
-    Ray fall back to ``pa.Table.from_pylist``, which keeps only the first object's keys:
-    so array files are read as bytes and parsed here, keeping every key.
+    JSON lines go through ``pyarrow.json`` (typed by pyarrow). A file pyarrow refuses (a column
+    holding numbers and text, such as ``1.5`` and ``"NA"``) and a JSON array (where Ray's
+    fallback, ``pa.Table.from_pylist``, keeps only the first object's keys) are parsed with
+    Python's ``json``, keeping every key; a column of mixed types becomes text.
     """
     import ray.data
 
-    kinds: dict[str, list[str]] = {"lines": [], "array": []}
-    for f in files:
-        kind = _json_kind(fs, f, shown_path)
-        if kind:
-            kinds[kind].append(f)
-    parts = []
-    if kinds["lines"]:
-        parts.append(ray.data.read_json(kinds["lines"], filesystem=fs, file_extensions=None))
-    if kinds["array"]:
-        raw = ray.data.read_binary_files(kinds["array"], filesystem=fs, include_paths=True, file_extensions=None)
-        parts.append(raw.map_batches(_parse_json_arrays, batch_format="pyarrow", batch_size=1))
-    if not parts:
+    wanted = [f for f in files if _json_kind(fs, f, shown_path)]
+    if not wanted:
         raise SpecError(f"data.source.path: {redact(shown_path)!r} holds only empty JSON files; point it at data")
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    raw = ray.data.read_binary_files(wanted, filesystem=fs, include_paths=True, file_extensions=None)
+    return raw.map_batches(_parse_json_files, fn_kwargs={"na_values": na_values}, batch_format="pyarrow", batch_size=1)
 
 
 def _json_kind(fs: pafs.FileSystem, path: str, shown_path: str) -> str | None:
@@ -238,11 +288,49 @@ def _json_kind(fs: pafs.FileSystem, path: str, shown_path: str) -> str | None:
     )
 
 
-def _parse_json_arrays(batch: pa.Table) -> pa.Table:
-    records: list[dict[str, Any]] = []
-    for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist(), strict=True):
-        records.extend(_array_records(data, path))
-    return table_from_records(records)
+def _parse_json_files(batch: pa.Table, na_values: list[str]) -> pa.Table:
+    tables = [_json_table(data, path) for path, data in
+              zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist(), strict=True)]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    return null_na_values(table, na_values)
+
+
+def _json_table(data: bytes, path: str) -> pa.Table:
+    """One JSON file (lines or an array of objects) as a table."""
+    import pyarrow.json as pajson
+
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":
+        return table_from_records(_array_records(data, path), mixed_as_text=True)
+    try:
+        return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(use_threads=False))
+    except pa.ArrowInvalid:  # mixed types in a column, or an object longer than pyarrow's block
+        pass
+    records = []
+    for i, line in enumerate(data.decode("utf-8-sig").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{path}: line {i} is not valid JSON ({e})") from None
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: expected one JSON object per line")
+    return table_from_records(records, mixed_as_text=True)
+
+
+def null_na_values(table: pa.Table, na_values: list[str]) -> pa.Table:
+    """Text cells listed in ``na_values`` (``data.na_values``) as missing values."""
+    import pyarrow.compute as pc
+
+    if not na_values:
+        return table
+    tokens = pa.array(na_values, type=pa.string())
+    for i, f in enumerate(table.schema):
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            col = table.column(i)
+            na = pc.is_in(col, value_set=tokens.cast(f.type))
+            if pc.any(na).as_py():
+                table = table.set_column(i, f, pc.if_else(na, pa.scalar(None, f.type), col))
+    return table
 
 
 def _array_records(data: bytes, path: str) -> list[dict[str, Any]]:
@@ -255,12 +343,28 @@ def _array_records(data: bytes, path: str) -> list[dict[str, Any]]:
     return value
 
 
-def table_from_records(records: list[dict[str, Any]]) -> pa.Table:
+def table_from_records(records: list[dict[str, Any]], mixed_as_text: bool = False) -> pa.Table:
     """An arrow table with a column for every key of any record (missing values are null).
 
-    ``pa.Table.from_pylist`` alone takes its columns from the first record only.
+    ``pa.Table.from_pylist`` alone takes its columns from the first record only. With
+    ``mixed_as_text``, a column whose values pyarrow cannot hold in one type (numbers and
+    text) becomes text; without it, pyarrow's error is raised.
     """
     keys: dict[str, None] = {}
     for r in records:
         keys.update(dict.fromkeys(r))
-    return pa.table({k: [r.get(k) for r in records] for k in keys})
+    if not mixed_as_text:
+        return pa.table({k: [r.get(k) for r in records] for k in keys})
+    return pa.table({k: _array([r.get(k) for r in records]) for k in keys})
+
+
+def _array(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else json_text(v) for v in values], type=pa.string())
+
+
+def json_text(v: Any) -> str:
+    """A JSON value as the text a file would hold: strings as they are, numbers, true/false, objects as JSON."""
+    return v if isinstance(v, str) else json.dumps(v)

@@ -21,13 +21,15 @@ TreeSource = ImagesSource | TextSource
 AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource
 
 
-def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStack | None = None) -> Any:
+def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStack | None = None,
+                na_values: list[str] | None = None) -> Any:
     """Open a source as a lazy ``ray.data.Dataset`` (read by Ray tasks, not on the driver).
 
     ``scratch``: a folder every Ray node can read, for a source that lands its data in files
     first (``http`` writes its pages there); the caller deletes it once the dataset is consumed.
     ``stack``: what a source must hold while its dataset is read (a sharded SQL read's
     shared snapshot) is entered here; the caller closes it once the dataset is consumed.
+    ``na_values``: the cells of a csv or json source that are missing values (``data.na_values``).
     """
     if isinstance(source, BuiltinSource):
         from raypipe.ingest.builtin import builtin_dataset
@@ -51,7 +53,7 @@ def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStac
         return read_text_folder(source)
     from raypipe.ingest.files import read_files
 
-    return read_files(source)
+    return read_files(source, na_values=na_values)
 
 
 def data_fingerprint(source: AnySource, nonce: str = "") -> str:

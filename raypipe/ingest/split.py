@@ -6,10 +6,15 @@ always land in the same split (no leakage across splits). Per class, the rows wi
 the smallest numbers go to test, the next to validation: exact proportions per class.
 Only the label and that number travel to the driver. The ingest stage writes each
 block's rows straight to its split's folder (``write_block_splits``).
+
+Each block also tells the driver its columns' types: a column that is a number in one
+file and text in another (json) is written as text everywhere, so the split files share
+one schema (parquet readers refuse ``double vs string``) and validate types it by majority.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,13 +52,51 @@ def split_names(codes: np.ndarray, names: np.ndarray, u: np.ndarray,
     return np.where(u < lo, "test", np.where(u < hi, "validation", "train"))
 
 
-def _strata_u(batch: pd.DataFrame, key: str | None) -> pd.DataFrame:
-    """One row per stratum of a block, holding the u values of its rows (not one row per row)."""
-    codes, names = strata_codes(batch[key] if key else None, len(batch))
+def type_family(t: Any) -> str:
+    """What a block's column type means for the split files' one schema: ``null`` (fits any),
+    ``number`` (ints and floats: parquet readers promote), ``boolean``, ``string`` or the type itself."""
+    import pyarrow as pa
+
+    if pa.types.is_null(t):
+        return "null"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+        return "string"
+    return str(t)
+
+
+def _strata_u(table: Any, key: str | None) -> pd.DataFrame:
+    """One row per stratum of a block, holding the u values of its rows (not one row per row),
+    and the block's column types (``type_family``, as JSON)."""
+    codes, names = strata_codes(table[key].to_pandas() if key else None, table.num_rows)
     distinct, of_name = np.unique(names.astype(str), return_inverse=True)
     rows = of_name[codes]
-    u = batch[U_COL].to_numpy()
-    return pd.DataFrame({"s": distinct, "u": [u[rows == i] for i in range(len(distinct))]})
+    u = table[U_COL].to_numpy()
+    types = json.dumps({f.name: type_family(f.type) for f in table.schema if f.name != U_COL})
+    return pd.DataFrame({"s": distinct, "u": [u[rows == i] for i in range(len(distinct))], "types": types})
+
+
+def mixed_columns(block_types: list[dict[str, str]]) -> list[str]:
+    """Columns whose blocks disagree on the type (nulls aside): written as text."""
+    seen: dict[str, set[str]] = {}
+    for types in block_types:
+        for name, family in types.items():
+            seen.setdefault(name, set()).add(family)
+    return sorted(name for name, families in seen.items() if len(families - {"null"}) > 1)
+
+
+def as_text(col: Any) -> Any:
+    """A column as strings: numbers as their digits, booleans true/false, nested values as JSON."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return pc.cast(col, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], type=pa.string())
 
 
 def _add_u(table: Any, seed: int) -> Any:
@@ -73,6 +116,7 @@ class SplitPlan:
     bounds: dict[str, tuple[float, float]]
     key: str | None  # the stratification column, if any
     rows: dict[str, int]  # exact rows per split
+    as_text: list[str] = field(default_factory=list)  # columns of mixed types across blocks: written as text
 
 
 def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
@@ -84,9 +128,8 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     """
     with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed}, batch_format="pyarrow", batch_size=None).materialize()
     key = target if (stratify and target) else None
-    cols = [U_COL] + ([key] if key else [])
-    parts = with_u.select_columns(cols).map_batches(_strata_u, fn_kwargs={"key": key}, batch_format="pandas",
-                                                    batch_size=None).to_pandas()
+    parts = with_u.map_batches(_strata_u, fn_kwargs={"key": key}, batch_format="pyarrow", batch_size=None).to_pandas()
+    mixed = mixed_columns([json.loads(t) for t in parts.get("types", pd.Series(dtype=object)).unique()])
     by_stratum: dict[str, list[np.ndarray]] = {}
     for s, u in zip(parts.get("s", ()), parts.get("u", ())):  # no rows: no columns either
         by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
@@ -98,14 +141,15 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
         rows["test"] += int(lo)
         rows["validation"] += int(hi - lo)
         rows["train"] += int(len(us) - hi)
-    return SplitPlan(with_u, bounds, key, rows)
+    return SplitPlan(with_u, bounds, key, rows, mixed)
 
 
 def write_block_splits(table: Any, *, bounds: dict[str, tuple[float, float]], key: str | None, fs: Any,
-                       root: str) -> Any:
+                       root: str, text_columns: list[str] | None = None) -> Any:
     """Ray Data batch function: write a block's rows to ``<root>/__split=<name>/``; return its counts.
 
-    The block stays in arrow: only the key column is viewed through pandas.
+    The block stays in arrow: only the key column is viewed through pandas. ``text_columns``:
+    columns written as strings (``SplitPlan.as_text``).
     """
     import pyarrow as pa
 
@@ -113,6 +157,10 @@ def write_block_splits(table: Any, *, bounds: dict[str, tuple[float, float]], ke
     u = table[U_COL].to_numpy()
     names = split_names(codes, strata, u, bounds)
     rows = table.drop_columns([U_COL])
+    for name in text_columns or []:
+        i = rows.schema.get_field_index(name)
+        if i >= 0 and type_family(rows.schema.field(i).type) != "string":
+            rows = rows.set_column(i, name, as_text(rows.column(i)))
     counts = []
     for name in SPLITS:
         mask = names == name

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from raypipe.errors import DataValidationError
+from raypipe.datasets import footer_rows
+from raypipe.errors import ArtifactError, DataValidationError
 from raypipe.ingest.files import (
     FileRead,
     bad_files_error,
@@ -52,31 +53,35 @@ def _ingest(ctx: StageContext) -> IngestOutput:
                            validation=data.split.validation, seed=data.split.seed)
 
     if isinstance(data.source, ParquetSource | CsvSource):
-        read, plan = _plan_files(ctx, data.source, plan_of)
+        read, plan = _plan_files(ctx, data.source, plan_of, data.na_values)
     else:
         from raypipe.ingest.sources import read_source
 
         ctx.ray()
         with ExitStack() as held:  # held until the plan has read the source: a sharded SQL read's one snapshot
-            read, plan = None, plan_of(read_source(data.source, ctx.artifact.sub(SCRATCH), held))
+            read, plan = None, plan_of(read_source(data.source, ctx.artifact.sub(SCRATCH), held,
+                                                     na_values=data.na_values))
     if read is not None and not sum(plan.rows.values()):
         raise DataValidationError([(f"data.source.path: {redact(data.source.path)!r} holds no rows: its "
                                     f"{len(read.files)} file(s) have a header or schema only; point it at data")])
     # Each task writes its block's rows to splits/__split=<name>/ (Ray's partitioned write took 2x longer).
     counts = plan.rows_u.map_batches(write_block_splits, fn_kwargs={"bounds": plan.bounds, "key": plan.key,
-                                     "fs": ctx.artifact.fs, "root": ctx.artifact.path("splits")},
+                                     "fs": ctx.artifact.fs, "root": ctx.artifact.path("splits"),
+                                     "text_columns": plan.as_text},
                                      batch_format="pyarrow", batch_size=None).to_pandas()
     written = counts.groupby("split")["rows"].sum().to_dict()
-    if any(written.get(name, 0) != n for name, n in plan.rows.items()):
-        raise RuntimeError(f"ingest lost rows: planned {plan.rows}, written {written}")
+    on_disk = {name: footer_rows(ctx.artifact, f"splits/{SPLIT_COL}={name}") for name in SPLITS}
+    if any(written.get(name, 0) != n or on_disk[name] != n for name, n in plan.rows.items()):
+        raise ArtifactError(f"ingest lost rows: planned {plan.rows}, the tasks reported {written}, the parquet "
+                            f"footers on disk hold {on_disk}; run again with --force ingest")
     ctx.log("rows: " + ", ".join(f"{k} {v:,}" for k, v in plan.rows.items()))
     files, skipped = (read.counts(), read.skipped[:MAX_LISTED]) if read else ({}, [])
     return IngestOutput(splits={name: f"splits/{SPLIT_COL}={name}" for name in SPLITS if plan.rows[name]},
                         rows=plan.rows, input_rows=sum(plan.rows.values()), files=files, skipped_files=skipped)
 
 
-def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource,
-                plan_of: Callable[[Any], SplitPlan]) -> tuple[FileRead, SplitPlan]:
+def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource, plan_of: Callable[[Any], SplitPlan],
+                na_values: list[str]) -> tuple[FileRead, SplitPlan]:
     """Check the files (before Ray starts: a bad file fails fast), then read them into the split plan.
 
     Should the read still fail, or a CSV column come out as bytes (text the encoding cannot
@@ -84,7 +89,7 @@ def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource,
     bad ones stop the run with their names, or (``on_bad_files: skip``) the read runs again
     without them. A failure no file explains is raised as it came.
     """
-    read = plan_read(source)
+    read = plan_read(source, na_values=na_values)
     ctx.ray()
     read.dataset = open_dataset(read)
     failure: Exception | None = None
@@ -99,7 +104,7 @@ def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource,
         if bad and source.on_bad_files == "fail":
             raise bad_files_error(bad) from None
         if bad:
-            read = open_files(source, bad=tuple(bad))
+            read = open_files(source, bad=tuple(bad), na_values=na_values)
             plan = plan_of(read.dataset)
     _log_skipped(ctx, read)
     return read, plan

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from raypipe.columns import as_float, bin_of, row_uniform
-from raypipe.rowchecks import REASON, annotate, coerce_numeric, reason_key
+from raypipe.rowchecks import INTERNAL, REASON, REASON_KEY, annotate, coerce_numeric
 from raypipe.schema import label_strings
 from raypipe.tasks import TASKS
 
@@ -132,10 +132,10 @@ def block_counts(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any
     row invalid here: monitoring windows are mostly unlabelled.
     """
     schema = {**plan["schema"], "target": None}
-    batch = annotate(batch.copy(deep=False), schema)  # adds a column: the caller's frame stays as it was
+    batch = annotate(batch.copy(deep=False), schema)  # adds columns: the caller's frame stays as it was
     bad = batch[REASON].notna()
-    reasons = batch.loc[bad, REASON].map(reason_key).value_counts()
-    valid = batch.drop(columns=[REASON]) if not bad.any() else batch.loc[~bad].drop(columns=[REASON])
+    reasons = batch.loc[bad, REASON_KEY].value_counts()
+    valid = (batch if not bad.any() else batch.loc[~bad]).drop(columns=list(INTERNAL))
     valid = coerce_numeric(valid, schema).reset_index(drop=True)
     for c, col in plan["columns"].items():
         s = valid[c] if c in valid else None

@@ -86,8 +86,9 @@ def digest(spec: Any, root: Store, base_fingerprint: str) -> str:
 
 
 # --- schema comparison --------------------------------------------------------------------------
-def _not_numbers(stats: dict[str, Any], column: str, what: str = "not a number") -> float:
-    return stats["reasons"].get(f"{column}: {what}", 0) / max(stats["rows"], 1)
+def _unparsed(stats: dict[str, Any], column: str) -> float:
+    """The share of a column's rows whose text did not parse as its (numeric or boolean) type."""
+    return stats.get("unparsed", {}).get(column, 0) / max(stats["rows"], 1)
 
 
 def _type_change(name: str, col: dict[str, Any], field_type: Any, stats: dict[str, Any], max_missing: float,
@@ -107,13 +108,14 @@ def _type_change(name: str, col: dict[str, Any], field_type: Any, stats: dict[st
                            value=shape, limit=col["shape"])
         return None
     if expected == "numeric" and family == "string":
-        frac = _not_numbers(stats, name)
+        frac = _unparsed(stats, name)
         if frac <= max_missing:
-            return None  # numbers that arrived as text: rows that are not numbers are quarantined
-        return finding("error", "changed_type", f"column {name!r} is text in the data, {frac:.1%} of it not numbers, "
+            return None  # numbers (booleans) that arrived as text: rows whose text does not parse are quarantined
+        what = "booleans" if want == "boolean" else "numbers"
+        return finding("error", "changed_type", f"column {name!r} is text in the data, {frac:.1%} of it not {what}, "
                        f"but {source} says {want}; {fix}", column=name, value=str(field_type), limit=want)
     if expected == "datetime" and family == "string":
-        frac = _not_numbers(stats, name, "not a date")
+        frac = _unparsed(stats, name)
         if frac <= max_missing:
             return None  # dates as text: rows that are not dates are quarantined
         return finding("error", "changed_type", f"column {name!r} is text in the data, {frac:.1%} of it not dates, "

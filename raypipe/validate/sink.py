@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from raypipe.datasets import task_file_name, write_table
-from raypipe.rowchecks import REASON, coerce_numeric
+from raypipe.rowchecks import REASON
 from raypipe.validate.checks import check_block
 
 SPLIT, SUMMARY, HASHES = "split", "summary", "hashes"
@@ -40,7 +40,7 @@ def check_and_write(batch: pd.DataFrame, *, schema: dict[str, Any], classes: lis
     block = check_block(batch, schema, classes, bounds)
     name = task_file_name(block.hashes.tobytes())  # named by the valid rows' hashes: the same order in every run
     if len(block.valid):
-        write_table(_to_arrow(coerce_numeric(block.valid, schema)), fs, f"{folder(root, 'valid', split)}/{name}")
+        write_table(_to_arrow(block.valid), fs, f"{folder(root, 'valid', split)}/{name}")
     if len(block.valid) < len(block.rows):
         rows = block.rows.loc[block.rows[REASON].notna()].copy()
         rows[REASON] = rows[REASON].astype(str)

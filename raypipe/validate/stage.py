@@ -4,7 +4,7 @@ One Ray Data execution over all splits (``sink.check_and_write``) annotates ever
 row with a reason (or None), writes it to ``valid/`` or ``quarantine/`` from the same
 task, and returns the block's counts, profile and row hashes; only those small
 results reach the driver. ``valid + quarantined == input rows`` holds per split
-(and the input equals what ingest wrote) and is recorded in the report. Column findings (see ``rowchecks.finding``)
+(and the input equals what ingest wrote) and is recorded in the report. Column findings (see ``checks.finding``)
 are errors or warnings; errors (and warnings with ``validate.strict``) fail the
 stage with one :class:`DataValidationError` after every split was checked.
 
@@ -20,15 +20,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from raypipe.datasets import has_rows, read_parquet
-from raypipe.errors import DataValidationError
+from raypipe.datasets import footer_rows, has_rows, read_parquet
+from raypipe.errors import ArtifactError, DataValidationError, SpecError
 from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
+from raypipe.validate import infer
 from raypipe.validate import reference as refs
 from raypipe.validate import sink
 from raypipe.rowchecks import missing_column_findings, null_findings, shape_key
-from raypipe.validate.checks import (column_kind_findings, constant_findings, duplicate_findings, merge_stats,
-                                     row_findings, target_findings)
+from raypipe.validate.checks import (column_kind_findings, constant_findings, duplicate_findings, looks_like_regression,
+                                     merge_stats, quarantine_findings, row_findings, target_findings)
 from raypipe.validate.profile import count_duplicates, finish, merge_profiles, reference_bounds
 from raypipe.validate.report_html import render
 from raypipe.schema import complete_schema, infer_schema, refine_schema
@@ -72,21 +73,28 @@ def _sample(train: Any, schema: dict[str, Any]) -> Any:
 
 
 def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
-                 train: Any = None) -> tuple[dict[str, Any], str]:
-    """The schema to enforce and where it came from: a schema file, the reference, or inferred.
+                 train: Any = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The schema to enforce, where it came from (a schema file, the reference, or inferred) and,
+    when inferred, how its text columns were typed (``infer.decide``).
 
-    An inferred schema is refined on a sample of ``train`` (a Ray dataset): date strings,
+    An inferred schema types text columns by majority over ``train`` (a Ray dataset: one pass,
+    :mod:`raypipe.validate.infer`), then is refined on a sample of it: date strings,
     identifier-like columns (:func:`raypipe.schema.refine_schema`).
     """
     data, cfg = spec.data, spec.validate_
+    inference: dict[str, Any] = {}
     if cfg.schema_ != "infer":
         with open(cfg.schema_) as f:
             schema, source = json.load(f), "file"
     elif ref is not None:
         schema, source = copy.deepcopy(ref["schema"]), "reference"
     else:
+        roles = infer.text_columns(arrow_schema, target=data.target, id_columns=data.id_columns,
+                                   free_text=_text_columns(spec))
+        inference = infer.infer_text_types(train, roles, cfg.infer) if train is not None else {}
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
-                              text_columns=_text_columns(spec))
+                              text_columns=_text_columns(spec),
+                              column_types={c: d["type"] for c, d in inference.items() if d["type"] != "string"})
         sample = _sample(train, schema) if train is not None else None
         if sample is not None:
             refine_schema(schema, sample, datetime_fraction=cfg.datetime_fraction, dayfirst=cfg.dayfirst,
@@ -96,7 +104,7 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
     for name, col in schema["columns"].items():
         if col["type"] == "image" and not col.get("shape") and name == "image":
             col["shape"] = _image_shape_from_spec(data.source)
-    return schema, source
+    return schema, source, inference
 
 
 def _settle_schema(schema: dict[str, Any], train: SplitCheck, source: str) -> None:
@@ -172,6 +180,37 @@ def _needs_recheck(check: SplitCheck, schema: dict[str, Any], classes: list[str]
     return False
 
 
+# --- invariants ---------------------------------------------------------------------------------
+def _check_task(schema: dict[str, Any], train: SplitCheck) -> None:
+    """A numeric target of many distinct values under ``task: classification``: a SpecError, before training."""
+    target = schema.get("target")
+    if target and target["task"] == "classification":
+        problem = looks_like_regression(target, train.stats["classes"])
+        if problem:
+            raise SpecError(problem)
+
+
+def _check_rows_on_disk(ctx: Any, ingest: StageOutput, checks: dict[str, SplitCheck]) -> None:
+    """``valid + quarantined == input == what ingest wrote``, each counted from the parquet footers
+    of the files on disk, and equal to what the tasks reported; an ArtifactError otherwise.
+
+    The tasks' own counts alone would not see a file lost, torn or written twice.
+    """
+    problems = []
+    for split, check in checks.items():
+        valid = footer_rows(ctx.artifact, f"valid/{split}")
+        quarantined = footer_rows(ctx.artifact, f"quarantine/{split}")
+        wrote = footer_rows(ingest.store, ingest.outputs.splits[split])
+        disk = {"input": wrote, "valid": valid, "quarantined": quarantined}
+        if valid + quarantined != wrote or disk != check.counts or wrote != ingest.outputs.rows[split]:
+            problems.append(f"split {split!r}: on disk ingest's files hold {wrote} rows and validate's {valid} valid + "
+                            f"{quarantined} quarantined = {valid + quarantined}; the tasks reported {check.counts}, "
+                            f"ingest {ingest.outputs.rows[split]}")
+    if problems:
+        raise ArtifactError("validate's rows do not add up (parquet footers): " + "; ".join(problems)
+                            + ". Run again with --force validate (or --force ingest)")
+
+
 # --- findings -----------------------------------------------------------------------------------
 def _split_findings(split: str, check: SplitCheck, schema: dict[str, Any], cfg: Any,
                     ref: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -201,7 +240,7 @@ def _train_findings(train: SplitCheck, schema: dict[str, Any], arrow_schema: Any
 # --- report -------------------------------------------------------------------------------------
 def _split_report(check: SplitCheck) -> dict[str, Any]:
     st, rows = check.stats, max(check.stats["rows"], 1)
-    return {**check.counts, "reasons": st["reasons"], "examples": st["examples"],
+    return {**check.counts, "reasons": st["reasons"], "examples": st["examples"], "unparsed": st.get("unparsed", {}),
             "null_fraction": {c: n / rows for c, n in st["nulls"].items()},
             "duplicates": check.profile["duplicates"], "duplicate_fraction": check.profile["duplicate_fraction"]}
 
@@ -220,12 +259,16 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     arrow_schema = datasets["train"].schema().base_schema
-    schema, source = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"])
+    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"])
     bounds = reference_bounds(ref["profile"]) if ref else {}
     checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact)
-    findings = _train_findings(checks["train"], schema, arrow_schema, source, cfg)
+    _check_task(schema, checks["train"])
+    _check_rows_on_disk(ctx, ingest, checks)
+    findings = _train_findings(checks["train"], schema, arrow_schema, source, cfg) + infer.findings(inference, cfg.infer)
     for split, check in checks.items():
         findings += _split_findings(split, check, schema, cfg, ref)
+    if cfg.on_invalid_rows == "quarantine":
+        findings += quarantine_findings({s: c.stats for s, c in checks.items()}, cfg.max_quarantine_fraction)
     refs.apply_strict(findings, cfg.strict)
     errors = [f["message"] for f in findings if f["severity"] == "error"]
     warnings = [f["message"] for f in findings if f["severity"] == "warning"]
@@ -234,7 +277,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         "format": REPORT_FORMAT, "pipeline": ctx.spec.name, "run_id": ctx.run_id,
         "status": "failed" if errors else "passed", "schema_source": source,
         "reference": {"mode": cfg.reference, "status": ref_status, "location": ctx.root.full_uri(refs.DIR, ctx.spec.name)},
-        "splits": {s: _split_report(c) for s, c in checks.items()},
+        "splits": {s: _split_report(c) for s, c in checks.items()}, "inference": inference,
         "findings": findings, "errors": errors, "warnings": warnings,
         "input_files": {"counts": ingest.outputs.files, "skipped": ingest.outputs.skipped_files},
         "schema": schema, "profile": checks["train"].profile,
@@ -245,10 +288,6 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
     if errors:
         ctx.log(f"data report: {ctx.artifact.full_uri('report.html')}")
         raise DataValidationError(errors)
-    for split, check in checks.items():
-        c = check.counts
-        if c["valid"] + c["quarantined"] != c["input"] or c["input"] != rows[split]:
-            raise RuntimeError(f"validate lost rows of split {split!r}: ingest wrote {rows[split]}, {c}")
     ctx.artifact.write_json("schema.json", schema)
     ctx.artifact.write_json("profile.json", checks["train"].profile)
     if ref_status == "written":

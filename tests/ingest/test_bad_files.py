@@ -132,7 +132,7 @@ def test_bom_quoted_newlines_and_files_skipped_by_name(tmp_path: Path, ray_sessi
     df = read_parquet(ingest.store, ingest.outputs.splits["train"]).to_pandas()
     assert df.columns[0] == "order_id"  # not '\ufefforder_id'
     assert ingest.outputs.input_rows == 60  # a quoted newline does not split a row
-    assert any("\n" in c for c in df["city"]) and set(df["label"]) == {0, 1}
+    assert any("\n" in c for c in df["city"]) and set(df["label"]) == {"0", "1"}  # csv text: validate types it
     assert ingest.outputs.files == {"read": 2, "skipped_name": 3, "skipped_empty": 0, "skipped_bad": 0}
     skipped = {Path(s["file"]).name: s["reason"] for s in ingest.outputs.skipped_files}
     assert set(skipped) == {"README.txt", ".DS_Store", "_SUCCESS"}
@@ -189,3 +189,44 @@ def test_data_report_lists_the_skipped_files(tmp_path: Path, ray_session) -> Non
     assert kinds == {"README.txt": "name", "part-1.parquet": "bad"}
     html = (Path(validate.store.path("report.html"))).read_text()
     assert "Input files" in html and "part-1.parquet" in html and "truncated" in html
+
+
+# --- bad columns: found by validate, before any training ------------------------------------------------
+def float_target(d: Path) -> None:
+    ids = list(range(600))
+    pq.write_table(pa.table({"order_id": ids, "amount": [i % 37 * 1.5 for i in ids],
+                             "label": [round(17.5 + i * 0.731 % 90, 2) for i in ids]}), d / "part-0.parquet")
+
+
+def million_distinct_strings(d: Path) -> None:
+    n = 1_000_000
+    ids = pa.array(range(n))
+    pq.write_table(pa.table({"session": pa.compute.binary_join_element_wise("s-", pa.compute.cast(ids, pa.string()), ""),
+                             "amount": pa.compute.multiply(pa.compute.bit_wise_and(ids, 63), 1.5),
+                             "label": pa.compute.bit_wise_and(ids, 1)}), d / "part-0.parquet")
+
+
+COLUMN_CASES: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
+    # error: the exception's text holds these; warning (the run goes on): a warning holds them
+    "a float target with the default task": (float_target, "error", ("'label'", "set data.task: regression")),
+    "a column of 1M distinct strings": (million_distinct_strings, "warning", ("'session'", "data.id_columns")),
+}
+
+
+@pytest.mark.parametrize("case", list(COLUMN_CASES))
+def test_bad_columns_are_named_with_the_key_to_change(tmp_path: Path, ray_session, case: str) -> None:
+    write, outcome, named = COLUMN_CASES[case]
+    (tmp_path / "in").mkdir()
+    write(tmp_path / "in")
+    run = spec(tmp_path, {"type": "parquet"})
+    if outcome == "error":
+        with pytest.raises((SpecError, DataValidationError)) as info:
+            raypipe.run(run, until="validate", progress=quiet)
+        msg = str(info.value)
+        assert all(s in msg for s in named) and not any(s in msg for s in NOT_SHOWN), msg
+        return
+    val = raypipe.run(run, until="validate", progress=quiet).outputs["validate"]
+    assert any(all(s in w for s in named) for w in val.outputs.warnings), val.outputs.warnings
+    schema = val.read_json(val.outputs.schema)
+    assert "session" not in schema["features"]["categorical"]  # never one-hot encoded
+    assert val.outputs.quarantined == 0

@@ -33,6 +33,13 @@ def rows(ds) -> pd.DataFrame:
     return ds.to_pandas().sort_values("id").reset_index(drop=True)
 
 
+def csv_rows(ds) -> pd.DataFrame:
+    """A csv source's rows: every column arrives as text (validate types them), here made numbers again."""
+    df = ds.to_pandas()
+    assert all(isinstance(v, str) for c in df.columns for v in df[c].dropna()), df.dtypes
+    return rows(ds.map_batches(lambda b: b.astype({"id": "int64", "x": "float64"}), batch_format="pandas"))
+
+
 def assert_ids_and_values(df: pd.DataFrame, n: int) -> None:
     assert df["id"].tolist() == list(range(n))
     assert df["x"].tolist() == [i / 4 for i in range(n)]
@@ -65,7 +72,7 @@ def test_local_csv_with_delimiter(tmp_path: Path, ray_session) -> None:
     pacsv.write_csv(table(30, 20), folder / "b.csv", write_options=opts)
     junk(folder)
     (folder / "README.md").write_text("not data")
-    df = rows(read_files(CsvSource(type="csv", path=str(folder), delimiter=";")))
+    df = csv_rows(read_files(CsvSource(type="csv", path=str(folder), delimiter=";")))
     assert_ids_and_values(df, 50)
 
 
@@ -85,6 +92,31 @@ def test_local_json_lines_and_arrays(tmp_path: Path, ray_session) -> None:
 
     one = read_files(JsonSource(type="json", path=str(folder / "b.json")))
     assert one.count() == 15
+
+
+def cells(s: pd.Series) -> list:
+    return [None if pd.isna(v) else v for v in s]
+
+
+def test_csv_cells_stay_text_and_na_values_are_missing(tmp_path: Path, ray_session) -> None:
+    """Every csv column arrives as text, so no file or block types a column on its own; the NA tokens
+    (and empty cells, quoted or not) are missing in every column; a file with other columns adds them."""
+    (tmp_path / "a.csv").write_text('id,x,y\n1,1.5,yes\n2,NA,""\n3,n/a?,N/A\n4,-,null\n5,?,None\n6,7,NaN\n')
+    (tmp_path / "b.csv").write_text("id,x,extra\n7,,z\n")
+    df = read_files(CsvSource(type="csv", path=str(tmp_path))).to_pandas().sort_values("id", key=lambda s: s.astype(int))
+    assert cells(df["x"]) == ["1.5", None, "n/a?", None, None, "7", None]
+    assert cells(df["y"]) == ["yes", None, None, None, None, None, None]
+    assert cells(df["extra"]) == [None] * 6 + ["z"]
+    own = read_files(CsvSource(type="csv", path=str(tmp_path / "a.csv")), na_values=["NA"]).to_pandas()
+    assert cells(own["x"]) == ["1.5", None, "n/a?", "-", "?", "7"] and cells(own["y"])[1] == ""
+
+
+def test_json_na_values_are_missing_and_mixed_columns_are_text(tmp_path: Path, ray_session) -> None:
+    (tmp_path / "a.jsonl").write_text('{"id": 1, "x": 1.5, "y": "NA"}\n{"id": 2, "x": "n/a?", "y": ""}\n'
+                                      '{"id": 3, "x": "NA", "y": "b"}\n{"id": 4, "x": true, "y": null}\n')
+    df = rows(read_files(JsonSource(type="json", path=str(tmp_path))))
+    assert cells(df["x"]) == ["1.5", "n/a?", None, "true"]  # numbers and text in one column: text, typed later
+    assert cells(df["y"]) == [None, None, "b", None]
 
 
 def test_missing_path_is_a_spec_error(tmp_path: Path) -> None:
@@ -213,7 +245,7 @@ def test_s3_parquet_and_csv_through_read_files(s3, moto_port: int, ray_session) 
     # The driver's credentials travel with the filesystem: Ray workers started before they were set read too.
     assert fs.__reduce__()[1][0]["access_key"] == "testing-key"
     assert_ids_and_values(rows(read_files(ParquetSource(type="parquet", path=s3_uri(moto_port, "rp-data/pq")))), 100)
-    assert_ids_and_values(rows(read_files(CsvSource(type="csv", path=s3_uri(moto_port, "rp-data/csv")))), 25)
+    assert_ids_and_values(csv_rows(read_files(CsvSource(type="csv", path=s3_uri(moto_port, "rp-data/csv")))), 25)
     assert_ids_and_values(rows(read_files(JsonSource(type="json", path=s3_uri(moto_port, "rp-data/json")))), 20)
     one = read_files(ParquetSource(type="parquet", path=s3_uri(moto_port, "rp-data/pq/part-1.parquet")))
     assert one.count() == 30

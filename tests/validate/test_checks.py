@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from raypipe.errors import DataValidationError
-from raypipe.rowchecks import REASON, annotate, coerce_numeric, missing_column_findings, null_findings
-from raypipe.validate.checks import MAX_EXAMPLES, batch_stats, merge_stats, row_findings
+from raypipe.rowchecks import MAX_EXAMPLES, REASON, annotate, coerce_numeric, missing_column_findings, null_findings
+from raypipe.validate.checks import batch_stats, merge_stats, row_findings
 from raypipe.schema import feature_columns, infer_schema, label_strings, label_value
 
 ARROW = pa.schema([
@@ -119,7 +119,7 @@ def test_annotate_non_numeric_string_object_dtype() -> None:
     })
     out = annotate(df, SMALL, classes=["0", "1"])
     reasons = out[REASON].tolist()
-    assert reasons[1] == "x: not a number"
+    assert reasons[1] == "x: not a number: 'abc'"  # the reason names the value that did not parse
     assert is_valid(reasons[0]) and is_valid(reasons[2]) and is_valid(reasons[3])
     assert out["x"][1] == "abc"  # the raw value is kept: quarantine and error examples show it
     fixed = coerce_numeric(out, SMALL)
@@ -133,7 +133,7 @@ def test_annotate_non_numeric_string_str_dtype() -> None:
     df = pd.DataFrame({"x": pd.Series(["1.5", "abc", None]), "n": [1, 2, 3], "c": ["a"] * 3, "y": [0, 1, 0]})
     assert df["x"].dtype != object
     out = annotate(df, SMALL, classes=["0", "1"])
-    assert out[REASON][1] == "x: not a number"
+    assert out[REASON][1] == "x: not a number: 'abc'"
     assert is_valid(out[REASON][0]) and is_valid(out[REASON][2])
     assert coerce_numeric(out, SMALL)["x"].dtype == np.float64
 

@@ -104,12 +104,12 @@ def test_high_cardinality_strings_are_warned_about() -> None:
 
 def test_reference_accepts_dates_as_text_or_arrow_dates() -> None:
     s = _schema(_messy())
-    stats = {"rows": 300, "reasons": {"signup: not a date": 2}}
+    stats = {"rows": 300, "reasons": {"signup: not a date": 2}, "unparsed": {"signup": 2}}
     as_text = pa.schema([("signup", pa.string())])
     as_dates = pa.schema([("signup", pa.date32())])
     assert not [f for f in schema_findings(s, as_text, stats, 0.3, "the reference schema") if f["column"] == "signup"]
     assert not [f for f in schema_findings(s, as_dates, stats, 0.3, "the reference schema") if f["column"] == "signup"]
-    broken = {"rows": 300, "reasons": {"signup: not a date": 200}}
+    broken = {"rows": 300, "reasons": {"signup: not a date": 200}, "unparsed": {"signup": 200}}
     (f,) = [f for f in schema_findings(s, as_text, broken, 0.3, "the reference schema") if f["column"] == "signup"]
     assert f["check"] == "changed_type" and "not dates" in f["message"]
 

@@ -216,7 +216,7 @@ def test_check_block_annotates_counts_profiles_and_hashes_in_one_go() -> None:
     })
     out = check_block(df, schema, classes=["0", "1"], bounds=None)
     reasons = [None if pd.isna(r) else r for r in out.rows[REASON]]
-    assert reasons[:5] == [None, "x: not a number", "x: above the schema maximum 100",
+    assert reasons[:5] == [None, "x: not a number: 'nope'", "x: above the schema maximum 100",
                            "c: value not among the schema's allowed values", "img: image of the wrong shape (expected 2x3)"]
     assert reasons[5] is None  # (2, 3, 1) is a (2, 3) image with one channel
     doc = out.summary

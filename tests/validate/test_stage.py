@@ -58,7 +58,7 @@ def test_quarantine_keeps_counts_and_explains_every_bad_row(ray_session, tmp_pat
         read_parquet(out.store, f"quarantine/{s}").to_pandas() for s, c in counts.items() if c["quarantined"]
     )
     reasons = quarantined["__reason"].value_counts().to_dict()
-    assert reasons == {"amount: not a number": BAD_AMOUNT, "is_fraud: target is missing": NO_TARGET}
+    assert reasons == {"amount: not a number: 'twelve'": BAD_AMOUNT, "is_fraud: target is missing": NO_TARGET}
     valid = pd.concat(read_parquet(out.store, f"valid/{s}").to_pandas() for s in counts)
     assert len(valid) == 3000 - BAD_AMOUNT - NO_TARGET
     assert np.isfinite(pd.to_numeric(valid["amount"])).all()
@@ -135,6 +135,15 @@ def mixed_csv(tmp_path_factory):
     return folder, counts
 
 
+def report_reasons(out) -> dict:
+    report = out.store.read_json("report.json")
+    total: dict = {}
+    for r in report["splits"].values():
+        for k, n in r["reasons"].items():
+            total[k] = total.get(k, 0) + n
+    return total
+
+
 def _mixed_spec(tmp_path, folder, mode, **validate):
     return small_spec(tmp_path / "store", name=f"t-mixed-{mode}", data={
         "source": {"type": "csv", "path": str(folder / "tx.csv")}, "target": "is_fraud",
@@ -153,7 +162,9 @@ def test_quarantine_invariant_with_mixed_bad_rows(ray_session, tmp_path, mixed_c
     assert out.outputs.quarantined == sum(expected.values())
     quarantined = pd.concat(read_parquet(out.store, f"quarantine/{s}").to_pandas()
                             for s, c in counts.items() if c["quarantined"])
-    assert quarantined["__reason"].value_counts().to_dict() == expected
+    with_values = {("amount: not a number: '12 EUR'" if k == "amount: not a number" else k): n for k, n in expected.items()}
+    assert quarantined["__reason"].value_counts().to_dict() == with_values  # the reason names the value
+    assert report_reasons(out) == expected  # the report counts by reason, the values are its examples
     valid = pd.concat(read_parquet(out.store, f"valid/{s}").to_pandas() for s in counts)
     assert len(valid) + len(quarantined) == 3000
     assert pd.api.types.is_float_dtype(valid["amount"]) and np.isfinite(valid["amount"].to_numpy(dtype=float)).all()
