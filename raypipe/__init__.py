@@ -15,7 +15,7 @@ from raypipe.version import __version__  # noqa: F401
 # the parent, and that must happen before the public serve() function takes the name,
 # or `import raypipe.serve.deploy` anywhere would replace raypipe.serve with a module.
 import raypipe.serve as _serve_package  # noqa: E402,F401
-from raypipe.api import predict, run, serve  # noqa: E402
+from raypipe.api import feedback, predict, run, serve  # noqa: E402
 from raypipe.errors import (  # noqa: E402
     ArtifactError,
     DataValidationError,
@@ -39,6 +39,7 @@ __all__ = [
     "SpecError",
     "StageFailed",
     "__version__",
+    "feedback",
     "load_spec",
     "predict",
     "run",
