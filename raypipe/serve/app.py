@@ -296,6 +296,10 @@ class ModelServer:
         if len(rows) - agree:
             self.metrics.shadow_agreement.inc(len(rows) - agree, tags={**tags, "agree": "false"})
 
+    def log_status(self) -> Optional[dict[str, int]]:
+        """The prediction log writer's totals (rows buffered, written, dropped, failed) and rows held now."""
+        return None if self.log is None else {**self.log.totals, "held": self.log.held}
+
     def check_health(self) -> None:
         if self.routing is None:
             raise RuntimeError("model not loaded")
