@@ -56,7 +56,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypipe.schema import feature_columns
+from raypipe.schema import feature_columns, label_value
 from raypipe.store import Store
 
 log = logging.getLogger("raypipe")
@@ -142,8 +142,6 @@ class LogFormat:
         self.inputs = [(c, _input_type(schema["columns"][c])) for c in names if c not in excluded]
         target = schema.get("target") or {}
         self.classes: Optional[list[str]] = target.get("classes")
-        from raypipe.schema import label_value
-
         # the JSON value an answer carries -> the class's text (1.0 and 1 both print as "1" there)
         self._class_text = {label_value(c, target.get("type", "string")): c for c in self.classes or []}
         self.schema = pa.schema([*self.inputs, *META_TYPES.items(), *ANSWER_TYPES[task].items()])

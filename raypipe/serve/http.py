@@ -140,16 +140,16 @@ async def handle_feedback(server: Any, headers: Any, chunks: Any) -> Answer:
     got = await read_body(server, headers, chunks, 'a label as {"request_id": ..., "label": ...}, or a list of them')
     if not isinstance(got, bytes):
         return got
+    many = got.lstrip()[:1] == b"["  # a list of labels, else one label object
     try:
-        items = feedback_items().validate_json(got)
+        items = feedback_items(many).validate_json(got)
     except ValidationError as e:
         errors = _errors(e)
         if any(err["type"].startswith("json_") or err["type"] == "recursion_loop" for err in errors):
             return _refuse(server, 400, "the body is not valid JSON (or is nested too deeply)", "bad_json", errors)
         return _refuse(server, 422, 'send {"request_id": "<id a response returned>", "label": <label>} or a list '
                        "of them", "feedback_schema", errors)
-    if not isinstance(items, list):
-        items = [items]
+    items = items if many else [items]
     if not items:
         return _refuse(server, 422, "empty list: send at least one label", "feedback_schema")
     champion = server.routing.champion
@@ -164,23 +164,24 @@ async def handle_feedback(server: Any, headers: Any, chunks: Any) -> Answer:
     return 200, report.to_dict(), None
 
 
-_FEEDBACK: Any = None
+_FEEDBACK: dict[bool, Any] = {}
 
 
-def feedback_items() -> Any:
-    """The body model of ``POST /feedback`` (built once)."""
-    global _FEEDBACK
-    if _FEEDBACK is None:
-        from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+def feedback_items(many: bool) -> Any:
+    """The body model of ``POST /feedback``: one label object, or a list of them (built once each)."""
+    if not _FEEDBACK:
         from typing import Annotated, Union
+
+        from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
 
         class Label(BaseModel):
             model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
             request_id: Annotated[StrictStr, Field(min_length=1, max_length=200)]
             label: Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=10_000)]]
 
-        _FEEDBACK = TypeAdapter(Union[Label, Annotated[list[Label], Field(max_length=100_000)]])
-    return _FEEDBACK
+        _FEEDBACK[False] = TypeAdapter(Label)
+        _FEEDBACK[True] = TypeAdapter(list[Label])
+    return _FEEDBACK[many]
 
 
 def _json(body: dict[str, Any]) -> bytes:

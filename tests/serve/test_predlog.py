@@ -49,7 +49,9 @@ def pipeline(ray_session, tmp_path_factory):
 @pytest.fixture(scope="module")
 def endpoint(pipeline):
     spec, v1, _, _ = pipeline
-    ep = deploy(with_deploy(spec, route_prefix="/plog"), app_name="plog")
+    # one replica: /feedback writes the buffer of the replica it reaches, which then holds every answer
+    ep = deploy(with_deploy(spec, route_prefix="/plog", autoscaling={"min_replicas": 1, "max_replicas": 1}),
+                app_name="plog")
     assert ep.version == v1
     return ep
 
