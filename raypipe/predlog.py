@@ -461,6 +461,13 @@ class PredictionLogWriter:
     def held(self) -> int:
         return self._pending
 
+    def status(self) -> dict[str, int]:
+        """Rows buffered, written, dropped and failed so far (counts the thread has not reported yet included),
+        and rows held now."""
+        with self._lock:
+            out = {k: v + self._counts.get(k, 0) for k, v in self.totals.items()}
+            return {**out, "held": self._pending}
+
     def _due(self) -> bool:
         if self._closed or self._flush_requested > self._flushed or self._rows >= self.flush_rows:
             return True
@@ -475,10 +482,11 @@ class PredictionLogWriter:
                 else:
                     entries, rows = [], 0
                 counts, self._counts = self._counts, {"buffered": 0, "dropped": 0}
+                for state, n in counts.items():
+                    self.totals[state] += n
                 wanted, closing = self._flush_requested, self._closed
             for state, n in counts.items():
                 if n:
-                    self.totals[state] += n
                     self.on_count(state, n)
             if entries:
                 self._write(entries, rows)

@@ -298,7 +298,7 @@ class ModelServer:
 
     def log_status(self) -> Optional[dict[str, int]]:
         """The prediction log writer's totals (rows buffered, written, dropped, failed) and rows held now."""
-        return None if self.log is None else {**self.log.totals, "held": self.log.held}
+        return None if self.log is None else self.log.status()
 
     def check_health(self) -> None:
         if self.routing is None:
