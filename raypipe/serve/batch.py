@@ -1,6 +1,7 @@
 """Batch inference with Ray Data: an actor pool, the predictor loaded once per actor."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -51,10 +52,15 @@ def _log_batch(b: Any, answers: dict[str, Any], version: int, *, uri: str, pipel
     ids = row_ids(new_request_id(), len(b), many=True)
     keep = np.random.random(len(b)) < sample_rate if sample_rate < 1.0 else np.ones(len(b), dtype=bool)
     if keep.any():
-        inputs = {name: b[name][keep] for name, _ in fmt.inputs if name in b}
-        logged = fmt.answers_from_columns({k: np.asarray(val)[keep] for k, val in answers.items()})
-        table = fmt.table(inputs, logged, [i for i, k in zip(ids, keep) if k], time.time(), version, role, "predict")
-        write_log(uri, pipeline, table, f"predict-{uuid.uuid4().hex[:12]}")
+        try:
+            inputs = {name: b[name][keep] for name, _ in fmt.inputs if name in b}
+            logged = fmt.answers_from_columns({k: np.asarray(val)[keep] for k, val in answers.items()})
+            table = fmt.table(inputs, logged, [i for i, k in zip(ids, keep) if k], time.time(), version, role,
+                              "predict")
+            write_log(uri, pipeline, table, f"predict-{uuid.uuid4().hex[:12]}")
+        except Exception:  # the predictions are the job; a log that cannot be written is reported, not fatal
+            logging.getLogger("raypipe").exception("prediction log: %d rows of a batch could not be written",
+                                                   int(keep.sum()))
     return ids
 
     """Actors for a GPU pool: one GPU each, so no more than the cluster has GPUs.

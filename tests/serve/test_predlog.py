@@ -247,7 +247,11 @@ def test_a_killed_replica_loses_at_most_its_unwritten_buffer(pipeline):
     ids = [i for i in log["__request_id"].to_pylist() if i.startswith("kill-")]
     assert len(ids) == len(set(ids))  # every file whole, no row twice
     lost = set(answered) - set(ids)
-    assert len(lost) <= 2 * flush_rows, len(lost)  # one buffer being filled + one write in flight
-    late = [rid for rid in lost if answered[rid] > killed_at + 1.0]  # answered by the replacement
+    # one buffer being filled and one write in flight: ~2 x flush_rows, 3 x with room for a write that lags
+    assert len(lost) <= 3 * flush_rows, len(lost)
+    late = [rid for rid in lost if answered[rid] > killed_at + 1.0]  # answered by the replacement: all logged
     assert not late, late[:5]
-    assert len(ids) >= len(answered) - 2 * flush_rows and len(ids) >= 5 * flush_rows
+    # and only the victim's last answers are missing: everything it answered before them was written
+    victim = sorted((t, rid) for rid, t in answered.items() if t <= killed_at + 1.0)
+    assert {rid for _, rid in victim[:-3 * flush_rows]} <= set(ids)
+    assert len(ids) >= 5 * flush_rows
