@@ -13,10 +13,11 @@ gets it). Three rules keep the stored labels trustworthy:
   the version's classes, a regression label a finite number, an anomaly label a boolean
   (or 0/1). A bad label is a :class:`~raypipe.errors.DataValidationError` naming its row.
 
-Finding ids is cheap for ids the endpoint made (UUIDv7: the hour they were made picks the
-log folder, :func:`raypipe.predlog.request_id_time`); ids sent by clients in
-``X-Request-ID`` and id-column values are looked up in the id column of every log file
-(parquet column projection and a pushed-down ``isin`` filter, not a full read).
+Finding ids is cheapest for ``raypipe predict``'s ids (UUIDv7: the hour they were made
+picks the log folder, :func:`raypipe.predlog.request_id_time`). The endpoint's ids are
+Serve's (the client's ``X-Request-ID`` or a UUID4 Serve made); they and id-column values
+are looked up in that one column of every log file (parquet column projection and a
+pushed-down ``isin`` filter, not a full read).
 """
 from __future__ import annotations
 

@@ -20,8 +20,9 @@ Columns of a log file:
   written. Types follow the schema: number float64, integer int64, boolean bool, string /
   text / datetime string (as sent), image nested lists of float64;
 - ``__request_id`` string: the id the response returned (``X-Request-ID`` header and
-  ``request_id`` in the body). A list body's rows are ``<request id>:<index>``, as each
-  answer in the response's ``predictions`` says;
+  ``request_id`` in the body: Serve's request id, the client's own or a UUID4 Serve made;
+  ``raypipe predict``: a UUIDv7 per batch). A list body's rows are ``<request id>:<index>``,
+  as each answer in the response's ``predictions`` says;
 - ``__ts`` timestamp[us, tz=UTC]: when the answer was given;
 - ``__version`` int64; ``__role`` string: ``champion``, ``canary`` (the challenger
   answered), ``shadow`` (the challenger scored the champion's request; never returned to

@@ -81,10 +81,11 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> Answer:
     in order: :func:`read_body`'s, a malformed ``X-Request-ID`` 400, then one pydantic-core
     pass (bad JSON or nesting 400, schema 422), time-out 408.
 
-    Every answer carries the request id (the client's ``X-Request-ID``, else a new UUIDv7)
-    in the ``X-Request-ID`` header and in the body's ``request_id``; a list body's answers
-    each carry ``<request id>:<index>``, the id its row has in the prediction log and the
-    one ``/feedback`` takes for it.
+    Every answer carries the request id in the body's ``request_id``: Serve's own (its
+    request-id middleware keeps the client's ``X-Request-ID`` or makes a UUID, and returns
+    it in the ``X-Request-ID`` response header), so the log, Serve's logs and the client
+    share one id. A list body's answers each carry ``<request id>:<index>``, the id its row
+    has in the prediction log and the one ``/feedback`` takes for it.
     """
     def refuse(status: int, reason: str, tag: str, detail: Any = None) -> Answer:
         return _refuse(server, status, reason, tag, detail)
@@ -93,8 +94,10 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> Answer:
     if not isinstance(got, bytes):
         return got
     rid = headers.get("x-request-id")
-    if rid is None:
+    headers_out = None
+    if rid is None:  # outside Serve (its middleware always sets one)
         rid = new_request_id()
+        headers_out = {"X-Request-ID": rid}
     elif not REQUEST_ID.fullmatch(rid):
         return refuse(400, BAD_REQUEST_ID, "request_id")
     raw, champion = got, server.routing.champion
@@ -107,7 +110,6 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> Answer:
             return refuse(400, "the body is not valid JSON (or is nested too deeply)", "bad_json", errors)
         return refuse(422, "the body does not match the request schema", "schema", errors)
     rows = [r.model_dump() for r in parsed] if many else [parsed.model_dump()]
-    headers_out = {"X-Request-ID": rid}
     if not rows:
         return 200, {"version": champion.version, "request_id": rid, "predictions": []}, headers_out
     try:

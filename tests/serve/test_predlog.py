@@ -82,9 +82,8 @@ def test_every_answer_is_logged_with_its_request_id_version_role_and_inputs(pipe
         body = r.json()
         assert [p["request_id"] for p in body["predictions"]] == ["one-list:0", "one-list:1", "one-list:2"]
         answers += [(p["request_id"], row, {**p, "version": body["version"]}) for p, row in zip(body["predictions"], rows)]
-        made = http.post(f"{endpoint.url}/predict", json=rows[0])  # no id sent: the endpoint makes one (UUIDv7)
-        assert predlog.request_id_time(made.headers["x-request-id"]) is not None
-        assert made.json()["request_id"] == made.headers["x-request-id"]
+        made = http.post(f"{endpoint.url}/predict", json=rows[0])  # no id sent: Serve makes one, returned once
+        assert made.json()["request_id"] == made.headers["x-request-id"] and "," not in made.headers["x-request-id"]
         bad = http.post(f"{endpoint.url}/predict", json=rows[0], headers={"X-Request-ID": "no spaces please"})
         assert bad.status_code == 400 and "X-Request-ID" in bad.json()["error"]
     log = {r["__request_id"]: r for r in logged(spec, "one-", len(answers))}
@@ -247,6 +246,7 @@ def test_a_killed_replica_loses_at_most_its_unwritten_buffer(pipeline):
     ids = [i for i in log["__request_id"].to_pylist() if i.startswith("kill-")]
     assert len(ids) == len(set(ids))  # every file whole, no row twice
     lost = set(answered) - set(ids)
+    print(f"replica killed under load: {len(answered)} answered, {len(ids)} logged, {len(lost)} lost")
     # one buffer being filled and one write in flight: ~2 x flush_rows, 3 x with room for a write that lags
     assert len(lost) <= 3 * flush_rows, len(lost)
     late = [rid for rid in lost if answered[rid] > killed_at + 1.0]  # answered by the replacement: all logged
