@@ -99,6 +99,14 @@ async def _load(url: str, rows: list[dict[str, Any]], clients: int, seconds: flo
             "non_2xx": sum(v for k, v in codes.items() if k >= 300), "transport_errors": errors, "ok": ok}
 
 
+async def _log_status(app: str) -> Any:
+    """The replica's prediction log totals, through a Serve handle (made inside a loop: Serve's
+    throughput profile runs the handle's router on the caller's loop)."""
+    from ray import serve
+
+    return await serve.get_app_handle(app).log_status.remote()
+
+
 def load(url: str, rows_file: str, clients: int, seconds: float, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the load generator in a separate process; return its JSON result."""
     cmd = [sys.executable, __file__, "--load", url, rows_file, str(clients), str(seconds)]
@@ -295,9 +303,7 @@ def main() -> None:
                     for r in rounds[k][key]:
                         print(f"(c) raypipe, {ingress}, log {log_mode}, round {k + 1}:", json.dumps(r), flush=True)
                     if on:
-                        from ray import serve
-
-                        status = serve.get_app_handle(s.name).log_status.remote().result(timeout_s=60)
+                        status = asyncio.run(_log_status(s.name))
                         log_status.append({"round": k + 1, "ingress": ingress, **(status or {})})
                         print(f"(c) raypipe, {ingress}, round {k + 1}, prediction log:", json.dumps(status), flush=True)
                     shutdown()
