@@ -26,8 +26,7 @@ between FastAPI runs. Target (issue 6): raypipe >= 1.0x FastAPI's req/s at 32 cl
 The prediction log (issue 20): ``--log off on`` runs each raypipe round twice, with
 ``monitor.log.enabled`` false and true (defaults: every request logged, 2,000-row / 10-s
 flushes), each on a fresh Ray, and reports logging on / off per round and the rows the
-replica dropped (its writer's totals, read through a Serve handle before shutdown) and
-wrote. Target: >= 0.9x at 32 clients (median round), 0 dropped rows. Prints a table and,
+replica dropped and wrote (its writer's totals, from ``GET /metadata`` before shutdown). Target: >= 0.9x at 32 clients (median round), 0 dropped rows. Prints a table and,
 last, one JSON line. Not a test.
 
     .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--ingress haproxy proxy] [--replicas 1]
@@ -97,14 +96,6 @@ async def _load(url: str, rows: list[dict[str, Any]], clients: int, seconds: flo
     pct = (lambda q: round(1000 * lat[min(ok - 1, int(q * ok))], 1)) if ok else (lambda q: None)
     return {"clients": clients, "rps": round(ok / seconds, 1), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
             "non_2xx": sum(v for k, v in codes.items() if k >= 300), "transport_errors": errors, "ok": ok}
-
-
-async def _log_status(app: str) -> Any:
-    """The replica's prediction log totals, through a Serve handle (made inside a loop: Serve's
-    throughput profile runs the handle's router on the caller's loop)."""
-    from ray import serve
-
-    return await serve.get_app_handle(app).log_status.remote()
 
 
 def load(url: str, rows_file: str, clients: int, seconds: float, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -303,7 +294,9 @@ def main() -> None:
                     for r in rounds[k][key]:
                         print(f"(c) raypipe, {ingress}, log {log_mode}, round {k + 1}:", json.dumps(r), flush=True)
                     if on:
-                        status = asyncio.run(_log_status(s.name))
+                        import httpx
+
+                        status = httpx.get(f"{endpoint.url}/metadata", timeout=30).json().get("prediction_log")
                         log_status.append({"round": k + 1, "ingress": ingress, **(status or {})})
                         print(f"(c) raypipe, {ingress}, round {k + 1}, prediction log:", json.dumps(status), flush=True)
                     shutdown()

@@ -282,6 +282,7 @@ def build_fastapi(server: Any) -> Any:
     async def metadata() -> dict[str, Any]:
         r = server.routing
         out = dict(r.champion.metadata)
+        out["prediction_log"] = server.log_status()  # this replica's writer: rows buffered, written, dropped, held
         if r.challenger is not None:
             out["challenger"] = {"version": r.challenger.version, "canary_percent": r.canary_percent,
                                  "shadow": r.shadow}

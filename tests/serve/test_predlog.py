@@ -87,6 +87,8 @@ def test_every_answer_is_logged_with_its_request_id_version_role_and_inputs(pipe
         bad = http.post(f"{endpoint.url}/predict", json=rows[0], headers={"X-Request-ID": "no spaces please"})
         assert bad.status_code == 400 and "X-Request-ID" in bad.json()["error"]
     log = {r["__request_id"]: r for r in logged(spec, "one-", len(answers))}
+    status = httpx.get(f"{endpoint.url}/metadata", timeout=30).json()["prediction_log"]  # the one replica's writer
+    assert status["buffered"] >= len(answers) + 1 and status["dropped"] == 0 and status["failed"] == 0
     assert sorted(log) == sorted(rid for rid, _, _ in answers)  # N answers -> N rows, no more
     for rid, row, answer in answers:
         got = log[rid]
