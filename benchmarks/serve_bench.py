@@ -21,11 +21,16 @@ Load comes from a separate process: closed loop, N clients each sending one sing
 clients. Reported per setup and concurrency: req/s, p50, p99 (ms), non-2xx responses and
 transport errors. ``--rounds`` (default 3) repeats raypipe's runs, each on a fresh Ray,
 between FastAPI runs. Target (issue 6): raypipe >= 1.0x FastAPI's req/s at 32 clients
-(the median round) with p99 <= 100 ms and 0 errors in every round. Prints a table and,
+(the median round) with p99 <= 100 ms and 0 errors in every round.
+
+The prediction log (issue 20): ``--log off on`` runs each raypipe round twice, with
+``monitor.log.enabled`` false and true (defaults: every request logged, 2,000-row / 10-s
+flushes), each on a fresh Ray, and reports logging on / off per round and the rows the
+replica dropped and wrote (its writer's totals, from ``GET /metadata`` before shutdown). Target: >= 0.9x at 32 clients (median round), 0 dropped rows. Prints a table and,
 last, one JSON line. Not a test.
 
     .venv/bin/python benchmarks/serve_bench.py [--seconds 10] [--ingress haproxy proxy] [--replicas 1]
-        [--rounds 3] [--fastapi-workers 1]
+        [--rounds 3] [--fastapi-workers 1] [--log off on]
 """
 
 import argparse
@@ -214,6 +219,8 @@ def main() -> None:
                     help="raypipe rounds, each between two FastAPI runs; the verdict is the median round")
     ap.add_argument("--fastapi-workers", type=int, default=1,
                     help="uvicorn worker processes of the FastAPI baseline (the issue's baseline: 1)")
+    ap.add_argument("--log", nargs="+", default=["on"], choices=["off", "on"],
+                    help="monitor.log.enabled for raypipe's runs; 'off on' measures both in each round")
     ap.add_argument("--load", nargs=4, metavar=("URL", "ROWS_FILE", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
     ap.add_argument("--fastapi", nargs=4, metavar=("VERSION_URI", "VERSION", "PORT", "WORKERS"),
                     help=argparse.SUPPRESS)
@@ -269,18 +276,30 @@ def main() -> None:
         if args.batch_wait_s is not None:
             d = d.model_copy(update={"batching": d.batching.model_copy(update={"batch_wait_timeout_s": args.batch_wait_s})})
         rounds: list[dict[str, list[dict[str, Any]]]] = []
+        log_status: list[dict[str, Any]] = []
         for k in range(args.rounds):
             rounds.append({})
             for ingress in args.ingress:
-                si = s.model_copy(update={"deploy": d.model_copy(update={"ingress": ingress, "port": free_port()})})
-                connect(temp_dir=str(Path(tmp) / f"ray-{ingress}-{k}"), ingress=ingress)
-                endpoint = raypipe.serve(si, version=version)
-                wait_http(f"{endpoint.url}/healthz")
-                key = f"raypipe_{ingress}"
-                rounds[k][key] = [load(f"{endpoint.url}/predict", str(rows_file), c, args.seconds) for c in args.clients]
-                for r in rounds[k][key]:
-                    print(f"(c) raypipe, {ingress}, round {k + 1}:", json.dumps(r), flush=True)
-                shutdown()
+                for log_mode in args.log:
+                    on = log_mode == "on"
+                    mon = s.monitor.model_copy(update={"log": s.monitor.log.model_copy(update={"enabled": on})})
+                    si = s.model_copy(update={"deploy": d.model_copy(update={"ingress": ingress, "port": free_port()}),
+                                              "monitor": mon})
+                    connect(temp_dir=str(Path(tmp) / f"ray-{ingress}-{log_mode}-{k}"), ingress=ingress)
+                    endpoint = raypipe.serve(si, version=version)
+                    wait_http(f"{endpoint.url}/healthz")
+                    key = f"raypipe_{ingress}" + ("_log" if on and "off" in args.log else "")
+                    rounds[k][key] = [load(f"{endpoint.url}/predict", str(rows_file), c, args.seconds)
+                                      for c in args.clients]
+                    for r in rounds[k][key]:
+                        print(f"(c) raypipe, {ingress}, log {log_mode}, round {k + 1}:", json.dumps(r), flush=True)
+                    if on:
+                        import httpx
+
+                        status = httpx.get(f"{endpoint.url}/metadata", timeout=30).json().get("prediction_log")
+                        log_status.append({"round": k + 1, "ingress": ingress, **(status or {})})
+                        print(f"(c) raypipe, {ingress}, round {k + 1}, prediction log:", json.dumps(status), flush=True)
+                    shutdown()
             fastapi_runs.append(measure_fastapi(vs, version, rows_file, args.clients, args.seconds,
                                                 args.fastapi_workers, f"after round {k + 1}"))
 
@@ -289,7 +308,8 @@ def main() -> None:
                         "cores": os.cpu_count()}
     bases = [{a["clients"]: max(a, b, key=lambda r: r["rps"]) for a, b in zip(before, after)}
              for before, after in zip(fastapi_runs, fastapi_runs[1:])]  # round k's baseline
-    for key in [f"raypipe_{i}" for i in args.ingress]:
+    keys = [key for key in rounds[0]]
+    for key in keys:
         for k, (rnd, base) in enumerate(zip(rounds, bases)):
             for r in rnd[key]:
                 r["round"], r["fastapi_rps"] = k + 1, base[r["clients"]]["rps"]
@@ -306,7 +326,7 @@ def main() -> None:
         for r in base.values():
             print(f"{'fastapi':18s} {k + 1:>5d} {r['clients']:>7d} {r['rps']:>8.1f} {r['p50_ms'] or 0:>7.1f} "
                   f"{r['p99_ms'] or 0:>7.1f} {r['non_2xx'] + r['transport_errors']:>6d} {1:>9.2f}x")
-    for key in [f"raypipe_{i}" for i in args.ingress]:
+    for key in keys:
         for r in results[key]:
             print(f"{key:18s} {r['round']:>5d} {r['clients']:>7d} {r['rps']:>8.1f} {r['p50_ms'] or 0:>7.1f} "
                   f"{r['p99_ms'] or 0:>7.1f} {r['non_2xx'] + r['transport_errors']:>6d} {r['ratio'] or 0:>9.2f}x")
@@ -322,6 +342,24 @@ def main() -> None:
         print(f"raypipe ({i}) at 32 clients: {ratio:.2f}x FastAPI (median of {len(at32)} round(s): {each}), "
               f"worst p99 {p99} ms, {errors} errors "
               f"(target >= 1.0x, <= 100 ms, 0 errors: {'met' if verdict[i]['target_met'] else 'not met'})")
+    if "off" in args.log and "on" in args.log:
+        results["prediction_log"] = log_status
+        for i in args.ingress:
+            per_round = [{r_on["clients"]: (r_on["rps"] / r_off["rps"] if r_off["rps"] else None)
+                          for r_on, r_off in zip(rnd[f"raypipe_{i}_log"], rnd[f"raypipe_{i}"])} for rnd in rounds]
+            for c in args.clients:
+                ratios = [pr[c] for pr in per_round if pr[c] is not None]
+                med = statistics.median(ratios) if ratios else 0.0
+                print(f"raypipe ({i}) at {c} clients: logging on / off {med:.3f} (median of rounds: "
+                      f"{', '.join(f'{x:.3f}' for x in ratios)})")
+            at32 = [pr[32] for pr in per_round if 32 in pr and pr[32] is not None]
+            dropped = sum(st.get("dropped", 0) + st.get("failed", 0) for st in log_status if st["ingress"] == i)
+            if at32:
+                med = statistics.median(at32)
+                verdict[f"{i}_log"] = {"log_on_off_32": round(med, 3), "rounds": [round(x, 3) for x in at32],
+                                       "dropped_rows": dropped, "target_met": med >= 0.9 and dropped == 0}
+                print(f"prediction log ({i}) at 32 clients: {med:.3f}x without it, {dropped} rows dropped "
+                      f"(target >= 0.9x, 0 dropped: {'met' if verdict[f'{i}_log']['target_met'] else 'not met'})")
     print(json.dumps({"bench": "serve", "seconds": args.seconds, **results, "verdict": verdict}))
 
 

@@ -1,4 +1,4 @@
-"""The Python API behind the command line: run, serve, predict."""
+"""The Python API behind the command line: run, serve, predict, feedback."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -108,6 +108,62 @@ def _window_source(path: str, csv: Any, parquet: Any) -> Any:
     else:
         is_csv = path.lower().endswith(CSV_EXTENSIONS)
     return csv(type="csv", path=path) if is_csv else parquet(type="parquet", path=path)
+
+
+def feedback(spec: Spec | str | Path | dict[str, Any] | None, input: str, *, id_column: str | None = None,
+             label_column: str = "label") -> dict[str, Any]:
+    """Store labels that arrived late, joined to the prediction log (:mod:`raypipe.feedback`).
+
+    ``input`` is a parquet or CSV file with a ``request_id`` column (the ids the endpoint or
+    ``raypipe predict`` returned) or, with ``id_column``, one of the spec's ``data.id_columns``;
+    and the labels in ``label_column``.
+
+    Returns:
+        ``{pipeline, input, rows, matched, unknown, conflicts, duplicates, stored, unknown_ids, conflict_ids}``.
+
+    Raises:
+        SpecError: a file or column that is not there. DataValidationError: a bad label or a missing id.
+    """
+    from raypipe.errors import SpecError
+    from raypipe.feedback import record_feedback
+    from raypipe.registry import Registry
+
+    s = as_spec(spec)
+    if id_column is not None and id_column not in s.data.id_columns:
+        raise SpecError(f"--id-column {id_column!r} is not one of data.id_columns {s.data.id_columns}; "
+                        "use one of them, or join by request_id")
+    table = _read_table(input)
+    key = id_column or "request_id"
+    absent = [c for c in (key, label_column) if c not in table.column_names]
+    if absent:
+        raise SpecError(f"--input {input!r} has no column {absent[0]!r} (its columns: {', '.join(table.column_names)}); "
+                        + ("name the label column with --label-column" if absent[0] == label_column else
+                           "give the ids the responses returned as request_id, or join by an id column with --id-column"))
+    reg = Registry.for_spec(s)
+    schema = reg.version_store(reg.resolve()).read_json("schema.json")
+    report = record_feedback(s.storage, s.name, table[key].to_pylist(), table[label_column].to_pylist(),
+                             task=s.data.task, classes=(schema.get("target") or {}).get("classes"),
+                             id_column=id_column, source="file")
+    return {"pipeline": s.name, "input": input, **report.to_dict()}
+
+
+def _read_table(path: str) -> Any:
+    """A small parquet or CSV file as an Arrow table (labels: no Ray needed)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from raypipe.errors import SpecError
+
+    fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), str(Path(path).resolve()))
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        raise SpecError(f"--input {path!r} does not exist; give a parquet or CSV file of labels")
+    if p.endswith(".csv"):
+        with fs.open_input_stream(p) as f:
+            return pacsv.read_csv(f)
+    if p.endswith(".parquet") or fs.get_file_info(p).type == pafs.FileType.Directory:
+        return pq.read_table(p, filesystem=fs)
+    raise SpecError(f"--input {path!r}: give a .parquet or .csv file (or a folder of parquet files)")
 
 
 def export(spec: Spec | str | Path | dict[str, Any] | None, *, output: str | None = None, format: str = "onnx",

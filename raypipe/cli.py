@@ -176,6 +176,29 @@ def _print_monitor(r: Any) -> None:
 _HEADLINE = ("accuracy", "f1", "roc_auc", "rmse", "mae", "r2", "silhouette", "anomaly_rate")
 
 
+def feedback(
+    spec: Path = SpecArg,
+    input: str = typer.Option(..., "--input", help="Parquet or CSV file of labels: request_id (or --id-column) "
+                              "and label."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Join on this data.id_columns column "
+                                            "instead of request_id."),
+    label_column: str = typer.Option("label", "--label-column", help="The column holding the labels."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary as the last line."),
+) -> None:
+    """Store labels that arrived late, joined to the prediction log; counts unknown ids and conflicts."""
+    from raypipe.api import feedback as feedback_api
+
+    r = feedback_api(str(spec), input, id_column=id_column, label_column=label_column)
+    err.print(f"{r['pipeline']}: {r['rows']} labels, {r['matched']} matched, {r['stored']} stored, "
+              f"{r['unknown']} unknown, {r['conflicts']} conflicts, {r['duplicates']} duplicates")
+    if r["unknown_ids"]:
+        err.print(f"unknown ids (not in the prediction log; not stored): {', '.join(r['unknown_ids'])}", markup=False)
+    if r["conflict_ids"]:
+        err.print(f"conflicts (a different label was stored first; kept): {', '.join(r['conflict_ids'])}", markup=False)
+    if json_out:
+        print(json.dumps(r, default=str), flush=True)
+
+
 @app.command()
 def export(
     spec: Path = SpecArg,

@@ -713,6 +713,13 @@ class PredictionLogSection(_Section):
     max_buffer_rows: int = Field(default=20000, ge=1, description="rows held while a write is slow; more are "
                                  "dropped and counted (ray_raypipe_prediction_log_dropped_total), never waited for")
 
+    @model_validator(mode="after")
+    def _buffer_holds_a_flush(self) -> "PredictionLogSection":
+        if self.max_buffer_rows < self.flush_rows:  # a size flush could never happen: every row past the bound dropped
+            raise ValueError(f"max_buffer_rows ({self.max_buffer_rows}) is below flush_rows ({self.flush_rows}); "
+                             "raise max_buffer_rows to at least flush_rows (default 10x)")
+        return self
+
 
 class DriftSection(_Section):
     """How a window is compared with the data the served version was trained on.

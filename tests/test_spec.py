@@ -379,6 +379,9 @@ def test_monitor_section_checks_its_keys(tmp_path: Path) -> None:
     assert problem.startswith("monitor.drift.method") and "psi" in problem
     raw["monitor"] = {"log": {"sample_rate": 0}}
     assert problems_of(raw, tmp_path)[0].startswith("monitor.log.sample_rate")
+    raw["monitor"] = {"log": {"flush_rows": 500, "max_buffer_rows": 100}}
+    (problem,) = problems_of(raw, tmp_path)
+    assert problem.startswith("monitor.log") and "max_buffer_rows (100) is below flush_rows (500)" in problem
     raw["monitor"] = {"log": {"exclude_columns": ["card_number"]}, "drift": {"per_column": {"amount": 0.5}}}
     spec = load_spec(write(tmp_path, raw))
     assert spec.monitor.log.exclude_columns == ["card_number"] and spec.monitor.drift.per_column == {"amount": 0.5}

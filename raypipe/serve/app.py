@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import TypeAdapter
 from ray import serve
 
+from raypipe.predlog import LogFormat, PredictionLogWriter
 from raypipe.serve.apikey import KeyCheck
 from raypipe.tasks import TASKS
 from raypipe.model.predictor import Predictor
@@ -45,6 +46,7 @@ class Loaded:
     metadata: dict[str, Any]
     row_model: Any  # the pydantic model of one row
     rows: TypeAdapter[Any]  # a list of rows
+    log_format: Optional[LogFormat] = None  # how its answers are logged (None: no prediction log)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class Routing:
 
 
 def load_version(uri: str, version: int, pipeline: str, trusted: tuple[str, ...] = (),
-                 manifest_sha256: Optional[str] = None) -> Loaded:
+                 manifest_sha256: Optional[str] = None, log_exclude: Optional[list[str]] = None) -> Loaded:
+    """A registry version as a replica holds it; ``log_exclude``: the prediction log's excluded columns (None: no log)."""
     store = Store(uri)
     predictor = Predictor.from_version(store, version, trusted, manifest_sha256=manifest_sha256)
     metadata = {
@@ -71,7 +74,8 @@ def load_version(uri: str, version: int, pipeline: str, trusted: tuple[str, ...]
         "threshold": predictor.threshold,
     }
     row = request_model(predictor.schema, name=f"{pipeline.replace('-', '_')}_row")
-    return Loaded(version, predictor, metadata, row, TypeAdapter(list[row]))  # type: ignore[valid-type]
+    fmt = None if log_exclude is None else LogFormat(predictor.schema, predictor.task, log_exclude)
+    return Loaded(version, predictor, metadata, row, TypeAdapter(list[row]), fmt)  # type: ignore[valid-type]
 
 
 class ServeMetrics:
@@ -100,6 +104,25 @@ class ServeMetrics:
                                                 "shadow answers equal (agree=true) or not to the champion's",
                                                 tag_keys=("pipeline", "version", "agree"))
         self.shadow_agreement.set_default_tags({"pipeline": pipeline})  # a fresh dict: Serve adds its tags to it
+        self.log_rows = metrics.Counter("raypipe_prediction_log_rows", "prediction log rows by state: buffered "
+                                        "(accepted), written, dropped (buffer full), failed (a write raised)",
+                                        tag_keys=("pipeline", "state"))
+        self.log_rows.set_default_tags({"pipeline": pipeline})  # a fresh dict: Serve adds its tags to it
+        self.log_dropped = metrics.Counter("raypipe_prediction_log_dropped", "prediction log rows dropped: the "
+                                           "replica's buffer was full", tag_keys=("pipeline",))
+        self.log_dropped.set_default_tags({"pipeline": pipeline})  # a fresh dict: Serve adds its tags to it
+        self.log_held = metrics.Gauge("raypipe_prediction_log_held_rows", "prediction log rows held in memory, "
+                                      "not yet written (lost if the replica is killed)", tag_keys=("pipeline",))
+        self.log_held.set_default_tags({"pipeline": pipeline})  # a fresh dict: Serve adds its tags to it
+
+    def log_count(self, state: str, rows: int) -> None:
+        """The prediction log writer's report (from its thread)."""
+        if state == "held":
+            self.log_held.set(rows, tags={})
+            return
+        self.log_rows.inc(rows, tags={"state": state})
+        if state == "dropped":
+            self.log_dropped.inc(rows, tags={})
 
     def count(self, loaded: Loaded, role: str, answers: list[dict[str, Any]]) -> None:
         tags = {"version": str(loaded.version), "role": role}
@@ -119,6 +142,22 @@ class ServeMetrics:
             self.version_info.set(1, tags={"version": str(loaded.version), "role": role})
 
 
+# One request as the batch method takes it: (goes to the canary?, rows, request id when its
+# rows are logged else None, the body was a list).
+Request = tuple[bool, list[dict[str, Any]], Optional[str], bool]
+
+
+def _replica_id() -> str:
+    """This replica's id in file names: Serve's replica id, and a random part for a restarted one."""
+    import uuid
+
+    try:
+        rid = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (a test building the class directly)
+        rid = "local"
+    return f"{rid}-{uuid.uuid4().hex[:6]}"
+
+
 def _roles(r: Routing) -> list[tuple[str, Loaded]]:
     return [("champion", r.champion)] + ([("challenger", r.challenger)] if r.challenger else [])
 
@@ -135,13 +174,17 @@ class ModelServer:
             for no auth. The key itself never leaves the process that deployed the app.
         trusted_factories: the ``torch:<module>:<factory>`` kinds a served model may name,
             as the deploying process allows them (``formats.trusted_factories``).
+        prediction_log: where and how answers are logged (``uri``, ``sample_rate``,
+            ``exclude_columns``, ``flush_rows``, ``flush_seconds``, ``max_buffer_rows``:
+            ``monitor.log`` with the spec's storage), or None for no log (:mod:`raypipe.predlog`).
 
     ``user_config`` (see :meth:`reconfigure`) says which versions to serve.
     """
 
     def __init__(self, pipeline: str, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005,
                  request_timeout_s: float = 10.0, max_body_bytes: int = 1 << 20,
-                 api_key_hash: Optional[str] = None, trusted_factories: Optional[list[str]] = None) -> None:
+                 api_key_hash: Optional[str] = None, trusted_factories: Optional[list[str]] = None,
+                 prediction_log: Optional[dict[str, Any]] = None) -> None:
         self.pipeline = pipeline
         self.routing: Optional[Routing] = None
         self.request_timeout_s, self.max_body_bytes = request_timeout_s, max_body_bytes
@@ -152,6 +195,20 @@ class ModelServer:
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.started = time.time()
         self._cache: dict[tuple[str, int], Loaded] = {}
+        self.log_settings = prediction_log
+        self.log: Optional[PredictionLogWriter] = None
+        if prediction_log:
+            self.log = PredictionLogWriter(
+                prediction_log["uri"], pipeline, writer_id=f"serve-{_replica_id()}",
+                flush_rows=prediction_log["flush_rows"], flush_seconds=prediction_log["flush_seconds"],
+                max_buffer_rows=prediction_log["max_buffer_rows"], on_count=self.metrics.log_count)
+        self.sample_rate = float(prediction_log["sample_rate"]) if prediction_log else 0.0
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown calls this after the replica's requests have drained: write the log's buffer."""
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this with the ``user_config``: load what is new, then switch at once.
@@ -163,8 +220,9 @@ class ModelServer:
             if not ref:
                 return None
             key = (ref["uri"], int(ref["version"]))
+            exclude = list(self.log_settings["exclude_columns"]) if self.log_settings else None
             return self._cache.get(key) or load_version(ref["uri"], int(ref["version"]), self.pipeline, self.trusted,
-                                                        ref.get("manifest_sha256"))
+                                                        ref.get("manifest_sha256"), exclude)
 
         new = Routing(champion=get(config["champion"]), challenger=get(config.get("challenger")),
                       canary_percent=float(config.get("canary_percent", 0.0)), shadow=bool(config.get("shadow", False)))
@@ -178,14 +236,14 @@ class ModelServer:
         self.metrics.serving(old, new)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, requests: list[tuple[bool, list[dict[str, Any]]]]) -> list[tuple[int, list[dict[str, Any]]]]:
-        """Score a batch of requests; each is (goes to the canary?, rows). Returns (version, answers) per request."""
+    async def predict_batch(self, requests: list[Request]) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Score a batch of requests (see :data:`Request`). Returns (version, answers) per request."""
         routing = self.routing
         assert routing is not None, "no model loaded"
         out: list[Any] = [None] * len(requests)
         rows_scored = 0
         for role, loaded in _roles(routing):
-            picked = [i for i, (canary, _) in enumerate(requests) if canary == (role == "challenger")]
+            picked = [i for i, req in enumerate(requests) if req[0] == (role == "challenger")]
             if not picked:
                 continue
             rows = [r for i in picked for r in requests[i][1]]
@@ -197,6 +255,7 @@ class ModelServer:
                 n = len(requests[i][1])
                 out[i] = (loaded.version, answers[start:start + n])
                 start += n
+            self._log(loaded, "canary" if role == "challenger" else "champion", requests, picked, out)
         self.metrics.batch_size.observe(rows_scored, tags={})
         self.metrics.serving(None, routing)  # re-set each batch: the version gauge stays fresh for every scrape
         if routing.shadow and routing.challenger is not None:
@@ -204,22 +263,42 @@ class ModelServer:
             asyncio.get_running_loop().call_soon(self._shadow, routing, requests, out)
         return out
 
-    def _shadow(self, routing: Routing, requests: list[tuple[bool, list[dict[str, Any]]]], out: list[Any]) -> None:
+    def _log(self, loaded: Loaded, role: str, requests: list[Request], picked: list[int], out: list[Any]) -> None:
+        """Hand the sampled requests' rows and answers to the log writer (a list append, never a wait)."""
+        if self.log is None or loaded.log_format is None:
+            return
+        now, fmt, version = time.time(), loaded.log_format, loaded.version
+        entries = [(requests[i][2], requests[i][3], now, version, role, requests[i][1], out[i][1], fmt)
+                   for i in picked if requests[i][2] is not None]
+        if entries:
+            self.log.add(entries, sum(len(e[5]) for e in entries))
+
+    def _shadow(self, routing: Routing, requests: list[Request], out: list[Any]) -> None:
         challenger = routing.challenger
         assert challenger is not None
-        picked = [i for i, (canary, _) in enumerate(requests) if not canary]  # the challenger answered the rest itself
+        picked = [i for i, req in enumerate(requests) if not req[0]]  # the challenger answered the rest itself
         if not picked:
             return
         rows = [r for i in picked for r in requests[i][1]]
         champion_answers = [a for i in picked for a in out[i][1]]
         shadow_answers = challenger.predictor.predict_records(rows)
         self.metrics.count(challenger, "shadow", shadow_answers)
+        start, shadow_out = 0, list(out)
+        for i in picked:
+            n = len(requests[i][1])
+            shadow_out[i] = (challenger.version, shadow_answers[start:start + n])
+            start += n
+        self._log(challenger, "shadow", requests, picked, shadow_out)
         agree = sum(a.get("prediction") == b.get("prediction") for a, b in zip(champion_answers, shadow_answers))
         tags = {"version": str(challenger.version)}
         if agree:
             self.metrics.shadow_agreement.inc(agree, tags={**tags, "agree": "true"})
         if len(rows) - agree:
             self.metrics.shadow_agreement.inc(len(rows) - agree, tags={**tags, "agree": "false"})
+
+    def log_status(self) -> Optional[dict[str, int]]:
+        """The prediction log writer's totals (rows buffered, written, dropped, failed) and rows held now."""
+        return None if self.log is None else self.log.status()
 
     def check_health(self) -> None:
         if self.routing is None:
@@ -236,6 +315,10 @@ class ModelServer:
             return True
         auth = headers.get("authorization", "")
         return self.key_check(auth[7:] if auth[:7].lower() == "bearer " else headers.get("x-api-key", ""))
+
+    def sampled(self) -> bool:
+        """Whether this request's rows are logged (all rows of a request, or none)."""
+        return self.log is not None and (self.sample_rate >= 1.0 or random.random() < self.sample_rate)
 
     def to_canary(self) -> bool:
         r = self.routing

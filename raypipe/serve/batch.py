@@ -1,6 +1,7 @@
 """Batch inference with Ray Data: an actor pool, the predictor loaded once per actor."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -21,6 +22,46 @@ def _read(path: str) -> Any:
     if p.endswith(".parquet") or fs.get_file_info(p).type == pafs.FileType.Directory:
         return ray.data.read_parquet(p, filesystem=fs)
     raise SpecError(f"--input {path!r}: give a .parquet or .csv file, or a folder of parquet files")
+
+
+def _log_setup(spec: Spec, reg: Registry, version: int, schema: dict[str, Any]) -> dict[str, Any] | None:
+    """What the tasks need to log a batch (None when ``monitor.log`` is off)."""
+    from raypipe.predlog import LogFormat
+    from raypipe.serve.deploy import check_log_columns
+    from raypipe.store import Store
+
+    lg = spec.monitor.log
+    if not lg.enabled:
+        return None
+    check_log_columns(spec, version)
+    role = "champion" if reg.aliases().get("champion") == version else "challenger"
+    return {"uri": Store(spec.storage).full_uri(), "pipeline": spec.name, "role": role,
+            "sample_rate": lg.sample_rate, "fmt": LogFormat(schema, spec.data.task, lg.exclude_columns)}
+
+
+def _log_batch(b: Any, answers: dict[str, Any], version: int, *, uri: str, pipeline: str, role: str,
+               sample_rate: float, fmt: Any) -> list[str]:
+    """Write a batch's sampled rows to the prediction log (one file per batch); returns every row's request id."""
+    import time
+    import uuid
+
+    import numpy as np
+
+    from raypipe.predlog import new_request_id, row_ids, write_log
+
+    ids = row_ids(new_request_id(), len(b), many=True)
+    keep = np.random.random(len(b)) < sample_rate if sample_rate < 1.0 else np.ones(len(b), dtype=bool)
+    if keep.any():
+        try:
+            inputs = {name: b[name][keep] for name, _ in fmt.inputs if name in b}
+            logged = fmt.answers_from_columns({k: np.asarray(val)[keep] for k, val in answers.items()})
+            table = fmt.table(inputs, logged, [i for i, k in zip(ids, keep) if k], time.time(), version, role,
+                              "predict")
+            write_log(uri, pipeline, table, f"predict-{uuid.uuid4().hex[:12]}")
+        except Exception:  # the predictions are the job; a log that cannot be written is reported, not fatal
+            logging.getLogger("raypipe").exception("prediction log: %d rows of a batch could not be written",
+                                                   int(keep.sum()))
+    return ids
 
 
 def gpu_actors(actors: int) -> int:
@@ -44,7 +85,13 @@ def gpu_actors(actors: int) -> int:
 
 def predict_files(spec: Spec, input: str, output: str, *, version: int | None = None, alias: str | None = None,
                   address: str | None = None, actors: int = 2) -> dict[str, Any]:
-    """Predict every row of ``input``; write input columns + ``prediction`` (+ scores) as parquet."""
+    """Predict every row of ``input``; write input columns + ``prediction`` (+ scores) as parquet.
+
+    With ``monitor.log.enabled``, the output also has a ``request_id`` per row (``<id>:<row
+    in its batch>``, what ``raypipe feedback`` takes), and the Ray Data tasks that finish
+    each batch append its sampled rows to the prediction log themselves (``__source``
+    ``predict``; :mod:`raypipe.predlog`): nothing is collected on the driver.
+    """
     import numpy as np
     import pandas as pd
 
@@ -79,13 +126,17 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     )
     classes = (schema.get("target") or {}).get("classes")
     task = spec.data.task
+    log = _log_setup(spec, reg, v, schema)
 
     def finish(b: pd.DataFrame) -> pd.DataFrame:
         scores = np.stack(b.pop("__scores").to_numpy())
         pred = b.pop("__pred").to_numpy()
-        for name, values in TASKS[task].columns(pred, scores, classes).items():
+        answers = TASKS[task].columns(pred, scores, classes)
+        for name, values in answers.items():
             b[name] = values
         b["model_version"] = v
+        if log is not None:
+            b["request_id"] = _log_batch(b, answers, v, **log)
         return b
 
     out = preds.map_batches(finish, batch_format="pandas")

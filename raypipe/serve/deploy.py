@@ -73,6 +73,7 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
     v = Registry.for_spec(spec).resolve(version=version, alias=alias)
     name = app_name or spec.name
     options, args = deployment_options(spec, v), init_args(spec)
+    check_log_columns(spec, v)
     connect_for(spec, address)
     d = spec.deploy
     http_port = d.port if port is None else port
@@ -112,11 +113,12 @@ def code_version(args: dict[str, Any]) -> str:
     """What makes replicas different code: the constructor's arguments and the source the replica runs."""
     import inspect
 
+    from raypipe import feedback, predlog
     from raypipe.model import predictor
     from raypipe.serve import app, http, request_model
 
     h = hashlib.sha256(json.dumps({"raypipe": __version__, "args": args}, sort_keys=True).encode())
-    for module in (app, http, request_model, predictor):
+    for module in (app, http, request_model, predictor, predlog, feedback):
         h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:16]
 
@@ -127,7 +129,31 @@ def init_args(spec: Spec) -> dict[str, Any]:
     return {"pipeline": spec.name, "max_batch_size": d.batching.max_batch_size,
             "batch_wait_timeout_s": d.batching.batch_wait_timeout_s, "request_timeout_s": d.request_timeout_s,
             "max_body_bytes": d.max_body_bytes, "api_key_hash": api_key_digest(spec),
-            "trusted_factories": list(trusted_factories(spec))}
+            "trusted_factories": list(trusted_factories(spec)), "prediction_log": log_args(spec)}
+
+
+def log_args(spec: Spec) -> dict[str, Any] | None:
+    """``monitor.log`` as the replicas take it, with the storage they write to; None when the log is off."""
+    lg = spec.monitor.log
+    if not lg.enabled:
+        return None
+    return {"uri": Store(spec.storage).full_uri(), "sample_rate": lg.sample_rate,
+            "exclude_columns": list(lg.exclude_columns), "flush_rows": lg.flush_rows,
+            "flush_seconds": lg.flush_seconds, "max_buffer_rows": lg.max_buffer_rows}
+
+
+def check_log_columns(spec: Spec, version: int) -> None:
+    """``monitor.log.exclude_columns`` must name input columns of the served version: a typo would log the PII."""
+    from raypipe.predlog import LogFormat
+
+    lg = spec.monitor.log
+    if not lg.enabled or not lg.exclude_columns:
+        return
+    inputs = LogFormat.input_names(Registry.for_spec(spec).version_store(version).read_json("schema.json"))
+    unknown = [c for c in lg.exclude_columns if c not in inputs]
+    if unknown:
+        raise SpecError(f"monitor.log.exclude_columns: {unknown} are not input columns of {spec.name!r} version "
+                        f"{version} (its inputs: {', '.join(inputs)}); fix the names, or remove them")
 
 
 def deployment_options(spec: Spec, version: int) -> dict[str, Any]:

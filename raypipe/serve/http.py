@@ -12,15 +12,20 @@ never echoed back in errors (they may be huge, or secret).
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
 from pydantic import ValidationError
 
+from raypipe.predlog import new_request_id
+
 JSON_TYPES = ("application/json", "application/x-ndjson", "text/json")
 NO_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 PUBLIC = ("/healthz",)  # with deploy.auth, every other route (/metadata: lineage; /docs, /openapi.json) needs the key
 MAX_ERRORS = 10
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+BAD_REQUEST_ID = "X-Request-ID must be 1 to 128 characters of A-Z a-z 0-9 . _ : - (or leave it out: one is made)"
 
 
 def _errors(e: ValidationError) -> list[dict[str, Any]]:
@@ -30,18 +35,20 @@ def _errors(e: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
-async def handle_predict(server: Any, headers: Any, chunks: Any) -> tuple[int, dict[str, Any], dict[str, str] | None]:
-    """``POST /predict`` without a web framework: (status, JSON body, extra headers).
+Answer = tuple[int, dict[str, Any], "dict[str, str] | None"]
 
-    ``headers`` maps lower-case names to values; ``chunks`` yields the body's bytes. Refusals,
-    in order: API key 401, size 413 (declared, then streamed), content type 415, a body not received
-    within the time limit 408, empty 400,
-    then one pydantic-core pass (bad JSON or nesting 400, schema 422), time-out 408.
-    """
-    def refuse(status: int, reason: str, tag: str, detail: Any = None,
-               extra: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str] | None]:
-        server.metrics.rejected.inc(tags={"reason": tag})
-        return status, {"error": reason, **({"detail": detail} if detail is not None else {})}, extra
+
+def _refuse(server: Any, status: int, reason: str, tag: str, detail: Any = None,
+            extra: dict[str, str] | None = None) -> Answer:
+    server.metrics.rejected.inc(tags={"reason": tag})
+    return status, {"error": reason, **({"detail": detail} if detail is not None else {})}, extra
+
+
+async def read_body(server: Any, headers: Any, chunks: Any, what: str) -> bytes | Answer:
+    """The checked body of a JSON POST, or the refusal: API key 401, size 413 (declared, then
+    streamed), content type 415, a body not received within the time limit 408, empty 400."""
+    def refuse(status: int, reason: str, tag: str, extra: dict[str, str] | None = None) -> Answer:
+        return _refuse(server, status, reason, tag, extra=extra)
 
     if not server.authorised(headers):
         return refuse(401, NO_KEY, "auth", extra={"WWW-Authenticate": "Bearer"})
@@ -63,8 +70,37 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> tuple[int, d
         return refuse(408, f"request body not received within {server.request_timeout_s} s "
                       "(deploy.request_timeout_s); send it at once", "slow_body")
     if not body.strip():
-        return refuse(400, "empty body: send one row as a JSON object, or a list of them", "empty")
-    raw, champion = bytes(body), server.routing.champion
+        return refuse(400, f"empty body: send {what}", "empty")
+    return bytes(body)
+
+
+async def handle_predict(server: Any, headers: Any, chunks: Any) -> Answer:
+    """``POST /predict`` without a web framework: (status, JSON body, extra headers).
+
+    ``headers`` maps lower-case names to values; ``chunks`` yields the body's bytes. Refusals,
+    in order: :func:`read_body`'s, a malformed ``X-Request-ID`` 400, then one pydantic-core
+    pass (bad JSON or nesting 400, schema 422), time-out 408.
+
+    Every answer carries the request id in the body's ``request_id``: Serve's own (its
+    request-id middleware keeps the client's ``X-Request-ID`` or makes a UUID, and returns
+    it in the ``X-Request-ID`` response header), so the log, Serve's logs and the client
+    share one id. A list body's answers each carry ``<request id>:<index>``, the id its row
+    has in the prediction log and the one ``/feedback`` takes for it.
+    """
+    def refuse(status: int, reason: str, tag: str, detail: Any = None) -> Answer:
+        return _refuse(server, status, reason, tag, detail)
+
+    got = await read_body(server, headers, chunks, "one row as a JSON object, or a list of them")
+    if not isinstance(got, bytes):
+        return got
+    rid = headers.get("x-request-id")
+    headers_out = None
+    if rid is None:  # outside Serve (its middleware always sets one)
+        rid = new_request_id()
+        headers_out = {"X-Request-ID": rid}
+    elif not REQUEST_ID.fullmatch(rid):
+        return refuse(400, BAD_REQUEST_ID, "request_id")
+    raw, champion = got, server.routing.champion
     many = raw.lstrip()[:1] == b"["  # a list of rows, else one row object
     try:
         parsed = champion.rows.validate_json(raw) if many else champion.row_model.model_validate_json(raw)
@@ -75,16 +111,79 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> tuple[int, d
         return refuse(422, "the body does not match the request schema", "schema", errors)
     rows = [r.model_dump() for r in parsed] if many else [parsed.model_dump()]
     if not rows:
-        return 200, {"version": champion.version, "predictions": []}, None
+        return 200, {"version": champion.version, "request_id": rid, "predictions": []}, headers_out
     try:
         async with asyncio.timeout(server.request_timeout_s):
-            version, answers = await server.predict_batch((server.to_canary(), rows))
+            version, answers = await server.predict_batch(
+                (server.to_canary(), rows, rid if server.sampled() else None, many))
     except TimeoutError:
         return refuse(408, f"no answer within {server.request_timeout_s} s (deploy.request_timeout_s); retry later",
                       "timeout")
     if many:
-        return 200, {"version": version, "predictions": answers}, None
-    return 200, {"version": version, **answers[0]}, None
+        return 200, {"version": version, "request_id": rid,
+                     "predictions": [{"request_id": f"{rid}:{i}", **a} for i, a in enumerate(answers)]}, headers_out
+    return 200, {"version": version, "request_id": rid, **answers[0]}, headers_out
+
+
+async def handle_feedback(server: Any, headers: Any, chunks: Any) -> Answer:
+    """``POST /feedback``: ``{"request_id": ..., "label": ...}`` or a list of them.
+
+    Refusals: :func:`read_body`'s, bad JSON 400, a body of the wrong shape or a label the
+    served version cannot have 422 (naming the item and field), 503 without a prediction
+    log. The replica writes its own log buffer first, so its answers are found; ids not in
+    the log are counted as unknown in the answer (see :mod:`raypipe.feedback`).
+    """
+    from raypipe.errors import DataValidationError
+    from raypipe.feedback import record_feedback
+
+    if server.log is None:
+        return _refuse(server, 503, "the prediction log is off (monitor.log.enabled: false): labels cannot be "
+                       "joined to answers", "feedback_off")
+    got = await read_body(server, headers, chunks, 'a label as {"request_id": ..., "label": ...}, or a list of them')
+    if not isinstance(got, bytes):
+        return got
+    many = got.lstrip()[:1] == b"["  # a list of labels, else one label object
+    try:
+        items = feedback_items(many).validate_json(got)
+    except ValidationError as e:
+        errors = _errors(e)
+        if any(err["type"].startswith("json_") or err["type"] == "recursion_loop" for err in errors):
+            return _refuse(server, 400, "the body is not valid JSON (or is nested too deeply)", "bad_json", errors)
+        return _refuse(server, 422, 'send {"request_id": "<id a response returned>", "label": <label>} or a list '
+                       "of them", "feedback_schema", errors)
+    items = items if many else [items]
+    if not items:
+        return _refuse(server, 422, "empty list: send at least one label", "feedback_schema")
+    champion = server.routing.champion
+    predictor = champion.predictor
+    try:
+        await asyncio.to_thread(server.log.flush)
+        report = await asyncio.to_thread(
+            record_feedback, server.log.store, server.pipeline, [i.request_id for i in items],
+            [i.label for i in items], task=predictor.task, classes=predictor.classes, source="serve")
+    except DataValidationError as e:
+        return _refuse(server, 422, "a label the served model cannot have", "feedback_label", e.problems)
+    return 200, report.to_dict(), None
+
+
+_FEEDBACK: dict[bool, Any] = {}
+
+
+def feedback_items(many: bool) -> Any:
+    """The body model of ``POST /feedback``: one label object, or a list of them (built once each)."""
+    if not _FEEDBACK:
+        from typing import Annotated, Union
+
+        from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+
+        class Label(BaseModel):
+            model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+            request_id: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+            label: Union[StrictBool, StrictInt, StrictFloat, Annotated[StrictStr, Field(max_length=10_000)]]
+
+        _FEEDBACK[False] = TypeAdapter(Label)
+        _FEEDBACK[True] = TypeAdapter(list[Label])
+    return _FEEDBACK[many]
 
 
 def _json(body: dict[str, Any]) -> bytes:
@@ -167,6 +266,12 @@ def build_fastapi(server: Any) -> Any:
         status, body, headers = await handle_predict(server, request.headers, request.stream())
         return JSONResponse(body, status_code=status, headers=headers)
 
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Any:
+        """Labels for earlier answers: ``{"request_id": ..., "label": ...}`` or a list (ids as the responses gave them)."""
+        status, body, headers = await handle_feedback(server, request.headers, request.stream())
+        return JSONResponse(body, status_code=status, headers=headers)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         r = server.routing
@@ -177,6 +282,7 @@ def build_fastapi(server: Any) -> Any:
     async def metadata() -> dict[str, Any]:
         r = server.routing
         out = dict(r.champion.metadata)
+        out["prediction_log"] = server.log_status()  # this replica's writer: rows buffered, written, dropped, held
         if r.challenger is not None:
             out["challenger"] = {"version": r.challenger.version, "canary_percent": r.canary_percent,
                                  "shadow": r.shadow}

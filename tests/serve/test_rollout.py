@@ -156,6 +156,9 @@ def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
             "serve latency": f'sum(ray_serve_deployment_processing_latency_ms_count{{{app}}})',
             # from the replica, with HAProxy's own request metrics off (runtime.serve_env)
             "serve http requests": f'sum(ray_serve_num_http_requests_total{{{app},status_code="200"}})',
+            # the prediction log (monitor.log, on by default): rows accepted, then written within flush_seconds
+            "log rows buffered": f'sum(ray_raypipe_prediction_log_rows_total{{{app},state="buffered"}})',
+            "log rows written": f'sum(ray_raypipe_prediction_log_rows_total{{{app},state="written"}})',
         }
         deadline, missing = time.monotonic() + 150, dict(wanted)
         with httpx.Client(timeout=30) as http:
