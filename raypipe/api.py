@@ -55,44 +55,78 @@ def predict(spec: Spec | str | Path | dict[str, Any] | None, input: str, output:
     return predict_files(as_spec(spec), input, output, version=version, alias=alias, address=address)
 
 
-def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str, *, version: int | None = None,
-            alias: str | None = None, report: str | Path | None = None, address: str | None = None) -> Any:
+def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str | None = None, *, version: int | None = None,
+            alias: str | None = None, report: str | Path | None = None, address: str | None = None,
+            last: str | None = None, since: Any = None, until: Any = None) -> Any:
     """Check a batch of rows (a CSV or parquet file or folder, the training columns, the target optional)
     against a registered version (the champion by default): drift per column, of the predictions and
     of the rows as a whole, and performance (measured with labels, estimated without).
 
+    With ``last`` (``"1h"``; units s, m, h, d) or ``since``/``until`` (ISO times) instead of ``input``,
+    the window of the prediction log is checked: each version that answered in it against its own
+    reference, the labels that arrived (``raypipe feedback``) joined in.
+
     Returns:
         A :class:`raypipe.monitor.check.MonitorReport` (``.alarm``: drift or performance below the gate;
         ``.status``: ``ok``, ``drift`` or ``not_enough_data``); kept under
-        ``<storage>/monitor/<pipeline>/<window-id>/`` and copied to ``report`` when given.
+        ``<storage>/monitor/<pipeline>/<window-id>/`` and copied to ``report`` when given. For a log
+        window a :class:`raypipe.monitor.logwindow.WindowCheck` (``.reports``: one per version).
 
     Raises:
         DataValidationError: the window itself fails validation. RegistryError: no such version, or a
-        version registered without a drift reference. SpecError: both ``version`` and ``alias``.
+        version registered without a drift reference. SpecError: both ``version`` and ``alias``, or both
+        (or neither of) ``input`` and a log window.
     """
     from raypipe.errors import SpecError
     from raypipe.ingest.files import open_files
-    from raypipe.model.formats import check_trusted, trusted_factories
     from raypipe.monitor.check import check_window
-    from raypipe.monitor.reference import load_reference
+    from raypipe.monitor.logwindow import check_log_window, references_for, window_bounds
     from raypipe.registry import Registry
     from raypipe.runtime import connect_for
     from raypipe.spec import CsvSource, ParquetSource
 
     if version is not None and alias is not None:
         raise SpecError("give --version or --alias, not both")
+    windowed = last is not None or since is not None or until is not None
+    if windowed == (input is not None):
+        raise SpecError("give --input (a file of rows) or a log window (--last or --since/--until), one of them")
     s = as_spec(spec)
     reg = Registry.for_spec(s)
+    if windowed:
+        if version is not None or alias is not None:
+            raise SpecError("--version/--alias apply to --input; a log window is checked against the versions "
+                            "that answered it")
+        start, end = window_bounds(last, since, until)
+        refs = references_for(s, reg)
+        connect_for(s, address)
+        return check_log_window(s, refs, start, end, report_dir=report)
     v = reg.resolve(version=version, alias=alias)
-    ref = load_reference(reg, v)
-    trusted = trusted_factories(s)
-    check_trusted(reg.version_store(v).read_json("model", "model.json")["kind"], trusted)
+    ref, model = references_for(s, reg)(v)
     source = _window_source(str(input), CsvSource, ParquetSource)
     connect_for(s, address)
     ds = open_files(source).dataset
-    model = {"uri": ref.model_uri, "key": ref.manifest_sha256, "features": ref.features, "schema": ref.schema,
-             "trusted": list(trusted)}
     return check_window(s, ref, ds, input=str(input), model=model, report_dir=report)
+
+
+def monitor_serve(spec: Spec | str | Path | dict[str, Any] | None, *, address: str | None = None) -> str:
+    """Run ``raypipe monitor --serve``: the newest ``monitor.window_s`` of the log checked every
+    ``monitor.interval_s`` by a Serve application ``<pipeline>-monitor`` at ``<route prefix>/monitor``
+    (``GET .../status``; the endpoint's API key when ``deploy.auth`` is on), with Prometheus gauges
+    ``ray_raypipe_feature_drift``, ``..._prediction_drift``, ``..._multivariate_drift``,
+    ``..._window_rows`` and ``..._performance``. Returns the application's URL.
+    """
+    from ray.serve.schema import LoggingConfig
+
+    from raypipe.monitor.service import deploy_monitor
+    from raypipe.runtime import connect_for
+    from raypipe.serve.deploy import QUIET, api_key_digest, http_timeout_s
+
+    s = as_spec(spec)
+    digest = api_key_digest(s)
+    connect_for(s, address)
+    d = s.deploy
+    return deploy_monitor(s, digest, {"host": d.host, "port": d.port, "request_timeout_s": http_timeout_s(s)},
+                          LoggingConfig(**QUIET))
 
 
 def _window_source(path: str, csv: Any, parquet: Any) -> Any:

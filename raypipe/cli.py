@@ -120,8 +120,15 @@ def predict(
 @app.command()
 def monitor(
     spec: Path = SpecArg,
-    input: str = typer.Option(..., "--input", help="CSV or parquet file/folder of rows: the training columns, the "
-                                                    "target optional (with it, performance is measured)."),
+    input: Optional[str] = typer.Option(None, "--input", help="CSV or parquet file/folder of rows: the training "
+                                        "columns, the target optional (with it, performance is measured)."),
+    last: Optional[str] = typer.Option(None, "--last", help="Check this much of the prediction log up to now "
+                                       "(e.g. 30m, 1h, 2d), each version against its own reference."),
+    since: Optional[str] = typer.Option(None, "--since", help="... or the log from this ISO time"),
+    until: Optional[str] = typer.Option(None, "--until", help="... to this ISO time (default now)."),
+    serve: bool = typer.Option(False, "--serve", help="Keep checking the newest monitor.window_s of the log every "
+                               "monitor.interval_s, as a Serve application with Prometheus gauges and "
+                               "GET <route>/monitor/status."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary as the last line."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also copy report.json, drift.html and the "
                                           "pictures to this folder."),
@@ -129,20 +136,49 @@ def monitor(
     alias: Optional[str] = typer.Option(None, "--alias", help="... or the version with this alias (default champion)."),
     address: Optional[str] = AddressOpt,
 ) -> None:
-    """Check a batch of rows for drift and performance against the version that would answer it.
+    """Check a batch of rows, or a window of the prediction log, for drift and performance against the
+    version that answered it.
 
     Exit codes: 0 no drift (or not enough data to say), 5 drift or performance below the gate's
-    minimum, 3 the window itself fails validation, 2 usage errors.
+    minimum (for a log window: in any version), 3 the window itself fails validation, 2 usage errors.
     """
     from raypipe.api import monitor as monitor_api
     from raypipe.errors import DriftDetected
 
-    result = monitor_api(str(spec), input, version=version, alias=alias, report=report, address=address)
-    _print_monitor(result)
+    if serve:
+        from raypipe.api import monitor_serve
+
+        if input is not None or last or since or until:
+            from raypipe.errors import SpecError
+
+            raise SpecError("--serve checks the newest monitor.window_s of the log; drop --input/--last/--since/--until")
+        from raypipe.spec import load_spec
+
+        s = load_spec(spec)
+        url = monitor_serve(s, address=address)
+        err.print(f"monitoring {s.name} every {s.monitor.interval_s:g} s over the last {s.monitor.window_s:g} s "
+                  f"of the log: {url}/status")
+        if json_out:
+            print(json.dumps({"url": url}), flush=True)
+        if not (address or s.ray.address):  # a local Ray ends with this process: keep it, as `raypipe serve` does
+            from raypipe.serve.deploy import Endpoint
+
+            Endpoint(url=url, version=0, app_name=f"{s.name}-monitor").wait()
+        return
+    result = monitor_api(str(spec), input, version=version, alias=alias, report=report, address=address,
+                         last=last, since=since, until=until)
+    reports = getattr(result, "reports", None)
+    if reports is None:
+        _print_monitor(result)
+    else:
+        err.print(f"{result.pipeline}: log window {result.start:%Y-%m-%d %H:%M:%S}..{result.end:%H:%M:%S} UTC, "
+                  f"{result.rows:,} rows, {result.labels:,} labels, versions {[r.version for r in reports] or 'none'}")
+        for r in reports:
+            _print_monitor(r)
     if json_out:
         print(json.dumps(result.summary(), default=str), flush=True)
     if result.alarm:
-        raise DriftDetected(result)
+        raise DriftDetected(next(r for r in reports if r.alarm) if reports is not None else result)
 
 
 def _print_monitor(r: Any) -> None:

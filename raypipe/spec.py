@@ -751,6 +751,8 @@ class MonitorSection(_Section):
     log: PredictionLogSection = Field(default_factory=PredictionLogSection)
     drift: DriftSection = Field(default_factory=DriftSection)
     interval_s: float = Field(default=300.0, gt=0.0, description="raypipe monitor --serve: seconds between checks")
+    window_s: float = Field(default=3600.0, gt=0.0, description="raypipe monitor --serve: each check covers the "
+                                                                "newest window_s seconds of the prediction log")
     max_calibration_error: float = Field(default=0.05, gt=0.0, le=1.0,
                                          description="the performance estimate without labels is marked untrustworthy "
                                                      "when the version's calibrated scores miss by more on its test split")

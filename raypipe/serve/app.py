@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 from ray import serve
 
 from raypipe.predlog import LogFormat, PredictionLogWriter
-from raypipe.serve.apikey import KeyCheck
+from raypipe.apikey import KeyCheck
 from raypipe.tasks import TASKS
 from raypipe.model.predictor import Predictor
 from raypipe.serve.request_model import request_model
@@ -170,7 +170,7 @@ class ModelServer:
         max_batch_size, batch_wait_timeout_s: dynamic batching settings.
         request_timeout_s: a prediction not answered by then gets a 408.
         max_body_bytes: larger bodies get a 413.
-        api_key_hash: the API key's salted scrypt hash (:mod:`raypipe.serve.apikey`), or None
+        api_key_hash: the API key's salted scrypt hash (:mod:`raypipe.apikey`), or None
             for no auth. The key itself never leaves the process that deployed the app.
         trusted_factories: the ``torch:<module>:<factory>`` kinds a served model may name,
             as the deploying process allows them (``formats.trusted_factories``).

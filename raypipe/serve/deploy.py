@@ -18,7 +18,7 @@ from raypipe.model.formats import trusted_factories
 from raypipe.registry import Registry
 from raypipe.runtime import SERVE_PROFILE
 from raypipe.schema import feature_columns
-from raypipe.serve.apikey import hash_key
+from raypipe.apikey import hash_key
 from raypipe.spec import Spec
 from raypipe.stage import OUTPUTS_FILE, ValidateOutput, artifact_path
 from raypipe.store import Store

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
-from raypipe.serve import apikey
-from raypipe.serve.apikey import KeyCheck, hash_key
+from raypipe import apikey
+from raypipe.apikey import KeyCheck, hash_key
 
 
 def test_the_hash_is_salted_slow_and_stable_per_pipeline() -> None:

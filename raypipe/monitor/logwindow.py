@@ -1,0 +1,209 @@
+"""A window of the prediction log checked version by version, with the labels that arrived joined in.
+
+Monitoring compares a window against the version that answered it: the log's ``__version``
+splits the window, and each version's rows are checked against that version's reference by
+:func:`raypipe.monitor.check.check_window`. Shadow rows are left out: they are the challenger's
+answers to the champion's requests, so their inputs are the champion's rows a second time.
+
+Labels (:func:`raypipe.predlog.read_feedback`, those received since the window opened: a label
+never arrives before its answer) are few next to the window, so they are broadcast to the Ray Data
+tasks as two small lookups (by ``__request_id``; by an id column's value as text when the label came
+by ``--id-column``) that fill the version's target column. Rows with a label are then measured by
+the evaluate metrics, the others estimated; the window itself never reaches the driver.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pandas as pd
+import pyarrow as pa
+
+from raypipe import predlog
+from raypipe.errors import SpecError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ORDER = {"ok": 0, "not_enough_data": 0, "drift": 1}
+
+
+def parse_duration(text: str, what: str = "--last") -> dt.timedelta:
+    """``90s``, ``15m``, ``1h``, ``2d`` as a timedelta; a clear SpecError otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise SpecError(f"{what}={text!r} is not a duration; give a positive number with a unit s, m, h or d "
+                        f"(e.g. 30m, 1h, 7d)")
+    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_time(text: str | dt.datetime, what: str) -> dt.datetime:
+    """An ISO 8601 time (naive: UTC)."""
+    if isinstance(text, dt.datetime):
+        t = text
+    else:
+        try:
+            t = dt.datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise SpecError(f"{what}={text!r} is not an ISO 8601 time; give e.g. 2026-12-06T13:00:00Z") from None
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+
+
+def window_bounds(last: Optional[str] = None, since: Optional[str | dt.datetime] = None,
+                  until: Optional[str | dt.datetime] = None,
+                  now: Optional[dt.datetime] = None) -> tuple[dt.datetime, dt.datetime]:
+    """``[start, end)`` of a log window: the last ``last`` before now, or ``since`` .. ``until`` (default now)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if last is not None and since is not None:
+        raise SpecError("give --last or --since/--until, not both")
+    if last is not None:
+        if until is not None:
+            raise SpecError("give --last or --since/--until, not both")
+        return now - parse_duration(last), now
+    if since is None:
+        raise SpecError("a log window needs --last (e.g. 1h) or --since (an ISO time)")
+    start = parse_time(since, "--since")
+    end = parse_time(until, "--until") if until is not None else now
+    if end <= start:
+        raise SpecError(f"--until={end.isoformat()} is not after --since={start.isoformat()}; swap them")
+    return start, end
+
+
+# --- labels ---------------------------------------------------------------------------
+def label_lookups(store: Any, pipeline: str, start: dt.datetime) -> dict[str, Any]:
+    """The labels received since ``start``: ``{"request": {id: label}, "ids": {column: {value: label}}}``."""
+    import pyarrow.compute as pc
+
+    t = predlog.read_feedback(store, pipeline, filter=pc.field("received_at") >= pa.scalar(start, predlog.TS_TYPE))
+    by_request: dict[str, Any] = {}
+    by_id: dict[str, dict[str, Any]] = {}
+    if t.num_rows:
+        for rid, col, val, label in zip(t["request_id"].to_pylist(), t["id_column"].to_pylist(),
+                                        t["id_value"].to_pylist(), t["label"].to_pylist()):
+            if label is None:
+                continue
+            if rid is not None:
+                by_request.setdefault(rid, label)
+            elif col is not None and val is not None:
+                by_id.setdefault(col, {}).setdefault(val, label)
+    return {"request": by_request, "ids": by_id}
+
+
+def _join_labels(batch: pd.DataFrame, target: str, labels: dict[str, Any]) -> pd.DataFrame:
+    """Fill ``target`` from the labels: by request id first, then by each id column's value as text."""
+    out = batch.assign(**{target: batch[predlog.REQUEST_ID].map(labels["request"])})
+    for col, values in labels["ids"].items():
+        if col in out:
+            by_id = out[col].map(lambda v: None if v is None or v != v else str(v)).map(values)
+            out[target] = out[target].where(out[target].notna(), by_id)
+    return out
+
+
+def _keep(batch: pa.Table, version: int) -> pa.Table:
+    import pyarrow.compute as pc
+
+    mask = pc.and_(pc.equal(batch[predlog.VERSION], version), pc.not_equal(batch[predlog.ROLE], "shadow"))
+    return batch.filter(mask)
+
+
+def references_for(spec: Any, reg: Any) -> Any:
+    """``version -> (Reference, model dict)``: what a check needs of a version, loaded once each.
+
+    The version's model kind is checked against the spec's trusted factories first, as everywhere
+    a model is loaded.
+    """
+    from raypipe.model.formats import check_trusted, trusted_factories
+    from raypipe.monitor.reference import load_reference
+
+    trusted = trusted_factories(spec)
+    cache: dict[int, Any] = {}
+
+    def get(v: int) -> Any:
+        if v not in cache:
+            ref = load_reference(reg, v)
+            check_trusted(reg.version_store(v).read_json("model", "model.json")["kind"], trusted)
+            cache[v] = (ref, {"uri": ref.model_uri, "key": ref.manifest_sha256, "features": ref.features,
+                              "schema": ref.schema, "trusted": list(trusted)})
+        return cache[v]
+    return get
+
+
+# --- the whole window -----------------------------------------------------------------
+@dataclass
+class WindowCheck:
+    """Every version's report for one log window; ``raypipe monitor --last`` exits by the worst."""
+
+    pipeline: str
+    start: dt.datetime
+    end: dt.datetime
+    reports: list[Any] = field(default_factory=list)
+    labels: int = 0
+
+    @property
+    def alarm(self) -> bool:
+        return any(r.alarm for r in self.reports)
+
+    @property
+    def status(self) -> str:
+        if not self.reports:
+            return "not_enough_data"
+        if any(r.alarm for r in self.reports):
+            return "drift"
+        return "ok" if any(r.status == "ok" for r in self.reports) else "not_enough_data"
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.reports)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` line: the window, its status, and each version's summary."""
+        return {"pipeline": self.pipeline, "window": {"start": self.start.isoformat(), "end": self.end.isoformat()},
+                "status": self.status, "alarm": self.alarm, "rows": self.rows, "labels": self.labels,
+                "versions": [r.version for r in self.reports], "reports": [r.summary() for r in self.reports]}
+
+
+def window_versions(ds: Any) -> list[int]:
+    """The versions that answered (not as shadow) in the window, by a Ray Data aggregate."""
+    if predlog.VERSION not in (ds.schema().names if ds.schema() is not None else []):
+        return []
+    answered = ds.map_batches(lambda b: b.filter(_not_shadow(b)).select([predlog.VERSION]),
+                              batch_format="pyarrow", zero_copy_batch=True)
+    return sorted(int(v) for v in answered.unique(predlog.VERSION) if v is not None)
+
+
+def _not_shadow(b: pa.Table) -> Any:
+    import pyarrow.compute as pc
+
+    return pc.not_equal(b[predlog.ROLE], "shadow")
+
+
+def check_log_window(spec: Any, references: Any, start: dt.datetime, end: dt.datetime, *,
+                     report_dir: Any = None) -> WindowCheck:
+    """Check ``spec``'s log rows with ``start <= __ts < end``, each version against its own reference.
+
+    ``references(version) -> (Reference, model dict)`` loads a version's reference and predictor
+    description (the caller owns the registry).
+    """
+    from pathlib import Path
+
+    from raypipe.monitor.check import check_window
+
+    store = predlog.as_store(spec.storage)
+    ds = predlog.read_window(store, spec.name, start, end)
+    out = WindowCheck(pipeline=spec.name, start=start, end=end)
+    versions = window_versions(ds)
+    if not versions:
+        return out
+    labels = label_lookups(store, spec.name, start)
+    out.labels = len(labels["request"]) + sum(len(v) for v in labels["ids"].values())
+    name = f"log {start.isoformat()}..{end.isoformat()}"
+    for v in versions:
+        ref, model = references(v)
+        part = ds.map_batches(_keep, fn_kwargs={"version": v}, batch_format="pyarrow", zero_copy_batch=True)
+        target = (ref.schema.get("target") or {}).get("name")
+        if target and out.labels:
+            part = part.map_batches(_join_labels, fn_kwargs={"target": target, "labels": labels},
+                                    batch_format="pandas")
+        dest = None if report_dir is None else Path(report_dir) / f"v{v}"
+        out.reports.append(check_window(spec, ref, part, input=name, model=model, report_dir=dest))
+    return out

@@ -1,0 +1,155 @@
+"""``raypipe monitor --serve``: the log's newest window checked every ``monitor.interval_s``, as gauges.
+
+Metrics set by a short task vanish with its worker, so the checks run in one long-lived process:
+a Serve application of its own (``<pipeline>-monitor`` at ``<route prefix>/monitor``) beside the
+endpoint, one replica whose thread checks ``[now - monitor.window_s, now)`` every
+``monitor.interval_s`` (:func:`raypipe.monitor.logwindow.check_log_window`, so each version
+against its own reference, the labels joined) and sets ``ray.util.metrics`` gauges that Ray
+exports as ``ray_raypipe_*``. Each window's reports are kept under ``<storage>/monitor/<pipeline>/``
+as any check's. ``GET <route>/monitor/status`` answers the last check's summary; a check that
+raises (a bad window, storage down) is reported there and the loop goes on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import traceback
+from typing import Any, Optional
+
+GAUGES = {
+    "feature_drift": ("a feature's drift statistic in the newest window", ("pipeline", "version", "feature", "statistic")),
+    "prediction_drift": ("drift of the version's answers (part answer or score)", ("pipeline", "version", "part",
+                                                                                  "statistic")),
+    "multivariate_drift": ("the domain classifier's ROC-AUC, window rows vs training rows", ("pipeline", "version")),
+    "window_rows": ("rows of the newest window the version answered", ("pipeline", "version")),
+    "performance": ("the version's metrics in the window: measured with labels, estimated without",
+                    ("pipeline", "version", "metric", "kind")),
+    "monitor_check_ok": ("1 when the last check ran, 0 when it raised", ("pipeline",)),
+}
+
+
+def gauge_values(summary: dict[str, Any]) -> list[tuple[str, dict[str, str], float]]:
+    """(gauge, tags, value) of every number a window's summary (:meth:`WindowCheck.summary`) holds."""
+    out = []
+    p = summary["pipeline"]
+    for r in summary["reports"]:
+        v = str(r["version"])
+        for col, c in r["columns"].items():
+            out.append(("feature_drift", {"pipeline": p, "version": v, "feature": col, "statistic": c["statistic"]},
+                        float(c["value"])))
+        for part, d in ((r.get("prediction_drift") or {}).items()):
+            if isinstance(d, dict):
+                out.append(("prediction_drift", {"pipeline": p, "version": v, "part": part,
+                                                 "statistic": d["statistic"]}, float(d["value"])))
+        auc = (r.get("multivariate") or {}).get("auc")
+        if auc is not None:
+            out.append(("multivariate_drift", {"pipeline": p, "version": v}, float(auc)))
+        out.append(("window_rows", {"pipeline": p, "version": v}, float(r["rows"])))
+        perf = r.get("performance") or {}
+        for m, x in (perf.get("metrics") or {}).items():
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x:
+                out.append(("performance", {"pipeline": p, "version": v, "metric": m, "kind": perf["kind"]}, float(x)))
+    return out
+
+
+class Monitor:
+    """The loop and its gauges (no Serve here: :class:`MonitorService` wraps it)."""
+
+    def __init__(self, spec_data: dict[str, Any], *, start: bool = True) -> None:
+        from ray.util.metrics import Gauge
+
+        from raypipe.monitor.logwindow import references_for
+        from raypipe.registry import Registry
+        from raypipe.spec import load_spec
+
+        self.spec = load_spec(spec_data)
+        self.references = references_for(self.spec, Registry.for_spec(self.spec))
+        self.gauges = {name: Gauge(f"raypipe_{name}", text, tag_keys=keys) for name, (text, keys) in GAUGES.items()}
+        self.status: dict[str, Any] = {"pipeline": self.spec.name, "checks": 0, "failures": 0, "state": "starting",
+                                       "interval_s": self.spec.monitor.interval_s,
+                                       "window_s": self.spec.monitor.window_s}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raypipe-monitor", daemon=True)
+        if start:
+            self._thread.start()
+
+    def check_once(self, now: Optional[dt.datetime] = None) -> dict[str, Any]:
+        """One check of the newest window; the status after it (a failure is recorded, never raised)."""
+        from raypipe.monitor.logwindow import check_log_window
+
+        now = now or dt.datetime.now(dt.timezone.utc)
+        start = now - dt.timedelta(seconds=self.spec.monitor.window_s)
+        t0 = time.monotonic()
+        try:
+            summary = check_log_window(self.spec, self.references, start, now).summary()
+        except Exception as e:  # noqa: BLE001 - a bad window must not end the loop: it is reported
+            self.status = {**self.status, "checks": self.status["checks"] + 1,
+                           "failures": self.status["failures"] + 1, "state": "failed",
+                           "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)[-4000:],
+                           "checked_at": now.isoformat(), "seconds": round(time.monotonic() - t0, 3)}
+            self.gauges["monitor_check_ok"].set(0, tags={"pipeline": self.spec.name})
+            return self.status
+        for name, tags, value in gauge_values(summary):
+            self.gauges[name].set(value, tags=tags)
+        self.gauges["monitor_check_ok"].set(1, tags={"pipeline": self.spec.name})
+        self.status = {**{k: v for k, v in self.status.items() if k not in ("error", "traceback")},
+                       "checks": self.status["checks"] + 1, "state": "ok", "checked_at": now.isoformat(),
+                       "seconds": round(time.monotonic() - t0, 3), "last": summary}
+        return self.status
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.check_once()
+            self._stop.wait(self.spec.monitor.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class MonitorService:
+    """The Serve deployment: ``GET /status`` (the API key too when ``deploy.auth`` is on)."""
+
+    def __init__(self, spec_data: dict[str, Any], api_key_hash: Optional[str] = None) -> None:
+        from raypipe.apikey import KeyCheck
+
+        self.key_check = KeyCheck(api_key_hash) if api_key_hash else None
+        self.monitor = Monitor(spec_data)
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        if self.key_check is not None:
+            auth = request.headers.get("authorization", "")
+            key = auth[7:] if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+            if not self.key_check(key):
+                return JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>' or "
+                                              "'X-API-Key: <key>'"}, status_code=401)
+        path = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if request.method == "GET" and path in ("status", "healthz"):
+            return JSONResponse(self.monitor.status if path == "status" else {"ok": True})
+        return JSONResponse({"error": f"no such route {request.method} {request.url.path}; "
+                                      "GET <route>/monitor/status answers the last check"}, status_code=404)
+
+    def __del__(self) -> None:
+        monitor = getattr(self, "monitor", None)
+        if monitor is not None:
+            monitor.stop()
+
+
+def deploy_monitor(spec: Any, api_key_hash: Optional[str], http_options: dict[str, Any],
+                   logging_config: Any = None) -> str:
+    """Run the monitor as Serve application ``<pipeline>-monitor``; returns its URL (``.../monitor``)."""
+    from ray import serve
+
+    serve.start(http_options=http_options, logging_config=logging_config)
+    app = serve.deployment(MonitorService, name="Monitor", num_replicas=1, max_ongoing_requests=8,
+                           ray_actor_options={"num_cpus": 0}).bind(spec.model_dump(mode="json", by_alias=True),
+                                                                    api_key_hash)
+    prefix = f"{spec.route_prefix.rstrip('/')}/monitor"
+    serve.run(app, name=f"{spec.name}-monitor", route_prefix=prefix, blocking=False)
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", None) else http.host
+    return f"http://{host}:{int(http.port)}{prefix}"
