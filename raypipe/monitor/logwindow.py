@@ -89,14 +89,26 @@ def label_lookups(store: Any, pipeline: str, start: dt.datetime) -> dict[str, An
     return {"request": by_request, "ids": by_id}
 
 
-def _join_labels(batch: pd.DataFrame, target: str, labels: dict[str, Any]) -> pd.DataFrame:
-    """Fill ``target`` from the labels: by request id first, then by each id column's value as text."""
-    out = batch.assign(**{target: batch[predlog.REQUEST_ID].map(labels["request"])})
+def _lookup(keys: Any, table: dict[str, Any]) -> Any:
+    import pyarrow.compute as pc
+
+    idx = pc.index_in(keys, value_set=pa.array(list(table), pa.string()))
+    return pc.take(pa.array(list(table.values())), idx)  # a key not in the table: null
+
+
+def _join_labels(batch: pa.Table, target: str, labels: dict[str, Any]) -> pa.Table:
+    """Fill ``target`` from the labels: by request id first, then by each id column's value as text
+    (cast by Arrow as ``raypipe feedback`` compares them: an integer id 17 is "17")."""
+    import pyarrow.compute as pc
+
+    found = [_lookup(batch[predlog.REQUEST_ID], labels["request"])] if labels["request"] else []
     for col, values in labels["ids"].items():
-        if col in out:
-            by_id = out[col].map(lambda v: None if v is None or v != v else str(v)).map(values)
-            out[target] = out[target].where(out[target].notna(), by_id)
-    return out
+        if col in batch.column_names and values:
+            found.append(_lookup(pc.cast(batch[col], pa.string()), values))
+    if not found:
+        return batch
+    column = found[0] if len(found) == 1 else pc.coalesce(*found)
+    return batch.append_column(target, column)
 
 
 def _keep(batch: pa.Table, version: int) -> pa.Table:
@@ -203,7 +215,7 @@ def check_log_window(spec: Any, references: Any, start: dt.datetime, end: dt.dat
         target = (ref.schema.get("target") or {}).get("name")
         if target and out.labels:
             part = part.map_batches(_join_labels, fn_kwargs={"target": target, "labels": labels},
-                                    batch_format="pandas")
+                                    batch_format="pyarrow", zero_copy_batch=True)
         dest = None if report_dir is None else Path(report_dir) / f"v{v}"
         out.reports.append(check_window(spec, ref, part, input=name, model=model, report_dir=dest))
     return out

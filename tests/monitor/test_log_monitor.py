@@ -1,0 +1,244 @@
+"""Monitoring the prediction log of a live endpoint: `raypipe monitor --last` checks the window the
+endpoint answered (labels posted to /feedback make performance measured on exactly those rows),
+and `--serve` keeps checking it as its own Serve application, with /monitor/status and gauges in
+Ray's metrics equal to the window's report; a bad window is reported and the loop goes on.
+
+One endpoint (one replica, logging with a short flush age) and one monitor application per module.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import httpx
+import pyarrow as pa
+import pytest
+import yaml
+
+import raypipe
+from raypipe import predlog
+from raypipe.cli import main
+from raypipe.monitor.logwindow import _join_labels, window_bounds
+from raypipe.progress import Progress
+from raypipe.registry import Registry
+from raypipe.serve.deploy import deploy, sample_request
+from tests.conftest import free_port, small_spec
+from tests.serve.helpers import wait_for, with_deploy
+
+ROWS, LABELLED, WRONG = 300, 120, 20
+MONITOR = {"log": {"flush_rows": 1000, "flush_seconds": 0.5}, "drift": {"min_rows": 50},
+           "interval_s": 2, "window_s": 3600}
+
+
+@pytest.fixture(scope="module")
+def pipeline(ray_session, tmp_path_factory):
+    d = tmp_path_factory.mktemp("logmon")
+    data = small_spec(d / "store", name="t-lmon", rows=3000, deploy={"port": free_port(), "route_prefix": "/lmon",
+                                                                      "autoscaling": {"min_replicas": 1,
+                                                                                      "max_replicas": 1}},
+                      monitor=MONITOR)
+    result = raypipe.run(data, progress=Progress(quiet=True))
+    assert result.status == "ok"
+    # the monitor's gate: accuracy only (the window's labels are chosen below, its ROC-AUC is not the point)
+    data["evaluate"] = {"gate": {"min": {"accuracy": 0.5}}}
+    path = d / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = raypipe.load_spec(path)
+    return spec, path, result.version
+
+
+@pytest.fixture(scope="module")
+def answered(pipeline):
+    """ROWS answers of the live endpoint (lists of 50 rows, ids lm-<k>:<i>), all in the log."""
+    spec, _, v = pipeline
+    ep = deploy(spec, app_name="lmon")
+    rows = sample_request(spec, v, n=ROWS)
+    assert len(rows) == ROWS
+    answers = {}
+    with httpx.Client(timeout=60) as http:
+        for k in range(0, ROWS, 50):
+            r = http.post(f"{ep.url}/predict", json=rows[k:k + 50], headers={"X-Request-ID": f"lm-{k}"})
+            assert r.status_code == 200, r.text
+            answers.update({a["request_id"]: a["prediction"] for a in r.json()["predictions"]})
+
+    def logged() -> bool:
+        t = predlog.read_log_table(spec.storage, spec.name, columns=[predlog.REQUEST_ID])
+        return len(set(t[predlog.REQUEST_ID].to_pylist()) & set(answers)) == ROWS
+
+    wait_for(logged, 60, f"{ROWS} log rows")
+    return ep, answers
+
+
+def _monitor(capsys, *args: str) -> tuple[int, dict | None, str]:
+    code = 0
+    try:
+        main(["monitor", *args, "--json"])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None), out.err
+
+
+def test_window_bounds_and_their_errors():
+    now = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.timezone.utc)
+    assert window_bounds("90m", now=now) == (now - dt.timedelta(minutes=90), now)
+    assert window_bounds(since="2026-12-06T10:00:00", until="2026-12-06T11:00:00Z", now=now) == (
+        now - dt.timedelta(hours=2), now - dt.timedelta(hours=1))
+    assert window_bounds(since="2026-12-06T11:30:00+01:00", now=now)[0] == now - dt.timedelta(hours=1, minutes=30)
+    for kwargs, said in [({"last": "5x"}, "--last='5x'"), ({"last": "0h"}, "positive"),
+                         ({"since": "yesterday"}, "--since='yesterday'"), ({}, "--last"),
+                         ({"since": "2026-12-06T11:00:00", "until": "2026-12-06T10:00:00"}, "not after"),
+                         ({"last": "1h", "since": "2026-12-06T11:00:00"}, "not both")]:
+        with pytest.raises(raypipe.errors.SpecError, match=re.escape(said)):
+            window_bounds(now=now, **kwargs)
+
+
+def test_labels_join_by_request_id_first_then_by_id_column_as_text():
+    batch = pa.table({predlog.REQUEST_ID: ["a", "b", "c", "d"], "transaction_id": pa.array([1, 2, 3, None], pa.int64())})
+    labels = {"request": {"a": "1"}, "ids": {"transaction_id": {"1": "0", "2": "0"}, "absent": {"x": "1"}}}
+    out = _join_labels(batch, "is_fraud", labels)
+    # "a": its request id's label, not transaction 1's "0"; "b" by its transaction id 2 (int64, compared as "2")
+    assert out["is_fraud"].to_pylist() == ["1", "0", None, None]
+    assert _join_labels(batch, "is_fraud", {"request": {}, "ids": {}}).column_names == batch.column_names
+
+
+def test_monitor_last_checks_the_window_the_endpoint_answered_and_estimates_without_labels(pipeline, answered,
+                                                                                          capsys):
+    _, path, v = pipeline
+    code, summary, err = _monitor(capsys, str(path), "--last", "1h")
+    assert summary is not None, err[-3000:]
+    assert code == (5 if summary["alarm"] else 0), err[-3000:]
+    assert summary["versions"] == [v] and summary["rows"] == ROWS and summary["labels"] == 0
+    (report,) = summary["reports"]
+    assert report["version"] == v and report["rows"] == ROWS and report["status"] in ("ok", "drift")
+    assert report["performance"]["kind"] == "estimated"
+    assert f"versions [{v}]" in err and "__request_id" not in report["columns"]
+
+
+def test_an_empty_window_is_not_enough_data_and_a_bad_duration_exits_2(pipeline, answered, capsys):
+    _, path, _ = pipeline
+    code, summary, _ = _monitor(capsys, str(path), "--since", "2001-01-01T00:00:00", "--until", "2001-01-01T01:00:00")
+    assert code == 0 and summary["status"] == "not_enough_data" and summary["versions"] == [] and summary["rows"] == 0
+    code, _, err = _monitor(capsys, str(path), "--last", "an hour")
+    assert code == 2 and "--last='an hour'" in err
+    code, _, err = _monitor(capsys, str(path), "--last", "1h", "--input", str(path))
+    assert code == 2 and "one of them" in err
+
+
+def test_labels_posted_to_the_endpoint_make_performance_measured_on_exactly_those_rows(pipeline, answered, capsys):
+    spec, path, v = pipeline
+    ep, answers = answered
+    ids = sorted(answers)[:LABELLED]
+    # the endpoint's own answer as the label for all but WRONG rows: accuracy is exactly known
+    body = [{"request_id": i, "label": answers[i] if k >= WRONG else 1 - int(answers[i])} for k, i in enumerate(ids)]
+    r = httpx.post(f"{ep.url}/feedback", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["stored"] == LABELLED, r.text
+    code, summary, err = _monitor(capsys, str(path), "--last", "1h")
+    assert summary is not None, err[-3000:]
+    assert summary["labels"] == LABELLED and summary["rows"] == ROWS
+    perf = summary["reports"][0]["performance"]
+    assert perf["kind"] == "measured"
+    report = json.loads(open(f"{summary['reports'][0]['report']}/report.json").read())
+    assert report["performance"]["rows"] == LABELLED
+    assert perf["metrics"]["accuracy"] == pytest.approx((LABELLED - WRONG) / LABELLED)
+    assert code == (5 if summary["alarm"] else 0)
+    # the API answers the same window
+    api = raypipe.monitor(spec, since=summary["window"]["start"], until=summary["window"]["end"])
+    assert [r.version for r in api.reports] == [v] and api.reports[0].performance["rows"] == LABELLED
+
+
+def _scrape(names: tuple[str, ...]) -> dict[tuple[str, frozenset], float]:
+    """The node's Prometheus page, lines of the ``ray_raypipe_*`` gauges named: (name, labels) -> value."""
+    import ray
+
+    node = ray._private.worker.global_worker.node
+    page = httpx.get(f"http://127.0.0.1:{node.metrics_export_port}/metrics", timeout=120).text
+    out = {}
+    for line in page.splitlines():
+        m = re.match(r"^(ray_raypipe_\w+)\{(.*)\} (\S+)$", line)
+        if m and m.group(1) in names:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def test_monitor_serve_answers_status_and_exports_the_reports_numbers_as_gauges(pipeline, answered):
+    spec, _, v = pipeline
+    url = raypipe.api.monitor_serve(spec)
+    assert url.endswith("/lmon/monitor")
+    status: dict = {}
+
+    def checked() -> bool:
+        nonlocal status
+        try:
+            status = httpx.get(f"{url}/status", timeout=30).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return status.get("state") == "ok" and status["last"]["rows"] == ROWS and status["last"]["labels"] == LABELLED
+
+    wait_for(checked, 180, "a monitor check of the whole window")
+    last = status["last"]
+    report = last["reports"][0]
+    assert last["versions"] == [v] and report["performance"]["kind"] == "measured"
+    tags = {("pipeline", spec.name), ("version", str(v))}
+    wanted = {("ray_raypipe_window_rows", frozenset(tags)): float(ROWS),
+              ("ray_raypipe_multivariate_drift", frozenset(tags)): report["multivariate"]["auc"],
+              ("ray_raypipe_performance", frozenset(tags | {("metric", "accuracy"), ("kind", "measured")})):
+                  report["performance"]["metrics"]["accuracy"]}
+    for col, c in report["columns"].items():
+        wanted[("ray_raypipe_feature_drift", frozenset(tags | {("feature", col), ("statistic", c["statistic"])}))] = \
+            c["value"]
+    for part, p in (report["prediction_drift"] or {}).items():
+        if isinstance(p, dict):
+            wanted[("ray_raypipe_prediction_drift",
+                    frozenset(tags | {("part", part), ("statistic", p["statistic"])}))] = p["value"]
+    names = tuple({k[0] for k in wanted})
+    seen: dict = {}
+
+    def exported() -> bool:
+        nonlocal seen
+        page = _scrape(names)
+        seen = {k: next((val for (n, labels), val in page.items() if n == k[0] and k[1] <= labels), None)
+                for k in wanted}
+        return all(x is not None for x in seen.values())
+
+    wait_for(exported, 120, "the monitor's gauges on the metrics page")
+    for k, value in wanted.items():
+        assert seen[k] == pytest.approx(value, rel=1e-6), k
+
+
+def test_a_bad_window_is_reported_and_the_loop_goes_on(pipeline, answered, capsys):
+    """A log file whose rows lack every `amount` (more missing than validate.max_missing_fraction):
+    `--last` exits 3, the running monitor reports the failure and recovers once the file is gone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    spec, path, _ = pipeline
+    url = raypipe.api.monitor_serve(spec)  # the running application: deploying again changes nothing
+    t = predlog.read_log_table(spec.storage, spec.name)
+    bad = t.set_column(t.schema.get_field_index("amount"), "amount", pa.nulls(t.num_rows, pa.float64()))
+    bad = bad.set_column(t.schema.get_field_index(predlog.REQUEST_ID), predlog.REQUEST_ID,
+                         pc.binary_join_element_wise("bad-", t[predlog.REQUEST_ID], ""))
+    files = predlog.write_log(spec.storage, spec.name, bad, writer_id="bad-window")
+    store = predlog.as_store(spec.storage)
+    try:
+        code, _, err = _monitor(capsys, str(path), "--last", "1h")
+        assert code == 3 and "amount" in err
+
+        def failed() -> bool:
+            s = httpx.get(f"{url}/status", timeout=30).json()
+            return s["state"] == "failed" and "amount" in s["error"]
+
+        wait_for(failed, 120, "the monitor to report the bad window")
+        before = httpx.get(f"{url}/status", timeout=30).json()["checks"]
+    finally:
+        for f in files:
+            store.delete(f)
+
+    def recovered() -> bool:
+        s = httpx.get(f"{url}/status", timeout=30).json()
+        return s["state"] == "ok" and s["checks"] > before and s["failures"] >= 1
+
+    wait_for(recovered, 120, "a good check after the bad window")
