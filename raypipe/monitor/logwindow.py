@@ -174,19 +174,33 @@ class WindowCheck:
                 "versions": [r.version for r in self.reports], "reports": [r.summary() for r in self.reports]}
 
 
-def window_versions(ds: Any) -> list[int]:
-    """The versions that answered (not as shadow) in the window, by a Ray Data aggregate."""
-    if predlog.VERSION not in (ds.schema().names if ds.schema() is not None else []):
-        return []
-    answered = ds.map_batches(lambda b: b.filter(_not_shadow(b)).select([predlog.VERSION]),
-                              batch_format="pyarrow", zero_copy_batch=True)
-    return sorted(int(v) for v in answered.unique(predlog.VERSION) if v is not None)
+def window_versions(store: Any, pipeline: str, start: dt.datetime, end: dt.datetime) -> dict[int, int]:
+    """Rows per version that answered (not as shadow) in the window: a pass over three columns only."""
+    import ray.data
+
+    files = predlog.window_files(store, pipeline, start, end)
+    if not files:
+        return {}
+    ds = ray.data.read_parquet(files, filesystem=store.fs, partitioning=None,
+                               columns=[predlog.VERSION, predlog.ROLE, predlog.TS])
+    found = ds.map_batches(_answered_versions, fn_kwargs={"start": start, "end": end}, batch_format="pyarrow",
+                           zero_copy_batch=True).take_all()
+    rows: dict[int, int] = {}
+    for r in found:
+        rows[int(r[predlog.VERSION])] = rows.get(int(r[predlog.VERSION]), 0) + int(r["rows"])
+    return dict(sorted(rows.items()))
 
 
-def _not_shadow(b: pa.Table) -> Any:
+def _answered_versions(batch: pa.Table, start: dt.datetime, end: dt.datetime) -> pa.Table:
+    """Rows per version of a batch's rows in ``[start, end)`` that were not shadow answers."""
     import pyarrow.compute as pc
 
-    return pc.not_equal(b[predlog.ROLE], "shadow")
+    ts = batch[predlog.TS]
+    mask = pc.and_(pc.and_(pc.greater_equal(ts, pa.scalar(start, predlog.TS_TYPE)),
+                           pc.less(ts, pa.scalar(end, predlog.TS_TYPE))),
+                   pc.not_equal(batch[predlog.ROLE], "shadow"))
+    counts = pc.value_counts(batch.filter(mask)[predlog.VERSION])
+    return pa.table({predlog.VERSION: counts.field("values"), "rows": counts.field("counts").cast(pa.int64())})
 
 
 def check_log_window(spec: Any, references: Any, start: dt.datetime, end: dt.datetime, *,
@@ -201,15 +215,15 @@ def check_log_window(spec: Any, references: Any, start: dt.datetime, end: dt.dat
     from raypipe.monitor.check import check_window
 
     store = predlog.as_store(spec.storage)
-    ds = predlog.read_window(store, spec.name, start, end)
     out = WindowCheck(pipeline=spec.name, start=start, end=end)
-    versions = window_versions(ds)
+    versions = window_versions(store, spec.name, start, end)
     if not versions:
         return out
+    ds = predlog.read_window(store, spec.name, start, end)
     labels = label_lookups(store, spec.name, start)
     out.labels = len(labels["request"]) + sum(len(v) for v in labels["ids"].values())
     name = f"log {start.isoformat()}..{end.isoformat()}"
-    for v in versions:
+    for v, rows in versions.items():
         ref, model = references(v)
         part = ds.map_batches(_keep, fn_kwargs={"version": v}, batch_format="pyarrow", zero_copy_batch=True)
         target = (ref.schema.get("target") or {}).get("name")
@@ -217,5 +231,5 @@ def check_log_window(spec: Any, references: Any, start: dt.datetime, end: dt.dat
             part = part.map_batches(_join_labels, fn_kwargs={"target": target, "labels": labels},
                                     batch_format="pyarrow", zero_copy_batch=True)
         dest = None if report_dir is None else Path(report_dir) / f"v{v}"
-        out.reports.append(check_window(spec, ref, part, input=name, model=model, report_dir=dest))
+        out.reports.append(check_window(spec, ref, part, input=name, model=model, report_dir=dest, rows=rows))
     return out

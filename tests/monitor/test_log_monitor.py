@@ -67,7 +67,11 @@ def answered(pipeline):
         return len(set(t[predlog.REQUEST_ID].to_pylist()) & set(answers)) == ROWS
 
     wait_for(logged, 60, f"{ROWS} log rows")
-    return ep, answers
+    yield ep, answers
+    from ray import serve
+
+    for app in set(serve.status().applications) & {"lmon", f"{spec.name}-monitor"}:
+        serve.delete(app)  # the monitor's checks every 2 s would hold CPUs the next modules' Ray Data needs
 
 
 def _monitor(capsys, *args: str) -> tuple[int, dict | None, str]:
@@ -147,6 +151,59 @@ def test_labels_posted_to_the_endpoint_make_performance_measured_on_exactly_thos
     # the API answers the same window
     api = raypipe.monitor(spec, since=summary["window"]["start"], until=summary["window"]["end"])
     assert [r.version for r in api.reports] == [v] and api.reports[0].performance["rows"] == LABELLED
+
+
+BIG, BIG_FILES = 10_000_000, 10
+BIG_START = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+PEAK_RSS = """
+import json, resource, sys
+from raypipe.cli import main
+code = 0
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = int(e.code or 0)
+print(json.dumps({"code": code, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def test_a_10m_row_window_keeps_the_drivers_memory_under_1gb(pipeline, answered, tmp_path):
+    """10M log rows (the endpoint's answered rows repeated, in 10 files of one hour each, written by
+    predlog's own writer) checked by `raypipe monitor --since/--until` in a driver of its own,
+    connected to the session's Ray: its peak RSS stays under 1 GB (the window never reaches it)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow.compute as pc
+    import ray
+
+    spec, path, v = pipeline
+    seed = predlog.read_log_table(spec.storage, spec.name)
+    seed = seed.filter(pc.starts_with(seed[predlog.REQUEST_ID], "lm-"))
+    per = BIG // BIG_FILES
+    rng = np.random.default_rng(0)
+    for k in range(BIG_FILES):
+        t = seed.take(pa.array(rng.integers(0, seed.num_rows, per)))
+        ids = pc.binary_join_element_wise(f"big-{k}-", pc.cast(pa.array(np.arange(per)), pa.string()), "")
+        start = BIG_START + dt.timedelta(hours=k)
+        ts = pa.array(np.int64(start.timestamp() * 1e6) + np.arange(per, dtype=np.int64) * 3000).cast(predlog.TS_TYPE)
+        t = t.set_column(t.schema.get_field_index(predlog.REQUEST_ID), predlog.REQUEST_ID, ids)
+        t = t.set_column(t.schema.get_field_index(predlog.TS), predlog.TS, ts)
+        assert len(predlog.write_log(spec.storage, spec.name, t.combine_chunks(), writer_id=f"big{k}")) == 1
+        del t
+    until = (BIG_START + dt.timedelta(hours=BIG_FILES)).isoformat()
+    run = subprocess.run([sys.executable, "-c", PEAK_RSS, "monitor", str(path), "--since", BIG_START.isoformat(),
+                          "--until", until, "--address", ray.get_runtime_context().gcs_address, "--json"],
+                         capture_output=True, text=True, timeout=900)
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) >= 2, run.stderr[-3000:]
+    summary, measured = json.loads(lines[-2]), json.loads(lines[-1])
+    assert measured["code"] in (0, 5), run.stderr[-3000:]
+    assert summary["rows"] == BIG and summary["versions"] == [v]
+    print(f"10M-row window: driver peak RSS {measured['peak_rss_bytes'] / 2**20:.0f} MiB, "
+          f"check {summary['reports'][0]['report']}")
+    assert measured["peak_rss_bytes"] < 2**30
 
 
 def _scrape(names: tuple[str, ...]) -> dict[tuple[str, frozenset], float]:
