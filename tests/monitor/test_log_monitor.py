@@ -313,3 +313,28 @@ def test_a_bad_window_is_reported_and_the_loop_goes_on(pipeline, answered, capsy
         return s["state"] == "ok" and s["checks"] > before and s["failures"] >= 1
 
     wait_for(recovered, 120, "a good check after the bad window")
+
+
+def test_the_monitor_asks_for_the_endpoints_api_key_when_deploy_auth_is_on(pipeline, monkeypatch):
+    """A pipeline with no log yet (so the check is quick and finds nothing): /status needs the key."""
+    from ray import serve
+
+    spec, _, _ = pipeline
+    monkeypatch.setenv("RP_LMON_KEY", "s3cret-key")
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["name"] = "t-lmon-auth"
+    data["deploy"] = {**data["deploy"], "route_prefix": "/lmonauth", "auth": {"api_key_env": "RP_LMON_KEY"}}
+    url = raypipe.api.monitor_serve(raypipe.load_spec(data))
+    try:
+        def answered() -> bool:
+            try:
+                return httpx.get(f"{url}/status", timeout=30).status_code == 401
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answered, 120, "the monitor application")
+        assert "API key" in httpx.get(f"{url}/status", headers={"X-API-Key": "wrong"}, timeout=30).json()["error"]
+        ok = httpx.get(f"{url}/status", headers={"Authorization": "Bearer s3cret-key"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["pipeline"] == "t-lmon-auth"
+    finally:
+        serve.delete("t-lmon-auth-monitor")
