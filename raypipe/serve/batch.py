@@ -63,6 +63,8 @@ def _log_batch(b: Any, answers: dict[str, Any], version: int, *, uri: str, pipel
                                                    int(keep.sum()))
     return ids
 
+
+def gpu_actors(actors: int) -> int:
     """Actors for a GPU pool: one GPU each, so no more than the cluster has GPUs.
 
     Ray Data would otherwise wait for ever on an actor that no node can place. The count
