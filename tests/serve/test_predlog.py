@@ -50,10 +50,13 @@ def pipeline(ray_session, tmp_path_factory):
 def endpoint(pipeline):
     spec, v1, _, _ = pipeline
     # one replica: /feedback writes the buffer of the replica it reaches, which then holds every answer
+    from ray import serve
+
     ep = deploy(with_deploy(spec, route_prefix="/plog", autoscaling={"min_replicas": 1, "max_replicas": 1}),
                 app_name="plog")
     assert ep.version == v1
-    return ep
+    yield ep
+    serve.delete("plog")  # a module's app left running holds CPU the next modules' Ray Data tasks need
 
 
 def logged(spec, prefix: str, expected: int, timeout: float = 60.0):
