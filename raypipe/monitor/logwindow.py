@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import pandas as pd
 import pyarrow as pa
 
 from raypipe import predlog

@@ -22,10 +22,9 @@ from raypipe import predlog
 from raypipe.cli import main
 from raypipe.monitor.logwindow import _answered_versions, _join_labels, _keep, window_bounds
 from raypipe.progress import Progress
-from raypipe.registry import Registry
 from raypipe.serve.deploy import deploy, sample_request
 from tests.conftest import free_port, small_spec
-from tests.serve.helpers import wait_for, with_deploy
+from tests.serve.helpers import wait_for
 
 ROWS, LABELLED, WRONG = 300, 120, 20
 MONITOR = {"log": {"flush_rows": 1000, "flush_seconds": 0.5}, "drift": {"min_rows": 50},
