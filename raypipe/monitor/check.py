@@ -229,10 +229,10 @@ def check_window(spec: Spec, ref: Reference, ds: Any, *, input: str, model: dict
 
 
 def _write(store: Store, wid: str, report: MonitorReport, plan: dict[str, Any], doc: dict[str, Any]) -> None:
-    from raypipe.monitor.report import write_report
+    from raypipe.monitor.report import performance_history, write_report
 
     out = store.sub(wid)
     data = report.model_dump(mode="json")
-    write_report(out, data, plan, doc)
+    write_report(out, data, plan, doc, history=performance_history(store, data))
     out.write_json("report.json", data)
     store.complete_artifact(wid, {"version": report.version, "status": report.status})

@@ -17,6 +17,8 @@ from raypipe.report_format import templates
 
 MAX_PLOTS = 12  # pictures for at most this many drifted columns (the table lists every column)
 MAX_BARS = 20
+HISTORY = 30  # windows in the performance-over-windows picture, this one included
+MAX_HISTORY_METRICS = 4
 
 
 def _png(fig: Figure) -> bytes:
@@ -68,8 +70,62 @@ def plot_name(column: str) -> str:
     return "plots/" + re.sub(r"[^A-Za-z0-9_.-]", "_", column) + ".png"
 
 
-def write_report(store: Any, report: dict[str, Any], plan: dict[str, Any], doc: dict[str, Any]) -> list[str]:
-    """Write ``drift.html`` and ``plots/*.png`` into ``store``; return the plot paths."""
+def performance_history(windows: Any, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The performance of the last :data:`HISTORY` windows of ``report``'s version, oldest first, ending
+    with ``report``'s own: what ``drift.html`` draws as performance over windows.
+
+    ``windows`` is ``<storage>/monitor/<pipeline>/``; window ids start with their UTC time, so
+    their sorted names are in time order, and only sealed windows (``_COMPLETE.json``) count.
+    """
+    def entry(r: dict[str, Any]) -> dict[str, Any] | None:
+        perf = r.get("performance") or {}
+        metrics = {k: v for k, v in (perf.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        if not metrics:
+            return None
+        return {"window_id": r["window_id"], "kind": perf.get("kind"), "rows": r.get("rows"), "metrics": metrics}
+
+    earlier: list[dict[str, Any]] = []
+    for wid in reversed(windows.listdir()):
+        if len(earlier) == HISTORY - 1:
+            break
+        if wid == report["window_id"] or not windows.is_complete(wid):
+            continue
+        try:
+            r = windows.read_json(wid, "report.json")
+        except (OSError, ValueError):  # a window being removed, or not a report: not part of the history
+            continue
+        e = entry(r) if r.get("version") == report["version"] else None
+        if e is not None:
+            earlier.append(e)
+    now = entry(report)
+    return earlier[::-1] + ([now] if now else [])
+
+
+def history_plot(history: list[dict[str, Any]]) -> bytes:
+    """One line per metric across windows; estimated points hollow, measured ones filled."""
+    names = list(dict.fromkeys(k for h in history for k in h["metrics"]))[:MAX_HISTORY_METRICS]
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.add_subplot()
+    x = np.arange(len(history))
+    for name in names:
+        y = np.array([h["metrics"].get(name, np.nan) for h in history], dtype=np.float64)
+        line, = ax.plot(x, y, label=name)
+        est = np.array([h["kind"] == "estimated" for h in history])
+        ax.scatter(x[~est], y[~est], color=line.get_color(), zorder=3)
+        ax.scatter(x[est], y[est], facecolors="none", edgecolors=line.get_color(), zorder=3)
+    labels = [h["window_id"][:15].replace("T", " ") for h in history]  # 20261206T135708: the window's UTC time
+    ax.set_xticks(x, labels, rotation=40, ha="right", fontsize=7)
+    ax.set_title("performance over windows (hollow: estimated without labels)", fontsize=10)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def write_report(store: Any, report: dict[str, Any], plan: dict[str, Any], doc: dict[str, Any],
+                 history: list[dict[str, Any]] | None = None) -> list[str]:
+    """Write ``drift.html`` and ``plots/*.png`` into ``store``; return the plot paths.
+
+    ``history``: :func:`performance_history`; with two windows or more, a picture of it.
+    """
     plots: list[str] = []
     entries = sorted(report["columns"].values(), key=lambda e: -(e["value"] / e["threshold"]))
     for e in [e for e in entries if e["drifted"]][:MAX_PLOTS]:
@@ -85,7 +141,10 @@ def write_report(store: Any, report: dict[str, Any], plan: dict[str, Any], doc: 
                                   part["ref_counts"], doc[key]["counts"])
             store.write_bytes(f"plots/prediction_{key}.png", png)
             plots.append((f"prediction {key}", f"plots/prediction_{key}.png"))
+    history = history or []
+    if len(history) >= 2:
+        store.write_bytes("plots/performance.png", history_plot(history))
     html = templates("raypipe.monitor").get_template("drift.html.j2").render(report=report, columns=entries,
-                                                                           plots=plots)
+                                                                           plots=plots, history=history)
     store.write_bytes("drift.html", html.encode())
-    return [p for _, p in plots]
+    return [p for _, p in plots] + (["plots/performance.png"] if len(history) >= 2 else [])

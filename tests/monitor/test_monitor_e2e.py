@@ -203,3 +203,17 @@ def test_twenty_undrifted_windows_of_1000_rows_raise_no_column_or_prediction_ala
         score_shift.append(prediction["parts"]["score"]["value"])
         alarms += any(c["drifted"] for c in columns) or prediction["drifted"]
     assert alarms <= 1 and max(score_shift) < cfg.prediction_threshold
+
+
+def test_the_report_draws_this_versions_performance_over_windows(pipeline, tmp_path):
+    spec = yaml.safe_load(pipeline.read_text())
+    first = raypipe.monitor(spec, input=str(_window(tmp_path, "h1", 2000, seed=21, labels=True)))
+    second = raypipe.monitor(spec, input=str(_window(tmp_path, "h2", 2000, seed=22)))
+    store = Path(second.report_dir)
+    html = (store / "drift.html").read_text()
+    assert "Performance over windows" in html and (store / "plots" / "performance.png").read_bytes()[:4] == b"\x89PNG"
+    rows = html[html.index("Performance over windows"):]
+    # oldest first, this window last; measured (labels) and estimated (none) as each window was
+    assert rows.index(first.window_id) < rows.index(second.window_id)
+    assert "measured" in rows[rows.index(first.window_id):rows.index(second.window_id)]
+    assert "estimated" in rows[rows.index(second.window_id):]
