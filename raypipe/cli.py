@@ -212,6 +212,7 @@ def _print_monitor(r: Any) -> None:
 _HEADLINE = ("accuracy", "f1", "roc_auc", "rmse", "mae", "r2", "silhouette", "anomaly_rate")
 
 
+@app.command()
 def feedback(
     spec: Path = SpecArg,
     input: str = typer.Option(..., "--input", help="Parquet or CSV file of labels: request_id (or --id-column) "

@@ -224,9 +224,16 @@ def test_replica_ports_listen_on_loopback_only(deployed):
     spec, _, endpoint = deployed
     pattern = os.path.join(os.path.dirname(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]), "*", "haproxy.cfg")
 
+    def live_configs() -> list[str]:
+        # the configs of HAProxy processes running now that route this app: a node that ended
+        # earlier in the session (the cluster tests' extra nodes) leaves its config behind
+        cmdlines = [_cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit() and "haproxy" in _cmdline(pid)]
+        return [f for f in glob.glob(pattern)
+                if spec.route_prefix in open(f).read() and any(f in c for c in cmdlines)]
+
     def replica_servers() -> list[tuple[str, int]]:
         found = []
-        for f in glob.glob(pattern):
+        for f in live_configs():
             for host, port in re.findall(r"^\s*server SERVE_REPLICA_\S+ (\S+):(\d+)", open(f).read(), re.M):
                 found.append((host, int(port)))
         return found

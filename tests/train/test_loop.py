@@ -53,7 +53,7 @@ def _expected(cfg: LoopConfig) -> list[float]:
 
 
 SCHEDULES = [
-    LoopConfig(epochs=8, lr=0.002),  # the demo's (raypipe/demo/transactions.yaml): constant, no warm-up
+    LoopConfig(epochs=8, lr=0.002),  # constant, no warm-up
     LoopConfig(epochs=6, lr=0.01, warmup_epochs=3),
     LoopConfig(epochs=10, lr=0.1, lr_schedule="cosine", warmup_epochs=2),
     LoopConfig(epochs=12, lr=0.005, lr_schedule="cosine", warmup_epochs=1),  # tests/e2e/test_torch_zoo.py's
@@ -79,9 +79,12 @@ def test_the_demo_trains_with_the_default_warm_up_and_cosine_schedule() -> None:
     from raypipe.spec import demo_spec_path, load_spec
     from raypipe.train.torch_trainer import loop_config
 
-    spec = load_spec(demo_spec_path())  # sets epochs, batch_size and lr; the schedule is the default
-    cfg = LoopConfig.from_dict(loop_config(spec, {"input_dim": 4, "n_outputs": 2, "class_weights": None, "layout": []}, True))
-    assert (cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs) == (spec.train.epochs, "cosine", 1)
+    spec = load_spec(demo_spec_path())  # epochs, batch size and rate at their defaults: planned from the data
+    dims = {"input_dim": 4, "n_outputs": 2, "class_weights": None, "layout": [], "train_rows": 35_000}
+    planned = loop_config(spec, dims, True)
+    cfg = LoopConfig.from_dict(planned)
+    assert spec.train.epochs is None and (cfg.lr_schedule, cfg.warmup_epochs) == ("cosine", 1)
+    assert cfg.epochs * -(-35_000 // (planned["batch_size"] * spec.train.workers)) >= spec.train.min_steps
     lrs = _lrs(cfg, cfg.epochs)[0]
     assert lrs == pytest.approx(_expected(cfg), rel=1e-14, abs=0)
     assert lrs[0] == spec.train.lr / 2 and lrs[1] == spec.train.lr and lrs[-1] < 0.05 * spec.train.lr
