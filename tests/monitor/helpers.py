@@ -2,6 +2,7 @@
 (no pipeline, no Ray): the statistical tests count windows with the monitor's block function."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -41,3 +42,17 @@ def column_verdicts(plan: dict[str, Any], window: pd.DataFrame, cfg: DriftSectio
     doc = merge([block_counts(window.iloc[i:i + step], plan)[0] for i in range(0, len(window), step)])
     return {c: decide_column(c, plan["columns"][c], part, doc["valid"], cfg, doc["valid"] >= cfg.min_rows)
             for c, part in doc["columns"].items()}
+
+
+def monitor_cli(capsys: Any, *args: str) -> tuple[int, dict | None, str]:
+    """Run ``raypipe monitor ... --json`` in this process: (exit code, the --json summary, stderr)."""
+    from raypipe.cli import main
+
+    code = 0
+    try:
+        main(["monitor", *args, "--json"])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None), out.err

@@ -19,12 +19,12 @@ import yaml
 
 import raypipe
 from raypipe import predlog
-from raypipe.cli import main
 from raypipe.monitor.logwindow import _answered_versions, _join_labels, _keep, window_bounds
 from raypipe.progress import Progress
 from raypipe.serve.deploy import deploy, sample_request
 from tests.conftest import free_port, small_spec
 from tests.serve.helpers import wait_for
+from tests.monitor.helpers import monitor_cli
 
 ROWS, LABELLED, WRONG = 300, 120, 20
 MONITOR = {"log": {"flush_rows": 1000, "flush_seconds": 0.5}, "drift": {"min_rows": 50},
@@ -74,16 +74,6 @@ def answered(pipeline):
         serve.delete(app)  # the monitor's checks every 2 s would hold CPUs the next modules' Ray Data needs
 
 
-def _monitor(capsys, *args: str) -> tuple[int, dict | None, str]:
-    code = 0
-    try:
-        main(["monitor", *args, "--json"])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    lines = out.out.strip().splitlines()
-    return code, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None), out.err
-
 
 def test_window_bounds_and_their_errors():
     now = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.timezone.utc)
@@ -121,7 +111,7 @@ def test_shadow_rows_are_left_out_of_the_versions_and_of_each_versions_rows():
 def test_monitor_last_checks_the_window_the_endpoint_answered_and_estimates_without_labels(pipeline, answered,
                                                                                           capsys):
     _, path, v = pipeline
-    code, summary, err = _monitor(capsys, str(path), "--last", "1h")
+    code, summary, err = monitor_cli(capsys, str(path), "--last", "1h")
     assert summary is not None, err[-3000:]
     assert code == (5 if summary["alarm"] else 0), err[-3000:]
     assert summary["versions"] == [v] and summary["rows"] == ROWS and summary["labels"] == 0
@@ -133,11 +123,11 @@ def test_monitor_last_checks_the_window_the_endpoint_answered_and_estimates_with
 
 def test_an_empty_window_is_not_enough_data_and_a_bad_duration_exits_2(pipeline, answered, capsys):
     _, path, _ = pipeline
-    code, summary, _ = _monitor(capsys, str(path), "--since", "2001-01-01T00:00:00", "--until", "2001-01-01T01:00:00")
+    code, summary, _ = monitor_cli(capsys, str(path), "--since", "2001-01-01T00:00:00", "--until", "2001-01-01T01:00:00")
     assert code == 0 and summary["status"] == "not_enough_data" and summary["versions"] == [] and summary["rows"] == 0
-    code, _, err = _monitor(capsys, str(path), "--last", "an hour")
+    code, _, err = monitor_cli(capsys, str(path), "--last", "an hour")
     assert code == 2 and "--last='an hour'" in err
-    code, _, err = _monitor(capsys, str(path), "--last", "1h", "--input", str(path))
+    code, _, err = monitor_cli(capsys, str(path), "--last", "1h", "--input", str(path))
     assert code == 2 and "one of them" in err
 
 
@@ -149,7 +139,7 @@ def test_labels_posted_to_the_endpoint_make_performance_measured_on_exactly_thos
     body = [{"request_id": i, "label": answers[i] if k >= WRONG else 1 - int(answers[i])} for k, i in enumerate(ids)]
     r = httpx.post(f"{ep.url}/feedback", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["stored"] == LABELLED, r.text
-    code, summary, err = _monitor(capsys, str(path), "--last", "1h")
+    code, summary, err = monitor_cli(capsys, str(path), "--last", "1h")
     assert summary is not None, err[-3000:]
     assert summary["labels"] == LABELLED and summary["rows"] == ROWS
     perf = summary["reports"][0]["performance"]
@@ -294,7 +284,7 @@ def test_a_bad_window_is_reported_and_the_loop_goes_on(pipeline, answered, capsy
     files = predlog.write_log(spec.storage, spec.name, bad, writer_id="bad-window")
     store = predlog.as_store(spec.storage)
     try:
-        code, _, err = _monitor(capsys, str(path), "--last", "1h")
+        code, _, err = monitor_cli(capsys, str(path), "--last", "1h")
         assert code == 3 and "amount" in err
 
         def failed() -> bool:

@@ -5,7 +5,6 @@ The version is trained once for the module (12,000 rows, logistic regression).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,11 @@ import pytest
 import yaml
 
 import raypipe
-from raypipe.cli import main
 from raypipe.ingest.builtin.transactions import generate_transactions
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 from tests.conftest import small_spec
-from tests.monitor.helpers import UNSHIFTED
+from tests.monitor.helpers import UNSHIFTED, monitor_cli
 
 ROWS = 12_000
 
@@ -44,20 +42,9 @@ def _window(folder: Path, name: str, rows: int, seed: int, drift: float = 0.0, l
     return path
 
 
-def _monitor(capsys, *args: str) -> tuple[int, dict | None, str]:
-    """Run the CLI in this process; (exit code, the --json summary, stderr)."""
-    code = 0
-    try:
-        main(["monitor", *args, "--json"])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    lines = out.out.strip().splitlines()
-    return code, (json.loads(lines[-1]) if lines else None), out.err
-
 
 def test_an_undrifted_window_exits_0(pipeline, tmp_path, capsys):
-    code, summary, err = _monitor(capsys, str(pipeline), "--input", str(_window(tmp_path, "calm", 4000, seed=11)))
+    code, summary, err = monitor_cli(capsys, str(pipeline), "--input", str(_window(tmp_path, "calm", 4000, seed=11)))
     assert code == 0, err[-3000:]
     assert summary["status"] == "ok" and summary["drifted"] == [] and summary["rows"] == 4000
     assert set(summary["columns"]) >= {"amount", "country", "hour"} and "transaction_id" not in summary["columns"]
@@ -69,7 +56,7 @@ def test_an_undrifted_window_exits_0(pipeline, tmp_path, capsys):
 def test_a_drifted_window_exits_5_naming_the_shifted_columns_and_writes_the_report(pipeline, tmp_path, capsys):
     report = tmp_path / "copy"
     window = _window(tmp_path, "shifted", 4000, seed=12, drift=0.5, fmt="csv")
-    code, summary, err = _monitor(capsys, str(pipeline), "--input", str(window), "--report", str(report))
+    code, summary, err = monitor_cli(capsys, str(pipeline), "--input", str(window), "--report", str(report))
     assert code == 5, err[-3000:]
     assert {"amount", "avg_amount_30d"} <= set(summary["drifted"]) and not set(summary["drifted"]) & UNSHIFTED
     assert "drifted columns: " in err and "amount" in err
@@ -85,7 +72,7 @@ def test_a_drifted_window_exits_5_naming_the_shifted_columns_and_writes_the_repo
 
 
 def test_below_min_rows_the_answer_is_not_enough_data(pipeline, tmp_path, capsys):
-    code, summary, err = _monitor(capsys, str(pipeline), "--input",
+    code, summary, err = monitor_cli(capsys, str(pipeline), "--input",
                                   str(_window(tmp_path, "small", 400, seed=13, drift=1.0)))
     assert code == 0, err[-3000:]
     assert summary["status"] == "not_enough_data" and summary["drifted"] == []
@@ -96,19 +83,19 @@ def test_below_min_rows_the_answer_is_not_enough_data(pipeline, tmp_path, capsys
 def test_a_window_that_fails_validation_exits_3(pipeline, tmp_path, capsys):
     df = generate_transactions(2000, seed=14).drop(columns=["is_fraud"])
     df.drop(columns=["amount"]).to_parquet(tmp_path / "no_amount.parquet", index=False)
-    code, _, err = _monitor(capsys, str(pipeline), "--input", str(tmp_path / "no_amount.parquet"))
+    code, _, err = monitor_cli(capsys, str(pipeline), "--input", str(tmp_path / "no_amount.parquet"))
     assert code == 3 and "column 'amount' is missing from the window" in err
     df["hour"] = "noon"  # the validate stage's row check: not a number, in every row
     df.to_parquet(tmp_path / "bad_hour.parquet", index=False)
-    code, _, err = _monitor(capsys, str(pipeline), "--input", str(tmp_path / "bad_hour.parquet"))
+    code, _, err = monitor_cli(capsys, str(pipeline), "--input", str(tmp_path / "bad_hour.parquet"))
     assert code == 3 and "2,000 of 2,000 rows (100.0%) are invalid" in err and "hour: not a number" in err
 
 
 def test_usage_errors_exit_2(pipeline, tmp_path, capsys):
     window = str(_window(tmp_path, "w", 100, seed=15))
-    assert _monitor(capsys, str(pipeline), "--input", window, "--version", "1", "--alias", "champion")[0] == 2
-    assert _monitor(capsys, str(pipeline))[0] == 2  # --input is required
-    assert _monitor(capsys, str(pipeline), "--input", window, "--version", "99")[0] == 2
+    assert monitor_cli(capsys, str(pipeline), "--input", window, "--version", "1", "--alias", "champion")[0] == 2
+    assert monitor_cli(capsys, str(pipeline))[0] == 2  # --input is required
+    assert monitor_cli(capsys, str(pipeline), "--input", window, "--version", "99")[0] == 2
 
 
 def test_labels_give_measured_performance_and_the_estimate_without_them_is_within_0_03(pipeline, tmp_path):
@@ -130,7 +117,7 @@ def test_a_version_without_a_drift_reference_names_the_fix(pipeline, tmp_path, c
     vs = reg.version_store(reg.alias("champion"))
     old = reg.register({f: vs.read_bytes(f) for f in vs.walk_files() if not f.startswith(("monitor/", "_"))
                         and f != "profile.json"}, meta={"threshold": 0.5})
-    code, _, err = _monitor(capsys, str(pipeline), "--input", str(_window(tmp_path, "w", 2000, seed=17)),
+    code, _, err = monitor_cli(capsys, str(pipeline), "--input", str(_window(tmp_path, "w", 2000, seed=17)),
                             "--version", str(old))
     assert code == 2 and "no drift reference" in err and "Re-run the pipeline" in err
 
@@ -172,7 +159,7 @@ def test_measured_performance_below_the_gate_exits_5_without_drift(pipeline, tmp
     df = generate_transactions(3000, seed=19)
     df["is_fraud"] = 1 - df["is_fraud"]
     df.to_parquet(tmp_path / "flipped.parquet", index=False)
-    code, summary, err = _monitor(capsys, str(pipeline), "--input", str(tmp_path / "flipped.parquet"))
+    code, summary, err = monitor_cli(capsys, str(pipeline), "--input", str(tmp_path / "flipped.parquet"))
     assert code == 5, err[-3000:]
     assert summary["status"] == "ok" and summary["drifted"] == []
     perf = summary["performance"]
