@@ -137,8 +137,9 @@ class LogFormat:
     """
 
     def __init__(self, schema: dict[str, Any], task: str, exclude_columns: Iterable[str] = ()) -> None:
-        self.task = task
+        self.task, self._schema = task, schema
         excluded = set(exclude_columns)
+        self.excluded = sorted(excluded)
         names = feature_columns(schema) + [c for c in schema.get("id_columns", []) if c not in feature_columns(schema)]
         self.inputs = [(c, _input_type(schema["columns"][c])) for c in names if c not in excluded]
         target = schema.get("target") or {}
@@ -146,6 +147,18 @@ class LogFormat:
         # the JSON value an answer carries -> the class's text (1.0 and 1 both print as "1" there)
         self._class_text = {label_value(c, target.get("type", "string")): c for c in self.classes or []}
         self.schema = pa.schema([*self.inputs, *META_TYPES.items(), *ANSWER_TYPES[task].items()])
+
+    def describe(self) -> dict[str, Any]:
+        """What rebuilds this format (:meth:`from_description`): the crash spool writes it down."""
+        return {"schema": self._schema, "task": self.task, "exclude_columns": self.excluded}
+
+    @classmethod
+    def from_description(cls, desc: dict[str, Any]) -> "LogFormat":
+        return cls(desc["schema"], desc["task"], desc.get("exclude_columns", ()))
+
+    def logged_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A request row as the log keeps it: the logged input columns only (never an excluded one)."""
+        return {name: row.get(name) for name, _ in self.inputs}
 
     @staticmethod
     def input_names(schema: dict[str, Any]) -> list[str]:
@@ -391,25 +404,34 @@ Entry = tuple  # (request id, many, ts (epoch s), version, role, rows, answers, 
 class PredictionLogWriter:
     """Buffers a replica's log rows in memory and writes them from a background thread.
 
-    ``add`` never waits on storage: it appends under a lock held for a list append, and
-    refuses (drops and counts) a request's rows when more than ``max_buffer_rows`` are
-    held, the rows of a write in progress included. The thread writes when ``flush_rows``
-    rows are held or the oldest is ``flush_seconds`` old; :meth:`close` writes what is
-    left. A killed process loses what it held: at most ``max_buffer_rows`` rows, and
-    ``held`` (reported through ``on_count``) says how many.
+    ``add`` never waits on storage: under a lock it appends the entries to the buffer and, as
+    JSON lines, to the writer's crash spool on local disk (:mod:`raypipe.spool`: one unbuffered
+    ``os.write``), and it refuses (drops and counts) a request's rows when more than
+    ``max_buffer_rows`` are held, the rows of a write in progress included. The thread writes
+    when ``flush_rows`` rows are held or the oldest is ``flush_seconds`` old; :meth:`close`
+    writes what is left. A killed process loses nothing the spool holds: the next writer of the
+    pipeline to start (on the same node, for remote storage) writes a dead writer's spool and
+    counts its rows as ``recovered``. Without a spool (``spool=False``, or its folder cannot be
+    made) a killed process loses what it held: at most ``max_buffer_rows`` rows, and ``held``
+    (reported through ``on_count``) says how many.
 
     Args:
         store_or_uri: the spec's storage.
         pipeline: the pipeline name.
-        writer_id: unique per process (file names are ``<writer_id>-<seq>.parquet``).
+        writer_id: unique per process (file names are ``<writer_id>-<seq>.parquet``; ``seq`` is
+            the buffer's number x 1000 + the file's number within it, the same when a later writer
+            recovers the buffer from the spool).
         on_count: called from the writer thread with ``(state, rows)``; states ``buffered``,
-            ``written``, ``dropped`` (buffer full or writer closed) and ``failed`` (a write
-            that raised), and ``held`` (rows not yet written, a level rather than a count).
+            ``written``, ``dropped`` (buffer full or writer closed), ``failed`` (a write that
+            raised; with a spool its rows stay there for the next writer) and ``recovered`` (rows
+            of dead writers' spools written by this one), and ``held`` (rows not yet written, a
+            level rather than a count).
+        spool: keep the crash spool.
     """
 
     def __init__(self, store_or_uri: Store | str, pipeline: str, *, writer_id: str, flush_rows: int = 2000,
                  flush_seconds: float = 10.0, max_buffer_rows: int = 20000,
-                 on_count: Optional[Callable[[str, int], None]] = None) -> None:
+                 on_count: Optional[Callable[[str, int], None]] = None, spool: bool = True) -> None:
         self.store, self.pipeline, self.writer_id = as_store(store_or_uri), pipeline, writer_id
         self.flush_rows, self.flush_seconds, self.max_buffer_rows = flush_rows, flush_seconds, max_buffer_rows
         self.on_count = on_count or (lambda state, n: None)
@@ -422,8 +444,18 @@ class PredictionLogWriter:
         self._flush_requested = 0
         self._flushed = 0
         self._closed = False
-        self._seq = 0
-        self.totals = {"buffered": 0, "written": 0, "dropped": 0, "failed": 0}
+        self._batch = 0  # buffers taken to be written (the spool's segment numbers follow it)
+        self.totals = {"buffered": 0, "written": 0, "dropped": 0, "failed": 0, "recovered": 0}
+        self._spool = None
+        self._spool_root = None
+        if spool:
+            from raypipe.spool import Spool, spool_root
+
+            try:
+                self._spool_root = spool_root(self.store, pipeline)
+                self._spool = Spool(self._spool_root, writer_id)
+            except OSError as e:
+                log.warning("prediction log: no crash spool (%s); a killed replica loses its unwritten rows", e)
         self._thread = threading.Thread(target=self._run, name=f"raypipe-predlog-{writer_id}", daemon=True)
         self._thread.start()
 
@@ -433,6 +465,12 @@ class PredictionLogWriter:
             if self._closed or self._pending + rows > self.max_buffer_rows:
                 self._counts["dropped"] += rows
                 return False
+            if self._spool is not None:
+                try:
+                    self._spool.append(entries)
+                except (OSError, TypeError, ValueError):  # a full local disk, an answer JSON cannot hold
+                    log.exception("prediction log: the crash spool failed; going on without it")
+                    self._spool = None
             self._entries.extend(entries)
             self._rows += rows
             self._pending += rows
@@ -463,8 +501,8 @@ class PredictionLogWriter:
         return self._pending
 
     def status(self) -> dict[str, int]:
-        """Rows buffered, written, dropped and failed so far (counts the thread has not reported yet included),
-        and rows held now."""
+        """Rows buffered, written, dropped, failed and recovered so far (counts the thread has not reported yet
+        included), and rows held now."""
         with self._lock:
             out = {k: v + self._counts.get(k, 0) for k, v in self.totals.items()}
             return {**out, "held": self._pending}
@@ -474,12 +512,35 @@ class PredictionLogWriter:
             return True
         return self._oldest is not None and time.monotonic() - self._oldest >= self.flush_seconds
 
+    def _recover(self) -> None:
+        """Write the spools of this pipeline's dead writers (see :mod:`raypipe.spool`)."""
+        from raypipe.spool import recover
+
+        if self._spool_root is None:
+            return
+        try:
+            n = recover(self._spool_root, lambda wid, batch, entries: write_entries(
+                self.store, self.pipeline, wid, batch, entries), LogFormat.from_description, skip=self.writer_id)
+        except Exception:  # never into serving
+            log.exception("prediction log: recovering dead writers' spools failed")
+            return
+        if n:
+            log.info("prediction log: %d rows recovered from dead writers' spools", n)
+            self.totals["recovered"] += n
+            self.on_count("recovered", n)
+
     def _run(self) -> None:
+        self._recover()
         while True:
             with self._lock:
                 # wakes at least once a second, so counts are reported even while nothing is due
+                batch = None
                 if self._lock.wait_for(self._due, timeout=min(1.0, self.flush_seconds)):
                     entries, self._entries, rows, self._rows, self._oldest = self._entries, [], self._rows, 0, None
+                    if entries:
+                        segment = self._spool.rotate() if self._spool is not None else None
+                        batch = self._batch if segment is None else segment
+                        self._batch = batch + 1
                 else:
                     entries, rows = [], 0
                 counts, self._counts = self._counts, {"buffered": 0, "dropped": 0}
@@ -490,32 +551,52 @@ class PredictionLogWriter:
                 if n:
                     self.on_count(state, n)
             if entries:
-                self._write(entries, rows)
+                ok = self._write(entries, rows, batch)
             with self._lock:
+                if entries and self._spool is not None and batch is not None:
+                    self._spool.written(batch, ok)
                 self._pending -= rows
                 self._flushed = max(self._flushed, wanted)
                 held = self._pending
                 self._lock.notify_all()
             self.on_count("held", held)
             if closing and not self._entries:
+                with self._lock:
+                    if self._spool is not None:
+                        self._spool.close()
+                        self._spool = None
                 return
 
-    def _write(self, entries: list[Entry], rows: int) -> None:
-        groups: dict[tuple[int, int], list[Entry]] = {}
-        for e in entries:
-            groups.setdefault((id(e[7]), e[3]), []).append(e)
-        for group in groups.values():
-            n = sum(len(e[5]) for e in group)
-            try:
-                table = _entries_table(group)
-                files = write_log(self.store, self.pipeline, table, self.writer_id, self._seq)
-                self._seq += len(files)
-                self.totals["written"] += n
-                self.on_count("written", n)
-            except Exception:  # storage down, a full disk: counted and logged, never raised into serving
-                log.exception("prediction log: %d rows could not be written", n)
-                self.totals["failed"] += n
-                self.on_count("failed", n)
+    def _write(self, entries: list[Entry], rows: int, batch: int) -> bool:
+        try:
+            write_entries(self.store, self.pipeline, self.writer_id, batch, entries)
+        except Exception:  # storage down, a full disk: counted and logged, never raised into serving
+            log.exception("prediction log: %d rows could not be written", rows)
+            self.totals["failed"] += rows
+            self.on_count("failed", rows)
+            return False
+        self.totals["written"] += rows
+        self.on_count("written", rows)
+        return True
+
+
+FILES_PER_BATCH = 1000  # a buffer's files: one per (version, hour) it holds, far fewer than this
+
+
+def write_entries(store: Store, pipeline: str, writer_id: str, batch: int, entries: list[Entry]) -> list[str]:
+    """Write one buffer's entries: a file per (log format, version) and hour, named by ``batch``.
+
+    The names depend only on the writer, the buffer's number and the entries' order, so a buffer
+    written again (recovered from a crash spool after its files were already in place) replaces
+    its files instead of adding rows twice.
+    """
+    groups: dict[tuple[int, int], list[Entry]] = {}
+    for e in entries:
+        groups.setdefault((id(e[7]), e[3]), []).append(e)
+    out: list[str] = []
+    for group in groups.values():
+        out += write_log(store, pipeline, _entries_table(group), writer_id, batch * FILES_PER_BATCH + len(out))
+    return out
 
 
 def _entries_table(entries: list[Entry]) -> pa.Table:

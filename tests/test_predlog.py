@@ -110,7 +110,7 @@ def test_a_full_buffer_drops_and_counts_rows_and_never_waits(tmp_path):
     w = PredictionLogWriter(tmp_path, "p", writer_id="w4", flush_rows=2, flush_seconds=3600, max_buffer_rows=5,
                             on_count=lambda s, n: counts.append((s, n)))
     original = w._write
-    w._write = lambda entries, rows: (release.wait(30), original(entries, rows))  # storage that hangs until released
+    w._write = lambda *args: (release.wait(30), original(*args))[1]  # storage that hangs until released
     try:
         assert w.add([entry(fmt, 0, many=2)], 2)  # the writer takes these two and hangs on them
         wait_until(lambda: w.held == 2 and not w._entries, "the hanging write to start")
@@ -122,16 +122,20 @@ def test_a_full_buffer_drops_and_counts_rows_and_never_waits(tmp_path):
     finally:
         release.set()
         w.close()
-    assert w.totals == {"buffered": 5, "written": 5, "dropped": 50, "failed": 0}
+    assert w.totals == {"buffered": 5, "written": 5, "dropped": 50, "failed": 0, "recovered": 0}
     assert sum(n for s, n in counts if s == "dropped") == 50 and counts[-1] == ("held", 0)
 
 
-def test_a_failed_write_is_counted_and_never_raised(tmp_path):
+def test_a_failed_write_is_counted_never_raised_and_its_rows_wait_in_the_spool(tmp_path):
     (tmp_path / "predictions").write_text("a file where the log's folder should be")
     w = PredictionLogWriter(tmp_path, "p", writer_id="w5", flush_rows=1, flush_seconds=3600, max_buffer_rows=10)
     w.add([entry(LogFormat(SCHEMA, "classification"), 1)], 1)
     w.close()
     assert w.totals["failed"] == 1 and w.totals["written"] == 0
+    (tmp_path / "predictions").unlink()  # storage is back: the next writer writes the kept rows
+    w2 = PredictionLogWriter(tmp_path, "p", writer_id="w6", flush_rows=1, flush_seconds=3600, max_buffer_rows=10)
+    w2.close()
+    assert w2.totals["recovered"] == 1 and predlog.read_log_table(tmp_path, "p").num_rows == 1
 
 
 def _write_at(store_dir, when: dt.datetime, n: int = 2) -> None:
