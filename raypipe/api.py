@@ -18,7 +18,7 @@ def as_spec(spec: Spec | str | Path | dict[str, Any] | None) -> Spec:
 
 
 def run(spec: Spec | str | Path | dict[str, Any] | None = None, *, force: str | None = None, until: str | None = None,
-        address: str | None = None, progress: Progress | None = None) -> Any:
+        address: str | None = None, progress: Progress | None = None, trigger: dict[str, Any] | None = None) -> Any:
     """Run a pipeline's stages (cached where possible).
 
     Returns:
@@ -32,7 +32,7 @@ def run(spec: Spec | str | Path | dict[str, Any] | None = None, *, force: str | 
 
     spec = as_spec(spec)
     check_available(spec)  # fail before the run, not at its end, when MLflow is configured but missing
-    return Runner(spec, force=force, until=until, address=address, progress=progress).run()
+    return Runner(spec, force=force, until=until, address=address, progress=progress, trigger=trigger).run()
 
 
 def serve(spec: Spec | str | Path | dict[str, Any] | None = None, *, version: int | None = None, alias: str | None = None,

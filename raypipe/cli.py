@@ -134,6 +134,9 @@ def monitor(
                                           "pictures to this folder."),
     version: Optional[int] = typer.Option(None, "--version", help="Check against this registry version."),
     alias: Optional[str] = typer.Option(None, "--alias", help="... or the version with this alias (default champion)."),
+    retrain: bool = typer.Option(False, "--retrain", help="When the window triggers one of monitor.retrain.on: "
+                                 "train on the fresh data, gate against the champion, promote and swap the "
+                                 "endpoint, in the foreground."),
     address: Optional[str] = AddressOpt,
 ) -> None:
     """Check a batch of rows, or a window of the prediction log, for drift and performance against the
@@ -141,6 +144,9 @@ def monitor(
 
     Exit codes: 0 no drift (or not enough data to say), 5 drift or performance below the gate's
     minimum (for a log window: in any version), 3 the window itself fails validation, 2 usage errors.
+    With --retrain: 0 also when a retrain promoted a new champion, 4 when the gate rejected the
+    candidate, 5 when drift was found and no retrain ran (not configured, cooldown, daily cap, another
+    retrain running, too few fresh rows), 1 when the retrain failed.
     """
     from raypipe.api import monitor as monitor_api
     from raypipe.errors import DriftDetected
@@ -175,10 +181,49 @@ def monitor(
                   f"{result.rows:,} rows, {result.labels:,} labels, versions {[r.version for r in reports] or 'none'}")
         for r in reports:
             _print_monitor(r)
+    summary = result.summary()
+    outcome = _retrain_step(spec, result, address) if retrain else None
+    if outcome is not None:
+        summary["retrain"] = outcome.summary()
     if json_out:
-        print(json.dumps(result.summary(), default=str), flush=True)
+        print(json.dumps(summary, default=str), flush=True)
+    if outcome is not None and outcome.status == "promoted":
+        return
+    if outcome is not None and outcome.status == "rejected":
+        from raypipe.errors import GateFailed
+
+        raise GateFailed(outcome.detail or [outcome.reason], version=outcome.version)
+    if outcome is not None and outcome.status == "failed":
+        from raypipe.errors import StageFailed
+
+        raise StageFailed(f"retrain failed: {outcome.reason} (attempt {outcome.attempt}; the cooldown holds the next)")
     if result.alarm:
         raise DriftDetected(next(r for r in reports if r.alarm) if reports is not None else result)
+
+
+def _retrain_step(spec: Path, result: Any, address: Optional[str]) -> Any:
+    """``--retrain``: the trigger the window raised, and the retrain when monitor.retrain.on holds it."""
+    from raypipe.monitor.retrain import RetrainOutcome, retrain, trigger_of
+    from raypipe.progress import Progress
+    from raypipe.spec import load_spec
+
+    s = load_spec(spec)
+    trigger = trigger_of(result, s.monitor.retrain.on)
+    if trigger is None:
+        return None
+    if trigger.kind not in s.monitor.retrain.on:
+        err.print(f"[yellow]retrain not configured[/] for {trigger.kind} (monitor.retrain.on: "
+                  f"{s.monitor.retrain.on}): {trigger.reason}")
+        return RetrainOutcome(status="not_configured", reason=f"monitor.retrain.on does not hold {trigger.kind!r}",
+                              trigger=trigger.reason)
+    err.print(f"[bold]retrain[/bold] ({trigger.kind}): {trigger.reason}")
+    outcome = retrain(s, trigger, address=address, progress=Progress())
+    colour = {"promoted": "green", "rejected": "yellow", "skipped": "yellow"}.get(outcome.status, "red")
+    err.print(f"retrain [{colour}]{outcome.status}[/]: {outcome.reason}"
+              + (f" — run {outcome.run_id}" if outcome.run_id else "")
+              + (f"; endpoint {outcome.endpoint} now serves version {outcome.version}" if outcome.endpoint else ""),
+              markup=True)
+    return outcome
 
 
 def _print_monitor(r: Any) -> None:
@@ -357,7 +402,7 @@ def runs_list(spec: Path = SpecArg) -> None:
     s = as_spec(spec)
     store = Store(s.storage)
     table = Table(title=f"{s.name} — runs")
-    for col in ("run", "status", "stages", "version"):
+    for col in ("run", "status", "stages", "version", "trigger"):
         table.add_column(col)
     for run_id in reversed(store.listdir("runs")):
         if not store.exists("runs", run_id, "manifest.json"):
@@ -366,7 +411,8 @@ def runs_list(spec: Path = SpecArg) -> None:
         if m.get("pipeline") != s.name:
             continue
         stages = " ".join(f"{st['name']}:{st['status']}" for st in m["stages"])
-        table.add_row(run_id, m.get("status", "?"), stages, str(m.get("version")))
+        trigger = (m.get("trigger") or {}).get("reason", "")
+        table.add_row(run_id, m.get("status", "?"), stages, str(m.get("version")), trigger)
     out.print(table)
 
 

@@ -341,6 +341,10 @@ class Registry:
         return v
 
     # -- audit --------------------------------------------------------------------------
+    def record(self, action: str, **fields: Any) -> None:
+        """Add an event to the audit log (a retrain's trigger, run and verdict): one file, never rewritten."""
+        self._audit({"action": action, **fields})
+
     def _audit(self, event: dict[str, Any]) -> None:
         event = {"at": _now(), "user": current_user(), **event}
         self.store.write_json(f"audit/{event['at']}-{uuid.uuid4().hex[:8]}.json", event)

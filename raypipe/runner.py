@@ -116,6 +116,7 @@ class Runner:
         until: str | None = None,
         address: str | None = None,
         progress: Progress | None = None,
+        trigger: dict[str, Any] | None = None,
     ) -> None:
         for opt, value in (("--force", force), ("--until", until)):
             if value is not None and value not in STAGE_NAMES:
@@ -124,6 +125,7 @@ class Runner:
         self.progress = progress or Progress()
         self.root = Store(spec.storage)
         self.run_id = new_run_id()
+        self.trigger = trigger  # why this run started, when not by hand (a retrain: its reason and parent champion)
 
     def run(self) -> RunResult:
         spec = self.spec
@@ -140,6 +142,8 @@ class Runner:
             "stages": [],
             "status": "running",
         }
+        if self.trigger:
+            manifest["trigger"] = self.trigger
         manifest_rel = f"runs/{self.run_id}/manifest.json"
         result = RunResult(self.run_id, manifest["stages"], {}, self.root.full_uri(manifest_rel))
         forced = False

@@ -747,9 +747,57 @@ class DriftSection(_Section):
                                                 "has drifted (0.5: it cannot tell the window from the training rows)")
 
 
+class RetrainSection(_Section):
+    """The closed loop: when a monitored window calls for it, train on fresh data, gate the candidate
+    against the champion on the fresh test split, promote it and swap the running endpoint.
+
+    ``on`` lists what triggers a retrain: ``drift`` (a drifted column, prediction or multivariate
+    drift), ``performance`` (measured or estimated below the gate's minimum), ``alert`` (a firing
+    alert posted to the monitor's webhook) and ``schedule`` (every check asks for one). ``data`` is
+    where fresh labelled rows land (any data source, like ``data.source``); ``include_feedback``
+    adds the logged requests of the last ``window`` that received labels.
+    """
+
+    on: list[Literal["drift", "performance", "alert", "schedule"]] = Field(
+        default_factory=list, description="what triggers a retrain; empty: never (raypipe monitor exits 5 on drift)")
+    data: Source | None = Field(default=None, description="the fresh training data (a source like data.source)")
+    include_feedback: bool = Field(default=False, description="train on the logged requests of the last `window` "
+                                                              "that received labels (raypipe feedback, /feedback)")
+    window: str = Field(default="7d", pattern=r"^\s*\d+(\.\d+)?\s*[smhd]\s*$",
+                        description="how far back include_feedback looks (units s, m, h, d)")
+    min_rows: int = Field(default=1000, ge=1, description="fewer fresh labelled rows: no retrain")
+    cooldown_s: float = Field(default=3600.0, ge=0.0, description="no retrain within this many seconds of the "
+                                                                  "last one started (whatever its outcome)")
+    max_runs_per_day: int = Field(default=4, ge=1, description="retrains started in any 24 hours, at most")
+    lease_s: float = Field(default=6 * 3600.0, gt=0.0, description="a retrain holding the pipeline's lease longer "
+                                                                   "than this is taken to have died")
+    vs_champion_metric: str | None = Field(default=None, description="the metric the candidate must not lose on "
+                                           "against the champion (the fresh test split); default: evaluate.gate."
+                                           "vs_champion's, else the task's main metric")
+    min_delta: float = Field(default=0.0, description="the candidate must beat the champion by at least this")
+
+    @field_validator("data")
+    @classmethod
+    def _no_credentials_in_path(cls, v: Any) -> Any:
+        if getattr(v, "path", None):
+            no_secret_in_url(v.path, "give the filesystem its credentials through the environment")
+        return v
+
+    @model_validator(mode="after")
+    def _has_data(self) -> "RetrainSection":
+        if self.on and self.data is None and not self.include_feedback:
+            raise ValueError("monitor.retrain.on is set but no fresh data is: give monitor.retrain.data (a source "
+                             "like data.source) and/or include_feedback: true")
+        if self.data is not None and self.include_feedback and self.data.type != "parquet":
+            raise ValueError(f"monitor.retrain: include_feedback combines with a parquet data source only (got "
+                             f"{self.data.type!r}): land the fresh rows as parquet, or drop one of the two")
+        return self
+
+
 class MonitorSection(_Section):
     log: PredictionLogSection = Field(default_factory=PredictionLogSection)
     drift: DriftSection = Field(default_factory=DriftSection)
+    retrain: RetrainSection = Field(default_factory=RetrainSection)
     interval_s: float = Field(default=300.0, gt=0.0, description="raypipe monitor --serve: seconds between checks")
     window_s: float = Field(default=3600.0, gt=0.0, description="raypipe monitor --serve: each check covers the "
                                                                 "newest window_s seconds of the prediction log")
@@ -825,6 +873,8 @@ class Spec(_Section):
         used += [(f"evaluate.gate.{k}", m) for k in ("min", "max") for m in getattr(gate, k)]
         used += [("evaluate.gate.vs_champion.metric", gate.vs_champion.metric)] if gate.vs_champion else []
         used += [("evaluate.gate.max_slice_gap.metric", gate.max_slice_gap.metric)] if gate.max_slice_gap and gate.max_slice_gap.metric else []
+        rt = self.monitor.retrain
+        used += [("monitor.retrain.vs_champion_metric", rt.vs_champion_metric)] if rt.vs_champion_metric else []
         for where, m in used:
             if m not in allowed:
                 raise ValueError(f"{where}: metric {m!r} does not apply to task {self.data.task!r}; use one of {list(allowed)}")
