@@ -3,7 +3,8 @@
 :func:`block_counts` turns one block of rows into a small document of counts over the
 reference's fixed bins (numeric and text-length bins, categories + "unseen", nulls, pixel sums,
 invalid rows by reason, the version's answers and scores, the confidence sums of the performance
-estimate). :func:`merge` adds such documents; any grouping of blocks gives the same sum, so the
+estimate). The answers are the window's own when it carries them (a log window's logged answers,
+as ``__s*`` score columns), else the version scores the rows. :func:`merge` adds such documents; any grouping of blocks gives the same sum, so the
 per-block path equals a one-shot count over all rows (a test checks it) and windows can be merged
 later. Only two bounded things besides counts leave a block: rows for the domain classifier (those
 whose row hash falls under a fraction, the driver keeps the ``sample_rows`` smallest hashes) and,
@@ -95,11 +96,48 @@ def _calibrated(plan: dict[str, Any], score: np.ndarray) -> np.ndarray:
     return np.interp(score, cal["x"], cal["y"]) if cal and cal["x"] else score
 
 
+def score_columns(task: str, classes: list[str] | None) -> list[str]:
+    """The names of the score matrix's columns when a window carries its answers (a log window:
+    :func:`raypipe.monitor.logwindow.logged_scores`): ``__s0``..``__s{k-1}``, one per class, else one.
+    The ``__`` prefix keeps them out of the input columns everywhere."""
+    k = len(classes or []) if TASKS[task].has_classes else 1
+    return [f"__s{j}" for j in range(k)]
+
+
+def _scored(batch: pd.DataFrame, model: dict[str, Any], k: int) -> np.ndarray:
+    """The version's predictor's score matrix for ``batch`` (``n x k``)."""
+    if not len(batch):
+        return np.zeros((0, k))
+    scores = np.asarray(_predictor(model).scores(batch), dtype=np.float64)
+    return scores if scores.ndim == 2 else scores[:, None]
+
+
+def scores_of(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """The score matrix of ``batch``'s rows, and how many rows the predictor scored.
+
+    A window that carries its answers (``score_columns``, a log window) is counted as it was
+    answered: those columns are the scores. A row with a missing logged score (no answer logged,
+    a class absent from the logged map) is scored again by the version, as are all rows of a
+    window without answers (a batch file), so every valid row is in the answer counts.
+    """
+    names = score_columns(plan["task"], plan["classes"])
+    if not set(names) <= set(batch.columns):
+        return _scored(batch, model, len(names)), len(batch)
+    scores = batch[names].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)  # Arrow-backed: read-only
+    missing = np.isnan(scores).any(axis=1)
+    if missing.any():
+        scores[missing] = _scored(batch.loc[missing], model, len(names))
+    return scores, int(missing.sum())
+
+
 def _answers(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
-    """Counts of the version's answers and scores, the estimate's confidence sums; and the scores."""
+    """Counts of the version's answers and scores, the estimate's confidence sums; and the scores.
+
+    ``rescored``: the rows whose answer the version computed here (all of a batch file; the log
+    window's rows without a logged answer).
+    """
     task, classes = plan["task"], plan["classes"]
-    scores = _predictor(model).scores(batch) if len(batch) else np.zeros((0, len(classes or [0])))
-    scores = scores if scores.ndim == 2 else scores[:, None]
+    scores, rescored = scores_of(batch, plan, model)
     decided = TASKS[task].decide(scores, plan["threshold"])
     answer = plan["answer"]
     if answer["kind"] == "numeric":
@@ -107,6 +145,7 @@ def _answers(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any]) -
     else:
         labels = np.asarray(classes, dtype=object)[decided.astype(np.int64)] if classes else decided.astype(np.int64)
         out = {"answer": _categorical(pd.Series(labels.astype(str), dtype=object), {**answer, "known": None})}
+    out["rescored"] = rescored
     score = TASKS[task].drift_score(scores)
     if score is not None and plan["score"]:
         out["score"] = _numeric(pd.Series(score), plan["score"])
