@@ -127,6 +127,11 @@ def prediction_drift_of(plan: dict[str, Any], doc: dict[str, Any], cfg: Any, eno
     return {"drifted": None if not enough else any(flags), "parts": parts}
 
 
+def _source(plan: dict[str, Any], name: str) -> str:
+    """The input column a monitored column reads: itself, or a datetime part's date column."""
+    return (plan["columns"][name].get("date") or {}).get("column", name)
+
+
 def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any] | None, spec: Spec) -> None:
     """Raise what makes the window itself unusable, by the validate stage's rules: a feature column
     missing, more missing values in a column than ``validate.max_missing_fraction`` (over the valid
@@ -138,7 +143,7 @@ def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any] | No
     if doc is not None:
         limit = spec.validate_.max_missing_fraction
         needed = {**schema, "columns": {c: schema["columns"][c] for c in features}}
-        stats = {"rows": doc["valid"], "nulls": {c: p["nulls"] for c, p in doc["columns"].items()}}
+        stats = {"rows": doc["valid"], "nulls": {_source(plan, c): p["nulls"] for c, p in doc["columns"].items()}}
         problems += [f["message"] for f in null_findings(stats, needed, limit, "window")]
         share = doc["invalid"] / doc["rows"] if doc["rows"] else 0.0
         reasons = "; ".join(f"{r} ({n:,})" for r, n in sorted(doc["reasons"].items(), key=lambda kv: -kv[1]))
@@ -152,13 +157,17 @@ def _validate(plan: dict[str, Any], present: list[str], doc: dict[str, Any] | No
 
 
 def check_per_column(cfg: Any, plan: dict[str, Any]) -> None:
-    """``monitor.drift.per_column`` may name only monitored columns: a typo would silently keep the default."""
-    unknown = sorted(set(cfg.per_column) - set(plan["columns"]))
+    """``monitor.drift.per_column`` may name only monitored columns: a typo would silently keep the default.
+
+    A datetime column may be named itself (both its parts) or by part (``<column>:weekday``).
+    """
+    known = set(plan["columns"]) | {col["date"]["column"] for col in plan["columns"].values() if col.get("date")}
+    unknown = sorted(set(cfg.per_column) - known)
     if unknown:
         from raypipe.errors import SpecError
 
         raise SpecError(f"monitor.drift.per_column: {unknown} are not feature columns of the monitored version; "
-                        f"use some of {sorted(plan['columns'])}")
+                        f"use some of {sorted(known)}")
 
 
 def window_id(version: int, input: str) -> str:

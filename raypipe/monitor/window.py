@@ -1,11 +1,12 @@
 """A window's counts: computed per block on Ray Data, merged on the driver.
 
 :func:`block_counts` turns one block of rows into a small document of counts over the
-reference's fixed bins (numeric and text-length bins, categories + "unseen", nulls, pixel sums,
-invalid rows by reason, the version's answers and scores, the confidence sums of the performance
-estimate). The answers are the window's own when it carries them (a log window's logged answers,
-as ``__s*`` score columns), else the version scores the rows. :func:`merge` adds such documents; any grouping of blocks gives the same sum, so the
-per-block path equals a one-shot count over all rows (a test checks it) and windows can be merged
+reference's fixed bins (numeric and text-length bins, categories + "unseen", a datetime column's
+weekday and hour of day with its dates outside the training range, nulls, pixel sums, invalid rows
+by reason, the version's answers and scores, the confidence sums of the performance estimate). The
+answers are the window's own when it carries them (a log window's logged answers, as ``__s*`` score
+columns), else the version scores the rows. :func:`merge` adds such documents; any grouping of
+blocks gives the same sum, so the per-block path equals a one-shot count over all rows (a test checks it) and windows can be merged
 later. Only two bounded things besides counts leave a block: rows for the domain classifier (those
 whose row hash falls under a fraction, the driver keeps the ``sample_rows`` smallest hashes) and,
 when the window has labels, each labelled row's label and scores (what the evaluate stage gathers
@@ -76,6 +77,27 @@ def _image(s: pd.Series, col: dict[str, Any]) -> dict[str, Any]:
 
 
 _KINDS = {"numeric": _numeric, "categorical": _categorical, "text": _text, "image": _image}
+
+
+def _date_part(s: pd.Series, col: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    """One calendar part of a datetime column (``col["date"]``: source column, part, format, training
+    range): nulls (missing or not a date), counts over its categories, and the dated values outside
+    the training range (``outside`` of ``dated``: reported, never decisive). ``parsed`` keeps each
+    source column's parse for its other part."""
+    from raypipe.monitor.reference import calendar_parts
+
+    date = col["date"]
+    if date["column"] not in parsed:
+        parsed[date["column"]] = calendar_parts(s, date["format"])
+    t, labels = parsed[date["column"]]
+    ok = t.notna().to_numpy()
+    outside = 0
+    if date["range"] and ok.any():
+        lo, hi = (np.datetime64(x, "us") for x in date["range"])
+        v = t.to_numpy()[ok]
+        outside = int(((v < lo) | (v > hi)).sum())
+    return {"nulls": int((~ok).sum()), **_categorical(pd.Series(labels[date["part"]], dtype=object), col),
+            "dated": int(ok.sum()), "outside": outside}
 
 
 def _predictor(model: dict[str, Any]) -> Any:
@@ -182,8 +204,12 @@ def block_counts(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any
             valid[c] = s.mask(s == "", None)
     doc: dict[str, Any] = {"rows": int(len(batch)), "valid": int(len(valid)), "invalid": int(bad.sum()),
                            "reasons": {str(k): int(v) for k, v in reasons.items()}, "columns": {}}
+    parsed: dict[str, Any] = {}
     for c, col in plan["columns"].items():
-        if c in valid:
+        if col.get("date") is not None:
+            if col["date"]["column"] in valid:
+                doc["columns"][c] = _date_part(valid[col["date"]["column"]], col, parsed)
+        elif c in valid:
             s = valid[c]
             doc["columns"][c] = {"nulls": int(s.isna().sum()), **_KINDS[col["kind"]](s, col)}
     labelled = pd.DataFrame()
