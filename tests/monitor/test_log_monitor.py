@@ -108,6 +108,21 @@ def test_shadow_rows_are_left_out_of_the_versions_and_of_each_versions_rows():
     assert _keep(batch, 2)[predlog.ROLE].to_pylist() == ["canary"] and _keep(batch, 3).num_rows == 0
 
 
+def test_logged_answers_become_the_score_matrix_of_each_task_with_nulls_where_none_was_logged():
+    from raypipe.monitor.logwindow import logged_scores
+
+    scores = pa.array([[("b", 0.7), ("a", 0.3)], None, [("a", 1.0)]], pa.map_(pa.string(), pa.float64()))
+    out = logged_scores(pa.table({predlog.SCORES: scores}), "classification", ["a", "b"])
+    # in the version's class order, whatever the map's order; a class absent from the map is null
+    assert [out[c].to_pylist() for c in ("__s0", "__s1")] == [[0.3, None, 1.0], [0.7, None, None]]
+    for task, column, values in [("regression", predlog.PREDICTION, pa.array([2.5, None])),
+                                 ("clustering", predlog.CLUSTER, pa.array([3, 0], pa.int64())),
+                                 ("anomaly", predlog.ANOMALY_SCORE, pa.array([0.9, 0.1]))]:
+        out = logged_scores(pa.table({column: values}), task, None)
+        assert out.schema.field("__s0").type == pa.float64() and out["__s0"].to_pylist() == values.cast(
+            pa.float64()).to_pylist() and "__s1" not in out.column_names
+
+
 LOGGED_AT = dt.datetime(2019, 6, 1, 10, 0, tzinfo=dt.timezone.utc)  # outside every other test's window
 CLAIMED, UNANSWERED = 200, 40
 
