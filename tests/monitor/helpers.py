@@ -20,7 +20,8 @@ UNSHIFTED = {"customer_age", "account_age_days", "transactions_last_24h"}
 
 
 def reference_plan(train: pd.DataFrame, blocks: int = 4, target: str = "is_fraud",
-                   id_columns: tuple[str, ...] = ("transaction_id",), formats: dict[str, str] | None = None) -> dict[str, Any]:
+                   id_columns: tuple[str, ...] = ("transaction_id",),
+                   formats: dict[str, str] | None = None) -> dict[str, Any]:
     """The plan a version trained on ``train`` would give (its profile merged from ``blocks`` blocks).
 
     ``formats``: string columns to type as datetime with that format (what validate's date inference decides).
