@@ -7,10 +7,10 @@ by reason, the version's answers and scores, the confidence sums of the performa
 answers are the window's own when it carries them (a log window's logged answers, as ``__s*`` score
 columns), else the version scores the rows. :func:`merge` adds such documents; any grouping of
 blocks gives the same sum, so the per-block path equals a one-shot count over all rows (a test
-checks it) and windows can be merged later. Only two bounded things besides counts leave a block: rows for the domain classifier (those
-whose row hash falls under a fraction, the driver keeps the ``sample_rows`` smallest hashes) and,
-when the window has labels, each labelled row's label and scores (what the evaluate stage gathers
-too). A 100M-row window never reaches the driver.
+checks it) and windows can be merged later. Only two bounded things besides counts leave a block:
+rows for the domain classifier (those whose row hash falls under a fraction, the driver keeps the
+``sample_rows`` smallest hashes) and, when the window has labels, each labelled row's label and
+scores (what the evaluate stage gathers too). A 100M-row window never reaches the driver.
 """
 from __future__ import annotations
 
