@@ -3,10 +3,13 @@
 Every column gets every statistic its kind has (numeric: PSI over the reference's quantile
 bins and the Wasserstein distance in reference standard deviations; categorical: PSI and the
 Jensen-Shannon distance over the reference's categories plus one bucket for the rest, unseen
-values included; text: PSI of lengths and the out-of-vocabulary rate; images: the pixel mean's
-shift in reference standard deviations; all: the change in the share of missing values). The
-decision uses ``monitor.drift.method``'s statistic against ``threshold`` (or ``per_column``), plus
-the null-rate change against ``max_null_rate_change``.
+values included; datetime columns as categorical columns of their weekday and hour of day,
+``<column>:weekday`` and ``<column>:hour``, with the share of dates outside the training range
+reported beside them; text: PSI of lengths and the out-of-vocabulary rate; images: the pixel
+mean's shift in reference standard deviations; all: the change in the share of missing values).
+The decision uses ``monitor.drift.method``'s statistic against ``threshold`` (or ``per_column``:
+a datetime part's own name, else its column's), plus the null-rate change against
+``max_null_rate_change``.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ def column_statistics(col: dict[str, Any], part: dict[str, Any]) -> dict[str, An
         n = sum(part["counts"])
         out["unseen_rate"] = part["unseen"] / n if n else 0.0
         out["unseen_examples"] = list(part.get("unseen_examples", {}))
+        if col.get("date") is not None:
+            out.update(_date_context(col["date"], part))
     elif kind == "text":
         out["psi"] = psi(col["ref_counts"], part["counts"])
         out["jensenshannon"] = jensen_shannon(col["ref_counts"], part["counts"])
@@ -50,6 +55,21 @@ def column_statistics(col: dict[str, Any], part: dict[str, Any]) -> dict[str, An
         out["pixel_shift"] = (abs(mean - ref_mean) / ref_std if mean is not None and ref_mean is not None and ref_std
                               else 0.0)
     return out
+
+
+def _date_context(date: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """What a datetime part reports without deciding on it: its column and part, the training range
+    and the share of the window's dates outside it (dates move forward: a window after training is
+    expected, and useful to know)."""
+    dated = part.get("dated", 0)
+    return {"date_column": date["column"], "date_part": date["part"], "training_range": date["range"],
+            "outside_training_range": part.get("outside", 0) / dated if dated else None}
+
+
+def threshold_for(name: str, col: dict[str, Any], cfg: Any, default: float) -> float:
+    """``per_column``'s limit for a column: its own name, then (a datetime part) its source column's."""
+    source = (col.get("date") or {}).get("column")
+    return float(cfg.per_column.get(name, cfg.per_column.get(source, default) if source else default))
 
 
 def _statistic(kind: str, method: str) -> str:
@@ -69,7 +89,7 @@ def decide_column(name: str, col: dict[str, Any], part: dict[str, Any], valid_ro
     stats = column_statistics(col, part)
     statistic = _statistic(col["kind"], cfg.method)
     default = IMAGE_SHIFT if statistic == "pixel_shift" else cfg.threshold
-    threshold = float(cfg.per_column.get(name, default))
+    threshold = threshold_for(name, col, cfg, default)
     value = float(stats[statistic])
     null_rate = part["nulls"] / valid_rows if valid_rows else 0.0
     null_change = null_rate - float(col.get("ref_null_rate") or 0.0)

@@ -10,6 +10,11 @@ never arrives before its answer) are few next to the window, so they are broadca
 tasks as two small lookups (by ``__request_id``; by an id column's value as text when the label came
 by ``--id-column``) that fill the version's target column. Rows with a label are then measured by
 the evaluate metrics, the others estimated; the window itself never reaches the driver.
+
+The version's answers are read from the log, not computed again: :func:`logged_scores` turns the
+logged answer columns into the score matrix the checks take (``__s0``..``__s{k-1}``), so the
+prediction drift, the performance estimate and the labelled rows' scores follow what the
+endpoint actually returned. Only rows whose logged answer is missing are scored again.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import pyarrow as pa
 
 from raypipe import predlog
 from raypipe.errors import SpecError
+from raypipe.monitor.window import score_columns
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ORDER = {"ok": 0, "not_enough_data": 0, "drift": 1}
@@ -117,6 +123,28 @@ def _keep(batch: pa.Table, version: int) -> pa.Table:
     return batch.filter(mask)
 
 
+def logged_scores(batch: pa.Table, task: str, classes: list[str] | None) -> pa.Table:
+    """Add the logged answers as float64 columns ``__s0``..``__s{k-1}``: per row the matrix
+    :meth:`raypipe.model.predictor.Predictor.scores` would give (what ``Task.decide`` and
+    ``Task.drift_score`` take), so the check uses what was served instead of scoring again.
+
+    classification: each class's probability from ``__scores`` (a map), in the order of the
+    version's ``classes``; regression: ``__prediction``; clustering: ``__cluster``; anomaly:
+    ``__anomaly_score``. A null (no answer logged, or a class missing from the map) stays null:
+    :func:`raypipe.monitor.window.block_counts` scores those rows again.
+    """
+    import pyarrow.compute as pc
+
+    if task == "classification":
+        columns = [pc.map_lookup(batch[predlog.SCORES], pa.scalar(c, pa.string()), "first") for c in classes or []]
+    else:
+        name = {"regression": predlog.PREDICTION, "clustering": predlog.CLUSTER, "anomaly": predlog.ANOMALY_SCORE}[task]
+        columns = [batch[name]]
+    for name, values in zip(score_columns(task, classes), columns, strict=True):
+        batch = batch.append_column(name, pc.cast(values, pa.float64()))
+    return batch
+
+
 def references_for(spec: Any, reg: Any) -> Any:
     """``version -> (Reference, model dict)``: what a check needs of a version, loaded once each.
 
@@ -207,7 +235,8 @@ def check_log_window(spec: Any, references: Any, start: dt.datetime, end: dt.dat
     """Check ``spec``'s log rows with ``start <= __ts < end``, each version against its own reference.
 
     ``references(version) -> (Reference, model dict)`` loads a version's reference and predictor
-    description (the caller owns the registry).
+    description (the caller owns the registry). Each version's rows carry their logged answers as
+    score columns (:func:`logged_scores`): the check counts what the endpoint answered.
     """
     from pathlib import Path
 
@@ -225,6 +254,9 @@ def check_log_window(spec: Any, references: Any, start: dt.datetime, end: dt.dat
     for v, rows in versions.items():
         ref, model = references(v)
         part = ds.map_batches(_keep, fn_kwargs={"version": v}, batch_format="pyarrow", zero_copy_batch=True)
+        part = part.map_batches(logged_scores, fn_kwargs={"task": ref.predictions["task"],
+                                                          "classes": ref.predictions.get("classes")},
+                                batch_format="pyarrow", zero_copy_batch=True)
         target = (ref.schema.get("target") or {}).get("name")
         if target and out.labels:
             part = part.map_batches(_join_labels, fn_kwargs={"target": target, "labels": labels},

@@ -4,7 +4,8 @@ A registered version carries it (the register stage writes it): ``profile.json``
 validate stage's training profile, with fixed quantile bins per numeric column and counts per
 category), ``monitor/predictions.json`` (the test split's prediction distribution and the
 score calibration, from the evaluate stage) and ``monitor/sample.parquet`` (at most 5,000
-training rows, for the domain classifier and the text reference). :func:`load_reference`
+training rows, for the domain classifier, the text reference and the datetime columns' weekday and
+hour mix). :func:`load_reference`
 reads them and :func:`build_plan` turns them into the small JSON plan every Ray task gets.
 """
 from __future__ import annotations
@@ -66,15 +67,15 @@ def load_reference(reg: Registry, version: int) -> Reference:
         threshold=float(reg.meta(version).get("threshold", 0.5)), manifest_sha256=manifest)
 
 
-def vocabulary(features: dict[str, Any], column: str) -> list[str] | None:
-    """The fitted TF-IDF vocabulary of a text column (None: hashed or no text operator)."""
-    found: list[list[str]] = []
+def fitted_state(features: dict[str, Any], key: str, column: str) -> Any:
+    """A fitted operator's state ``key`` for ``column`` in ``features.json`` (None: no such operator)."""
+    found: list[Any] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            vocab = node.get("vocabulary_")
-            if isinstance(vocab, dict) and column in vocab:
-                found.append(vocab[column])
+            state = node.get(key)
+            if isinstance(state, dict) and column in state:
+                found.append(state[column])
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
@@ -83,6 +84,68 @@ def vocabulary(features: dict[str, Any], column: str) -> list[str] | None:
 
     walk(features)
     return found[0] if found else None
+
+
+def vocabulary(features: dict[str, Any], column: str) -> list[str] | None:
+    """The fitted TF-IDF vocabulary of a text column (None: hashed or no text operator)."""
+    return fitted_state(features, "vocabulary_", column)
+
+
+# --- datetime columns: the calendar parts whose distribution does not move with time --------------
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+HOURS = tuple(f"{h:02d}" for h in range(24))
+DATE_PARTS = {"weekday": WEEKDAYS, "hour": HOURS}
+
+
+def calendar_parts(values: pd.Series, fmt: str) -> tuple[pd.Series, dict[str, np.ndarray]]:
+    """Values read as the datetime encoder reads them (:func:`raypipe.dates.parse` with the column's
+    format: naive UTC, NaT where missing or not a date) and, per part of :data:`DATE_PARTS`, each
+    value's label (``Mon``..``Sun``, ``00``..``23``; None where NaT)."""
+    from raypipe.dates import parse
+
+    t = parse(values, fmt)[0]
+    ok = t.notna().to_numpy()
+    out = {}
+    for part, labels in DATE_PARTS.items():
+        idx = getattr(t.dt, part).to_numpy(dtype=np.float64, na_value=0.0).astype(np.int64)
+        out[part] = np.where(ok, np.asarray(labels, dtype=object)[idx], None)
+    return t, out
+
+
+def _carries_time(t: pd.Series) -> bool:
+    """The encoder's rule (``has_time_``): some value is not at midnight."""
+    ok = t.dropna()
+    return bool(((ok.dt.hour * 3600 + ok.dt.minute * 60 + ok.dt.second) != 0).any())
+
+
+def date_plan(ref: Reference, column: str) -> dict[str, Any]:
+    """The plan entries of one datetime column: ``<column>:weekday`` and, when training values carry a
+    time of day (the fitted encoder's ``has_time_``, else the sample), ``<column>:hour``.
+
+    Absolute dates move forward with time, so comparing them would alarm forever; the weekday and
+    hour mix is stationary. Each part is a categorical column (its reference counts from the
+    reference sample, read as the encoder reads them); its ``date`` entry names the source column
+    and the training range (the sample's first and last date), which the window's out-of-range share
+    is reported against.
+    """
+    fmt = ref.schema["columns"].get(column, {}).get("format", "iso")
+    values = ref.sample[column] if column in ref.sample else pd.Series([], dtype=object)
+    t, labels = calendar_parts(values, fmt)
+    has_time = fitted_state(ref.features, "has_time_", column)
+    has_time = _carries_time(t) if has_time is None else bool(has_time)
+    present = t.dropna()
+    span = [present.min().isoformat(), present.max().isoformat()] if len(present) else None
+    null_rate = ref.profile.get("columns", {}).get(column, {}).get("missing_rate",
+                                                                   float(t.isna().mean()) if len(t) else 0.0)
+    out = {}
+    for part in ("weekday", "hour") if has_time else ("weekday",):
+        vc = pd.Series(labels[part]).value_counts()
+        names = list(DATE_PARTS[part])
+        out[f"{column}:{part}"] = {"kind": "categorical", "values": names,
+                                   "ref_counts": [*(int(vc.get(v, 0)) for v in names), 0], "known": names,
+                                   "ref_null_rate": null_rate,
+                                   "date": {"column": column, "part": part, "format": fmt, "range": span}}
+    return out
 
 
 def text_stats(values: pd.Series, vocab: set[str] | None, lowercase: bool = True) -> tuple[np.ndarray, int, int]:
@@ -104,7 +167,7 @@ def build_plan(ref: Reference, *, threshold: float | None = None) -> dict[str, A
 
     Text columns get their length bins and out-of-vocabulary rate from the reference sample (the
     profile keeps only length extremes); image columns compare pixel statistics with the profile's.
-    Datetime columns are not compared yet.
+    Datetime columns are compared by their weekday and hour-of-day mix (:func:`date_plan`).
     """
     feats = ref.schema.get("features", {})
     cols: dict[str, Any] = {}
@@ -132,6 +195,8 @@ def build_plan(ref: Reference, *, threshold: float | None = None) -> dict[str, A
         cols[c] = {"kind": "text", "edges": bins["edges"], "ref_counts": bins["counts"], "vocabulary": vocab,
                    "ref_oov_rate": oov / tokens if tokens else None,
                    "ref_null_rate": profile.get(c, {}).get("missing_rate", 0.0)}
+    for c in feats.get("datetime", []):
+        cols.update(date_plan(ref, c))
     for c in feats.get("image", []):
         p = profile.get(c, {})
         cols[c] = {"kind": "image", "ref_pixel_mean": p.get("pixel_mean"), "ref_pixel_std": p.get("pixel_std"),

@@ -1,14 +1,16 @@
 """A window's counts: computed per block on Ray Data, merged on the driver.
 
 :func:`block_counts` turns one block of rows into a small document of counts over the
-reference's fixed bins (numeric and text-length bins, categories + "unseen", nulls, pixel sums,
-invalid rows by reason, the version's answers and scores, the confidence sums of the performance
-estimate). :func:`merge` adds such documents; any grouping of blocks gives the same sum, so the
-per-block path equals a one-shot count over all rows (a test checks it) and windows can be merged
-later. Only two bounded things besides counts leave a block: rows for the domain classifier (those
-whose row hash falls under a fraction, the driver keeps the ``sample_rows`` smallest hashes) and,
-when the window has labels, each labelled row's label and scores (what the evaluate stage gathers
-too). A 100M-row window never reaches the driver.
+reference's fixed bins (numeric and text-length bins, categories + "unseen", a datetime column's
+weekday and hour of day with its dates outside the training range, nulls, pixel sums, invalid rows
+by reason, the version's answers and scores, the confidence sums of the performance estimate). The
+answers are the window's own when it carries them (a log window's logged answers, as ``__s*`` score
+columns), else the version scores the rows. :func:`merge` adds such documents; any grouping of
+blocks gives the same sum, so the per-block path equals a one-shot count over all rows (a test
+checks it) and windows can be merged later. Only two bounded things besides counts leave a block:
+rows for the domain classifier (those whose row hash falls under a fraction, the driver keeps the
+``sample_rows`` smallest hashes) and, when the window has labels, each labelled row's label and
+scores (what the evaluate stage gathers too). A 100M-row window never reaches the driver.
 """
 from __future__ import annotations
 
@@ -77,6 +79,27 @@ def _image(s: pd.Series, col: dict[str, Any]) -> dict[str, Any]:
 _KINDS = {"numeric": _numeric, "categorical": _categorical, "text": _text, "image": _image}
 
 
+def _date_part(s: pd.Series, col: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    """One calendar part of a datetime column (``col["date"]``: source column, part, format, training
+    range): nulls (missing or not a date), counts over its categories, and the dated values outside
+    the training range (``outside`` of ``dated``: reported, never decisive). ``parsed`` keeps each
+    source column's parse for its other part."""
+    from raypipe.monitor.reference import calendar_parts
+
+    date = col["date"]
+    if date["column"] not in parsed:
+        parsed[date["column"]] = calendar_parts(s, date["format"])
+    t, labels = parsed[date["column"]]
+    ok = t.notna().to_numpy()
+    outside = 0
+    if date["range"] and ok.any():
+        lo, hi = (np.datetime64(x, "us") for x in date["range"])
+        v = t.to_numpy()[ok]
+        outside = int(((v < lo) | (v > hi)).sum())
+    return {"nulls": int((~ok).sum()), **_categorical(pd.Series(labels[date["part"]], dtype=object), col),
+            "dated": int(ok.sum()), "outside": outside}
+
+
 def _predictor(model: dict[str, Any]) -> Any:
     """The version's predictor, loaded once per worker process (keyed by the version's manifest)."""
     from raypipe.model.predictor import Predictor
@@ -95,11 +118,48 @@ def _calibrated(plan: dict[str, Any], score: np.ndarray) -> np.ndarray:
     return np.interp(score, cal["x"], cal["y"]) if cal and cal["x"] else score
 
 
+def score_columns(task: str, classes: list[str] | None) -> list[str]:
+    """The names of the score matrix's columns when a window carries its answers (a log window:
+    :func:`raypipe.monitor.logwindow.logged_scores`): ``__s0``..``__s{k-1}``, one per class, else one.
+    The ``__`` prefix keeps them out of the input columns everywhere."""
+    k = len(classes or []) if TASKS[task].has_classes else 1
+    return [f"__s{j}" for j in range(k)]
+
+
+def _scored(batch: pd.DataFrame, model: dict[str, Any], k: int) -> np.ndarray:
+    """The version's predictor's score matrix for ``batch`` (``n x k``)."""
+    if not len(batch):
+        return np.zeros((0, k))
+    scores = np.asarray(_predictor(model).scores(batch), dtype=np.float64)
+    return scores if scores.ndim == 2 else scores[:, None]
+
+
+def scores_of(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """The score matrix of ``batch``'s rows, and how many rows the predictor scored.
+
+    A window that carries its answers (``score_columns``, a log window) is counted as it was
+    answered: those columns are the scores. A row with a missing logged score (no answer logged,
+    a class absent from the logged map) is scored again by the version, as are all rows of a
+    window without answers (a batch file), so every valid row is in the answer counts.
+    """
+    names = score_columns(plan["task"], plan["classes"])
+    if not set(names) <= set(batch.columns):
+        return _scored(batch, model, len(names)), len(batch)
+    scores = batch[names].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)  # Arrow-backed: read-only
+    missing = np.isnan(scores).any(axis=1)
+    if missing.any():
+        scores[missing] = _scored(batch.loc[missing], model, len(names))
+    return scores, int(missing.sum())
+
+
 def _answers(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
-    """Counts of the version's answers and scores, the estimate's confidence sums; and the scores."""
+    """Counts of the version's answers and scores, the estimate's confidence sums; and the scores.
+
+    ``rescored``: the rows whose answer the version computed here (all of a batch file; the log
+    window's rows without a logged answer).
+    """
     task, classes = plan["task"], plan["classes"]
-    scores = _predictor(model).scores(batch) if len(batch) else np.zeros((0, len(classes or [0])))
-    scores = scores if scores.ndim == 2 else scores[:, None]
+    scores, rescored = scores_of(batch, plan, model)
     decided = TASKS[task].decide(scores, plan["threshold"])
     answer = plan["answer"]
     if answer["kind"] == "numeric":
@@ -107,6 +167,7 @@ def _answers(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any]) -
     else:
         labels = np.asarray(classes, dtype=object)[decided.astype(np.int64)] if classes else decided.astype(np.int64)
         out = {"answer": _categorical(pd.Series(labels.astype(str), dtype=object), {**answer, "known": None})}
+    out["rescored"] = rescored
     score = TASKS[task].drift_score(scores)
     if score is not None and plan["score"]:
         out["score"] = _numeric(pd.Series(score), plan["score"])
@@ -143,8 +204,12 @@ def block_counts(batch: pd.DataFrame, plan: dict[str, Any], model: dict[str, Any
             valid[c] = s.mask(s == "", None)
     doc: dict[str, Any] = {"rows": int(len(batch)), "valid": int(len(valid)), "invalid": int(bad.sum()),
                            "reasons": {str(k): int(v) for k, v in reasons.items()}, "columns": {}}
+    parsed: dict[str, Any] = {}
     for c, col in plan["columns"].items():
-        if c in valid:
+        if col.get("date") is not None:
+            if col["date"]["column"] in valid:
+                doc["columns"][c] = _date_part(valid[col["date"]["column"]], col, parsed)
+        elif c in valid:
             s = valid[c]
             doc["columns"][c] = {"nulls": int(s.isna().sum()), **_KINDS[col["kind"]](s, col)}
     labelled = pd.DataFrame()

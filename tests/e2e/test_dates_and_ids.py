@@ -44,6 +44,7 @@ def test_dates_and_an_identifier_through_the_pipeline_and_a_request(ray_session,
         "data": {"source": {"type": "csv", "path": str(tmp_path / "orders.csv")}, "target": "churned"},
         "model": {"kind": "sklearn:sklearn.linear_model:LogisticRegression", "params": {"max_iter": 500}},
         "evaluate": {"gate": {"min": {"roc_auc": 0.6}}},
+        "monitor": {"drift": {"min_rows": 100}},
     }
     result = raypipe.run(spec, progress=Progress(quiet=True))
     val = result.outputs["validate"]
@@ -76,3 +77,11 @@ def test_dates_and_an_identifier_through_the_pipeline_and_a_request(ray_session,
     assert predictor.predict_records(requests) == offline
     one = predictor.predict_records([requests[0]])
     assert one == offline[:1]
+
+    # monitoring the export itself: each date column by its weekday (and hour, where it has a time of day)
+    report = raypipe.monitor(spec, input=str(tmp_path / "orders.csv"))
+    dated = {c: e for c, e in report.columns.items() if ":" in c}
+    assert set(dated) == {"Year:weekday", "ordered_at:weekday", "ordered_at:hour", "paid_on:weekday"}
+    assert not {"Year", "ordered_at", "paid_on"} & set(report.columns)
+    assert {c: e.drifted for c, e in dated.items()} == dict.fromkeys(dated, False)
+    assert report.columns["ordered_at:hour"].model_dump()["outside_training_range"] < 0.05

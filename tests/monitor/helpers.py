@@ -11,7 +11,7 @@ import pyarrow as pa
 from raypipe.monitor.drift import decide_column
 from raypipe.monitor.reference import Reference, build_plan
 from raypipe.monitor.window import block_counts, merge
-from raypipe.schema import infer_schema
+from raypipe.schema import feature_lists, infer_schema
 from raypipe.spec import DriftSection
 from raypipe.validate.profile import block_profile, finish, merge_profiles
 
@@ -19,10 +19,18 @@ SHIFTED = {"amount", "avg_amount_30d", "merchant_category", "country", "hour", "
 UNSHIFTED = {"customer_age", "account_age_days", "transactions_last_24h"}
 
 
-def reference_plan(train: pd.DataFrame, blocks: int = 4) -> dict[str, Any]:
-    """The plan a version trained on ``train`` would give (its profile merged from ``blocks`` blocks)."""
-    schema = infer_schema(pa.Schema.from_pandas(train, preserve_index=False), target="is_fraud",
-                          task="classification", id_columns=["transaction_id"])
+def reference_plan(train: pd.DataFrame, blocks: int = 4, target: str = "is_fraud",
+                   id_columns: tuple[str, ...] = ("transaction_id",),
+                   formats: dict[str, str] | None = None) -> dict[str, Any]:
+    """The plan a version trained on ``train`` would give (its profile merged from ``blocks`` blocks).
+
+    ``formats``: string columns to type as datetime with that format (what validate's date inference decides).
+    """
+    schema = infer_schema(pa.Schema.from_pandas(train, preserve_index=False), target=target,
+                          task="classification", id_columns=list(id_columns))
+    for c, fmt in (formats or {}).items():
+        schema["columns"][c].update(type="datetime", format=fmt)
+    schema["features"] = feature_lists(schema["columns"], target, list(id_columns))
     step = -(-len(train) // blocks)
     profile = finish(merge_profiles([block_profile(train.iloc[i:i + step], schema)
                                      for i in range(0, len(train), step)]))

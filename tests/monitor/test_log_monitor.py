@@ -108,6 +108,58 @@ def test_shadow_rows_are_left_out_of_the_versions_and_of_each_versions_rows():
     assert _keep(batch, 2)[predlog.ROLE].to_pylist() == ["canary"] and _keep(batch, 3).num_rows == 0
 
 
+def test_logged_answers_become_the_score_matrix_of_each_task_with_nulls_where_none_was_logged():
+    from raypipe.monitor.logwindow import logged_scores
+
+    scores = pa.array([[("b", 0.7), ("a", 0.3)], None, [("a", 1.0)]], pa.map_(pa.string(), pa.float64()))
+    out = logged_scores(pa.table({predlog.SCORES: scores}), "classification", ["a", "b"])
+    # in the version's class order, whatever the map's order; a class absent from the map is null
+    assert [out[c].to_pylist() for c in ("__s0", "__s1")] == [[0.3, None, 1.0], [0.7, None, None]]
+    for task, column, values in [("regression", predlog.PREDICTION, pa.array([2.5, None])),
+                                 ("clustering", predlog.CLUSTER, pa.array([3, 0], pa.int64())),
+                                 ("anomaly", predlog.ANOMALY_SCORE, pa.array([0.9, 0.1]))]:
+        out = logged_scores(pa.table({column: values}), task, None)
+        assert out.schema.field("__s0").type == pa.float64() and out["__s0"].to_pylist() == values.cast(
+            pa.float64()).to_pylist() and "__s1" not in out.column_names
+
+
+LOGGED_AT = dt.datetime(2019, 6, 1, 10, 0, tzinfo=dt.timezone.utc)  # outside every other test's window
+CLAIMED, UNANSWERED = 200, 40
+
+
+def test_a_log_window_is_counted_by_its_logged_answers_and_rescored_only_where_none_was_logged(pipeline):
+    """Log rows written by hand whose answers are not what the version would say (every row logged as
+    class "1" at 0.99 on ordinary transactions, where the model answers mostly "0"), and some rows
+    whose scores were not logged: the report's answer counts follow the log, and only the rows
+    without a logged answer are scored by the version."""
+    from raypipe.ingest.builtin.transactions import generate_transactions
+    from raypipe.registry import Registry
+    from tests.conftest import champion_predictor
+
+    spec, _, v = pipeline
+    rows = generate_transactions(CLAIMED + UNANSWERED, seed=21).drop(columns=["is_fraud"])
+    vs = Registry.for_spec(spec).version_store(v)
+    schema = vs.read_json("schema.json")
+    logged = [{"0": 0.01, "1": 0.99}] * CLAIMED + [None] * UNANSWERED
+    table = predlog.LogFormat(schema, "classification").table(
+        {c: rows[c] for c in rows.columns}, {predlog.PREDICTION: ["1"] * CLAIMED + [None] * UNANSWERED,
+                                             predlog.SCORES: logged},
+        [f"claimed-{i}" for i in range(len(rows))], [LOGGED_AT + dt.timedelta(seconds=i) for i in range(len(rows))],
+        v, "champion", "serve")
+    predlog.write_log(spec.storage, spec.name, table, writer_id="claimed")
+    served = [str(a["prediction"]) for a in champion_predictor(spec.storage, spec.name).predict_records(rows)]
+    assert served[:CLAIMED].count("0") > CLAIMED // 2  # re-scoring these rows could not give all "1"
+
+    check = raypipe.monitor(spec, since=LOGGED_AT, until=LOGGED_AT + dt.timedelta(hours=1))
+    (report,) = check.reports
+    answer = report.prediction_drift["parts"]["answer"]
+    values = [*vs.read_json("monitor/predictions.json")["answer"]["values"], "other"]
+    assert dict(zip(values, answer["counts"], strict=True)) == {
+        "0": served[CLAIMED:].count("0"), "1": CLAIMED + served[CLAIMED:].count("1"), "other": 0}
+    assert report.rescored_rows == UNANSWERED and report.valid_rows == CLAIMED + UNANSWERED
+    assert answer["drifted"] is True  # the logged answers, not the model's, moved the answer distribution
+
+
 def test_monitor_last_checks_the_window_the_endpoint_answered_and_estimates_without_labels(pipeline, answered,
                                                                                           capsys):
     _, path, v = pipeline
