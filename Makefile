@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # on machines without a GPU. Override with `make TORCH_SPEC=torch setup` on a GPU host.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench loop clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ run: setup
 test: setup
 	./scripts/test-deps.sh
 	$(PY) -m pytest -q
+
+loop: setup
+	$(PY) examples/monitoring_loop/loop.py
 
 bench: setup
 	$(PY) benchmarks/pipeline_bench.py

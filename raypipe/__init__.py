@@ -16,7 +16,7 @@ from raypipe.version import __version__  # noqa: F401
 # or `import raypipe.serve.deploy` anywhere would replace raypipe.serve with a module.
 import raypipe.serve as _serve_package  # noqa: E402,F401
 import raypipe.monitor as _monitor_package  # noqa: E402,F401  (the same, for monitor())
-from raypipe.api import feedback, monitor, predict, run, serve  # noqa: E402
+from raypipe.api import feedback, monitor, predict, retrain, run, serve  # noqa: E402
 from raypipe.errors import (  # noqa: E402
     ArtifactError,
     DataValidationError,
@@ -46,6 +46,7 @@ __all__ = [
     "load_spec",
     "monitor",
     "predict",
+    "retrain",
     "run",
     "serve",
 ]

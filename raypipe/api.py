@@ -108,6 +108,31 @@ def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str | None =
     return check_window(s, ref, ds, input=str(input), model=model, report_dir=report)
 
 
+def retrain(spec: Spec | str | Path | dict[str, Any] | None, check: Any, *, address: str | None = None,
+            progress: Progress | None = None) -> Any:
+    """The closed loop's step for a checked window (what ``raypipe monitor ... --retrain`` does after the check).
+
+    ``check`` is what :func:`monitor` returned. When it raises a trigger that ``monitor.retrain.on``
+    holds (drift, performance below the gate, or a schedule), the pipeline runs on the fresh data,
+    the candidate is gated against the champion on the fresh test split, promoted, and the running
+    endpoint is swapped in place.
+
+    Returns:
+        None when the window raised no trigger; else a :class:`raypipe.monitor.retrain.RetrainOutcome`
+        (``status``: promoted, rejected, failed, skipped, or not_configured when ``on`` lacks the trigger).
+    """
+    from raypipe.monitor.retrain import RetrainOutcome, retrain as run_retrain, trigger_of
+
+    s = as_spec(spec)
+    trigger = trigger_of(check, s.monitor.retrain.on)
+    if trigger is None:
+        return None
+    if trigger.kind not in s.monitor.retrain.on:
+        return RetrainOutcome(status="not_configured", reason=f"monitor.retrain.on does not hold {trigger.kind!r}",
+                              trigger=trigger.reason)
+    return run_retrain(s, trigger, address=address, progress=progress)
+
+
 def monitor_serve(spec: Spec | str | Path | dict[str, Any] | None, *, address: str | None = None) -> str:
     """Run ``raypipe monitor --serve``: the newest ``monitor.window_s`` of the log checked every
     ``monitor.interval_s`` by a Serve application ``<pipeline>-monitor`` at ``<route prefix>/monitor``

@@ -203,26 +203,19 @@ def monitor(
 
 def _retrain_step(spec: Path, result: Any, address: Optional[str]) -> Any:
     """``--retrain``: the trigger the window raised, and the retrain when monitor.retrain.on holds it."""
-    from raypipe.monitor.retrain import RetrainOutcome, retrain, trigger_of
-    from raypipe.progress import Progress
-    from raypipe.spec import load_spec
+    from rich.markup import escape
 
-    s = load_spec(spec)
-    trigger = trigger_of(result, s.monitor.retrain.on)
-    if trigger is None:
+    from raypipe.api import retrain as retrain_api
+    from raypipe.progress import Progress
+
+    outcome = retrain_api(str(spec), result, address=address, progress=Progress())
+    if outcome is None:
         return None
-    if trigger.kind not in s.monitor.retrain.on:
-        err.print(f"[yellow]retrain not configured[/] for {trigger.kind} (monitor.retrain.on: "
-                  f"{s.monitor.retrain.on}): {trigger.reason}")
-        return RetrainOutcome(status="not_configured", reason=f"monitor.retrain.on does not hold {trigger.kind!r}",
-                              trigger=trigger.reason)
-    err.print(f"[bold]retrain[/bold] ({trigger.kind}): {trigger.reason}")
-    outcome = retrain(s, trigger, address=address, progress=Progress())
-    colour = {"promoted": "green", "rejected": "yellow", "skipped": "yellow"}.get(outcome.status, "red")
-    err.print(f"retrain [{colour}]{outcome.status}[/]: {outcome.reason}"
+    colour = {"promoted": "green", "rejected": "yellow", "skipped": "yellow", "not_configured": "yellow"}.get(
+        outcome.status, "red")
+    err.print(f"retrain [{colour}]{outcome.status}[/]: {escape(outcome.reason)} (trigger: {escape(outcome.trigger)})"
               + (f" — run {outcome.run_id}" if outcome.run_id else "")
-              + (f"; endpoint {outcome.endpoint} now serves version {outcome.version}" if outcome.endpoint else ""),
-              markup=True)
+              + (f"; {outcome.endpoint} now answers with version {outcome.version}" if outcome.endpoint else ""))
     return outcome
 
 

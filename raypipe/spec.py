@@ -776,6 +776,14 @@ class RetrainSection(_Section):
                                            "vs_champion's, else the task's main metric")
     min_delta: float = Field(default=0.0, description="the candidate must beat the champion by at least this")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, v: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``on:`` key as the boolean true (as in GitHub Actions files): take it as ``on``."""
+        if isinstance(v, dict) and True in v and "on" not in v:
+            v = {("on" if k is True else k): x for k, x in v.items()}
+        return v
+
     @field_validator("data")
     @classmethod
     def _no_credentials_in_path(cls, v: Any) -> Any:

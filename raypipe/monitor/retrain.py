@@ -392,8 +392,8 @@ def _run(spec: Any, trigger: Trigger, entry: dict[str, Any], ledger: Ledger, reg
     except GateFailed as e:
         out.status, out.version, out.detail = "rejected", e.version, list(e.failures)
         out.reason = f"the gate rejected version {e.version}: " + "; ".join(e.failures)
-        reg.record("retrain", alias="champion", version=e.version, previous=parent, reason=trigger.reason,
-                   run_id=out.run_id, attempt=entry["id"], verdict="rejected", detail=out.reason)
+        reg.record("retrain", verdict="rejected", candidate=e.version, previous=parent, reason=trigger.reason,
+                   run_id=out.run_id, attempt=entry["id"], detail=out.reason)
         ledger.finish(entry, status="rejected", run_id=out.run_id, version=e.version, reason=out.reason)
         return out
     except Exception as e:  # noqa: BLE001 - a failed retrain is recorded, and the cooldown keeps it from looping
@@ -405,8 +405,8 @@ def _run(spec: Any, trigger: Trigger, entry: dict[str, Any], ledger: Ledger, reg
     out.status = "promoted" if out.promoted else "rejected"
     out.reason = (f"version {result.version} replaced champion {parent}" if out.promoted
                   else f"version {result.version} was not promoted (the champion stays {parent})")
-    reg.record("retrain", alias="champion", version=result.version, previous=parent, reason=trigger.reason,
-               run_id=out.run_id, attempt=entry["id"], verdict="promoted" if out.promoted else "not promoted",
+    reg.record("retrain", verdict="promoted" if out.promoted else "not promoted", candidate=result.version,
+               previous=parent, reason=trigger.reason, run_id=out.run_id, attempt=entry["id"],
                metrics=result.metrics)
     if out.promoted and swap:
         out.endpoint = _swap(spec, address)

@@ -83,8 +83,8 @@ def test_drift_retrains_gates_promotes_and_swaps_the_live_endpoint_under_load(lo
     manifest = store.read_json("runs", rt["run_id"], "manifest.json")
     assert manifest["trigger"]["reason"] == rt["trigger"] and manifest["trigger"]["parent_champion"] == v1
     events = [e for e in Registry(spec.storage, spec.name).audit_log() if e.get("action") == "retrain"]
-    assert [(e["version"], e["previous"], e["verdict"], e["run_id"]) for e in events] == [(v2, v1, "promoted",
-                                                                                           rt["run_id"])]
+    assert [(e["candidate"], e["previous"], e["verdict"], e["run_id"]) for e in events] == [(v2, v1, "promoted",
+                                                                                             rt["run_id"])]
     assert events[0]["reason"].startswith("drift on ")
     promotions = [e for e in Registry(spec.storage, spec.name).audit_log()
                   if e.get("action") == "promote" and e.get("version") == v2]

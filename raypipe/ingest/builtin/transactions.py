@@ -92,6 +92,7 @@ _MISSING_DEVICE = 0.03
 _LABEL_FLIP = 0.004
 _LOGIT_INTERCEPT = -12.5
 _DRIFT_LOGIT_SHIFT = -2.0  # partly offsets the riskier feature mix: fraud rises only mildly
+_RING_LOGIT = 12.0  # concept drift: the new fraud ring's pattern (see _fraud_logit)
 
 
 # --- Helpers -------------------------------------------------------------------------
@@ -182,18 +183,27 @@ def _distance(rng: np.random.Generator, country: np.ndarray) -> np.ndarray:
     return np.round(km, 1)
 
 
-def _fraud_logit(f: dict[str, np.ndarray], drift: float) -> np.ndarray:
-    """The hidden rule: log-odds of fraud from the (true, pre-missingness) features."""
+def _fraud_logit(f: dict[str, np.ndarray], drift: float, concept: float = 0.0) -> np.ndarray:
+    """The hidden rule: log-odds of fraud from the (true, pre-missingness) features.
+
+    ``concept`` in [0, 1] moves the rule itself (concept drift, unlike ``drift``, which moves
+    the inputs): a new fraud ring tests stolen cards with many small card-not-present mobile
+    payments at gaming and online shops, while large amounts and night hours matter less.
+    """
     ratio = np.log(f["amount"] / f["avg"])
     night = f["hour"] < 6
     foreign = f["country"] != 0
     cnp_risky = ~f["card_present"] & _RISKY_CNP[f["cat"]]
     far = np.clip(np.log10(f["distance"] + 1.0) - 2.0, 0.0, 2.0)
+    c = float(np.clip(concept, 0.0, 1.0))
+    ring = (~f["card_present"] & (f["device"] == 1) & np.isin(f["cat"], (3, 9)) & (ratio < 0.0)
+            & (f["velocity"] >= 3))
     return (
         _LOGIT_INTERCEPT
         + _DRIFT_LOGIT_SHIFT * drift_weight(drift)
-        + 3.75 * np.clip(ratio - 1.0, 0.0, 3.0)
-        + 3.5 * night
+        + _RING_LOGIT * c * ring
+        + (1.0 - 0.7 * c) * 3.75 * np.clip(ratio - 1.0, 0.0, 3.0)
+        + (1.0 - 0.7 * c) * 3.5 * night
         + 5.0 * _HIGH_RISK[f["country"]]
         + 1.5 * (foreign & ~_HIGH_RISK[f["country"]])
         + 4.25 * cnp_risky
@@ -217,7 +227,7 @@ def _labels_from_logit(rng: np.random.Generator, logit: np.ndarray) -> np.ndarra
 # --- Public API ----------------------------------------------------------------------
 
 
-def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -> pd.DataFrame:
+def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0, *, concept: float = 0.0) -> pd.DataFrame:
     """Generates one chunk of transactions.
 
     Args:
@@ -227,6 +237,7 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
             dataset is shorter).
         seed: Dataset seed; the chunk uses ``np.random.default_rng([seed, chunk_index])``.
         drift: Distribution shift, ``0`` for the reference distribution.
+        concept: Concept drift in [0, 1]: how far the fraud rule has moved (see ``_fraud_logit``).
 
     Returns:
         A DataFrame with the columns of :data:`SCHEMA_DOC` and a fresh ``RangeIndex``.
@@ -242,7 +253,7 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
     f.update(_context(rng, n, drift))
     f["amount"], f["avg"] = _money(rng, f["cat"], f["spend"], drift)
     f["distance"] = _distance(rng, f["country"])
-    is_fraud = _labels_from_logit(rng, _fraud_logit(f, drift))
+    is_fraud = _labels_from_logit(rng, _fraud_logit(f, drift, concept))
 
     age = np.where(rng.random(n) < _MISSING_AGE, np.nan, f["age"])
     distance = np.where(rng.random(n) < _MISSING_DISTANCE, np.nan, f["distance"])
@@ -265,7 +276,7 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
     })
 
 
-def generate_transactions(rows: int, seed: int = 0, drift: float = 0.0) -> pd.DataFrame:
+def generate_transactions(rows: int, seed: int = 0, drift: float = 0.0, *, concept: float = 0.0) -> pd.DataFrame:
     """Generates the dataset in-process with pandas.
 
     Args:
@@ -276,6 +287,10 @@ def generate_transactions(rows: int, seed: int = 0, drift: float = 0.0) -> pd.Da
     Returns:
         The concatenation of chunks ``0 .. ceil(rows / CHUNK_ROWS) - 1``.
     """
+    if concept:
+        from functools import partial
+
+        return generate_frame(partial(generate_chunk, concept=concept), rows, seed, drift)
     return generate_frame(generate_chunk, rows, seed, drift)
 
 
