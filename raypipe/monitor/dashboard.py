@@ -106,13 +106,13 @@ def annotations() -> list[tuple[str, str, str]]:
     """(name, colour, PromQL) of the annotations: a series is there in the minute after the event.
 
     Promotion: a version newly serving as champion. Retrain: a new version arriving at the
-    endpoint as canary or shadow (the retrained challenger); training itself exports no metric.
+    endpoint as the challenger (canary or shadow: the retrained version); training itself exports no metric.
     """
     def arrived(roles: str) -> str:
         q = f'max by (pipeline, version) (ray_raypipe_model_version_info{{pipeline="$pipeline",role=~"{roles}"}}'
         return f"{q}) == 1 unless {q} offset 1m) == 1"
 
-    return [("promotions", "green", arrived("champion")), ("retrains", "blue", arrived("canary|shadow"))]
+    return [("promotions", "green", arrived("champion")), ("retrains", "blue", arrived("challenger"))]
 
 
 def build(spec: Any) -> Any:
