@@ -13,7 +13,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	# grafana-client's urllib3-future: from source with URLLIB3_NO_OVERRIDE=1, or its wheel's .pth
+	# replaces the installed urllib3 (which boto3, requests and Ray use) at every interpreter start
+	URLLIB3_NO_OVERRIDE=1 $(PY) -m pip install -q --no-binary urllib3-future -e '.[dev]'
 	touch $@
 
 run: setup

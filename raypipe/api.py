@@ -138,7 +138,7 @@ def monitor_serve(spec: Spec | str | Path | dict[str, Any] | None, *, address: s
     ``monitor.interval_s`` by a Serve application ``<pipeline>-monitor`` at ``<route prefix>/monitor``
     (``GET .../status``; the endpoint's API key when ``deploy.auth`` is on), with Prometheus gauges
     ``ray_raypipe_feature_drift``, ``..._prediction_drift``, ``..._multivariate_drift``,
-    ``..._window_rows`` and ``..._performance``. Returns the application's URL.
+    ``..._window_rows``, ``..._window_invalid_rows`` and ``..._performance``. Returns the application's URL.
     """
     from ray.serve.schema import LoggingConfig
 

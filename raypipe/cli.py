@@ -219,6 +219,44 @@ def _retrain_step(spec: Path, result: Any, address: Optional[str]) -> Any:
     return outcome
 
 
+@app.command()
+def dashboard(
+    spec: Path = SpecArg,
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the dashboard JSON here."),
+    publish: Optional[str] = typer.Option(None, "--publish", help="Upload it to the Grafana at this URL."),
+    token_env: str = typer.Option("GRAFANA_TOKEN", "--token-env", help="With --publish: the environment variable "
+                                  "holding a Grafana service account token."),
+    prometheus_url: str = typer.Option("http://localhost:9090", "--prometheus-url", help="With --publish: the "
+                                       "Prometheus the data source points at, when Grafana has none yet."),
+    folder_uid: Optional[str] = typer.Option(None, "--folder-uid", help="With --publish: the Grafana folder."),
+) -> None:
+    """A Grafana dashboard of the pipeline (traffic, model, data, quality, capacity), as JSON or uploaded.
+
+    Built with grafana-foundation-sdk; never rendered by a real Grafana in raypipe's tests (its
+    queries run against a real Prometheus there, its upload against Grafana's HTTP API shapes).
+    """
+    import os
+
+    from raypipe.errors import SpecError
+    from raypipe.monitor.dashboard import publish as publish_board, to_json
+    from raypipe.spec import load_spec
+
+    if output is None and publish is None:
+        raise SpecError("give -o FILE, --publish URL or both")
+    s = load_spec(spec)
+    board = to_json(s)
+    if output is not None:
+        output.write_text(json.dumps(board, indent=2) + "\n")
+        err.print(f"wrote {output}: {sum(p['type'] != 'row' for p in board['panels'])} panels for {s.name}")
+    if publish is not None:
+        token = os.environ.get(token_env)
+        if not token:
+            raise SpecError(f"--publish needs a Grafana token in the environment variable {token_env}")
+        answer = publish_board(board, publish, token, prometheus_url=prometheus_url, folder_uid=folder_uid)
+        dash = answer["dashboard"] or {}
+        err.print(f"published to {publish}{dash.get('url', '')} (data source {answer['datasource']})", markup=False)
+
+
 def _print_monitor(r: Any) -> None:
     """A table on stderr: columns by drift, then predictions, the domain classifier and performance."""
     verdict = {"ok": "[green]no drift[/]", "drift": "[red]DRIFT[/]",

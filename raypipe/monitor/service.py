@@ -23,6 +23,8 @@ GAUGES = {
                                                                                   "statistic")),
     "multivariate_drift": ("the domain classifier's ROC-AUC, window rows vs training rows", ("pipeline", "version")),
     "window_rows": ("rows of the newest window the version answered", ("pipeline", "version")),
+    "window_invalid_rows": ("rows of the newest window that fail the validate stage's row checks (quarantined)",
+                            ("pipeline", "version")),
     "performance": ("the version's metrics in the window: measured with labels, estimated without",
                     ("pipeline", "version", "metric", "kind")),
     "monitor_check_ok": ("1 when the last check ran, 0 when it raised", ("pipeline",)),
@@ -46,6 +48,7 @@ def gauge_values(summary: dict[str, Any]) -> list[tuple[str, dict[str, str], flo
         if auc is not None:
             out.append(("multivariate_drift", {"pipeline": p, "version": v}, float(auc)))
         out.append(("window_rows", {"pipeline": p, "version": v}, float(r["rows"])))
+        out.append(("window_invalid_rows", {"pipeline": p, "version": v}, float(r["rows"] - r["valid_rows"])))
         perf = r.get("performance") or {}
         for m, x in (perf.get("metrics") or {}).items():
             if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x:
