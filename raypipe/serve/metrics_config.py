@@ -29,6 +29,12 @@ def service_discovery_file(temp_dir: str | None = None) -> str:
     return os.path.join(temp_dir, SD_FILE)
 
 
+def _duration(seconds: float) -> str:
+    """A Prometheus duration (no fractions: ``1500ms``, not ``1.5s``)."""
+    ms = int(round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def prometheus_config(sd_file: str, *, scrape_interval_s: float = 10.0, rule_files: list[str] | None = None,
                       alertmanagers: list[str] | None = None,
                       evaluation_interval_s: float | None = None) -> dict[str, Any]:
@@ -43,10 +49,10 @@ def prometheus_config(sd_file: str, *, scrape_interval_s: float = 10.0, rule_fil
     ``evaluation_interval_s`` (default the scrape interval); their alerts go to ``alertmanagers``
     (``host:port`` each).
     """
-    interval = f"{scrape_interval_s:g}s"
+    interval = _duration(scrape_interval_s)
     config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "scrape_timeout": interval,
-                   "evaluation_interval": f"{evaluation_interval_s or scrape_interval_s:g}s"},
+                   "evaluation_interval": _duration(evaluation_interval_s or scrape_interval_s)},
         "scrape_configs": [{
             "job_name": "ray",
             "file_sd_configs": [{"files": [sd_file], "refresh_interval": interval}],
