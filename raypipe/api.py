@@ -154,6 +154,24 @@ def monitor_serve(spec: Spec | str | Path | dict[str, Any] | None, *, address: s
                           LoggingConfig(**QUIET))
 
 
+def emit_alert_rules(spec: Spec | str | Path | dict[str, Any] | None, path: str | Path) -> str:
+    """Write the pipeline's Prometheus alerting rules (``raypipe monitor --emit-rules``); returns the path.
+
+    See :mod:`raypipe.monitor.alerts` for the rules and what each one reads."""
+    from raypipe.monitor.alerts import write_alert_rules
+
+    return write_alert_rules(as_spec(spec), str(path))
+
+
+def emit_alertmanager(spec: Spec | str | Path | dict[str, Any] | None, path: str | Path, *,
+                      webhook_url: str | None = None, key_file: str | None = None) -> str:
+    """Write an Alertmanager configuration routing the pipeline's alerts to the monitor's webhook
+    (``raypipe monitor --emit-alertmanager``); returns the path."""
+    from raypipe.monitor.alerts import write_alertmanager_config
+
+    return write_alertmanager_config(as_spec(spec), str(path), webhook_url, key_file=key_file)
+
+
 def _window_source(path: str, csv: Any, parquet: Any) -> Any:
     """A CSV source for a .csv/.tsv file or a folder holding only such files; parquet otherwise."""
     from raypipe.ingest.files import CSV_EXTENSIONS, PARQUET_EXTENSIONS, filesystem_and_path

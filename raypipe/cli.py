@@ -138,9 +138,21 @@ def monitor(
                                  "train on the fresh data, gate against the champion, promote and swap the "
                                  "endpoint, in the foreground."),
     address: Optional[str] = AddressOpt,
+    emit_rules: Optional[Path] = typer.Option(None, "--emit-rules", help="Write Prometheus alerting rules for the "
+                                              "pipeline to this file and exit (checks nothing)."),
+    emit_alertmanager: Optional[Path] = typer.Option(None, "--emit-alertmanager", help="Write an Alertmanager "
+                                                     "configuration routing them to the monitor's webhook "
+                                                     "(<route>/monitor/alerts) and exit."),
+    webhook_url: Optional[str] = typer.Option(None, "--webhook-url", help="With --emit-alertmanager: post here "
+                                              "instead (default monitor.alerts.webhook_url, else the monitor's "
+                                              "URL from deploy.host/port/route_prefix)."),
+    webhook_key_file: Optional[str] = typer.Option(None, "--webhook-key-file", help="With --emit-alertmanager and "
+                                                   "deploy.auth: the file Alertmanager reads the API key from."),
 ) -> None:
     """Check a batch of rows, or a window of the prediction log, for drift and performance against the
     version that answered it.
+
+    --emit-rules / --emit-alertmanager write the alerting configuration instead (exit 0).
 
     Exit codes: 0 no drift (or not enough data to say), 5 drift or performance below the gate's
     minimum (for a log window: in any version), 3 the window itself fails validation, 2 usage errors.
@@ -151,6 +163,28 @@ def monitor(
     from raypipe.api import monitor as monitor_api
     from raypipe.errors import DriftDetected
 
+    if emit_rules is not None or emit_alertmanager is not None:
+        from raypipe.api import emit_alert_rules
+        from raypipe.api import emit_alertmanager as emit_am
+        from raypipe.spec import load_spec
+
+        if input is not None or last or since or until or serve:
+            from raypipe.errors import SpecError
+
+            raise SpecError("--emit-rules/--emit-alertmanager write files and check nothing; "
+                            "drop --input/--last/--since/--until/--serve")
+        s = load_spec(spec)
+        written = {}
+        if emit_rules is not None:
+            written["rules"] = emit_alert_rules(s, emit_rules)
+            err.print(f"alerting rules for {s.name}: {emit_rules}")
+        if emit_alertmanager is not None:
+            written["alertmanager"] = emit_am(s, emit_alertmanager, webhook_url=webhook_url,
+                                              key_file=webhook_key_file)
+            err.print(f"Alertmanager configuration for {s.name}: {emit_alertmanager}")
+        if json_out:
+            print(json.dumps(written), flush=True)
+        return
     if serve:
         from raypipe.api import monitor_serve
 

@@ -659,6 +659,17 @@ class CanarySection(_Section):
     percent: float = Field(default=10.0, ge=0, le=100, description="share of requests answered by it")
 
 
+class SloSection(_Section):
+    """What the endpoint promises; ``raypipe monitor --emit-rules`` alerts when it is broken."""
+
+    p99_ms: float = Field(default=100.0, gt=0, description="the 99th percentile of a replica's processing time "
+                                                            "(ray_serve_deployment_processing_latency_ms) above "
+                                                            "this fires RaypipeLatencyP99")
+    max_error_rate: float = Field(default=0.01, gt=0, le=1, description="share of HTTP answers that are 5xx (or, "
+                                                                         "separately, 4xx) above which "
+                                                                         "RaypipeServerErrors (RaypipeClientErrors) fires")
+
+
 class DeploySection(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -683,6 +694,7 @@ class DeploySection(_Section):
                                                     "for its metrics only (responses come from the champion)")
     autoscaling: AutoscalingSection = Field(default_factory=AutoscalingSection)
     batching: BatchingSection = Field(default_factory=BatchingSection)
+    slo: SloSection = Field(default_factory=SloSection)
 
     @model_validator(mode="after")
     def _ongoing_covers_batch(self) -> "DeploySection":
@@ -802,6 +814,36 @@ class RetrainSection(_Section):
         return self
 
 
+class AlertsSection(_Section):
+    """Prometheus alerting rules and the Alertmanager route ``raypipe monitor --emit-rules`` /
+    ``--emit-alertmanager`` write (thresholds come from monitor.drift, evaluate.gate, deploy.slo and
+    deploy.autoscaling; this section holds only what the rules add)."""
+
+    drift_windows: int = Field(default=3, ge=1, description="drift alerts fire when every one of this many "
+                                                            "consecutive monitor windows (checks, monitor.interval_s "
+                                                            "apart) is over its threshold")
+    rate_window_s: float = Field(default=300.0, gt=0, description="error rate, p99 latency and log drops are "
+                                                                  "computed over this many seconds")
+    for_s: float = Field(default=300.0, ge=0, description="error rate and p99 latency must stay over the SLO "
+                                                          "this long before their alert fires")
+    no_traffic_minutes: float = Field(default=30.0, gt=0, description="RaypipeNoTraffic fires after this many "
+                                                                       "minutes without an answer")
+    replicas_at_max_minutes: float = Field(default=15.0, gt=0, description="RaypipeReplicasAtMax fires when the "
+                                                                            "endpoint ran at "
+                                                                            "deploy.autoscaling.max_replicas "
+                                                                            "this long")
+    labels: dict[str, str] = Field(default_factory=lambda: {"severity": "warning"},
+                                   description="labels added to every alert (Alertmanager routes on them)")
+    webhook_url: str | None = Field(default=None, description="where Alertmanager posts; default: the monitor's "
+                                                              "http://<deploy.host>:<deploy.port><route>/monitor/alerts")
+    group_wait_s: float = Field(default=30.0, gt=0, description="Alertmanager: wait before a new group's first post")
+    group_interval_s: float = Field(default=300.0, gt=0, description="Alertmanager: wait before posting a "
+                                                                      "group's changes")
+    repeat_interval_s: float = Field(default=14400.0, gt=0, description="Alertmanager: repeat a still-firing "
+                                                                         "group after this long (the webhook "
+                                                                         "de-duplicates repeats)")
+
+
 class MonitorSection(_Section):
     log: PredictionLogSection = Field(default_factory=PredictionLogSection)
     drift: DriftSection = Field(default_factory=DriftSection)
@@ -812,6 +854,7 @@ class MonitorSection(_Section):
     max_calibration_error: float = Field(default=0.05, gt=0.0, le=1.0,
                                          description="the performance estimate without labels is marked untrustworthy "
                                                      "when the version's calibrated scores miss by more on its test split")
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
 
 
 class Spec(_Section):

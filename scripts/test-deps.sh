@@ -3,19 +3,20 @@
 # - PostgreSQL server binaries: tests/ingest/test_sql.py starts a throwaway server on loopback.
 #   Like the official postgres image, the package's default cluster is turned off first, so
 #   installing starts no server on port 5432.
-# - Prometheus: tests/serve/test_rollout.py starts one on loopback. A policy-rc.d refusing
-#   service starts is in place during the install only, so the package's own service (port
-#   9090) never runs.
+# - Prometheus (with promtool) and Alertmanager (with amtool): tests/serve/test_rollout.py and
+#   tests/monitor/test_alerts.py start them on loopback. A policy-rc.d refusing service starts is
+#   in place during the install only, so the packages' own services (ports 9090, 9093) never run.
 # Needs root and apt (Debian/Ubuntu); elsewhere it says what is missing and the tests that
 # need it fail with the same message.
 set -euo pipefail
-need_pg=0; need_prom=0
+need_pg=0; need_prom=0; need_am=0
 compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null || need_pg=1
 command -v prometheus > /dev/null || need_prom=1
-[ $need_pg = 0 ] && [ $need_prom = 0 ] && exit 0
+command -v prometheus-alertmanager > /dev/null || need_am=1
+[ $need_pg = 0 ] && [ $need_prom = 0 ] && [ $need_am = 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get > /dev/null; then
-    echo "test-deps: missing$([ $need_pg = 1 ] && echo ' postgresql')$([ $need_prom = 1 ] && echo ' prometheus');" \
-         "install them (Debian: apt-get install postgresql prometheus) or the tests that use them fail" >&2
+    echo "test-deps: missing$([ $need_pg = 1 ] && echo ' postgresql')$([ $need_prom = 1 ] && echo ' prometheus')$([ $need_am = 1 ] && echo ' prometheus-alertmanager');" \
+         "install them (Debian: apt-get install postgresql prometheus prometheus-alertmanager) or the tests that use them fail" >&2
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -25,9 +26,12 @@ if [ $need_pg = 1 ]; then
     sed -ri 's/^#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
     apt-get install -y -qq postgresql
 fi
-if [ $need_prom = 1 ]; then
+if [ $need_prom = 1 ] || [ $need_am = 1 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    apt-get install -y -qq --no-install-recommends prometheus
+    pkgs=()
+    if [ $need_prom = 1 ]; then pkgs+=(prometheus); fi
+    if [ $need_am = 1 ]; then pkgs+=(prometheus-alertmanager); fi
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 fi

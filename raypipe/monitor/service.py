@@ -8,6 +8,10 @@ against its own reference, the labels joined) and sets ``ray.util.metrics`` gaug
 exports as ``ray_raypipe_*``. Each window's reports are kept under ``<storage>/monitor/<pipeline>/``
 as any check's. ``GET <route>/monitor/status`` answers the last check's summary; a check that
 raises (a bad window, storage down) is reported there and the loop goes on.
+
+``POST <route>/monitor/alerts`` is Alertmanager's webhook (the route ``raypipe monitor --emit-alertmanager``
+writes): each firing alert, once (:mod:`raypipe.monitor.webhook`), goes to :meth:`Monitor.on_alert`;
+the status's ``inbox`` counts the posts, ``alerts`` holds what the hook recorded.
 """
 from __future__ import annotations
 
@@ -72,6 +76,7 @@ class Monitor:
         self.status: dict[str, Any] = {"pipeline": self.spec.name, "checks": 0, "failures": 0, "state": "starting",
                                        "interval_s": self.spec.monitor.interval_s,
                                        "window_s": self.spec.monitor.window_s}
+        self._lock = threading.Lock()  # the check thread and on_alert (request threads) both replace status
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raypipe-monitor", daemon=True)
         if start:
@@ -87,19 +92,35 @@ class Monitor:
         try:
             summary = check_log_window(self.spec, self.references, start, now).summary()
         except Exception as e:  # noqa: BLE001 - a bad window must not end the loop: it is reported
-            self.status = {**self.status, "checks": self.status["checks"] + 1,
-                           "failures": self.status["failures"] + 1, "state": "failed",
-                           "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)[-4000:],
-                           "checked_at": now.isoformat(), "seconds": round(time.monotonic() - t0, 3)}
+            tb = traceback.format_exc(limit=5)[-4000:]
+            with self._lock:
+                self.status = {**self.status, "checks": self.status["checks"] + 1,
+                               "failures": self.status["failures"] + 1, "state": "failed",
+                               "error": f"{type(e).__name__}: {e}", "traceback": tb,
+                               "checked_at": now.isoformat(), "seconds": round(time.monotonic() - t0, 3)}
             self.gauges["monitor_check_ok"].set(0, tags={"pipeline": self.spec.name})
             return self.status
         for name, tags, value in gauge_values(summary):
             self.gauges[name].set(value, tags=tags)
         self.gauges["monitor_check_ok"].set(1, tags={"pipeline": self.spec.name})
-        self.status = {**{k: v for k, v in self.status.items() if k not in ("error", "traceback")},
-                       "checks": self.status["checks"] + 1, "state": "ok", "checked_at": now.isoformat(),
-                       "seconds": round(time.monotonic() - t0, 3), "last": summary}
+        with self._lock:
+            self.status = {**{k: v for k, v in self.status.items() if k not in ("error", "traceback")},
+                           "checks": self.status["checks"] + 1, "state": "ok", "checked_at": now.isoformat(),
+                           "seconds": round(time.monotonic() - t0, 3), "last": summary}
         return self.status
+
+    def on_alert(self, alerts: list[dict[str, Any]]) -> None:
+        """The hook for firing alerts from Alertmanager (each once; see :mod:`raypipe.monitor.webhook`).
+
+        Records them in ``status["alerts"]`` (``received``: how many so far, ``last``: the newest 20,
+        each with ``received_at``). A retrain on alerts (``monitor.retrain``) starts from here; an
+        exception makes the webhook answer 500 and Alertmanager post the alerts again.
+        """
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        with self._lock:
+            before = self.status.get("alerts") or {"received": 0, "last": []}
+            last = (before["last"] + [{**a, "received_at": now} for a in alerts])[-20:]
+            self.status = {**self.status, "alerts": {"received": before["received"] + len(alerts), "last": last}}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -111,13 +132,19 @@ class Monitor:
 
 
 class MonitorService:
-    """The Serve deployment: ``GET /status`` (the API key too when ``deploy.auth`` is on)."""
+    """The Serve deployment: ``GET /status``, ``POST /alerts`` (the API key too when ``deploy.auth`` is on).
 
-    def __init__(self, spec_data: dict[str, Any], api_key_hash: Optional[str] = None) -> None:
+    Plain ASGI-request code: it runs in any server that hands it a Starlette request (the tests host
+    it in uvicorn, without Ray, with ``start=False``: no check loop).
+    """
+
+    def __init__(self, spec_data: dict[str, Any], api_key_hash: Optional[str] = None, *, start: bool = True) -> None:
         from raypipe.apikey import KeyCheck
+        from raypipe.monitor.webhook import AlertInbox
 
         self.key_check = KeyCheck(api_key_hash) if api_key_hash else None
-        self.monitor = Monitor(spec_data)
+        self.monitor = Monitor(spec_data, start=start)
+        self.inbox = AlertInbox()
 
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
@@ -130,9 +157,32 @@ class MonitorService:
                                               "'X-API-Key: <key>'"}, status_code=401)
         path = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         if request.method == "GET" and path in ("status", "healthz"):
-            return JSONResponse(self.monitor.status if path == "status" else {"ok": True})
+            return JSONResponse({**self.monitor.status, "inbox": self.inbox.summary()} if path == "status"
+                                else {"ok": True})
+        if request.method == "POST" and path == "alerts":
+            return await self._alerts(request)
         return JSONResponse({"error": f"no such route {request.method} {request.url.path}; "
-                                      "GET <route>/monitor/status answers the last check"}, status_code=404)
+                                      "GET <route>/monitor/status answers the last check, "
+                                      "POST <route>/monitor/alerts takes Alertmanager's webhook"}, status_code=404)
+
+    async def _alerts(self, request: Any) -> Any:
+        import asyncio
+
+        from starlette.responses import JSONResponse
+
+        from raypipe.monitor.webhook import handle_post
+
+        limit = self.monitor.spec.deploy.max_body_bytes
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                self.inbox.bad_post()
+                return JSONResponse({"error": f"body over deploy.max_body_bytes ({limit})"}, status_code=413)
+        # the hook may block (a retrain starting): off the event loop
+        code, answer = await asyncio.get_running_loop().run_in_executor(
+            None, handle_post, self.inbox, body, self.monitor.on_alert)
+        return JSONResponse(answer, status_code=code)
 
     def __del__(self) -> None:
         monitor = getattr(self, "monitor", None)

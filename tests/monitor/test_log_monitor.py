@@ -321,6 +321,28 @@ def test_monitor_serve_answers_status_and_exports_the_reports_numbers_as_gauges(
         assert seen[k] == pytest.approx(value, rel=1e-6), k
 
 
+def test_the_served_monitor_takes_alertmanagers_webhook_once_per_alert(pipeline, answered):
+    """POST <route>/monitor/alerts on the Serve application: a firing alert reaches Monitor.on_alert
+    (status["alerts"]) once, its repeat is a duplicate, a bad payload a 400 (the contract itself:
+    tests/monitor/test_alerts.py)."""
+    spec, _, v = pipeline
+    url = raypipe.api.monitor_serve(spec)
+    alert = {"status": "firing", "labels": {"alertname": "RaypipeFeatureDrift", "pipeline": spec.name,
+                                            "version": str(v), "feature": "amount"},
+             "annotations": {}, "startsAt": "2026-12-06T10:00:00Z", "fingerprint": "served-1"}
+    payload = {"version": "4", "groupKey": "{}:{alertname=\"RaypipeFeatureDrift\"}", "status": "firing",
+               "alerts": [alert]}
+    with httpx.Client(timeout=60) as http:
+        wait_for(lambda: http.get(f"{url}/status").status_code == 200, 120, "the monitor application")
+        first = http.post(f"{url}/alerts", json=payload)
+        assert first.status_code == 200 and first.json()["accepted"] == 1, first.text
+        assert http.post(f"{url}/alerts", json=payload).json() == {"accepted": 0, "duplicates": 1, "resolved": 0}
+        assert http.post(f"{url}/alerts", json={"version": "3"}).status_code == 400
+        status = http.get(f"{url}/status").json()
+    assert status["alerts"]["received"] == 1 and status["alerts"]["last"][0]["labels"]["feature"] == "amount"
+    assert status["inbox"]["duplicates"] == 1 and status["inbox"]["bad_posts"] == 1
+
+
 def test_a_bad_window_is_reported_and_the_loop_goes_on(pipeline, answered, capsys):
     """A log file whose rows lack every `amount` (more missing than validate.max_missing_fraction):
     `--last` exits 3, the running monitor reports the failure and recovers once the file is gone."""
