@@ -76,6 +76,12 @@ class Monitor:
         self.status: dict[str, Any] = {"pipeline": self.spec.name, "checks": 0, "failures": 0, "state": "starting",
                                        "interval_s": self.spec.monitor.interval_s,
                                        "window_s": self.spec.monitor.window_s}
+        from ray.util.metrics import Counter
+
+        self.spec_data = spec_data
+        self.retrains = Counter("raypipe_retrains", "retrains the monitor started, by outcome (promoted, rejected, "
+                                "failed, skipped)", tag_keys=("pipeline", "status"))
+        self._retraining: Optional[threading.Thread] = None
         self._lock = threading.Lock()  # the check thread and on_alert (request threads) both replace status
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raypipe-monitor", daemon=True)
@@ -90,7 +96,8 @@ class Monitor:
         start = now - dt.timedelta(seconds=self.spec.monitor.window_s)
         t0 = time.monotonic()
         try:
-            summary = check_log_window(self.spec, self.references, start, now).summary()
+            check = check_log_window(self.spec, self.references, start, now)
+            summary = check.summary()
         except Exception as e:  # noqa: BLE001 - a bad window must not end the loop: it is reported
             tb = traceback.format_exc(limit=5)[-4000:]
             with self._lock:
@@ -107,7 +114,51 @@ class Monitor:
             self.status = {**{k: v for k, v in self.status.items() if k not in ("error", "traceback")},
                            "checks": self.status["checks"] + 1, "state": "ok", "checked_at": now.isoformat(),
                            "seconds": round(time.monotonic() - t0, 3), "last": summary}
+        from raypipe.monitor.retrain import trigger_of
+
+        self.maybe_retrain(trigger_of(check, self.spec.monitor.retrain.on))
         return self.status
+
+    # -- the closed loop ------------------------------------------------------------------
+    def maybe_retrain(self, trigger: Any) -> bool:
+        """Start a retrain for ``trigger`` when ``monitor.retrain.on`` holds its kind and none of this
+        monitor's is running; it runs as a Ray task (its outcome lands in ``status["retrain"]``). The
+        retrain's own gates (lease, cooldown, daily cap, fresh rows) still apply there."""
+        if trigger is None or trigger.kind not in self.spec.monitor.retrain.on:
+            return False
+        with self._lock:
+            if self._retraining is not None and self._retraining.is_alive():
+                self.retrains.inc(1, tags={"pipeline": self.spec.name, "status": "skipped"})
+                before = self.status.get("retrain") or {}
+                self.status = {**self.status, "retrain": {**before, "last_skipped": {
+                    "status": "skipped", "trigger": trigger.reason,
+                    "reason": "a retrain this monitor started is still running"}}}
+                return False
+            self._retraining = threading.Thread(target=self._retrain, args=(trigger,), name="raypipe-retrain",
+                                                daemon=True)
+            self.status = {**self.status, "retrain": {**(self.status.get("retrain") or {}), "running": True,
+                                                      "started_for": trigger.reason}}
+            self._retraining.start()
+        return True
+
+    def _retrain(self, trigger: Any) -> None:
+        import ray
+
+        try:
+            task = ray.remote(num_cpus=0, max_retries=0)(_retrain_task)
+            outcome = ray.get(task.remote(self.spec_data, trigger.kind, trigger.reason))
+        except Exception as e:  # noqa: BLE001 - recorded; the retrain's cooldown keeps it from looping
+            outcome = {"status": "failed", "trigger": trigger.reason, "reason": f"{type(e).__name__}: {e}"}
+        self._note_retrain(outcome)
+
+    def _note_retrain(self, outcome: dict[str, Any]) -> None:
+        """A finished retrain: ``status["retrain"]`` gets it as ``last``, and its count by outcome."""
+        self.retrains.inc(1, tags={"pipeline": self.spec.name, "status": outcome["status"]})
+        with self._lock:
+            before = self.status.get("retrain") or {}
+            counts = dict(before.get("counts") or {})
+            counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+            self.status = {**self.status, "retrain": {**before, "running": False, "last": outcome, "counts": counts}}
 
     def on_alert(self, alerts: list[dict[str, Any]]) -> None:
         """The hook for firing alerts from Alertmanager (each once; see :mod:`raypipe.monitor.webhook`).
@@ -121,6 +172,10 @@ class Monitor:
             before = self.status.get("alerts") or {"received": 0, "last": []}
             last = (before["last"] + [{**a, "received_at": now} for a in alerts])[-20:]
             self.status = {**self.status, "alerts": {"received": before["received"] + len(alerts), "last": last}}
+        if alerts and "alert" in self.spec.monitor.retrain.on:
+            from raypipe.monitor.retrain import Trigger
+
+            self.maybe_retrain(Trigger("alert", alert_reason(alerts)))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -129,6 +184,29 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+_REASON_LABELS = ("feature", "part", "metric", "kind", "statistic", "version", "status_code")  # the rules' own labels
+
+
+def alert_reason(alerts: list[dict[str, Any]]) -> str:
+    """One sentence for the alerts of a post: the first one's name, labels and summary, and how many more."""
+    first = alerts[0]
+    labels = first.get("labels") or {}
+    detail = ", ".join(f"{k}={labels[k]}" for k in _REASON_LABELS if k in labels)
+    summary = (first.get("annotations") or {}).get("summary", "")
+    more = f" (and {len(alerts) - 1} more alert{'s' if len(alerts) > 2 else ''})" if len(alerts) > 1 else ""
+    return f"alert {labels.get('alertname', '?')} firing" + (f" ({detail})" if detail else "") + \
+        (f": {summary}" if summary else "") + more
+
+
+def _retrain_task(spec_data: dict[str, Any], kind: str, reason: str) -> dict[str, Any]:
+    """A Ray task: one retrain (see :func:`raypipe.monitor.retrain.retrain`), its outcome as a dict."""
+    from raypipe.monitor.retrain import Trigger, retrain
+    from raypipe.progress import Progress
+    from raypipe.spec import load_spec
+
+    return retrain(load_spec(spec_data), Trigger(kind, reason), progress=Progress(quiet=True)).summary()
 
 
 class MonitorService:

@@ -3,11 +3,15 @@ answered by `raypipe predict` (so it is in the prediction log), `raypipe monitor
 of its own (a subprocess, as a user runs it: its metrics page stays small), Debian's Prometheus
 scraping that Ray and evaluating the rules `--emit-rules` wrote, Debian's Alertmanager posting
 with the configuration `--emit-alertmanager` wrote to the monitor's `POST /monitor/alerts`, and
-the firing drift alert in the monitor's status (what `Monitor.on_alert` recorded), once.
+the firing drift alert in the monitor's status (what `Monitor.on_alert` recorded), once. The
+monitor's `monitor.retrain.on: [alert]` then retrains on fresh labelled data (inputs and fraud
+rule moved), the gate passes the candidate against v1, it is promoted, and the endpoint serving
+beside the monitor answers with it.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -40,7 +44,10 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
                       deploy={"port": port, "route_prefix": "/alive"},
                       monitor={"drift": {"min_rows": 200}, "interval_s": 2, "window_s": 3600,
                                "alerts": {"drift_windows": 2, "group_wait_s": 0.5, "group_interval_s": 1,
-                                          "repeat_interval_s": 1}})
+                                          "repeat_interval_s": 1},
+                               "retrain": {"on": ["alert"], "cooldown_s": 3600, "min_rows": 1000,
+                                           "data": {"type": "parquet", "path": str(tmp_path / "fresh.parquet")}}})
+    generate_transactions(6000, seed=31, drift=0.5, concept=1.0).to_parquet(tmp_path / "fresh.parquet", index=False)
     result = raypipe.run(data, progress=Progress(quiet=True))
     assert result.status == "ok"
     window = tmp_path / "drifted.parquet"
@@ -92,6 +99,13 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
                                                       for c in r["columns"].values())
 
             wait(drifted_check, 240, "a monitor check that finds the drift")
+            # the endpoint, in the monitor's Ray (a retrain swaps it there)
+            gcs_port = next((ray_dir / "session_latest").glob("gcs_server_port_*")).read_text().strip()
+            address = f"127.0.0.1:{gcs_port}"  # raypipe's local Ray keeps its control plane on loopback
+            served = subprocess.run([sys.executable, "-m", "raypipe", "serve", str(spec_file), "--address", address],
+                                    capture_output=True, text=True, timeout=300)
+            assert served.returncode == 0, served.stderr[-3000:]
+            assert http.get(f"http://127.0.0.1:{port}/alive/healthz").json()["version"] == result.version
             procs["prometheus"] = subprocess.Popen(
                 [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=logs["prometheus"], stderr=subprocess.STDOUT)
@@ -109,6 +123,16 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
 
             wait(posted, 60, "Alertmanager's post (and a repeat) at the monitor's webhook")
             s = http.get(status_url).json()
+
+            def promoted() -> bool:
+                last = (http.get(status_url).json().get("retrain") or {}).get("last") or {}
+                assert last.get("status") in (None, "promoted"), last  # rejected or failed: say why
+                return last.get("status") == "promoted"
+
+            wait(promoted, 300, "the retrain the alert started, promoted")
+            retrain = http.get(status_url).json()["retrain"]["last"]
+            answer = http.post(f"http://127.0.0.1:{port}/alive/predict", json=json.loads(
+                generate_transactions(1, seed=5).drop(columns=["is_fraud"]).to_json(orient="records"))[0]).json()
         drift = [a for a in s["alerts"]["last"] if a["alertname"] == "RaypipeFeatureDrift"]
         reported = {col for r in s["last"]["reports"] for col, c in r["columns"].items() if c["drifted"]}
         alerted = {a["labels"]["feature"] for a in drift}
@@ -117,6 +141,13 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
         assert all(a["labels"]["pipeline"] == "t-alive" and a["labels"]["severity"] == "warning" for a in drift)
         print(json.dumps({"alerts": s["alerts"]["received"], "inbox": {k: v for k, v in s["inbox"].items()
                                                                        if k != "last"}}))
+        # alert -> retrain -> gate -> promotion -> the endpoint answers with the new version
+        assert re.match(r"alert Raypipe\w*Drift firing", retrain["trigger"]) and retrain["parent"] == result.version
+        assert retrain["version"] > result.version and retrain["endpoint"].endswith("/alive")
+        assert answer["version"] == retrain["version"]
+        events = [e for e in raypipe.Registry(data["storage"], "t-alive").audit_log() if e.get("action") == "retrain"]
+        assert [(e["verdict"], e["candidate"], e["run_id"]) for e in events] == [("promoted", retrain["version"],
+                                                                                    retrain["run_id"])]
     finally:
         for name in ("prometheus", "alertmanager"):
             if name in procs:
