@@ -117,13 +117,21 @@ def retrain(spec: Spec | str | Path | dict[str, Any] | None, check: Any, *, addr
     the candidate is gated against the champion on the fresh test split, promoted, and the running
     endpoint is swapped in place.
 
+    With ``monitor.retrain.promote: canary`` a passing candidate first serves as a canary
+    (``status`` canary); a later call, once ``canary_window_s`` has passed, judges it on the
+    labelled live requests and promotes it or rolls it back (``promoted`` / ``rolled_back``).
+
     Returns:
         None when the window raised no trigger; else a :class:`raypipe.monitor.retrain.RetrainOutcome`
-        (``status``: promoted, rejected, failed, skipped, or not_configured when ``on`` lacks the trigger).
+        (``status``: promoted, canary, rolled_back, rejected, failed, skipped, or not_configured when
+        ``on`` lacks the trigger).
     """
-    from raypipe.monitor.retrain import RetrainOutcome, retrain as run_retrain, trigger_of
+    from raypipe.monitor.retrain import RetrainOutcome, retrain as run_retrain, settle_canary, trigger_of
 
     s = as_spec(spec)
+    settled = settle_canary(s, address=address)  # a canary an earlier retrain left, judged once its window passed
+    if settled is not None:
+        return settled
     trigger = trigger_of(check, s.monitor.retrain.on)
     if trigger is None:
         return None

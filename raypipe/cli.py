@@ -156,8 +156,8 @@ def monitor(
 
     Exit codes: 0 no drift (or not enough data to say), 5 drift or performance below the gate's
     minimum (for a log window: in any version), 3 the window itself fails validation, 2 usage errors.
-    With --retrain: 0 also when a retrain promoted a new champion, 4 when the gate rejected the
-    candidate, 5 when drift was found and no retrain ran (not configured, cooldown, daily cap, another
+    With --retrain: 0 also when a retrain promoted a new champion (or started it as a canary, or a
+    canary was promoted), 4 when the gate rejected the candidate (or a canary was rolled back), 5 when drift was found and no retrain ran (not configured, cooldown, daily cap, another
     retrain running, too few fresh rows), 1 when the retrain failed.
     """
     from raypipe.api import monitor as monitor_api
@@ -221,9 +221,9 @@ def monitor(
         summary["retrain"] = outcome.summary()
     if json_out:
         print(json.dumps(summary, default=str), flush=True)
-    if outcome is not None and outcome.status == "promoted":
+    if outcome is not None and outcome.status in ("promoted", "canary"):
         return
-    if outcome is not None and outcome.status == "rejected":
+    if outcome is not None and outcome.status in ("rejected", "rolled_back"):
         from raypipe.errors import GateFailed
 
         raise GateFailed(outcome.detail or [outcome.reason], version=outcome.version)
@@ -245,7 +245,8 @@ def _retrain_step(spec: Path, result: Any, address: Optional[str]) -> Any:
     outcome = retrain_api(str(spec), result, address=address, progress=Progress())
     if outcome is None:
         return None
-    colour = {"promoted": "green", "rejected": "yellow", "skipped": "yellow", "not_configured": "yellow"}.get(
+    colour = {"promoted": "green", "canary": "green", "rejected": "yellow", "rolled_back": "yellow",
+              "skipped": "yellow", "not_configured": "yellow"}.get(
         outcome.status, "red")
     err.print(f"retrain [{colour}]{outcome.status}[/]: {escape(outcome.reason)} (trigger: {escape(outcome.trigger)})"
               + (f" — run {outcome.run_id}" if outcome.run_id else "")

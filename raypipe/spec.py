@@ -787,6 +787,16 @@ class RetrainSection(_Section):
                                            "against the champion (the fresh test split); default: evaluate.gate."
                                            "vs_champion's, else the task's main metric")
     min_delta: float = Field(default=0.0, description="the candidate must beat the champion by at least this")
+    promote: Literal["champion", "canary"] = Field(
+        default="champion", description="champion: a passing candidate replaces the champion at once; canary: it "
+                                        "serves deploy.canary.percent (default 10) of the requests as 'challenger' "
+                                        "until its live metric, measured on labelled requests, is compared with the "
+                                        "champion's, then it is promoted or rolled back")
+    canary_window_s: float = Field(default=3600.0, gt=0.0, description="promote: canary: watch it this long at least")
+    canary_min_labels: int = Field(default=200, ge=1, description="labelled requests each version needs before "
+                                                                  "the canary is judged")
+    canary_timeout_s: float = Field(default=24 * 3600.0, gt=0.0, description="a canary still short of labels this "
+                                                                             "long after it started is rolled back")
 
     @model_validator(mode="before")
     @classmethod

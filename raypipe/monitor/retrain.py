@@ -308,7 +308,7 @@ def fresh_spec(spec: Any, attempt: str) -> tuple[Any, int | None]:
     metric = cfg.vs_champion_metric or (spec.evaluate.gate.vs_champion.metric if spec.evaluate.gate.vs_champion
                                         else TASKS[spec.data.task].main_metric)
     data["evaluate"]["gate"]["vs_champion"] = VsChampion(metric=metric, min_delta=cfg.min_delta).model_dump()
-    data["registry"]["promote_to"] = "champion"
+    data["registry"]["promote_to"] = "challenger" if cfg.promote == "canary" else "champion"
     from raypipe.spec import load_spec
 
     return load_spec(data), rows
@@ -318,7 +318,11 @@ def fresh_spec(spec: Any, attempt: str) -> tuple[Any, int | None]:
 def _gates(spec: Any, ledger: Ledger, now: float) -> str | None:
     """Why no retrain may start now (cooldown, daily cap), or None. Skipped attempts do not count."""
     cfg = spec.monitor.retrain
-    started = [float(e.get("started", 0.0)) for e in ledger.entries() if e.get("status") != "skipped"]
+    entries = ledger.entries()
+    watched = [e for e in entries if e.get("status") == "canary"]
+    if watched:
+        return f"a canary is being watched (version {watched[-1].get('version')}, attempt {watched[-1]['id']})"
+    started = [float(e.get("started", 0.0)) for e in entries if e.get("status") != "skipped"]
     if started and now - max(started) < cfg.cooldown_s:
         return (f"cooldown: the last retrain started {now - max(started):.0f} s ago, "
                 f"monitor.retrain.cooldown_s={cfg.cooldown_s:g}")
@@ -401,6 +405,17 @@ def _run(spec: Any, trigger: Trigger, entry: dict[str, Any], ledger: Ledger, reg
         ledger.finish(entry, status="failed", run_id=out.run_id, reason=out.reason)
         return out
     out.version = result.version
+    if spec.monitor.retrain.promote == "canary" and result.alias == "challenger":
+        out.status = "canary"
+        out.reason = (f"version {result.version} passed the gate and serves {canary_percent(spec):g} % of the "
+                      f"requests beside champion {parent}; judged after monitor.retrain.canary_window_s")
+        reg.record("retrain", verdict="canary", candidate=result.version, previous=parent, reason=trigger.reason,
+                   run_id=out.run_id, attempt=entry["id"], metrics=result.metrics)
+        if swap:
+            out.endpoint = _swap(with_canary(spec, True), address)
+        ledger.finish(entry, status="canary", run_id=out.run_id, version=out.version, reason=out.reason,
+                      canary_started=time.time(), endpoint=out.endpoint)
+        return out
     out.promoted = result.alias == "champion" and result.version != parent
     out.status = "promoted" if out.promoted else "rejected"
     out.reason = (f"version {result.version} replaced champion {parent}" if out.promoted
@@ -412,6 +427,89 @@ def _run(spec: Any, trigger: Trigger, entry: dict[str, Any], ledger: Ledger, reg
         out.endpoint = _swap(spec, address)
     ledger.finish(entry, status=out.status, run_id=out.run_id, version=out.version, promoted=out.promoted,
                   reason=out.reason, endpoint=out.endpoint)
+    return out
+
+
+# --- the canary ------------------------------------------------------------------------------
+def canary_percent(spec: Any) -> float:
+    return spec.deploy.canary.percent if spec.deploy.canary is not None else 10.0
+
+
+def with_canary(spec: Any, on: bool) -> Any:
+    """The spec deployed with the candidate as a canary (alias challenger), or without any."""
+    from raypipe.spec import load_spec
+
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["deploy"]["canary"] = {"alias": "challenger", "percent": canary_percent(spec)} if on else None
+    data["deploy"]["shadow"] = False if not on else data["deploy"].get("shadow", False)
+    return load_spec(data)
+
+
+def _live_metric(report: Any, metric: str, min_labels: int) -> float | None:
+    perf = report.performance or {}
+    if perf.get("kind") != "measured" or int(perf.get("rows", 0)) < min_labels:
+        return None
+    value = (perf.get("metrics") or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def settle_canary(spec: Any, *, now: float | None = None, address: str | None = None,
+                  swap: bool = True) -> RetrainOutcome | None:
+    """Judge the canary a retrain left (``promote: canary``), once its window has passed.
+
+    The log since the canary started is checked version by version; each version's metric
+    (``vs_champion_metric``, the task's main one by default) measured on its labelled requests
+    decides: the canary becomes champion when it is at least the champion's + ``min_delta``,
+    else it is rolled back. Either way the endpoint is redeployed without a canary. Returns None
+    when no canary is pending, or while it is still being watched (too early, too few labels).
+    """
+    from raypipe.monitor.logwindow import check_log_window, references_for
+    from raypipe.registry import Registry
+    from raypipe.runtime import connect_for
+    from raypipe.tasks import TASKS
+
+    cfg = spec.monitor.retrain
+    store = Store(spec.storage).sub("monitor", spec.name, "retrain")
+    ledger = Ledger(store)
+    pending = [e for e in ledger.entries() if e.get("status") == "canary"]
+    if not pending:
+        return None
+    entry = pending[-1]
+    now = time.time() if now is None else now
+    started = float(entry["canary_started"])
+    if now - started < cfg.canary_window_s:
+        return None
+    reg = Registry.for_spec(spec)
+    connect_for(spec, address)
+    start = datetime.fromtimestamp(started, timezone.utc)
+    check = check_log_window(spec, references_for(spec, reg), start, datetime.fromtimestamp(now, timezone.utc))
+    metric = cfg.vs_champion_metric or (spec.evaluate.gate.vs_champion.metric if spec.evaluate.gate.vs_champion
+                                        else TASKS[spec.data.task].main_metric)
+    by_version = {r.version: _live_metric(r, metric, cfg.canary_min_labels) for r in check.reports}
+    cand, champ = by_version.get(entry["version"]), by_version.get(entry["parent"])
+    out = RetrainOutcome(status="", reason="", trigger=entry["reason"], run_id=entry.get("run_id"),
+                         version=entry["version"], parent=entry["parent"], attempt=entry["id"])
+    if cand is None or champ is None:
+        if now - started < cfg.canary_timeout_s:
+            return None
+        out.status = "rolled_back"
+        out.reason = (f"canary version {entry['version']}: fewer than {cfg.canary_min_labels} labelled requests per "
+                      f"version after {now - started:.0f} s (monitor.retrain.canary_timeout_s)")
+    elif cand >= champ + cfg.min_delta:
+        out.status, out.promoted = "promoted", True
+        out.reason = (f"canary version {entry['version']} {metric} {cand:.4f} >= champion {entry['parent']} "
+                      f"{champ:.4f} + {cfg.min_delta:g} on live labelled requests")
+        reg.set_alias("champion", entry["version"], reason=out.reason)
+    else:
+        out.status = "rolled_back"
+        out.reason = (f"canary version {entry['version']} {metric} {cand:.4f} < champion {entry['parent']} "
+                      f"{champ:.4f} + {cfg.min_delta:g} on live labelled requests")
+    reg.record("canary", verdict=out.status, candidate=entry["version"], previous=entry["parent"], reason=out.reason,
+               run_id=entry.get("run_id"), attempt=entry["id"], live={str(k): v for k, v in by_version.items()})
+    if swap:
+        out.endpoint = _swap(with_canary(spec, False), address)
+    ledger.finish(entry, status=out.status, promoted=out.promoted, reason=out.reason, endpoint=out.endpoint,
+                  live={str(k): v for k, v in by_version.items()})
     return out
 
 

@@ -78,7 +78,10 @@ class Monitor:
                                        "window_s": self.spec.monitor.window_s}
         from ray.util.metrics import Counter
 
+        from raypipe.store import Store
+
         self.spec_data = spec_data
+        self._retrain_store = Store(self.spec.storage).sub("monitor", self.spec.name, "retrain")
         self.retrains = Counter("raypipe_retrains", "retrains the monitor started, by outcome (promoted, rejected, "
                                 "failed, skipped)", tag_keys=("pipeline", "status"))
         self._retraining: Optional[threading.Thread] = None
@@ -114,9 +117,13 @@ class Monitor:
             self.status = {**{k: v for k, v in self.status.items() if k not in ("error", "traceback")},
                            "checks": self.status["checks"] + 1, "state": "ok", "checked_at": now.isoformat(),
                            "seconds": round(time.monotonic() - t0, 3), "last": summary}
-        from raypipe.monitor.retrain import trigger_of
+        from raypipe.monitor.retrain import Ledger, Trigger, trigger_of
 
-        self.maybe_retrain(trigger_of(check, self.spec.monitor.retrain.on))
+        if self.spec.monitor.retrain.promote == "canary" and any(
+                e.get("status") == "canary" for e in Ledger(self._retrain_store).entries()):
+            self.maybe_retrain(Trigger("settle", "the canary's window passed"))  # judged (or still watched)
+        else:
+            self.maybe_retrain(trigger_of(check, self.spec.monitor.retrain.on))
         return self.status
 
     # -- the closed loop ------------------------------------------------------------------
@@ -124,7 +131,7 @@ class Monitor:
         """Start a retrain for ``trigger`` when ``monitor.retrain.on`` holds its kind and none of this
         monitor's is running; it runs as a Ray task (its outcome lands in ``status["retrain"]``). The
         retrain's own gates (lease, cooldown, daily cap, fresh rows) still apply there."""
-        if trigger is None or trigger.kind not in self.spec.monitor.retrain.on:
+        if trigger is None or (trigger.kind not in self.spec.monitor.retrain.on and trigger.kind != "settle"):
             return False
         with self._lock:
             if self._retraining is not None and self._retraining.is_alive():
@@ -149,6 +156,11 @@ class Monitor:
             outcome = ray.get(task.remote(self.spec_data, trigger.kind, trigger.reason))
         except Exception as e:  # noqa: BLE001 - recorded; the retrain's cooldown keeps it from looping
             outcome = {"status": "failed", "trigger": trigger.reason, "reason": f"{type(e).__name__}: {e}"}
+        if outcome["status"] == "watching":  # a canary not judged yet: not an outcome to count
+            with self._lock:
+                before = self.status.get("retrain") or {}
+                self.status = {**self.status, "retrain": {**before, "running": False, "canary": outcome}}
+            return
         self._note_retrain(outcome)
 
     def _note_retrain(self, outcome: dict[str, Any]) -> None:
@@ -202,11 +214,17 @@ def alert_reason(alerts: list[dict[str, Any]]) -> str:
 
 def _retrain_task(spec_data: dict[str, Any], kind: str, reason: str) -> dict[str, Any]:
     """A Ray task: one retrain (see :func:`raypipe.monitor.retrain.retrain`), its outcome as a dict."""
-    from raypipe.monitor.retrain import Trigger, retrain
+    from raypipe.monitor.retrain import Trigger, retrain, settle_canary
     from raypipe.progress import Progress
     from raypipe.spec import load_spec
 
-    return retrain(load_spec(spec_data), Trigger(kind, reason), progress=Progress(quiet=True)).summary()
+    spec = load_spec(spec_data)
+    if kind == "settle":
+        settled = settle_canary(spec)
+        return settled.summary() if settled is not None else {"status": "watching", "trigger": reason,
+                                                                 "reason": "the canary's window has not passed, "
+                                                                           "or it has too few labels yet"}
+    return retrain(spec, Trigger(kind, reason), progress=Progress(quiet=True)).summary()
 
 
 class MonitorService:

@@ -9,9 +9,11 @@ attempt is marked abandoned.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -157,3 +159,63 @@ def test_one_retrain_at_a_time_and_a_dead_holders_attempt_is_abandoned(ray_sessi
     assert out.status == "skipped" and "min_rows" in out.reason
     by_id = {e["id"]: e for e in ledger.entries()}
     assert by_id["a2"]["status"] == "abandoned" and not store.exists("LEASE.json")
+
+
+def test_a_canary_serves_beside_the_champion_and_is_promoted_on_live_labelled_requests(ray_session, tmp_path, capsys):
+    """promote: canary — the passing candidate first answers half of the requests as challenger; once its
+    window has passed, the next `monitor --retrain` compares both versions' live F1 on the requests that
+    got labels (through /feedback), and promotes the canary, redeploying without one."""
+    fresh = tmp_path / "fresh.parquet"
+    generate_transactions(6000, seed=41, drift=0.5, concept=1.0).to_parquet(fresh, index=False)
+    window = tmp_path / "window.csv"
+    generate_transactions(1500, seed=42, drift=0.5).drop(columns=["is_fraud"]).to_csv(window, index=False)
+    base = small_spec(tmp_path / "store", name="t-canary", rows=800,
+                      deploy={"port": free_port(), "route_prefix": "/canary", "canary": {"percent": 50},
+                              "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
+                      monitor={"log": {"flush_rows": 1000, "flush_seconds": 0.5}, "drift": {"min_rows": 500},
+                               "retrain": {"on": ["drift"], "data": {"type": "parquet", "path": str(fresh)},
+                                           "min_rows": 1000, "promote": "canary", "canary_window_s": 1,
+                                           "canary_min_labels": 100}})
+    v1 = raypipe.run(base, progress=Progress(quiet=True)).version
+    no_canary = {**base, "deploy": {**base["deploy"], "canary": None}}  # v1 alone: no challenger yet
+    spec_path = tmp_path / "canary.yaml"
+    spec_path.write_text(yaml.safe_dump(base))
+    ep = deploy(raypipe.load_spec(no_canary))
+    code, summary, err = monitor_cli(capsys, str(spec_path), "--input", str(window), "--retrain")
+    assert code == 0, err[-3000:]
+    rt = summary["retrain"]
+    assert rt["status"] == "canary" and not rt["promoted"], rt
+    v2 = rt["version"]
+    reg = Registry(base["storage"], "t-canary")
+    assert reg.alias("champion") == v1 and reg.alias("challenger") == v2
+    meta = httpx.get(f"{ep.url}/metadata", timeout=30).json()
+    assert meta["challenger"] == {"version": v2, "canary_percent": 50.0, "shadow": False}
+
+    # live traffic from the moved world, its labels late: both versions answer about half
+    traffic = generate_transactions(1600, seed=43, drift=0.5, concept=1.0)
+    labels = traffic.pop("is_fraud").tolist()
+    rows = json.loads(traffic.to_json(orient="records"))
+    answered = {}
+    with httpx.Client(timeout=60) as http:
+        for k, row in enumerate(rows):
+            r = http.post(f"{ep.url}/predict", json=row, headers={"X-Request-ID": f"c-{k}"})
+            answered[r.json()["version"]] = answered.get(r.json()["version"], 0) + 1
+        time.sleep(1.5)  # the replica writes its log rows (flush_seconds 0.5)
+        body = [{"request_id": f"c-{k}", "label": int(y)} for k, y in enumerate(labels)]
+        assert http.post(f"{ep.url}/feedback", json=body).json()["stored"] == len(body)
+    assert min(answered.get(v1, 0), answered.get(v2, 0)) > 500, answered
+
+    code, summary, err = monitor_cli(capsys, str(spec_path), "--input", str(window), "--version", str(v1),
+                                     "--retrain")
+    assert code == 0, err[-3000:]
+    rt = summary["retrain"]
+    assert rt["status"] == "promoted" and rt["version"] == v2 and "live labelled requests" in rt["reason"], rt
+    assert reg.alias("champion") == v2
+    meta = httpx.get(f"{ep.url}/metadata", timeout=30).json()
+    assert "challenger" not in meta and httpx.get(f"{ep.url}/healthz", timeout=30).json()["version"] == v2
+    judged = [e for e in reg.audit_log() if e.get("action") == "canary"]
+    assert [(e["verdict"], e["candidate"]) for e in judged] == [("promoted", v2)]
+    assert judged[0]["live"][str(v2)] >= judged[0]["live"][str(v1)]
+    from ray import serve
+
+    serve.delete("t-canary")
