@@ -219,3 +219,21 @@ def test_a_canary_serves_beside_the_champion_and_is_promoted_on_live_labelled_re
     from ray import serve
 
     serve.delete("t-canary")
+
+
+def test_cooldown_and_daily_cap_count_attempts_that_ran_and_a_watched_canary_blocks(tmp_path):
+    from raypipe.monitor.retrain import _gates
+
+    spec = raypipe.load_spec(small_spec(tmp_path / "store", name="t-gates",
+                                        monitor={"retrain": {"on": ["drift"], "include_feedback": True,
+                                                             "cooldown_s": 600, "max_runs_per_day": 2}}))
+    ledger = Ledger(Store(spec.storage).sub("monitor", spec.name, "retrain"))
+    now = 1_800_000_000.0
+    assert _gates(spec, ledger, now) is None
+    for k, (ago, status) in enumerate([(7200, "failed"), (3600, "rejected"), (60, "skipped")]):
+        ledger.write({"id": f"a{k}", "started": now - ago, "status": status})
+    assert _gates(spec, ledger, now).startswith("daily cap: 2 retrains")  # a skipped attempt never ran: not counted
+    ledger.write({"id": "a3", "started": now - 300, "status": "failed"})
+    assert _gates(spec, ledger, now).startswith("cooldown: the last retrain started 300 s ago")
+    ledger.write({"id": "a4", "started": now - 90_000, "status": "canary", "version": 7})
+    assert "canary is being watched (version 7" in _gates(spec, ledger, now)
