@@ -216,7 +216,7 @@ class Runner:
         ctx = StageContext(
             spec=self.spec, root=self.root, artifact=artifact, run_id=self.run_id, fingerprint=fp,
             data_fingerprint=data_fp, progress=self.progress, address=self.address, forced=forced,
-            base_fingerprint=base, external=external,
+            base_fingerprint=base, external=external, trigger=self.trigger,
         )
         inputs = dict(earlier)  # every earlier stage's outputs, by stage name
         fn = _resolve(stage.func)

@@ -56,6 +56,7 @@ class StageContext:
     forced: bool = False
     base_fingerprint: str = ""  # the fingerprint without the external state's digest
     external: str = ""  # the digest of the external state this run of the stage saw
+    trigger: dict[str, Any] | None = None  # why the run started, when not by hand (a retrain: kind, reason, parent)
 
     def ray(self) -> None:
         """Connect to Ray on first use: a fully cached run never starts it."""

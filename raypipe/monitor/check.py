@@ -6,7 +6,8 @@ columns are ignored here; the caller keeps the rows one version answered, by ``_
 returns a :class:`MonitorReport`. The version's answers are the window's own when it carries them
 (a log window's logged answers, as ``__s*`` score columns: what was served); a batch file has none,
 so the version scores its rows (``rescored_rows`` says how many rows were scored here). The report
-and its pictures are kept under ``<storage>/monitor/<pipeline>/<window-id>/``.
+and its pictures are kept under ``<storage>/monitor/<pipeline>/<window-id>/``, and, with
+``tracking.mlflow_uri`` set, logged as an MLflow run (:mod:`raypipe.monitor.tracking`).
 """
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ class MonitorReport(BaseModel):
     report_dir: str
     copied_to: str | None = None
     seconds: float
+    # tracking.mlflow_uri set: {"mlflow_uri", "mlflow_run_id"} of the window's MLflow run, or {"mlflow_uri", "error"}
+    # when it could not be logged (the check itself stands; see raypipe.monitor.tracking)
+    tracking: dict[str, Any] | None = None
 
     @property
     def alarm(self) -> bool:
@@ -92,6 +96,7 @@ class MonitorReport(BaseModel):
             "performance": {k: self.performance.get(k) for k in ("kind", "metrics", "trustworthy", "below_gate")
                             if k in self.performance},
             "report": self.report_dir,
+            **({"tracking": self.tracking} if self.tracking is not None else {}),
         }
 
 
@@ -228,6 +233,12 @@ def check_window(spec: Spec, ref: Reference, ds: Any, *, input: str, model: dict
         report_dir=store.full_uri(wid), seconds=0.0)
     report.seconds = round(time.perf_counter() - t0, 3)
     _write(store, wid, report, plan, doc)
+    if spec.tracking.mlflow_uri:
+        from raypipe.monitor.tracking import log_window
+
+        report.tracking = log_window(spec, report, store.sub(wid))
+        store.write_json(f"{wid}/report.json", report.model_dump(mode="json"))  # with the MLflow run (or the error)
+    store.complete_artifact(wid, {"version": report.version, "status": report.status})
     if report_dir is not None:
         dest = Path(report_dir)
         if store.is_local:
@@ -247,4 +258,3 @@ def _write(store: Store, wid: str, report: MonitorReport, plan: dict[str, Any], 
     data = report.model_dump(mode="json")
     write_report(out, data, plan, doc, history=performance_history(store, data))
     out.write_json("report.json", data)
-    store.complete_artifact(wid, {"version": report.version, "status": report.status})

@@ -52,8 +52,12 @@ def _artifact_parts(name: str) -> tuple[str | None, str]:
 
 def export_run(mlflow_uri: str, *, experiment: str, run_id: str, params: dict, metrics: dict,
                tags: dict[str, str], artifacts: dict[str, bytes],
-               artifact_location: str | None = None) -> str:
+               artifact_location: str | None = None, id_tag: str = "raypipe.run_id",
+               run_name: str | None = None) -> str:
     """Log one raypipe run to an MLflow tracking store; return the MLflow run id.
+
+    ``run_id`` is kept as the tag ``id_tag`` (``raypipe.run_id``; a monitor window uses
+    ``raypipe.window_id``), which makes the export idempotent; ``run_name`` defaults to ``run_id``.
 
     Nested ``params``/``metrics`` dicts are flattened to dotted keys (``train.lr``); params
     are stringified and cut to 6000 chars; metrics that are not finite numbers (None, NaN,
@@ -88,14 +92,14 @@ def export_run(mlflow_uri: str, *, experiment: str, run_id: str, params: dict, m
     q = '"' if "'" in run_id else "'"  # MLflow's filter grammar has no escapes
     if q in run_id:
         raise ValueError(f"run_id {run_id!r} cannot contain both quote characters")
-    by_tag = f"tags.`raypipe.run_id` = {q}{run_id}{q}"
+    by_tag = f"tags.`{id_tag}` = {q}{run_id}{q}"
     for found in client.search_runs([exp_id], filter_string=by_tag):
-        if found.info.status == "FINISHED" and found.data.tags.get("raypipe.run_id") == run_id:
+        if found.info.status == "FINISHED" and found.data.tags.get(id_tag) == run_id:
             return found.info.run_id
 
     run_tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
-    run_tags["raypipe.run_id"] = run_id
-    run = client.create_run(exp_id, tags=run_tags, run_name=run_id)
+    run_tags[id_tag] = run_id
+    run = client.create_run(exp_id, tags=run_tags, run_name=run_name or run_id)
     mlflow_run_id = run.info.run_id
     try:
         flat_params = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in _flatten(params).items()]
@@ -124,11 +128,35 @@ def export_run(mlflow_uri: str, *, experiment: str, run_id: str, params: dict, m
     return mlflow_run_id
 
 
-def export_version(spec: Any, run_id: str, version: int) -> str:
-    """Export a registered version to ``spec.tracking.mlflow_uri``: the spec as params, every
-    split's metrics, the report, metrics and lineage as artifacts, the registry reference as tags."""
-    from raypipe.registry import Registry
+def experiment_of(spec: Any) -> str:
+    """The MLflow experiment of a pipeline: ``tracking.experiment``, else the pipeline's name."""
+    return spec.tracking.experiment or spec.name
+
+
+def artifact_location(spec: Any) -> str:
+    """Where a newly created experiment keeps its artifacts: ``<storage>/mlflow-artifacts``."""
     from raypipe.store import Store
+
+    root = Store(spec.storage)
+    location = root.full_uri("mlflow-artifacts")
+    return Path(location).as_uri() if root.is_local else location
+
+
+def trigger_tags(trigger: dict[str, Any] | None) -> dict[str, str]:
+    """The lineage of a run that did not start by hand (a retrain's manifest ``trigger``) as MLflow tags."""
+    if not trigger:
+        return {}
+    keys = {"kind": "raypipe.trigger.kind", "reason": "raypipe.trigger.reason",
+            "parent_champion": "raypipe.parent_champion", "attempt": "raypipe.retrain_attempt",
+            "fresh_rows": "raypipe.fresh_rows"}
+    return {tag: str(trigger[k]) for k, tag in keys.items() if trigger.get(k) is not None}
+
+
+def export_version(spec: Any, run_id: str, version: int, trigger: dict[str, Any] | None = None) -> str:
+    """Export a registered version to ``spec.tracking.mlflow_uri``: the spec as params, every
+    split's metrics, the report, metrics and lineage as artifacts, the registry reference as tags,
+    and, for a run with a ``trigger`` (a retrain), :func:`trigger_tags`."""
+    from raypipe.registry import Registry
 
     reg = Registry.for_spec(spec)
     vs, info = reg.version_store(version), reg.info(version)
@@ -141,15 +169,13 @@ def export_version(spec: Any, run_id: str, version: int) -> str:
     tags = {"raypipe.pipeline": spec.name, "raypipe.version": str(version), "raypipe.status": info["status"],
             "raypipe.model_uri": vs.full_uri(), "raypipe.aliases": ",".join(info["aliases"]),
             "raypipe.data_fingerprint": lineage.get("data_fingerprint", ""), "raypipe.spec_hash": lineage.get("spec_hash", ""),
-            "raypipe.git_commit": lineage.get("git_commit") or "", "raypipe.gate": "passed" if doc["gate"]["passed"] else "failed"}
+            "raypipe.git_commit": lineage.get("git_commit") or "", "raypipe.gate": "passed" if doc["gate"]["passed"] else "failed",
+            "raypipe.kind": "retrain" if trigger else "run", **trigger_tags(trigger)}
     shown = spec.redacted()
     params = {k: shown[k] for k in ("data", "features", "model", "train", "evaluate")}
-    root = Store(spec.storage)
-    location = root.full_uri("mlflow-artifacts")
-    location = Path(location).as_uri() if root.is_local else location
-    return export_run(spec.tracking.mlflow_uri, experiment=spec.tracking.experiment or spec.name, run_id=run_id,
+    return export_run(spec.tracking.mlflow_uri, experiment=experiment_of(spec), run_id=run_id,
                       params=params, metrics={**metrics, "threshold": doc.get("threshold")}, tags=tags,
-                      artifacts=artifacts, artifact_location=location)
+                      artifacts=artifacts, artifact_location=artifact_location(spec))
 
 
 def check_available(spec: Any) -> None:

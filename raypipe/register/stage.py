@@ -105,7 +105,7 @@ def _export(ctx: StageContext, version: int) -> dict[str, Any]:
 
     uri = ctx.spec.tracking.mlflow_uri
     try:
-        mlflow_run = export_version(ctx.spec, ctx.run_id, version)
+        mlflow_run = export_version(ctx.spec, ctx.run_id, version, ctx.trigger)
     except Exception as exc:
         ctx.log(f"MLflow export to {uri!r} failed: {type(exc).__name__}: {exc}")
         return {"mlflow_uri": uri, "error": f"{type(exc).__name__}: {exc}"}
