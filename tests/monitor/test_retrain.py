@@ -22,7 +22,7 @@ import yaml
 
 import raypipe
 from raypipe.ingest.builtin.transactions import generate_transactions
-from raypipe.monitor.retrain import Lease, Ledger, Trigger, retrain
+from raypipe.monitor.retrain import Lease, Ledger, Trigger, retrain, settle_canary
 from raypipe.progress import Progress
 from raypipe.registry import Registry
 from raypipe.serve.deploy import deploy, sample_request
@@ -196,6 +196,7 @@ def test_a_canary_serves_beside_the_champion_and_is_promoted_on_live_labelled_re
     labels = traffic.pop("is_fraud").tolist()
     rows = json.loads(traffic.to_json(orient="records"))
     answered = {}
+    traffic_started = time.time()
     with httpx.Client(timeout=60) as http:
         for k, row in enumerate(rows):
             r = http.post(f"{ep.url}/predict", json=row, headers={"X-Request-ID": f"c-{k}"})
@@ -216,6 +217,17 @@ def test_a_canary_serves_beside_the_champion_and_is_promoted_on_live_labelled_re
     judged = [e for e in reg.audit_log() if e.get("action") == "canary"]
     assert [(e["verdict"], e["candidate"]) for e in judged] == [("promoted", v2)]
     assert judged[0]["live"][str(v2)] >= judged[0]["live"][str(v1)]
+
+    # the other way round on the same live requests: had v1 been the canary beside champion v2, it
+    # would have lost and been rolled back, the champion and its endpoint left as they are
+    ledger = Ledger(Store(base["storage"]).sub("monitor", "t-canary", "retrain"))
+    ledger.write({"id": "z-reverse", "status": "canary", "version": v1, "parent": v2, "reason": "test: reversed",
+                  "canary_started": traffic_started, "started": traffic_started})
+    out = settle_canary(raypipe.load_spec(spec_path))
+    assert out.status == "rolled_back" and not out.promoted and f"canary version {v1}" in out.reason, out
+    assert reg.alias("champion") == v2 and httpx.get(f"{ep.url}/healthz", timeout=30).json()["version"] == v2
+    assert {e["id"]: e["status"] for e in ledger.entries()}["z-reverse"] == "rolled_back"
+    assert [e["verdict"] for e in reg.audit_log() if e.get("action") == "canary"] == ["promoted", "rolled_back"]
     from ray import serve
 
     serve.delete("t-canary")
