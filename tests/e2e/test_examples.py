@@ -88,7 +88,12 @@ def _postgres(monkeypatch: pytest.MonkeyPatch, stack: list[Callable[[], None]]) 
     return setup
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+# examples/monitoring_loop runs whole (its pipeline, then its traffic, the retrain and the swap) in
+# tests/e2e/test_monitoring_loop.py; running its pipeline alone here would only repeat the first step
+RUN_HERE = [e for e in EXAMPLES if e != "monitoring_loop"]
+
+
+@pytest.mark.parametrize("name", RUN_HERE)
 def test_every_example_runs_end_to_end_at_a_reduced_size(name: str, ray_session, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     stops: list[Callable[[], None]] = []
