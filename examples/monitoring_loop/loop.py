@@ -12,7 +12,8 @@
    gated against v1 on that fresh test split, promoted, and swapped into the running endpoint,
    while clients keep sending requests.
 4. The console shows each step; the window reports (``drift.html``) and the audit trail are
-   written to ``--out`` (default ``./monitoring-loop-out``); ``--json`` prints a summary last.
+   written to ``--out`` (default ``./monitoring-loop-out``), where the demo's storage is made
+   anew on every run (``--storage`` to choose another); ``--json`` prints a summary last.
 
 Every number comes from this run; nothing is precomputed.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
 import time
@@ -115,14 +117,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from raypipe.registry import Registry
 
     data = yaml.safe_load(Path(args.spec).read_text())
+    out = Path(args.out)
     if args.storage:
         data["storage"] = args.storage
-    else:
-        data["storage"] = str((Path(args.spec).parent / data.get("storage", "./.raypipe")).resolve())
+    else:  # the demo starts from nothing each time: its storage lives in --out and is made anew
+        shutil.rmtree(out / "store", ignore_errors=True)
+        data["storage"] = str((out / "store").resolve())
     if args.port:
         data["deploy"]["port"] = args.port
     spec = raypipe.load_spec(data)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"pipeline": spec.name}
 
