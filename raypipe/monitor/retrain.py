@@ -285,11 +285,12 @@ def fresh_spec(spec: Any, attempt: str) -> tuple[Any, int | None]:
         end = datetime.now(timezone.utc)
         rows = feedback_rows(spec, snap, end - parse_duration(cfg.window, "monitor.retrain.window"), end)
         if source is not None:  # a parquet folder or file: its files are copied beside the labelled requests
-            src = Store(source.path) if "://" in source.path else None
-            fs, root = (src.fs, src.root) if src else (Store(os.path.dirname(os.path.abspath(source.path)) or ".").fs,
-                                                       os.path.abspath(source.path))
             import pyarrow.fs as pafs
 
+            if "://" in source.path:
+                fs, root = pafs.FileSystem.from_uri(source.path)
+            else:
+                fs, root = pafs.LocalFileSystem(), os.path.abspath(source.path)
             info = fs.get_file_info(root)
             files = [info] if info.type == pafs.FileType.File else [
                 i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))

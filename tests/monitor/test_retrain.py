@@ -249,3 +249,25 @@ def test_cooldown_and_daily_cap_count_attempts_that_ran_and_a_watched_canary_blo
     assert _gates(spec, ledger, now).startswith("cooldown: the last retrain started 300 s ago")
     ledger.write({"id": "a4", "started": now - 90_000, "status": "canary", "version": 7})
     assert "canary is being watched (version 7" in _gates(spec, ledger, now)
+
+
+def test_fresh_data_from_a_parquet_folder_and_the_labelled_requests_is_one_snapshot(tmp_path):
+    """include_feedback with a parquet `data`: the fresh files are copied beside the labelled requests
+    (none in this log), the run reads the snapshot, and min_rows counts both."""
+    from raypipe.monitor.retrain import NotEnoughData, fresh_spec
+
+    fresh = tmp_path / "landing"
+    fresh.mkdir()
+    for k in range(2):
+        generate_transactions(700, seed=50 + k).to_parquet(fresh / f"day-{k}.parquet", index=False)
+    data = small_spec(tmp_path / "store", name="t-fresh",
+                      monitor={"retrain": {"on": ["drift"], "include_feedback": True, "min_rows": 1000,
+                                           "data": {"type": "parquet", "path": str(fresh)}}})
+    spec, rows = fresh_spec(raypipe.load_spec(data), "attempt-1")
+    assert rows == 1400 and spec.data.source.type == "parquet" and spec.registry.promote_to == "champion"
+    assert spec.evaluate.gate.vs_champion is not None and spec.evaluate.gate.vs_champion.metric == "f1"
+    snapshot = Path(spec.data.source.path)
+    assert sorted(p.name for p in snapshot.iterdir()) == ["fresh-00000.parquet", "fresh-00001.parquet"]
+    data["monitor"]["retrain"]["min_rows"] = 2000
+    with pytest.raises(NotEnoughData, match="1,400 fresh labelled rows < monitor.retrain.min_rows=2,000"):
+        fresh_spec(raypipe.load_spec(data), "attempt-2")
