@@ -93,7 +93,6 @@ class Spool:
         self._formats_fd = os.open(self.dir / "formats.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._fd: Optional[int] = None
         self.segment = 0  # the segment appends go to
-        self.kept: list[int] = []  # segments whose rows could not be written: left for recovery
 
     def format_key(self, fmt: Any) -> int:
         """The key of a log format in this spool, written down the first time it is seen."""
@@ -130,13 +129,10 @@ class Spool:
         return done
 
     def written(self, segment: Optional[int], ok: bool) -> None:
-        """The segment's rows are in parquet files (delete it), or could not be written (keep it)."""
-        if segment is None:
-            return
-        if ok:
+        """The segment's rows are in parquet files (delete it), or could not be written (leave it on disk:
+        :meth:`close` then keeps the folder, for the next writer to recover)."""
+        if ok and segment is not None:
             (self.dir / SEGMENT.format(segment)).unlink(missing_ok=True)
-        else:
-            self.kept.append(segment)
 
     def close(self) -> None:
         """After the last write: remove the folder, unless segments had to be kept; release the lock."""

@@ -267,6 +267,15 @@ def feedback_rows(spec: Any, out: Store, start: datetime, end: datetime) -> int:
     return int(n)
 
 
+def compared_metric(spec: Any) -> str:
+    """The metric a candidate is compared with the champion on: ``monitor.retrain.vs_champion_metric``,
+    else ``evaluate.gate.vs_champion``'s, else the task's main one (the gate and the canary use it both)."""
+    from raypipe.tasks import TASKS
+
+    gate = spec.evaluate.gate.vs_champion
+    return spec.monitor.retrain.vs_champion_metric or (gate.metric if gate else TASKS[spec.data.task].main_metric)
+
+
 def fresh_spec(spec: Any, attempt: str) -> tuple[Any, int | None]:
     """The spec of the retrain run, and the fresh rows it holds (None: a source whose size is unknown here).
 
@@ -275,7 +284,6 @@ def fresh_spec(spec: Any, attempt: str) -> tuple[Any, int | None]:
     """
     from raypipe.monitor.logwindow import parse_duration
     from raypipe.spec import ParquetSource, VsChampion
-    from raypipe.tasks import TASKS
 
     cfg = spec.monitor.retrain
     source = cfg.data
@@ -306,9 +314,8 @@ def fresh_spec(spec: Any, attempt: str) -> tuple[Any, int | None]:
         raise NotEnoughData(f"{rows:,} fresh labelled rows < monitor.retrain.min_rows={cfg.min_rows:,}")
     data = spec.model_dump(mode="json", by_alias=True)
     data["data"]["source"] = source.model_dump(mode="json")
-    metric = cfg.vs_champion_metric or (spec.evaluate.gate.vs_champion.metric if spec.evaluate.gate.vs_champion
-                                        else TASKS[spec.data.task].main_metric)
-    data["evaluate"]["gate"]["vs_champion"] = VsChampion(metric=metric, min_delta=cfg.min_delta).model_dump()
+    data["evaluate"]["gate"]["vs_champion"] = VsChampion(metric=compared_metric(spec),
+                                                         min_delta=cfg.min_delta).model_dump()
     data["registry"]["promote_to"] = "challenger" if cfg.promote == "canary" else "champion"
     from raypipe.spec import load_spec
 
@@ -467,7 +474,6 @@ def settle_canary(spec: Any, *, now: float | None = None, address: str | None = 
     from raypipe.monitor.logwindow import check_log_window, references_for
     from raypipe.registry import Registry
     from raypipe.runtime import connect_for
-    from raypipe.tasks import TASKS
 
     cfg = spec.monitor.retrain
     store = Store(spec.storage).sub("monitor", spec.name, "retrain")
@@ -484,8 +490,7 @@ def settle_canary(spec: Any, *, now: float | None = None, address: str | None = 
     connect_for(spec, address)
     start = datetime.fromtimestamp(started, timezone.utc)
     check = check_log_window(spec, references_for(spec, reg), start, datetime.fromtimestamp(now, timezone.utc))
-    metric = cfg.vs_champion_metric or (spec.evaluate.gate.vs_champion.metric if spec.evaluate.gate.vs_champion
-                                        else TASKS[spec.data.task].main_metric)
+    metric = compared_metric(spec)
     by_version = {r.version: _live_metric(r, metric, cfg.canary_min_labels) for r in check.reports}
     cand, champ = by_version.get(entry["version"]), by_version.get(entry["parent"])
     out = RetrainOutcome(status="", reason="", trigger=entry["reason"], run_id=entry.get("run_id"),
