@@ -64,3 +64,23 @@ def monitor_cli(capsys: Any, *args: str) -> tuple[int, dict | None, str]:
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
     return code, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None), out.err
+
+
+def wait_while_serving(check: Any, timeout: float, what: str, procs: Any, tails: Any, every: float = 1.0) -> None:
+    """Poll ``check()`` until it is true, failing at once (with ``tails()``, the servers' logs) when one of
+    ``procs`` exits or after ``timeout`` s. A check that raises an HTTP or lookup error is still waiting;
+    an AssertionError in it ends the wait."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, KeyError, ValueError, IndexError):
+            pass
+        assert all(p.poll() is None for p in procs), f"a server exited\n{tails()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{tails()}"
+        time.sleep(every)

@@ -25,7 +25,7 @@ import yaml
 import raypipe
 from raypipe.monitor.webhook import AlertInbox, BadAlertPayload, handle_post
 from tests.conftest import free_port, small_spec
-from tests.monitor.helpers import monitor_cli
+from tests.monitor.helpers import monitor_cli, wait_while_serving
 
 NAME = "t-alerts"
 LABELS = {"severity": "page", "team": "ml"}
@@ -422,16 +422,7 @@ def test_drift_over_the_threshold_fires_in_prometheus_and_alertmanager_posts_it_
                                  for p in (tmp_path / "alertmanager.log", tmp_path / "prometheus.log"))
 
             def wait(check, timeout, what):
-                deadline = time.monotonic() + timeout
-                while True:
-                    try:
-                        if check():
-                            return
-                    except (httpx.HTTPError, KeyError, ValueError, IndexError):
-                        pass
-                    assert all(p.poll() is None for p in procs), f"a server exited\n{logs_tail()}"
-                    assert time.monotonic() < deadline, f"timed out waiting for {what}\n{logs_tail()}"
-                    time.sleep(0.25)
+                wait_while_serving(check, timeout, what, procs, logs_tail, every=0.25)
 
             def samples() -> int:
                 r = http.get(f"{api}/query", params={"query": "count_over_time(ray_raypipe_feature_drift[1m])"})

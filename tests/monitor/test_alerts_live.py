@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -27,7 +26,7 @@ import raypipe
 from raypipe.ingest.builtin.transactions import generate_transactions
 from raypipe.progress import Progress
 from tests.conftest import free_port, small_spec
-from tests.monitor.helpers import SHIFTED, UNSHIFTED, monitor_cli
+from tests.monitor.helpers import SHIFTED, UNSHIFTED, monitor_cli, wait_while_serving
 
 
 def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_served_monitor(ray_session, tmp_path,
@@ -74,16 +73,7 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
         return "\n".join(f"--- {n}:\n" + (tmp_path / f"{n}.log").read_text(errors="replace")[-2000:] for n in names)
 
     def wait(check, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if check():
-                    return
-            except (httpx.HTTPError, KeyError, ValueError, IndexError):
-                pass
-            assert all(p.poll() is None for p in procs.values()), f"a server exited\n{tails()}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{tails()}"
-            time.sleep(1)
+        wait_while_serving(check, timeout, what, procs.values(), tails)
 
     try:
         procs["monitor"] = subprocess.Popen([sys.executable, "-m", "raypipe", "monitor", str(spec_file), "--serve"],
