@@ -27,6 +27,7 @@ import raypipe
 from raypipe.cli import app
 from raypipe.monitor import dashboard
 from tests.conftest import free_port, small_spec
+from tests.serve.helpers import wait_until_serving
 
 ROWS = ["Traffic", "Model", "Data", "Quality", "Capacity"]
 
@@ -215,15 +216,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_after_real_tr
     url = f"http://127.0.0.1:{data['deploy']['port']}/dash"
     proc, log = None, None
     try:
-        deadline = time.monotonic() + 240
-        while server.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/monitor/status", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+        wait_until_serving(server, f"{url}/monitor/status", 240, tmp_path / "serve.log")
         config = write_prometheus_config(str(tmp_path / "prometheus.yml"), str(ray_dir / SD_FILE), scrape_interval_s=2)
         port = free_port()
         log = open(tmp_path / "prometheus.log", "wb")

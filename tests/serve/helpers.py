@@ -40,6 +40,20 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def wait_until_serving(server: Any, url: str, timeout: float, log_path: Any) -> None:
+    """Wait for a server process started by the test to answer 200 at ``url``; fail with its log's tail
+    if it exits or does not answer within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} never answered; the server's log ends:\n" + log_path.read_text()[-3000:])
+
+
 class ClosedLoop:
     """Clients each sending the next request as soon as the last is answered, until the block ends.
 

@@ -18,7 +18,7 @@ from raypipe.progress import Progress
 from raypipe.registry import Registry
 from raypipe.serve.deploy import deploy, sample_request
 from tests.conftest import free_port, small_spec
-from tests.serve.helpers import ClosedLoop, replicas, with_deploy
+from tests.serve.helpers import ClosedLoop, replicas, wait_until_serving, with_deploy
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +123,7 @@ def test_prometheus_scrapes_serve_and_raypipe_metrics(two_versions, tmp_path):
     url = f"http://127.0.0.1:{data['deploy']['port']}/observed"
     proc, log = None, None
     try:
-        deadline = time.monotonic() + 180
-        while server.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+        wait_until_serving(server, f"{url}/healthz", 180, tmp_path / "serve.log")
         config = write_prometheus_config(str(tmp_path / "prometheus.yml"), str(ray_dir / SD_FILE),
                                          scrape_interval_s=2)
         port = free_port()
