@@ -455,6 +455,13 @@ class TrainSection(_Section):
 
     workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
+    distributed: Literal["auto", "always", "never"] = Field(
+        default="auto", description="torch models: 'always' trains on Ray Train (DDP over train.workers processes); "
+        "'never' in one Ray task with train.workers CPUs and as many torch threads; 'auto' (default) trains in one "
+        "task unless the run uses a GPU or its transformed train and validation splits exceed train.local_max_mb, "
+        "where a single process' start-up saving no longer outweighs what several processes (or nodes) add")
+    local_max_mb: float = Field(default=1024, ge=0, description="with distributed: auto, the largest transformed "
+                                "train + validation size (float32 features) trained in one process")
     epochs: int | None = Field(default=None, ge=1, description="exactly this many epochs (early stopping may stop "
                                "sooner); null (default): enough epochs for min_steps, at least 10 and at most 200")
     min_steps: int = Field(default=1000, ge=0, description="with epochs unset: train for at least this many optimiser "

@@ -89,3 +89,26 @@ def newest_complete(checkpoint: Any) -> Any:
             if is_complete(d):
                 found.append((Store(d).read_json(MARKER)["epoch"], candidate))
     return max(found, key=lambda t: t[0])[1] if found else None
+
+
+def work_folder(ctx: Any) -> Any:
+    """The train stage's checkpoints: ``<storage>/work/train/<fingerprint>``, kept across a crashed run.
+
+    The stage's artifact folder is emptied when a run starts it again; this one is not,
+    so a rerun of the same stage (same fingerprint: same spec, data and code) resumes.
+    ``--force`` empties it.
+    """
+    store = ctx.root.sub(f"work/train/{ctx.fingerprint[:20]}")
+    if ctx.forced:
+        store.delete()
+    return store
+
+
+def newest_in(folder: str) -> str | None:
+    """The newest complete checkpoint folder under ``folder`` (incomplete ones are skipped)."""
+    if not os.path.isdir(folder):
+        return None
+    for name in sorted((n for n in os.listdir(folder) if n.startswith("epoch_")), reverse=True):
+        if is_complete(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None

@@ -20,9 +20,15 @@ class Fitted:
 def fit(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> Fitted:
     """Train ``spec``'s model on the transformed ``splits`` (``{"x", "y"}`` Ray Datasets)."""
     if spec.model.is_torch:
+        from raypipe.train.local import SINGLE, train_single
         from raypipe.train.torch_trainer import train_torch
 
-        return Fitted(*train_torch(spec, ctx, {s: splits[s] for s in ("train", "validation") if s in splits}, dims))
+        datasets = {s: splits[s] for s in ("train", "validation") if s in splits}
+        path, why = dims["path"]
+        if path == SINGLE:
+            return Fitted(*train_single(spec, ctx, datasets, dims, why))
+        meta, weights, report = train_torch(spec, ctx, datasets, dims)
+        return Fitted(meta, weights, {**report, "path": path, "path_reason": why})
     from raypipe.train.sklearn_trainer import train_sklearn
 
     return Fitted(*train_sklearn(spec, splits["train"], dims))

@@ -233,6 +233,13 @@ class ShardCache:
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
 
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor) -> ShardCache:
+        """A cache already holding ``x`` and ``y`` (a whole split read into memory)."""
+        cache = cls(x.element_size() * x.nelement() + y.element_size() * y.nelement())
+        cache.x, cache.y = x, y
+        return cache
+
     @property
     def ready(self) -> bool:
         return self.x is not None

@@ -9,6 +9,7 @@ from raypipe.stage import StageContext, StageOutput, TrainOutput
 from raypipe.train.balance import class_counts, class_weights, resample
 from raypipe.train.data import materialize_small, xy_dataset
 from raypipe.train.fit import fit
+from raypipe.train.local import choose_path
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
@@ -43,6 +44,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
             ctx.log("regression target standardised for training: mean {mean:.4g}, std {std:.4g} "
                     "(train split); the model un-scales its predictions".format(**dims["target_scale"]))
         torch_splits = {s: splits[s] for s in ("train", "validation") if s in splits}
+        dims["path"] = choose_path(spec.train, sum(rows.get(s, 0) for s in torch_splits), dims["input_dim"])
         torch_splits, materialized_mb = materialize_small(torch_splits, rows, dims["input_dim"], spec.train.materialize_mb)
         splits.update(torch_splits)
     if spec.tune is not None:
@@ -103,6 +105,8 @@ def rows_seen(history: list[dict[str, Any]], rows: dict[str, int]) -> dict[str, 
 
 
 def _log_torch(ctx: StageContext, report: dict[str, Any]) -> None:
+    if report.get("path"):
+        ctx.log(f"trained on the {report['path'].replace('_', ' ')} path ({report['path_reason']})")
     p = report.get("plan")
     if p:
         ctx.log(f"plan: {p['epochs']} epochs ({p['epochs_reason']}) x {p['steps_per_epoch']} steps of "

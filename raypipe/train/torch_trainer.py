@@ -53,10 +53,6 @@ def _batches(shard: Any, batch_size: int, dtypes: dict[str, Any], device: Any, s
         yield batch["x"], batch["y"]
 
 
-def _cpu_copy(net: Any) -> dict[str, Any]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
-
 def train_loop(config: dict[str, Any]) -> None:
     """The per-worker loop (runs inside each Ray Train worker)."""
     import ray.train
@@ -64,48 +60,28 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from raypipe.train.loop import (EarlyStopping, LoopConfig, ShardCache, epoch_metrics, evaluate, loss_function,
-                                    make_optimizer, train_epoch)
-    from raypipe.model.zoo import build_model
+    from raypipe.train.epochs import Training
+    from raypipe.train.loop import ShardCache
 
-    torch.manual_seed(config["seed"])
-    cfg = LoopConfig.from_dict(config)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    net = build_model(config["kind"], input_dim=config["input_dim"], n_outputs=config["n_outputs"],
-                      layout=config["layout"], params=config["params"], target_scale=config.get("target_scale"))
-    model = ray.train.torch.prepare_model(net)
     device = ray.train.torch.get_device()
-    optim, sched, scaler = make_optimizer(model, cfg)
-    stopper = EarlyStopping.from_config(cfg.early_stopping)
-    loss_fn = loss_function(cfg, device)
-    start_epoch, history, resumes, best = 0, [], [], None
+    run = Training(config, device, wrap=ray.train.torch.prepare_model, reduce=lambda v: _reduce(v, device),
+                   keep_best=rank == 0)
     restored = ray.train.get_checkpoint()
     restored = ckpt_files.newest_complete(restored) if restored else None
     if restored:
         with restored.as_directory() as d:
-            saved = ckpt_files.read(d)
-        meta = saved["meta"]
-        net.load_state_dict(saved["weights"])
-        optim.load_state_dict(saved["state"]["optimizer"])
-        sched.load_state_dict(saved["state"]["scheduler"])
-        scaler.load_state_dict(saved["state"]["scaler"])
-        if stopper is not None and saved["state"].get("early_stopping"):
-            stopper.load_state_dict(saved["state"]["early_stopping"])
-        best = saved["best"]
-        start_epoch, history = meta["epoch"] + 1, meta["history"]
-        # A restart after a failure: record where training picked up again.
-        resumes = meta.get("resumes", []) + [{"from_checkpoint_epoch": meta["epoch"], "first_epoch": start_epoch}]
-    dtypes = {"x": torch.float32, "y": torch.int64 if TASKS[cfg.task].has_classes else torch.float32}
+            run.restore(ckpt_files.read(d))
+    dtypes = {"x": torch.float32, "y": torch.int64 if TASKS[run.cfg.task].has_classes else torch.float32}
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
     bs = config["batch_size"]
-    stopped = stopper is not None and stopper.should_stop  # a restart after the stopping epoch's checkpoint
+    stopped = run.stopped  # a restart after the stopping epoch's checkpoint
     limit = int(config["cache_shards_mb"] * 2**20)
-    report_s = ckpt_s = 0.0
     train_cache, val_cache = ShardCache(limit), ShardCache(limit)
     gate = config.get("tune_gate")  # set in a Tune trial under ASHA (raypipe.train.tune.search.LockstepReport)
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in run.epochs():
         if stopped:
             break
         # Rows arrive in storage order (an image tree is sorted by class): shuffle them, seeded per epoch and rank.
@@ -114,43 +90,26 @@ def train_loop(config: dict[str, Any]) -> None:
             batches = train_cache.batches(bs, device, seed)
         else:
             batches = train_cache.record(_batches(train_shard, bs, dtypes, device, config["shuffle_buffer"], seed))
-        t0 = time.perf_counter()
-        train_sums = _reduce(list(train_epoch(model, batches, optim, scaler, loss_fn, cfg, device)), device)
-        t1 = time.perf_counter()
-        val_sums = None
+        vb = None
         if val_shard is not None:
             vb = val_cache.batches(bs, device) if val_cache.ready else val_cache.record(_batches(val_shard, bs, dtypes, device))
-            val_sums = _reduce(evaluate(model, vb, loss_fn, cfg, device), device)
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": optim.param_groups[0]["lr"], **epoch_metrics(train_sums, val_sums, cfg.task, cfg.target_std),
-                                   "train_rows": int(train_sums[1]), **({"val_rows": int(val_sums[2])} if val_sums else {}),
-                                   "train_s": round(t1 - t0, 3), "val_s": round(time.perf_counter() - t1, 3),
-                                   "report_s": report_s, "ckpt_s": ckpt_s}  # the previous epoch's report and checkpoint write
-        sched.step()
-        if stopper is not None:
-            # Every rank holds the same all-reduced metrics, so every rank stops at the same epoch.
-            if stopper.update(metrics, epoch) and rank == 0:
-                best = _cpu_copy(net)
-            stopped = stopper.should_stop
-            metrics["stopped"] = stopped
-        history.append(dict(metrics))
+        metrics = run.run_epoch(epoch, batches, vb)
+        stopped = run.stopped
         metrics["pid"] = os.getpid()
         t_ckpt = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                state = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                         "early_stopping": stopper.state_dict() if stopper else None}
-                ckpt_files.write(d, weights=net.state_dict(), state=state, best=best,
-                                 meta={"epoch": epoch, "history": history, "resumes": resumes, "pid": os.getpid()})
+                run.write_checkpoint(d, epoch, pid=os.getpid())
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             if epoch == config["epochs"] - 1 or stopped:
-                metrics["ddp"] = _ddp_evidence(net, rank, ctx.get_world_size())
+                metrics["ddp"] = _ddp_evidence(run.net, rank, ctx.get_world_size())
             t2 = time.perf_counter()
             ray.train.report(metrics, checkpoint=checkpoint)
             if gate is not None and rank == 0 and not stopped and epoch < config["epochs"] - 1:
                 _wait_for_tune(gate, epoch)  # the other ranks wait in the next epoch's first all-reduce
-            report_s = round(time.perf_counter() - t2, 3)
-            ckpt_s = round(t2 - t_ckpt, 3)
+            run.report_s = round(time.perf_counter() - t2, 3)
+            run.ckpt_s = round(t2 - t_ckpt, 3)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -259,15 +218,20 @@ def make_trainer(spec: Any, config: dict[str, Any], datasets: dict[str, Any], ru
 
 def model_from_checkpoint(spec: Any, checkpoint: Any, dims: dict[str, Any], ddp: Any,
                           where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(model metadata, weights, training report) from a run's newest complete checkpoint.
-
-    The best epoch's weights when ``train.early_stopping.restore_best`` kept them, else the last.
-    """
+    """(model metadata, weights, training report) from a Ray Train run's newest complete checkpoint."""
     final = ckpt_files.newest_complete(checkpoint) if checkpoint else None
     if final is None:
         raise StageFailed(f"stage 'train' failed: no complete checkpoint under {where}")
     with final.as_directory() as d:
-        saved = ckpt_files.read(d)
+        return model_from_saved(spec, ckpt_files.read(d), dims, ddp)
+
+
+def model_from_saved(spec: Any, saved: dict[str, Any], dims: dict[str, Any],
+                     ddp: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(model metadata, weights, training report) from a checkpoint's contents (:func:`checkpoint.read`).
+
+    The best epoch's weights when ``train.early_stopping.restore_best`` kept them, else the last.
+    """
     es = spec.train.early_stopping
     keep_best = es is not None and es.restore_best and saved["best"] is not None
     config = loop_config(spec, dims, True)
@@ -298,7 +262,7 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], dims: dict[str, A
 
     check_layout(spec.model.kind, dims["layout"])  # a spec error on the driver, before any worker starts
     config = loop_config(spec, dims, "validation" in datasets)
-    store = ctx.artifact
+    store = ckpt_files.work_folder(ctx)  # outlives the stage's artifact folder: a rerun after a driver crash resumes the run
     run_config = RunConfig(
         name="ray_train",
         storage_path=store.path(),
@@ -313,7 +277,9 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], dims: dict[str, A
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StageFailed(
             f"stage 'train' failed: Ray Train gave up after train.max_failures={spec.train.max_failures} "
-            f"restart(s): {first}\nEvery committed checkpoint is kept under {store.full_uri('ray_train')}; "
-            "raise train.max_failures to survive more worker failures."
+            f"restart(s): {first}\nEvery committed checkpoint is kept under {store.full_uri('ray_train')}; run "
+            "again to resume from the newest, or raise train.max_failures to survive more worker failures."
         ) from exc
-    return model_from_checkpoint(spec, result.checkpoint, dims, result.metrics.get("ddp"), store.full_uri("ray_train"))
+    meta, weights, report = model_from_checkpoint(spec, result.checkpoint, dims, result.metrics.get("ddp"),
+                                                  store.full_uri("ray_train"))
+    return meta, weights, {**report, "checkpoints": store.full_uri("ray_train")}

@@ -50,7 +50,7 @@ def _example_for_test(dest: Path) -> Path:
     spec["data"]["source"]["rows"] = 5000
     # Few rows and epochs: small batches still give the MLP enough optimizer steps
     # to clear the example's gate (roc_auc >= 0.75; about 0.88 in a simulation).
-    spec["train"].update(epochs=2, batch_size=128, lr=0.005)
+    spec["train"].update(epochs=2, batch_size=128, lr=0.005, distributed="always")  # DDP across the two nodes
     spec["deploy"]["enabled"] = False
     path = dest / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -31,7 +31,8 @@ def test_cnn_on_digits_png(ray_session, storage, tmp_path):
         "features": {"image": {"normalize": "standard"}},
         "model": {"kind": "torch.cnn", "params": {"channels": [16, 32], "hidden": [64]}},
         "train": {"workers": 2, "epochs": 12, "batch_size": 32, "lr": 0.005, "lr_schedule": "cosine",
-                  "warmup_epochs": 1, "materialize_mb": 0},  # the workers stream the splits from storage
+                  "warmup_epochs": 1, "materialize_mb": 0,  # the workers stream the splits from storage
+                  "distributed": "always"},
         "evaluate": {"metrics": ["accuracy", "f1_macro"], "gate": {"min": {"accuracy": 0.85}}},
     }, progress=quiet)
     assert result.status == "ok" and result.metrics["accuracy"] >= 0.85

@@ -32,7 +32,8 @@ def _spec(storage: Path, name: str, max_failures: int):
     return raypipe.load_spec(small_spec(
         storage, name=name, rows=6000,
         model={"kind": "torch.mlp", "params": {"hidden": [32, 16]}},
-        train={"workers": 2, "epochs": EPOCHS, "batch_size": 128, "lr": 0.005, "max_failures": max_failures},
+        train={"workers": 2, "epochs": EPOCHS, "batch_size": 128, "lr": 0.005, "max_failures": max_failures,
+               "distributed": "always"},
     ))
 
 
@@ -49,7 +50,7 @@ class KillAtCheckpoint(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout
         while not self.stop.is_set() and time.monotonic() < deadline:
-            for snap in self.storage.glob("stages/train/*/ray_train/checkpoint_manager_snapshot.json"):
+            for snap in self.storage.glob("work/train/*/ray_train/checkpoint_manager_snapshot.json"):
                 try:
                     latest = json.loads(snap.read_text())["latest_checkpoint_result"]
                 except (OSError, ValueError, KeyError):

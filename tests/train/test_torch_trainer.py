@@ -10,6 +10,7 @@ import raypipe
 from raypipe.model.predictor import Predictor
 from raypipe.progress import Progress
 from raypipe.registry import Registry
+from raypipe.store import Store
 from tests.conftest import small_spec
 
 EPOCHS = 6
@@ -22,7 +23,7 @@ def torch_run(ray_session, tmp_path_factory):
         storage, name="t-torch", rows=12007,
         data={"split": {"stratify": False}},  # an odd validation split: 1,801 rows
         model={"kind": "torch.mlp", "params": {"hidden": [32, 16]}},
-        train={"workers": 2, "epochs": EPOCHS, "batch_size": 128, "lr": 0.005},
+        train={"workers": 2, "epochs": EPOCHS, "batch_size": 128, "lr": 0.005, "distributed": "always"},
     ))
     return spec, raypipe.run(spec, progress=Progress(quiet=True))
 
@@ -49,8 +50,10 @@ def test_checkpoint_each_epoch_and_history(torch_run):
     n = result.outputs["features"].outputs.n_features
     assert report["materialized_mb"] == pytest.approx(rows * (4 * n + 8) / 2**20, abs=0.05)  # small: materialised
     assert all(h["val_loss"] > 0 and 0 <= h["val_accuracy"] <= 1 for h in report["history"])
-    ckpts = [p for p in train.store.walk_files("ray_train") if p.endswith("meta.json")]
-    epochs = sorted(json.loads(train.store.read_bytes("ray_train", p))["epoch"] for p in ckpts)
+    assert report["path"] == "ray_train" and report["path_reason"] == "train.distributed: always"
+    ckpt_store = Store(report["checkpoints"])  # the stage's work folder, which outlives a crashed run
+    ckpts = [p for p in ckpt_store.walk_files() if p.endswith("meta.json")]
+    epochs = sorted(json.loads(ckpt_store.read_bytes(p))["epoch"] for p in ckpts)
     assert epochs[-1] == EPOCHS - 1 and len(epochs) == 2  # CheckpointConfig(num_to_keep=2)
     assert train.store.exists("model", "model.safetensors") and not any(
         f.endswith((".pkl", ".pickle")) for f in train.store.walk_files())
