@@ -43,9 +43,11 @@ def spec(storage: Path, scheduler: str, epochs: int, rf: float) -> dict[str, Any
 
 
 def trained_epochs(storage: Path, trial_ids: list[str]) -> int:
-    """Complete checkpoints written by the trials' rank 0: one per epoch trained."""
-    return sum(len(glob.glob(str(storage / "work" / "tune" / "*" / "train" / t / "*" / "_COMPLETE.json")))
-               for t in trial_ids)
+    """Complete checkpoints written by the trials: one per epoch trained (a one-process trial's are in its Tune
+    trial folder, a TorchTrainer trial's in its Ray Train run)."""
+    work = storage / "work" / "tune" / "*"
+    return sum(len(glob.glob(str(work / "train" / t / "*" / "_COMPLETE.json")))
+               + len(glob.glob(str(work / "tune" / f"*{t}*" / "checkpoint_*" / "_COMPLETE.json"))) for t in trial_ids)
 
 
 def search(storage: Path, scheduler: str, epochs: int, rf: float) -> dict[str, Any]:

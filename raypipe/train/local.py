@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Callable
 from typing import Any
 
 from raypipe.train import checkpoint as ckpt_files
@@ -59,10 +61,14 @@ def _arrays(ds: Any) -> tuple[Any, Any]:
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
-def run_local(config: dict[str, Any], datasets: dict[str, Any], folder: str, threads: int) -> dict[str, Any]:
-    """The task's body: train ``config`` on ``datasets`` (``{"x", "y"}`` Ray Datasets), checkpointing into ``folder``."""
-    import time
+def train_in_memory(config: dict[str, Any], datasets: dict[str, Any], threads: int, restored: dict[str, Any] | None,
+                    save: Callable[[Any, int, dict[str, Any]], None]) -> None:
+    """Train ``config`` on ``datasets`` (``{"x", "y"}`` Ray Datasets) read whole into this process's memory.
 
+    ``restored``: a checkpoint's contents to continue from. ``save(training, epoch, metrics)``
+    runs after every epoch (it writes the checkpoint, and in a Tune trial reports it).
+    Each step takes ``workers x batch_size`` rows: the batch DDP averages over on the other path.
+    """
     import torch
 
     from raypipe.tasks import TASKS
@@ -72,9 +78,8 @@ def run_local(config: dict[str, Any], datasets: dict[str, Any], folder: str, thr
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     run = Training(config, device)
-    restored = ckpt_files.newest_in(folder)
     if restored:
-        run.restore(ckpt_files.read(restored))
+        run.restore(restored)
     label = torch.int64 if TASKS[run.cfg.task].has_classes else torch.float32
     train = ShardCache.of(*_cast(_arrays(datasets["train"]), label))
     val = ShardCache.of(*_cast(_arrays(datasets["validation"]), label)) if "validation" in datasets else None
@@ -83,14 +88,25 @@ def run_local(config: dict[str, Any], datasets: dict[str, Any], folder: str, thr
         if run.stopped:
             break
         seed = config["seed"] * 100_003 + epoch * 101
-        run.run_epoch(epoch, train.batches(bs, device, seed), val.batches(bs, device) if val else None)
+        metrics = run.run_epoch(epoch, train.batches(bs, device, seed), val.batches(bs, device) if val else None)
         t0 = time.perf_counter()
+        save(run, epoch, metrics)
+        run.ckpt_s = round(time.perf_counter() - t0, 3)
+
+
+def run_local(config: dict[str, Any], datasets: dict[str, Any], folder: str, threads: int) -> dict[str, Any]:
+    """The task's body: train, checkpointing into ``folder`` after every epoch (the newest :data:`KEEP` kept)."""
+    import torch
+
+    def save(run: Any, epoch: int, metrics: dict[str, Any]) -> None:
         target = os.path.join(folder, f"epoch_{epoch:06d}")
         shutil.rmtree(target, ignore_errors=True)  # an incomplete one left by a killed attempt
         run.write_checkpoint(target, epoch, pid=os.getpid())
         for old in sorted(n for n in os.listdir(folder) if n.startswith("epoch_"))[:-KEEP]:
             shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
-        run.ckpt_s = round(time.perf_counter() - t0, 3)
+
+    restored = ckpt_files.newest_in(folder)
+    train_in_memory(config, datasets, threads, ckpt_files.read(restored) if restored else None, save)
     return {"pid": os.getpid(), "threads": torch.get_num_threads()}
 
 

@@ -1,7 +1,8 @@
 """Ray Tune over the train stage, end to end on the session's Ray.
 
-- torch trials (Tune driver functions launching a 2-worker ``TorchTrainer``) under ASHA:
-  the poor configuration is stopped after its first rung, and the best trial's
+- torch trials under ASHA, both as function trainables training in their own process and
+  as Tune driver functions launching a 2-worker ``TorchTrainer``: the poor configuration is
+  stopped after its first rung (and trained no further epoch), and the best trial's
   checkpoint becomes the registered model;
 - scikit-learn trials with Optuna's search, interrupted by killing the driver process
   mid-search: the rerun continues with ``Tuner.restore`` and no finished trial runs again
@@ -30,12 +31,21 @@ quiet = Progress(quiet=True)
 CANCER = {"source": {"type": "builtin", "name": "breast_cancer"}, "target": "target"}
 
 
-def test_torch_trials_under_asha(ray_session, tmp_path):
+def _checkpoints(work: Path, trial_id: str, distributed: str) -> int:
+    """Complete checkpoints a trial wrote: one per epoch it trained."""
+    if distributed == "always":  # the trial's Ray Train run, named by the trial id
+        return len(glob.glob(str(work / "train" / trial_id / "*" / MARKER)))
+    return len(glob.glob(str(work / "tune" / f"*{trial_id}*" / "checkpoint_*" / MARKER)))  # Tune's trial folder
+
+
+@pytest.mark.parametrize("distributed", ["auto", "always"])
+def test_torch_trials_under_asha(ray_session, tmp_path, distributed):
+    """auto: each trial trains in its own process (a function trainable); always: a 2-worker TorchTrainer."""
     good, bad = 0.03, 1e-5
     result = raypipe.run({
         "name": "t-tune-torch", "storage": str(tmp_path / "store"), "data": CANCER,
         "model": {"kind": "torch.mlp", "params": {"hidden": [16]}},
-        "train": {"workers": 2, "epochs": 3, "batch_size": 32, "lr": 0.001},
+        "train": {"workers": 2, "epochs": 3, "batch_size": 32, "lr": 0.001, "distributed": distributed},
         # Grid points run in an order shuffled by tune.seed; seed 0 starts the good rate first, so it sets the
         # first rung and the bad one falls below it.
         "tune": {"space": {"train.lr": {"grid": [good, bad]}}, "num_samples": 1, "scheduler": "asha",
@@ -51,8 +61,7 @@ def test_torch_trials_under_asha(ray_session, tmp_path):
     # Lockstep: the workers waited for ASHA's decision after each report, so the stopped trial trained (and
     # checkpointed) exactly one epoch, not the epochs its workers could have run while the result travelled.
     work = next((tmp_path / "store" / "work" / "tune").iterdir())
-    trained = {row["config"]["train.lr"]: len(glob.glob(str(work / "train" / row["trial_id"] / "*" / MARKER)))
-               for row in table["trials"]}
+    trained = {row["config"]["train.lr"]: _checkpoints(work, row["trial_id"], distributed) for row in table["trials"]}
     assert trained == {good: 3, bad: 1}
     tune = train.outputs.tune
     assert tune["best_config"] == {"train.lr": good} and tune["trials"] == 2
@@ -61,7 +70,11 @@ def test_torch_trials_under_asha(ray_session, tmp_path):
     report = train.store.read_json("train_report.json")
     # The best trial's rate: the peak of the default schedule (a warm-up epoch at lr / 2, then the cosine decay).
     assert [h["epoch"] for h in report["history"]] == [0, 1, 2] and max(h["lr"] for h in report["history"]) == good
-    assert report["ddp"]["world_size"] == 2 and len({w["digest"] for w in report["ddp"]["workers"]}) == 1
+    if distributed == "always":
+        assert report["path"] == "ray_train"
+        assert report["ddp"]["world_size"] == 2 and len({w["digest"] for w in report["ddp"]["workers"]}) == 1
+    else:
+        assert report["path"] == "single_process" and report["ddp"] is None
     assert Registry(str(tmp_path / "store"), "t-tune-torch").alias("champion") == result.version
 
 

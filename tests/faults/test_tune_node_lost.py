@@ -77,7 +77,9 @@ def _spec(storage: Path) -> dict:
         "name": NAME, "storage": str(storage),
         "data": {"source": {"type": "builtin", "name": "breast_cancer"}, "target": "target"},
         "model": {"kind": "torch.mlp", "params": {"hidden": [16]}},
-        "train": {"workers": 1, "epochs": EPOCHS, "batch_size": 32, "max_failures": 2},
+        # always: each trial's TorchTrainer run (its driver, controller and worker on the lost node) is what this
+        # test follows; a one-process trial is an ordinary Tune function trainable.
+        "train": {"workers": 1, "epochs": EPOCHS, "batch_size": 32, "max_failures": 2, "distributed": "always"},
         "tune": {"space": {"train.lr": {"grid": list(LRS)}}, "num_samples": 1, "scheduler": "fifo",
                  "max_concurrent_trials": 2, "seed": 0},
         "evaluate": {"metrics": ["accuracy", "f1"], "gate": {"min": {"accuracy": 0.8}}},

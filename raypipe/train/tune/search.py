@@ -1,18 +1,27 @@
 """Ray Tune over the train stage: each trial trains one configuration of the spec.
 
-- Torch trials are Tune *driver functions*: each builds a ``TorchTrainer`` (the same
-  worker loop as a plain run) with ``TuneReportCallback``, so every epoch's metrics and
-  checkpoint reach Tune and ASHA can stop a poor trial after ``grace_period`` epochs.
-- Under ASHA the workers of a torch trial move in lockstep with Tune: after each epoch's
-  report, rank 0 waits until Tune has decided to continue the trial (see
-  :class:`LockstepReport`), so a trial that ASHA stops trains no epoch past the rung.
+- Torch trials on the one-process path (:func:`raypipe.train.local.choose_path`: no GPU,
+  data that fits; the default for small data) are *function trainables* (:func:`local_trial`):
+  the trial trains in its own process with ``train.workers`` CPUs and reports each epoch
+  with its checkpoint; ``reuse_actors`` runs the next trial in the same process. Measured
+  on digits, 16 configurations, 2 cores: see benchmarks/RESULTS.md (a TorchTrainer per
+  trial cost ~15-30 s of start-up each).
+- Torch trials on the Ray Train path are Tune *driver functions*: each builds a
+  ``TorchTrainer`` (the same worker loop as a plain run) with ``TuneReportCallback``, so
+  every epoch's metrics and checkpoint reach Tune and ASHA can stop a poor trial after
+  ``grace_period`` epochs.
+- Under ASHA a torch trial moves in lockstep with Tune: a function trainable's report
+  returns only once Tune asks for the next result; a TorchTrainer's rank 0 waits until
+  Tune has decided to continue the trial (see :class:`LockstepReport`). Either way a
+  trial that ASHA stops trains no epoch past the rung.
 - scikit-learn trials are plain function trainables sized by ``train.resources``: fit
   on the training split, score the validation split, report once with the skops file.
 
 Failures: ``train.max_failures`` is each trial's budget of restarts, spent by Tune alone.
 A trial whose training fails (a Train worker died) or whose own process died (its node
 was lost: the trial's driver, Train controller and workers go with it) is launched again
-(``FailureConfig`` on the Tuner). A torch trial's new launch builds the same
+(``FailureConfig`` on the Tuner). A function trainable's new launch continues after
+its newest complete checkpoint; a TorchTrainer trial's new launch builds the same
 ``TorchTrainer`` (run named by the trial id, in the same folder), which finds that run's
 registered checkpoints and resumes after the newest; a scikit-learn trial fits again.
 Ray Train itself does not retry inside a trial (``max_failures=0`` there): two budgets
@@ -40,7 +49,9 @@ from typing import Any
 
 from raypipe.errors import StageFailed
 from raypipe.tasks import TASKS
+from raypipe.train import checkpoint as ckpt_files
 from raypipe.train import fit as training
+from raypipe.train.local import SINGLE
 from raypipe.train.torch_trainer import train_plan
 from raypipe.train.tune.space import flat, search_space, trial_count, trial_spec
 from raypipe.train.tune.trust import make_private, why_untrusted
@@ -103,6 +114,43 @@ def torch_trial(sample: dict[str, Any], *, spec: Any, datasets: dict[str, Any], 
     training.torch_trainer(spec, dims, datasets, run_config, gate).fit()
 
 
+def local_trial(sample: dict[str, Any], *, spec: Any, datasets: dict[str, Any], dims: dict[str, Any],
+                work: str) -> None:
+    """A function trainable: one configuration trained in this trial's own process (no Ray Train).
+
+    Every epoch ends in ``tune.report`` with the epoch's checkpoint. Tune's function API
+    reports synchronously: ``report`` returns only when Tune asks for the next result,
+    which it does after its scheduler decided to continue the trial, so a trial that ASHA
+    stops trains no epoch past its rung. A relaunch (``train.max_failures``) continues
+    after the trial's newest complete checkpoint.
+    """
+    from ray import tune
+
+    from raypipe.train.local import train_in_memory
+    from raypipe.train.torch_trainer import loop_config
+
+    _record_launch(work, tune.get_context().get_trial_id())
+    spec = trial_spec(spec, sample)
+    config = {**loop_config(spec, dims, "validation" in datasets), "workers": spec.train.workers}
+    restored = tune.get_checkpoint()
+    restored = ckpt_files.newest_complete(restored) if restored else None
+    saved = None
+    if restored:
+        with restored.as_directory() as d:
+            saved = ckpt_files.read(d)
+
+    def report(run: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            run.write_checkpoint(d, epoch, pid=os.getpid())
+            tune.report({**metrics, "pid": os.getpid()}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    train_in_memory(config, datasets, max(1, int(_trial_cpus(spec))), saved, report)
+
+
+def _trial_cpus(spec: Any) -> float:
+    return spec.train.workers * float(spec.train.resources.get("CPU", 1))
+
+
 def sklearn_trial(sample: dict[str, Any], *, spec: Any, train_refs: list[Any], val_refs: list[Any],
                   dims: dict[str, Any], work: str) -> None:
     """A function trainable: fit one estimator configuration, score it on the validation split."""
@@ -142,10 +190,14 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         datasets = {"train": splits["train"]}
         if "validation" in splits:
             datasets["validation"] = splits["validation"]
-        trainable = tune.with_parameters(torch_trial, spec=spec, datasets=datasets, dims=dims, work=work,
-                                         lockstep=t.scheduler == "asha")
-        trainable = tune.with_resources(trainable, {"cpu": 0.01})  # the driver only waits; the workers hold the CPUs
-        per_trial = spec.train.workers * float(spec.train.resources.get("CPU", 1))
+        per_trial = _trial_cpus(spec)
+        if dims["path"][0] == SINGLE:  # the trial trains in its own process, with the CPUs of train.workers
+            trainable = tune.with_parameters(local_trial, spec=spec, datasets=datasets, dims=dims, work=work)
+            trainable = tune.with_resources(trainable, {"cpu": per_trial})
+        else:
+            trainable = tune.with_parameters(torch_trial, spec=spec, datasets=datasets, dims=dims, work=work,
+                                             lockstep=t.scheduler == "asha")
+            trainable = tune.with_resources(trainable, {"cpu": 0.01})  # the driver only waits; the workers hold the CPUs
     else:
         trainable = tune.with_parameters(sklearn_trial, spec=spec, train_refs=splits["train"].to_numpy_refs(),
                                          val_refs=splits["validation"].to_numpy_refs(), dims=dims, work=work)
@@ -176,8 +228,11 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         tuner = tune.Tuner(
             trainable,
             param_space=space,
+            # reuse_actors: a function trainable's next trial runs in the same process (no worker start, torch
+            # already imported); a TorchTrainer trial's driver gains little from it either way.
             tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
-                                        num_samples=t.num_samples, max_concurrent_trials=concurrent),
+                                        num_samples=t.num_samples, max_concurrent_trials=concurrent,
+                                        reuse_actors=True),
             # A failed trial (its Train workers, or its node with its driver) is launched again and resumes.
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=spec.train.max_failures)),
@@ -239,9 +294,13 @@ def _best_model(spec: Any, ctx: Any, results: Any, metric: str, mode: str, dims:
         return training.Fitted(training.fit_meta(best_spec, dims), blob, report)
     from ray.train import Checkpoint
 
-    path = best.metrics["checkpoint_path"]
-    fitted = training.torch_fitted(best_spec, dims, Checkpoint(path), best.metrics.get("ddp"), path)
-    return training.Fitted(fitted.meta, fitted.model, {**fitted.report, **report})
+    if "checkpoint_path" in best.metrics:  # a TorchTrainer trial: its Ray Train run's checkpoint
+        checkpoint, path = Checkpoint(best.metrics["checkpoint_path"]), best.metrics["checkpoint_path"]
+    else:  # a function trainable: the checkpoint of its last report
+        checkpoint, path = best.checkpoint, best.path
+    fitted = training.torch_fitted(best_spec, dims, checkpoint, best.metrics.get("ddp"), path)
+    route = {"path": dims["path"][0], "path_reason": dims["path"][1]}
+    return training.Fitted(fitted.meta, fitted.model, {**fitted.report, **route, **report})
 
 
 def _trial_table(results: Any, metric: str) -> dict[str, Any]:
