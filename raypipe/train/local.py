@@ -51,13 +51,25 @@ def choose_path(train: Any, rows: int, n_features: int) -> tuple[str, str]:
 
 
 def _arrays(ds: Any) -> tuple[Any, Any]:
+    """``x`` and ``y`` of a (materialised) dataset, straight from its blocks.
+
+    Not ``iter_batches``: in a fresh worker process its first call set up Ray Data's
+    streaming executor for 1.8 s (35,000 x 30 floats; later calls 0.04-0.08 s), against
+    0.03 s for fetching the block refs of the materialised dataset.
+    """
     import numpy as np
+    import ray
     import torch
+    from ray.data.block import BlockAccessor
 
     xs, ys = [], []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        xs.append(batch["x"])
-        ys.append(batch["y"])
+    for bundle in ds.iter_internal_ref_bundles():
+        for ref in bundle.block_refs:
+            block = BlockAccessor.for_block(ray.get(ref))
+            if block.num_rows():
+                cols = block.to_numpy(["x", "y"])
+                xs.append(cols["x"])
+                ys.append(cols["y"])
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 

@@ -186,6 +186,7 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         raise StageFailed("tune: the search's working folder must be on a local or shared filesystem for now; "
                           f"storage {ctx.root.full_uri('')!r} is remote")
     work = work_store.path()
+    reuse = not spec.model.is_torch or dims["path"][0] == SINGLE
     if spec.model.is_torch:
         datasets = {"train": splits["train"]}
         if "validation" in splits:
@@ -228,11 +229,12 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
         tuner = tune.Tuner(
             trainable,
             param_space=space,
-            # reuse_actors: a function trainable's next trial runs in the same process (no worker start, torch
-            # already imported); a TorchTrainer trial's driver gains little from it either way.
+            # reuse_actors: a one-process trial's successor runs in the same process (no worker start, torch
+            # already imported). Not for TorchTrainer trials: a reused trial driver left the next trial's
+            # Train run waiting for ever (its predecessor's worker group was never released).
             tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
                                         num_samples=t.num_samples, max_concurrent_trials=concurrent,
-                                        reuse_actors=True),
+                                        reuse_actors=reuse),
             # A failed trial (its Train workers, or its node with its driver) is launched again and resumes.
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=spec.train.max_failures)),
