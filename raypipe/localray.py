@@ -218,21 +218,36 @@ def _session_pids(temp_dir: str) -> list[int]:
 
 
 def _stop_pids(pids: list[int], grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL what is left after ``grace_s`` (the GCS and raylet may ignore SIGTERM
-    for a while, as `ray stop` knows)."""
+    """SIGTERM in `ray stop`'s order (the GCS last: a raylet whose GCS is gone first waits for it
+    before exiting), then SIGKILL what is left after ``grace_s``."""
     psutil = _psutil()
     procs = []
     for pid in pids:
         try:
-            p = psutil.Process(pid)
-            p.send_signal(signal.SIGTERM)
-            procs.append(p)
+            procs.append(psutil.Process(pid))
         except psutil.Error:
             pass
-    _, left = psutil.wait_procs(procs, timeout=grace_s)
-    for p in left:
+
+    def name(p: Any) -> str:
         try:
-            p.kill()
+            return p.name()
+        except psutil.Error:
+            return ""
+
+    gcs = [p for p in procs if name(p) == "gcs_server"]
+    rest = sorted((p for p in procs if p not in gcs), key=lambda p: name(p) != "raylet")  # the raylet first
+    deadline = time.monotonic() + grace_s
+    for group in (rest, gcs):
+        for p in group:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(group, timeout=max(0.1, deadline - time.monotonic()) if group is rest else 3)
+    for p in procs:
+        try:
+            if p.is_running():
+                p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(left, timeout=5)
+    psutil.wait_procs(procs, timeout=5)

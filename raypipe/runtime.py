@@ -1,10 +1,12 @@
-"""Connecting to Ray: a local in-process Ray by default, or a running cluster.
+"""Connecting to Ray: a local in-process Ray by default, the one `raypipe up` keeps, or a cluster.
 
-A local Ray binds to 127.0.0.1, with Ray's token authentication on; its dashboard
+A local Ray runs with Ray's token authentication on; its dashboard, when it starts,
 listens on 127.0.0.1 only. The dashboard serves the state API that Ray Train's
 placement-group cleaner polls: without it, a Train run that Tune stops early (ASHA)
-leaks its workers' placement group and the next trial waits forever for CPUs. On a cluster raypipe joins with
-``address="auto"`` (or an explicit address) and changes nothing else.
+leaks its workers' placement group and the next trial waits forever for CPUs. It starts
+only for runs that need it (:func:`dashboard_needed`). Without an address, a run joins the
+background Ray of `raypipe up` when it is up (:mod:`raypipe.localray`). On a cluster
+raypipe joins with ``address="auto"`` (or an explicit address) and changes nothing else.
 """
 from __future__ import annotations
 

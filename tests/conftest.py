@@ -5,12 +5,17 @@ ports. Ray start-up costs ~10 s on a 2-core machine, so it happens once.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from raypipe.runtime import free_port  # noqa: F401  (the tests import it from here)
+
+# A developer's own `raypipe up` Ray (state in ~/.raypipe) must not be joined by the tests'
+# runs and subprocesses: they get an empty raypipe home (tests/test_localray.py makes its own).
+os.environ["RAYPIPE_HOME"] = tempfile.mkdtemp(prefix="rp-home-")
 
 
 @pytest.fixture(scope="session")
