@@ -95,7 +95,7 @@ def up(
         found = localray.find()
         if found is None:
             err.print(f"no local Ray from `raypipe up` is running (state: {localray.state_path()})")
-            raise typer.Exit(1)
+            raise SystemExit(1)  # (click returns a typer.Exit code without exiting in standalone_mode=False)
         _print_local(found, "up")
         return
     found, started = localray.up(num_cpus=num_cpus, ingress=ingress, allow_insecure=allow_insecure)

@@ -208,6 +208,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     elif kept is not None:
+        if kept.ingress != ingress and (ingress == "proxy" or haproxy_available()):
+            log.warning("deploy.ingress is %r but the Ray of `raypipe up` runs Serve with %r (it is set when that Ray "
+                        "starts): `raypipe down`, then `raypipe up --ingress %s`", ingress, kept.ingress, ingress)
         _join_kept(kept, log_to_driver)
     else:
         require_token_auth(allow_insecure)
