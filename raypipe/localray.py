@@ -28,93 +28,18 @@ killed process) is stale: :func:`find` ignores it and says so.
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("raypipe")
-STATE_FILE = "localray.json"
+from raypipe.localstate import LocalRay, find, psutil_module, read_state, session_pids, state_path, write_state
 
-
-@dataclass
-class LocalRay:
-    """One background Ray started by :func:`up`."""
-
-    address: str          # the GCS address, host:port, as Ray reports it
-    temp_dir: str         # the Ray's own --temp-dir (its sessions live under it)
-    session_dir: str      # the session folder (logs, metrics, sockets)
-    dashboard_url: str    # http://127.0.0.1:PORT
-    num_cpus: int
-    ingress: str          # Serve's ingress (haproxy or proxy)
-    env: dict[str, str] = field(default_factory=dict)  # what the Ray's processes got beyond our own environment
-    started: float = 0.0  # time.time() when it came up
-
-
-def home() -> Path:
-    """raypipe's per-user folder: ``$RAYPIPE_HOME`` or ``~/.raypipe``."""
-    return Path(os.environ.get("RAYPIPE_HOME") or "~/.raypipe").expanduser()
-
-
-def state_path() -> Path:
-    return home() / STATE_FILE
-
-
-def read_state() -> LocalRay | None:
-    """The recorded Ray, alive or not (None when there is no readable state file)."""
-    try:
-        data = json.loads(state_path().read_text())
-        return LocalRay(**data)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _write_state(ray_: LocalRay) -> None:
-    path = state_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(ray_), f, indent=2)
-    os.replace(tmp, path)
-
-
-def _gcs_open(address: str, timeout: float = 1.0) -> bool:
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def alive(ray_: LocalRay) -> bool:
-    """Whether that Ray still runs: its GCS answers and a process of its session is alive.
-
-    Both, because after a reboot another program may hold the port.
-    """
-    return _gcs_open(ray_.address) and bool(_session_pids(ray_.temp_dir))
-
-
-def find(note: bool = True) -> LocalRay | None:
-    """The running Ray that `raypipe up` started, or None. A stale state file is noted and ignored."""
-    ray_ = read_state()
-    if ray_ is None:
-        return None
-    if alive(ray_):
-        return ray_
-    if note:
-        log.warning("ignoring %s: the Ray started by `raypipe up` at %s is not running any more "
-                    "(`raypipe up` starts a new one, `raypipe down` forgets it)", state_path(), ray_.address)
-    return None
+__all__ = ["LocalRay", "down", "find", "read_state", "state_path", "up"]
 
 
 def up(num_cpus: int | None = None, ingress: str = "haproxy", allow_insecure: bool = False,
@@ -135,6 +60,12 @@ def up(num_cpus: int | None = None, ingress: str = "haproxy", allow_insecure: bo
     if running is not None:
         return running, False
     require_token_auth(allow_insecure)
+    stale = read_state()
+    if stale is not None:  # what is left of it (a GCS that died under a live raylet, its folder) goes first
+        _stop_pids(session_pids(stale.temp_dir), grace_s=5)
+        import shutil
+
+        shutil.rmtree(stale.temp_dir, ignore_errors=True)
     env_extra = {**train_env(), **serve_env(ingress)}
     secure = os.environ.get("RAY_AUTH_MODE", "token") == "token"
     if secure:
@@ -155,7 +86,7 @@ def up(num_cpus: int | None = None, ingress: str = "haproxy", allow_insecure: bo
         proc = subprocess.run(args, env={**os.environ, **env_extra}, stdout=f, stderr=subprocess.STDOUT,
                               timeout=timeout_s, check=False)
     if proc.returncode != 0:
-        _stop_pids(_session_pids(temp_dir))
+        _stop_pids(session_pids(temp_dir))
         tail = out.read_text(errors="replace")[-2000:]
         raise RaypipeError(f"`ray start --head` failed (exit {proc.returncode}); its output ({out}):\n{tail}")
     address = (Path(temp_dir) / "ray_current_cluster").read_text().strip()
@@ -164,7 +95,7 @@ def up(num_cpus: int | None = None, ingress: str = "haproxy", allow_insecure: bo
                     dashboard_url=f"http://127.0.0.1:{dash_port}" if dashboard else "", num_cpus=cpus,
                     ingress="haproxy" if env_extra.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy",
                     env=env_extra, started=time.time())
-    _write_state(ray_)
+    write_state(ray_)
     return ray_, True
 
 
@@ -185,7 +116,7 @@ def down(grace_s: float = 10.0) -> LocalRay | None:
     ray_ = read_state()
     if ray_ is None:
         return None
-    _stop_pids(_session_pids(ray_.temp_dir), grace_s)
+    _stop_pids(session_pids(ray_.temp_dir), grace_s)
     state_path().unlink(missing_ok=True)
     import shutil
 
@@ -196,40 +127,10 @@ def down(grace_s: float = 10.0) -> LocalRay | None:
     return ray_
 
 
-def _psutil() -> Any:
-    import ray  # noqa: F401 - Ray carries psutil in ray/thirdparty_files and puts it on sys.path
-    import psutil
-
-    return psutil
-
-
-def _session_pids(temp_dir: str) -> list[int]:
-    """The processes of the Ray whose temp dir is ``temp_dir``: those naming it on their command line
-    (GCS, raylet, dashboard, monitors) and all their descendants (agents, workers, HAProxy)."""
-    psutil = _psutil()
-    roots = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = p.info["cmdline"] or []
-        except psutil.Error:
-            continue
-        if any(temp_dir in arg for arg in cmd) and p.pid != os.getpid():
-            roots.append(p)
-    pids = set()
-    for p in roots:
-        pids.add(p.pid)
-        try:
-            pids.update(c.pid for c in p.children(recursive=True))
-        except psutil.Error:
-            pass
-    pids.discard(os.getpid())
-    return sorted(pids)
-
-
 def _stop_pids(pids: list[int], grace_s: float = 10.0) -> None:
     """SIGTERM in `ray stop`'s order (the GCS last: a raylet whose GCS is gone first waits for it
     before exiting), then SIGKILL what is left after ``grace_s``."""
-    psutil = _psutil()
+    psutil = psutil_module()
     procs = []
     for pid in pids:
         try:

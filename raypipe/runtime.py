@@ -5,7 +5,7 @@ listens on 127.0.0.1 only. The dashboard serves the state API that Ray Train's
 placement-group cleaner polls: without it, a Train run that Tune stops early (ASHA)
 leaks its workers' placement group and the next trial waits forever for CPUs. It starts
 only for runs that need it (:func:`dashboard_needed`). Without an address, a run joins the
-background Ray of `raypipe up` when it is up (:mod:`raypipe.localray`). On a cluster
+background Ray of `raypipe up` when it is up (:mod:`raypipe.localray`, :mod:`raypipe.localstate`). On a cluster
 raypipe joins with ``address="auto"`` (or an explicit address) and changes nothing else.
 """
 from __future__ import annotations
@@ -252,9 +252,9 @@ def joined_kept_ray() -> bool:
 
 def _kept_local_ray() -> Any:
     """The Ray `raypipe up` keeps running, when it is up (None otherwise; a stale record is noted)."""
-    from raypipe import localray
+    from raypipe import localstate
 
-    return localray.find()
+    return localstate.find()
 
 
 def _join_kept(kept: Any, log_to_driver: bool) -> None:

@@ -1,4 +1,5 @@
-"""`raypipe up` / `raypipe down`: a real background Ray, real `raypipe` subprocesses.
+"""`raypipe up` / `raypipe down` (localray.py, and its record in localstate.py): a real background
+Ray, real `raypipe` subprocesses.
 
 One `ray start` for the module (~10-15 s here); the tests run in file order and the last
 one stops it. Each test's RAYPIPE_HOME is private, so a developer's own `raypipe up` on
@@ -60,7 +61,7 @@ def _process_env(pid: int) -> dict[str, str]:
 def test_up_starts_a_ray_with_token_auth_a_loopback_dashboard_and_a_private_state_file(kept) -> None:
     from ray._raylet import AuthenticationTokenLoader
 
-    from raypipe.localray import _session_pids, state_path
+    from raypipe.localstate import session_pids, state_path
 
     state, _, home, out = kept
     assert state_path() == home / "localray.json"
@@ -69,7 +70,7 @@ def test_up_starts_a_ray_with_token_auth_a_loopback_dashboard_and_a_private_stat
     assert state.temp_dir.startswith("/tmp/rpup-") and not state.session_dir.startswith("/tmp/ray/")
     assert os.path.isdir(state.session_dir)
     # the cluster's processes run with token authentication and raypipe's Train and Serve settings
-    raylets = [p for p in _session_pids(state.temp_dir) if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
+    raylets = [p for p in session_pids(state.temp_dir) if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
     assert len(raylets) == 1
     env = _process_env(raylets[0])
     assert env.get("RAY_AUTH_MODE") == "token"
@@ -133,26 +134,26 @@ def test_ray_address_still_wins_and_a_spec_can_opt_out(kept, ray_session) -> Non
 
 
 def test_down_stops_that_ray_only(kept, ray_session) -> None:
-    from raypipe import localray
+    from raypipe import localstate
 
     state, env, home, _ = kept
     stopped = _raypipe(["down"], env)
     assert stopped.returncode == 0 and state.address in stopped.stderr, stopped.stderr
     assert not (home / "localray.json").exists()
-    assert not localray._gcs_open(state.address) and localray._session_pids(state.temp_dir) == []
+    assert not localstate._gcs_open(state.address) and localstate.session_pids(state.temp_dir) == []
     assert ray_session.get(ray_session.remote(lambda: 7).remote()) == 7  # the test session's Ray is still up
     assert _raypipe(["up", "--status"], env).returncode == 1
     assert "no local Ray" in _raypipe(["down"], env).stderr
 
 
 def test_a_stale_state_file_is_ignored_with_a_note(tmp_path, monkeypatch, caplog) -> None:
-    from raypipe import localray, runtime
+    from raypipe import localstate, runtime
 
     monkeypatch.setenv("RAYPIPE_HOME", str(tmp_path))
-    dead = localray.LocalRay(address="127.0.0.1:1", temp_dir=str(tmp_path / "gone"), session_dir=str(tmp_path / "gone"),
+    dead = localstate.LocalRay(address="127.0.0.1:1", temp_dir=str(tmp_path / "gone"), session_dir=str(tmp_path / "gone"),
                              dashboard_url="", num_cpus=4, ingress="proxy")
-    localray._write_state(dead)
+    localstate.write_state(dead)
     with caplog.at_level("WARNING", logger="raypipe"):
         assert runtime._kept_local_ray() is None
-    assert "not running any more" in caplog.text and str(localray.state_path()) in caplog.text
-    assert localray.read_state() == dead  # kept until `raypipe up` or `raypipe down` replaces it
+    assert "not running any more" in caplog.text and str(localstate.state_path()) in caplog.text
+    assert localstate.read_state() == dead  # kept until `raypipe up` or `raypipe down` replaces it
