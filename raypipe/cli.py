@@ -82,11 +82,8 @@ def up(
 ) -> None:
     """Start a local Ray in the background that later runs join, so only the first run pays Ray's start-up.
 
-    `raypipe run`, `serve`, `predict`, `monitor`, ... with no --address, ray.address or RAY_ADDRESS
-    join it while it is up (ray.reuse_local: false opts a spec out). It has token authentication on,
-    its dashboard on 127.0.0.1 (the URL is printed), its own session folder, and runs until
-    `raypipe down` (or a reboot).
-    """
+    `raypipe run`, `serve`, `predict`, `monitor`, ... with no --address, ray.address or RAY_ADDRESS join it while it is up (ray.reuse_local: false opts a spec out). It has token authentication on, its dashboard on 127.0.0.1 (the URL is printed: a long-lived Ray is worth its UI), its own session folder, and runs until `raypipe down` (or a reboot).
+    """  # noqa: E501 - one line: the help screen keeps a docstring's line breaks
     from raypipe import localray
 
     if ingress not in ("haproxy", "proxy"):

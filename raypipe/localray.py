@@ -53,13 +53,16 @@ def up(num_cpus: int | None = None, ingress: str = "haproxy", allow_insecure: bo
     turns it on only when a token already exists). ``RAY_AUTH_MODE=disabled`` in the
     environment is refused unless ``allow_insecure`` (as for a run's own local Ray).
     """
-    from raypipe.errors import RaypipeError
-    from raypipe.runtime import free_port, require_token_auth, serve_env, train_env
+    from raypipe.errors import RaypipeError, SpecError
+    from raypipe.runtime import free_port, serve_env, train_env
 
     running = find()
     if running is not None:
         return running, False
-    require_token_auth(allow_insecure)
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode != "token" and not allow_insecure:
+        raise SpecError(f"RAY_AUTH_MODE={mode!r} would start a Ray without authentication: anyone on this host could "
+                        "run code through it. Unset RAY_AUTH_MODE, or `raypipe up --allow-insecure` to accept that")
     stale = read_state()
     if stale is not None:  # what is left of it (a GCS that died under a live raylet, its folder) goes first
         _stop_pids(session_pids(stale.temp_dir), grace_s=5)

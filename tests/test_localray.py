@@ -157,3 +157,10 @@ def test_a_stale_state_file_is_ignored_with_a_note(tmp_path, monkeypatch, caplog
         assert runtime._kept_local_ray() is None
     assert "not running any more" in caplog.text and str(localstate.state_path()) in caplog.text
     assert localstate.read_state() == dead  # kept until `raypipe up` or `raypipe down` replaces it
+
+
+def test_up_refuses_a_ray_without_authentication_unless_asked(tmp_path) -> None:
+    env = {**os.environ, "RAYPIPE_HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"}
+    refused = _raypipe(["up"], env)
+    assert refused.returncode == 2 and "--allow-insecure" in refused.stderr, refused.stderr
+    assert not (tmp_path / "localray.json").exists()
