@@ -50,11 +50,8 @@ def child(dashboard: bool, join: bool) -> dict[str, float]:
     from raypipe import runtime
 
     t_import = time.perf_counter()
-    runtime_dir = tempfile.mkdtemp(prefix="rpsb-", dir="/tmp")
-    if join:
-        runtime.connect()
-    else:
-        runtime.connect(temp_dir=runtime_dir, dashboard=dashboard, log_to_driver=False)
+    runtime_dir = None if join else tempfile.mkdtemp(prefix="rpsb-", dir="/tmp")
+    runtime.connect(temp_dir=runtime_dir, dashboard=dashboard, log_to_driver=False)  # no temp dir: join `up`'s
     t_init = time.perf_counter()
     task = ray.remote(num_cpus=1)(_task)
     ray.get(task.remote())
@@ -62,7 +59,7 @@ def child(dashboard: bool, join: bool) -> dict[str, float]:
     ray.get([task.remote() for _ in range(4)])
     t_four = time.perf_counter()
     ray.shutdown()
-    if not join:
+    if runtime_dir:
         import shutil
 
         shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -79,6 +76,8 @@ def main() -> None:
         opts = json.loads(args.child)
         print(json.dumps(child(opts.get("dashboard", True), opts.get("join", False))))
         return
+    import shutil
+
     from raypipe import localray
 
     home = tempfile.mkdtemp(prefix="rpsb-home-")
@@ -105,6 +104,7 @@ def main() -> None:
                     one(name)
     finally:
         localray.down()
+        shutil.rmtree(home, ignore_errors=True)
     table = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()}
     if args.json:
         print(json.dumps({"runs": args.runs, "median_s": table, "all": results}))
