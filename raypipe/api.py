@@ -156,7 +156,7 @@ def monitor_serve(spec: Spec | str | Path | dict[str, Any] | None, *, address: s
 
     s = as_spec(spec)
     digest = api_key_digest(s)
-    connect_for(s, address)
+    connect_for(s, address, serving=True)
     d = s.deploy
     return deploy_monitor(s, digest, {"host": d.host, "port": d.port, "request_timeout_s": http_timeout_s(s)},
                           LoggingConfig(**QUIET))

@@ -42,6 +42,10 @@ def run(
     from raypipe.api import as_spec, run as run_pipeline
 
     s = as_spec(spec)
+    if blocking and (s.deploy.enabled if serve is None else serve) and until is None:
+        from raypipe.runtime import connect_for
+
+        connect_for(s, address, serving=True)  # a Ray that stays up serving starts what serving needs
     result = run_pipeline(s, force=force, until=until, address=address)
     summary = result.summary()
     if (s.deploy.enabled if serve is None else serve) and until is None:
@@ -63,8 +67,60 @@ def _deploy_and_probe(spec: Any, address: str | None, port: int | None, blocking
     if blocking:
         endpoint.wait()
     elif not (address or spec.ray.address):
-        shutdown()  # a local demo ends cleanly; on a cluster the app keeps running
+        shutdown(endpoint.app_name)  # a local demo ends cleanly; on a cluster the app keeps running
     return extra
+
+
+@app.command()
+def up(
+    status: bool = typer.Option(False, "--status", help="Only say whether it is up (exit 1 when not)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="Logical CPUs (default: max(4, cores), "
+                                           "as a run's own local Ray)."),
+    ingress: str = typer.Option("haproxy", "--ingress", help="Serve's ingress: haproxy or proxy (see deploy.ingress)."),
+    allow_insecure: bool = typer.Option(False, "--allow-insecure", help="Accept RAY_AUTH_MODE=disabled: a Ray "
+                                        "without token authentication, usable by anyone on this host."),
+) -> None:
+    """Start a local Ray in the background that later runs join, so only the first run pays Ray's start-up.
+
+    `raypipe run`, `serve`, `predict`, `monitor`, ... with no --address, ray.address or RAY_ADDRESS join it while it is up (ray.reuse_local: false opts a spec out). It has token authentication on, its dashboard on 127.0.0.1 (the URL is printed: a long-lived Ray is worth its UI), its own session folder, and runs until `raypipe down` (or a reboot).
+    """  # noqa: E501 - one line: the help screen keeps a docstring's line breaks
+    from raypipe import localray
+
+    if ingress not in ("haproxy", "proxy"):
+        raise typer.BadParameter(f"--ingress must be haproxy or proxy, got {ingress!r}")
+    if status:
+        found = localray.find()
+        if found is None:
+            err.print(f"no local Ray from `raypipe up` is running (state: {localray.state_path()})")
+            raise SystemExit(1)  # (click returns a typer.Exit code without exiting in standalone_mode=False)
+        _print_local(found, "up")
+        return
+    found, started = localray.up(num_cpus=num_cpus, ingress=ingress, allow_insecure=allow_insecure)
+    _print_local(found, "started" if started else "already up")
+
+
+def _print_local(r: Any, what: str) -> None:
+    import time
+
+    age = time.time() - r.started
+    since = f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min"
+    err.print(f"local Ray {what}: {r.address}, {r.num_cpus} CPUs, Serve ingress {r.ingress}, up {since}", markup=False)
+    err.print(f"session {r.session_dir}", markup=False)
+    if r.dashboard_url:
+        err.print(f"dashboard {r.dashboard_url} (token: `ray get-auth-token`)", markup=False)
+    err.print("runs on this host join it; `raypipe down` stops it", markup=False)
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Ray that `raypipe up` started (only that one; other Rays on the host keep running)."""
+    from raypipe import localray
+
+    stopped = localray.down()
+    if stopped is None:
+        err.print(f"no local Ray from `raypipe up` to stop (state: {localray.state_path()})")
+        return
+    err.print(f"stopped the local Ray at {stopped.address} ({stopped.temp_dir})", markup=False)
 
 
 @app.command()

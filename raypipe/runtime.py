@@ -1,10 +1,12 @@
-"""Connecting to Ray: a local in-process Ray by default, or a running cluster.
+"""Connecting to Ray: a local in-process Ray by default, the one `raypipe up` keeps, or a cluster.
 
-A local Ray binds to 127.0.0.1, with Ray's token authentication on; its dashboard
+A local Ray runs with Ray's token authentication on; its dashboard, when it starts,
 listens on 127.0.0.1 only. The dashboard serves the state API that Ray Train's
 placement-group cleaner polls: without it, a Train run that Tune stops early (ASHA)
-leaks its workers' placement group and the next trial waits forever for CPUs. On a cluster raypipe joins with
-``address="auto"`` (or an explicit address) and changes nothing else.
+leaks its workers' placement group and the next trial waits forever for CPUs. It starts
+only for runs that need it (:func:`dashboard_needed`). Without an address, a run joins the
+background Ray of `raypipe up` when it is up (:mod:`raypipe.localray`, :mod:`raypipe.localstate`). On a cluster
+raypipe joins with ``address="auto"`` (or an explicit address) and changes nothing else.
 """
 from __future__ import annotations
 
@@ -17,20 +19,32 @@ log = logging.getLogger("raypipe")
 _USER_HAPROXY = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")  # the user's own choice, before raypipe sets it
 
 
-def local_init_kwargs(num_cpus: int | None = None, log_to_driver: bool = False) -> dict[str, Any]:
+def local_init_kwargs(num_cpus: int | None = None, log_to_driver: bool = False,
+                      dashboard: bool = True) -> dict[str, Any]:
     """``ray.init`` arguments for a fresh local Ray, never an existing cluster.
 
     ``address="local"`` ignores RAY_ADDRESS and other clusters on the host. Ray 2.60
     turns token authentication on for local clusters; raypipe keeps it on. The
-    dashboard (whose Jobs API runs code) listens on 127.0.0.1 only; it costs ~3 s of
-    start-up here, and without its state API Ray Train cannot clean up after a run
-    that Tune stopped (see the module docstring). ``log_to_driver``: see :func:`connect`.
+    dashboard (whose Jobs API runs code) listens on 127.0.0.1 only, and starts only when
+    ``dashboard`` (:func:`dashboard_needed`): without its state API Ray Train cannot clean
+    up after a run that Tune stopped (see the module docstring). ``log_to_driver``: see
+    :func:`connect`.
+
+    Measured with benchmarks/startup_bench.py (a fresh driver per run, 4 runs each, round
+    robin, 2 cores shared with other test sessions: single runs ranged 3-11 s, so rough):
+    ``ray.init`` median 5.6 s with the dashboard, 5.1 s without; then one task importing
+    pandas, pyarrow, scikit-learn and raypipe 2.1 s, four more 0.01 s. Those four find
+    workers ready because Ray prestarts ``num_cpus`` workers for the first driver
+    (``RAY_prestart_worker_first_driver``, on by default; kept): with it off, the four
+    took 3.1 s and the first 4.3 s. ``RAY_enable_worker_prestart=1`` (prestart at raylet
+    start) gave nothing more (first 2.1 s, four 0.01 s; init 7.7 s, within the noise), so
+    it is not set.
     """
     return {
         "address": "local",
         "runtime_env": {"env_vars": train_env()},
         "num_cpus": num_cpus,
-        "include_dashboard": True,
+        "include_dashboard": dashboard,
         "dashboard_host": "127.0.0.1",
         "configure_logging": True,
         "logging_level": logging.WARNING,
@@ -168,7 +182,8 @@ def serve_ingress() -> str:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir: str | None = None,
-            ingress: str = "haproxy", log_to_driver: bool = False, allow_insecure: bool = False) -> None:
+            ingress: str = "haproxy", log_to_driver: bool = False, allow_insecure: bool = False,
+            dashboard: bool = True, reuse_local: bool = True) -> None:
     """Make sure this process is connected to Ray.
 
     Args:
@@ -186,6 +201,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
             driver either way, with the worker's traceback.
         allow_insecure: start a local Ray without token authentication when the environment
             says ``RAY_AUTH_MODE=disabled`` (refused otherwise; see :func:`require_token_auth`).
+        dashboard: start a new local Ray's dashboard (see :func:`dashboard_needed`).
+        reuse_local: without an address, join the Ray that `raypipe up` keeps running, when it
+            is up (:mod:`raypipe.localray`); ``temp_dir`` asks for a new Ray and turns it off.
     """
     import ray
 
@@ -196,14 +214,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
     os.environ.setdefault("RAY_DATA_USE_DATASOURCE_V2", "0")
     # Inside `ray job submit` (or with RAY_ADDRESS exported) join that cluster.
     address = address or os.environ.get("RAY_ADDRESS")
+    kept = None if address or temp_dir or not reuse_local else _kept_local_ray()
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    elif kept is not None:
+        if kept.ingress != ingress and (ingress == "proxy" or haproxy_available()):
+            log.warning("deploy.ingress is %r but the Ray of `raypipe up` runs Serve with %r (it is set when that Ray "
+                        "starts): `raypipe down`, then `raypipe up --ingress %s`", ingress, kept.ingress, ingress)
+        _join_kept(kept, log_to_driver)
     else:
         require_token_auth(allow_insecure)
         env = serve_env(ingress)
         os.environ.update(env)  # this process's Serve client reads it too
-        kwargs = local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1), log_to_driver=log_to_driver)
+        kwargs = local_init_kwargs(num_cpus or max(4, os.cpu_count() or 1), log_to_driver=log_to_driver,
+                                   dashboard=dashboard)
         kwargs["runtime_env"]["env_vars"].update(env)
         if temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(temp_dir)
@@ -213,6 +238,76 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, temp_dir
         # A filter, not a level: every `import ray.serve` sets that logger back to INFO.
         _add_filter("ray.serve", _warnings_up)
     configure_data()
+
+
+_JOINED_KEPT: list[str] = []  # the address of the `raypipe up` Ray this process joined
+
+
+def joined_kept_ray() -> bool:
+    """Whether this process is connected to the Ray that `raypipe up` keeps running."""
+    import ray
+
+    return bool(_JOINED_KEPT) and ray.is_initialized()
+
+
+def _kept_local_ray() -> Any:
+    """The Ray `raypipe up` keeps running, when it is up (None otherwise; a stale record is noted)."""
+    from raypipe import localstate
+
+    return localstate.find()
+
+
+def _join_kept(kept: Any, log_to_driver: bool) -> None:
+    """Join the Ray of `raypipe up` as a new driver, with what a run's own local Ray would give it.
+
+    Its processes already have Ray Train's and Serve's environment (set when it started); this
+    driver takes the same values (its Serve client and :func:`serve_ingress` read them) and
+    sets Ray Train's variables again as the job's runtime_env, as for a fresh local Ray.
+    ``ray.init`` with an explicit address does not turn token authentication on by itself, so
+    it is turned on here (and Ray's cached config refreshed, as Ray does for a new local Ray).
+    Joining costs a new driver's start-up only: see :mod:`raypipe.localray` for the figures.
+    """
+    import sys
+
+    import ray
+
+    env = dict(kept.env)
+    os.environ.update(env)
+    if env.get("RAY_AUTH_MODE") == "token":
+        from ray._raylet import Config
+
+        Config.initialize("")  # Ray reads RAY_AUTH_MODE into its config once; read it again
+    print(f"using the local Ray started by `raypipe up` ({kept.address}, session {kept.session_dir})",
+          file=sys.stderr, flush=True)
+    ray.init(address=kept.address, runtime_env={"env_vars": train_env()},
+             log_to_driver=log_to_driver, configure_logging=True, logging_level=logging.WARNING)
+    _JOINED_KEPT[:] = [kept.address]
+
+
+def dashboard_needed(spec: Any, serving: bool = False) -> bool:
+    """Whether a new local Ray for ``spec`` starts its dashboard (``ray.dashboard: auto``).
+
+    The dashboard cost ``ray.init`` ~3 s here (see :func:`local_init_kwargs`). Nothing in raypipe
+    calls its API; two things in Ray need it:
+
+    - Ray Train's placement-group cleaner polls the state API when Tune stops a
+      ``TorchTrainer`` trial: needed when the spec tunes a torch model that may run Ray Train
+      (several workers or a GPU, unless ``train.distributed: never``).
+    - The list of metrics endpoints Prometheus reads (``prom_metrics_service_discovery.json``,
+      :mod:`raypipe.serve.metrics_config`) is written by the dashboard's reporter module:
+      needed by a process that keeps an endpoint or monitor serving (``serving``). The
+      metrics themselves are exported by the per-node agent, which runs without the dashboard.
+    """
+    choice = spec.ray.dashboard
+    if choice != "auto":
+        return bool(choice)
+    if serving:
+        return True
+    train = spec.train
+    distributed = getattr(train, "distributed", "auto")
+    torch = getattr(spec.model, "is_torch", False)
+    return bool(spec.tune is not None and torch and distributed != "never"
+                and (train.workers > 1 or train.use_gpu or distributed == "always"))
 
 
 def require_token_auth(allow_insecure: bool = False) -> None:
@@ -315,10 +410,14 @@ def configure_data() -> None:
     _add_filter("ray.data._internal.progress", _not_progress_notice)
 
 
-def connect_for(spec: Any, address: str | None = None) -> None:
-    """:func:`connect` with a spec's ``ray`` section (``address`` overrides it)."""
+def connect_for(spec: Any, address: str | None = None, *, serving: bool = False) -> None:
+    """:func:`connect` with a spec's ``ray`` section (``address`` overrides it).
+
+    ``serving``: this process keeps an endpoint or monitor serving (see :func:`dashboard_needed`).
+    """
     connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir,
-            ingress=spec.deploy.ingress, log_to_driver=spec.ray.log_to_driver, allow_insecure=spec.ray.allow_insecure)
+            ingress=spec.deploy.ingress, log_to_driver=spec.ray.log_to_driver, allow_insecure=spec.ray.allow_insecure,
+            dashboard=dashboard_needed(spec, serving), reuse_local=spec.ray.reuse_local)
 
 
 def shutdown() -> None:

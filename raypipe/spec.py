@@ -60,6 +60,11 @@ class RaySection(_Section):
                                 "off: it stays in the Ray session's log files, and the console shows raypipe's progress")
     allow_insecure: bool = Field(default=False, description="let a local Ray start without token authentication "
                                  "(RAY_AUTH_MODE=disabled); anyone on the host could then run code through it")
+    dashboard: bool | Literal["auto"] = Field(
+        default="auto", description="start a new local Ray's dashboard (~3 s): auto = only when the run needs its "
+        "API (Ray Train under Tune, or an endpoint kept serving for Prometheus); `raypipe up` always starts it")
+    reuse_local: bool = Field(default=True, description="with no address: join the local Ray that `raypipe up` keeps "
+                              "running, when it is up; false: always start a new one")
 
 
 # --- data --------------------------------------------------------------------------

@@ -5,12 +5,17 @@ ports. Ray start-up costs ~10 s on a 2-core machine, so it happens once.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from raypipe.runtime import free_port  # noqa: F401  (the tests import it from here)
+
+# A developer's own `raypipe up` Ray (state in ~/.raypipe) must not be joined by the tests'
+# runs and subprocesses: they get an empty raypipe home (tests/test_localray.py makes its own).
+os.environ["RAYPIPE_HOME"] = tempfile.mkdtemp(prefix="rp-home-")
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +28,10 @@ def ray_session():
     temp_dir = tempfile.mkdtemp(prefix="rp-ray-", dir="/tmp")
     # 4 logical CPUs on 2 cores: Ray Train's 2 workers must leave room for Ray Data tasks.
     # Serve runs behind the HAProxy ingress, raypipe's default.
-    connect(num_cpus=4, temp_dir=temp_dir, ingress="haproxy", log_to_driver=True)  # workers' output in pytest's report
+    # The dashboard on: tests of Tune over Ray Train need its state API. RAYPIPE_TEST_DASHBOARD=0 runs
+    # a module without it, as `ray.dashboard: auto` starts most runs (e.g. the metrics tests).
+    connect(num_cpus=4, temp_dir=temp_dir, ingress="haproxy", log_to_driver=True,  # workers' output in pytest's report
+            dashboard=os.environ.get("RAYPIPE_TEST_DASHBOARD", "1") != "0")
     yield ray
     try:
         from ray import serve

@@ -14,9 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "raypipe"
 
-FOUNDATION = {"version", "errors", "spec", "store", "schema", "columns", "dates", "tasks", "runtime", "datasets", "progress",
-              "report_format", "lineage", "stage", "runner", "registry", "metrics", "rowchecks", "predlog", "apikey",
-              "feedback", "spool"}
+FOUNDATION = {"version", "errors", "spec", "store", "schema", "columns", "dates", "tasks", "runtime", "localstate",
+              "localray", "datasets", "progress", "report_format", "lineage", "stage", "runner", "registry", "metrics", "rowchecks",
+              "predlog", "apikey", "feedback", "spool"}
 STAGES = {"ingest", "validate", "features", "train", "evaluate", "register"}
 LAYERS: list[set[str]] = [
     FOUNDATION,           # imports nothing above it

@@ -193,3 +193,23 @@ def test_the_local_dashboard_and_job_api_need_the_token_and_listen_on_loopback(r
         with socket.socket() as s:
             s.settimeout(2)
             assert s.connect_ex((addr, int(port))) != 0, f"dashboard answers on {addr}"
+
+
+def test_the_dashboard_starts_only_for_runs_that_need_its_api() -> None:
+    from raypipe.runtime import dashboard_needed, local_init_kwargs
+    from raypipe.spec import load_spec
+
+    base = {"name": "x", "data": {"source": {"type": "builtin", "name": "iris"}, "target": "target"}}
+    tune = {"space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}, "num_samples": 2}
+    torch = {"kind": "torch.mlp"}
+    spec = lambda **kw: load_spec({**base, **kw})  # noqa: E731
+    sk = {"kind": "sklearn:sklearn.linear_model:LogisticRegression"}
+    assert dashboard_needed(spec()) is False  # no search
+    assert dashboard_needed(spec(model=torch, tune=tune)) is True  # Ray Train under Tune: its PG cleaner
+    assert dashboard_needed(spec(model=torch, tune=tune, train={"workers": 1})) is False  # one process per trial
+    assert dashboard_needed(spec(model=torch, train={"workers": 2})) is False  # Train without Tune
+    assert dashboard_needed(spec(model=sk, tune=tune)) is False  # scikit-learn trials
+    assert dashboard_needed(spec(), serving=True) is True  # Prometheus's endpoint list comes from it
+    assert dashboard_needed(spec(ray={"dashboard": False}), serving=True) is False  # the spec decides
+    assert dashboard_needed(spec(ray={"dashboard": True})) is True
+    assert local_init_kwargs(dashboard=False)["include_dashboard"] is False

@@ -52,7 +52,7 @@ class Endpoint:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            shutdown()
+            shutdown(self.app_name)
 
 
 def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, address: str | None = None,
@@ -74,7 +74,7 @@ def deploy(spec: Spec, *, version: int | None = None, alias: str | None = None, 
     name = app_name or spec.name
     options, args = deployment_options(spec, v), init_args(spec)
     check_log_columns(spec, v)
-    connect_for(spec, address)
+    connect_for(spec, address, serving=True)
     d = spec.deploy
     http_port = d.port if port is None else port
     serve.start(http_options={"host": d.host, "port": http_port, "request_timeout_s": http_timeout_s(spec)},
@@ -278,13 +278,23 @@ def _json_value(v: Any) -> Any:
     return v.tolist() if hasattr(v, "tolist") else v
 
 
-def shutdown() -> None:
-    """Stop Serve and, for a local Ray, Ray itself."""
+def shutdown(app_name: str | None = None) -> None:
+    """Stop Serve and, for a local Ray, Ray itself.
+
+    On the Ray that `raypipe up` keeps running, only ``app_name`` is deleted: Serve's controller
+    and proxies stay up for the next run (Serve's first start costs 10-15 s) and for other
+    applications on it.
+    """
     import ray
     from ray import serve
 
+    from raypipe.runtime import joined_kept_ray
+
     if ray.is_initialized():
-        serve.shutdown()
+        if app_name and joined_kept_ray():
+            serve.delete(app_name)
+        else:
+            serve.shutdown()
         ray.shutdown()
 
 
