@@ -292,7 +292,9 @@ def dashboard_needed(spec: Any, serving: bool = False) -> bool:
 
     - Ray Train's placement-group cleaner polls the state API when Tune stops a
       ``TorchTrainer`` trial: needed when the spec tunes a torch model that may run Ray Train
-      (several workers or a GPU, unless ``train.distributed: never``).
+      (unless ``train.distributed: never``; under ``auto`` the path depends on the data's
+      size, known only at the train stage, and a leaked placement group hangs the search,
+      so a search pays the dashboard's second or two).
     - The list of metrics endpoints Prometheus reads (``prom_metrics_service_discovery.json``,
       :mod:`raypipe.serve.metrics_config`) is written by the dashboard's reporter module:
       needed by a process that keeps an endpoint or monitor serving (``serving``). The
@@ -303,11 +305,7 @@ def dashboard_needed(spec: Any, serving: bool = False) -> bool:
         return bool(choice)
     if serving:
         return True
-    train = spec.train
-    distributed = getattr(train, "distributed", "auto")
-    torch = getattr(spec.model, "is_torch", False)
-    return bool(spec.tune is not None and torch and distributed != "never"
-                and (train.workers > 1 or train.use_gpu or distributed == "always"))
+    return bool(spec.tune is not None and spec.model.is_torch and spec.train.distributed != "never")
 
 
 def require_token_auth(allow_insecure: bool = False) -> None:

@@ -206,7 +206,8 @@ def test_the_dashboard_starts_only_for_runs_that_need_its_api() -> None:
     sk = {"kind": "sklearn:sklearn.linear_model:LogisticRegression"}
     assert dashboard_needed(spec()) is False  # no search
     assert dashboard_needed(spec(model=torch, tune=tune)) is True  # Ray Train under Tune: its PG cleaner
-    assert dashboard_needed(spec(model=torch, tune=tune, train={"workers": 1})) is False  # one process per trial
+    assert dashboard_needed(spec(model=torch, tune=tune, train={"workers": 1})) is True  # big data: Ray Train
+    assert dashboard_needed(spec(model=torch, tune=tune, train={"distributed": "never"})) is False  # one process
     assert dashboard_needed(spec(model=torch, train={"workers": 2})) is False  # Train without Tune
     assert dashboard_needed(spec(model=sk, tune=tune)) is False  # scikit-learn trials
     assert dashboard_needed(spec(), serving=True) is True  # Prometheus's endpoint list comes from it
