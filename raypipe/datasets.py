@@ -91,8 +91,9 @@ def task_file_name(content: bytes | None = None) -> str:
 # --- small data: one Ray task instead of a Ray Data execution -------------------------------------
 SMALL_DATA_BYTES = 64 * 2**20
 """Inputs below this many bytes (uncompressed, from the parquet footers) are handled by one Ray
-task that runs a stage's per-block function on the whole table, instead of a Ray Data
-execution over its blocks: same function, same outputs.
+task that runs a stage's per-block function itself, instead of a Ray Data execution over the
+blocks: same function, same outputs. Per-row work (transform, predict) runs on the whole table;
+per-block statistics on each file (:func:`read_blocks`), the blocks Ray Data would read.
 
 Why: every Ray Data execution has a fixed cost of its own (planning, the streaming executor,
 one task per block, gathering the outputs), 0.2-0.5 s on a 2-core machine before any work, and
@@ -132,20 +133,39 @@ def is_small(store: Store, rels: list[str], limit: int | None = None) -> bool:
     return data_bytes(store, rels) < (SMALL_DATA_BYTES if limit is None else limit)
 
 
-def read_table(store: Store, rel: str, columns: list[str] | None = None) -> Any:
-    """All parquet files under ``rel`` as one ``pyarrow.Table`` (inside a task; raypipe's own files only).
+def read_blocks(store: Store, rel: str, columns: list[str] | None = None) -> list[Any]:
+    """The parquet files under ``rel`` as ``pyarrow.Table`` s, one per file, in Ray's read order.
 
-    Files of one folder share a schema (ingest writes one, validate the schema's types); a
-    folder without files gives None.
+    Ray Data reads raypipe's own split folders one block per file (a few files, well under
+    its block size), so a per-block function called on each of these sees the blocks the
+    distributed path sees: mergeable statistics whose approximations depend on the block
+    layout (the quantile sketch) come out the same.
+    """
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
+
+    parse = PathPartitionParser(Partitioning("hive"))  # as Ray's read_parquet: ingest's __split=<name> folders
+    out = []
+    for f in parquet_files(store, rel):
+        table = pq.read_table(f, filesystem=store.fs, columns=columns, partitioning=None).replace_schema_metadata(None)
+        for name, value in parse(f).items():
+            if name not in table.column_names and (columns is None or name in columns):
+                table = BlockAccessor.for_block(table).fill_column(name, value)
+        out.append(table)
+    return out
+
+
+def read_table(store: Store, rel: str, columns: list[str] | None = None) -> Any:
+    """All parquet files under ``rel`` as one ``pyarrow.Table`` (None without files), for per-row work.
+
+    Files of one folder share a schema but for ints in one and floats in another, which
+    are promoted (Ray's readers keep them apart as separate blocks).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    tables = [pq.read_table(f, filesystem=store.fs, columns=columns) for f in parquet_files(store, rel)]
-    if not tables:
-        return None
-    tables = [t.replace_schema_metadata(None) for t in tables]
-    return pa.concat_tables(tables, promote_options="default")
+    tables = read_blocks(store, rel, columns)
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
 def as_batch(table: Any, batch_format: str) -> Any:

@@ -6,8 +6,8 @@ the stage's 3.2 s, mostly each execution's fixed start-up cost. Now each split i
 *branch*: its parquet folder, the model that scores it and what to keep. The branches
 are read, scored and summarised together:
 
-* below :data:`raypipe.datasets.SMALL_DATA_BYTES`, one Ray task reads each branch's table
-  and runs :func:`score_batch` on all of it;
+* below :data:`raypipe.datasets.SMALL_DATA_BYTES`, one Ray task reads each branch's files
+  and runs :func:`score_batch` on the same batches Ray Data would form;
 * above, one Ray Data execution: a union of ``read_parquet -> map_batches(score_batch)``
   per branch, 4,096 rows a batch (the feature matrix of a batch stays small).
 
@@ -115,14 +115,20 @@ def score_batch(batch: pd.DataFrame, *, branch: str, model_uri: str, model_key: 
 
 
 def _score_tables(branches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The small-data path, inside one Ray task: each branch's whole table through ``score_batch``."""
-    from raypipe.datasets import as_batch, read_table
+    """The small-data path, inside one Ray task: each branch's blocks (files), in batches of
+    :data:`BATCH_ROWS` rows, through ``score_batch``: the batches Ray Data would form.
+
+    Not the whole table at once: a batch's pandas dtypes depend on its rows (a boolean column
+    with a missing value arrives as objects), and the train sample hashes the values, so the
+    same batches give the same sample as the distributed path.
+    """
+    from raypipe.datasets import as_batch, read_blocks
 
     out = []
     for b in branches:
-        table = read_table(b.pop("store"), b.pop("rel"))
-        if table is not None:
-            out += score_batch(as_batch(table, "pandas"), **b).to_dict("records")
+        for table in read_blocks(b.pop("store"), b.pop("rel")):
+            for start in range(0, table.num_rows, BATCH_ROWS):
+                out += score_batch(as_batch(table.slice(start, BATCH_ROWS), "pandas"), **b).to_dict("records")
     return out
 
 
