@@ -9,7 +9,8 @@ features (median impute + standard scale, one-hot), same model
   (c) raypipe, warm Ray: the same pipeline with `force="ingest"` (every stage re-runs).
   (d) raypipe, cached: the same spec again (every stage cached).
 
-Prints a table and, last, one JSON line. Not a test: timings depend on the machine.
+Prints a table, the warm run's seconds and Ray Data executions per stage
+(``raypipe.executions``) and, last, one JSON line. Not a test: timings depend on the machine.
 
     .venv/bin/python benchmarks/pipeline_bench.py --rows 200000
 """
@@ -64,12 +65,16 @@ def raypipe_runs(path: Path, storage: Path) -> dict[str, tuple[float, float]]:
                  "id_columns": ["transaction_id"]},
         "model": MODEL, "deploy": {"enabled": False},
     })
+    from raypipe import executions
+
     out = {}
     for label, force in (("cold", None), ("warm", "ingest"), ("cached", None)):
         t0 = time.perf_counter()
-        result = raypipe.run(spec, force=force, progress=Progress(quiet=True))
+        with executions.recording() as seen:
+            result = raypipe.run(spec, force=force, progress=Progress(quiet=True))
         out[label] = (time.perf_counter() - t0, float(result.metrics["roc_auc"]))
         out[label + "_stages"] = {s["name"]: s["seconds"] for s in result.stages}
+        out[label + "_executions"] = executions.per_stage(seen)  # Ray Data executions per stage
     return out
 
 
@@ -85,17 +90,20 @@ def main() -> None:
         base_s, base_auc = baseline(path)
         runs = raypipe_runs(path, Path(tmp) / "store")
     rows = [("pandas + scikit-learn, one process", base_s, base_auc)]
-    rows += [(f"raypipe {k}", v[0], v[1]) for k, v in runs.items() if not k.endswith("_stages")]
+    runs_only = {k: v for k, v in runs.items() if not k.endswith(("_stages", "_executions"))}
+    rows += [(f"raypipe {k}", v[0], v[1]) for k, v in runs_only.items()]
     print(f"{args.rows:,} rows, {MODEL['kind']}")
     print(f"{'setup':40s} {'seconds':>8s} {'ratio':>6s} {'roc_auc':>8s}")
     for name, s, auc in rows:
         print(f"{name:40s} {s:8.1f} {s / base_s:6.2f} {auc:8.4f}")
     print("raypipe warm, per stage:", runs["warm_stages"])
+    print("raypipe warm, Ray Data executions per stage:", runs["warm_executions"])
     print(json.dumps({
         "bench": "pipeline", "rows": args.rows, "baseline_s": round(base_s, 2), "baseline_roc_auc": round(base_auc, 4),
-        **{f"raypipe_{k}_s": round(v[0], 2) for k, v in runs.items() if not k.endswith("_stages")},
-        **{f"ratio_{k}": round(v[0] / base_s, 2) for k, v in runs.items() if not k.endswith("_stages")},
+        **{f"raypipe_{k}_s": round(v[0], 2) for k, v in runs_only.items()},
+        **{f"ratio_{k}": round(v[0] / base_s, 2) for k, v in runs_only.items()},
         "raypipe_roc_auc": round(runs["warm"][1], 4), "warm_stages": runs["warm_stages"],
+        "warm_executions": runs["warm_executions"],
         "cpus": __import__("os").cpu_count(), "numpy": np.__version__,
     }))
 

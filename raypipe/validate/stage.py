@@ -67,14 +67,31 @@ def _image_shape_from_spec(source: Any) -> list[int] | None:
     return [h, w, 3] if source.mode == "RGB" else [h, w]
 
 
-def _sample(train: Any, schema: dict[str, Any]) -> Any:
-    """The first :data:`SAMPLE_ROWS` training rows of the string and integer columns (None when there are none)."""
+def _sample(train: Any, schema: dict[str, Any], small: tuple[Any, str] | None = None) -> Any:
+    """The first :data:`SAMPLE_ROWS` training rows of the string and integer columns (None when there are none).
+
+    ``small``: the split's (store, parquet folder): one Ray task reads them, not a Ray Data execution.
+    """
     cols = [c for c, col in schema["columns"].items() if col["type"] in ("string", "integer")]
-    return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas") if cols else None
+    if not cols:
+        return None
+    if small is not None:
+        import ray
+
+        from raypipe.datasets import small_task
+
+        return ray.get(small_task(_first_rows, *small, cols, SAMPLE_ROWS))
+    return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas")
+
+
+def _first_rows(store: Any, rel: str, columns: list[str], n: int) -> Any:
+    from raypipe.datasets import as_batch, read_table
+
+    return as_batch(read_table(store, rel, columns).slice(0, n), "pandas")
 
 
 def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
-                 train: Any = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+                 train: Any = None, small: tuple[Any, str] | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """The schema to enforce, where it came from (a schema file, the reference, or inferred) and,
     when inferred, how its text columns were typed (``infer.decide``).
 
@@ -92,11 +109,11 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
     else:
         roles = infer.text_columns(arrow_schema, target=data.target, id_columns=data.id_columns,
                                    free_text=_text_columns(spec))
-        inference = infer.infer_text_types(train, roles, cfg.infer) if train is not None else {}
+        inference = infer.infer_text_types(train, roles, cfg.infer, small) if train is not None else {}
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
                               text_columns=_text_columns(spec),
                               column_types={c: d["type"] for c, d in inference.items() if d["type"] != "string"})
-        sample = _sample(train, schema) if train is not None else None
+        sample = _sample(train, schema, small) if train is not None else None
         if sample is not None:
             refine_schema(schema, sample, datetime_fraction=cfg.datetime_fraction, dayfirst=cfg.dayfirst,
                           id_fraction=cfg.id_fraction)
@@ -278,10 +295,11 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     arrow_schema = datasets["train"].schema().base_schema
-    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"])
-    bounds = reference_bounds(ref["profile"]) if ref else {}
     rels = {s: ingest.outputs.splits[s] for s in datasets}
     small = Inputs(ingest.store, rels) if is_small(ingest.store, list(rels.values())) else None
+    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"],
+                                             (ingest.store, rels["train"]) if small else None)
+    bounds = reference_bounds(ref["profile"]) if ref else {}
     checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact, small)
     _check_task(schema, checks["train"])
     _check_rows_on_disk(ctx, ingest, checks)
