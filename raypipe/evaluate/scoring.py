@@ -1,4 +1,4 @@
-"""Score every split (and the champion) in one pass: one Ray Data execution, or one Ray task for small data.
+"""Score every split (and the champion) in one pass: one Ray Data execution, or a Ray task per split for small data.
 
 Earlier the evaluate stage ran four Ray Data executions (a row count, then one per split)
 and a fifth for the champion; on the 200,000-row pipeline benchmark they took 1.5-2.4 s of
@@ -6,8 +6,8 @@ the stage's 3.2 s, mostly each execution's fixed start-up cost. Now each split i
 *branch*: its parquet folder, the model that scores it and what to keep. The branches
 are read, scored and summarised together:
 
-* below :data:`raypipe.datasets.SMALL_DATA_BYTES`, one Ray task reads each branch's files
-  and runs :func:`score_batch` on the same batches Ray Data would form;
+* below :data:`raypipe.datasets.SMALL_DATA_BYTES`, one Ray task per branch (side by side)
+  reads its files and runs :func:`score_batch` on the same batches Ray Data would form;
 * above, one Ray Data execution: a union of ``read_parquet -> map_batches(score_batch)``
   per branch, 4,096 rows a batch (the feature matrix of a batch stays small).
 
@@ -138,8 +138,9 @@ def run_branches(branches: list[Branch], small: bool) -> dict[str, dict[str, Any
 
     from raypipe.datasets import read_parquet, small_task
 
-    if small:
-        rows = ray.get(small_task(_score_tables, [{"store": b.store, "rel": b.rel, **b.kwargs()} for b in branches]))
+    if small:  # a task per branch: they run side by side, as Ray Data's tasks would
+        refs = [small_task(_score_tables, [{"store": b.store, "rel": b.rel, **b.kwargs()}]) for b in branches]
+        rows = [r for part in ray.get(refs) for r in part]
     else:
         parts = [read_parquet(b.store, b.rel).map_batches(score_batch, fn_kwargs=b.kwargs(), batch_format="pandas",
                                                            batch_size=BATCH_ROWS) for b in branches]
