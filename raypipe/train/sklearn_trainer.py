@@ -109,9 +109,23 @@ def fit_arrays(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, 
     return _fit_estimator(kind, params, x, y, sw, seed, task)
 
 
+def _threads() -> Any:
+    """Native thread pools (OpenMP, BLAS) sized to the CPUs this Ray task holds (``train.resources``).
+
+    Ray sets ``OMP_NUM_THREADS`` once per worker process, from the first task it runs: a pooled
+    worker that first ran a 1-CPU task would fit a ``{"CPU": 2}`` estimator on one thread.
+    """
+    import ray
+    from threadpoolctl import threadpool_limits
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
+    return threadpool_limits(limits=max(1, int(cpus)))
+
+
 def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
                    task: str) -> bytes:
-    return fit_arrays(kind, params, *read_arrays(refs), class_weights, seed, task)
+    with _threads():
+        return fit_arrays(kind, params, *read_arrays(refs), class_weights, seed, task)
 
 
 def _fit_from_table(context: Any, kind: str, params: dict[str, Any], source: dict[str, Any],
@@ -126,4 +140,5 @@ def _fit_from_table(context: Any, kind: str, params: dict[str, Any], source: dic
     target = source["schema"].get("target") or {}
     xy = xy_batch(as_batch(read_table(source["store"], source["rel"]), "pandas"), source["features"],
                   target.get("name"), target.get("classes"), target.get("task", "classification"))
-    return fit_arrays(kind, params, xy["x"], xy["y"], class_weights, seed, task)
+    with _threads():
+        return fit_arrays(kind, params, xy["x"], xy["y"], class_weights, seed, task)
