@@ -89,20 +89,22 @@ def task_file_name(content: bytes | None = None) -> str:
 
 
 # --- small data: one Ray task instead of a Ray Data execution -------------------------------------
-SMALL_DATA_BYTES = 64 * 2**20
-"""Inputs below this many bytes (uncompressed, from the parquet footers) are handled by one Ray
-task that runs a stage's per-block function itself, instead of a Ray Data execution over the
-blocks: same function, same outputs. Per-row work (transform, predict) runs on the whole table;
-per-block statistics on each file (:func:`read_blocks`), the blocks Ray Data would read.
+SMALL_DATA_BYTES = 32 * 2**20
+"""Inputs below this many bytes (parquet's uncompressed column-chunk sizes, from the footers) are
+handled by one Ray task that runs a stage's per-block function itself, instead of a Ray Data
+execution over the blocks: same function, same outputs. Per-row work (transform, predict) runs on
+the whole table or Ray Data's batches; per-block statistics on each file (:func:`read_blocks`),
+the blocks Ray Data would read.
 
-Why: every Ray Data execution has a fixed cost of its own (planning, the streaming executor,
-one task per block, gathering the outputs), 0.2-0.5 s on a 2-core machine before any work, and
-a pipeline run did 10-14 of them. On the 200,000-row benchmark (about 30 MB in memory) the
-evaluate stage's three scoring executions took 0.34-0.82 s each, most of it that fixed cost.
-One task reads 30 MB of parquet in ~0.1 s; at 64 MB a single task still finishes in about the
-time the streaming executor needs to start, and above it the blocks' parallelism pays (the
-4M-row data benchmark, 718 MB, keeps the distributed path). Ray's object store moves the
-table between processes without a copy either way.
+Why 32 MiB (measured on 2 cores, shared, so rough): every Ray Data execution has a fixed cost
+(planning, the streaming executor, a task per block, gathering the outputs) and a pipeline run
+did 10 of them. The 200,000-row benchmark's splits hold 9 MB by this measure; there the validate
+stage's one execution took 1.25-1.43 s and the one-task path 0.4-0.8 s for the whole stage, the
+evaluate stage's four executions 1.5-2.4 s. The one task does the work on one core where the
+execution spreads it over two, so it loses once half the work exceeds the execution's fixed
+cost (~1 s here): validate does about 3 core-seconds per million rows (the 4M-row data benchmark's
+validate took 6.5 s on 2 cores), so the crossover is near 670,000 rows, about 31 MB. With more cores the distributed path wins earlier; lower this there.
+The 4M-row data benchmark (718 MB in memory) stays on the distributed path.
 """
 
 
