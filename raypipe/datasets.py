@@ -193,7 +193,16 @@ def small_task(fn: Any, *args: Any, num_cpus: float = 1, **kwargs: Any) -> Any:
     import ray
     from ray.data import DataContext
 
-    return ray.remote(_in_context).options(num_cpus=num_cpus).remote(DataContext.get_current(), fn, args, kwargs)
+    return ray.remote(_in_context).options(num_cpus=num_cpus, **task_options("SmallData", fn)).remote(
+        DataContext.get_current(), fn, args, kwargs)
+
+
+def task_options(kind: str, fn: Any) -> dict[str, Any]:
+    """Ray task options of raypipe's own data tasks: named ``<kind>(<function>)``, as Ray Data names its
+    tasks after their operators (``MapBatches(<function>)``), so a worker's process title shows what it
+    runs; retried on a dead worker as long as Ray Data retries its tasks (a retry keeps the task id, so
+    ``task_file_name`` rewrites the same files)."""
+    return {"name": f"{kind}({fn.__name__})", "max_retries": -1}
 
 
 def run_per_block(fn: Any, blocks: list[Any], **kwargs: Any) -> list[Any]:
@@ -211,7 +220,7 @@ def run_per_block(fn: Any, blocks: list[Any], **kwargs: Any) -> list[Any]:
     limit = DataContext.get_current().execution_options.resource_limits.cpu
     cpus = ray.cluster_resources().get("CPU", 1)
     width = max(1, int(min(cpus, limit if limit is not None and math.isfinite(limit) else cpus)))
-    task = ray.remote(fn)
+    task = ray.remote(fn).options(**task_options("PerBlock", fn))
     pending, done = [], {}
     for i, block in enumerate(blocks):
         if len(pending) >= width:
