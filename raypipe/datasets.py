@@ -205,13 +205,9 @@ def task_options(kind: str, fn: Any) -> dict[str, Any]:
     return {"name": f"{kind}({fn.__name__})", "max_retries": -1}
 
 
-def run_per_block(fn: Any, blocks: list[Any], **kwargs: Any) -> list[Any]:
-    """``fn(block, **kwargs)`` as one Ray task per block ref of a materialised dataset; the results in order.
-
-    For a second or third pass over blocks already in the object store: plain tasks cost a
-    few milliseconds each where a Ray Data execution costs 0.2-0.5 s to start. At most as many
-    run at once as Ray Data would run (its CPU limit): more on fewer cores made passes slower.
-    """
+def data_width() -> int:
+    """How many data tasks run at once: Ray Data's CPU limit (``runtime.configure_data``: one per core on
+    a local Ray), else the cluster's CPUs. More tasks than that would only start more worker processes."""
     import math
 
     import ray
@@ -219,7 +215,19 @@ def run_per_block(fn: Any, blocks: list[Any], **kwargs: Any) -> list[Any]:
 
     limit = DataContext.get_current().execution_options.resource_limits.cpu
     cpus = ray.cluster_resources().get("CPU", 1)
-    width = max(1, int(min(cpus, limit if limit is not None and math.isfinite(limit) else cpus)))
+    return max(1, int(min(cpus, limit if limit is not None and math.isfinite(limit) else cpus)))
+
+
+def run_per_block(fn: Any, blocks: list[Any], **kwargs: Any) -> list[Any]:
+    """``fn(block, **kwargs)`` as one Ray task per block ref of a materialised dataset; the results in order.
+
+    For a second or third pass over blocks already in the object store: plain tasks cost a
+    few milliseconds each where a Ray Data execution costs 0.2-0.5 s to start. At most as many
+    run at once as Ray Data would run (its CPU limit): more on fewer cores made passes slower.
+    """
+    import ray
+
+    width = data_width()
     task = ray.remote(fn).options(**task_options("PerBlock", fn))
     pending, done = [], {}
     for i, block in enumerate(blocks):

@@ -1,4 +1,4 @@
-"""Score every split (and the champion) in one pass: one Ray Data execution, or a Ray task per split for small data.
+"""Score every split (and the champion) in one pass: one Ray Data execution, or a task per core for small data.
 
 Earlier the evaluate stage ran four Ray Data executions (a row count, then one per split)
 and a fifth for the champion; on the 200,000-row pipeline benchmark they took 1.5-2.4 s of
@@ -6,8 +6,9 @@ the stage's 3.2 s, mostly each execution's fixed start-up cost. Now each split i
 *branch*: its parquet folder, the model that scores it and what to keep. The branches
 are read, scored and summarised together:
 
-* below :data:`raypipe.datasets.SMALL_DATA_BYTES`, one Ray task per branch (side by side)
-  reads its files and runs :func:`score_batch` on the same batches Ray Data would form;
+* below :data:`raypipe.datasets.SMALL_DATA_BYTES`, the branches shared over as many Ray tasks
+  as Ray Data runs at once (one per core on a local Ray; a task per branch would start more
+  worker processes, seconds each on a cold Ray): each task reads its branches' files and runs :func:`score_batch` on the same batches Ray Data would form;
 * above, one Ray Data execution: a union of ``read_parquet -> map_batches(score_batch)``
   per branch, 4,096 rows a batch (the feature matrix of a batch stays small).
 
@@ -136,10 +137,11 @@ def run_branches(branches: list[Branch], small: bool) -> dict[str, dict[str, Any
     """Score the branches (one Ray task if ``small``, else one Ray Data execution); per branch its joined parts."""
     import ray
 
-    from raypipe.datasets import read_parquet, small_task
+    from raypipe.datasets import data_width, read_parquet, small_task
 
-    if small:  # a task per branch: they run side by side, as Ray Data's tasks would
-        refs = [small_task(_score_tables, [{"store": b.store, "rel": b.rel, **b.kwargs()}]) for b in branches]
+    if small:  # the branches shared over as many tasks as Ray Data would run at once, side by side
+        groups = [branches[i::data_width()] for i in range(min(data_width(), len(branches)))]
+        refs = [small_task(_score_tables, [{"store": b.store, "rel": b.rel, **b.kwargs()} for b in g]) for g in groups]
         rows = [r for part in ray.get(refs) for r in part]
     else:
         parts = [read_parquet(b.store, b.rel).map_batches(score_batch, fn_kwargs=b.kwargs(), batch_format="pandas",

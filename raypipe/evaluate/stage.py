@@ -1,7 +1,7 @@
 """The evaluate stage: batch inference on Ray over every split, metrics, baselines, slices, findings, gate, report.
 
 Every split, and the champion on test, is scored in one pass (:mod:`raypipe.evaluate.scoring`:
-one Ray Data execution, or a Ray task per split for small data); only labels, slice columns and
+one Ray Data execution, or a Ray task per core for small data); only labels, slice columns and
 scores travel to the driver, where ``sklearn.metrics`` turns them into numbers. For a
 supervised task the fitted features travel too (when they fit in memory), so the linear
 baseline is fitted on exactly what the model saw.
