@@ -165,8 +165,11 @@ def case_raypipe(path: Path, tmp: Path) -> dict:
         "features": {"categorical": {"max_categories": 33}},
         "deploy": {"enabled": False},
     })
+    from raypipe import executions
+
     t0 = time.perf_counter()
-    result = raypipe.run(spec, until="features", progress=Progress(quiet=True))
+    with executions.recording() as seen:
+        result = raypipe.run(spec, until="features", progress=Progress(quiet=True))
     stages = {s["name"]: round(s["seconds"], 2) for s in result.stages}
     val, feats = result.outputs["validate"], result.outputs["features"]
     schema = val.store.read_json(val.outputs.schema)
@@ -178,6 +181,7 @@ def case_raypipe(path: Path, tmp: Path) -> dict:
     rows = xy_dataset(every, features, schema).materialize().count()
     stages["transform"] = round(time.perf_counter() - t1, 2)
     return {"seconds": time.perf_counter() - t0, "rows": rows, "ray_init_s": init_s, "stages": stages,
+            "executions": executions.per_stage(seen),
             "quarantined": val.outputs.quarantined, "features": feats.outputs.n_features}
 
 
@@ -235,6 +239,7 @@ def main() -> None:
         print(f"{labels[name]:37s} {r['seconds']:8.1f} {ratio:>10s} {r['peak_rss_mb']:12.0f}")
     if "raypipe" in res:
         print("raypipe per stage (s):", res["raypipe"]["stages"])
+        print("raypipe Ray Data executions per stage:", res["raypipe"]["executions"])
     summary = {"bench": "data", "rows": args.rows, "cpus": __import__("os").cpu_count()}
     for name, r in res.items():
         summary[f"{name}_s"] = round(r["seconds"], 2)
@@ -242,6 +247,7 @@ def main() -> None:
     if "raypipe" in res:
         rp = res["raypipe"]["seconds"]
         summary["raypipe_stages"] = res["raypipe"]["stages"]
+        summary["raypipe_executions"] = res["raypipe"]["executions"]
         if base:
             summary["speedup_vs_pandas"] = round(base / rp, 2)
         if "ray_stock" in res:

@@ -14,7 +14,8 @@ features (median impute + standard scale, one-hot), same model
       before `raypipe.run` to after, like (b); the child's whole wall time, imports
       included, is printed beside it.
 
-Prints a table and, last, one JSON line. Not a test: timings depend on the machine.
+Prints a table, the warm run's seconds and Ray Data executions per stage
+(``raypipe.executions``) and, last, one JSON line. Not a test: timings depend on the machine.
 
     .venv/bin/python benchmarks/pipeline_bench.py --rows 200000
 """
@@ -71,15 +72,18 @@ def _spec(path: Path, storage: Path) -> dict:
 
 def raypipe_runs(path: Path, storage: Path) -> dict[str, tuple[float, float]]:
     import raypipe
+    from raypipe import executions
     from raypipe.progress import Progress
 
     spec = raypipe.load_spec(_spec(path, storage))
     out = {}
     for label, force in (("cold", None), ("warm", "ingest"), ("cached", None)):
         t0 = time.perf_counter()
-        result = raypipe.run(spec, force=force, progress=Progress(quiet=True))
+        with executions.recording() as seen:
+            result = raypipe.run(spec, force=force, progress=Progress(quiet=True))
         out[label] = (time.perf_counter() - t0, float(result.metrics["roc_auc"]))
         out[label + "_stages"] = {s["name"]: s["seconds"] for s in result.stages}
+        out[label + "_executions"] = executions.per_stage(seen)  # Ray Data executions per stage
     return out
 
 
@@ -130,7 +134,8 @@ def main() -> None:
         kept_s, kept_auc, kept_wall = kept_run(path, Path(tmp) / "store-kept")
         runs["cold, `raypipe up` running"] = (kept_s, kept_auc)
     rows = [("pandas + scikit-learn, one process", base_s, base_auc)]
-    rows += [(f"raypipe {k}", v[0], v[1]) for k, v in runs.items() if not k.endswith("_stages")]
+    runs_only = {k: v for k, v in runs.items() if not k.endswith(("_stages", "_executions"))}
+    rows += [(f"raypipe {k}", v[0], v[1]) for k, v in runs_only.items()]
     print(f"{args.rows:,} rows, {MODEL['kind']}")
     print(f"{'setup':40s} {'seconds':>8s} {'ratio':>6s} {'roc_auc':>8s}")
     for name, s, auc in rows:
@@ -138,13 +143,15 @@ def main() -> None:
     print(f"(raypipe cold with `raypipe up` running: the child process's whole wall time, imports included, "
           f"{kept_wall:.1f} s)")
     print("raypipe warm, per stage:", runs["warm_stages"])
+    print("raypipe warm, Ray Data executions per stage:", runs["warm_executions"])
     key = {"cold, `raypipe up` running": "cold_up"}
     print(json.dumps({
         "bench": "pipeline", "rows": args.rows, "baseline_s": round(base_s, 2), "baseline_roc_auc": round(base_auc, 4),
-        **{f"raypipe_{key.get(k, k)}_s": round(v[0], 2) for k, v in runs.items() if not k.endswith("_stages")},
-        **{f"ratio_{key.get(k, k)}": round(v[0] / base_s, 2) for k, v in runs.items() if not k.endswith("_stages")},
+        **{f"raypipe_{key.get(k, k)}_s": round(v[0], 2) for k, v in runs_only.items()},
+        **{f"ratio_{key.get(k, k)}": round(v[0] / base_s, 2) for k, v in runs_only.items()},
         "raypipe_cold_up_child_wall_s": round(kept_wall, 2),
         "raypipe_roc_auc": round(runs["warm"][1], 4), "warm_stages": runs["warm_stages"],
+        "warm_executions": runs["warm_executions"],
         "cpus": __import__("os").cpu_count(), "numpy": np.__version__,
     }))
 

@@ -86,3 +86,156 @@ def task_file_name(content: bytes | None = None) -> str:
     task = ray.get_runtime_context().get_task_id() or "driver"
     prefix = "" if content is None else hashlib.blake2b(content, digest_size=8).hexdigest() + "-"
     return f"{prefix}{task}-{next(_sequence.setdefault(task, itertools.count())):05d}.parquet"
+
+
+# --- small data: one Ray task instead of a Ray Data execution -------------------------------------
+SMALL_DATA_BYTES = 32 * 2**20
+"""Inputs below this many bytes (parquet's uncompressed column-chunk sizes, from the footers) are
+handled by one Ray task that runs a stage's per-block function itself, instead of a Ray Data
+execution over the blocks: same function, same outputs. Per-row work (transform, predict) runs on
+the whole table or Ray Data's batches; per-block statistics on each file (:func:`read_blocks`),
+the blocks Ray Data would read.
+
+Why 32 MiB (measured on 2 cores, shared, so rough): every Ray Data execution has a fixed cost
+(planning, the streaming executor, a task per block, gathering the outputs) and a pipeline run
+did 10 of them. The 200,000-row benchmark's splits hold 9 MB by this measure; there the validate
+stage's one execution took 1.25-1.43 s and the one-task path 0.4-0.8 s for the whole stage, the
+evaluate stage's four executions 1.5-2.4 s. The one task does the work on one core where the
+execution spreads it over two, so it loses once half the work exceeds the execution's fixed
+cost (~1 s here): validate does about 3 core-seconds per million rows (the 4M-row data benchmark's
+validate took 6.5 s on 2 cores), so the crossover is near 670,000 rows, about 31 MB. With more cores the distributed path wins earlier; lower this there.
+The 4M-row data benchmark (718 MB in memory) stays on the distributed path.
+"""
+
+
+def parquet_files(store: Store, rel: str) -> list[str]:
+    """The parquet files under ``rel``, full paths for ``store.fs``, in name order (Ray's read order)."""
+    return sorted(store.path(rel, f) for f in store.walk_files(rel) if f.endswith(".parquet"))
+
+
+def data_bytes(store: Store, rels: list[str]) -> int:
+    """Uncompressed bytes of the parquet files under ``rels`` (their footers' row groups)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    files = [f for rel in rels for f in parquet_files(store, rel)]
+
+    def size(path: str) -> int:
+        with store.fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+            return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return sum(pool.map(size, files))
+
+
+def is_small(store: Store, rels: list[str], limit: int | None = None) -> bool:
+    """Whether the data under ``rels`` is below :data:`SMALL_DATA_BYTES` (or ``limit``)."""
+    return data_bytes(store, rels) < (SMALL_DATA_BYTES if limit is None else limit)
+
+
+def read_blocks(store: Store, rel: str, columns: list[str] | None = None) -> list[Any]:
+    """The parquet files under ``rel`` as ``pyarrow.Table`` s, one per file, in Ray's read order.
+
+    Ray Data reads raypipe's own split folders one block per file (a few files, well under
+    its block size), so a per-block function called on each of these sees the blocks the
+    distributed path sees: mergeable statistics whose approximations depend on the block
+    layout (the quantile sketch) come out the same.
+    """
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
+
+    parse = PathPartitionParser(Partitioning("hive"))  # as Ray's read_parquet: ingest's __split=<name> folders
+    out = []
+    for f in parquet_files(store, rel):
+        table = pq.read_table(f, filesystem=store.fs, columns=columns, partitioning=None).replace_schema_metadata(None)
+        for name, value in parse(f).items():
+            if name not in table.column_names and (columns is None or name in columns):
+                table = BlockAccessor.for_block(table).fill_column(name, value)
+        out.append(table)
+    return out
+
+
+def read_table(store: Store, rel: str, columns: list[str] | None = None) -> Any:
+    """All parquet files under ``rel`` as one ``pyarrow.Table`` (None without files), for per-row work.
+
+    Files of one folder share a schema but for ints in one and floats in another, which
+    are promoted (Ray's readers keep them apart as separate blocks).
+    """
+    import pyarrow as pa
+
+    tables = read_blocks(store, rel, columns)
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def as_batch(table: Any, batch_format: str) -> Any:
+    """A table as Ray Data would hand it to a batch function in ``batch_format`` (under the current DataContext)."""
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(table).to_batch_format(batch_format)
+
+
+def _in_context(context: Any, fn: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    from ray.data import DataContext
+
+    DataContext._set_current(context)  # the driver's Ray Data settings (pandas dtypes) as in a Ray Data task
+    return fn(*args, **kwargs)
+
+
+def small_task(fn: Any, *args: Any, num_cpus: float = 1, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in one Ray task under the driver's ``DataContext``; its ObjectRef.
+
+    The small-data path of a stage: its per-block function on the whole table, with the
+    batches converted as Ray Data would (``as_batch``).
+    """
+    import ray
+    from ray.data import DataContext
+
+    return ray.remote(_in_context).options(num_cpus=num_cpus, **task_options("SmallData", fn)).remote(
+        DataContext.get_current(), fn, args, kwargs)
+
+
+def task_options(kind: str, fn: Any) -> dict[str, Any]:
+    """Ray task options of raypipe's own data tasks: named ``<kind>(<function>)``, as Ray Data names its
+    tasks after their operators (``MapBatches(<function>)``), so a worker's process title shows what it
+    runs; retried on a dead worker as long as Ray Data retries its tasks (a retry keeps the task id, so
+    ``task_file_name`` rewrites the same files)."""
+    return {"name": f"{kind}({fn.__name__})", "max_retries": -1}
+
+
+def data_width() -> int:
+    """How many data tasks run at once: Ray Data's CPU limit (``runtime.configure_data``: one per core on
+    a local Ray), else the cluster's CPUs. More tasks than that would only start more worker processes."""
+    import math
+
+    import ray
+    from ray.data import DataContext
+
+    limit = DataContext.get_current().execution_options.resource_limits.cpu
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(min(cpus, limit if limit is not None and math.isfinite(limit) else cpus)))
+
+
+def run_per_block(fn: Any, blocks: list[Any], **kwargs: Any) -> list[Any]:
+    """``fn(block, **kwargs)`` as one Ray task per block ref of a materialised dataset; the results in order.
+
+    For a second or third pass over blocks already in the object store: plain tasks cost a
+    few milliseconds each where a Ray Data execution costs 0.2-0.5 s to start. At most as many
+    run at once as Ray Data would run (its CPU limit): more on fewer cores made passes slower.
+    """
+    import ray
+
+    width = data_width()
+    task = ray.remote(fn).options(**task_options("PerBlock", fn))
+    pending, done = [], {}
+    for i, block in enumerate(blocks):
+        if len(pending) >= width:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done.update(zip(ready, ray.get(ready)))
+        ref = task.remote(block, **kwargs)
+        pending.append(ref)
+        done[ref] = None
+    done.update(zip(pending, ray.get(pending)))
+    return list(done.values())

@@ -1,6 +1,7 @@
 """The evaluate stage: batch inference on Ray over every split, metrics, baselines, slices, findings, gate, report.
 
-Predictions are made by Ray Data tasks (``map_batches``); only labels, slice columns and
+Every split, and the champion on test, is scored in one pass (:mod:`raypipe.evaluate.scoring`:
+one Ray Data execution, or a Ray task per core for small data); only labels, slice columns and
 scores travel to the driver, where ``sklearn.metrics`` turns them into numbers. For a
 supervised task the fitted features travel too (when they fit in memory), so the linear
 baseline is fitted on exactly what the model saw.
@@ -10,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from raypipe.datasets import read_parquet
+from raypipe.datasets import footer_rows, is_small
 from raypipe.errors import SpecError
 from raypipe.evaluate.baselines import BASELINE_TASKS, LINEAR_MAX_ROWS, features_fit_in_memory, score_baselines
 from raypipe.evaluate.causes import training_causes
@@ -21,9 +21,9 @@ from raypipe.evaluate.gate import verdict
 from raypipe.evaluate.monitoring import prediction_reference
 from raypipe.metrics import LOWER_IS_BETTER, choose_threshold
 from raypipe.evaluate.scored import Scored
+from raypipe.evaluate.scoring import Branch, as_scored, run_branches
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
 from raypipe.model.formats import trusted_factories
-from raypipe.model.predictor import predict_batch
 from raypipe.stage import SPLITS, EvaluateOutput, StageContext, StageOutput
 from raypipe.store import Store
 from raypipe.tasks import TASKS
@@ -33,31 +33,6 @@ def model_key(model_uri: str) -> str:
     """A digest of a model folder's files (the cache key of loaded predictors)."""
     store = Store(model_uri)
     return "-".join(store.sha256(f)[:16] for f in store.walk_files())
-
-
-def score_split(ds: Any, model_uri: str, features: dict[str, Any], schema: dict[str, Any],
-                keep: list[str] | None = None, task: str = "classification", trusted: tuple[str, ...] = (),
-                with_features: bool | None = None) -> Scored:
-    """Predict a split with Ray Data tasks; gather labels, scores and ``keep`` columns.
-
-    ``trusted``: the user factories the model may name (``formats.trusted_factories`` of the driver).
-    ``with_features``: gather the fitted features too (default: for clustering, whose metrics need them).
-    """
-    with_features = task == "clustering" if with_features is None else with_features
-    target = schema.get("target") or {}
-    cols = list(dict.fromkeys([*([target["name"]] if target else []), *(keep or [])]))
-    out = ds.map_batches(
-        predict_batch,
-        fn_kwargs={"model_uri": model_uri, "model_key": model_key(model_uri), "features": features,
-                   "schema": schema, "keep": cols, "with_features": with_features, "trusted": list(trusted)},
-        batch_format="pandas", batch_size=4096,
-    ).drop_columns(["__pred"]).to_pandas()
-    classes = target.get("classes")
-    scores = np.stack(out.pop("__scores").to_numpy()) if len(out) else np.zeros((0, len(classes or [0])))
-    x = out.pop("__x").to_numpy() if "__x" in out else None
-    x = None if x is None else np.stack(x) if len(x) else np.zeros((0, 0))
-    y = TASKS[task].encode_labels(out[target["name"]], classes) if target else None  # anomaly: 1 / True marks one
-    return Scored(task, y, scores, out, classes, x)
 
 
 def pick_threshold(cfg: Any, validation: Scored | None) -> tuple[float, str]:
@@ -89,14 +64,22 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     if missing:
         raise SpecError(f"evaluate.slices: {missing} are not columns of the data; use some of {sorted(schema['columns'])}")
     splits = val.outputs.splits
-    datasets = {s: read_parquet(val.store, splits[s]) for s in SPLITS if s in splits}
-    datasets["train"], train_rows = _capped(datasets["train"], cfg.train_sample_rows, ctx.spec.data.split.seed)
+    names = [s for s in SPLITS if s in splits]
+    train_rows = footer_rows(val.store, splits["train"])  # parquet footers: no Ray Data execution
     trusted = trusted_factories(ctx.spec)
     skip_linear = _linear_skip_reason(task, val.outputs.counts, min(train_rows, cfg.train_sample_rows),
                                       feats.outputs.n_features)
     with_x = task == "clustering" or (task in BASELINE_TASKS and skip_linear is None)
-    scored = {s: score_split(ds, model_uri, features, schema, cfg.slices, task, trusted, with_features=with_x)
-              for s, ds in datasets.items()}
+    target = schema.get("target") or {}
+    keep = list(dict.fromkeys([*([target["name"]] if target else []), *cfg.slices]))
+    model = {"model_uri": model_uri, "model_key": model_key(model_uri), "features": features, "schema": schema,
+             "trusted": list(trusted)}
+    branches = [Branch(s, val.store, splits[s], keep=keep, with_features=with_x,
+                       sample=_sample(train_rows, cfg.train_sample_rows, ctx.spec.data.split.seed) if s == "train" else None,
+                       **model) for s in names]
+    champion_version = _champion_branch(ctx, val.store, splits["test"], branches) if cfg.gate.vs_champion else None
+    parts = run_branches(branches, small=is_small(val.store, [splits[s] for s in names]))
+    scored = {s: as_scored(parts[s], schema, task, with_x) for s in names}
     threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
     m = {s: sc.metrics(threshold) for s, sc in scored.items()}
     test = scored["test"]
@@ -109,7 +92,8 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     slices = {c: sliced_metrics(slice_keys(test.frame[c]), lambda mask: test.metrics(threshold, mask), slice_metric,
                                 lower_is_better=slice_metric in LOWER_IS_BETTER, min_rows=cfg.min_slice_rows)
               for c in cfg.slices}
-    champion = _champion_metrics(ctx, datasets["test"]) if cfg.gate.vs_champion is not None else None
+    champion = _champion_metrics(ctx, champion_version, parts.get("champion"), branches[-1]) \
+        if champion_version is not None else None
     held_name = "validation" if "validation" in m else "test"
     versus, short = baseline_findings(task, m["test"], baselines)
     causes = []
@@ -183,23 +167,14 @@ def _baseline_summary(baselines: dict[str, Any] | None, metrics: list[str]) -> d
     return out
 
 
-def _capped(ds: Any, cap: int, seed: int) -> tuple[Any, int]:
-    """The train split sampled down to about ``cap`` rows (its metrics only feed the overfitting check).
+def _sample(n: int, cap: int, seed: int) -> dict[str, float] | None:
+    """How the train split is sampled down to about ``cap`` of its ``n`` rows (None: every row).
 
-    Rows are kept by a hash of their content (as in the split), so the sample is the
-    same whatever the block layout: the same data gives the same train metrics.
+    Its metrics only feed the overfitting check. Rows are kept by a hash of their content
+    (as in the split, :func:`raypipe.evaluate.scoring.sample_rows`), so the sample is the same
+    whatever the block layout: the same data gives the same train metrics.
     """
-    n = ds.count()  # parquet metadata: no data is read
-    if n <= cap:
-        return ds, n
-    return ds.map_batches(_sample_rows, fn_kwargs={"fraction": cap / n, "seed": seed ^ 0x5EED},
-                          batch_format="pandas"), n
-
-
-def _sample_rows(batch: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    from raypipe.columns import row_uniform
-
-    return batch[row_uniform(batch, seed) < fraction]
+    return None if n <= cap else {"fraction": cap / n, "seed": seed ^ 0x5EED}
 
 
 def _write_report(store: Store, doc: dict[str, Any], test: Scored, threshold: float) -> None:
@@ -209,8 +184,8 @@ def _write_report(store: Store, doc: dict[str, Any], test: Scored, threshold: fl
     write_report(store, doc, y=test.y, pred=test.pred(threshold), scores=scores, class_names=test.class_names, x=test.x)
 
 
-def _champion_metrics(ctx: StageContext, test_ds: Any) -> dict[str, Any] | None:
-    """The current champion scored on this run's test split (None when there is none)."""
+def _champion_branch(ctx: StageContext, store: Store, test_rel: str, branches: list[Branch]) -> int | None:
+    """Add the current champion, scoring this run's test split, to ``branches``; its version (None: no champion)."""
     from raypipe.registry import Registry
 
     reg = Registry.for_spec(ctx.spec, ctx.root)
@@ -219,7 +194,20 @@ def _champion_metrics(ctx: StageContext, test_ds: Any) -> dict[str, Any] | None:
         return None
     vs = reg.version_store(version)
     reg.check_version(version)  # the champion's files as registered (manifest, signature) before any is loaded
-    scored = score_split(test_ds, vs.full_uri("model"), vs.read_json("features.json"), vs.read_json("schema.json"),
-                         task=ctx.spec.data.task, trusted=trusted_factories(ctx.spec))
+    schema = vs.read_json("schema.json")
+    target = schema.get("target") or {}
+    uri = vs.full_uri("model")
+    branches.append(Branch("champion", store, test_rel, uri, model_key(uri), vs.read_json("features.json"), schema,
+                           keep=[target["name"]] if target else [], trusted=list(trusted_factories(ctx.spec)),
+                           with_features=ctx.spec.data.task == "clustering"))
+    return version
+
+
+def _champion_metrics(ctx: StageContext, version: int, part: dict[str, Any], branch: Branch) -> dict[str, Any]:
+    """The current champion's metrics on this run's test split."""
+    from raypipe.registry import Registry
+
+    reg = Registry.for_spec(ctx.spec, ctx.root)
+    scored = as_scored(part, branch.schema, ctx.spec.data.task, branch.with_features)
     metrics = scored.metrics(reg.info(version).get("threshold", 0.5))
     return {"version": version, **{k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}}

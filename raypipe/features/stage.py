@@ -1,13 +1,15 @@
 """The features stage: fit the feature pipeline on the training split (Ray Data).
 
 One pass over the split gathers every operator's statistics; a second pass runs only
-when ``features.pca`` is set (PCA works on the fitted operators' output).
+when ``features.pca`` is set (PCA works on the fitted operators' output). Below
+:data:`raypipe.datasets.SMALL_DATA_BYTES` one Ray task reads the split and fits on the whole
+blocks (the same per-block statistics of the same blocks) instead of a Ray Data execution.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from raypipe.datasets import read_parquet
+from raypipe.datasets import as_batch, is_small, read_blocks, read_parquet, small_task
 from raypipe.model.features.pipeline import FeaturePipeline
 from raypipe.stage import FeaturesOutput, StageContext, StageOutput
 
@@ -21,10 +23,26 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
     ctx.ray()
     val = inputs["validate"]
     schema = val.read_json(val.outputs.schema)
-    pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, val.outputs.splits["train"]))
+    rel = val.outputs.splits["train"]
+    if is_small(val.store, [rel]):
+        import ray
+
+        pipeline = FeaturePipeline.from_dict(ray.get(small_task(_fit_table, build(ctx.spec, schema), val.store, rel)))
+    else:
+        pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, rel))
     ctx.artifact.write_json("features.json", pipeline.to_dict())
     ctx.log(_summary(pipeline))
     return FeaturesOutput(features="features.json", n_features=pipeline.n_features)
+
+
+def _fit_table(pipeline: FeaturePipeline, store: Any, rel: str) -> dict[str, Any]:
+    """The small-data path, inside one Ray task: the per-block statistics of each block (file) of the split,
+    merged as ``FeaturePipeline.fit`` merges a dataset's; the fitted pipeline as a dict."""
+    batches = [as_batch(t, "pandas") for t in read_blocks(store, rel, columns=pipeline.input_columns or None)]
+    pipeline.fit_from_stats([pipeline.partial_stats(b) for b in batches])
+    if pipeline.pca is not None:
+        pipeline.fit_pca_from_stats([pipeline.pca_partial_stats(b) for b in batches])
+    return pipeline.to_dict()
 
 
 def _summary(pipeline: FeaturePipeline) -> str:

@@ -124,11 +124,16 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     """Read the input once into Ray's object store with each row's number; decide the bounds.
 
     Only the numbers, grouped by class, reach the driver (8 bytes a row), which
-    computes the per-class bounds and counts every split exactly.
+    computes the per-class bounds and counts every split exactly. The read is the one
+    Ray Data execution of the stage; the per-block passes after it (``_strata_u`` here,
+    ``write_block_splits`` in the stage) are plain Ray tasks on the materialised blocks.
     """
+    from raypipe.datasets import run_per_block
+
     with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed}, batch_format="pyarrow", batch_size=None).materialize()
     key = target if (stratify and target) else None
-    parts = with_u.map_batches(_strata_u, fn_kwargs={"key": key}, batch_format="pyarrow", batch_size=None).to_pandas()
+    frames = run_per_block(_strata_u, with_u.to_arrow_refs(), key=key)
+    parts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     mixed = mixed_columns([json.loads(t) for t in parts.get("types", pd.Series(dtype=object)).unique()])
     by_stratum: dict[str, list[np.ndarray]] = {}
     for s, u in zip(parts.get("s", ()), parts.get("u", ())):  # no rows: no columns either

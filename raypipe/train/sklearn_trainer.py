@@ -47,20 +47,34 @@ def check_estimator(kind: str, task: str) -> None:
 def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """Fit ``spec.model.kind`` on the training split in one Ray task.
 
+    ``train_xy`` is the transformed split (a Ray Dataset of ``{"x", "y"}``), materialised
+    into the object store and read by the task. With ``dims["source"]`` (the split's parquet
+    folder, features and schema) and a split under :data:`raypipe.datasets.SMALL_DATA_BYTES`,
+    the task reads and transforms the split itself (the same ``xy_batch``, on the whole
+    table): no Ray Data execution, no object-store round trip.
+
     Returns:
         (model metadata, skops bytes).
     """
     import ray
 
+    from raypipe.datasets import is_small
+
     check_estimator(spec.model.kind, spec.data.task)  # fail fast on the driver with a spec error
-    batch = train_xy.to_numpy_refs()
     res = spec.train.resources
-    task = ray.remote(_fit_from_refs).options(
-        num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0),
-        resources={k: v for k, v in res.items() if k not in ("CPU", "GPU")} or None,
-    )
-    blob = ray.get(task.remote(spec.model.kind, spec.model.params, batch, dims["class_weights"], spec.train.seed,
-                               spec.data.task))
+    options = {"num_cpus": res.get("CPU", 1), "num_gpus": res.get("GPU", 0),
+               "resources": {k: v for k, v in res.items() if k not in ("CPU", "GPU")} or None}
+    args = (spec.model.kind, spec.model.params)
+    rest = (dims["class_weights"], spec.train.seed, spec.data.task)
+    source = dims.get("source")
+    if source is not None and is_small(source["store"], [source["rel"]]):
+        from ray.data import DataContext
+
+        blob = ray.get(ray.remote(_fit_from_table).options(**options).remote(
+            DataContext.get_current(), *args, source, *rest))
+    else:
+        task = ray.remote(_fit_from_refs).options(**options)
+        blob = ray.get(task.remote(*args, train_xy.to_numpy_refs(), *rest))
     meta = model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], params=spec.model.params)
     return meta, blob
 
@@ -95,6 +109,36 @@ def fit_arrays(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, 
     return _fit_estimator(kind, params, x, y, sw, seed, task)
 
 
+def _threads() -> Any:
+    """Native thread pools (OpenMP, BLAS) sized to the CPUs this Ray task holds (``train.resources``).
+
+    Ray sets ``OMP_NUM_THREADS`` once per worker process, from the first task it runs: a pooled
+    worker that first ran a 1-CPU task would fit a ``{"CPU": 2}`` estimator on one thread.
+    """
+    import ray
+    from threadpoolctl import threadpool_limits
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
+    return threadpool_limits(limits=max(1, int(cpus)))
+
+
 def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
                    task: str) -> bytes:
-    return fit_arrays(kind, params, *read_arrays(refs), class_weights, seed, task)
+    with _threads():
+        return fit_arrays(kind, params, *read_arrays(refs), class_weights, seed, task)
+
+
+def _fit_from_table(context: Any, kind: str, params: dict[str, Any], source: dict[str, Any],
+                    class_weights: list[float] | None, seed: int, task: str) -> bytes:
+    """The small-data path: read the split, transform it with ``xy_batch`` and fit, in this task."""
+    from ray.data import DataContext
+
+    from raypipe.datasets import as_batch, read_table
+    from raypipe.train.data import xy_batch
+
+    DataContext._set_current(context)  # pandas batches as Ray Data would give them
+    target = source["schema"].get("target") or {}
+    xy = xy_batch(as_batch(read_table(source["store"], source["rel"]), "pandas"), source["features"],
+                  target.get("name"), target.get("classes"), target.get("task", "classification"))
+    with _threads():
+        return fit_arrays(kind, params, xy["x"], xy["y"], class_weights, seed, task)

@@ -23,7 +23,8 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
     raw = {s: read_parquet(val.store, rel) for s, rel in val.outputs.splits.items()}
     balance = weights = None
     if spec.features.balance == "class_weight" and classes:
-        weights = class_weights(class_counts(raw["train"], target["name"]), classes)
+        counts = val.read_json(val.outputs.report)["splits"]["train"].get("classes")  # validate counted them
+        weights = class_weights(counts if counts is not None else class_counts(raw["train"], target["name"]), classes)
     elif spec.features.balance in ("oversample", "undersample") and classes:
         raw["train"], balance = resample(raw["train"], target["name"], spec.features.balance, spec.features.balance_seed)
         ctx.log(f"{spec.features.balance}: factors " + ", ".join(f"{c}={f:.3g}" for c, f in balance["factors"].items()))
@@ -55,6 +56,9 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
         ctx.log(f"tune: {t['trials']} trials ({t['failed_trials']} failed), {t['trial_epochs']} trial-epochs; best "
                 f"{t['metric']}={t['best_score']:.4g} with " + ", ".join(f"{k}={v}" for k, v in t["best_config"].items()))
     else:
+        if not spec.model.is_torch and balance is None:  # small data: the fit task reads the split itself
+            dims["source"] = {"store": val.store, "rel": val.outputs.splits["train"], "features": features,
+                              "schema": schema}
         fitted = fit(spec, ctx, splits, dims)
         if spec.model.is_torch:
             _log_torch(ctx, fitted.report)

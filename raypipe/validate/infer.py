@@ -155,13 +155,31 @@ def decide(counts: dict[str, Any], roles: dict[str, str], cfg: Any) -> dict[str,
     return out
 
 
-def infer_text_types(ds: Any, roles: dict[str, str], cfg: Any) -> dict[str, dict[str, Any]]:
-    """One Ray Data pass over ``ds`` (the training split): the type of each column in ``roles``."""
+def infer_text_types(ds: Any, roles: dict[str, str], cfg: Any, small: tuple[Any, str] | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """One Ray Data pass over ``ds`` (the training split): the type of each column in ``roles``.
+
+    ``small``: the split's (store, parquet folder), under ``datasets.SMALL_DATA_BYTES``: one Ray
+    task counts the same blocks instead (:func:`count_blocks`).
+    """
     if not roles:
         return {}
+    if small is not None:
+        import ray
+
+        from raypipe.datasets import small_task
+
+        return decide(merge_counts(ray.get(small_task(count_blocks, *small, roles))), roles, cfg)
     rows = ds.select_columns(list(roles)).map_batches(count_block, fn_kwargs={"roles": roles},
                                                       batch_format="pyarrow", batch_size=None).take_all()
     return decide(merge_counts([json.loads(r["counts"]) for r in rows]), roles, cfg)
+
+
+def count_blocks(store: Any, rel: str, roles: dict[str, str]) -> list[dict[str, Any]]:
+    """The small-data path, inside one Ray task: ``count_block`` of each block (file) of the split."""
+    from raypipe.datasets import read_blocks
+
+    return [json.loads(count_block(t, roles)["counts"].iloc[0]) for t in read_blocks(store, rel, list(roles))]
 
 
 def findings(docs: dict[str, dict[str, Any]], cfg: Any) -> list[dict[str, Any]]:

@@ -48,6 +48,18 @@ def check_and_write(batch: pd.DataFrame, *, schema: dict[str, Any], classes: lis
     return pd.DataFrame({SPLIT: [split], SUMMARY: [json.dumps(block.summary)], HASHES: [block.hashes.tobytes()]})
 
 
+def check_tables(store: Any, rels: dict[str, str], kwargs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The small-data path, inside one Ray task: ``check_and_write`` on each block (file) of each split,
+    the blocks a Ray Data execution would hand it (the profile's sketches merge the same parts)."""
+    from raypipe.datasets import as_batch, read_blocks
+
+    out: list[dict[str, Any]] = []
+    for split, rel in rels.items():
+        for table in read_blocks(store, rel):
+            out += check_and_write(as_batch(table, "pandas"), **kwargs[split]).to_dict("records")
+    return out
+
+
 def collect(summaries: list[dict[str, Any]]) -> dict[str, tuple[list[dict[str, Any]], list[np.ndarray]]]:
     """Per split: the blocks' summaries and their valid rows' hashes."""
     out: dict[str, tuple[list[dict[str, Any]], list[np.ndarray]]] = {}

@@ -1,6 +1,7 @@
 """The validate stage: choose the schema, check and profile every split, quarantine bad rows.
 
-One Ray Data execution over all splits (``sink.check_and_write``) annotates every
+One Ray Data execution over all splits (``sink.check_and_write``; for small data one Ray task
+running it on each split's whole table, ``datasets.SMALL_DATA_BYTES``) annotates every
 row with a reason (or None), writes it to ``valid/`` or ``quarantine/`` from the same
 task, and returns the block's counts, profile and row hashes; only those small
 results reach the driver. ``valid + quarantined == input rows`` holds per split
@@ -20,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from raypipe.datasets import footer_rows, has_rows, read_parquet
+from raypipe.datasets import footer_rows, has_rows, is_small, read_parquet
 from raypipe.errors import ArtifactError, DataValidationError, SpecError
 from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
@@ -66,14 +67,31 @@ def _image_shape_from_spec(source: Any) -> list[int] | None:
     return [h, w, 3] if source.mode == "RGB" else [h, w]
 
 
-def _sample(train: Any, schema: dict[str, Any]) -> Any:
-    """The first :data:`SAMPLE_ROWS` training rows of the string and integer columns (None when there are none)."""
+def _sample(train: Any, schema: dict[str, Any], small: tuple[Any, str] | None = None) -> Any:
+    """The first :data:`SAMPLE_ROWS` training rows of the string and integer columns (None when there are none).
+
+    ``small``: the split's (store, parquet folder): one Ray task reads them, not a Ray Data execution.
+    """
     cols = [c for c, col in schema["columns"].items() if col["type"] in ("string", "integer")]
-    return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas") if cols else None
+    if not cols:
+        return None
+    if small is not None:
+        import ray
+
+        from raypipe.datasets import small_task
+
+        return ray.get(small_task(_first_rows, *small, cols, SAMPLE_ROWS))
+    return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas")
+
+
+def _first_rows(store: Any, rel: str, columns: list[str], n: int) -> Any:
+    from raypipe.datasets import as_batch, read_table
+
+    return as_batch(read_table(store, rel, columns).slice(0, n), "pandas")
 
 
 def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
-                 train: Any = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+                 train: Any = None, small: tuple[Any, str] | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """The schema to enforce, where it came from (a schema file, the reference, or inferred) and,
     when inferred, how its text columns were typed (``infer.decide``).
 
@@ -91,11 +109,11 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
     else:
         roles = infer.text_columns(arrow_schema, target=data.target, id_columns=data.id_columns,
                                    free_text=_text_columns(spec))
-        inference = infer.infer_text_types(train, roles, cfg.infer) if train is not None else {}
+        inference = infer.infer_text_types(train, roles, cfg.infer, small) if train is not None else {}
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
                               text_columns=_text_columns(spec),
                               column_types={c: d["type"] for c, d in inference.items() if d["type"] != "string"})
-        sample = _sample(train, schema) if train is not None else None
+        sample = _sample(train, schema, small) if train is not None else None
         if sample is not None:
             refine_schema(schema, sample, datetime_fraction=cfg.datetime_fraction, dayfirst=cfg.dayfirst,
                           id_fraction=cfg.id_fraction)
@@ -130,18 +148,27 @@ def _clear(artifact: Any, splits: list[str]) -> None:
 
 
 def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: list[str] | None,
-                  bounds: dict[str, Any], artifact: Any) -> dict[str, SplitCheck]:
+                  bounds: dict[str, Any], artifact: Any, small: Inputs | None = None) -> dict[str, SplitCheck]:
     """One Ray Data execution over the given splits: check, write valid/ and quarantine/, summarise.
 
-    ``classes`` (the training classes) applies to every split but ``train``.
+    ``classes`` (the training classes) applies to every split but ``train``. With ``small``
+    (the splits' parquet folders, under :data:`raypipe.datasets.SMALL_DATA_BYTES` in all),
+    one Ray task runs the same ``sink.check_and_write`` on each split's whole table instead.
     """
     root, fs = artifact.path(), artifact.fs
     _clear(artifact, list(datasets))
-    parts = [ds.map_batches(sink.check_and_write, batch_format="pandas", batch_size=None,  # a block per batch
-                            fn_kwargs={"schema": schema, "classes": None if split == "train" else classes,
-                                       "bounds": bounds, "fs": fs, "root": root, "split": split})
-             for split, ds in datasets.items()]
-    summaries = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).take_all()
+    kwargs = {split: {"schema": schema, "classes": None if split == "train" else classes, "bounds": bounds,
+                      "fs": fs, "root": root, "split": split} for split in datasets}
+    if small is not None:
+        import ray
+
+        from raypipe.datasets import small_task
+
+        summaries = ray.get(small_task(sink.check_tables, small.store, {s: small.rels[s] for s in datasets}, kwargs))
+    else:
+        parts = [ds.map_batches(sink.check_and_write, batch_format="pandas", batch_size=None,  # a block per batch
+                                fn_kwargs=kwargs[split]) for split, ds in datasets.items()]
+        summaries = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).take_all()
     checks = {}
     for split, (docs, hashes) in sink.collect(summaries).items():
         profile = finish(merge_profiles([d["profile"] for d in docs]), duplicates=count_duplicates(hashes))
@@ -149,8 +176,16 @@ def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: lis
     return checks
 
 
+@dataclass
+class Inputs:
+    """Where the splits' parquet files are: the small-data path reads them in one task."""
+
+    store: Any
+    rels: dict[str, str]
+
+
 def _check_all(datasets: dict[str, Any], schema: dict[str, Any], source: str, bounds: dict[str, Any],
-               artifact: Any) -> dict[str, SplitCheck]:
+               artifact: Any, small: Inputs | None = None) -> dict[str, SplitCheck]:
     """All splits in one execution; a split holding a class the training split lacks is checked again.
 
     Validation and test rows of a class never seen in training (or of an image shape
@@ -158,13 +193,13 @@ def _check_all(datasets: dict[str, Any], schema: dict[str, Any], source: str, bo
     split was read. Checking every split at once and redoing only a split that needs
     it (rare) saves a pass.
     """
-    checks = _check_splits(datasets, schema, None, bounds, artifact)
+    checks = _check_splits(datasets, schema, None, bounds, artifact, small)
     _settle_schema(schema, checks["train"], source)
     target = schema.get("target")
     classes = target["classes"] if target and TASKS[target["task"]].has_classes else None
     again = [s for s, c in checks.items() if s != "train" and _needs_recheck(c, schema, classes)]
     if again:
-        checks.update(_check_splits({s: datasets[s] for s in again}, schema, classes, bounds, artifact))
+        checks.update(_check_splits({s: datasets[s] for s in again}, schema, classes, bounds, artifact, small))
     return checks
 
 
@@ -242,7 +277,8 @@ def _split_report(check: SplitCheck) -> dict[str, Any]:
     st, rows = check.stats, max(check.stats["rows"], 1)
     return {**check.counts, "reasons": st["reasons"], "examples": st["examples"], "unparsed": st.get("unparsed", {}),
             "null_fraction": {c: n / rows for c, n in st["nulls"].items()},
-            "duplicates": check.profile["duplicates"], "duplicate_fraction": check.profile["duplicate_fraction"]}
+            "duplicates": check.profile["duplicates"], "duplicate_fraction": check.profile["duplicate_fraction"],
+            "classes": st["classes"]}  # valid rows per label: the train stage's class weights
 
 
 def _write_report(ctx: Any, report: dict[str, Any]) -> None:
@@ -259,9 +295,12 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     arrow_schema = datasets["train"].schema().base_schema
-    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"])
+    rels = {s: ingest.outputs.splits[s] for s in datasets}
+    small = Inputs(ingest.store, rels) if is_small(ingest.store, list(rels.values())) else None
+    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"],
+                                             (ingest.store, rels["train"]) if small else None)
     bounds = reference_bounds(ref["profile"]) if ref else {}
-    checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact)
+    checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact, small)
     _check_task(schema, checks["train"])
     _check_rows_on_disk(ctx, ingest, checks)
     findings = _train_findings(checks["train"], schema, arrow_schema, source, cfg) + infer.findings(inference, cfg.infer)

@@ -4,19 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raypipe.evaluate.stage import _capped
+from raypipe.evaluate.scoring import sample_rows
+from raypipe.evaluate.stage import _sample
 
 
-def test_sample_is_the_same_for_any_block_layout(ray_session):
-    import ray.data
-
+def test_sample_is_the_same_for_any_block_layout():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"x": rng.normal(size=6000), "c": rng.choice(["a", "b", None], 6000), "id": np.arange(6000)})
-    one_block, _ = _capped(ray.data.from_pandas(df), 2000, seed=42)
-    many_blocks, n = _capped(ray.data.from_pandas([df.iloc[i::7] for i in range(7)]), 2000, seed=42)
-    a, b = (set(d.to_pandas()["id"]) for d in (one_block, many_blocks))
-    assert n == 6000 and a == b and 1700 < len(a) < 2300
-    other_seed, _ = _capped(ray.data.from_pandas(df), 2000, seed=7)
-    assert set(other_seed.to_pandas()["id"]) != a
-    small, n_small = _capped(ray.data.from_pandas(df.head(500)), 2000, seed=42)
-    assert n_small == 500 and small.count() == 500  # under the cap: every row
+    how = _sample(len(df), 2000, seed=42)
+    one_block = set(sample_rows(df, how["fraction"], int(how["seed"]))["id"])
+    many_blocks = set().union(*(sample_rows(df.iloc[i::7], how["fraction"], int(how["seed"]))["id"]
+                                for i in range(7)))
+    assert one_block == many_blocks and 1700 < len(one_block) < 2300
+    other = _sample(len(df), 2000, seed=7)
+    assert set(sample_rows(df, other["fraction"], int(other["seed"]))["id"]) != one_block
+    assert _sample(500, 2000, seed=42) is None  # under the cap: every row

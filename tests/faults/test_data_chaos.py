@@ -7,15 +7,16 @@ its artifact folder (``stages/ingest/<fp>/splits/__split=<s>/``, written by
 raylet whose socket name ``ray.nodes()`` reports: other Rays may run on the same host) and
 SIGKILLs the first one that is executing the stage's block function and holds one of the
 stage's parquet parts open, i.e. is writing it. Ray sets a worker's process title to
-``ray::<task name>`` while a task runs (``ray::IDLE`` between tasks), and Ray Data names its
-tasks after the fused operators (``MapBatches(write_block_splits)``,
-``ReadParquet->MapBatches(check_and_write)``); ``/proc/<pid>/fd`` shows the open file. So the
+``ray::<task name>`` while a task runs (``ray::IDLE`` between tasks), and raypipe names its data
+tasks as Ray Data names its own, after the function (``PerBlock(write_block_splits)``,
+``SmallData(check_tables)``; ``ReadParquet->MapBatches(check_and_write)`` on large data);
+``/proc/<pid>/fd`` shows the open file. So the
 kill always leaves a torn part under its final name, the case where a retry must replace the
 file rather than add one. No sleep decides when the fault happens. The state API, which lags by
 about a second, is asked afterwards: the killed attempt failed with ``WORKER_DIED`` and a later
 attempt of the same task finished.
 
-What must hold (issue 18): the run completes (Ray Data submits its tasks with
+What must hold (issue 18): the run completes (Ray Data and raypipe submit their data tasks with
 ``max_retries=-1``); counted from the parquet footers of the *published* artifact (the files
 its ``_COMPLETE.json`` lists; no other file may sit in those folders),
 valid + quarantined == rows generated, and every generated id is there exactly once (a retry
@@ -55,8 +56,10 @@ REASONS = {"amount: not a number": NOT_A_NUMBER * FILES, "amount: infinite value
            f"{TARGET}: target is missing": NO_TARGET * FILES}
 QUARANTINED = sum(REASONS.values())
 # Where each stage's block function writes, relative to the stage's artifact folder, and its name.
+# Ingest writes from plain tasks on its materialised blocks (``PerBlock(write_block_splits)``); validate on
+# this small export from one task (``SmallData(check_tables)``, under ``datasets.SMALL_DATA_BYTES``).
 STAGE_PARTS = {"ingest": (("splits",), "write_block_splits"),
-               "validate": (("valid", "quarantine"), "check_and_write")}
+               "validate": (("valid", "quarantine"), "check_tables")}
 MERCHANTS = ["Acme, Inc.", 'The "Corner" Shop', "Müller & Söhne", "7-Eleven", "Café Olé", "Smith, Jones and Co",
              "Ørsted", "北京商店", "plain"]
 
