@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from raypipe.datasets import read_parquet
+from raypipe.datasets import is_small, read_parquet
 from raypipe.model.formats import MODEL_JSON, SKOPS_FILE, save_model
 from raypipe.stage import StageContext, StageOutput, TrainOutput
 from raypipe.train.balance import class_counts, class_weights, resample
 from raypipe.train.data import materialize_small, xy_dataset
 from raypipe.train.fit import fit
-from raypipe.train.local import choose_path
+from raypipe.train.local import SINGLE, choose_path
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
@@ -46,8 +46,14 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
                     "(train split); the model un-scales its predictions".format(**dims["target_scale"]))
         torch_splits = {s: splits[s] for s in ("train", "validation") if s in splits}
         dims["path"] = choose_path(spec.train, sum(rows.get(s, 0) for s in torch_splits), dims["input_dim"])
-        torch_splits, materialized_mb = materialize_small(torch_splits, rows, dims["input_dim"], spec.train.materialize_mb)
-        splits.update(torch_splits)
+        rels = {s: val.outputs.splits[s] for s in torch_splits}
+        if (dims["path"][0] == SINGLE and balance is None and spec.tune is None
+                and is_small(val.store, list(rels.values()))):  # the train task reads and transforms the splits itself
+            dims["source"] = {"store": val.store, "rels": rels, "features": features, "schema": schema}
+        else:
+            torch_splits, materialized_mb = materialize_small(torch_splits, rows, dims["input_dim"],
+                                                              spec.train.materialize_mb)
+            splits.update(torch_splits)
     if spec.tune is not None:
         from raypipe.train.tune.search import run_search
 
