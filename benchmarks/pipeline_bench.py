@@ -63,11 +63,14 @@ def baseline(path: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, float(auc)
 
 
+TRAIN_CPUS = 1.0  # --train-cpus: the CPUs of the scikit-learn fit's task (train.resources.CPU)
+
+
 def _spec(path: Path, storage: Path) -> dict:
     return {"name": "bench", "storage": str(storage),
             "data": {"source": {"type": "parquet", "path": str(path)}, "target": "is_fraud",
                      "id_columns": ["transaction_id"]},
-            "model": MODEL, "deploy": {"enabled": False}}
+            "model": MODEL, "train": {"resources": {"CPU": TRAIN_CPUS}}, "deploy": {"enabled": False}}
 
 
 def raypipe_runs(path: Path, storage: Path) -> dict[str, tuple[float, float]]:
@@ -118,8 +121,12 @@ def kept_run(path: Path, storage: Path) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--train-cpus", type=float, default=1.0, help="CPUs of the fit's task (train.resources.CPU; "
+                    "the script's fit uses every core)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global TRAIN_CPUS
+    TRAIN_CPUS = args.train_cpus
     if args.child:
         return child_run(json.loads(args.child))
     from raypipe.ingest.builtin.transactions import generate_transactions
