@@ -507,6 +507,13 @@ class TrainSection(_Section):
         return self
 
     @model_validator(mode="after")
+    def _one_process_is_cpu(self) -> "TrainSection":
+        if self.distributed == "never" and self.use_gpu:
+            raise ValueError("train.distributed: 'never' trains in one process on CPU; with use_gpu: true set "
+                             "distributed to 'auto' or 'always' (GPUs train on Ray Train)")
+        return self
+
+    @model_validator(mode="after")
     def _precision_device(self) -> "TrainSection":
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("precision: 'fp16' autocast needs a GPU (train.use_gpu: true); on CPU use 'bf16' or 'fp32'")

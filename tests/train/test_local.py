@@ -70,6 +70,8 @@ def test_auto_chooses_one_process_without_gpu_for_data_that_fits():
     assert choose_path(TrainSection(distributed="always"), 100, 2)[0] == DISTRIBUTED
     path, why = choose_path(TrainSection(distributed="never", local_max_mb=0), 10**8, 50)
     assert path == SINGLE and "never" in why
+    with pytest.raises(ValueError, match="distributed to 'auto' or 'always'"):
+        TrainSection(distributed="never", use_gpu=True)
 
 
 @pytest.fixture(scope="module")
