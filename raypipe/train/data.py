@@ -39,6 +39,20 @@ def xy_dataset(ds: Any, features: dict[str, Any], schema: dict[str, Any]) -> Any
     )
 
 
+def xy_table(store: Any, rel: str, features: dict[str, Any], schema: dict[str, Any], context: Any) -> dict[str, np.ndarray]:
+    """The small-data twin of :func:`xy_dataset`, in this process: the split's parquet files under ``rel`` read
+    whole and transformed by the same :func:`xy_batch`, with pandas batches as Ray Data would give them under
+    the driver's ``DataContext`` ``context``. No Ray Data execution."""
+    from ray.data import DataContext
+
+    from raypipe.datasets import as_batch, read_table
+
+    DataContext._set_current(context)
+    target = schema.get("target") or {}
+    return xy_batch(as_batch(read_table(store, rel), "pandas"), features, target.get("name"), target.get("classes"),
+                    target.get("task", "classification"))
+
+
 def estimated_mb(rows: int, n_features: int) -> float:
     """What ``rows`` transformed rows take in Ray's object store: float32 features and an 8-byte label."""
     return rows * (4 * n_features + 8) / 2**20

@@ -77,26 +77,22 @@ def _arrays(ds: Any) -> tuple[Any, Any]:
 
 
 def _read_source(source: dict[str, Any], rel: str) -> tuple[Any, Any]:
-    """Small data (:data:`raypipe.datasets.SMALL_DATA_BYTES`): the validated split's parquet files read and
-    transformed in this process by the same ``xy_batch`` the Ray Data path maps: no Ray Data execution.
+    """Small data (:data:`raypipe.datasets.SMALL_DATA_BYTES`): the validated split read and transformed in
+    this process (:func:`raypipe.train.data.xy_table`): no Ray Data execution.
     On the demo (50,000 rows) materialising the two transformed splits first took two executions
     and their streaming executors' start-up."""
     import torch
-    from ray.data import DataContext
 
-    from raypipe.datasets import as_batch, read_table
-    from raypipe.train.data import xy_batch
+    from raypipe.train.data import xy_table
 
-    DataContext._set_current(source["context"])  # pandas batches as Ray Data would give them
-    target = source["schema"].get("target") or {}
-    xy = xy_batch(as_batch(read_table(source["store"], rel), "pandas"), source["features"], target.get("name"),
-                  target.get("classes"), target.get("task", "classification"))
+    xy = xy_table(source["store"], rel, source["features"], source["schema"], source["context"])
     return torch.from_numpy(xy["x"]), torch.from_numpy(xy["y"])
 
 
 def train_in_memory(config: dict[str, Any], datasets: dict[str, Any], threads: int, restored: dict[str, Any] | None,
                     save: Callable[[Any, int, dict[str, Any]], None]) -> None:
-    """Train ``config`` on ``datasets`` (``{"x", "y"}`` Ray Datasets) read whole into this process's memory.
+    """Train ``config`` on ``datasets`` (``{"x", "y"}`` Ray Datasets, or small splits to read: :func:`_arrays`) read
+    whole into this process's memory.
 
     ``restored``: a checkpoint's contents to continue from. ``save(training, epoch, metrics)``
     runs after every epoch (it writes the checkpoint, and in a Tune trial reports it).

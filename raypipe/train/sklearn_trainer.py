@@ -131,14 +131,8 @@ def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_wei
 def _fit_from_table(context: Any, kind: str, params: dict[str, Any], source: dict[str, Any],
                     class_weights: list[float] | None, seed: int, task: str) -> bytes:
     """The small-data path: read the split, transform it with ``xy_batch`` and fit, in this task."""
-    from ray.data import DataContext
+    from raypipe.train.data import xy_table
 
-    from raypipe.datasets import as_batch, read_table
-    from raypipe.train.data import xy_batch
-
-    DataContext._set_current(context)  # pandas batches as Ray Data would give them
-    target = source["schema"].get("target") or {}
-    xy = xy_batch(as_batch(read_table(source["store"], source["rel"]), "pandas"), source["features"],
-                  target.get("name"), target.get("classes"), target.get("task", "classification"))
+    xy = xy_table(source["store"], source["rel"], source["features"], source["schema"], context)
     with _threads():
         return fit_arrays(kind, params, xy["x"], xy["y"], class_weights, seed, task)
