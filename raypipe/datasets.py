@@ -197,6 +197,13 @@ def small_task(fn: Any, *args: Any, num_cpus: float = 1, **kwargs: Any) -> Any:
         DataContext.get_current(), fn, args, kwargs)
 
 
+def run_small(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """:func:`small_task`'s result: ``fn(*args, **kwargs)`` run in one Ray task, waited for."""
+    import ray
+
+    return ray.get(small_task(fn, *args, **kwargs))
+
+
 def task_options(kind: str, fn: Any) -> dict[str, Any]:
     """Ray task options of raypipe's own data tasks: named ``<kind>(<function>)``, as Ray Data names its
     tasks after their operators (``MapBatches(<function>)``), so a worker's process title shows what it
@@ -230,7 +237,7 @@ def run_per_block(fn: Any, blocks: list[Any], **kwargs: Any) -> list[Any]:
     width = data_width()
     task = ray.remote(fn).options(**task_options("PerBlock", fn))
     pending, done = [], {}
-    for i, block in enumerate(blocks):
+    for block in blocks:
         if len(pending) >= width:
             ready, pending = ray.wait(pending, num_returns=1)
             done.update(zip(ready, ray.get(ready)))

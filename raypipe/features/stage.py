@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raypipe.datasets import as_batch, is_small, read_blocks, read_parquet, small_task
+from raypipe.datasets import as_batch, is_small, read_blocks, read_parquet, run_small
 from raypipe.model.features.pipeline import FeaturePipeline
 from raypipe.stage import FeaturesOutput, StageContext, StageOutput
 
@@ -25,9 +25,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
     schema = val.read_json(val.outputs.schema)
     rel = val.outputs.splits["train"]
     if is_small(val.store, [rel]):
-        import ray
-
-        pipeline = FeaturePipeline.from_dict(ray.get(small_task(_fit_table, build(ctx.spec, schema), val.store, rel)))
+        pipeline = FeaturePipeline.from_dict(run_small(_fit_table, build(ctx.spec, schema), val.store, rel))
     else:
         pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, rel))
     ctx.artifact.write_json("features.json", pipeline.to_dict())

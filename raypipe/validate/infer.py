@@ -165,11 +165,9 @@ def infer_text_types(ds: Any, roles: dict[str, str], cfg: Any, small: tuple[Any,
     if not roles:
         return {}
     if small is not None:
-        import ray
+        from raypipe.datasets import run_small
 
-        from raypipe.datasets import small_task
-
-        return decide(merge_counts(ray.get(small_task(count_blocks, *small, roles))), roles, cfg)
+        return decide(merge_counts(run_small(count_blocks, *small, roles)), roles, cfg)
     rows = ds.select_columns(list(roles)).map_batches(count_block, fn_kwargs={"roles": roles},
                                                       batch_format="pyarrow", batch_size=None).take_all()
     return decide(merge_counts([json.loads(r["counts"]) for r in rows]), roles, cfg)

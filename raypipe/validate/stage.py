@@ -76,11 +76,9 @@ def _sample(train: Any, schema: dict[str, Any], small: tuple[Any, str] | None = 
     if not cols:
         return None
     if small is not None:
-        import ray
+        from raypipe.datasets import run_small
 
-        from raypipe.datasets import small_task
-
-        return ray.get(small_task(_first_rows, *small, cols, SAMPLE_ROWS))
+        return run_small(_first_rows, *small, cols, SAMPLE_ROWS)
     return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas")
 
 
@@ -160,11 +158,9 @@ def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: lis
     kwargs = {split: {"schema": schema, "classes": None if split == "train" else classes, "bounds": bounds,
                       "fs": fs, "root": root, "split": split} for split in datasets}
     if small is not None:
-        import ray
+        from raypipe.datasets import run_small
 
-        from raypipe.datasets import small_task
-
-        summaries = ray.get(small_task(sink.check_tables, small.store, {s: small.rels[s] for s in datasets}, kwargs))
+        summaries = run_small(sink.check_tables, small.store, {s: small.rels[s] for s in datasets}, kwargs)
     else:
         parts = [ds.map_batches(sink.check_and_write, batch_format="pandas", batch_size=None,  # a block per batch
                                 fn_kwargs=kwargs[split]) for split, ds in datasets.items()]
