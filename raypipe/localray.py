@@ -64,14 +64,10 @@ def up(num_cpus: int | None = None, ingress: str = "haproxy", allow_insecure: bo
         raise SpecError(f"RAY_AUTH_MODE={mode!r} would start a Ray without authentication: anyone on this host could "
                         "run code through it. Unset RAY_AUTH_MODE, or `raypipe up --allow-insecure` to accept that")
     stale = read_state()
-    if stale is not None:  # what is left of it (a GCS that died under a live raylet, its folder) goes first
-        _stop_pids(session_pids(stale.temp_dir), grace_s=5)
-        import shutil
-
-        shutil.rmtree(stale.temp_dir, ignore_errors=True)
+    if stale is not None:  # what is left of it (a GCS that died under a live raylet, its folders) goes first
+        _remove(stale, grace_s=5)
     env_extra = {**train_env(), **serve_env(ingress)}
-    secure = os.environ.get("RAY_AUTH_MODE", "token") == "token"
-    if secure:
+    if mode == "token":
         env_extra["RAY_AUTH_MODE"] = "token"
         _ensure_token()
     cpus = num_cpus or max(4, os.cpu_count() or 1)
@@ -119,15 +115,20 @@ def down(grace_s: float = 10.0) -> LocalRay | None:
     ray_ = read_state()
     if ray_ is None:
         return None
-    _stop_pids(session_pids(ray_.temp_dir), grace_s)
+    _remove(ray_, grace_s)
     state_path().unlink(missing_ok=True)
+    return ray_
+
+
+def _remove(ray_: LocalRay, grace_s: float) -> None:
+    """Stop that Ray's processes and delete its temp dir and HAProxy folder."""
     import shutil
 
+    _stop_pids(session_pids(ray_.temp_dir), grace_s)
     shutil.rmtree(ray_.temp_dir, ignore_errors=True)
     haproxy = ray_.env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
     if haproxy:
         shutil.rmtree(haproxy, ignore_errors=True)
-    return ray_
 
 
 def _stop_pids(pids: list[int], grace_s: float = 10.0) -> None:
