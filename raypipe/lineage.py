@@ -68,7 +68,7 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "raypipe": __version__}
-    for pkg in ("ray", "torch", "scikit-learn", "pyarrow", "pandas", "numpy", "pydantic"):
+    for pkg in ("ray", "torch", "scikit-learn", "pyarrow", "pandas", "numpy", "pydantic", "gymnasium"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -98,7 +98,7 @@ def lineage_record(ctx: Any, inputs: dict[str, Any], parent: int | None) -> dict
         "pipeline": ctx.spec.name,
         "created": datetime.now(timezone.utc).isoformat(),
         "data_fingerprint": ctx.data_fingerprint,
-        "schema_sha256": validate.store.sha256(validate.outputs.schema) if validate else None,
+        "schema_sha256": validate.store.sha256(validate.outputs.schema) if validate and validate.outputs.schema else None,
         "spec_hash": spec_hash(ctx.spec),
         "code_hash": code_hash(),
         "git_commit": git_commit(),

@@ -20,6 +20,9 @@ from raypipe.tasks import TASKS
 UNSUPERVISED_TASKS = tuple(name for name, t in TASKS.items() if not t.supervised)
 CLASSIFICATION_METRICS = TASKS["classification"].default_metrics  # evaluate.metrics' default, replaced per task
 TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text")
+RLLIB_ALGOS = ("PPO", "DQN", "SAC", "BC", "MARWIL")  # model.kind rllib:<ALGO>
+OFFLINE_ALGOS = ("BC", "MARWIL")  # learn from logged transitions (data.source), not from the environment
+POLICY_TASKS = tuple(name for name, t in TASKS.items() if t.policy)
 ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]{0,63}"  # a registry alias becomes a file name: no path separators
 
 
@@ -257,8 +260,36 @@ NA_VALUES = ("", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null
              "#NA", "-1.#IND", "-1.#QNAN", "1.#IND", "1.#QNAN", "-", "?")
 
 
+class EnvSection(_Section):
+    """The environment a reinforcement-learning policy acts in: a gymnasium id, or a factory."""
+
+    id: str | None = Field(default=None, description="a registered gymnasium id: CartPole-v1, Acrobot-v1, "
+                                                      "Pendulum-v1, FrozenLake-v1, raypipe/Maintenance-v0, ...")
+    factory: str | None = Field(default=None, description="'<module>:<function>' returning a gymnasium.Env; "
+                                                           "called with config as keyword arguments")
+    config: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of gymnasium.make or "
+                                                                      "of the factory")
+    max_episode_steps: int | None = Field(default=None, ge=1, description="cut episodes after this many steps "
+                                                                          "(default: the environment's own limit)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "EnvSection":
+        if (self.id is None) == (self.factory is None):
+            raise ValueError("give exactly one of env.id (a gymnasium id, e.g. CartPole-v1) and env.factory "
+                             "('my_package.envs:make')")
+        if self.factory is not None and not _IMPORT_PATH.match(self.factory):
+            raise ValueError(f"env.factory {self.factory!r}: write '<module>:<function>', e.g. 'my_package.envs:make'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.id or self.factory  # type: ignore[return-value]
+
+
 class DataSection(_Section):
-    source: Source
+    source: Source | None = Field(default=None, description="required, except for task reinforcement with an env "
+                                                             "(online learning needs no data)")
+    env: EnvSection | None = Field(default=None, description="task reinforcement: the environment the policy acts in")
     target: str | None = None
     task: Literal[tuple(TASKS)] = "classification"  # type: ignore[valid-type]  # one entry per raypipe.tasks.TASKS
     id_columns: list[str] = Field(default_factory=list, description="kept with the rows, never used as features")
@@ -279,6 +310,17 @@ class DataSection(_Section):
     def _target_for_task(self) -> "DataSection":
         if self.target is None and self.task not in UNSUPERVISED_TASKS:
             raise ValueError(f"task {self.task!r} needs data.target: the name of the label column")
+        if self.task in POLICY_TASKS:
+            if self.source is None and self.env is None:
+                raise ValueError(f"task {self.task!r} needs data.env (e.g. env: {{id: CartPole-v1}}) or data.source "
+                                 "(logged transitions, for offline algorithms)")
+            if self.target is not None:
+                raise ValueError(f"task {self.task!r} learns from rewards, not a label column: remove data.target")
+        else:
+            if self.source is None:
+                raise ValueError(f"task {self.task!r} needs data.source: where the rows come from")
+            if self.env is not None:
+                raise ValueError(f"data.env applies to task reinforcement, not {self.task!r}: remove it")
         return self
 
 
@@ -420,6 +462,13 @@ class ModelSection(_Section):
     def _kind(cls, v: str) -> str:
         if v in TORCH_MODELS:
             return v
+        if v.startswith("rllib:"):
+            algo = v.removeprefix("rllib:")
+            if algo not in RLLIB_ALGOS:
+                hint = difflib.get_close_matches(algo.upper(), RLLIB_ALGOS, n=1)
+                raise ValueError(f"unknown RLlib algorithm {algo!r}" + (f"; did you mean 'rllib:{hint[0]}'?" if hint
+                                 else f"; use one of {['rllib:' + a for a in RLLIB_ALGOS]}"))
+            return v
         if v.startswith("torch:"):
             if not _IMPORT_PATH.match(v.removeprefix("torch:")):
                 raise ValueError(f"{v!r}: write a factory's import path, e.g. 'torch:my_package.models:build'")
@@ -438,6 +487,15 @@ class ModelSection(_Section):
     @property
     def is_torch(self) -> bool:
         return self.kind.startswith(("torch.", "torch:"))
+
+    @property
+    def is_rllib(self) -> bool:
+        return self.kind.startswith("rllib:")
+
+    @property
+    def algo(self) -> str | None:
+        """The RLlib algorithm's name (``PPO`` for ``rllib:PPO``), None for other kinds."""
+        return self.kind.removeprefix("rllib:") if self.is_rllib else None
 
 
 class EarlyStoppingSection(_Section):
@@ -498,6 +556,16 @@ class TrainSection(_Section):
     max_failures: int = Field(default=2, ge=0)
     seed: int = 0
     resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+    # reinforcement learning (model.kind rllib:<ALGO>): how long, and on how many env runners
+    timesteps: int | None = Field(default=None, ge=1, description="RL: stop after this many environment steps "
+                                                                  "sampled (or, offline, rows trained on)")
+    iterations: int | None = Field(default=None, ge=1, description="RL: stop after this many training iterations")
+    stop_return: float | None = Field(default=None, description="RL: stop early once the mean episode return of "
+                                                                "training reaches this")
+    env_runners: int = Field(default=1, ge=0, description="RL: remote env-runner processes sampling the environment "
+                                                          "(0: sample in the learner's process)")
+    checkpoint_every: int = Field(default=1, ge=1, description="RL: iterations between checkpoints (a crashed run "
+                                                               "resumes from the newest complete one)")
 
     @model_validator(mode="after")
     def _epochs_or_min_steps(self) -> TrainSection:
@@ -619,6 +687,9 @@ class EvaluateSection(_Section):
                                    description="train metrics (overfitting check) on at most this many sampled rows")
     threshold: ThresholdSection = Field(default_factory=ThresholdSection)
     gate: GateSection = Field(default_factory=GateSection)
+    episodes: int = Field(default=20, ge=1, description="task reinforcement: seeded evaluation episodes of the policy "
+                                                        "(and of each baseline and the champion, on the same seeds)")
+    seed: int = Field(default=1_000_000, ge=0, description="task reinforcement: episode i is reset with seed + i")
 
     @field_validator("metrics")
     @classmethod
@@ -963,6 +1034,7 @@ class Spec(_Section):
                              "(baselines are for classification and regression); remove it")
         if gate.max_slice_gap and not self.evaluate.slices:
             raise ValueError("evaluate.gate.max_slice_gap needs evaluate.slices: the columns to slice the test split by")
+        _policy_checks(self)
         return self
 
     @property
@@ -977,11 +1049,56 @@ class Spec(_Section):
         """The spec as plain data to store or log: literal HTTP header and parameter values (which may
         be secrets despite the advice) become ``***``; URLs hold no secrets (refused when loaded)."""
         doc = self.model_dump(mode="json", by_alias=True)
-        source = doc["data"]["source"]
+        source = doc["data"]["source"] or {}
         for key in ("headers", "params"):
             if source.get(key):
                 source[key] = {k: "***" for k in source[key]}
         return doc
+
+
+_RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "env_runners", "checkpoint_every")
+
+
+def _policy_checks(spec: "Spec") -> None:
+    """Reinforcement learning's cross-checks: an RLlib kind for the task and the task for the kind, a
+    bound on training, an environment or logged data as the algorithm needs, no tabular-only settings."""
+    task, kind, train = spec.data.task, spec.model.kind, spec.train
+    if task not in POLICY_TASKS:
+        if spec.model.is_rllib:
+            raise ValueError(f"model.kind {kind!r}: RLlib algorithms need data.task: reinforcement, not {task!r}")
+        set_rl = [f for f in _RL_TRAIN_FIELDS if f in train.model_fields_set]
+        if set_rl:
+            raise ValueError(f"train.{set_rl[0]} applies to task reinforcement; remove it")
+        return
+    if not spec.model.is_rllib:
+        raise ValueError(f"task {task!r} needs an RLlib algorithm as model.kind, not {kind!r}; write e.g. "
+                         f"kind: 'rllib:PPO' (one of {['rllib:' + a for a in RLLIB_ALGOS]})")
+    algo = spec.model.algo
+    if algo in OFFLINE_ALGOS and spec.data.source is None:
+        raise ValueError(f"model.kind {kind!r} learns offline from logged transitions: give data.source (columns "
+                         "obs_*, action, reward, new_obs_*, terminated, truncated), and data.env to evaluate it")
+    if algo not in OFFLINE_ALGOS and spec.data.env is None:
+        raise ValueError(f"model.kind {kind!r} learns by acting: give data.env (e.g. env: {{id: CartPole-v1}}); "
+                         f"for logged data use rllib:BC or rllib:MARWIL")
+    if spec.data.env is None:
+        raise ValueError("task reinforcement is evaluated over episodes: give data.env, the environment the "
+                         "logged transitions came from")
+    if train.timesteps is None and train.iterations is None:
+        raise ValueError("task reinforcement: bound training with train.timesteps (environment steps, e.g. 200000) "
+                         "or train.iterations; train.stop_return may stop it earlier")
+    for name in ("lr", "epochs", "batch_size"):
+        if name in train.model_fields_set:
+            raise ValueError(f"train.{name} does not apply to RLlib algorithms: set RLlib's own name under "
+                             f"model.params (e.g. model.params.lr, train_batch_size_per_learner)")
+    gate = spec.evaluate.gate
+    for name, value in (("max_overfit_gap", gate.max_overfit_gap), ("max_slice_gap", gate.max_slice_gap),
+                        ("min_lift_over_baseline", gate.min_lift_over_baseline)):
+        if value is not None:
+            raise ValueError(f"evaluate.gate.{name} does not apply to task reinforcement (a policy is judged over "
+                             "episodes: gate on min/max episode metrics, beat_trivial_baseline (the random policy) "
+                             "and vs_champion); remove it")
+    if spec.evaluate.slices:
+        raise ValueError("evaluate.slices does not apply to task reinforcement: remove it")
 
 
 # --- loading and error formatting ----------------------------------------------------

@@ -29,6 +29,8 @@ class Task:
         tune_metrics: what a Tune trial reports (the first is the default, ``tune_mode`` its
             direction); empty when the task cannot be tuned.
         serving_methods: an unsupervised estimator must have one of these to score new rows.
+        policy: the model is a policy that acts in an environment (trained by RLlib, evaluated over
+            episodes, served at ``/act``): it has no label, no fitted features and no rows to score.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Task:
     tune_metrics: tuple[str, ...] = ()
     tune_mode: str = "max"
     serving_methods: tuple[str, ...] = ()
+    policy: bool = False
 
     @property
     def has_classes(self) -> bool:
@@ -107,6 +110,8 @@ class Task:
 
 _CLASSIFICATION_ALL = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted",
                        "roc_auc", "pr_auc", "log_loss", "brier")
+RL_METRICS = ("episode_return_mean", "episode_return_median", "episode_return_min", "episode_return_max",
+              "episode_return_std", "episode_len_mean")
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("classification", True, "f1", ("accuracy", "precision", "recall", "f1", "roc_auc"), _CLASSIFICATION_ALL,
          "probabilities", ("val_f1", "val_accuracy", "val_loss", "train_loss")),
@@ -118,4 +123,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("anomaly", False, "roc_auc", ("roc_auc", "precision_at_k", "anomaly_rate"),
          ("roc_auc", "pr_auc", "precision_at_k", "precision", "recall", "f1", "anomaly_rate"), "anomaly_score",
          serving_methods=("score_samples", "decision_function")),
+    # reinforcement: the metrics are over evaluate.episodes seeded episodes of the environment
+    Task("reinforcement", False, "episode_return_mean",
+         ("episode_return_mean", "episode_return_median", "episode_return_min", "episode_len_mean"),
+         RL_METRICS, "action", ("episode_return_mean",), policy=True),
 )}

@@ -32,7 +32,8 @@ LINEAR_MAX_ROWS = 50_000  # the linear baseline is fitted on at most this many t
 MAX_FEATURE_VALUES = 50_000_000  # rows × features gathered on the driver for it; wider data skips it
 # The metric a model must not be worse in than the trivial baseline. Balanced accuracy, not accuracy:
 # a threshold tuned for recall on rare positives may rightly lose accuracy to "always the majority".
-TRIVIAL_METRIC = {"classification": "balanced_accuracy", "regression": "r2"}
+TRIVIAL_METRIC = {"classification": "balanced_accuracy", "regression": "r2",
+                  "reinforcement": "episode_return_mean"}  # reinforcement: the trivial baseline is the random policy
 _DROP = ("per_class", "confusion_matrix")
 
 

@@ -256,3 +256,35 @@ def _html(doc: dict[str, Any], plots: list[str]) -> str:
                                if k not in _NON_SCALAR and k != "version" and not isinstance(v, (dict, list))))
     return templates("raypipe.evaluate").get_template("report.html.j2").render(
         doc=doc, plots=plots, columns=[s for s, _ in sets], metrics=[[n] + [m.get(n) for _, m in sets] for n in names])
+
+
+# -- reinforcement learning -------------------------------------------------------------
+def write_rl_report(store: Any, doc: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+    """A policy's report: the training return per iteration, and the evaluation episodes' returns of the
+    policy beside its baselines and the champion (same seeds); the gate and metrics tables as for every task."""
+    plots = {}
+    points = [(h["iteration"], h["episode_return_mean"]) for h in history if h.get("episode_return_mean") is not None]
+    if points:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        ax.plot(*zip(*points), marker="o", markersize=3)
+        ax.set(xlabel="training iteration", ylabel="mean episode return (training)", title="Return per iteration")
+        plots["training_return"] = _png(fig)
+    returns = {k: v for k, v in (doc.get("returns") or {}).items() if v}
+    if returns:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        names = list(returns)
+        ax.boxplot([returns[n] for n in names], showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), [_text(n) for n in names])
+        for i, n in enumerate(names, start=1):
+            ax.scatter(np.full(len(returns[n]), i) + np.random.default_rng(i).uniform(-0.1, 0.1, len(returns[n])),
+                       returns[n], s=8, alpha=0.5)
+        ax.set(ylabel="episode return", title=f"Evaluation returns ({len(returns[names[0]])} seeded episodes)")
+        plots["evaluation_returns"] = _png(fig)
+    written = []
+    for name, png in plots.items():
+        store.write_bytes(f"plots/{name}.png", png)
+        written.append(f"plots/{name}.png")
+    store.write_bytes("report.html", _html(doc, list(plots)).encode())
+    return written + ["report.html"]

@@ -54,6 +54,10 @@ def pick_threshold(cfg: Any, validation: Scored | None) -> tuple[float, str]:
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
+    if TASKS[ctx.spec.data.task].policy:  # a policy is evaluated over episodes of its environment
+        from raypipe.evaluate.rl_stage import run as run_policy
+
+        return run_policy(ctx, inputs)
     ctx.ray()
     val, feats, train = inputs["validate"], inputs["features"], inputs["train"]
     schema = val.read_json(val.outputs.schema)

@@ -11,6 +11,7 @@ from typing import Any
 
 from raypipe.datasets import as_batch, is_small, read_blocks, read_parquet, run_small
 from raypipe.model.features.pipeline import FeaturePipeline
+from raypipe.tasks import TASKS
 from raypipe.stage import FeaturesOutput, StageContext, StageOutput
 
 
@@ -20,6 +21,9 @@ def build(spec: Any, schema: dict[str, Any]) -> FeaturePipeline:
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
+    if TASKS[ctx.spec.data.task].policy:  # a policy acts on the environment's raw observations
+        ctx.log("no features: the policy acts on the environment's observations as they are")
+        return FeaturesOutput(features="", n_features=0)
     ctx.ray()
     val = inputs["validate"]
     schema = val.read_json(val.outputs.schema)

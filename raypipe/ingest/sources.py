@@ -56,7 +56,7 @@ def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStac
     return read_files(source, na_values=na_values)
 
 
-def data_fingerprint(source: AnySource, nonce: str = "") -> str:
+def data_fingerprint(source: AnySource | None, nonce: str = "") -> str:
     """A content hash of the input data, computed without Ray.
 
     Built-in data is defined by its generator version and parameters; files and
@@ -64,8 +64,10 @@ def data_fingerprint(source: AnySource, nonce: str = "") -> str:
     fingerprint). A database or an API cannot be hashed without reading it: their
     fingerprint is the source's configuration (secrets excluded) plus its
     ``snapshot`` label, or ``nonce`` (the run id) without one, so that every run
-    reads them again.
+    reads them again. No source (a policy learning from its environment alone) has one fixed fingerprint.
     """
+    if source is None:
+        return _sha({"source": None})
     if isinstance(source, BuiltinSource):
         from raypipe.ingest.builtin import BUILTIN_GENERATOR_VERSION
 

@@ -44,6 +44,9 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> IngestOutput:
 
 def _ingest(ctx: StageContext) -> IngestOutput:
     data = ctx.spec.data
+    if data.source is None:  # a policy learning from its environment alone: nothing to read
+        ctx.log(f"no data.source: the policy learns by acting in {data.env.name}")
+        return IngestOutput(splits={}, rows={}, input_rows=0)
 
     def plan_of(ds: Any) -> SplitPlan:
         # A regression target has no classes to stratify by: every distinct value would be a stratum of one

@@ -52,6 +52,12 @@ class Predictor:
         """
         marker = version_store.verify_artifact("", manifest_sha256=manifest_sha256)
         meta = marker.get("meta", {})
+        if TASKS.get(meta.get("task", ""), TASKS["classification"]).policy:  # an RLlib policy: observations in
+            from raypipe.model.policy import load_policy
+
+            policy = load_policy(version_store.sub("model"))
+            policy.version = version if version is not None else meta.get("version")
+            return policy  # type: ignore[return-value]
         return cls.load(
             version_store.sub("model"), version_store.read_json("features.json"), version_store.read_json("schema.json"),
             threshold=meta.get("threshold", 0.5), version=version if version is not None else meta.get("version"),

@@ -11,6 +11,7 @@ from raypipe.model.formats import trusted_factories
 from raypipe.registry import Registry
 from raypipe.stage import RegisterOutput, StageContext, StageOutput
 from raypipe.store import Store
+from raypipe.tasks import TASKS
 
 
 def load_check(version_store: Store, version: int, trusted: tuple[str, ...] = ()) -> None:
@@ -70,14 +71,18 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
     else:
         metrics_doc = ev.read_json(ev.outputs.metrics_file)
         parent = (metrics_doc.get("champion") or {}).get("version", reg.alias("champion"))
+        lineage = lineage_record(ctx, inputs, parent)
         files = {
-            "features.json": feats.read_bytes(feats.outputs.features),
-            "schema.json": val.read_bytes(val.outputs.schema),
             "metrics.json": ev.read_bytes(ev.outputs.metrics_file),
             "train_report.json": train.read_bytes(train.outputs.report),
-            "lineage.json": json.dumps(lineage_record(ctx, inputs, parent), indent=2, sort_keys=True).encode(),
         }
-        files.update(monitor_files(val, ev, ctx.spec.data.split.seed))
+        if TASKS[ctx.spec.data.task].policy:  # a policy: no features, schema or rows to monitor
+            lineage.update(_policy_lineage(ctx))
+        else:
+            files.update({"features.json": feats.read_bytes(feats.outputs.features),
+                          "schema.json": val.read_bytes(val.outputs.schema)})
+            files.update(monitor_files(val, ev, ctx.spec.data.split.seed))
+        files["lineage.json"] = json.dumps(lineage, indent=2, sort_keys=True).encode()
         for f in train.store.walk_files(train.outputs.model):
             files[f"model/{f}"] = train.store.read_bytes(train.outputs.model, f)
         for f in ev.store.walk_files():  # report.html and plots/*.png
@@ -97,6 +102,21 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
     ctx.log(f"registered {ctx.spec.name} version {version} ({status})" + (f" → {alias}" if alias else ""))
     return RegisterOutput(version=version, status=status, alias=alias, gate_failures=gate["failures"],
                           tracking=_export(ctx, version) if ctx.spec.tracking.mlflow_uri else None)
+
+
+def _policy_lineage(ctx: StageContext) -> dict[str, Any]:
+    """What a policy's lineage adds: the environment (id, registered version, entry point), RLlib's and
+    gymnasium's versions, the training and evaluation seeds, and the offline data's fingerprint."""
+    from importlib.metadata import version as pkg_version
+
+    from raypipe.envs.make import env_version
+
+    spec = ctx.spec
+    return {"env": env_version(spec.data.env.model_dump()), "algorithm": spec.model.kind,
+            "rllib": pkg_version("ray"),
+            "seeds": {"train": spec.train.seed, "evaluate_first": spec.evaluate.seed,
+                      "evaluate_episodes": spec.evaluate.episodes},
+            "offline_data": ctx.data_fingerprint if spec.data.source is not None else None}
 
 
 def _export(ctx: StageContext, version: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 from raypipe.datasets import is_small, read_parquet
 from raypipe.model.formats import MODEL_JSON, SKOPS_FILE, save_model
 from raypipe.stage import StageContext, StageOutput, TrainOutput
+from raypipe.tasks import TASKS
 from raypipe.train.balance import class_counts, class_weights, resample
 from raypipe.train.data import materialize_small, xy_dataset
 from raypipe.train.fit import fit
@@ -13,6 +14,10 @@ from raypipe.train.local import SINGLE, choose_path
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
+    if TASKS[ctx.spec.data.task].policy:  # an RLlib algorithm: no features, no rows to fit
+        from raypipe.train.rl_stage import run as run_policy
+
+        return run_policy(ctx, inputs)
     ctx.ray()
     feats, val = inputs["features"], inputs["validate"]
     spec = ctx.spec

@@ -1,0 +1,237 @@
+"""Reinforcement learning: an RLlib algorithm (new API stack) trained in one Ray task, checkpointed, exported.
+
+The spec maps onto RLlib's own config: ``model.kind: rllib:PPO`` picks ``PPOConfig``;
+``data.env`` becomes ``.environment(...)`` (through :func:`raypipe.envs.make.env_creator`);
+``train.env_runners`` ``.env_runners(num_env_runners=...)``; ``model.params`` go to
+``.training(...)`` under RLlib's names (``lr``, ``gamma``, ``entropy_coeff``,
+``train_batch_size_per_learner``, ...), except ``model.params.model``, RLlib's
+``model_config`` (``fcnet_hiddens``, ``fcnet_activation``, ...), which goes to ``.rl_module``.
+Offline algorithms (BC, MARWIL) read the validated train split, converted once to RLlib's
+column layout (:mod:`raypipe.train.offline`), through ``.offline_data(input_=[...])``.
+
+The algorithm lives in one Ray task (its learner runs there; env runners are its actors, restarted by
+RLlib when one dies). Every ``train.checkpoint_every`` iterations the task saves RLlib's checkpoint
+into the stage's work folder (:func:`raypipe.train.checkpoint.work_folder`) and seals it with a marker
+holding every file's sha256. RLlib's checkpoints are pickles: like Tune's state, they are resumed only
+from a folder private to this user (:mod:`raypipe.train.tune.trust`), otherwise training starts again. A killed task is retried
+by Ray up to ``train.max_failures`` times and a rerun after a crash starts the same way: from the
+newest complete checkpoint, never from a half-written one. The result leaves the task as a policy
+(:mod:`raypipe.model.policy`: safetensors + JSON); RLlib's checkpoints never become the artefact.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+from raypipe.errors import SpecError, StageFailed
+
+KEEP = 2  # complete checkpoints kept
+ENV_NAME = "raypipe-env"
+
+
+def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str | None = None) -> Any:
+    """RLlib's AlgorithmConfig for the spec (``overrides``: a Tune trial's ``model.params.*`` values)."""
+    from ray.tune.registry import register_env
+
+    from raypipe.envs.make import env_creator, spaces
+    from raypipe.model.policy import algorithm
+
+    register_env(ENV_NAME, env_creator)
+    _, config = algorithm(spec.model.algo)
+    params = {**spec.model.params, **(overrides or {})}
+    model_config = params.pop("model", None)
+    env = spec.data.env.model_dump()
+    obs_space, _ = spaces(env)
+    config.environment(env=ENV_NAME, env_config={"raypipe_env": env})
+    config.env_runners(num_env_runners=0 if offline else spec.train.env_runners)
+    if _one_hot(obs_space):
+        if offline:
+            raise SpecError("data.env: offline algorithms need a Box observation space; this environment's is "
+                            f"{obs_space}")
+        config.env_runners(env_to_module_connector=_flatten_connector)
+    try:
+        config.training(**params)
+    except TypeError as exc:
+        raise SpecError(f"model.params: {exc}; use the names of {spec.model.algo}Config.training() "
+                        "(e.g. lr, gamma, train_batch_size_per_learner) and model.params.model for the network") from None
+    if model_config:
+        config.rl_module(model_config=model_config)
+    config.learners(num_learners=0)
+    config.debugging(seed=spec.train.seed)
+    config.fault_tolerance(restart_failed_env_runners=True)
+    if offline:
+        config.offline_data(input_=[offline], dataset_num_iters_per_learner=1,
+                            input_read_method_kwargs={"override_num_blocks": 2},
+                            map_batches_kwargs={"concurrency": 1, "num_cpus": 1},
+                            iter_batches_kwargs={"prefetch_batches": 1, "local_shuffle_buffer_size": None})
+    return config
+
+
+def _one_hot(space: Any) -> bool:
+    import gymnasium as gym
+
+    return isinstance(space, gym.spaces.Discrete)
+
+
+def _flatten_connector(env: Any = None, spaces: Any = None, device: Any = None) -> Any:
+    """Discrete observations become one-hot vectors (RLlib's FlattenObservations), as the policy serves them."""
+    from ray.rllib.connectors.env_to_module import FlattenObservations
+
+    return FlattenObservations()
+
+
+def _seal(path: str, iteration: int) -> None:
+    from raypipe.store import Store
+
+    Store(path).complete_artifact("", {"iteration": iteration})
+
+
+def newest_checkpoint(folder: str) -> str | None:
+    """The newest complete checkpoint (``iter_NNNNNN``) in ``folder``; incomplete ones are skipped."""
+    from raypipe.train.checkpoint import is_complete
+
+    if not os.path.isdir(folder):
+        return None
+    for name in sorted((n for n in os.listdir(folder) if n.startswith("iter_")), reverse=True):
+        if is_complete(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def _stop(spec: Any, row: dict[str, Any]) -> str | None:
+    t = spec.train
+    if t.stop_return is not None and row.get("episode_return_mean") is not None \
+            and row["episode_return_mean"] >= t.stop_return:
+        return f"train.stop_return {t.stop_return:g} reached"
+    if t.timesteps is not None and row["timesteps"] >= t.timesteps:
+        return f"train.timesteps {t.timesteps:,} reached"
+    if t.iterations is not None and row["iteration"] >= t.iterations:
+        return f"train.iterations {t.iterations} reached"
+    return None
+
+
+def _row(result: dict[str, Any], offline: bool, t0: float) -> dict[str, Any]:
+    runners = result.get("env_runners") or {}
+    learners = (result.get("learners") or {}).get("default_policy") or {}
+    steps = (learners.get("num_module_steps_trained_lifetime") or result.get("num_env_steps_trained_lifetime", 0)) \
+        if offline else result.get("num_env_steps_sampled_lifetime", runners.get("num_env_steps_sampled_lifetime", 0))
+    loss = learners.get("total_loss", learners.get("policy_loss"))
+    return {"iteration": int(result["training_iteration"]), "timesteps": int(steps or 0),
+            "episode_return_mean": _num(runners.get("episode_return_mean")),
+            "episode_len_mean": _num(runners.get("episode_len_mean")),
+            "episodes": int(runners.get("num_episodes_lifetime", 0) or 0),
+            "loss": _num(loss), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else f
+
+
+def learner_module(algo: Any) -> Any:
+    """The learner's RLModule (full: with its value head), not an env runner's inference-only copy."""
+    learner = getattr(algo.learner_group, "_learner", None)
+    module = learner.module["default_policy"] if learner is not None else algo.get_module()
+    return module.unwrapped() if hasattr(module, "unwrapped") else module
+
+
+def train_policy(spec_doc: dict[str, Any], folder: str, offline: str | None = None,
+                 overrides: dict[str, Any] | None = None, report: Any = None) -> dict[str, Any]:
+    """The task's body: build, resume from the newest complete checkpoint, train until a stop, export.
+
+    ``report``: called with each iteration's row (a Tune trial reports through it). Returns the policy's
+    ``meta`` and ``weights`` (safetensors bytes), the ``history`` and how the run went.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    from raypipe.envs.make import spaces
+    from raypipe.model.policy import module_state, policy_meta
+    from raypipe.spec import Spec
+    from raypipe.train.tune.trust import make_private, why_untrusted
+
+    torch.set_num_threads(1)
+    spec = Spec.model_validate(spec_doc)
+    make_private(folder)
+    config = algo_config(spec, overrides, offline)
+    algo = config.build_algo()
+    history: list[dict[str, Any]] = []
+    resumed = None
+    newest = newest_checkpoint(folder)
+    if newest is not None:
+        untrusted = why_untrusted(folder)
+        if untrusted:
+            print(f"raypipe: not resuming from {newest}: {untrusted}; training from the start", flush=True)
+        else:
+            algo.restore_from_path(os.path.join(newest, "algo"))
+            state = json.loads(open(os.path.join(newest, "history.json")).read())
+            history, resumed = state["history"], state["iteration"]
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    why = _stop(spec, history[-1]) if history else None
+    while why is None:
+        row = _row(algo.train(), offline is not None, t0)
+        history.append(row)
+        why = _stop(spec, row)
+        if row["iteration"] % spec.train.checkpoint_every == 0 or why is not None:
+            _checkpoint(algo, folder, row["iteration"], history)
+        if report is not None:
+            report(row)
+    module = learner_module(algo)
+    obs_space, act_space = spaces(spec.data.env.model_dump())
+    meta = policy_meta(spec.model.algo, module, obs_space, act_space,
+                       normalize_actions=bool(config.normalize_actions), clip_actions=bool(config.clip_actions))
+    weights = save({k: v.contiguous() for k, v in module_state(module).items()})
+    algo.stop()
+    return {"meta": meta, "weights": weights, "history": history, "stopped": why, "resumed_from": resumed,
+            "pid": os.getpid()}
+
+
+def _checkpoint(algo: Any, folder: str, iteration: int, history: list[dict[str, Any]]) -> None:
+    import json
+
+    target = os.path.join(folder, f"iter_{iteration:06d}")
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete one left by a killed attempt
+    algo.save_to_path(os.path.join(target, "algo"))
+    with open(os.path.join(target, "history.json"), "w") as f:
+        json.dump({"iteration": iteration, "history": history}, f)
+    _seal(target, iteration)
+    for old in sorted(n for n in os.listdir(folder) if n.startswith("iter_"))[:-KEEP]:
+        shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
+
+
+def spec_doc(spec: Any) -> dict[str, Any]:
+    """The spec as the task rebuilds it: the fields the user set (so that its cross-checks see the same spec)."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def train_rl(spec: Any, ctx: Any, offline: str | None) -> dict[str, Any]:
+    """Run :func:`train_policy` as one Ray task (retried from the newest checkpoint up to
+    ``train.max_failures`` times); the task's result."""
+    import ray
+
+    from raypipe.train.checkpoint import work_folder
+
+    store = work_folder(ctx)
+    if not store.is_local:
+        raise StageFailed(f"train: RL checkpoints go to a local or shared filesystem; storage "
+                          f"{ctx.root.full_uri('')!r} is remote")
+    folder = store.path("rl")
+    cpus = float(spec.train.resources.get("CPU", 1))
+    task = ray.remote(train_policy).options(num_cpus=cpus, max_retries=spec.train.max_failures,
+                                            retry_exceptions=False, name="raypipe-train-rl")
+    try:
+        out = ray.get(task.remote(spec_doc(spec), folder, offline))
+    except ray.exceptions.WorkerCrashedError as exc:
+        raise StageFailed(
+            f"stage 'train' failed after train.max_failures={spec.train.max_failures} restart(s): {exc}\n"
+            f"Every complete checkpoint is kept under {store.full_uri('rl')}; run again to resume from it, or "
+            "raise train.max_failures.") from exc
+    out["checkpoints"] = store.full_uri("rl")
+    return out
