@@ -3,7 +3,8 @@
 Importing the package registers :class:`~raypipe.envs.maintenance.Maintenance` as
 ``raypipe/Maintenance-v0`` (once: importing again, or reloading, neither warns nor fails), so
 ``gymnasium.make(ENV_ID)`` works after ``import raypipe.envs``. Only gymnasium and numpy are
-imported here.
+imported here. The registration's ``max_episode_steps`` is the default horizon (200); a longer
+``horizon`` through ``gymnasium.make`` also needs ``max_episode_steps=horizon`` there.
 """
 from __future__ import annotations
 
