@@ -186,12 +186,11 @@ def threshold_policy(x: float) -> Callable[[np.ndarray], int]:
     return policy
 
 
-SPEEDS = _SPEEDS
-"""The speed set points (rpm); a reading's nearest one is its machine's (wear sags it at most 2.7 %)."""
-
-
 def rpm_sag_pct(obs: np.ndarray) -> float:
-    """How far (in %) the rpm reading lies below its nearest set point: 1.5 % at full wear, noise ~0.4 %."""
+    """How far (in %) the rpm reading lies below its nearest set point: 1.5 % at full wear, noise ~0.4 %.
+
+    The set points (1200, 1500, 1800) lie far enough apart that the nearest one is the machine's.
+    """
     rpm = float(obs[OBS_NAMES.index("rpm")])
     nearest = float(_SPEEDS[np.abs(_SPEEDS - rpm).argmin()])
     return (nearest - rpm) / nearest * 100.0
