@@ -59,9 +59,10 @@ def _deploy_and_probe(spec: Any, address: str | None, port: int | None, blocking
 
     endpoint = serve_api(spec, address=address, port=port)
     rows = sample_request(spec, endpoint.version, n=2)
-    answer = endpoint.post_predict(rows)
+    route = "/act" if isinstance(rows, dict) else "/predict"  # a policy's sample is {"observations": [...]}
+    answer = endpoint.post_predict(rows, route=route)
     err.print(f"[bold]endpoint[/bold] {endpoint.url} (version {endpoint.version})")
-    err.print(f"POST {endpoint.url}/predict {json.dumps(rows, default=str)}", markup=False)
+    err.print(f"POST {endpoint.url}{route} {json.dumps(rows, default=str)}", markup=False)
     err.print(f"→ {json.dumps(answer)}", markup=False)
     extra = {"endpoint": endpoint.url, "sample_request": rows, "sample_response": answer}
     if blocking:

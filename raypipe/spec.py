@@ -1066,7 +1066,7 @@ def _policy_checks(spec: "Spec") -> None:
     if task not in POLICY_TASKS:
         if spec.model.is_rllib:
             raise ValueError(f"model.kind {kind!r}: RLlib algorithms need data.task: reinforcement, not {task!r}")
-        set_rl = [f for f in _RL_TRAIN_FIELDS if f in train.model_fields_set]
+        set_rl = [f for f in _RL_TRAIN_FIELDS if getattr(train, f) != TrainSection.model_fields[f].default]
         if set_rl:
             raise ValueError(f"train.{set_rl[0]} applies to task reinforcement; remove it")
         return
@@ -1087,7 +1087,7 @@ def _policy_checks(spec: "Spec") -> None:
         raise ValueError("task reinforcement: bound training with train.timesteps (environment steps, e.g. 200000) "
                          "or train.iterations; train.stop_return may stop it earlier")
     for name in ("lr", "epochs", "batch_size"):
-        if name in train.model_fields_set:
+        if getattr(train, name) != TrainSection.model_fields[name].default:
             raise ValueError(f"train.{name} does not apply to RLlib algorithms: set RLlib's own name under "
                              f"model.params (e.g. model.params.lr, train_batch_size_per_learner)")
     gate = spec.evaluate.gate

@@ -20,7 +20,7 @@ FOUNDATION = {"version", "errors", "spec", "store", "schema", "columns", "dates"
 STAGES = {"ingest", "validate", "features", "train", "evaluate", "register"}
 LAYERS: list[set[str]] = [
     FOUNDATION,           # imports nothing above it
-    {"model"},            # the fitted artifact a version holds: features, model formats, zoo, predictor
+    {"model", "envs"},    # the fitted artifact a version holds (features, model formats, zoo, predictor, policy) and the environments policies act in
     STAGES,               # each imports the foundation and the model, never another stage package
     {"serve", "export", "monitor"},  # build on the registry, the model and the foundation
     {"api", "cli", "__init__", "__main__"},

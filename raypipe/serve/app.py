@@ -44,8 +44,8 @@ class Loaded:
     version: int
     predictor: Predictor
     metadata: dict[str, Any]
-    row_model: Any  # the pydantic model of one row
-    rows: TypeAdapter[Any]  # a list of rows
+    row_model: Any  # the pydantic model of one row (a policy: of the /act body)
+    rows: Optional[TypeAdapter[Any]]  # a list of rows (a policy: None)
     log_format: Optional[LogFormat] = None  # how its answers are logged (None: no prediction log)
 
 
@@ -64,6 +64,14 @@ def load_version(uri: str, version: int, pipeline: str, trusted: tuple[str, ...]
     """A registry version as a replica holds it; ``log_exclude``: the prediction log's excluded columns (None: no log)."""
     store = Store(uri)
     predictor = Predictor.from_version(store, version, trusted, manifest_sha256=manifest_sha256)
+    if TASKS[predictor.task].policy:  # observations in, actions out: POST /act; no prediction log
+        from raypipe.serve.act import act_model
+
+        model = store.read_json("model/model.json")
+        metadata = {"pipeline": pipeline, "version": version, "metrics": store.read_json("metrics.json").get("metrics"),
+                    "lineage": store.read_json("lineage.json"), "model": model, "route": "/act",
+                    "observation_space": model["observation_space"], "action_space": model["action_space"]}
+        return Loaded(version, predictor, metadata, act_model(predictor), None, None)
     metadata = {
         "pipeline": pipeline,
         "version": version,
@@ -129,7 +137,7 @@ class ServeMetrics:
         if TASKS[loaded.predictor.task].scores == "value":  # a value is no class: one series, not one per value
             self.predictions.inc(len(answers), tags={**tags, "prediction": "value"})
             return
-        labels = [str(a.get("prediction", a.get("cluster", a.get("is_anomaly")))) for a in answers]
+        labels = [_label(a) for a in answers]
         values, counts = np.unique(np.asarray(labels), return_counts=True)
         for value, n in zip(values, counts):
             self.predictions.inc(int(n), tags={**tags, "prediction": str(value)})
@@ -140,6 +148,15 @@ class ServeMetrics:
                 self.version_info.set(0, tags={"version": str(loaded.version), "role": role})
         for role, loaded in _roles(new):
             self.version_info.set(1, tags={"version": str(loaded.version), "role": role})
+
+
+def _label(answer: dict[str, Any]) -> str:
+    """What an answer decided, as a metric tag: the class, cluster, anomaly flag or (discrete) action;
+    a vector action (a continuous policy) is one series, "vector"."""
+    for key in ("prediction", "cluster", "is_anomaly", "action"):
+        if key in answer:
+            return "vector" if isinstance(answer[key], list) else str(answer[key])
+    return "none"
 
 
 # One request as the batch method takes it: (goes to the canary?, rows, request id when its
@@ -289,7 +306,7 @@ class ModelServer:
             shadow_out[i] = (challenger.version, shadow_answers[start:start + n])
             start += n
         self._log(challenger, "shadow", requests, picked, shadow_out)
-        agree = sum(a.get("prediction") == b.get("prediction") for a, b in zip(champion_answers, shadow_answers))
+        agree = sum(_label(a) == _label(b) for a, b in zip(champion_answers, shadow_answers))
         tags = {"version": str(challenger.version)}
         if agree:
             self.metrics.shadow_agreement.inc(agree, tags={**tags, "agree": "true"})

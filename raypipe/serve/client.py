@@ -41,8 +41,8 @@ def transient(response: httpx.Response) -> bool:
 
 def post_predict(http: httpx.Client, url: str, rows: dict[str, Any] | list[dict[str, Any]], *,
                  retry_for_s: float = 20.0, backoff_s: float = 0.2, max_backoff_s: float = 2.0,
-                 headers: dict[str, str] | None = None) -> httpx.Response:
-    """POST ``rows`` to ``<url>/predict``, retrying transient failures with jittered back-off for up to ``retry_for_s``.
+                 headers: dict[str, str] | None = None, route: str = "/predict") -> httpx.Response:
+    """POST ``rows`` to ``<url><route>`` (``/predict``; ``/act`` for a policy), retrying transient failures with jittered back-off for up to ``retry_for_s``.
 
     Returns the first answer that is not transient, or the last one when time is up (a
     transport error is raised then).
@@ -51,7 +51,7 @@ def post_predict(http: httpx.Client, url: str, rows: dict[str, Any] | list[dict[
     attempt = 0
     while True:
         try:
-            response = http.post(f"{url}/predict", json=rows, headers=headers)
+            response = http.post(f"{url}{route}", json=rows, headers=headers)
             if not transient(response):
                 return response
         except httpx.TransportError:

@@ -35,16 +35,22 @@ class Endpoint:
     version: int
     app_name: str
 
-    def post_predict(self, rows: dict[str, Any] | list[dict[str, Any]], timeout: float = 30.0) -> Any:
-        """One prediction request, with the documented retry (:mod:`raypipe.serve.client`)."""
+    def post_predict(self, rows: dict[str, Any] | list[dict[str, Any]], timeout: float = 30.0,
+                     route: str = "/predict") -> Any:
+        """One prediction request (``route="/act"``: a policy's), with the documented retry
+        (:mod:`raypipe.serve.client`)."""
         import httpx
 
         from raypipe.serve.client import post_predict
 
         with httpx.Client(timeout=timeout) as http:
-            resp = post_predict(http, self.url, rows)
+            resp = post_predict(http, self.url, rows, route=route)
         resp.raise_for_status()
         return resp.json()
+
+    def post_act(self, body: dict[str, Any], timeout: float = 30.0) -> Any:
+        """A policy's answer to ``{"observation": ...}`` or ``{"observations": [...]}`` (``POST /act``)."""
+        return self.post_predict(body, timeout, route="/act")
 
     def wait(self) -> None:
         """Block until Ctrl-C, then shut Serve down."""
@@ -147,7 +153,7 @@ def check_log_columns(spec: Spec, version: int) -> None:
     from raypipe.predlog import LogFormat
 
     lg = spec.monitor.log
-    if not lg.enabled or not lg.exclude_columns:
+    if not lg.enabled or not lg.exclude_columns or spec.data.env is not None:
         return
     inputs = LogFormat.input_names(Registry.for_spec(spec).version_store(version).read_json("schema.json"))
     unknown = [c for c in lg.exclude_columns if c not in inputs]
@@ -247,10 +253,21 @@ def api_key_digest(spec: Spec) -> str | None:
     return hash_key(key, spec.name)
 
 
-def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]]:
-    """A few rows of the version's own test split, as a client would send them (one per class first)."""
+def sample_request(spec: Spec, version: int, n: int = 2) -> list[dict[str, Any]] | dict[str, Any]:
+    """A few rows of the version's own test split, as a client would send them (one per class first); for a
+    policy, ``{"observations": [...]}``: the first observation of ``n`` seeded episodes of its environment."""
     import pyarrow.dataset as pads
 
+    if spec.data.env is not None:
+        import numpy as np
+
+        from raypipe.envs.make import make_env
+
+        env = make_env(spec.data.env.model_dump())
+        try:
+            return {"observations": [np.asarray(env.reset(seed=spec.evaluate.seed + i)[0]).tolist() for i in range(n)]}
+        finally:
+            env.close()
     vs = Registry.for_spec(spec).version_store(version)
     schema, lineage = vs.read_json("schema.json"), vs.read_json("lineage.json")
     validate = Store(spec.storage).sub(artifact_path("validate", lineage["stages"]["validate"]))

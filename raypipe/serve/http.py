@@ -101,6 +101,9 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> Answer:
     elif not REQUEST_ID.fullmatch(rid):
         return refuse(400, BAD_REQUEST_ID, "request_id")
     raw, champion = got, server.routing.champion
+    if champion.rows is None:
+        return refuse(404, 'the served version is a policy: POST /act with {"observation": [...]} or '
+                      '{"observations": [[...], ...]}', "policy")
     many = raw.lstrip()[:1] == b"["  # a list of rows, else one row object
     try:
         parsed = champion.rows.validate_json(raw) if many else champion.row_model.model_validate_json(raw)
@@ -125,6 +128,69 @@ async def handle_predict(server: Any, headers: Any, chunks: Any) -> Answer:
     return 200, {"version": version, "request_id": rid, **answers[0]}, headers_out
 
 
+async def handle_act(server: Any, headers: Any, chunks: Any) -> Answer:
+    """``POST /act`` (a policy's endpoint): ``{"observation": ...}`` or ``{"observations": [...]}`` → actions.
+
+    The same refusals as :func:`handle_predict`, then the body parsed against the observation space's
+    model (:mod:`raypipe.serve.act`: bad JSON 400; wrong shape, text, NaN 422) and its bounds (422 naming
+    the value and the bounds). Answers are batched, canaried and shadowed like predictions.
+    """
+    import numpy as np
+
+    from raypipe.serve.act import observations
+
+    def refuse(status: int, reason: str, tag: str, detail: Any = None) -> Answer:
+        return _refuse(server, status, reason, tag, detail)
+
+    champion = server.routing.champion
+    if champion.rows is not None:
+        return refuse(404, "the served version is not a policy: POST /predict with rows", "not_a_policy")
+    got = await read_body(server, headers, chunks, '{"observation": [...]} or {"observations": [[...], ...]}')
+    if not isinstance(got, bytes):
+        return got
+    rid = headers.get("x-request-id")
+    headers_out = None
+    if rid is None:
+        rid = new_request_id()
+        headers_out = {"X-Request-ID": rid}
+    elif not REQUEST_ID.fullmatch(rid):
+        return refuse(400, BAD_REQUEST_ID, "request_id")
+    try:
+        parsed = champion.row_model.validate_json(got)
+    except ValidationError as e:
+        errors = _errors(e)
+        if any(err["type"].startswith("json_") or err["type"] == "recursion_loop" for err in errors):
+            return refuse(400, "the body is not valid JSON (or is nested too deeply)", "bad_json", errors)
+        return refuse(422, "the body does not match the observation space " + _space(champion), "schema", errors)
+    obs, many = observations(parsed)
+    if not obs:
+        return 200, {"version": champion.version, "request_id": rid, "actions": []}, headers_out
+    problems = champion.predictor.problems(np.asarray(obs, dtype=np.float64),
+                                           "observations" if many else "observation")
+    if problems:
+        if not many:  # one observation: its index is not part of the body
+            for p in problems:
+                p["loc"] = [p["loc"][0], *p["loc"][2:]]
+        return refuse(422, "an observation is outside the observation space " + _space(champion), "out_of_space",
+                      problems)
+    try:
+        async with asyncio.timeout(server.request_timeout_s):
+            version, answers = await server.predict_batch((server.to_canary(), obs, None, many))
+    except TimeoutError:
+        return refuse(408, f"no answer within {server.request_timeout_s} s (deploy.request_timeout_s); retry later",
+                      "timeout")
+    if many:
+        return 200, {"version": version, "request_id": rid, "actions": answers}, headers_out
+    return 200, {"version": version, "request_id": rid, **answers[0]}, headers_out
+
+
+def _space(loaded: Any) -> str:
+    space = loaded.metadata["observation_space"]
+    if space["type"] == "discrete":
+        return f"(Discrete({space['n']}): one integer state)"
+    return f"(Box of shape {space['shape']}, low {space['low']}, high {space['high']}; null: unbounded)"
+
+
 async def handle_feedback(server: Any, headers: Any, chunks: Any) -> Answer:
     """``POST /feedback``: ``{"request_id": ..., "label": ...}`` or a list of them.
 
@@ -136,6 +202,9 @@ async def handle_feedback(server: Any, headers: Any, chunks: Any) -> Answer:
     from raypipe.errors import DataValidationError
     from raypipe.feedback import record_feedback
 
+    if server.routing.champion.rows is None:
+        return _refuse(server, 404, "the served version is a policy: it takes observations at /act and has no "
+                       "labels to join", "policy")
     if server.log is None:
         return _refuse(server, 503, "the prediction log is off (monitor.log.enabled: false): labels cannot be "
                        "joined to answers", "feedback_off")
@@ -198,8 +267,8 @@ async def fast_predict(server: Any, scope: dict[str, Any], receive: Any, send: A
     /metadata, /docs, /openapi.json). Its middleware, router and dependency layers were
     ~10 % of a replica's CPU at 32 clients (py-spy).
     """
-    path = _path(scope)
-    if scope["type"] != "http" or scope.get("method") != "POST" or path not in ("/predict", "/predict/"):
+    path = _path(scope).rstrip("/")
+    if scope["type"] != "http" or scope.get("method") != "POST" or path not in FAST:
         return False
     headers = _headers(scope)
 
@@ -212,8 +281,11 @@ async def fast_predict(server: Any, scope: dict[str, Any], receive: Any, send: A
             if not message.get("more_body", False):
                 return
 
-    await _send(send, *await handle_predict(server, headers, chunks()))
+    await _send(send, *await FAST[path](server, headers, chunks()))
     return True
+
+
+FAST = {"/predict": handle_predict, "/act": handle_act}  # answered straight from ASGI messages
 
 
 def _path(scope: dict[str, Any]) -> str:
@@ -252,8 +324,13 @@ def build_fastapi(server: Any) -> Any:
         """The schema of the version being served (a promotion may change it): built on each call."""
         from fastapi.openapi.utils import get_openapi
 
-        doc = get_openapi(title=app.title, version=str(server.routing.champion.version), routes=app.routes)
-        row = server.routing.champion.row_model.model_json_schema()
+        champion = server.routing.champion
+        doc = get_openapi(title=app.title, version=str(champion.version), routes=app.routes)
+        if champion.rows is None:  # a policy
+            doc["paths"]["/act"]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": champion.row_model.json_schema()}}}
+            return doc
+        row = champion.row_model.model_json_schema()
         doc["paths"]["/predict"]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"oneOf": [row, {"type": "array", "items": row}]}}}}
         return doc
@@ -264,6 +341,12 @@ def build_fastapi(server: Any) -> Any:
     async def predict(request: Request) -> Any:
         """Predict one row (a JSON object) or many (a list of objects)."""
         status, body, headers = await handle_predict(server, request.headers, request.stream())
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.post("/act")
+    async def act(request: Request) -> Any:
+        """A policy's actions: ``{"observation": [...]}`` or ``{"observations": [[...], ...]}``."""
+        status, body, headers = await handle_act(server, request.headers, request.stream())
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.post("/feedback")
