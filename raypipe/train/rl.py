@@ -32,7 +32,7 @@ ENV_NAME = "raypipe-env"
 
 
 def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str | None = None) -> Any:
-    """RLlib's AlgorithmConfig for the spec (``overrides``: a Tune trial's ``model.params.*`` values)."""
+    """RLlib's AlgorithmConfig for the spec (``overrides``: extra ``model.params`` values)."""
     from ray.tune.registry import register_env
 
     from raypipe.envs.make import env_creator, spaces
@@ -140,27 +140,35 @@ def learner_module(algo: Any) -> Any:
     return module.unwrapped() if hasattr(module, "unwrapped") else module
 
 
-def train_policy(spec_doc: dict[str, Any], folder: str, offline: str | None = None,
-                 overrides: dict[str, Any] | None = None, report: Any = None) -> dict[str, Any]:
-    """The task's body: build, resume from the newest complete checkpoint, train until a stop, export.
-
-    ``report``: called with each iteration's row (a Tune trial reports through it). Returns the policy's
-    ``meta`` and ``weights`` (safetensors bytes), the ``history`` and how the run went.
-    """
-    import json
-
-    import torch
+def export(spec: Any, algo: Any) -> tuple[dict[str, Any], bytes]:
+    """The learner's module as a policy: ``model.json`` contents and the safetensors bytes."""
     from safetensors.torch import save
 
     from raypipe.envs.make import spaces
     from raypipe.model.policy import module_state, policy_meta
-    from raypipe.spec import Spec
+
+    module = learner_module(algo)
+    obs_space, act_space = spaces(spec.data.env.model_dump())
+    meta = policy_meta(spec.model.algo, module, obs_space, act_space,
+                       normalize_actions=bool(algo.config.normalize_actions), clip_actions=bool(algo.config.clip_actions))
+    return meta, save({k: v.contiguous() for k, v in module_state(module).items()})
+
+
+def train_policy(spec: Any, folder: str, offline: str | None = None, report: Any = None) -> dict[str, Any]:
+    """The task's body: build, resume from the newest complete checkpoint, train until a stop, export.
+
+    ``report``: called with each iteration's row and the algorithm (a Tune trial reports through it).
+    Returns the policy's ``meta`` and ``weights`` (safetensors bytes), the ``history`` and how the run went.
+    """
+    import json
+
+    import torch
+
     from raypipe.train.tune.trust import make_private, why_untrusted
 
     torch.set_num_threads(1)
-    spec = Spec.model_validate(spec_doc)
     make_private(folder)
-    config = algo_config(spec, overrides, offline)
+    config = algo_config(spec, None, offline)
     algo = config.build_algo()
     history: list[dict[str, Any]] = []
     resumed = None
@@ -182,12 +190,8 @@ def train_policy(spec_doc: dict[str, Any], folder: str, offline: str | None = No
         if row["iteration"] % spec.train.checkpoint_every == 0 or why is not None:
             _checkpoint(algo, folder, row["iteration"], history)
         if report is not None:
-            report(row)
-    module = learner_module(algo)
-    obs_space, act_space = spaces(spec.data.env.model_dump())
-    meta = policy_meta(spec.model.algo, module, obs_space, act_space,
-                       normalize_actions=bool(config.normalize_actions), clip_actions=bool(config.clip_actions))
-    weights = save({k: v.contiguous() for k, v in module_state(module).items()})
+            report(row, algo)
+    meta, weights = export(spec, algo)
     algo.stop()
     return {"meta": meta, "weights": weights, "history": history, "stopped": why, "resumed_from": resumed,
             "pid": os.getpid()}
@@ -206,11 +210,6 @@ def _checkpoint(algo: Any, folder: str, iteration: int, history: list[dict[str, 
         shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
 
 
-def spec_doc(spec: Any) -> dict[str, Any]:
-    """The spec as the task rebuilds it: the fields the user set (so that its cross-checks see the same spec)."""
-    return spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
-
-
 def train_rl(spec: Any, ctx: Any, offline: str | None) -> dict[str, Any]:
     """Run :func:`train_policy` as one Ray task (retried from the newest checkpoint up to
     ``train.max_failures`` times); the task's result."""
@@ -227,7 +226,7 @@ def train_rl(spec: Any, ctx: Any, offline: str | None) -> dict[str, Any]:
     task = ray.remote(train_policy).options(num_cpus=cpus, max_retries=spec.train.max_failures,
                                             retry_exceptions=False, name="raypipe-train-rl")
     try:
-        out = ray.get(task.remote(spec_doc(spec), folder, offline))
+        out = ray.get(task.remote(spec, folder, offline))
     except ray.exceptions.WorkerCrashedError as exc:
         raise StageFailed(
             f"stage 'train' failed after train.max_failures={spec.train.max_failures} restart(s): {exc}\n"
