@@ -29,9 +29,11 @@ def run(spec: Spec | str | Path | dict[str, Any] | None = None, *, force: str | 
     """
     from raypipe.register.mlflow import check_available
     from raypipe.runner import Runner
+    from raypipe.train.rl import check_installed
 
     spec = as_spec(spec)
     check_available(spec)  # fail before the run, not at its end, when MLflow is configured but missing
+    check_installed(spec)  # ... or when a policy is to be trained without RLlib
     return Runner(spec, force=force, until=until, address=address, progress=progress, trigger=trigger).run()
 
 

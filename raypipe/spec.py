@@ -1002,7 +1002,7 @@ class Spec(_Section):
         gate = self.evaluate.gate
         if gate.vs_champion and gate.vs_champion.metric == "f1" and "f1" not in allowed:
             gate.vs_champion.metric = TASKS[task].main_metric  # the default ("f1") is not this task's
-        if task in UNSUPERVISED_TASKS and self.model.is_torch:
+        if task in UNSUPERVISED_TASKS and not TASKS[task].policy and self.model.is_torch:
             example = "sklearn:sklearn.cluster:KMeans" if task == "clustering" else "sklearn:sklearn.ensemble:IsolationForest"
             raise ValueError(f"model.kind: task {task!r} needs a scikit-learn estimator, not {self.model.kind!r}; "
                              f"write e.g. kind: {example!r}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import json
+import re
 
 import pytest
 import yaml
@@ -514,3 +515,59 @@ def test_the_stored_spec_hides_literal_header_and_param_values() -> None:
         "params": {"q": "lit-param"}, "params_env": {"api_key": "RP_KEY"}}}})
     shown = json.dumps(spec.redacted())
     assert "lit-secret" not in shown and "lit-param" not in shown and "RP_KEY" in shown and "X-Key" in shown
+
+
+# --- reinforcement learning ------------------------------------------------------------
+_RL = {"name": "rl", "data": {"task": "reinforcement", "env": {"id": "CartPole-v1"}},
+       "model": {"kind": "rllib:PPO", "params": {"lr": 0.0003}}, "train": {"timesteps": 200000, "env_runners": 1},
+       "evaluate": {"episodes": 20, "gate": {"min": {"episode_return_mean": 450}}}}
+
+
+def _rl(**changes: Any) -> dict[str, Any]:
+    doc = json.loads(json.dumps(_RL))
+    for path, value in changes.items():
+        node = doc
+        *parents, last = path.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return doc
+
+
+def test_the_issue_spec_of_a_policy_loads_with_episode_metrics() -> None:
+    spec = load_spec(_RL)
+    assert spec.model.algo == "PPO" and spec.data.source is None and spec.data.env.name == "CartPole-v1"
+    assert spec.evaluate.metrics == ["episode_return_mean", "episode_return_median", "episode_return_min",
+                                     "episode_len_mean"]
+    assert load_spec(spec.model_dump(mode="json", by_alias=True)).model.kind == "rllib:PPO"  # dumps load again
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model__kind": "rllib:PPOO"}, "did you mean 'rllib:PPO'"),
+    ({"train__timesteps": None}, "bound training with train.timesteps"),
+    ({"model__kind": "rllib:BC"}, "learns offline from logged transitions: give data.source"),
+    ({"data__env": None}, "needs data.env"),
+    ({"data__env": {"id": "CartPole-v1", "factory": "pkg.envs:make"}}, "exactly one of env.id"),
+    ({"data__env": {"factory": "not a path"}}, "write '<module>:<function>'"),
+    ({"train__lr": 0.01}, "set RLlib's own name under model.params"),
+    ({"evaluate__gate": {"min": {"f1": 0.5}}}, "metric 'f1' does not apply to task 'reinforcement'"),
+    ({"evaluate__gate": {"max_overfit_gap": 0.1}}, "max_overfit_gap does not apply to task reinforcement"),
+    ({"data__target": "y"}, "learns from rewards, not a label column"),
+    ({"model__kind": "torch.mlp"}, "needs an RLlib algorithm as model.kind"),
+])
+def test_policy_specs_that_cannot_run_name_the_field_and_the_fix(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_spec(_rl(**changes))
+
+
+def test_rl_settings_on_a_tabular_spec_are_refused() -> None:
+    tabular = {"name": "t", "data": {"source": {"type": "builtin"}, "target": "is_fraud"}}
+    with pytest.raises(SpecError, match="rllib:PPO.*need data.task: reinforcement"):
+        load_spec({**tabular, "model": {"kind": "rllib:PPO"}})
+    with pytest.raises(SpecError, match="train.timesteps applies to task reinforcement"):
+        load_spec({**tabular, "train": {"timesteps": 100}})
+    with pytest.raises(SpecError, match="data.env applies to task reinforcement"):
+        load_spec({**tabular, "data": {**tabular["data"], "env": {"id": "CartPole-v1"}}})

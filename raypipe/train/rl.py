@@ -31,6 +31,16 @@ KEEP = 2  # complete checkpoints kept
 ENV_NAME = "raypipe-env"
 
 
+def check_installed(spec: Any) -> None:
+    """Fail before the run when the spec trains a policy but RLlib (the ``rl`` extra) is missing."""
+    import importlib.util
+
+    # Ray's wheel always holds ray.rllib; what the extra adds are its dependencies
+    if spec.model.is_rllib and any(importlib.util.find_spec(m) is None for m in ("gymnasium", "tree", "lz4")):
+        raise SpecError(f"model.kind {spec.model.kind!r} needs RLlib, which is not installed; install it with: "
+                        "pip install 'raypipe[rl]' (after the CPU build of torch, on machines without a GPU)")
+
+
 def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str | None = None) -> Any:
     """RLlib's AlgorithmConfig for the spec (``overrides``: extra ``model.params`` values)."""
     from ray.tune.registry import register_env
@@ -43,8 +53,10 @@ def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str
     params = {**spec.model.params, **(overrides or {})}
     model_config = params.pop("model", None)
     env = spec.data.env.model_dump()
-    obs_space, _ = spaces(env)
+    obs_space, act_space = spaces(env)
     config.environment(env=ENV_NAME, env_config={"raypipe_env": env})
+    if offline:  # no env runner samples: RLlib takes the spaces from the spec's environment
+        config.environment(observation_space=obs_space, action_space=act_space)
     config.env_runners(num_env_runners=0 if offline else spec.train.env_runners)
     if _one_hot(obs_space):
         if offline:
@@ -122,7 +134,8 @@ def _row(result: dict[str, Any], offline: bool, t0: float) -> dict[str, Any]:
             "episode_return_mean": _num(runners.get("episode_return_mean")),
             "episode_len_mean": _num(runners.get("episode_len_mean")),
             "episodes": int(runners.get("num_episodes_lifetime", 0) or 0),
-            "loss": _num(loss), "seconds": round(time.perf_counter() - t0, 2)}
+            "loss": _num(loss), "seconds": round(time.perf_counter() - t0, 2),
+            "env_runner_restarts": int((result.get("fault_tolerance") or {}).get("num_remote_worker_restarts") or 0)}
 
 
 def _num(v: Any) -> float | None:
@@ -204,7 +217,7 @@ def _checkpoint(algo: Any, folder: str, iteration: int, history: list[dict[str, 
     shutil.rmtree(target, ignore_errors=True)  # an incomplete one left by a killed attempt
     algo.save_to_path(os.path.join(target, "algo"))
     with open(os.path.join(target, "history.json"), "w") as f:
-        json.dump({"iteration": iteration, "history": history}, f)
+        json.dump({"iteration": iteration, "history": history, "pid": os.getpid()}, f)
     _seal(target, iteration)
     for old in sorted(n for n in os.listdir(folder) if n.startswith("iter_"))[:-KEEP]:
         shutil.rmtree(os.path.join(folder, old), ignore_errors=True)

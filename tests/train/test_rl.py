@@ -1,0 +1,155 @@
+"""RLlib training in one Ray task: its checkpoints, a killed learner, a killed env runner, offline data layout.
+
+Faults are triggered by what is on disk, not by sleeps: a watcher waits for the complete checkpoint of
+an iteration in the stage's work folder, then SIGKILLs a process: the learner's (its pid is in the
+checkpoint's ``history.json``), or the env runner's (an actor titled ``ray::SingleAgentEnvRunner``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import raypipe
+from raypipe.errors import SpecError
+from raypipe.progress import Progress
+from raypipe.store import MARKER
+from raypipe.train.offline import to_rllib
+
+ITERATIONS = 5
+
+
+def _spec(storage: Path, name: str, **train) -> dict:
+    return {"name": name, "storage": str(storage),
+            "data": {"task": "reinforcement", "env": {"id": "CartPole-v1"}},
+            "model": {"kind": "rllib:PPO", "params": {"train_batch_size_per_learner": 500, "minibatch_size": 128,
+                                                      "num_epochs": 2, "model": {"fcnet_hiddens": [16]}}},
+            "train": {"iterations": ITERATIONS, "env_runners": 1, "max_failures": 1, **train},
+            "evaluate": {"episodes": 2}, "deploy": {"enabled": False}}
+
+
+def _report(result) -> dict:
+    return result.outputs["train"].store.read_json("train_report.json")
+
+
+class KillAtIteration(threading.Thread):
+    """Once the checkpoint of ``iteration`` is complete, SIGKILLs the learner task or an env runner."""
+
+    def __init__(self, storage: Path, target: str, iteration: int = 2, timeout: float = 300) -> None:
+        super().__init__(daemon=True)
+        self.storage, self.target, self.iteration, self.timeout = storage, target, iteration, timeout
+        self.killed: dict | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            for ckpt in self.storage.glob(f"work/train/*/rl/iter_{self.iteration:06d}"):
+                if (ckpt / MARKER).exists():
+                    saved = json.loads((ckpt / "history.json").read_text())
+                    pid = saved["pid"] if self.target == "learner" else _env_runner_pid(saved["pid"])
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed = {"pid": pid, "iteration": saved["iteration"], "learner": saved["pid"]}
+                    return
+            time.sleep(0.02)
+
+
+def _started(pid: int) -> int:
+    """A process's start time in clock ticks since boot (/proc/<pid>/stat, field 22)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def _env_runner_pid(learner: int) -> int:
+    """An env runner of this run: an actor process titled ray::SingleAgentEnvRunner started after its learner."""
+    born = _started(learner)
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0]
+            if proc.name.isdigit() and title.startswith(b"ray::SingleAgentEnvRunner") and _started(int(proc.name)) >= born:
+                return int(proc.name)
+        except OSError:  # gone meanwhile
+            continue
+    raise AssertionError("no env runner process found")
+
+
+def test_a_killed_learner_resumes_from_its_last_complete_checkpoint(ray_session, tmp_path):
+    storage = tmp_path / "store"
+    killer = KillAtIteration(storage, "learner")
+    killer.start()
+    try:
+        result = raypipe.run(_spec(storage, "t-rl-learner"), until="train", progress=Progress(quiet=True))
+    finally:
+        killer.stop.set()
+    assert killer.killed is not None, "the fault was never injected"
+    report = _report(result)
+    # At least the checkpoint the watcher saw; a later one only if the task wrote it before the signal landed.
+    assert report["resumed_from"] >= killer.killed["iteration"]
+    assert [h["iteration"] for h in report["history"]] == list(range(1, ITERATIONS + 1))
+    assert report["process"]["pid"] != killer.killed["pid"]
+    steps = [h["timesteps"] for h in report["history"]]
+    assert steps == sorted(steps) and steps[-1] >= ITERATIONS * 500, "the resumed run kept counting, not restarting"
+    kept = sorted(p.name for p in storage.glob("work/train/*/rl/iter_*"))
+    assert kept == [f"iter_{ITERATIONS - 1:06d}", f"iter_{ITERATIONS:06d}"], "the newest two are kept"
+
+
+def test_a_killed_env_runner_is_restarted_and_training_finishes(ray_session, tmp_path):
+    storage = tmp_path / "store"
+    killer = KillAtIteration(storage, "env_runner", iteration=1)
+    killer.start()
+    try:
+        result = raypipe.run(_spec(storage, "t-rl-runner"), until="train", progress=Progress(quiet=True))
+    finally:
+        killer.stop.set()
+    assert killer.killed is not None and killer.killed["pid"] != killer.killed["learner"]
+    report = _report(result)
+    assert [h["iteration"] for h in report["history"]] == list(range(1, ITERATIONS + 1))
+    assert report["history"][-1]["env_runner_restarts"] >= 1, "RLlib restarted the dead env runner"
+    assert report["resumed_from"] is None, "the learner itself never stopped"
+    assert report["process"]["pid"] == killer.killed["learner"]
+
+
+def test_a_rerun_after_the_run_resumes_nothing_and_force_starts_again(ray_session, tmp_path):
+    storage = tmp_path / "store"
+    spec = _spec(storage, "t-rl-rerun", iterations=2)
+    first = raypipe.run(spec, until="train", progress=Progress(quiet=True))
+    again = raypipe.run(spec, until="train", progress=Progress(quiet=True))
+    assert {s["name"]: s["status"] for s in again.stages}["train"] == "cached"
+    forced = raypipe.run(spec, until="train", force="train", progress=Progress(quiet=True))
+    assert _report(forced)["resumed_from"] is None and _report(first)["resumed_from"] is None
+
+
+# --- offline data layout (no Ray) -------------------------------------------------------
+def _log(n: int = 6) -> pa.Table:
+    rng = np.random.default_rng(0)
+    cols = {f"obs_{i}": rng.normal(size=n) for i in range(4)}
+    cols.update({f"new_obs_{i}": rng.normal(size=n) for i in range(4)})
+    cols.update(action=np.array([0, 1, 1, 0, 1, 0]), reward=np.ones(n), terminated=[False] * 5 + [True],
+                truncated=[False] * n, eps_id=[7] * n)
+    return pa.table(cols)
+
+
+def test_flat_logged_columns_become_rllib_columns_and_incomplete_rows_are_counted():
+    table = _log()
+    reward = table.column("reward").to_numpy().copy()
+    reward[2] = np.nan  # an empty cell
+    table = table.set_column(table.column_names.index("reward"), "reward", pa.array(reward))
+    out, counts = to_rllib(table, obs_dim=4, discrete_actions=True)
+    assert counts == {"rows": 6, "kept": 5, "dropped_incomplete": 1}
+    assert out.column_names == ["eps_id", "obs", "actions", "rewards", "new_obs", "terminateds", "truncateds"]
+    assert out.column("obs").to_pylist()[0] == pytest.approx(
+        [table.column(f"obs_{i}")[0].as_py() for i in range(4)], rel=1e-6)
+    assert out.column("actions").to_pylist() == [0, 1, 0, 1, 0] and out.column("terminateds").to_pylist()[-1]
+
+
+def test_a_log_missing_columns_names_them_and_the_layout():
+    with pytest.raises(SpecError, match=r"\['reward'\].*obs_0..obs_N, action, reward"):
+        to_rllib(_log().drop(["reward"]), obs_dim=4, discrete_actions=True)
+    with pytest.raises(SpecError, match="3 obs_<i> columns, but the environment's observations have 4"):
+        to_rllib(_log().drop(["obs_3"]), obs_dim=4, discrete_actions=True)
