@@ -566,6 +566,11 @@ class TrainSection(_Section):
                                                           "(0: sample in the learner's process)")
     checkpoint_every: int = Field(default=1, ge=1, description="RL: iterations between checkpoints (a crashed run "
                                                                "resumes from the newest complete one)")
+    rescale_observations: Literal["auto", "never"] = Field(
+        default="auto", description="RL: auto rescales an observation space whose every component has finite "
+                                    "bounds to [-1, 1] before the network of an online algorithm (training, "
+                                    "evaluation and serving alike: raw sensor readings in the thousands stall PPO); "
+                                    "never leaves them as they are (offline algorithms learn the log as written)")
 
     @model_validator(mode="after")
     def _epochs_or_min_steps(self) -> TrainSection:
@@ -1056,7 +1061,8 @@ class Spec(_Section):
         return doc
 
 
-_RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "env_runners", "checkpoint_every")
+_RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "env_runners", "checkpoint_every",
+                    "rescale_observations")
 
 
 def _policy_checks(spec: "Spec") -> None:

@@ -46,9 +46,24 @@ def make_env(env: dict[str, Any]) -> Any:
         raise SpecError(f"data.env.config {config!r} for {env_id!r}: {exc}") from None
 
 
+def bounded(space: Any) -> bool:
+    """A Box whose every component has finite bounds (low < high): it can be rescaled to [-1, 1]."""
+    import gymnasium as gym
+    import numpy as np
+
+    return (isinstance(space, gym.spaces.Box) and bool(np.isfinite(space.low).all() and np.isfinite(space.high).all())
+            and bool((space.high > space.low).all()))
+
+
 def env_creator(env_config: dict[str, Any]) -> Any:
-    """RLlib's env creator (``register_env``): the spec's env travels in ``env_config["raypipe_env"]``."""
-    return make_env(env_config["raypipe_env"])
+    """RLlib's env creator (``register_env``): the spec's env travels in ``env_config["raypipe_env"]``; with
+    ``raypipe_rescale`` a bounded Box observation is rescaled to [-1, 1] (:func:`bounded`)."""
+    import gymnasium as gym
+
+    env = make_env(env_config["raypipe_env"])
+    if env_config.get("raypipe_rescale") and bounded(env.observation_space):
+        env = gym.wrappers.RescaleObservation(env, -1.0, 1.0)
+    return env
 
 
 def spaces(env: dict[str, Any]) -> tuple[Any, Any]:

@@ -88,7 +88,8 @@ def _type_name(t: Any) -> str | None:
 
 
 def policy_meta(algo: str, module: Any, env_observation_space: Any, env_action_space: Any, *,
-                normalize_actions: bool, clip_actions: bool, **extra: Any) -> dict[str, Any]:
+                normalize_actions: bool, clip_actions: bool, rescale_observations: bool = False,
+                **extra: Any) -> dict[str, Any]:
     """``model.json`` of a trained module (its spec as JSON; the env's spaces for checking requests)."""
     return {
         "format": POLICY_FORMAT, "kind": f"rllib:{algo}", "task": "reinforcement", "algo": algo,
@@ -100,6 +101,7 @@ def policy_meta(algo: str, module: Any, env_observation_space: Any, env_action_s
         "observation_space": space_to_json(env_observation_space),
         "action_space": space_to_json(env_action_space),
         "normalize_actions": bool(normalize_actions), "clip_actions": bool(clip_actions),
+        "rescale_observations": bool(rescale_observations),
         **extra,
     }
 
@@ -230,7 +232,13 @@ class Policy:
 
     # -- actions ----------------------------------------------------------------------------
     def _module_obs(self, obs: np.ndarray) -> Any:
+        """Observations as the network saw them in training: one-hot states, or a bounded Box rescaled to
+        [-1, 1] (``rescale_observations``, as gymnasium's RescaleObservation did to the training env)."""
         torch = self._torch
+        if self.meta.get("rescale_observations"):
+            low = self.observation_space.low.astype(np.float64)
+            high = self.observation_space.high.astype(np.float64)
+            obs = -1.0 + 2.0 * (np.asarray(obs, dtype=np.float64) - low) / (high - low)
         if self.one_hot:
             space = self.observation_space
             hot = np.zeros((len(obs), space.n), dtype=np.float32)

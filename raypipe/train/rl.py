@@ -54,7 +54,7 @@ def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str
     model_config = params.pop("model", None)
     env = spec.data.env.model_dump()
     obs_space, act_space = spaces(env)
-    config.environment(env=ENV_NAME, env_config={"raypipe_env": env})
+    config.environment(env=ENV_NAME, env_config={"raypipe_env": env, "raypipe_rescale": rescales(spec)})
     if offline:  # no env runner samples: RLlib takes the spaces from the spec's environment
         config.environment(observation_space=obs_space, action_space=act_space)
     config.env_runners(num_env_runners=0 if offline else spec.train.env_runners)
@@ -79,6 +79,17 @@ def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str
                             map_batches_kwargs={"concurrency": 1, "num_cpus": 1},
                             iter_batches_kwargs={"prefetch_batches": 1, "local_shuffle_buffer_size": None})
     return config
+
+
+def rescales(spec: Any) -> bool:
+    """Whether the network sees rescaled observations: ``train.rescale_observations: auto`` with an online
+    algorithm (offline algorithms learn the log as it was written) on a bounded Box (:func:`envs.make.bounded`)."""
+    from raypipe.envs.make import bounded, spaces
+    from raypipe.spec import OFFLINE_ALGOS
+
+    if spec.train.rescale_observations != "auto" or spec.model.algo in OFFLINE_ALGOS:
+        return False
+    return bounded(spaces(spec.data.env.model_dump())[0])
 
 
 def _one_hot(space: Any) -> bool:
@@ -163,7 +174,8 @@ def export(spec: Any, algo: Any) -> tuple[dict[str, Any], bytes]:
     module = learner_module(algo)
     obs_space, act_space = spaces(spec.data.env.model_dump())
     meta = policy_meta(spec.model.algo, module, obs_space, act_space,
-                       normalize_actions=bool(algo.config.normalize_actions), clip_actions=bool(algo.config.clip_actions))
+                       normalize_actions=bool(algo.config.normalize_actions), clip_actions=bool(algo.config.clip_actions),
+                       rescale_observations=rescales(spec))
     return meta, save({k: v.contiguous() for k, v in module_state(module).items()})
 
 
