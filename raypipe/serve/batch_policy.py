@@ -146,7 +146,8 @@ def check_input(path: str, policy: Any) -> tuple[Layout, int]:
         if len(found) >= MAX_PROBLEMS:
             break
     if found:
-        raise DataValidationError([f"--input {path!r}: {m}" for m in found[:MAX_PROBLEMS]])
+        more = [f"(the first {MAX_PROBLEMS} problems; there may be more)"] if len(found) > MAX_PROBLEMS else []
+        raise DataValidationError([f"--input {path!r}: {m}" for m in found[:MAX_PROBLEMS]] + more)
     return lay, offset
 
 
