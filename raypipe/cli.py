@@ -161,7 +161,8 @@ def serve(
 @app.command()
 def predict(
     spec: Path = SpecArg,
-    input: str = typer.Option(..., "--input", help="Parquet or CSV file/folder of rows."),
+    input: str = typer.Option(..., "--input", help="Parquet or CSV file/folder of rows (a policy version: observations, "
+                              "as a list column obs or columns obs_0 .. obs_<n-1>)."),
     output: str = typer.Option(..., "--output", help="Folder for the predictions (parquet)."),
     version: Optional[int] = typer.Option(None, "--version"),
     alias: Optional[str] = typer.Option(None, "--alias"),
@@ -413,7 +414,8 @@ def export(
     alias: Optional[str] = typer.Option(None, "--alias", help="Export the version with this alias (default champion)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Features + model + decision of a registered version as one ONNX file (onnxruntime runs it)."""
+    """Features + model + decision of a registered version as one ONNX file (onnxruntime runs it); a
+    reinforcement-learning version: its policy, observations in, the deterministic action out."""
     from raypipe.api import export as export_api
 
     _finish(export_api(str(spec), output=str(output) if output else None, format=format, version=version,

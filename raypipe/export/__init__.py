@@ -5,8 +5,9 @@ the raw columns (see :mod:`raypipe.export.onnx_features` for the inputs) and ans
 what the Serve endpoint answers: class scores, index and label (with the version's
 threshold), a regression value, a cluster id, or an anomaly score and flag. The
 fitted features are rebuilt as ONNX nodes from their JSON state; the model comes from
-skl2onnx (scikit-learn) or ``torch.onnx`` (the torch zoo). Needs ``pip install
-'raypipe[onnx]'``.
+skl2onnx (scikit-learn) or ``torch.onnx`` (the torch zoo). A reinforcement-learning
+version exports its policy instead: observations in, the deterministic action out
+(:mod:`raypipe.export.onnx_policy`). Needs ``pip install 'raypipe[onnx]'``.
 """
 from __future__ import annotations
 
@@ -30,11 +31,14 @@ class ExportResult:
 
 
 def export_onnx(predictor: Any, path: str, *, pipeline: str = "") -> ExportResult:
-    """Write ``predictor`` (a :class:`raypipe.model.predictor.Predictor`) as one ONNX model at ``path``."""
+    """Write ``predictor`` (a :class:`raypipe.model.predictor.Predictor`, or the
+    :class:`raypipe.model.policy.Policy` a reinforcement-learning version loads as) as one ONNX model at ``path``."""
     try:
         import onnx
     except ImportError:
         raise ExportError(["ONNX export needs the onnx extra: pip install 'raypipe[onnx]'"]) from None
+    if getattr(predictor, "task", None) == "reinforcement":
+        return _export_policy(predictor, path, pipeline=pipeline)
     from onnx import compose
 
     from raypipe.export.graph import Graph
@@ -69,3 +73,15 @@ def export_onnx(predictor: Any, path: str, *, pipeline: str = "") -> ExportResul
         f.write(data)
     return ExportResult(path, int(predictor.version or 0), input_specs(features), [o.name for o in out.graph.output],
                         len(data))
+
+
+def _export_policy(policy: Any, path: str, *, pipeline: str) -> ExportResult:
+    """A policy: observations in, the deterministic action out (:mod:`raypipe.export.onnx_policy`)."""
+    from raypipe.export.onnx_policy import policy_input, policy_proto
+
+    proto = policy_proto(policy, pipeline=pipeline)
+    data = proto.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(data)
+    return ExportResult(path, int(getattr(policy, "version", None) or 0), [policy_input(policy)],
+                        [o.name for o in proto.graph.output], len(data))

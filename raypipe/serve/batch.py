@@ -91,6 +91,9 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     in its batch>``, what ``raypipe feedback`` takes), and the Ray Data tasks that finish
     each batch append its sampled rows to the prediction log themselves (``__source``
     ``predict``; :mod:`raypipe.predlog`): nothing is collected on the driver.
+
+    A reinforcement-learning version answers rows of observations with actions instead
+    (:mod:`raypipe.serve.batch_policy`; its answers are not written to the prediction log).
     """
     import numpy as np
     import pandas as pd
@@ -107,6 +110,13 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
     v = reg.resolve(version=version, alias=alias)
     vs = reg.version_store(v)
     reg.check_version(v)  # every file as registered (manifest, signature) before any actor loads one
+    from raypipe.model.policy import is_policy
+
+    if is_policy(vs.sub("model")):  # a reinforcement-learning version: observation rows in, actions out
+        from raypipe.serve.batch_policy import predict_policy_files
+
+        return predict_policy_files(vs, v, input, out_fs, out_path, output, connect=lambda: connect_for(spec, address),
+                                    actors=actors)
     trusted = trusted_factories(spec)
     check_trusted(vs.read_json("model", "model.json")["kind"], trusted)  # refused here, before any actor starts
     connect_for(spec, address)
