@@ -75,6 +75,7 @@ def _head(policy: Any) -> tuple[Any, list[str]]:
     with_value = isinstance(module, ValueFunctionAPI) and policy.has_values
     obs_space = policy.observation_space
     one_hot = (int(obs_space.start), int(obs_space.n)) if policy.one_hot else None
+    rescale = bool(meta.get("rescale_observations"))
     transform, low, high = ("none", None, None) if discrete_actions else _action_transform(meta, policy.action_space)
     start = int(policy.action_space.start) if discrete_actions else 0
     act_dtype = None if discrete_actions else torch.float32
@@ -90,9 +91,14 @@ def _head(policy: Any) -> tuple[Any, list[str]]:
             if low is not None:
                 self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
                 self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+            if rescale:  # the bounded Box the policy was trained on rescaled to [-1, 1] (Policy._module_obs)
+                self.register_buffer("obs_low", torch.as_tensor(obs_space.low, dtype=torch.float32))
+                self.register_buffer("obs_high", torch.as_tensor(obs_space.high, dtype=torch.float32))
 
         def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
             x = (obs.unsqueeze(-1) == self.states).float() if one_hot is not None else obs
+            if rescale:
+                x = -1.0 + 2.0 * (x - self.obs_low) / (self.obs_high - self.obs_low)
             batch = {"obs": x}
             outs: list[torch.Tensor] = []
             if mode == "q":

@@ -256,8 +256,8 @@ class Policy:
             extra: dict[str, np.ndarray] = {}
             if "actions" in out:  # DQN: the greedy action, with its Q-values
                 actions = out["actions"]
-                if "qf_preds" in out:
-                    extra["q_values"] = out["qf_preds"].float().cpu().numpy()
+                if hasattr(self.module, "compute_q_values"):
+                    extra["q_values"] = self.module.compute_q_values(batch)["qf_preds"].float().cpu().numpy()
             else:
                 logits = out["action_dist_inputs"]
                 dist = self.module.get_inference_action_dist_cls().from_logits(logits)
