@@ -21,25 +21,19 @@ CASES = {  # name: (env id, algorithm)
 }
 
 
-def _spec(storage, name: str, env: str, algo: str) -> dict:
-    return {"name": name, "storage": str(storage), "data": {"task": "reinforcement", "env": {"id": env}},
-            "model": {"kind": f"rllib:{algo}", "params": {"model": {"fcnet_hiddens": [32]}}},
-            "train": {"iterations": 1, "env_runners": 1},
-            "evaluate": {"episodes": 1, "gate": {"beat_trivial_baseline": False}}, "deploy": {"enabled": False}}
-
-
 @pytest.fixture(scope="module")
-def versions(ray_session, tmp_path_factory):
-    """One registered version per case (a one-iteration run each), as ``{case: (spec, policy)}``."""
-    import raypipe
+def versions(tmp_path_factory):
+    """One registered version per case (an untrained module, saved and registered as a trained one is:
+    parity does not depend on training), as ``{case: (spec, policy)}``."""
+    from tests.policies import register_untrained
 
     out = {}
     storage = tmp_path_factory.mktemp("rl-export") / "store"
     for case, (env, algo) in CASES.items():
-        spec = _spec(storage, case, env, algo)
-        result = raypipe.run(spec)
+        spec = register_untrained(storage, case, env, algo)
         reg = Registry(str(storage), case)
-        out[case] = (spec, Predictor.from_version(reg.version_store(result.version), result.version))
+        v = reg.alias("champion")
+        out[case] = (spec, Predictor.from_version(reg.version_store(v), v))
     return out
 
 

@@ -16,14 +16,14 @@ from raypipe.serve.batch_policy import layout, observations
 
 @pytest.fixture(scope="module")
 def version(ray_session, tmp_path_factory):
-    """A one-iteration CartPole PPO version: ``(spec, policy)``."""
+    """A registered CartPole PPO version (an untrained module, saved as a trained one is): ``(spec, policy)``."""
+    from tests.policies import register_untrained
+
     storage = tmp_path_factory.mktemp("rl-predict") / "store"
-    spec = {"name": "cp", "storage": str(storage), "data": {"task": "reinforcement", "env": {"id": "CartPole-v1"}},
-            "model": {"kind": "rllib:PPO", "params": {"model": {"fcnet_hiddens": [32]}}},
-            "train": {"iterations": 1, "env_runners": 1},
-            "evaluate": {"episodes": 1, "gate": {"beat_trivial_baseline": False}}, "deploy": {"enabled": False}}
-    result = raypipe.run(spec)
-    return spec, Predictor.from_version(Registry(str(storage), "cp").version_store(result.version), result.version)
+    spec = register_untrained(storage, "cp", "CartPole-v1", "PPO")
+    reg = Registry(str(storage), "cp")
+    v = reg.alias("champion")
+    return spec, Predictor.from_version(reg.version_store(v), v)
 
 
 def _obs(n: int, seed: int = 0) -> np.ndarray:
