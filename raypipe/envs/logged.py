@@ -18,11 +18,13 @@ EnvSource = Union[str, Callable[[dict], gymnasium.Env]]
 """A gymnasium id, or a factory called with the env config (as RLlib calls env creators)."""
 
 
-def make_env(env: EnvSource, env_config: dict | None = None) -> gymnasium.Env:
-    """``gymnasium.make(env, **env_config)`` for an id, ``env(env_config)`` for a factory."""
+def _open(env: EnvSource, env_config: dict | None = None) -> gymnasium.Env:
+    """An id through :func:`raypipe.envs.make.make_env` (as a spec's ``data.env`` is built), ``env(env_config)``
+    for a factory."""
     if isinstance(env, str):
-        import raypipe.envs  # noqa: F401  (registers raypipe/Maintenance-v0)
-        return gymnasium.make(env, **(env_config or {}))
+        from raypipe.envs.make import make_env
+
+        return make_env({"id": env, "config": env_config or {}})
     return env(dict(env_config or {}))
 
 
@@ -72,7 +74,7 @@ def log_transitions(
         (float64), ``reward`` (float64), ``new_obs_<i>`` (float64), ``terminated`` and
         ``truncated`` (bool).
     """
-    env = make_env(env_id_or_factory, env_config)
+    env = _open(env_id_or_factory, env_config)
     try:
         act_cols = _action_columns(env.action_space)
         n_obs = int(np.prod(env.observation_space.shape))
@@ -113,7 +115,7 @@ def rollout_returns(
     env_config: dict | None = None,
 ) -> np.ndarray:
     """Returns of ``policy`` over episodes reset with seeds ``seed + i``, without keeping transitions."""
-    env = make_env(env_id, env_config)
+    env = _open(env_id, env_config)
     out = np.zeros(episodes, dtype=np.float64)
     try:
         for eps_seed, _, _, _, reward, _, _, _ in _episodes(env, policy, episodes, seed):

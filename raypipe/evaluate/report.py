@@ -53,12 +53,15 @@ def write_report(store: Any, doc: dict[str, Any], *, y: Any, pred: Any, scores: 
     else:
         plots = _regression_plots(y, pred)
     plots.update(_slice_plots(doc.get("slices") or {}, used=set(plots)))
-    written = []
+    return _write(store, doc, plots)
+
+
+def _write(store: Any, doc: dict[str, Any], plots: dict[str, bytes]) -> list[str]:
+    """Write ``plots/<name>.png`` and ``report.html``; return the relative paths written."""
     for name, png in plots.items():
         store.write_bytes(f"plots/{name}.png", png)
-        written.append(f"plots/{name}.png")
     store.write_bytes("report.html", _html(doc, list(plots)).encode())
-    return written + ["report.html"]
+    return [f"plots/{name}.png" for name in plots] + ["report.html"]
 
 
 # -- plots ----------------------------------------------------------------------------
@@ -282,9 +285,4 @@ def write_rl_report(store: Any, doc: dict[str, Any], history: list[dict[str, Any
                        returns[n], s=8, alpha=0.5)
         ax.set(ylabel="episode return", title=f"Evaluation returns ({len(returns[names[0]])} seeded episodes)")
         plots["evaluation_returns"] = _png(fig)
-    written = []
-    for name, png in plots.items():
-        store.write_bytes(f"plots/{name}.png", png)
-        written.append(f"plots/{name}.png")
-    store.write_bytes("report.html", _html(doc, list(plots)).encode())
-    return written + ["report.html"]
+    return _write(store, doc, plots)

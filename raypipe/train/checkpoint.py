@@ -104,11 +104,12 @@ def work_folder(ctx: Any) -> Any:
     return store
 
 
-def newest_in(folder: str) -> str | None:
-    """The newest complete checkpoint folder under ``folder`` (incomplete ones are skipped)."""
+def newest_in(folder: str, prefix: str = "epoch_") -> str | None:
+    """The newest complete checkpoint folder under ``folder`` (``<prefix><zero-padded number>``; incomplete
+    ones are skipped)."""
     if not os.path.isdir(folder):
         return None
-    for name in sorted((n for n in os.listdir(folder) if n.startswith("epoch_")), reverse=True):
+    for name in sorted((n for n in os.listdir(folder) if n.startswith(prefix)), reverse=True):
         if is_complete(os.path.join(folder, name)):
             return os.path.join(folder, name)
     return None

@@ -111,18 +111,6 @@ def _seal(path: str, iteration: int) -> None:
     Store(path).complete_artifact("", {"iteration": iteration})
 
 
-def newest_checkpoint(folder: str) -> str | None:
-    """The newest complete checkpoint (``iter_NNNNNN``) in ``folder``; incomplete ones are skipped."""
-    from raypipe.train.checkpoint import is_complete
-
-    if not os.path.isdir(folder):
-        return None
-    for name in sorted((n for n in os.listdir(folder) if n.startswith("iter_")), reverse=True):
-        if is_complete(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    return None
-
-
 def _stop(spec: Any, row: dict[str, Any]) -> str | None:
     t = spec.train
     if t.stop_return is not None and row.get("episode_return_mean") is not None \
@@ -189,6 +177,7 @@ def train_policy(spec: Any, folder: str, offline: str | None = None, report: Any
 
     import torch
 
+    from raypipe.train.checkpoint import newest_in
     from raypipe.train.tune.trust import make_private, why_untrusted
 
     torch.set_num_threads(1)
@@ -197,7 +186,7 @@ def train_policy(spec: Any, folder: str, offline: str | None = None, report: Any
     algo = config.build_algo()
     history: list[dict[str, Any]] = []
     resumed = None
-    newest = newest_checkpoint(folder)
+    newest = newest_in(folder, "iter_")
     if newest is not None:
         untrusted = why_untrusted(folder)
         if untrusted:

@@ -18,8 +18,8 @@ import tempfile
 from typing import Any
 
 from raypipe.errors import StageFailed
-from raypipe.train.tune.search import EXPERIMENT, _record_launch, _trial_table, resolved_metric, resumable
-from raypipe.train.tune.space import flat, search_space, trial_count, trial_spec
+from raypipe.train.tune.search import _record_launch, _trial_table, make_tuner, resolved_metric
+from raypipe.train.tune.space import flat, trial_spec
 
 
 def rl_trial(sample: dict[str, Any], *, spec: Any, offline: str | None, work: str) -> None:
@@ -54,7 +54,6 @@ def rl_trial(sample: dict[str, Any], *, spec: Any, offline: str | None, work: st
 def run_rl_search(spec: Any, ctx: Any, offline: str | None) -> dict[str, Any]:
     """Run (or resume) the search; the best trial's policy, history and the trial table."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = spec.tune
     metric, mode = resolved_metric(spec)
@@ -70,31 +69,7 @@ def run_rl_search(spec: Any, ctx: Any, offline: str | None) -> dict[str, Any]:
     per_trial = sum(b["CPU"] for b in bundles)
     concurrent = t.max_concurrent_trials or max(1, int(_cluster_cpus() // per_trial))
     horizon = spec.train.iterations or 1000  # ASHA's max_t: timesteps stop a trial before
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=horizon, grace_period=min(t.grace_period, horizon),
-                               reduction_factor=t.reduction_factor)
-                 if t.scheduler == "asha" else FIFOScheduler())
-    search_alg = None
-    if t.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(seed=t.seed)
-    space = search_space(t.space, t.seed)
-    path = os.path.join(work, EXPERIMENT)
-    if resumable(work_store, path, forced=ctx.forced, log=ctx.log):
-        ctx.log(f"tune: resuming the interrupted search in {path}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=space)
-    else:
-        ctx.log(f"tune: {trial_count(t.space, t.num_samples)} trials, {t.scheduler} scheduler, {t.search} search, "
-                f"{concurrent} at a time, best by {metric} ({mode})")
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
-                                        num_samples=t.num_samples, max_concurrent_trials=concurrent,
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=spec.train.max_failures)))
-    results = tuner.fit()
+    results = make_tuner(spec, ctx, trainable, work_store, concurrent=concurrent, max_t=horizon, reuse=False).fit()
     table = _trial_table(results, metric)
     ctx.artifact.write_json("tune_trials.json", table)
     errors = [r for r in results if r.error is not None]

@@ -177,7 +177,6 @@ def resolved_metric(spec: Any) -> tuple[str, str]:
 def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> training.Fitted:
     """Run (or resume) the search; return the best trial's model."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = spec.tune
     metric, mode = resolved_metric(spec)
@@ -209,7 +208,23 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
     # ASHA's horizon: the epochs the spec's own settings resolve to (a trial whose tuned batch size or
     # epochs resolve to more is stopped there).
     epochs = train_plan(spec, dims).epochs if spec.model.is_torch else 1
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(t.grace_period, epochs),
+    # reuse_actors: a one-process trial's successor runs in the same process (no worker start, torch
+    # already imported). Not for TorchTrainer trials: a reused trial driver left the next trial's
+    # Train run waiting for ever (its predecessor's worker group was never released).
+    results = make_tuner(spec, ctx, trainable, work_store, concurrent=concurrent, max_t=epochs, reuse=reuse).fit()
+    return _best_model(spec, ctx, results, metric, mode, dims, work)
+
+
+def make_tuner(spec: Any, ctx: Any, trainable: Any, work_store: Any, *, concurrent: int, max_t: int,
+               reuse: bool) -> Any:
+    """The search's Tuner: resumed from ``work_store`` when an interrupted one is there (:func:`resumable`),
+    else new, with ``tune.scheduler`` (ASHA over ``max_t`` training iterations, or FIFO) and ``tune.search``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = spec.tune
+    metric, mode = resolved_metric(spec)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(t.grace_period, max_t),
                                reduction_factor=t.reduction_factor)
                  if t.scheduler == "asha" else FIFOScheduler())
     search_alg = None
@@ -218,29 +233,21 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
 
         search_alg = OptunaSearch(seed=t.seed)
     space = search_space(t.space, t.seed)
+    work = work_store.path()
     path = os.path.join(work, EXPERIMENT)
     if resumable(work_store, path, forced=ctx.forced, log=ctx.log):
         ctx.log(f"tune: resuming the interrupted search in {path}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=space)
-    else:
-        ctx.log(f"tune: {trial_count(t.space, t.num_samples)} trials, {t.scheduler} scheduler, {t.search} search, "
-                f"{concurrent} at a time, best by {metric} ({mode})")
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            # reuse_actors: a one-process trial's successor runs in the same process (no worker start, torch
-            # already imported). Not for TorchTrainer trials: a reused trial driver left the next trial's
-            # Train run waiting for ever (its predecessor's worker group was never released).
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
-                                        num_samples=t.num_samples, max_concurrent_trials=concurrent,
-                                        reuse_actors=reuse),
-            # A failed trial (its Train workers, or its node with its driver) is launched again and resumes.
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=spec.train.max_failures)),
-        )
-    results = tuner.fit()
-    return _best_model(spec, ctx, results, metric, mode, dims, work)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=space)
+    ctx.log(f"tune: {trial_count(t.space, t.num_samples)} trials, {t.scheduler} scheduler, {t.search} search, "
+            f"{concurrent} at a time, best by {metric} ({mode})")
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
+                                    num_samples=t.num_samples, max_concurrent_trials=concurrent, reuse_actors=reuse),
+        # A failed trial (its Train workers, or its node with its driver) is launched again and resumes.
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=spec.train.max_failures)))
 
 
 def resumable(work_store: Any, path: str, *, forced: bool, log: Any) -> bool:
