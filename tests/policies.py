@@ -35,11 +35,12 @@ def untrained_module(algo: str, env: gym.Env, hidden: list[int] | None = None, s
     return spec.build(), rescale
 
 
-def register_untrained(storage: Path, name: str, env_id: str, algo: str = "PPO") -> dict[str, Any]:
-    """A ready champion version of pipeline ``name`` holding an untrained ``algo`` policy for ``env_id``;
+def register_untrained(storage: Path, name: str, env_id: str, algo: str = "PPO", alias: str = "champion",
+                       seed: int = 0) -> dict[str, Any]:
+    """A ready version of pipeline ``name`` holding an untrained ``algo`` policy for ``env_id``, under ``alias``;
     returns the spec (as a dict) that names it."""
     env = gym.make(env_id)
-    module, rescale = untrained_module(algo, env)
+    module, rescale = untrained_module(algo, env, seed=seed)
     tmp = Store(str(storage / "_policies" / name))
     save_policy(tmp, policy_meta(algo, module, env.observation_space, env.action_space, normalize_actions=True,
                                  clip_actions=False, rescale_observations=rescale), module)
@@ -47,6 +48,6 @@ def register_untrained(storage: Path, name: str, env_id: str, algo: str = "PPO")
     files.update({"metrics.json": json.dumps({"metrics": {}}).encode(), "lineage.json": b"{}"})
     reg = Registry(str(storage), name)
     version = reg.register(files, status="ready", meta={"task": "reinforcement", "kind": f"rllib:{algo}"})
-    reg.set_alias("champion", version, reason="test")
+    reg.set_alias(alias, version, reason="test")
     return {"name": name, "storage": str(storage), "data": {"task": "reinforcement", "env": {"id": env_id}},
             "model": {"kind": f"rllib:{algo}"}, "train": {"iterations": 1}, "deploy": {"enabled": False}}

@@ -128,6 +128,38 @@ def test_a_policy_endpoint_says_where_rows_go_and_documents_act(cartpole):
     assert "observations" in json.dumps(schema["paths"]["/act"]["post"]["requestBody"])
 
 
+def test_policies_take_canary_shares_and_swap_in_place(cartpole):
+    """A second version (an untrained policy) as the challenger: a canary share answers with it, and promoting it
+    swaps the running replicas over, as for every endpoint."""
+    from collections import Counter
+
+    from raypipe.serve.deploy import deploy
+    from tests.policies import register_untrained
+    from tests.serve.helpers import with_deploy
+
+    spec, result, _ = cartpole
+    register_untrained(Path(spec.storage), spec.name, "CartPole-v1", alias="challenger", seed=3)
+    reg = Registry.for_spec(spec)
+    v1, v2 = result.version, reg.alias("challenger")
+    body = {"observations": _observations(4)}
+    canary = deploy(with_deploy(spec, route_prefix="/rl-canary", canary={"alias": "challenger", "percent": 50}),
+                    app_name="rl-canary")
+    try:
+        with httpx.Client(timeout=30) as http:
+            versions = Counter(http.post(f"{canary.url}/act", json=body).json()["version"] for _ in range(60))
+        assert set(versions) == {v1, v2}, versions
+        reg.set_alias("champion", v2, reason="test: promote the challenger")
+        swapped = deploy(with_deploy(spec, route_prefix="/rl-canary"), app_name="rl-canary")
+        assert swapped.version == v2
+        with httpx.Client(timeout=30) as http:
+            assert {http.post(f"{swapped.url}/act", json=body).json()["version"] for _ in range(10)} == {v2}
+    finally:
+        reg.set_alias("champion", v1, reason="test: restore")
+        from ray import serve
+
+        serve.delete("rl-canary")
+
+
 def test_ppo_beats_the_maintenance_threshold_policy(ray_session, tmp_path):
     result = raypipe.run(raypipe.load_spec(_example("maintenance_policy", tmp_path / "store")),
                          progress=Progress(quiet=True))
