@@ -84,21 +84,34 @@ def raypipe_spec(storage: str, seed: int, stop_return: float, timesteps: int) ->
 
 
 def child_raypipe(seed: int, stop_return: float, timesteps: int, tmp: str) -> dict[str, Any]:
-    """(a), inside its own process: one `raypipe.run` of the spec."""
-    import raypipe
-    from raypipe.progress import Progress
+    """(a), inside its own process: one `raypipe.run` of the spec.
 
-    spec = raypipe.load_spec(raypipe_spec(str(Path(tmp) / "store"), seed, stop_return, timesteps))
+    Read back from the run's manifest (stage seconds, metrics) and the train stage's ``train_report.json``, so
+    that a run whose policy misses the gate (``GateFailed``: registered as rejected) is reported too."""
+    import raypipe
+    from raypipe.errors import GateFailed
+    from raypipe.progress import Progress
+    from raypipe.stage import artifact_path
+
+    storage = Path(tmp) / "store"
+    spec = raypipe.load_spec(raypipe_spec(str(storage), seed, stop_return, timesteps))
     t0 = time.perf_counter()
-    result = raypipe.run(spec, progress=Progress(quiet=True))
+    try:
+        raypipe.run(spec, progress=Progress(quiet=True))
+        gate = "passed"
+    except GateFailed:
+        gate = "not passed"
     s = time.perf_counter() - t0
-    stages = {st["name"]: round(st["seconds"], 2) for st in result.stages}
-    train = result.outputs["train"]
-    report = train.store.read_json(train.outputs.report)
+    (manifest_path,) = storage.glob("runs/*/manifest.json")  # fresh storage: this run's only
+    manifest = json.loads(manifest_path.read_text())
+    stages = {st["name"]: round(st["seconds"], 2) for st in manifest["stages"]}
+    train = next(st for st in manifest["stages"] if st["name"] == "train")
+    report = json.loads((storage / artifact_path("train", train["fingerprint"]) / "train_report.json").read_text())
     last = report["history"][-1]
     return {"in_process_s": s, "train_s": stages.get("train"), "stages": stages, "steps": last["timesteps"],
             "iterations": last["iteration"], "train_return": last["episode_return_mean"],
-            "eval_return": result.metrics.get("episode_return_mean"), "stopped": report["stopped"]}
+            "eval_return": (manifest.get("metrics") or {}).get("episode_return_mean"), "stopped": report["stopped"],
+            "gate": gate}
 
 
 def child_rllib(seed: int, stop_return: float, timesteps: int, tmp: str) -> dict[str, Any]:
@@ -272,7 +285,7 @@ def main() -> None:
         **{f"{w}": rounded[w] for w in ways},
         "ratio_raypipe_rllib": round(ratio_b, 2), "ratio_raypipe_sb3": None if ratio_c is None else round(ratio_c, 2),
         "target_met": met, "raypipe_stages": runs["raypipe"][-1]["stages"],
-        "runs": {w: [{k: r.get(k) for k in ("wall_s", "steps", "iterations", "train_return", "stopped")}
+        "runs": {w: [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k != "stages"}
                      for r in rs] for w, rs in runs.items()},
         "cpus": os.cpu_count(),
     }))
