@@ -155,10 +155,11 @@ def child_sb3(seed: int, stop_return: float, timesteps: int, tmp: str, params: s
 
         def __init__(self) -> None:
             super().__init__()
-            self.rollouts, self.mean, self.done = 0, None, False
+            self.rollouts, self.mean, self.done, self.steps = 0, None, False, 0
 
         def _on_rollout_end(self) -> None:
             self.rollouts += 1
+            self.steps = self.num_timesteps  # the next rollout's first step, where it stops, is not counted
             buf = self.model.ep_info_buffer
             if buf:
                 self.mean = float(np.mean([e["r"] for e in buf]))
@@ -182,7 +183,7 @@ def child_sb3(seed: int, stop_return: float, timesteps: int, tmp: str, params: s
     t_built = time.perf_counter()
     model.learn(total_timesteps=timesteps, callback=cb)
     t_trained = time.perf_counter()
-    return {"in_process_s": t_trained - t0, "train_s": t_trained - t_built, "steps": int(model.num_timesteps),
+    return {"in_process_s": t_trained - t0, "train_s": t_trained - t_built, "steps": int(cb.steps if cb.done else model.num_timesteps),
             "iterations": cb.rollouts, "gradient_epochs": int(model._n_updates), "train_return": cb.mean,
             "eval_return": None, "stopped": "stop_return" if cb.done else "timesteps", "params": params,
             "torch_threads": torch.get_num_threads()}
@@ -192,6 +193,8 @@ def run_child(python: str, way: str, args: argparse.Namespace, seed: int, home: 
     """One way in a fresh process; its result with ``wall_s``, the whole command's time."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAYPIPE_HOME"] = home  # a private raypipe home: (a) starts its own Ray even if `raypipe up` runs
+    if args.torch_threads:  # the driver's torch threads in (b), SB3's in (c); raypipe's train task already uses 1
+        env["OMP_NUM_THREADS"] = str(args.torch_threads)
     with tempfile.TemporaryDirectory(prefix=f"rl-bench-{way}-", ignore_cleanup_errors=True) as tmp:
         cmd = [python, os.path.abspath(__file__), "--child", way, "--seed", str(seed), "--tmp", tmp,
                "--stop-return", str(args.stop_return), "--timesteps", str(args.timesteps),
@@ -224,6 +227,9 @@ def main() -> None:
     ap.add_argument("--sb3-python", help="a python with stable_baselines3 (see the docstring); without it (c) is skipped")
     ap.add_argument("--sb3-params", choices=("matched", "zoo"), default="matched",
                     help="(c)'s hyperparameters: matched to (a)/(b), or rl-zoo3's tuned CartPole-v1 ones")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="OMP_NUM_THREADS for every child (0: unset, torch's default of one thread per core, as a "
+                         "user's script gets; raypipe's train task sets 1 itself)")
     ap.add_argument("--child", choices=("raypipe", "rllib", "sb3"), help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -281,7 +287,7 @@ def main() -> None:
     rounded = {w: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in m.items()} for w, m in med.items()}
     print(json.dumps({
         "bench": "rl", "env": ENV_ID, "stop_return": args.stop_return, "timesteps": args.timesteps,
-        "repeats": args.repeats, "sb3_params": args.sb3_params if "sb3" in ways else None,
+        "repeats": args.repeats, "torch_threads": args.torch_threads or None, "sb3_params": args.sb3_params if "sb3" in ways else None,
         **{f"{w}": rounded[w] for w in ways},
         "ratio_raypipe_rllib": round(ratio_b, 2), "ratio_raypipe_sb3": None if ratio_c is None else round(ratio_c, 2),
         "target_met": met, "raypipe_stages": runs["raypipe"][-1]["stages"],
