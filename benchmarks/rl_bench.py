@@ -39,6 +39,19 @@ by their median. Target: raypipe's wall time <= 1.1x the plain RLlib script's. P
 table and, last, one JSON line. Not a test: timings depend on the machine, and RL's
 steps-to-450 vary with the seed.
 
+What each way counts: env steps are environment steps sampled (RLlib's
+``num_env_steps_sampled_lifetime``, SB3's ``num_timesteps`` up to the end of the rollout that
+reached the return), so (a) and (b) count whole 4000-step iterations; "iterations" are
+RLlib's ``training_iteration`` and SB3's rollouts (each followed by ``n_epochs`` passes of
+minibatch updates; ``gradient_epochs`` in the JSON). (a) and (b) with the same seed follow
+the same trajectory (same steps, same returns). Threads: raypipe's train task runs torch
+with one thread (``torch.set_num_threads(1)``; Ray also sets ``OMP_NUM_THREADS=1`` in its
+workers), while the script's learner (in the driver) and SB3 use torch's default, one
+thread per core. On the 2-core machine under other load, one short check (``--sb3-params
+zoo``, 3,072 steps) trained in 62.8 s with torch's default and 1.2 s with one thread, and
+(b) was slower than (a); ``--torch-threads 1`` sets ``OMP_NUM_THREADS`` for every child to
+see the difference.
+
     PYTHONPATH=. .venv/bin/python benchmarks/rl_bench.py [--repeats 1] [--timesteps 200000] \\
         [--sb3-python /tmp/sb3venv/bin/python] [--sb3-params matched|zoo]
 
