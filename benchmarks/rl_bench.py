@@ -124,7 +124,10 @@ def child_raypipe(seed: int, stop_return: float, timesteps: int, tmp: str) -> di
     return {"in_process_s": s, "train_s": stages.get("train"), "stages": stages, "steps": last["timesteps"],
             "iterations": last["iteration"], "train_return": last["episode_return_mean"],
             "eval_return": (manifest.get("metrics") or {}).get("episode_return_mean"), "stopped": report["stopped"],
-            "gate": gate}
+            "gate": gate, "resumed_from": report.get("resumed_from"),
+            # 4000 each unless an env runner was lost (RLlib restarts it; that iteration samples less)
+            "steps_per_iteration": sorted({b["timesteps"] - a["timesteps"]
+                                           for a, b in zip([{"timesteps": 0}] + report["history"], report["history"])})}
 
 
 def child_rllib(seed: int, stop_return: float, timesteps: int, tmp: str) -> dict[str, Any]:
