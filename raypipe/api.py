@@ -57,6 +57,17 @@ def predict(spec: Spec | str | Path | dict[str, Any] | None, input: str, output:
     return predict_files(as_spec(spec), input, output, version=version, alias=alias, address=address)
 
 
+def _not_for_policies(spec: Spec, command: str) -> None:
+    """Monitoring works on rows and labels; a policy (task reinforcement) has neither yet: say so up front."""
+    from raypipe.errors import SpecError
+    from raypipe.tasks import TASKS
+
+    if TASKS[spec.data.task].policy:
+        raise SpecError(f"{command}: monitoring (prediction log, drift, late labels, retraining) is not built for "
+                        f"policies (data.task: {spec.data.task!r}); a policy is judged by `raypipe run`'s seeded "
+                        "evaluation episodes")
+
+
 def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str | None = None, *, version: int | None = None,
             alias: str | None = None, report: str | Path | None = None, address: str | None = None,
             last: str | None = None, since: Any = None, until: Any = None) -> Any:
@@ -93,6 +104,7 @@ def monitor(spec: Spec | str | Path | dict[str, Any] | None, input: str | None =
     if windowed == (input is not None):
         raise SpecError("give --input (a file of rows) or a log window (--last or --since/--until), one of them")
     s = as_spec(spec)
+    _not_for_policies(s, "raypipe monitor")
     reg = Registry.for_spec(s)
     if windowed:
         if version is not None or alias is not None:
@@ -131,6 +143,7 @@ def retrain(spec: Spec | str | Path | dict[str, Any] | None, check: Any, *, addr
     from raypipe.monitor.retrain import RetrainOutcome, retrain as run_retrain, settle_canary, trigger_of
 
     s = as_spec(spec)
+    _not_for_policies(s, "raypipe retrain")
     settled = settle_canary(s, address=address)  # a canary an earlier retrain left, judged once its window passed
     if settled is not None:
         return settled
@@ -157,6 +170,7 @@ def monitor_serve(spec: Spec | str | Path | dict[str, Any] | None, *, address: s
     from raypipe.serve.deploy import QUIET, api_key_digest, http_timeout_s
 
     s = as_spec(spec)
+    _not_for_policies(s, "raypipe monitor --serve")
     digest = api_key_digest(s)
     connect_for(s, address, serving=True)
     d = s.deploy
@@ -216,6 +230,7 @@ def feedback(spec: Spec | str | Path | dict[str, Any] | None, input: str, *, id_
     from raypipe.registry import Registry
 
     s = as_spec(spec)
+    _not_for_policies(s, "raypipe feedback")
     if id_column is not None and id_column not in s.data.id_columns:
         raise SpecError(f"--id-column {id_column!r} is not one of data.id_columns {s.data.id_columns}; "
                         "use one of them, or join by request_id")
