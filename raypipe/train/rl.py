@@ -41,8 +41,8 @@ def check_installed(spec: Any) -> None:
                         "pip install 'raypipe[rl]' (after the CPU build of torch, on machines without a GPU)")
 
 
-def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str | None = None) -> Any:
-    """RLlib's AlgorithmConfig for the spec (``overrides``: extra ``model.params`` values)."""
+def algo_config(spec: Any, offline: str | None = None) -> Any:
+    """RLlib's AlgorithmConfig for the spec (``offline``: the folder of logged transitions in RLlib's layout)."""
     from ray.tune.registry import register_env
 
     from raypipe.envs.make import env_creator, spaces
@@ -50,7 +50,7 @@ def algo_config(spec: Any, overrides: dict[str, Any] | None = None, offline: str
 
     register_env(ENV_NAME, env_creator)
     _, config = algorithm(spec.model.algo)
-    params = {**spec.model.params, **(overrides or {})}
+    params = dict(spec.model.params)
     model_config = params.pop("model", None)
     env = spec.data.env.model_dump()
     obs_space, act_space = spaces(env)
@@ -182,7 +182,7 @@ def train_policy(spec: Any, folder: str, offline: str | None = None, report: Any
 
     torch.set_num_threads(1)
     make_private(folder)
-    config = algo_config(spec, None, offline)
+    config = algo_config(spec, offline)
     algo = config.build_algo()
     history: list[dict[str, Any]] = []
     resumed = None
