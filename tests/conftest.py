@@ -79,3 +79,25 @@ def champion_predictor(storage: Path, name: str, trusted: tuple[str, ...] = ()):
 
     reg = Registry(str(storage), name)
     return Predictor.from_version(reg.version_store(reg.alias("champion")), trusted=trusted)
+
+
+def serve_apps() -> set[str]:
+    """The Serve applications of this process's Ray (none before Ray or Serve has started)."""
+    import ray
+
+    if not ray.is_initialized():
+        return set()
+    from ray import serve
+
+    try:
+        return set(serve.status().applications)
+    except Exception:  # Serve not started yet
+        return set()
+
+
+def delete_new_apps(before: set[str]) -> None:
+    """Delete the Serve applications deployed since ``before`` was taken."""
+    from ray import serve
+
+    for name in serve_apps() - before:
+        serve.delete(name)

@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import delete_new_apps, serve_apps
+
 
 @pytest.fixture(autouse=True)
 def delete_apps_deployed_by_the_test():
-    import ray
-
-    def apps() -> set[str]:
-        if not ray.is_initialized():
-            return set()
-        try:
-            from ray import serve
-
-            return set(serve.status().applications)
-        except Exception:  # Serve not started yet
-            return set()
-
-    before = apps()
+    before = serve_apps()  # no Ray started for the tests that need none
     yield
-    left = apps() - before
-    if left:
-        from ray import serve
-
-        for name in left:
-            serve.delete(name)
+    delete_new_apps(before)

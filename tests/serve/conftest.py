@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import delete_new_apps, serve_apps
+
 
 @pytest.fixture(autouse=True)
 def delete_apps_deployed_by_the_test(ray_session):
-    from ray import serve
-
-    def apps() -> set[str]:
-        try:
-            return set(serve.status().applications)
-        except Exception:  # Serve not started yet
-            return set()
-
-    before = apps()
+    before = serve_apps()
     yield
-    for name in apps() - before:
-        serve.delete(name)
+    delete_new_apps(before)
