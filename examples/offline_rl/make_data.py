@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raypipe.envs.logged import log_transitions
+from raypipe.envs.logged import log_transitions, returns
 from raypipe.envs.policies import cartpole_policy, noisy
 
 EPSILON = 0.05
@@ -26,7 +26,7 @@ def make(out: Path, episodes: int = 40, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     policy = noisy(cartpole_policy, EPSILON, rng, gym.make("CartPole-v1").action_space)
     df = log_transitions("CartPole-v1", policy, episodes=episodes, seed=seed)
-    mean_return = float(df.groupby("eps_id")["reward"].sum().mean())
+    mean_return = float(returns(df).mean())
     frame = df.astype(object)
     bad = rng.choice(len(frame), size=max(3, len(frame) // 500), replace=False)
     frame.loc[bad[: len(bad) // 2], "obs_2"] = "ERR"       # stray text in a numeric column: quarantined
