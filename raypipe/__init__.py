@@ -16,6 +16,7 @@ from raypipe.version import __version__  # noqa: F401
 # or `import raypipe.serve.deploy` anywhere would replace raypipe.serve with a module.
 import raypipe.serve as _serve_package  # noqa: E402,F401
 import raypipe.monitor as _monitor_package  # noqa: E402,F401  (the same, for monitor())
+import raypipe.feedback as _feedback_module  # noqa: E402,F401  (the same, for feedback())
 from raypipe.api import feedback, monitor, predict, retrain, run, serve  # noqa: E402
 from raypipe.errors import (  # noqa: E402
     ArtifactError,
