@@ -26,7 +26,7 @@ from raypipe.store import Store
 
 STAGES: tuple[StageDef, ...] = (
     StageDef("ingest", ("data",), "raypipe.ingest.stage:run"),
-    StageDef("validate", ("validate",), "raypipe.validate.stage:run",
+    StageDef("validate", ("validate", "features.windows"), "raypipe.validate.stage:run",
              externals="raypipe.validate.reference:digest"),
     StageDef("features", ("features",), "raypipe.features.stage:run"),
     StageDef("train", ("model", "train", "tune"), "raypipe.train.stage:run"),

@@ -435,7 +435,26 @@ class PcaFeatures(_Section):
     whiten: bool = False
 
 
+class WindowFeatures(_Section):
+    """Per-device rolling statistics over the last ``size`` readings (see :mod:`raypipe.model.features.windows`).
+
+    ``by``: the device column; ``order``: the column giving the readings' time order;
+    ``columns``: the numeric columns to summarise; ``stats``: of mean, std, min, max, slope.
+    Each adds ``<column>_w<size>_<stat>``. Computed by the validate stage over every split
+    (a window sees the device's earlier readings, whatever split they are in, and never a
+    later one) and by ``raypipe stream`` from each device's last readings.
+    """
+
+    by: str
+    order: str
+    columns: list[str] = Field(min_length=1)
+    size: int = Field(default=10, ge=2, le=10_000)
+    stats: list[Literal["mean", "std", "min", "max", "slope"]] = Field(
+        default_factory=lambda: ["mean", "std", "min", "max", "slope"], min_length=1)
+
+
 class FeaturesSection(_Section):
+    windows: WindowFeatures | None = None
     numeric: NumericFeatures = Field(default_factory=NumericFeatures)
     categorical: CategoricalFeatures = Field(default_factory=CategoricalFeatures)
     text: TextFeatures = Field(default_factory=TextFeatures)
@@ -1039,6 +1058,7 @@ class Spec(_Section):
                              "(baselines are for classification and regression); remove it")
         if gate.max_slice_gap and not self.evaluate.slices:
             raise ValueError("evaluate.gate.max_slice_gap needs evaluate.slices: the columns to slice the test split by")
+        _window_checks(self)
         _policy_checks(self)
         return self
 
@@ -1046,9 +1066,12 @@ class Spec(_Section):
     def route_prefix(self) -> str:
         return self.deploy.route_prefix or f"/{self.name}"
 
-    def section(self, name: str) -> dict[str, Any]:
-        """One section as plain JSON-able data (by its YAML key)."""
-        return self.model_dump(mode="json", by_alias=True)[name]
+    def section(self, name: str) -> Any:
+        """One section as plain JSON-able data (by its YAML key; ``features.windows`` for a part of one)."""
+        doc: Any = self.model_dump(mode="json", by_alias=True)
+        for key in name.split("."):
+            doc = doc[key]
+        return doc
 
     def redacted(self) -> dict[str, Any]:
         """The spec as plain data to store or log: literal HTTP header and parameter values (which may
@@ -1063,6 +1086,24 @@ class Spec(_Section):
 
 _RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "env_runners", "checkpoint_every",
                     "rescale_observations")
+
+
+def _window_checks(spec: "Spec") -> None:
+    """``features.windows`` summarises feature readings of a device: never the target, and not the device itself."""
+    w = spec.features.windows
+    if w is None:
+        return
+    if TASKS[spec.data.task].policy:
+        raise ValueError("features.windows does not apply to task reinforcement: remove it")
+    for name in w.columns:
+        if name == spec.data.target:
+            raise ValueError(f"features.windows.columns: {name!r} is the target; a window of the labels would leak "
+                             "them into the features: remove it")
+        if name in (w.by, w.order):
+            raise ValueError(f"features.windows.columns: {name!r} is the window's by/order column; summarise "
+                             "sensor readings, not the device or the clock")
+    if w.by == spec.data.target or w.order == spec.data.target:
+        raise ValueError(f"features.windows: by/order {spec.data.target!r} is the target; name the device and time columns")
 
 
 def _policy_checks(spec: "Spec") -> None:

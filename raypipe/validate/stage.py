@@ -326,10 +326,17 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
     if errors:
         ctx.log(f"data report: {ctx.artifact.full_uri('report.html')}")
         raise DataValidationError(errors)
+    splits, data_schema = {s: f"valid/{s}" for s in checks if has_rows(ctx.artifact, f"valid/{s}")}, schema
+    if ctx.spec.features.windows is not None:
+        from raypipe.validate.windows import add_to_splits
+
+        splits, schema = add_to_splits(ctx.artifact, splits, ctx.spec.features.windows, schema)
+        ctx.log(f"features.windows: {len(splits)} split(s) with {ctx.spec.features.windows.size}-reading windows "
+                f"of {len(ctx.spec.features.windows.columns)} column(s) per {ctx.spec.features.windows.by}")
     ctx.artifact.write_json("schema.json", schema)
     ctx.artifact.write_json("profile.json", checks["train"].profile)
     if ref_status == "written":
-        refs.save_reference(ctx.root, ctx.spec.name, schema, checks["train"].profile,
+        refs.save_reference(ctx.root, ctx.spec.name, data_schema, checks["train"].profile,
                             origin={"written_by": ctx.base_fingerprint, "saw": ctx.external})
     counts = {s: c.counts for s, c in checks.items()}
     quarantined = sum(c["quarantined"] for c in counts.values())
@@ -337,6 +344,6 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
             f"warnings: {len(warnings)}; reference: {ref_status}")
     return ValidateOutput(
         schema="schema.json", profile="profile.json", report="report.json", report_html="report.html",
-        splits={s: f"valid/{s}" for s in checks if has_rows(ctx.artifact, f"valid/{s}")},
+        splits=splits,
         counts=counts, quarantined=quarantined, warnings=warnings, reference=ref_status,
     )
