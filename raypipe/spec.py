@@ -71,7 +71,7 @@ class RaySection(_Section):
 
 
 # --- data --------------------------------------------------------------------------
-BUILTIN_DATASETS = ("transactions", "sensors", "breast_cancer", "digits", "wine", "iris", "diabetes")
+BUILTIN_DATASETS = ("transactions", "sensors", "credit", "breast_cancer", "digits", "wine", "iris", "diabetes")
 
 
 class _Snapshot(_Section):
@@ -83,10 +83,10 @@ class _Snapshot(_Section):
 
 
 class BuiltinSource(_Section):
-    """Built-in data: ``transactions`` and ``sensors`` are generated; the rest are scikit-learn's bundled sets."""
+    """Built-in data: ``transactions``, ``sensors`` and ``credit`` are generated; the rest are scikit-learn's bundled sets."""
 
     type: Literal["builtin"]
-    name: Literal["transactions", "sensors", "breast_cancer", "digits", "wine", "iris", "diabetes"] = "transactions"
+    name: Literal["transactions", "sensors", "credit", "breast_cancer", "digits", "wine", "iris", "diabetes"] = "transactions"
     rows: int = Field(default=50_000, ge=100, description="generated sets only")
     seed: int = 0
     drift: float = Field(default=0.0, ge=0.0, description="generated sets only")
