@@ -51,6 +51,7 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, scores: np.ndarray,
     probs = probs / probs.sum(axis=1, keepdims=True)
     out["log_loss"] = float(skm.log_loss(y, probs, labels=labels)) if len(y) else None
     out["brier"] = float(skm.brier_score_loss(y, probs[:, 1])) if n == 2 and len(y) else None
+    out["sensitivity"], out["specificity"] = _sensitivity_specificity(y, pred) if n == 2 else (None, None)
     if len(np.unique(y)) < 2:
         out["roc_auc"] = out["pr_auc"] = None  # undefined with one class in the split
     elif n == 2:
@@ -63,6 +64,12 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, scores: np.ndarray,
         out["roc_auc"] = float(skm.roc_auc_score(onehot[:, present], probs[:, present], average="macro"))
         out["pr_auc"] = float(skm.average_precision_score(onehot[:, present], scores[:, present], average="macro"))
     return out
+
+
+def _sensitivity_specificity(y: np.ndarray, pred: np.ndarray) -> tuple[float | None, float | None]:
+    """True-positive and true-negative rates of binary decisions (``None`` without that class)."""
+    (tn, fp), (fn, tp) = skm.confusion_matrix(y, pred, labels=[0, 1])
+    return (float(tp / (tp + fn)) if tp + fn else None), (float(tn / (tn + fp)) if tn + fp else None)
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -117,14 +124,23 @@ def anomaly_metrics(score: np.ndarray, y: np.ndarray | None = None, *, k: int | 
     return out
 
 
-def choose_threshold(y: np.ndarray, p1: np.ndarray, strategy: str = "max_f1", target_recall: float | None = None) -> float:
-    """The decision threshold on the positive-class score.
+def choose_threshold(y: np.ndarray, p1: np.ndarray, strategy: str = "max_f1", target_recall: float | None = None,
+                     target_specificity: float | None = None) -> float:
+    """The decision threshold on the positive-class score (a row is positive when its score is ``>=`` it).
 
     ``max_f1``: maximises F1. ``target_recall``: the highest threshold whose recall is
     still at least ``target_recall`` (the most precise model that catches enough).
+    ``target_specificity``: the lowest threshold whose specificity is still at least
+    ``target_specificity`` (the most sensitive model that raises few enough false alarms;
+    the screening test's operating point). Where no threshold reaches it, the highest score.
     """
     if len(np.unique(y)) < 2:
         return 0.5
+    if strategy == "target_specificity":
+        # roc_curve: thresholds fall, FPR rises; every distinct score is a point (drop_intermediate=False)
+        fpr, _, thresholds = skm.roc_curve(y, p1, drop_intermediate=False)
+        ok = np.flatnonzero(fpr[1:] <= 1.0 - float(target_specificity or 0.0) + 1e-12) + 1  # [0] is +inf
+        return float(thresholds[ok[-1]]) if len(ok) else float(thresholds[1])
     precision, recall, thresholds = skm.precision_recall_curve(y, p1)
     if strategy == "target_recall":
         ok = np.flatnonzero(recall[:-1] >= float(target_recall or 0.0))

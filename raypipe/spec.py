@@ -71,7 +71,7 @@ class RaySection(_Section):
 
 
 # --- data --------------------------------------------------------------------------
-BUILTIN_DATASETS = ("transactions", "sensors", "breast_cancer", "digits", "wine", "iris", "diabetes")
+BUILTIN_DATASETS = ("transactions", "sensors", "credit", "breast_cancer", "digits", "wine", "iris", "diabetes")
 
 
 class _Snapshot(_Section):
@@ -83,10 +83,10 @@ class _Snapshot(_Section):
 
 
 class BuiltinSource(_Section):
-    """Built-in data: ``transactions`` and ``sensors`` are generated; the rest are scikit-learn's bundled sets."""
+    """Built-in data: ``transactions``, ``sensors`` and ``credit`` are generated; the rest are scikit-learn's bundled sets."""
 
     type: Literal["builtin"]
-    name: Literal["transactions", "sensors", "breast_cancer", "digits", "wine", "iris", "diabetes"] = "transactions"
+    name: Literal["transactions", "sensors", "credit", "breast_cancer", "digits", "wine", "iris", "diabetes"] = "transactions"
     rows: int = Field(default=50_000, ge=100, description="generated sets only")
     seed: int = 0
     drift: float = Field(default=0.0, ge=0.0, description="generated sets only")
@@ -690,8 +690,11 @@ class GateSection(_Section):
 class ThresholdSection(_Section):
     """How the decision threshold of binary classifiers is chosen, on the validation split."""
 
-    strategy: Literal["max_f1", "target_recall", "fixed"] = "max_f1"
+    strategy: Literal["max_f1", "target_recall", "target_specificity", "fixed"] = "max_f1"
     target_recall: float | None = Field(default=None, gt=0.0, le=1.0)
+    target_specificity: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="strategy target_specificity: the lowest threshold whose "
+        "specificity (true-negative rate) on validation is at least this; gate on sensitivity at it")
     value: float = Field(default=0.5, description="the threshold with strategy: fixed")
     anomaly_rate: float = Field(default=0.01, gt=0.0, lt=0.5,
                                 description="task anomaly without labels: the share of rows flagged on validation")
@@ -700,6 +703,12 @@ class ThresholdSection(_Section):
     def _recall_given(self) -> "ThresholdSection":
         if self.strategy == "target_recall" and self.target_recall is None:
             raise ValueError("strategy 'target_recall' needs target_recall, e.g. target_recall: 0.9")
+        if self.strategy == "target_specificity" and self.target_specificity is None:
+            raise ValueError("strategy 'target_specificity' needs target_specificity, e.g. target_specificity: 0.9")
+        for name in ("target_recall", "target_specificity"):
+            if getattr(self, name) is not None and self.strategy != name:
+                raise ValueError(f"{name}: {getattr(self, name)} is only used with strategy: {name} (the strategy "
+                                 f"is {self.strategy!r}); set strategy: {name} or remove {name}")
         return self
 
 

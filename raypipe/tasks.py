@@ -109,7 +109,8 @@ class Task:
 
 
 _CLASSIFICATION_ALL = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted",
-                       "roc_auc", "pr_auc", "log_loss", "brier")
+                       "roc_auc", "pr_auc", "log_loss", "brier",
+                       "sensitivity", "specificity")  # binary only: true-positive and true-negative rates
 RL_METRICS = ("episode_return_mean", "episode_return_median", "episode_return_min", "episode_return_max",
               "episode_return_std", "episode_len_mean")
 TASKS: dict[str, Task] = {t.name: t for t in (

@@ -571,3 +571,27 @@ def test_rl_settings_on_a_tabular_spec_are_refused() -> None:
         load_spec({**tabular, "train": {"timesteps": 100}})
     with pytest.raises(SpecError, match="data.env applies to task reinforcement"):
         load_spec({**tabular, "data": {**tabular["data"], "env": {"id": "CartPole-v1"}}})
+
+
+@pytest.mark.parametrize("threshold, fragment", [
+    ({"strategy": "target_specificity"}, "needs target_specificity, e.g. target_specificity: 0.9"),
+    ({"strategy": "target_specificity", "target_specificity": 1.5}, "evaluate.threshold.target_specificity"),
+    ({"strategy": "max_f1", "target_specificity": 0.9}, "only used with strategy: target_specificity"),
+    ({"strategy": "target_specificity", "target_specificity": 0.9, "target_recall": 0.8},
+     "only used with strategy: target_recall"),
+])
+def test_target_specificity_threshold_is_checked(tmp_path: Path, threshold: dict[str, Any], fragment: str) -> None:
+    raw = minimal()
+    raw["evaluate"] = {"threshold": threshold}
+    problems = problems_of(raw, tmp_path)
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+def test_sensitivity_at_a_target_specificity_is_a_gate(tmp_path: Path) -> None:
+    raw = minimal()
+    raw["evaluate"] = {"metrics": ["roc_auc", "sensitivity", "specificity"],
+                       "threshold": {"strategy": "target_specificity", "target_specificity": 0.9},
+                       "gate": {"min": {"sensitivity": 0.7, "specificity": 0.85}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    spec = load_spec(tmp_path / "s.yaml")
+    assert spec.evaluate.threshold.target_specificity == 0.9 and spec.evaluate.gate.min["sensitivity"] == 0.7

@@ -82,7 +82,9 @@ def threshold_finding(strategy: str, threshold: float, validation: dict[str, Any
     if validation is None or validation.get("recall") is None:
         return [f"Decision threshold {threshold:.4f} ({strategy})."]
     return [f"Decision threshold {threshold:.4f}, chosen on validation ({strategy}): "
-            f"precision {validation['precision']:.3f}, recall {validation['recall']:.3f} there."]
+            f"precision {validation['precision']:.3f}, recall {validation['recall']:.3f}"
+            + (f", specificity {validation['specificity']:.3f}" if validation.get("specificity") is not None else "")
+            + " there."]
 
 
 def baseline_findings(task: str, test: dict[str, Any], baselines: dict[str, Any] | None) -> tuple[list[str], bool]:

@@ -46,11 +46,12 @@ def pick_threshold(cfg: Any, validation: Scored | None) -> tuple[float, str]:
     if validation is not None and validation.task == "anomaly":
         score = validation.scores[:, 0]
         if validation.y is not None and len(np.unique(validation.y)) == 2:
-            return choose_threshold(validation.y, score, cfg.strategy, cfg.target_recall), cfg.strategy
+            return choose_threshold(validation.y, score, cfg.strategy, cfg.target_recall, cfg.target_specificity), cfg.strategy
         return float(np.quantile(score, 1 - cfg.anomaly_rate)), f"top {cfg.anomaly_rate:g} of validation scores"
     if validation is None or validation.class_names is None or len(validation.class_names) != 2:
         return 0.5, "default (not a binary problem or no validation split)"
-    return choose_threshold(validation.y, validation.scores[:, 1], cfg.strategy, cfg.target_recall), cfg.strategy
+    return choose_threshold(validation.y, validation.scores[:, 1], cfg.strategy, cfg.target_recall,
+                            cfg.target_specificity), cfg.strategy
 
 
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:

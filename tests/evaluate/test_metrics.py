@@ -302,3 +302,46 @@ def test_gap_higher_is_better(metric):
 def test_lower_is_better_set():
     assert {"rmse", "mae", "mape", "log_loss", "brier", "davies_bouldin"} <= LOWER_IS_BETTER
     assert not {"f1", "accuracy", "roc_auc", "r2", "silhouette"} & LOWER_IS_BETTER
+
+
+def test_target_specificity_by_hand():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    p1 = np.array([0.1, 0.2, 0.4, 0.6, 0.8, 0.9])
+    # negatives score 0.1, 0.4, 0.9: specificity at p >= 0.6 (or 0.8, 0.9): 2/3, at 0.4 or 0.2: 1/3, at 0.1: 0
+    assert choose_threshold(y, p1, "target_specificity", target_specificity=0.6) == pytest.approx(0.6)
+    assert choose_threshold(y, p1, "target_specificity", target_specificity=0.3) == pytest.approx(0.2)
+    # the top score is a negative: no threshold reaches 0.9, the most specific one (the highest score) is taken
+    assert choose_threshold(y, p1, "target_specificity", target_specificity=0.9) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95])
+def test_target_specificity_is_the_most_sensitive_threshold_meeting_it(target):
+    y, _, scores = _binary(n=300, seed=7)
+    p1 = scores[:, 1]
+
+    def spec_sens(t):
+        pred = p1 >= t
+        return (~pred[y == 0]).mean(), pred[y == 1].mean()
+
+    t = choose_threshold(y, p1, "target_specificity", target_specificity=target)
+    spec, sens = spec_sens(t)
+    assert spec >= target
+    ok = [c for c in np.unique(p1) if spec_sens(c)[0] >= target]
+    assert t == pytest.approx(min(ok))
+    assert sens == pytest.approx(max(spec_sens(c)[1] for c in ok))
+    lower = np.unique(p1)[np.unique(p1) < t]
+    assert len(lower) == 0 or spec_sens(lower.max())[0] < target
+
+
+def test_sensitivity_and_specificity_by_hand():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    p1 = np.array([0.1, 0.2, 0.4, 0.6, 0.8, 0.9])
+    pred = (p1 >= 0.8).astype(np.int64)  # [0, 0, 0, 0, 1, 1]: TP 1, FN 2, TN 2, FP 1
+    m = classification_metrics(y, pred, np.c_[1 - p1, p1], ["neg", "pos"])
+    assert m["sensitivity"] == pytest.approx(1 / 3) and m["specificity"] == pytest.approx(2 / 3)
+    assert m["sensitivity"] == pytest.approx(m["recall"])
+    only_pos = classification_metrics(np.array([1, 1]), np.array([1, 0]), np.array([[0.2, 0.8], [0.6, 0.4]]),
+                                      ["neg", "pos"])
+    assert only_pos["sensitivity"] == 0.5 and only_pos["specificity"] is None  # no negatives: undefined
+    three = classification_metrics(np.array([0, 1, 2]), np.array([0, 1, 1]), np.eye(3), ["a", "b", "c"])
+    assert three["sensitivity"] is None and three["specificity"] is None

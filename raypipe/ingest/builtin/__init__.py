@@ -1,8 +1,9 @@
-"""Built-in datasets: generated (``transactions``, ``sensors``) and scikit-learn's bundled sets."""
+"""Built-in datasets: generated (``transactions``, ``sensors``, ``credit``) and scikit-learn's bundled sets."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from raypipe.ingest.builtin.credit import credit_dataset
 from raypipe.ingest.builtin.sensors import sensors_dataset
 from raypipe.ingest.builtin.sklearn_sets import SKLEARN_SETS, TARGET_COLUMN, sklearn_dataset
 from raypipe.ingest.builtin.transactions import transactions_dataset
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 BUILTIN_GENERATOR_VERSION: dict[str, int] = {
     "transactions": 1,
     "sensors": 1,
+    "credit": 1,
     **{name: 1 for name in SKLEARN_SETS},
 }
 """Bump a set's version whenever the rows it produces change (it enters the data fingerprint)."""
@@ -23,16 +25,19 @@ BUILTIN_GENERATOR_VERSION: dict[str, int] = {
 BUILTIN_TARGETS: dict[str, str] = {
     "transactions": "is_fraud",
     "sensors": "failure_soon",
+    "credit": "default",
     **{name: TARGET_COLUMN for name in SKLEARN_SETS},
 }
 BUILTIN_TASKS: dict[str, str] = {
     "transactions": "classification",
     "sensors": "classification",
+    "credit": "classification",
     **{name: entry.task for name, entry in SKLEARN_SETS.items()},
 }
 BUILTIN_ID_COLUMNS: dict[str, list[str]] = {
     "transactions": ["transaction_id"],
     "sensors": ["machine_id"],
+    "credit": ["application_id"],
     **{name: [] for name in SKLEARN_SETS},
 }
 
@@ -47,6 +52,8 @@ def builtin_dataset(source: BuiltinSource) -> ray.data.Dataset:
         return transactions_dataset(source.rows, seed=source.seed, drift=source.drift)
     if source.name == "sensors":
         return sensors_dataset(source.rows, seed=source.seed, drift=source.drift)
+    if source.name == "credit":
+        return credit_dataset(source.rows, seed=source.seed, drift=source.drift)
     if source.name in SKLEARN_SETS:
         return sklearn_dataset(source.name)
     raise ValueError(f"unknown built-in dataset {source.name!r}; expected one of {sorted(BUILTIN_GENERATOR_VERSION)}")
