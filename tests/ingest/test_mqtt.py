@@ -202,8 +202,8 @@ def test_a_run_trains_on_a_window_of_the_landing(ray_session, broker, tmp_path):
         assert data_fingerprint(spec.data.source) == before
         result = raypipe.run(spec)
         assert statuses(result)["train"] == "ran"
-        assert result.outputs["ingest"].input_rows == 600
-        assert result.version is not None
+        assert result.outputs["ingest"].outputs.input_rows == 600 and result.version == 1
+        assert statuses(raypipe.run(spec, until="ingest"))["ingest"] == "cached"  # the same window
         small = load_spec({**raw, "data": {**raw["data"], "source": {**raw["data"]["source"],
                                                                      "window": {"messages": 150}}}})
         newest = window_files(small.data.source)
