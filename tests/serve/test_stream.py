@@ -161,3 +161,46 @@ def test_the_quarantine_keeps_each_bad_message_with_its_reason(trained, broker):
     reasons = [r for f in land.files(QUARANTINE)
                for r in pq.read_table(f"{land.path}/{f.name}")["reason"].to_pylist()]
     assert "missing column 'rpm'" in reasons and "column 'cycle': str \"three\" is not number" in reasons
+
+
+def test_the_stream_command_scores_until_sigterm_then_stops_cleanly(trained, broker, tmp_path):
+    """``raypipe stream`` in its own process: predictions come back; SIGTERM ends it with exit 0 and its counts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec, storage = trained
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)))
+    listener = Listener(broker)
+    proc = subprocess.Popen([sys.executable, "-m", "raypipe", "stream", str(path), "--source", broker,
+                             "--topics", "plant/+/sensors", "--publish", "plant/{device}/predictions",
+                             "--batch-seconds", "0.05"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pub = Publisher(broker, "rp-cli-pub")
+    try:
+        messages = sensor_messages(machines=5, per_machine=2, seed=11)
+        deadline = time.monotonic() + 60
+        # the command subscribes after it starts: publish one message until its answer comes back
+        while not listener.got and time.monotonic() < deadline and proc.poll() is None:
+            pub.publish(f"plant/{messages[0]['machine_id']}/sensors", json.dumps(messages[0]), qos=0)
+            time.sleep(0.3)
+        warmup = len(listener.got)
+        for m in messages[1:]:
+            pub.publish(f"plant/{m['machine_id']}/sensors", json.dumps(m))
+        wait_for(lambda: len(listener.got) >= warmup + len(messages) - 1, "the command's predictions")
+        proc.send_signal(signal.SIGTERM)
+        out, errs = proc.communicate(timeout=60)
+    finally:
+        pub.close()
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, errs
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert counts["scored"] == counts["published"] == counts["received"] >= len(messages)
+    assert counts["quarantined"] == 0
