@@ -238,3 +238,53 @@ def test_a_missing_credential_variable_is_named(tmp_path, monkeypatch):
     with pytest.raises(SpecError, match="data.source.password_env: the environment variable "
                                         "'RP_TEST_MQTT_PASSWORD' is not set"):
         credentials(None, "RP_TEST_MQTT_PASSWORD")
+
+
+def test_windows_and_their_fingerprints_come_from_the_landed_file_names_and_sizes(tmp_path):
+    from raypipe.ingest.landing import window_fingerprint
+
+    land = Landing(str(tmp_path / "landing"))
+    cols = {"x": "number", "machine_id": "string"}
+    for k, t in enumerate((1_000, 61_000, 121_000)):
+        rows = [{"x": float(i), "machine_id": f"m{i}"} for i in range(10 * (k + 1))]
+        land.write_batch(rows, cols, [f"id:{t}-{i}" for i in range(len(rows))], ["t"] * len(rows), t)
+    (tmp_path / "landing" / "batch-0000000200000-abc-000001.parquet.tmp-dead").write_bytes(b"half a file")
+    assert [f.arrived_ms for f in land.window(seconds=70, now_ms=130_000)] == [61_000, 121_000]
+    assert [f.arrived_ms for f in land.window(messages=30)] == [121_000]
+    assert [f.arrived_ms for f in land.window(messages=31)] == [61_000, 121_000]
+    assert [f.arrived_ms for f in land.window(messages=10_000)] == [1_000, 61_000, 121_000]
+    w = land.window(messages=31)
+    assert window_fingerprint(w) == window_fingerprint(land.window(messages=31))
+    assert window_fingerprint(w) != window_fingerprint(land.window(messages=60))
+    land.remove_temporary()
+    assert len(os.listdir(tmp_path / "landing")) == 3 and len(land.seen_ids()) == 60
+
+
+def test_the_ingest_stream_command_starts_reports_and_stops_the_actor(ray_session, broker, tmp_path, capsys):
+    import yaml
+
+    from raypipe.cli import main
+
+    url, _ = broker
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(mqtt_spec(tmp_path, url, name="t-mqtt-cli")))
+    main(["ingest-stream", str(path)])
+    started = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert started["landed"] == 0 and started["client_id"] == "raypipe-t-mqtt-cli"
+    spec = load_spec(path)
+    from raypipe.ingest.mqtt import ingest_status
+
+    wait_for(lambda: ingest_status(spec)["subscribed"], "the subscription")
+    pub = Publisher(url, "rp-cli-ingest-pub")
+    for m in sensor_messages(machines=3, per_machine=1):
+        pub.publish(f"plant/{m['machine_id']}/sensors", json.dumps(m))
+    pub.publish("plant/x/sensors", b"nope")
+    pub.close()
+    wait_for(lambda: ingest_status(spec)["landed"] + ingest_status(spec)["quarantined"] == 4, "4 handled")
+    main(["ingest-stream", str(path), "--stop"])
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (final["received"], final["landed"], final["quarantined"], final["duplicates"]) == (4, 3, 1, 0)
+    with pytest.raises(SystemExit) as e:
+        main(["ingest-stream", str(path), "--status"])
+    assert e.value.code == 2
+    assert "no MQTT ingest actor runs for 't-mqtt-cli'" in capsys.readouterr().err
