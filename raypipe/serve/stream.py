@@ -88,7 +88,7 @@ class StreamScorer:
         self.writer_id = f"stream-{uuid.uuid4().hex[:12]}"
         self.seq = 0
         self.counts = {"received": 0, "scored": 0, "quarantined": 0, "published": 0, "batches": 0, "swaps": 0,
-                       "log_errors": 0}
+                       "log_errors": 0, "failed_batches": 0}
         self.subscribed = threading.Event()
         self._pending: list[tuple[str, bytes, float]] = []
         self._lock, self._stop = threading.Lock(), threading.Event()
@@ -181,7 +181,7 @@ class StreamScorer:
     # -- one micro-batch ------------------------------------------------------------------------
     def score(self, batch: list[tuple[str, bytes, float]]) -> None:
         """Check, score, publish (in arrival order), log; bad messages are quarantined."""
-        good, ids, topics, bad = [], [], [], []
+        good, ids, topics, payloads, bad = [], [], [], [], []
         for topic, payload, _ in batch:
             obj, why = decode(payload)
             mid = message_id(topic, payload, obj, self.id_field)
@@ -194,12 +194,19 @@ class StreamScorer:
                 good.append(row)
                 ids.append(mid)
                 topics.append(topic)
+                payloads.append(payload)
+        if good:
+            try:
+                self._answer(pd.DataFrame(good, columns=list(self.columns)), ids, topics)
+            except Exception as e:  # noqa: BLE001 - the model or `prepare` failed: keep the messages, go on
+                log.exception("stream %s: scoring %d messages failed; they are quarantined", self.spec.name, len(good))
+                why = f"scoring failed: {type(e).__name__}: {str(e)[:200]}"
+                bad += [(m, t, p, why) for m, t, p in zip(ids, topics, payloads)]
+                self.counts["failed_batches"] += 1
         if bad:
             self.quarantine.write_quarantine(*map(list, zip(*bad)), arrived_ms=int(time.time() * 1000))
             for mid, topic, _, why in bad:
                 log.warning("stream %s: quarantined %s from %s: %s", self.spec.name, mid, topic, why)
-        if good:
-            self._answer(pd.DataFrame(good, columns=list(self.columns)), ids, topics)
         self.counts["quarantined"] += len(bad)
         self.counts["batches"] += 1
 

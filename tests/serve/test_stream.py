@@ -155,12 +155,22 @@ def test_the_quarantine_keeps_each_bad_message_with_its_reason(trained, broker):
     scorer.score([("plant/a/sensors", json.dumps(missing).encode(), 0.0),
                   ("plant/a/sensors", json.dumps(good[1]).encode(), 0.0),
                   ("plant/a/sensors", json.dumps({**good[0], "cycle": "three"}).encode(), 0.0)])
-    scorer.stop()
     assert scorer.counts["quarantined"] == 2 and scorer.counts["scored"] == 1
+
+    def broken(df):
+        raise RuntimeError("window state lost")
+
+    scorer.prepare = broken  # a batch that cannot be scored is kept with the error, and the stream goes on
+    scorer.score([("plant/b/sensors", json.dumps(good[0]).encode(), 0.0)])
+    scorer.prepare = lambda df: df
+    scorer.score([("plant/b/sensors", json.dumps(good[1]).encode(), 0.0)])
+    scorer.stop()
+    assert (scorer.counts["quarantined"], scorer.counts["scored"], scorer.counts["failed_batches"]) == (3, 2, 1)
     land = Landing(str(storage / "stream" / NAME))
     reasons = [r for f in land.files(QUARANTINE)
                for r in pq.read_table(f"{land.path}/{f.name}")["reason"].to_pylist()]
     assert "missing column 'rpm'" in reasons and "column 'cycle': str \"three\" is not number" in reasons
+    assert "scoring failed: RuntimeError: window state lost" in reasons
 
 
 def test_the_stream_command_scores_until_sigterm_then_stops_cleanly(trained, broker, tmp_path):
