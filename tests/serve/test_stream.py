@@ -138,6 +138,10 @@ def test_one_prediction_per_good_message_in_order_per_device_logged_and_hot_swap
     assert logged.num_rows == len(messages)
     assert set(logged["__source"].to_pylist()) == {"stream"}
     assert sorted(logged["__request_id"].to_pylist()) == sorted(g["request_id"] for g in got)
+    import raypipe
+
+    window = raypipe.monitor(spec, last="1h")  # `raypipe monitor --last 1h` sees the streamed traffic
+    assert {r.version: r.rows for r in window.reports} == {1: len(first), 2: len(second)}
 
 
 def test_the_quarantine_keeps_each_bad_message_with_its_reason(trained, broker):
