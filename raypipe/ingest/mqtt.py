@@ -69,7 +69,8 @@ class MqttIngest:
         self.counts = {"received": 0, "landed": 0, "quarantined": 0, "duplicates": 0, "batches": 0,
                        "already_landed": len(self.seen)}
         self.state = {"connected": False, "subscribed": False, "last_error": None}
-        self._pending: list[tuple[int, int, str, bytes, float]] = []
+        self._pending: list[tuple[int, int, str, bytes, float, int]] = []  # mid, qos, topic, payload, at, connection
+        self.connection = 0  # counts connections: an ack goes only to the connection that delivered the message
         self._lock, self._stop = threading.Lock(), threading.Event()
         host, port, tls = broker_address(source.broker)
         username, password = credentials(source.username_env, source.password_env)
@@ -81,6 +82,8 @@ class MqttIngest:
         on_connect = self.client.on_connect
 
         def connected(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
+            with self._lock:
+                self.connection += 1
             self.state.update(connected=not reason.is_failure)
             on_connect(c, u, f, reason, p)
 
@@ -92,7 +95,7 @@ class MqttIngest:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
-            self._pending.append((msg.mid, msg.qos, msg.topic, bytes(msg.payload), time.time()))
+            self._pending.append((msg.mid, msg.qos, msg.topic, bytes(msg.payload), time.time(), self.connection))
             self.counts["received"] += 1
 
     def _flush_loop(self) -> None:
@@ -119,8 +122,12 @@ class MqttIngest:
                 self._pending[:0] = batch
             time.sleep(1.0)
             return dict(self.counts)
-        for mid, qos, *_ in batch:
-            if qos > 0:
+        # A message from an earlier connection is not acknowledged: its packet id may name another message
+        # now, and the broker delivers it again on this connection (a duplicate, acknowledged then).
+        with self._lock:
+            current = self.connection
+        for mid, qos, _, _, _, conn in batch:
+            if qos > 0 and conn == current:
                 self.client.ack(mid, qos)
         with self._lock:
             self.counts["landed"] += landed
@@ -129,10 +136,10 @@ class MqttIngest:
             self.counts["batches"] += 1
         return dict(self.counts)
 
-    def _land(self, batch: list[tuple[int, int, str, bytes, float]]) -> tuple[int, int, int]:
+    def _land(self, batch: list[tuple[int, int, str, bytes, float, int]]) -> tuple[int, int, int]:
         arrived_ms = int(batch[-1][4] * 1000)
         fresh, ids, dups = [], set(), 0
-        for _, _, topic, payload, _ in batch:
+        for _, _, topic, payload, _, _ in batch:
             obj, why = decode(payload)
             mid = message_id(topic, payload, obj, self.source.id_field)
             if mid in self.seen or mid in ids:
@@ -140,8 +147,8 @@ class MqttIngest:
                 continue
             ids.add(mid)
             fresh.append((mid, topic, payload, obj, why))
-        if self.columns is None:
-            good = [obj for *_, obj, why in fresh if why is None]
+        if self.columns is None:  # the first good micro-batch: rows that hold the target and id columns
+            good = [obj for *_, obj, why in fresh if why is None and all(c in obj for c in self.required)]
             if good:
                 self.columns = infer_columns(good, self.required)
                 self.landing.write_columns(self.columns)
@@ -150,8 +157,8 @@ class MqttIngest:
             row = None
             if why is None and self.columns is not None:
                 row, why = check_row(obj, self.columns)
-            elif why is None:
-                why = "no schema yet"  # never: a good object makes the schema above
+            elif why is None:  # no message so far held every required column
+                why = f"missing column(s) {[c for c in self.required if c not in obj]}"
             if row is not None:
                 rows.append((mid, topic, row))
             else:
@@ -289,6 +296,13 @@ def read_mqtt(source: MqttSource) -> ray.data.Dataset:
     landing = Landing(source.landing)
     files = window_files(source)
     columns = landing.read_columns()
+    landed = landing.files()
+    if landed and not files:
+        newest = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(landed[-1].arrived_ms / 1000))
+        raise DataValidationError([
+            f"data.source.window: no micro-batch landed in the last {source.window.seconds:g} s (the newest in "
+            f"{source.landing!r} arrived {newest}); is the ingest actor running (`raypipe ingest-stream SPEC "
+            "--status`)? Or widen window.seconds, or use window.messages"])
     if not files or columns is None:
         raise DataValidationError([
             f"data.source.landing {source.landing!r} holds no landed messages yet: start the ingest actor "

@@ -288,3 +288,15 @@ def test_the_ingest_stream_command_starts_reports_and_stops_the_actor(ray_sessio
         main(["ingest-stream", str(path), "--status"])
     assert e.value.code == 2
     assert "no MQTT ingest actor runs for 't-mqtt-cli'" in capsys.readouterr().err
+
+
+def test_a_window_of_seconds_with_nothing_recent_says_when_the_newest_batch_landed(tmp_path):
+    from raypipe.ingest.mqtt import read_mqtt
+
+    spec = load_spec(mqtt_spec(tmp_path, "mqtt://127.0.0.1:1883", window={"seconds": 60}))
+    land = Landing(spec.data.source.landing)
+    land.write_columns({"x": "number"})
+    land.write_batch([{"x": 1.0}], {"x": "number"}, ["id:1"], ["t"], 1_700_000_000_000)
+    with pytest.raises(DataValidationError, match=r"no micro-batch landed in the last 60 s \(the newest in .* "
+                                                  r"arrived 2023-11-14 22:13:20 UTC\); is the ingest actor running"):
+        read_mqtt(spec.data.source)
