@@ -300,3 +300,38 @@ def test_a_window_of_seconds_with_nothing_recent_says_when_the_newest_batch_land
     with pytest.raises(DataValidationError, match=r"no micro-batch landed in the last 60 s \(the newest in .* "
                                                   r"arrived 2023-11-14 22:13:20 UTC\); is the ingest actor running"):
         read_mqtt(spec.data.source)
+
+
+def test_messages_landed_but_never_acknowledged_come_again_and_are_not_landed_twice(broker, tmp_path):
+    """The process dies between the sync and the acks: the broker delivers the batch again to the restarted
+    ingest (same persistent session), which finds every id landed and only acknowledges them."""
+    from raypipe.ingest.mqtt import MqttIngest
+
+    url, _ = broker
+    src = load_spec(mqtt_spec(tmp_path, url)).data.source
+    first = MqttIngest(src, "rp-crash-test", None, ("failure_soon",))
+    first.client.ack = lambda mid, qos: None  # it dies after landing, before acknowledging
+    pub = Publisher(url, "rp-crash-pub")
+    try:
+        wait_for(lambda: first.status()["subscribed"], "the subscription")
+        messages = sensor_messages(machines=20, per_machine=1)
+        for m in messages:
+            pub.publish(f"plant/{m['machine_id']}/sensors", json.dumps(m))
+        wait_for(lambda: first.status()["landed"] == 20, "20 rows landed")
+        first._stop.set()
+        first.client.disconnect()
+        first.client.loop_stop()
+        again = MqttIngest(src, "rp-crash-test", None, ("failure_soon",))
+        wait_for(lambda: again.status()["duplicates"] == 20, "the 20 redelivered messages")
+        assert again.status()["landed"] == 0 and again.status()["already_landed"] == 20
+        again.stop()
+        third = MqttIngest(src, "rp-crash-test", None, ("failure_soon",))  # now acknowledged: nothing comes again
+        wait_for(lambda: third.status()["subscribed"], "the third subscription")
+        pub.publish("plant/z/sensors", json.dumps(messages[0] | {"cycle": 999}))
+        wait_for(lambda: third.status()["received"] >= 1 and third.status()["pending"] == 0, "one message handled")
+        assert (third.status()["received"], third.status()["landed"], third.status()["duplicates"]) == (1, 1, 0)
+        third.stop()
+    finally:
+        pub.close()
+    landed, _, ids, _ = on_disk(src.landing)
+    assert landed == len(set(ids)) == 21
