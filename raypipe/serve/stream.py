@@ -14,6 +14,10 @@ log (``__source`` ``stream``), so ``raypipe monitor --last 1h`` sees streamed tr
 - Hot swap: the alias is read again every ``check_every_s`` seconds (between batches); when
   it names another version, that version is checked against its manifest, loaded, and
   answers from the next batch on (each answer names its version; the swap is logged).
+- At least once: the subscription is a persistent session (client id ``raypipe-stream-<pipeline>``,
+  clean session off) and a message is acknowledged only after its answer is published and
+  logged (or it is quarantined), so a scorer stopped or killed picks up where it left off;
+  a message in flight when it was killed may be answered twice.
 - ``prepare`` is called on each batch's rows before scoring (per-device rolling features
   hook in here); the default leaves them as they are.
 """
@@ -63,6 +67,7 @@ class StreamScorer:
         check_every_s: how often the alias is read again (0: before every batch).
         prepare: called on each batch's rows before scoring; returns the rows to score.
         qos: of the subscription and of the published predictions.
+        client_id: the persistent session's id (default ``raypipe-stream-<pipeline>``): one scorer per id.
     """
 
     def __init__(self, spec: Spec, broker: str, topics: list[str], *, publish: str = "{topic}/prediction",
@@ -90,13 +95,22 @@ class StreamScorer:
         self.counts = {"received": 0, "scored": 0, "quarantined": 0, "published": 0, "batches": 0, "swaps": 0,
                        "log_errors": 0, "failed_batches": 0}
         self.subscribed = threading.Event()
-        self._pending: list[tuple[str, bytes, float]] = []
+        self._pending: list[tuple[str, bytes, float, int, int, int]] = []  # topic, payload, at, mid, qos, connection
+        self.connection = 0
         self._lock, self._stop = threading.Lock(), threading.Event()
         host, port, tls = broker_address(broker)
         username, password = credentials(username_env, password_env)
-        self.client = make_client(client_id or f"raypipe-stream-{spec.name}-{uuid.uuid4().hex[:6]}",
-                                  persistent=False, manual_ack=False, username=username, password=password, tls=tls)
+        self.client = make_client(client_id or f"raypipe-stream-{spec.name}", persistent=True, manual_ack=True,
+                                  username=username, password=password, tls=tls)
         subscribe_on_connect(self.client, self.topics, qos, self.subscribed.set)
+        on_connect = self.client.on_connect
+
+        def connected(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
+            with self._lock:
+                self.connection += 1
+            on_connect(c, u, f, reason, p)
+
+        self.client.on_connect = connected
         self.client.on_message = self._on_message
         self._address = (host, port)
 
@@ -138,7 +152,7 @@ class StreamScorer:
     # -- the loop ----------------------------------------------------------------------------
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
-            self._pending.append((msg.topic, bytes(msg.payload), time.time()))
+            self._pending.append((msg.topic, bytes(msg.payload), time.time(), msg.mid, msg.qos, self.connection))
             self.counts["received"] += 1
 
     def start(self) -> threading.Thread:
@@ -163,6 +177,7 @@ class StreamScorer:
                 if batch:
                     self._check_alias()
                     self.score(batch)
+                    self._ack(batch)
                 elif stopping:
                     break
         finally:
@@ -178,11 +193,22 @@ class StreamScorer:
             thread.join(timeout)
         return dict(self.counts)
 
+    def _ack(self, batch: list[tuple[str, bytes, float, int, int, int]]) -> None:
+        """Acknowledge a batch once its answers are published and logged (or its messages quarantined); one
+        delivered on an earlier connection is left to the broker, which delivers it again."""
+        with self._lock:
+            current = self.connection
+        for *_, mid, qos, conn in batch:
+            if qos > 0 and conn == current:
+                self.client.ack(mid, qos)
+
     # -- one micro-batch ------------------------------------------------------------------------
-    def score(self, batch: list[tuple[str, bytes, float]]) -> None:
-        """Check, score, publish (in arrival order), log; bad messages are quarantined."""
+    def score(self, batch: list[tuple[Any, ...]]) -> None:
+        """Check, score, publish (in arrival order), log; bad messages are quarantined.
+
+        ``batch``: ``(topic, payload, ...)`` per message, in arrival order."""
         good, ids, topics, payloads, bad = [], [], [], [], []
-        for topic, payload, _ in batch:
+        for topic, payload, *_ in batch:
             obj, why = decode(payload)
             mid = message_id(topic, payload, obj, self.id_field)
             row = None

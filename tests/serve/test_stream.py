@@ -218,3 +218,30 @@ def test_the_stream_command_scores_until_sigterm_then_stops_cleanly(trained, bro
     counts = json.loads(out.strip().splitlines()[-1])
     assert counts["scored"] == counts["published"] == counts["received"] >= len(messages)
     assert counts["quarantined"] == 0
+
+
+def test_a_restarted_scorer_answers_what_arrived_while_it_was_stopped(trained, broker):
+    """The persistent session keeps the subscription: messages published while no scorer runs are queued by
+    the broker and answered by the next scorer with the same client id; acknowledged ones do not come again."""
+    from raypipe.serve.stream import StreamScorer
+
+    spec, _ = trained
+    first = StreamScorer(spec, broker, ["plant/+/sensors"], batch_seconds=0.05)
+    first.start()
+    assert first.subscribed.wait(30)
+    pub = Publisher(broker, "rp-restart-pub")
+    messages = sensor_messages(machines=5, per_machine=2, seed=13)
+    try:
+        pub.publish(f"plant/{messages[0]['machine_id']}/sensors", json.dumps(messages[0]))
+        wait_for(lambda: first.counts["scored"] == 1, "the first answer")
+        first.stop()
+        for m in messages[1:]:
+            pub.publish(f"plant/{m['machine_id']}/sensors", json.dumps(m))
+        second = StreamScorer(spec, broker, ["plant/+/sensors"], batch_seconds=0.05)
+        second.start()
+        wait_for(lambda: second.counts["scored"] == len(messages) - 1, "the queued messages' answers")
+        assert second.subscribed.wait(30)
+        counts = second.stop()
+    finally:
+        pub.close()
+    assert counts["received"] == counts["scored"] == len(messages) - 1  # the first one was not delivered again
