@@ -444,6 +444,8 @@ def stream(
     batch_seconds: float = typer.Option(0.2, "--batch-seconds", min=0.001),
     check_every_s: float = typer.Option(5.0, "--check-every", min=0.0, help="Seconds between reads of the alias "
                                         "(a new version is loaded when it moves)."),
+    client_id: Optional[str] = typer.Option(None, "--client-id", help="The persistent session's id (default "
+                                            "raypipe-stream-<pipeline>); one running scorer per id."),
 ) -> None:
     """Score an MQTT stream with the champion: one prediction published per message, logged for monitoring."""
     import signal
@@ -461,7 +463,8 @@ def stream(
                         "data.source is of type mqtt)")
     scorer = StreamScorer(s, broker, list(topics or src.topics), publish=publish, alias=alias, key=key,
                           id_field=src.id_field if src else None, batch_messages=batch_messages,
-                          batch_seconds=batch_seconds, check_every_s=check_every_s,
+                          batch_seconds=batch_seconds, check_every_s=check_every_s, client_id=client_id,
+                          qos=src.qos if src else 1,
                           username_env=src.username_env if src else None,
                           password_env=src.password_env if src else None)
     for sig in (signal.SIGINT, signal.SIGTERM):

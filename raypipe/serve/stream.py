@@ -38,6 +38,7 @@ from raypipe.ingest.landing import Landing
 from raypipe.ingest.mqtt_wire import (
     broker_address, check_row, credentials, decode, make_client, message_id, subscribe_on_connect,
 )
+from raypipe.errors import SpecError
 from raypipe.predlog import LogFormat, new_request_id, row_ids, write_log
 from raypipe.registry import Registry
 from raypipe.schema import feature_columns
@@ -78,6 +79,7 @@ class StreamScorer:
                  password_env: str | None = None) -> None:
         from raypipe.model.formats import trusted_factories
 
+        check_publish_topic(publish, topics)
         self.spec, self.topics, self.publish_topic, self.id_field = spec, list(topics), publish, id_field
         self.alias, self.qos = alias, qos
         self.batch_messages, self.batch_seconds, self.check_every_s = batch_messages, batch_seconds, check_every_s
@@ -273,6 +275,26 @@ class StreamScorer:
         except Exception:  # noqa: BLE001 - the predictions are the job; a log that cannot be written is reported
             self.counts["log_errors"] += 1
             log.exception("stream %s: %d rows could not be written to the prediction log", self.spec.name, len(rows))
+
+
+def check_publish_topic(publish: str, topics: list[str]) -> None:
+    """Refuse a prediction topic that the subscription would deliver back (each answer scored again, for ever).
+
+    Raises:
+        SpecError: naming the topic and the filter it falls under.
+    """
+    import paho.mqtt.client as mqtt
+
+    try:
+        samples = [publish.format(device="d", topic=t.replace("+", "d").replace("#", "d")) for t in topics]
+    except (KeyError, IndexError, ValueError) as e:
+        raise SpecError(f"--publish {publish!r}: only {{device}} and {{topic}} are filled in ({e!r})") from None
+    for sample in samples:
+        caught = [t for t in topics if mqtt.topic_matches_sub(t, sample)]
+        if caught:
+            raise SpecError(f"--publish {publish!r}: a prediction topic such as {sample!r} falls under the scored "
+                            f"filter {caught[0]!r}, so every answer would be scored again; publish outside it "
+                            "(e.g. predictions/{device})")
 
 
 def _plain(value: Any) -> Any:

@@ -245,3 +245,16 @@ def test_a_restarted_scorer_answers_what_arrived_while_it_was_stopped(trained, b
     finally:
         pub.close()
     assert counts["received"] == counts["scored"] == len(messages) - 1  # the first one was not delivered again
+
+
+def test_a_prediction_topic_the_subscription_would_deliver_back_is_refused():
+    from raypipe.errors import SpecError
+    from raypipe.serve.stream import check_publish_topic
+
+    check_publish_topic("plant/{device}/predictions", ["plant/+/sensors"])
+    check_publish_topic("{topic}/prediction", ["plant/+/sensors"])
+    with pytest.raises(SpecError, match=r"--publish '\{topic\}/prediction': a prediction topic such as "
+                                        r"'plant/d/prediction' falls under the scored filter 'plant/#'"):
+        check_publish_topic("{topic}/prediction", ["plant/#"])
+    with pytest.raises(SpecError, match=r"only \{device\} and \{topic\} are filled in"):
+        check_publish_topic("{machine}/p", ["plant/+/sensors"])
