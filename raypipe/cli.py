@@ -411,22 +411,38 @@ def ingest_stream(
     address: Optional[str] = AddressOpt,
     status: bool = typer.Option(False, "--status", help="Only print the running actor's counts."),
     stop: bool = typer.Option(False, "--stop", help="Land what is pending, then end the actor."),
+    blocking: Optional[bool] = typer.Option(None, "--blocking/--no-blocking", help="Default: block (until Ctrl-C, "
+                                            "then stop the actor) when the Ray is this command's own; return when "
+                                            "it joined `raypipe up`'s Ray or a cluster."),
 ) -> None:
     """Start the detached actor that lands an mqtt data.source as parquet (it keeps running; --stop ends it)."""
     from raypipe.api import as_spec
     from raypipe.ingest import mqtt
-    from raypipe.runtime import connect_for
+    from raypipe.runtime import connect_for, joined_kept_ray
 
     s = as_spec(spec)
     if status or stop:
         connect_for(s, address)
         result = mqtt.stop_ingest(s) if stop else mqtt.ingest_status(s)
-    else:
-        mqtt.start_ingest(s, address)
-        result = mqtt.ingest_status(s)
-        err.print(f"ingest actor {mqtt.actor_name(s)} lands {s.data.source.topics} from {s.data.source.broker} into "
-                  f"{s.data.source.landing}; `raypipe ingest-stream SPEC --status` shows its counts", markup=False)
-    print(json.dumps(result, default=str), flush=True)
+        print(json.dumps(result, default=str), flush=True)
+        return
+    mqtt.start_ingest(s, address)
+    err.print(f"ingest actor {mqtt.actor_name(s)} lands {s.data.source.topics} from {s.data.source.broker} into "
+              f"{s.data.source.landing}; `raypipe ingest-stream SPEC --status` shows its counts", markup=False)
+    print(json.dumps(mqtt.ingest_status(s), default=str), flush=True)
+    own_ray = not (address or s.ray.address or joined_kept_ray())
+    if blocking if blocking is not None else own_ray:
+        import signal
+        import threading
+
+        if own_ray:
+            err.print("this command's own Ray ends with it: landing until Ctrl-C (start `raypipe up` first to "
+                      "leave the actor running)", markup=False)
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+        print(json.dumps(mqtt.stop_ingest(s), default=str), flush=True)
 
 
 @app.command()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import pyarrow.parquet as pq
@@ -268,7 +270,7 @@ def test_the_ingest_stream_command_starts_reports_and_stops_the_actor(ray_sessio
     url, _ = broker
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(mqtt_spec(tmp_path, url, name="t-mqtt-cli")))
-    main(["ingest-stream", str(path)])
+    main(["ingest-stream", str(path), "--no-blocking"])  # the session's Ray is not this command's own
     started = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert started["landed"] == 0 and started["client_id"] == "raypipe-t-mqtt-cli"
     spec = load_spec(path)
@@ -335,3 +337,44 @@ def test_messages_landed_but_never_acknowledged_come_again_and_are_not_landed_tw
         pub.close()
     landed, _, ids, _ = on_disk(src.landing)
     assert landed == len(set(ids)) == 21
+
+
+def test_on_its_own_ray_the_command_lands_until_sigterm_then_stops_the_actor(broker, tmp_path):
+    """No `raypipe up` Ray and no address: the actor would die with the command's Ray, so the command
+    blocks; SIGTERM lands what is pending, stops the actor and exits 0 with its final counts."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    url, _ = broker
+    raw = mqtt_spec(tmp_path, url, name="t-mqtt-own")
+    ray_dir = tempfile.mkdtemp(prefix="rp-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    raw["ray"] = {"num_cpus": 1, "temp_dir": ray_dir}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "raypipe", "ingest-stream", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        line = proc.stdout.readline()  # printed once the actor runs
+        assert line, proc.stderr.read()
+        started = json.loads(line)
+        assert started["landed"] == 0
+        pub = Publisher(url, "rp-own-pub")
+        messages = sensor_messages(machines=4, per_machine=1)
+        for m in messages:  # the actor subscribed (or the broker queues them for its persistent session)
+            pub.publish(f"plant/{m['machine_id']}/sensors", json.dumps(m))
+        pub.close()
+        wait_for(lambda: on_disk(raw["data"]["source"]["landing"])[0] == 4 or proc.poll() is not None, "4 landed")
+        proc.send_signal(signal.SIGTERM)
+        out, errs = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert proc.returncode == 0, errs
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["landed"] == 4 and final["pending"] == 0
+    assert "landing until Ctrl-C" in errs
