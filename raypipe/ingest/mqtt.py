@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -51,8 +52,11 @@ class MqttIngest:
         source: the ``data.source`` section.
         client_id: the persistent session's id.
         columns: column -> type to check rows against; None: inferred from the first good micro-batch.
-        required: columns an inferred schema must hold (the target and id columns).
-        username_env, password_env: the variables holding the broker's credentials, read in this process.
+        required: columns an inferred schema must hold (the target and id columns): only messages that hold
+            them type the columns, and one without them is quarantined.
+
+    The broker's credentials are read from the variables ``source.username_env`` / ``password_env``
+    name, in this process.
     """
 
     def __init__(self, source: MqttSource, client_id: str, columns: dict[str, str] | None = None,
@@ -233,8 +237,6 @@ def start_ingest(spec: Spec, address: str | None = None) -> Any:
     source = _source(spec)
     names = [n for n in (source.username_env, source.password_env) if n]
     credentials(source.username_env, source.password_env)  # a missing variable fails here, before Ray work
-    import os
-
     connect_for(spec, address)
     options: dict[str, Any] = {"name": actor_name(spec), "namespace": NAMESPACE, "lifetime": "detached",
                                "max_restarts": -1, "max_task_retries": -1, "num_cpus": 0, "get_if_exists": True}
@@ -281,16 +283,16 @@ def window_files(source: MqttSource) -> list[Any]:
 
 
 def mqtt_fingerprint(source: MqttSource) -> str:
-    """The window's file names and sizes, with the source's settings (credential variable names only)."""
-    params = source.model_dump(mode="json")
+    """The window's file names and sizes, with the source's settings that shape the rows (not how the actor
+    batches, its session id or credential variables: a change there lands the same rows)."""
+    params = source.model_dump(mode="json", exclude={"batch_messages", "batch_seconds", "client_id",
+                                                     "username_env", "password_env"})
     return hashlib.sha256(json.dumps({"mqtt": params, "window": window_fingerprint(window_files(source))},
                                      sort_keys=True).encode()).hexdigest()
 
 
 def read_mqtt(source: MqttSource) -> ray.data.Dataset:
     """The window of the landing folder as a ``ray.data.Dataset`` (the landed columns, not the message metadata)."""
-    import os
-
     import ray.data
 
     landing = Landing(source.landing)
