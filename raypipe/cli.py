@@ -405,6 +405,92 @@ def feedback(
         print(json.dumps(r, default=str), flush=True)
 
 
+@app.command("ingest-stream")
+def ingest_stream(
+    spec: Path = SpecArg,
+    address: Optional[str] = AddressOpt,
+    status: bool = typer.Option(False, "--status", help="Only print the running actor's counts."),
+    stop: bool = typer.Option(False, "--stop", help="Land what is pending, then end the actor."),
+    blocking: Optional[bool] = typer.Option(None, "--blocking/--no-blocking", help="Default: block (until Ctrl-C, "
+                                            "then stop the actor) when the Ray is this command's own; return when "
+                                            "it joined `raypipe up`'s Ray or a cluster."),
+) -> None:
+    """Start the detached actor that lands an mqtt data.source as parquet (it keeps running; --stop ends it)."""
+    from raypipe.api import as_spec
+    from raypipe.ingest import mqtt
+    from raypipe.runtime import connect_for, joined_kept_ray
+
+    s = as_spec(spec)
+    if status or stop:
+        connect_for(s, address)
+        result = mqtt.stop_ingest(s) if stop else mqtt.ingest_status(s)
+        print(json.dumps(result, default=str), flush=True)
+        return
+    mqtt.start_ingest(s, address)
+    err.print(f"ingest actor {mqtt.actor_name(s)} lands {s.data.source.topics} from {s.data.source.broker} into "
+              f"{s.data.source.landing}; `raypipe ingest-stream SPEC --status` shows its counts", markup=False)
+    print(json.dumps(mqtt.ingest_status(s), default=str), flush=True)
+    own_ray = not (address or s.ray.address or joined_kept_ray())
+    if blocking if blocking is not None else own_ray:
+        import signal
+        import threading
+
+        if own_ray:
+            err.print("this command's own Ray ends with it: landing until Ctrl-C (start `raypipe up` first to "
+                      "leave the actor running)", markup=False)
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+        print(json.dumps(mqtt.stop_ingest(s), default=str), flush=True)
+
+
+@app.command()
+def stream(
+    spec: Path = SpecArg,
+    source: Optional[str] = typer.Option(None, "--source", help="mqtt://host:port (default: the spec's mqtt "
+                                         "data.source broker)."),
+    topics: Optional[list[str]] = typer.Option(None, "--topics", help="Topic filter to score (repeat it; default: "
+                                               "the spec's mqtt data.source topics)."),
+    publish: str = typer.Option("{topic}/prediction", "--publish", help="Topic of each prediction; {device} and "
+                                "{topic} are filled in."),
+    alias: str = typer.Option("champion", "--alias"),
+    key: Optional[str] = typer.Option(None, "--key", help="The field naming the device (default: the first id column)."),
+    batch_messages: int = typer.Option(100, "--batch-messages", min=1),
+    batch_seconds: float = typer.Option(0.2, "--batch-seconds", min=0.001),
+    check_every_s: float = typer.Option(5.0, "--check-every", min=0.0, help="Seconds between reads of the alias "
+                                        "(a new version is loaded when it moves)."),
+    client_id: Optional[str] = typer.Option(None, "--client-id", help="The persistent session's id (default "
+                                            "raypipe-stream-<pipeline>); one running scorer per id."),
+) -> None:
+    """Score an MQTT stream with the champion: one prediction published per message, logged for monitoring."""
+    import signal
+
+    from raypipe.api import as_spec
+    from raypipe.errors import SpecError
+    from raypipe.serve.stream import StreamScorer
+    from raypipe.spec import MqttSource
+
+    s = as_spec(spec)
+    src = s.data.source if isinstance(s.data.source, MqttSource) else None
+    broker = source or (src.broker if src else None)
+    if not broker or not (topics or src):
+        raise SpecError("raypipe stream: give --source mqtt://host:port and --topics TOPIC (or a spec whose "
+                        "data.source is of type mqtt)")
+    scorer = StreamScorer(s, broker, list(topics or src.topics), publish=publish, alias=alias, key=key,
+                          id_field=src.id_field if src else None, batch_messages=batch_messages,
+                          batch_seconds=batch_seconds, check_every_s=check_every_s, client_id=client_id,
+                          qos=src.qos if src else 1,
+                          username_env=src.username_env if src else None,
+                          password_env=src.password_env if src else None)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: scorer.stop())
+    err.print(f"scoring {list(topics or src.topics)} from {broker} with {s.name} version {scorer.version} "
+              f"({alias}); Ctrl-C stops", markup=False)
+    counts = scorer.run()
+    print(json.dumps(counts), flush=True)
+
+
 @app.command()
 def export(
     spec: Path = SpecArg,

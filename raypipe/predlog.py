@@ -1,6 +1,6 @@
 """The prediction log: every answer of the endpoint and of ``raypipe predict``, as parquet.
 
-This module is the log's contract; the Serve replica and ``raypipe predict`` write it, the
+This module is the log's contract; the Serve replica, ``raypipe predict`` and ``raypipe stream`` write it, the
 monitor and ``raypipe feedback`` read it. Names here are stable.
 
 Layout (``<storage>`` is the spec's ``storage``: a local path or any ``pyarrow.fs`` URI)::
@@ -28,7 +28,8 @@ Columns of a log file:
   answered), ``shadow`` (the challenger scored the champion's request; never returned to
   the client) or, for ``raypipe predict`` of a version that is not the champion,
   ``challenger``;
-- ``__source`` string: ``serve`` or ``predict``;
+- ``__source`` string: ``serve``, ``predict`` or ``stream`` (``raypipe stream``: one
+  ``__request_id`` per micro-batch, ``<id>:<row>`` per message, as for ``predict``);
 - the answer, by task: classification ``__prediction`` (string: the class label as text)
   and ``__scores`` (map<string, double>: class -> probability); regression ``__prediction``
   (double); clustering ``__cluster`` (int64); anomaly ``__is_anomaly`` (bool) and

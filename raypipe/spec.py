@@ -231,11 +231,70 @@ class TextSource(_Section):
     encoding: str = "utf-8"
 
 
+class MqttWindow(_Section):
+    """What of the landing folder a run trains on: the newest ``seconds`` of arrival time, or the newest
+    micro-batches holding at least ``messages`` rows (whole micro-batches: up to one batch more)."""
+
+    seconds: float | None = Field(default=None, gt=0)
+    messages: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "MqttWindow":
+        if (self.seconds is None) == (self.messages is None):
+            raise ValueError("give exactly one of window.seconds (e.g. {seconds: 3600}) and window.messages "
+                             "(e.g. {messages: 50000})")
+        return self
+
+
+class MqttSource(_Section):
+    """MQTT topics landed as parquet by a detached ingest actor (``raypipe ingest-stream SPEC``).
+
+    The actor subscribes with a persistent session (fixed ``client_id``, clean session off) and
+    acknowledges each message only once its micro-batch is written and synced to ``landing``;
+    a run trains on a ``window`` of what has landed. The password never goes in ``broker``:
+    name the environment variables that hold the user name and password.
+    """
+
+    type: Literal["mqtt"]
+    broker: str = Field(description="mqtt://host:1883 (or mqtts://host:8883 for TLS)")
+    topics: list[str] = Field(min_length=1, description="topic filters, + and # wildcards allowed")
+    format: Literal["json"] = Field(default="json", description="each payload is one JSON object (one row)")
+    qos: Literal[0, 1, 2] = Field(default=1, description="1 or 2: nothing is lost between the broker and the "
+                                  "landing folder; 0: messages in flight when the actor stops are lost")
+    window: MqttWindow = Field(default_factory=lambda: MqttWindow(messages=100_000))
+    landing: str = Field(description="a local folder (shared by every Ray node on a cluster) the actor writes "
+                                     "micro-batches into; quarantined messages go to its _quarantine/ folder")
+    client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                  description="the persistent session's id (default: raypipe-<pipeline name>)")
+    id_field: str | None = Field(default=None, description="the payload field that identifies a message (its "
+                                 "redelivery is landed once); default: a hash of topic and payload")
+    username_env: str | None = Field(default=None, description="the environment variable holding the user name")
+    password_env: str | None = Field(default=None, description="the environment variable holding the password")
+    batch_messages: int = Field(default=500, ge=1, description="a micro-batch is written at this many messages")
+    batch_seconds: float = Field(default=1.0, gt=0, description="... or when its oldest message is this old")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        if not v.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("write mqtt://host:1883 (or mqtts://host:8883 for TLS)")
+        return no_secret_in_url(v, "name the variables that hold them in username_env and password_env")
+
+    @field_validator("landing")
+    @classmethod
+    def _local(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError("landing must be a local (or mounted shared) folder: the actor fsyncs each "
+                             "micro-batch before it acknowledges its messages")
+        return v
+
+
 Source = Annotated[
-    Union[BuiltinSource, ParquetSource, CsvSource, JsonSource, SqlSource, HttpSource, ImagesSource, TextSource],
+    Union[BuiltinSource, ParquetSource, CsvSource, JsonSource, SqlSource, HttpSource, ImagesSource, TextSource,
+          MqttSource],
     Field(discriminator="type"),
 ]
-SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "text")
+SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "text", "mqtt")
 
 
 class SplitSection(_Section):
@@ -1192,6 +1251,8 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
     src = spec.data.source
     if hasattr(src, "path") and "://" not in src.path and not Path(src.path).is_absolute():
         src.path = str((base / src.path).resolve())
+    if isinstance(src, MqttSource) and not Path(src.landing).is_absolute():
+        src.landing = str((base / src.landing).resolve())
     if isinstance(src, SqlSource) and src.url.startswith("sqlite:///") and not src.url.startswith("sqlite:////"):
         rel = src.url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":

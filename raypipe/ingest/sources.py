@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from raypipe.spec import (
-    BuiltinSource, CsvSource, HttpSource, ImagesSource, JsonSource, ParquetSource, SqlSource, TextSource,
+    BuiltinSource, CsvSource, HttpSource, ImagesSource, JsonSource, MqttSource, ParquetSource, SqlSource, TextSource,
 )
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 FileSource = ParquetSource | CsvSource | JsonSource
 TreeSource = ImagesSource | TextSource
-AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource
+AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource | MqttSource
 
 
 def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStack | None = None,
@@ -43,6 +43,10 @@ def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStac
         from raypipe.ingest.http import read_http
 
         return read_http(source, scratch)
+    if isinstance(source, MqttSource):
+        from raypipe.ingest.mqtt import read_mqtt
+
+        return read_mqtt(source)
     if isinstance(source, ImagesSource):
         from raypipe.ingest.unstructured import read_images
 
@@ -64,7 +68,8 @@ def data_fingerprint(source: AnySource | None, nonce: str = "") -> str:
     fingerprint). A database or an API cannot be hashed without reading it: their
     fingerprint is the source's configuration (secrets excluded) plus its
     ``snapshot`` label, or ``nonce`` (the run id) without one, so that every run
-    reads them again. No source (a policy learning from its environment alone) has one fixed fingerprint.
+    reads them again. An MQTT source's is its window of landed micro-batches (file names and
+    sizes: the same window, the same fingerprint). No source (a policy learning from its environment alone) has one fixed fingerprint.
     """
     if source is None:
         return _sha({"source": None})
@@ -82,6 +87,10 @@ def data_fingerprint(source: AnySource | None, nonce: str = "") -> str:
         params = source.model_dump(mode="json", exclude={"snapshot"})
         params["headers"] = sorted(params["headers"])  # names only: values may be credentials
         return _sha({"http": params, "snapshot": source.snapshot or f"run:{nonce}"})
+    if isinstance(source, MqttSource):
+        from raypipe.ingest.mqtt import mqtt_fingerprint
+
+        return mqtt_fingerprint(source)
     return _files_fingerprint(source)
 
 
