@@ -18,8 +18,11 @@ log (``__source`` ``stream``), so ``raypipe monitor --last 1h`` sees streamed tr
   clean session off) and a message is acknowledged only after its answer is published and
   logged (or it is quarantined), so a scorer stopped or killed picks up where it left off;
   a message in flight when it was killed may be answered twice.
-- ``prepare`` is called on each batch's rows before scoring (per-device rolling features
-  hook in here); the default leaves them as they are.
+- ``prepare`` is called on each batch's rows before scoring. By default it adds the spec's
+  ``features.windows`` (:class:`~raypipe.model.features.windows.OnlineWindows`: each
+  device's last readings are held, so the values equal the validate stage's offline ones);
+  messages carry the readings, never the window columns. The held readings live in the
+  scorer: a restarted scorer starts each device's windows afresh.
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ class StreamScorer:
         self.spec, self.topics, self.publish_topic, self.id_field = spec, list(topics), publish, id_field
         self.alias, self.qos = alias, qos
         self.batch_messages, self.batch_seconds, self.check_every_s = batch_messages, batch_seconds, check_every_s
-        self.prepare = prepare or (lambda df: df)
+        self.prepare = prepare or _default_prepare(spec)
         self.registry = Registry.for_spec(spec)
         self.trusted = trusted_factories(spec)
         self.predictor: Any = None
@@ -126,9 +129,13 @@ class StreamScorer:
         if not hasattr(predictor, "predict_records"):
             raise ValueError(f"{self.spec.name} version {version} is a policy: stream scoring takes a predictive model")
         self.schema = store.read_json("schema.json")
-        inputs = feature_columns(self.schema) + [c for c in self.schema.get("id_columns", [])
-                                                 if c not in feature_columns(self.schema)]
-        self.columns = {c: _SCHEMA_TYPES.get(self.schema["columns"][c]["type"], "string") for c in inputs}
+        cols = self.schema["columns"]
+        derived = {c for c, meta in cols.items() if "window" in meta}  # computed here by `prepare`, not sent
+        windows = self.spec.features.windows
+        inputs = [c for c in feature_columns(self.schema) if c not in derived]
+        inputs += [c for c in [*self.schema.get("id_columns", []), *((windows.by, windows.order) if windows else ())]
+                   if c not in inputs and c in cols]
+        self.columns = {c: _SCHEMA_TYPES.get(cols[c]["type"], "string") for c in inputs}
         self.log_format = LogFormat(self.schema, self.spec.data.task, self.spec.monitor.log.exclude_columns)
         old, self.predictor, self.version = self.version, predictor, version
         if old is not None:
@@ -275,6 +282,15 @@ class StreamScorer:
         except Exception:  # noqa: BLE001 - the predictions are the job; a log that cannot be written is reported
             self.counts["log_errors"] += 1
             log.exception("stream %s: %d rows could not be written to the prediction log", self.spec.name, len(rows))
+
+
+def _default_prepare(spec: Spec) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The spec's ``features.windows`` from each device's last readings (kept across hot swaps), else nothing."""
+    if spec.features.windows is None:
+        return lambda df: df
+    from raypipe.model.features.windows import OnlineWindows
+
+    return OnlineWindows.from_spec(spec.features.windows).update
 
 
 def check_publish_topic(publish: str, topics: list[str]) -> None:

@@ -258,3 +258,58 @@ def test_a_prediction_topic_the_subscription_would_deliver_back_is_refused():
         check_publish_topic("{topic}/prediction", ["plant/#"])
     with pytest.raises(SpecError, match=r"only \{device\} and \{topic\} are filled in"):
         check_publish_topic("{machine}/p", ["plant/+/sensors"])
+
+
+def test_window_features_are_computed_from_each_device_s_last_readings_like_offline(ray_session, broker,
+                                                                                    tmp_path_factory):
+    """A champion trained with ``features.windows``: messages carry the readings only, the scorer adds each
+    device's windows, and the answers equal the batch Predictor's on the offline window values."""
+    import pandas as pd
+
+    import raypipe
+    from raypipe.model.features.windows import group_windows
+    from raypipe.serve.stream import StreamScorer
+
+    storage = tmp_path_factory.mktemp("stream-windows") / "store"
+    windows = {"by": "machine_id", "order": "cycle", "columns": ["vibration_mm_s", "temperature_c"], "size": 4}
+    spec = load_spec(small_spec(storage, name="t-stream-w", data={
+        "source": {"type": "builtin", "name": "sensors", "rows": 1500, "seed": 3}, "target": "failure_soon",
+        "id_columns": ["machine_id"]}, features={"windows": windows}))
+    raypipe.run(spec)
+    scorer = StreamScorer(spec, broker, ["plant/+/sensors"], publish="plant/{device}/predictions",
+                          batch_messages=25, batch_seconds=0.1)
+    listener = Listener(broker)
+    scorer.start()
+    assert scorer.subscribed.wait(30)
+    messages = sensor_messages(machines=10, per_machine=8, seed=9)
+    assert not any(k.startswith("vibration_mm_s_w4") for k in messages[0])
+    pub = Publisher(broker, "rp-stream-w-pub")
+    try:
+        for m in messages:
+            pub.publish(f"plant/{m['machine_id']}/sensors", json.dumps(m))
+        wait_for(lambda: len(listener.got) == len(messages), "every prediction")
+    finally:
+        pub.close()
+        counts = scorer.stop()
+        listener.close()
+    assert counts["quarantined"] == 0 and counts["scored"] == len(messages)
+    frame = pd.DataFrame(messages)
+    offline = pd.concat([group_windows(g, order="cycle", columns=windows["columns"], size=4,
+                                       stats=["mean", "std", "min", "max", "slope"])
+                         for _, g in frame.groupby("machine_id")]).loc[frame.index]
+    expected = champion_predictor(storage, "t-stream-w").predict_records(offline.to_dict("records"))
+    from raypipe.ingest.mqtt_wire import message_id
+
+    order = {message_id(f"plant/{m['machine_id']}/sensors", json.dumps(m).encode(), m, None): i
+             for i, m in enumerate(messages)}
+    got = sorted(listener.got, key=lambda g: order[g["id"]])
+    assert [g["prediction"] for g in got] == [e["prediction"] for e in expected]
+    # float32 matrix products differ in the last bits between batch sizes (the stream scored 25 at a time)
+    assert [g["scores"] for g in got] == [pytest.approx(e["scores"], abs=1e-6) for e in expected]
+    # without the windows (a first reading's alone) most answers would differ: the windows carried information
+    alone = champion_predictor(storage, "t-stream-w").predict_records(
+        pd.concat([frame, frame[windows["columns"]].rename(columns=lambda c: f"{c}_w4_mean")], axis=1)
+        .assign(**{f"{c}_w4_{s}": 0.0 for c in windows["columns"] for s in ("std", "slope")},
+                **{f"{c}_w4_{s}": frame[c] for c in windows["columns"] for s in ("min", "max")})
+        .to_dict("records"))
+    assert [a["scores"] for a in alone] != [e["scores"] for e in expected]
