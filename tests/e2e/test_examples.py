@@ -97,8 +97,9 @@ def _postgres(monkeypatch: pytest.MonkeyPatch, stack: list[Callable[[], None]]) 
 
 # examples/monitoring_loop runs whole (its pipeline, then its traffic, the retrain and the swap) in
 # tests/e2e/test_monitoring_loop.py; running its pipeline alone here would only repeat the first step.
-# The reinforcement-learning examples run whole, with their own checks, in tests/e2e/test_rl.py.
-RUN_ELSEWHERE = {"monitoring_loop", "rl_cartpole", "maintenance_policy", "offline_rl"}
+# The reinforcement-learning examples run whole, with their own checks, in tests/e2e/test_rl.py, and
+# streaming_maintenance (broker, landing, training, live scoring) in tests/e2e/test_streaming_maintenance.py.
+RUN_ELSEWHERE = {"monitoring_loop", "rl_cartpole", "maintenance_policy", "offline_rl", "streaming_maintenance"}
 RUN_HERE = [e for e in EXAMPLES if e not in RUN_ELSEWHERE]
 # The scans CNN finds the faint blobs only after some 20 epochs; on 400 images that is a few seconds.
 KEEP_EPOCHS = {"medical_images": 30}
