@@ -19,7 +19,7 @@ from raypipe.tasks import TASKS
 
 UNSUPERVISED_TASKS = tuple(name for name, t in TASKS.items() if not t.supervised)
 CLASSIFICATION_METRICS = TASKS["classification"].default_metrics  # evaluate.metrics' default, replaced per task
-TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text")
+TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text", "torch.audio")
 RLLIB_ALGOS = ("PPO", "DQN", "SAC", "BC", "MARWIL")  # model.kind rllib:<ALGO>
 OFFLINE_ALGOS = ("BC", "MARWIL")  # learn from logged transitions (data.source), not from the environment
 POLICY_TASKS = tuple(name for name, t in TASKS.items() if t.policy)
@@ -231,11 +231,30 @@ class TextSource(_Section):
     encoding: str = "utf-8"
 
 
+class AudioSource(_Section):
+    """A folder tree ``<path>/<label>/<file>.wav|flac``: columns ``audio`` (float32 waveform), ``label``
+    and ``speaker`` (the file name's prefix before its first ``_``: ``<speaker>_<n>.wav``)."""
+
+    type: Literal["audio"]
+    path: str
+    sample_rate: int = Field(default=16000, ge=1000, le=192_000, description="every clip is resampled to this rate (Hz)")
+    duration_s: float = Field(default=1.0, gt=0.0, le=60.0, description="every clip is padded with silence or "
+                                                                        "trimmed to this length")
+    on_bad_files: Literal["skip", "fail"] = Field(
+        default="skip", description="a file that cannot be decoded: skip (left out, counted and named in the "
+                                    "ingest output) or fail (the run stops, naming every such file)")
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.sample_rate * self.duration_s))
+
+
 Source = Annotated[
-    Union[BuiltinSource, ParquetSource, CsvSource, JsonSource, SqlSource, HttpSource, ImagesSource, TextSource],
+    Union[BuiltinSource, ParquetSource, CsvSource, JsonSource, SqlSource, HttpSource, ImagesSource, TextSource,
+          AudioSource],
     Field(discriminator="type"),
 ]
-SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "text")
+SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "text", "audio")
 
 
 class SplitSection(_Section):
@@ -244,6 +263,9 @@ class SplitSection(_Section):
     stratify: bool = Field(default=True, description="keep each class's share in every split (classification and "
                                                       "anomaly labels; a regression target is never stratified)")
     seed: int = 42
+    group_by: str | None = Field(default=None, description="a column whose rows stay together: each of its values "
+                                                           "(a speaker, a patient) goes wholly to one split, so the "
+                                                           "test split holds unseen groups; replaces stratify")
 
     @model_validator(mode="after")
     def _fractions(self) -> "SplitSection":
@@ -430,6 +452,16 @@ class ImageFeatures(_Section):
     normalize: Literal["standard", "unit"] = "standard"
 
 
+class AudioFeatures(_Section):
+    """Waveforms -> log-mel spectrograms (``n_mels`` x frames), standardised per mel band with the training
+    mean/std (``normalize: standard``) or left in decibels (``none``)."""
+
+    n_mels: int = Field(default=40, ge=4, le=256)
+    hop_ms: float = Field(default=10.0, gt=0.0, le=1000.0, description="step between frames, in milliseconds")
+    win_ms: float = Field(default=25.0, gt=0.0, le=1000.0, description="analysis window (FFT size), in milliseconds")
+    normalize: Literal["standard", "none"] = "standard"
+
+
 class PcaFeatures(_Section):
     components: int = Field(ge=1)
     whiten: bool = False
@@ -440,6 +472,7 @@ class FeaturesSection(_Section):
     categorical: CategoricalFeatures = Field(default_factory=CategoricalFeatures)
     text: TextFeatures = Field(default_factory=TextFeatures)
     image: ImageFeatures = Field(default_factory=ImageFeatures)
+    audio: AudioFeatures = Field(default_factory=AudioFeatures)
     pca: PcaFeatures | None = None
     balance: Literal["none", "class_weight", "oversample", "undersample"] = "none"
     balance_seed: int = 0
