@@ -6,17 +6,19 @@
 # - Prometheus (with promtool) and Alertmanager (with amtool): tests/serve/test_rollout.py and
 #   tests/monitor/test_alerts.py start them on loopback. A policy-rc.d refusing service starts is
 #   in place during the install only, so the packages' own services (ports 9090, 9093) never run.
+# - espeak-ng: tests/e2e/test_speech.py synthesises spoken words with it (the speech example's data).
 # Needs root and apt (Debian/Ubuntu); elsewhere it says what is missing and the tests that
 # need it fail with the same message.
 set -euo pipefail
-need_pg=0; need_prom=0; need_am=0
+need_pg=0; need_prom=0; need_am=0; need_espeak=0
 compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null || need_pg=1
 command -v prometheus > /dev/null || need_prom=1
 command -v prometheus-alertmanager > /dev/null || need_am=1
-[ $need_pg = 0 ] && [ $need_prom = 0 ] && [ $need_am = 0 ] && exit 0
+command -v espeak-ng > /dev/null || need_espeak=1
+[ $need_pg = 0 ] && [ $need_prom = 0 ] && [ $need_am = 0 ] && [ $need_espeak = 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get > /dev/null; then
-    echo "test-deps: missing$([ $need_pg = 1 ] && echo ' postgresql')$([ $need_prom = 1 ] && echo ' prometheus')$([ $need_am = 1 ] && echo ' prometheus-alertmanager');" \
-         "install them (Debian: apt-get install postgresql prometheus prometheus-alertmanager) or the tests that use them fail" >&2
+    echo "test-deps: missing$([ $need_pg = 1 ] && echo ' postgresql')$([ $need_prom = 1 ] && echo ' prometheus')$([ $need_am = 1 ] && echo ' prometheus-alertmanager')$([ $need_espeak = 1 ] && echo ' espeak-ng');" \
+         "install them (Debian: apt-get install postgresql prometheus prometheus-alertmanager espeak-ng) or the tests that use them fail" >&2
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -34,4 +36,7 @@ if [ $need_prom = 1 ] || [ $need_am = 1 ]; then
     if [ $need_prom = 1 ]; then pkgs+=(prometheus); fi
     if [ $need_am = 1 ]; then pkgs+=(prometheus-alertmanager); fi
     apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+fi
+if [ $need_espeak = 1 ]; then
+    apt-get install -y -qq --no-install-recommends espeak-ng
 fi

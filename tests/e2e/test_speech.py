@@ -4,13 +4,13 @@ The test split holds whole voices the model never heard (``data.split.group_by: 
 The CNN must reach 0.9 accuracy there and do at least as well as the linear baseline that
 evaluate fits on the same features. A served endpoint takes a clip's WAV file base64-encoded
 and answers as the registered version's Predictor does offline, and as ``raypipe predict``
-does on the stored waveforms; a bad clip is a 422 naming the ``audio`` field.
+does on the stored waveforms; a bad clip is a 422 naming the ``audio`` field. Needs espeak-ng
+(``scripts/test-deps.sh`` installs it; without it the generator's error says how).
 """
 from __future__ import annotations
 
 import base64
 import copy
-import os
 from pathlib import Path
 
 import httpx
@@ -26,11 +26,6 @@ from tests.conftest import champion_predictor, delete_new_apps, free_port, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("yes", "no", "up", "down")
-
-pytestmark = pytest.mark.skipif(
-    not any(os.access(os.path.join(p, "espeak-ng"), os.X_OK) for p in os.environ.get("PATH", "").split(os.pathsep)),
-    reason="espeak-ng not installed (apt-get install espeak-ng; scripts/test-deps.sh does)")
-
 
 @pytest.fixture(scope="module")
 def trained(ray_session, tmp_path_factory):
