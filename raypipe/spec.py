@@ -343,6 +343,12 @@ class DataSection(_Section):
                 raise ValueError(f"task {self.task!r} needs data.source: where the rows come from")
             if self.env is not None:
                 raise ValueError(f"data.env applies to task reinforcement, not {self.task!r}: remove it")
+        group = self.split.group_by
+        if group is not None and group not in self.id_columns:  # the test split's groups are unseen: not a feature
+            raise ValueError(f"data.split.group_by: {group!r} must also be listed in data.id_columns (the test split "
+                             f"holds groups training never saw, so it cannot be a feature); add id_columns: [{group}]")
+        if group is not None and group == self.target:
+            raise ValueError(f"data.split.group_by: {group!r} is the target; group by another column (a speaker, a patient)")
         return self
 
 

@@ -123,3 +123,19 @@ def test_speech_generator_writes_seeded_clips_per_voice(tmp_path: Path):
     assert rate == 16000 and len(y) == 16000 and np.abs(y).max() > 0.1  # a spoken word, not just noise
     write_speech_commands(tmp_path / "b", words=("yes", "no"), voices=("en-us+m1", "en-gb+f2"), per_voice=2)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)  # seeded
+
+
+def test_spec_errors_name_the_field_and_the_fix():
+    from raypipe.errors import SpecError
+
+    base = {"name": "t", "data": {"source": {"type": "audio", "path": "clips"}, "target": "label"}}
+    spec = raypipe.load_spec(base)
+    assert spec.data.source.samples == 16000 and spec.features.audio.n_mels == 40
+    with pytest.raises(SpecError, match="group_by.*'speaker' must also be listed in data.id_columns"):
+        raypipe.load_spec({**base, "data": {**base["data"], "split": {"group_by": "speaker"}}})
+    with pytest.raises(SpecError, match="duration_s"):
+        raypipe.load_spec({**base, "data": {**base["data"], "source": {"type": "audio", "path": "c", "duration_s": 0}}})
+    with pytest.raises(SpecError, match="n_mels"):
+        raypipe.load_spec({**base, "features": {"audio": {"n_mels": 1}}})
+    with pytest.raises(SpecError, match="did you mean 'torch.audio'"):
+        raypipe.load_spec({**base, "model": {"kind": "torch.audi"}})
