@@ -158,3 +158,13 @@ def test_audio_cnn_reads_the_audio_block_and_the_rest():
     assert not torch.allclose(net(x), net(x.index_fill(1, torch.tensor([0]), 5.0)))  # the numeric column counts
     with pytest.raises(SpecError, match="torch.audio needs exactly one audio column.*data.source.type: audio"):
         check_layout("torch.audio", [{"kind": "image", "columns": ["i"], "start": 0, "stop": 4, "shape": [2, 2, 1]}])
+
+
+def test_onnx_export_refuses_audio_features_naming_them():
+    from raypipe.errors import ExportError
+    from raypipe.export.onnx_features import check_exportable
+    from raypipe.spec import FeaturesSection
+
+    pipe = FeaturePipeline.from_spec(FeaturesSection(audio={"n_mels": 16, "hop_ms": 20}), _schema()).fit({"audio": _clips(3)})
+    with pytest.raises(ExportError, match=r"audio columns \['audio'\] have no ONNX form.*raypipe serve"):
+        check_exportable(pipe)
