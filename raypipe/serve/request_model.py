@@ -75,7 +75,9 @@ def _audio_type(samples: int, sample_rate: int) -> Any:
         raise ValueError(f"expected the clip's file (WAV, FLAC) as a base64 string, or a list of {samples} samples; "
                          f"got {type(value).__name__}")
 
-    return Annotated[Any, PlainValidator(check, json_schema_input_type=str)]
+    return Annotated[Any, PlainValidator(check, json_schema_input_type=str),
+                     Field(description=f"the clip's WAV or FLAC file, base64-encoded (resampled to {sample_rate} Hz, "
+                                       f"padded or cut to {samples} samples), or a list of {samples} samples")]
 
 
 _DATE_EXAMPLE = {"iso": "2024-03-01 or 2024-03-01T12:30:00Z", "dmy": "01/03/2024 (day/month) or 2024-03-01",
