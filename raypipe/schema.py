@@ -24,7 +24,6 @@ from raypipe.errors import DataValidationError
 
 FORMAT = "raypipe.schema/1"
 FEATURE_KINDS = ("numeric", "categorical", "datetime", "text", "image", "audio")
-TENSOR_TYPES = ("image", "audio")  # schema types held in Arrow tensor columns, with a shape
 NUMERIC_TYPES = ("number", "integer", "boolean")
 
 

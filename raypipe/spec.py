@@ -489,7 +489,7 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 
 
 class ModelSection(_Section):
-    """``kind``: a torch zoo model (``torch.mlp``, ``torch.cnn``, ``torch.text``), a user's
+    """``kind``: a torch zoo model (``torch.mlp``, ``torch.cnn``, ``torch.text``, ``torch.audio``), a user's
     ``nn.Module`` factory (``torch:<module>:<factory>``), or a scikit-learn estimator
     (``sklearn:<module>:<Class>``; ``sklearn:`` may be omitted)."""
 
