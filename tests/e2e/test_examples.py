@@ -91,7 +91,7 @@ def _postgres(monkeypatch: pytest.MonkeyPatch, stack: list[Callable[[], None]]) 
 # examples/monitoring_loop runs whole (its pipeline, then its traffic, the retrain and the swap) in
 # tests/e2e/test_monitoring_loop.py; running its pipeline alone here would only repeat the first step.
 # The reinforcement-learning examples run whole, with their own checks, in tests/e2e/test_rl.py.
-# examples/speech_commands runs as shipped (its 20 epochs; 4 epochs here would fail its gate) on fewer
+# examples/speech_commands runs as shipped (its 30 epochs; 4 epochs here would fail its gate) on fewer
 # clips in tests/e2e/test_speech.py, which also serves it; a second run here would only repeat that.
 RUN_ELSEWHERE = {"monitoring_loop", "rl_cartpole", "maintenance_policy", "offline_rl", "speech_commands"}
 RUN_HERE = [e for e in EXAMPLES if e not in RUN_ELSEWHERE]
