@@ -101,6 +101,7 @@ def test_group_by_names_a_missing_column(tmp_path: Path, ray_session):
     _write_tree(root)
     spec = _spec(tmp_path, root)
     spec["data"]["split"]["group_by"] = "voice"
+    spec["data"]["id_columns"] = ["speaker", "voice"]
     with pytest.raises(Exception, match="data.split.group_by: column 'voice' not found"):
         raypipe.run(spec, until="ingest", progress=quiet)
 
