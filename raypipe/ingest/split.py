@@ -151,6 +151,8 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     for s, u in zip(parts.get("s", ()), parts.get("u", ())):  # no rows: no columns either
         by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
     strata_u = {s: np.sort(np.concatenate(us)) for s, us in by_stratum.items()}
+    if group_by is not None:
+        check_groups(group_by, np.unique(np.concatenate(list(strata_u.values()))) if strata_u else np.zeros(0), validation)
     cut = _group_bounds if group_by is not None else _bounds
     bounds = {s: cut(us, test, validation) for s, us in strata_u.items()}
     rows = {"train": 0, "validation": 0, "test": 0}
@@ -204,3 +206,16 @@ def _group_bounds(us: np.ndarray, test: float, validation: float) -> tuple[float
     k_val = k_test + (max(1, int(round(len(groups) * validation))) if validation > 0 else 0)
     bound = lambda k: float(groups[k]) if k < len(groups) else 1.0  # noqa: E731
     return bound(k_test), bound(k_val)
+
+
+def check_groups(group_by: str, groups: np.ndarray, validation: float) -> None:
+    """Raise when ``groups`` (one number per distinct value of ``group_by``) cannot fill train, test
+    and (when asked for) validation with at least one group each."""
+    need = 3 if validation > 0 else 2
+    if len(groups) < need:
+        from raypipe.errors import DataValidationError
+
+        raise DataValidationError([f"data.split.group_by: column {group_by!r} has {len(groups)} distinct value(s); a "
+                                   f"split by group needs at least {need} (one each for train, test"
+                                   + (", validation" if validation > 0 else "") + "); add data from more groups, "
+                                   "set data.split.validation: 0, or remove group_by"])

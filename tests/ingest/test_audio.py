@@ -14,7 +14,7 @@ from raypipe.datasets import read_parquet
 from raypipe.errors import DataValidationError
 from raypipe.ingest.audio import speaker_of
 from raypipe.ingest.speech import ESPEAK_MISSING, espeak_binary
-from raypipe.ingest.split import _group_bounds
+from raypipe.ingest.split import _group_bounds, check_groups
 from raypipe.progress import Progress
 
 quiet = Progress(quiet=True)
@@ -53,6 +53,9 @@ def test_group_bounds_cut_between_groups():
     lo, hi = _group_bounds(u, 0.2, 0.2)
     assert (u < lo).sum() == 8 and ((u >= lo) & (u < hi)).sum() == 8  # 2 whole groups each
     assert _group_bounds(np.repeat([0.3, 0.6, 0.9], 5), 0.01, 0.0) == (0.6, 0.6)  # at least one test group
+    check_groups("speaker", np.array([0.1, 0.5]), 0.0)
+    with pytest.raises(DataValidationError, match="'speaker' has 2 distinct value.*at least 3.*validation: 0"):
+        check_groups("speaker", np.array([0.1, 0.5]), 0.15)
 
 
 def test_clips_are_decoded_and_whole_speakers_go_to_one_split(tmp_path: Path, ray_session):
