@@ -125,6 +125,8 @@ def _input_type(meta: dict[str, Any]) -> pa.DataType:
         for _ in meta["shape"]:
             t = pa.list_(t)
         return t
+    if meta["type"] == "audio":  # the decoded waveform, as the features saw it
+        return pa.list_(pa.float32())
     return _INPUT_TYPES.get(meta["type"], pa.string())
 
 

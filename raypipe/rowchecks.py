@@ -86,9 +86,10 @@ def _column_checks(name: str, col: dict[str, Any], s: pd.Series) -> tuple[list[C
         p = parse_booleans(s)
         parsed = p.values if not pd.api.types.is_bool_dtype(s) else None
         checks.append(Check(p.failed, f"{name}: not a boolean", s, True))
-    elif col["type"] == "image" and col.get("shape"):
+    elif col["type"] in ("image", "audio") and col.get("shape"):
         shape = "x".join(str(d) for d in col["shape"])
-        checks.append(Check(_wrong_shape(s, col["shape"]), f"{name}: image of the wrong shape (expected {shape})"))
+        what = "image" if col["type"] == "image" else "waveform"
+        checks.append(Check(_wrong_shape(s, col["shape"]), f"{name}: {what} of the wrong shape (expected {shape})"))
     elif col["type"] == "datetime":
         checks.append(Check(unparsable(s, col.get("format", "iso")), f"{name}: not a date", s, True))
     return checks + [Check(mask, text) for mask, text in _value_checks(name, col, s, xf)], parsed

@@ -6,7 +6,8 @@ builds its request model from it. Column types: ``number``, ``integer``,
 ``features.text.columns`` or a text source's ``text`` column), ``datetime`` (an Arrow
 date or timestamp column, or a string column whose values are dates: see
 :mod:`raypipe.dates`; its ``format`` is ``iso``, ``dmy`` or ``mdy``) and ``image`` (an
-Arrow tensor column, with its ``shape``). A string column whose values are nearly all
+Arrow tensor column, with its ``shape``) and ``audio`` (an audio source's ``audio`` column: a
+float32 waveform tensor of ``shape`` ``[samples]`` at ``sample_rate`` Hz). A string column whose values are nearly all
 distinct is marked ``id_like`` (see :func:`refine_schema`) and kept out of the features. A hand-written schema file may also give
 a column ``min``/``max`` (numbers) or ``values`` (allowed categories): rows outside
 them are quarantined.
@@ -22,7 +23,7 @@ import pyarrow as pa
 from raypipe.errors import DataValidationError
 
 FORMAT = "raypipe.schema/1"
-FEATURE_KINDS = ("numeric", "categorical", "datetime", "text", "image")
+FEATURE_KINDS = ("numeric", "categorical", "datetime", "text", "image", "audio")
 NUMERIC_TYPES = ("number", "integer", "boolean")
 
 
@@ -58,7 +59,8 @@ def arrow_kind(t: pa.DataType) -> str | None:
     return None
 
 
-def _column(field: pa.Field, text_columns: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+def _column(field: pa.Field, text_columns: list[str],
+            audio_columns: dict[str, int] | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """A field's schema entry, or the problem that stops raypipe using it."""
     kind = arrow_kind(field.type)
     if kind is None:
@@ -74,17 +76,21 @@ def _column(field: pa.Field, text_columns: list[str]) -> tuple[dict[str, Any] | 
     col: dict[str, Any] = {"type": kind, "nullable": True}
     if kind == "image":
         col["shape"] = tensor_shape(field.type)
+        if field.name in (audio_columns or {}):
+            col["type"], col["sample_rate"] = "audio", int(audio_columns[field.name])
     if kind == "datetime":
         col["format"] = "iso"  # typed by Arrow; strings sent to the endpoint are read as ISO 8601
     return col, None
 
 
 def infer_schema(arrow_schema: pa.Schema, *, target: str | None, task: str, id_columns: list[str],
-                 text_columns: list[str] | None = None, column_types: dict[str, str] | None = None) -> dict[str, Any]:
+                 text_columns: list[str] | None = None, column_types: dict[str, str] | None = None,
+                 audio_columns: dict[str, int] | None = None) -> dict[str, Any]:
     """Infer a schema from an Arrow schema.
 
     Args:
         text_columns: string columns to treat as free text (type ``text``).
+        audio_columns: tensor columns that hold waveforms (type ``audio``), with their sample rate.
         column_types: the type of string columns whose values hold numbers or booleans
             (decided from the data by ``raypipe.validate.infer``), by name.
 
@@ -98,7 +104,7 @@ def infer_schema(arrow_schema: pa.Schema, *, target: str | None, task: str, id_c
     for field in arrow_schema:
         if field.name.startswith("__"):
             continue
-        col, problem = _column(field, text_columns)
+        col, problem = _column(field, text_columns, audio_columns)
         if problem:
             problems.append(problem)
         if col is not None:
@@ -129,7 +135,7 @@ def feature_lists(columns: dict[str, dict[str, Any]], target: str | None, id_col
     feats = [c for c in columns if c != target and c not in id_columns
              and not (columns[c].get("id_like") and columns[c]["type"] == "string")]
     kind = {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "categorical",
-            "text": "text", "image": "image", "datetime": "datetime"}
+            "text": "text", "image": "image", "audio": "audio", "datetime": "datetime"}
     return {k: [c for c in feats if kind.get(columns[c]["type"]) == k] for k in FEATURE_KINDS}
 
 
@@ -149,7 +155,7 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def feature_columns(schema: dict[str, Any]) -> list[str]:
-    """Every feature column: numeric, categorical, datetime, text and image."""
+    """Every feature column: numeric, categorical, datetime, text, image and audio."""
     return [c for kind in FEATURE_KINDS for c in schema["features"].get(kind, [])]
 
 

@@ -19,7 +19,7 @@ from raypipe.tasks import TASKS
 
 UNSUPERVISED_TASKS = tuple(name for name, t in TASKS.items() if not t.supervised)
 CLASSIFICATION_METRICS = TASKS["classification"].default_metrics  # evaluate.metrics' default, replaced per task
-TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text")
+TORCH_MODELS = ("torch.mlp", "torch.cnn", "torch.text", "torch.audio")
 RLLIB_ALGOS = ("PPO", "DQN", "SAC", "BC", "MARWIL")  # model.kind rllib:<ALGO>
 OFFLINE_ALGOS = ("BC", "MARWIL")  # learn from logged transitions (data.source), not from the environment
 POLICY_TASKS = tuple(name for name, t in TASKS.items() if t.policy)
@@ -289,12 +289,30 @@ class MqttSource(_Section):
         return v
 
 
+class AudioSource(_Section):
+    """A folder tree ``<path>/<label>/<file>.wav|flac``: columns ``audio`` (float32 waveform), ``label``
+    and ``speaker`` (the file name's prefix before its first ``_``: ``<speaker>_<n>.wav``)."""
+
+    type: Literal["audio"]
+    path: str
+    sample_rate: int = Field(default=16000, ge=1000, le=192_000, description="every clip is resampled to this rate (Hz)")
+    duration_s: float = Field(default=1.0, gt=0.0, le=60.0, description="every clip is padded with silence or "
+                                                                        "trimmed to this length")
+    on_bad_files: Literal["skip", "fail"] = Field(
+        default="skip", description="a file that cannot be decoded: skip (left out, counted and named in the "
+                                    "ingest output) or fail (the run stops, naming every such file)")
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.sample_rate * self.duration_s))
+
+
 Source = Annotated[
     Union[BuiltinSource, ParquetSource, CsvSource, JsonSource, SqlSource, HttpSource, ImagesSource, TextSource,
-          MqttSource],
+          MqttSource, AudioSource],
     Field(discriminator="type"),
 ]
-SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "text", "mqtt")
+SOURCE_TYPES = ("builtin", "parquet", "csv", "json", "sql", "http", "images", "text", "mqtt", "audio")
 
 
 class SplitSection(_Section):
@@ -303,6 +321,9 @@ class SplitSection(_Section):
     stratify: bool = Field(default=True, description="keep each class's share in every split (classification and "
                                                       "anomaly labels; a regression target is never stratified)")
     seed: int = 42
+    group_by: str | None = Field(default=None, description="a column whose rows stay together: each of its values "
+                                                           "(a speaker, a patient) goes wholly to one split, so the "
+                                                           "test split holds unseen groups; replaces stratify")
 
     @model_validator(mode="after")
     def _fractions(self) -> "SplitSection":
@@ -380,6 +401,12 @@ class DataSection(_Section):
                 raise ValueError(f"task {self.task!r} needs data.source: where the rows come from")
             if self.env is not None:
                 raise ValueError(f"data.env applies to task reinforcement, not {self.task!r}: remove it")
+        group = self.split.group_by
+        if group is not None and group not in self.id_columns:  # the test split's groups are unseen: not a feature
+            raise ValueError(f"data.split.group_by: {group!r} must also be listed in data.id_columns (the test split "
+                             f"holds groups training never saw, so it cannot be a feature); add id_columns: [{group}]")
+        if group is not None and group == self.target:
+            raise ValueError(f"data.split.group_by: {group!r} is the target; group by another column (a speaker, a patient)")
         return self
 
 
@@ -489,6 +516,16 @@ class ImageFeatures(_Section):
     normalize: Literal["standard", "unit"] = "standard"
 
 
+class AudioFeatures(_Section):
+    """Waveforms -> log-mel spectrograms (``n_mels`` x frames), standardised per mel band with the training
+    mean/std (``normalize: standard``) or left in decibels (``none``)."""
+
+    n_mels: int = Field(default=40, ge=4, le=256)
+    hop_ms: float = Field(default=10.0, gt=0.0, le=1000.0, description="step between frames, in milliseconds")
+    win_ms: float = Field(default=25.0, gt=0.0, le=1000.0, description="analysis window (FFT size), in milliseconds")
+    normalize: Literal["standard", "none"] = "standard"
+
+
 class PcaFeatures(_Section):
     components: int = Field(ge=1)
     whiten: bool = False
@@ -518,6 +555,7 @@ class FeaturesSection(_Section):
     categorical: CategoricalFeatures = Field(default_factory=CategoricalFeatures)
     text: TextFeatures = Field(default_factory=TextFeatures)
     image: ImageFeatures = Field(default_factory=ImageFeatures)
+    audio: AudioFeatures = Field(default_factory=AudioFeatures)
     pca: PcaFeatures | None = None
     balance: Literal["none", "class_weight", "oversample", "undersample"] = "none"
     balance_seed: int = 0
@@ -528,7 +566,7 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 
 
 class ModelSection(_Section):
-    """``kind``: a torch zoo model (``torch.mlp``, ``torch.cnn``, ``torch.text``), a user's
+    """``kind``: a torch zoo model (``torch.mlp``, ``torch.cnn``, ``torch.text``, ``torch.audio``), a user's
     ``nn.Module`` factory (``torch:<module>:<factory>``), or a scikit-learn estimator
     (``sklearn:<module>:<Class>``; ``sklearn:`` may be omitted)."""
 

@@ -191,3 +191,18 @@ def test_read_window_returns_rows_in_start_end(ray_session, tmp_path, start_h, e
     rows = ds.take_all()
     assert len(rows) == expected
     assert all(t0 + dt.timedelta(hours=start_h) <= r["__ts"] < t0 + dt.timedelta(hours=end_h) for r in rows)
+
+
+def test_audio_inputs_are_logged_as_their_decoded_waveform():
+    import numpy as np
+
+    schema = {"columns": {"audio": {"type": "audio", "shape": [4], "sample_rate": 8000}, "speaker": {"type": "string"},
+                          "label": {"type": "string"}},
+              "features": {"audio": ["audio"]}, "id_columns": ["speaker"],
+              "target": {"name": "label", "type": "string", "task": "classification", "classes": ["a", "b"]}}
+    fmt = LogFormat(schema, "classification")
+    answers = fmt.answers_from_records([{"prediction": "a", "scores": {"a": 0.9, "b": 0.1}}] * 2)
+    t = fmt.table({"audio": [np.arange(4, dtype=np.float32), None], "speaker": ["x", "y"]}, answers, ["r1", "r2"],
+                  0.0, 1, "champion", "serve")
+    assert str(t.schema.field("audio").type) == "list<item: float>"
+    assert t["audio"].to_pylist() == [[0.0, 1.0, 2.0, 3.0], None]

@@ -59,6 +59,9 @@ def check_exportable(pipeline: FeaturePipeline) -> None:
         if op.kind == "datetime":
             problems.append(f"datetime features are not supported by ONNX export yet (columns {op.columns}); serve "
                             "this pipeline with raypipe serve, or list them in data.id_columns to export without them")
+        if op.kind == "audio":
+            problems.append(f"audio columns {op.columns} have no ONNX form (decoding and the mel spectrogram); "
+                            "serve this pipeline with raypipe serve")
     if problems:
         raise ExportError(problems)
 

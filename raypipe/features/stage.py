@@ -49,7 +49,7 @@ def _fit_table(pipeline: FeaturePipeline, store: Any, rel: str) -> dict[str, Any
 
 def _summary(pipeline: FeaturePipeline) -> str:
     groups = {"numeric": pipeline.numeric, "categorical": pipeline.categorical, "datetime": pipeline.datetime,
-              "text": pipeline.text, "image": pipeline.image}
+              "text": pipeline.text, "image": pipeline.image, "audio": pipeline.audio}
     parts = " + ".join(f"{len(cols)} {kind}" for kind, cols in groups.items() if cols) or "no"
     pca = f", PCA to {pipeline.pca_components} components" if pipeline.pca is not None else ""
     return f"{pipeline.n_features} features from {parts} columns{pca}"

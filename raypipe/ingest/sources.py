@@ -10,14 +10,15 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from raypipe.spec import (
-    BuiltinSource, CsvSource, HttpSource, ImagesSource, JsonSource, MqttSource, ParquetSource, SqlSource, TextSource,
+    AudioSource, BuiltinSource, CsvSource, HttpSource, ImagesSource, JsonSource, MqttSource, ParquetSource, SqlSource,
+    TextSource,
 )
 
 if TYPE_CHECKING:
     from raypipe.store import Store
 
 FileSource = ParquetSource | CsvSource | JsonSource
-TreeSource = ImagesSource | TextSource
+TreeSource = ImagesSource | TextSource | AudioSource
 AnySource = BuiltinSource | FileSource | SqlSource | HttpSource | TreeSource | MqttSource
 
 
@@ -55,6 +56,10 @@ def read_source(source: AnySource, scratch: Store | None = None, stack: ExitStac
         from raypipe.ingest.unstructured import read_text_folder
 
         return read_text_folder(source)
+    if isinstance(source, AudioSource):
+        from raypipe.ingest.audio import read_audio_checked
+
+        return read_audio_checked(source)[0]
     from raypipe.ingest.files import read_files
 
     return read_files(source, na_values=na_values)

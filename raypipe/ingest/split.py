@@ -4,6 +4,11 @@ Each row gets a uniform number from a hash of its content and the split seed, so
 the assignment does not depend on block layout or parallelism, and duplicate rows
 always land in the same split (no leakage across splits). Per class, the rows with
 the smallest numbers go to test, the next to validation: exact proportions per class.
+With ``group_by`` (``data.split.group_by``), a row's number is the hash of its group's
+value alone, so every row of a group (a speaker, a patient) lands in the same split, and
+the bounds are cut between groups: the test split holds whole groups the model never saw
+(at least one group each for test and a requested validation), in proportions counted in
+groups, not rows; there is no stratification then.
 Only the label and that number travel to the driver. The ingest stage writes each
 block's rows straight to its split's folder (``write_block_splits``).
 
@@ -99,12 +104,18 @@ def as_text(col: Any) -> Any:
         return pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], type=pa.string())
 
 
-def _add_u(table: Any, seed: int) -> Any:
-    """Arrow in, arrow out: the rows are only viewed through pandas to hash them."""
+def _add_u(table: Any, seed: int, group_by: str | None = None) -> Any:
+    """Arrow in, arrow out: the rows are only viewed through pandas to hash them (only the
+    ``group_by`` column, when given: the whole group gets one number)."""
     import pyarrow as pa
     from ray.data.block import BlockAccessor
 
-    u = row_uniform(BlockAccessor.for_block(table).to_pandas(), seed)
+    if group_by is not None and group_by not in table.column_names:
+        from raypipe.errors import SpecError
+
+        raise SpecError(f"data.split.group_by: column {group_by!r} not found; columns are {sorted(table.column_names)}")
+    rows = table.select([group_by]) if group_by is not None else table
+    u = row_uniform(BlockAccessor.for_block(rows).to_pandas(), seed)
     return table.append_column(U_COL, pa.array(u, type=pa.float64()))
 
 
@@ -120,7 +131,7 @@ class SplitPlan:
 
 
 def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
-                seed: int) -> SplitPlan:
+                seed: int, group_by: str | None = None) -> SplitPlan:
     """Read the input once into Ray's object store with each row's number; decide the bounds.
 
     Only the numbers, grouped by class, reach the driver (8 bytes a row), which
@@ -130,8 +141,9 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     """
     from raypipe.datasets import run_per_block
 
-    with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed}, batch_format="pyarrow", batch_size=None).materialize()
-    key = target if (stratify and target) else None
+    with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed, "group_by": group_by}, batch_format="pyarrow",
+                            batch_size=None).materialize()
+    key = target if (stratify and target and group_by is None) else None
     frames = run_per_block(_strata_u, with_u.to_arrow_refs(), key=key)
     parts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     mixed = mixed_columns([json.loads(t) for t in parts.get("types", pd.Series(dtype=object)).unique()])
@@ -139,7 +151,10 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     for s, u in zip(parts.get("s", ()), parts.get("u", ())):  # no rows: no columns either
         by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
     strata_u = {s: np.sort(np.concatenate(us)) for s, us in by_stratum.items()}
-    bounds = {s: _bounds(us, test, validation) for s, us in strata_u.items()}
+    if group_by is not None:
+        check_groups(group_by, np.unique(np.concatenate(list(strata_u.values()))) if strata_u else np.zeros(0), validation)
+    cut = _group_bounds if group_by is not None else _bounds
+    bounds = {s: cut(us, test, validation) for s, us in strata_u.items()}
     rows = {"train": 0, "validation": 0, "test": 0}
     for s, us in strata_u.items():
         lo, hi = np.searchsorted(us, bounds[s][0]), np.searchsorted(us, bounds[s][1])
@@ -181,3 +196,26 @@ def _bounds(us: np.ndarray, test: float, validation: float) -> tuple[float, floa
     k_test, k_val = int(round(len(us) * test)), int(round(len(us) * (test + validation)))
     bound = lambda k: float(us[k]) if k < len(us) else 1.0  # noqa: E731
     return bound(k_test), bound(k_val)
+
+
+def _group_bounds(us: np.ndarray, test: float, validation: float) -> tuple[float, float]:
+    """Bounds between groups (rows of a group share one u): ``test`` and ``validation`` of the
+    distinct groups, at least one each (validation only when asked for), rounded."""
+    groups = np.unique(us)
+    k_test = max(1, int(round(len(groups) * test)))
+    k_val = k_test + (max(1, int(round(len(groups) * validation))) if validation > 0 else 0)
+    bound = lambda k: float(groups[k]) if k < len(groups) else 1.0  # noqa: E731
+    return bound(k_test), bound(k_val)
+
+
+def check_groups(group_by: str, groups: np.ndarray, validation: float) -> None:
+    """Raise when ``groups`` (one number per distinct value of ``group_by``) cannot fill train, test
+    and (when asked for) validation with at least one group each."""
+    need = 3 if validation > 0 else 2
+    if len(groups) < need:
+        from raypipe.errors import DataValidationError
+
+        raise DataValidationError([f"data.split.group_by: column {group_by!r} has {len(groups)} distinct value(s); a "
+                                   f"split by group needs at least {need} (one each for train, test"
+                                   + (", validation" if validation > 0 else "") + "); add data from more groups, "
+                                   "set data.split.validation: 0, or remove group_by"])

@@ -28,7 +28,7 @@ from raypipe.ingest.files import (
     redact,
 )
 from raypipe.ingest.split import SPLIT_COL, SplitPlan, plan_splits, write_block_splits
-from raypipe.spec import CsvSource, ParquetSource
+from raypipe.spec import AudioSource, CsvSource, ParquetSource
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
 SCRATCH = "_source"
@@ -53,10 +53,21 @@ def _ingest(ctx: StageContext) -> IngestOutput:
         # to three rows, each rounding to no test rows (diabetes got 29 test rows instead of ~66).
         stratify = data.split.stratify and data.task != "regression"
         return plan_splits(ds, target=data.target, stratify=stratify, test=data.split.test,
-                           validation=data.split.validation, seed=data.split.seed)
+                           validation=data.split.validation, seed=data.split.seed, group_by=data.split.group_by)
 
+    audio: tuple[dict[str, int], list[dict[str, str]]] | None = None
     if isinstance(data.source, ParquetSource | CsvSource):
         read, plan = _plan_files(ctx, data.source, plan_of, data.na_values)
+    elif isinstance(data.source, AudioSource):  # undecodable clips are left out by name, like bad files
+        from raypipe.ingest.audio import read_audio_checked
+
+        ctx.ray()
+        clips, counts, bad = read_audio_checked(data.source)
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            ctx.log(f"skipped {len(bad)} audio file(s) that cannot be decoded: "
+                    + ", ".join(posixpath.basename(s["file"]) for s in bad[:5]) + more)
+        read, plan, audio = None, plan_of(clips), (counts, bad[:MAX_LISTED])
     else:
         from raypipe.ingest.sources import read_source
 
@@ -77,7 +88,7 @@ def _ingest(ctx: StageContext) -> IngestOutput:
         raise ArtifactError(f"ingest lost rows: planned {plan.rows}, the tasks reported {written}, the parquet "
                             f"footers on disk hold {on_disk}; run again with --force ingest")
     ctx.log("rows: " + ", ".join(f"{k} {v:,}" for k, v in plan.rows.items()))
-    files, skipped = (read.counts(), read.skipped[:MAX_LISTED]) if read else ({}, [])
+    files, skipped = (read.counts(), read.skipped[:MAX_LISTED]) if read else audio or ({}, [])
     return IngestOutput(splits={name: f"splits/{SPLIT_COL}={name}" for name in SPLITS if plan.rows[name]},
                         rows=plan.rows, input_rows=sum(plan.rows.values()), files=files, skipped_files=skipped)
 

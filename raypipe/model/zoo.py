@@ -10,6 +10,11 @@ column ranges of each operator's block (:meth:`FeaturePipeline.layout`):
   ``(c, h, w)``), pooled, joined with the other features, then an MLP head.
   Params: ``channels`` ([16, 32]), ``kernel_size`` (3), ``hidden`` ([64]), ``dropout``,
   ``pool`` (the pooled grid: 4 for a newly trained model, 1 = global for one saved without it).
+- ``torch.audio``: a CNN over the one audio column's log-mel spectrogram (the block
+  reshaped to ``(1, n_mels, frames)``), max-pooled over time so a word is found wherever
+  it starts in the clip, joined with the other features, then an MLP head. Params:
+  ``channels`` ([16, 32, 64]), ``kernel_size`` (3), ``hidden`` ([64]), ``dropout``, ``bands``
+  (the frequency rows kept after pooling: 4).
 - ``torch.text``: an ``EmbeddingBag`` (sum of embeddings weighted by the text block's
   TF-IDF/hashing values, i.e. a bag of words), joined with the other features, then
   an MLP head. Params: ``embed_dim`` (64), ``hidden`` ([64]), ``dropout``.
@@ -36,7 +41,7 @@ import torch.nn as nn
 
 from raypipe.errors import SpecError
 
-BUILTIN = ("torch.mlp", "torch.cnn", "torch.text")
+BUILTIN = ("torch.mlp", "torch.cnn", "torch.text", "torch.audio")
 CNN_POOL = 4  # torch.cnn's pooled grid for newly trained models (see ImageCNN)
 TRAIN_PARAMS = {"torch.cnn": {"pool": CNN_POOL}}
 """Params a newly trained zoo model gets unless ``model.params`` sets them; they are stored in
@@ -80,6 +85,10 @@ def _build(kind: str, *, input_dim: int, n_outputs: int, layout: list[dict[str, 
         return ImageCNN(layout, input_dim, n_outputs, channels=_ints(params.get("channels", [16, 32])),
                         kernel_size=int(params.get("kernel_size", 3)), hidden=_ints(params.get("hidden", [64])),
                         dropout=float(params.get("dropout", 0.0)), pool=int(params.get("pool", 1)))
+    if kind == "torch.audio":
+        return AudioCNN(layout, input_dim, n_outputs, channels=_ints(params.get("channels", [16, 32, 64])),
+                        kernel_size=int(params.get("kernel_size", 3)), hidden=_ints(params.get("hidden", [64])),
+                        dropout=float(params.get("dropout", 0.0)), bands=int(params.get("bands", 4)))
     if kind == "torch.text":
         return TextBag(layout, input_dim, n_outputs, embed_dim=int(params.get("embed_dim", 64)),
                        hidden=_ints(params.get("hidden", [64])), dropout=float(params.get("dropout", 0.0)))
@@ -112,6 +121,11 @@ def check_layout(kind: str, layout: list[dict[str, Any]]) -> None:
         raise SpecError(f"model.kind: torch.cnn needs exactly one image column in the features, found "
                         f"{kinds.count('image')} (feature blocks: {kinds}); use torch.mlp, or keep one image column"
                         + ("; PCA flattens images, remove features.pca" if "pca" in kinds else ""))
+    if kind == "torch.audio" and kinds.count("audio") != 1:
+        raise SpecError(f"model.kind: torch.audio needs exactly one audio column in the features, found "
+                        f"{kinds.count('audio')} (feature blocks: {kinds}); use an audio source (data.source.type: "
+                        "audio) and keep one audio column"
+                        + ("; PCA flattens spectrograms, remove features.pca" if "pca" in kinds else ""))
     if kind == "torch.text" and "text" not in kinds:
         raise SpecError(f"model.kind: torch.text needs a text column in the features (feature blocks: {kinds}); "
                         "list it under features.text.columns" + ("; PCA hides it, remove features.pca" if "pca" in kinds else ""))
@@ -174,6 +188,47 @@ class ImageCNN(nn.Module):
         h, w, c = self.hwc
         img = x[:, self.start:self.stop].reshape(-1, h, w, c).permute(0, 3, 1, 2)
         z = self.pool(self.convs(img)).flatten(1)
+        if len(self.rest):
+            z = torch.cat([z, x.index_select(1, self.rest)], dim=1)
+        return self.head(z)
+
+
+class AudioCNN(nn.Module):
+    """Conv → BatchNorm → ReLU → max-pool stages over the log-mel block, max over time, MLP head.
+
+    The spectrogram ``[n_mels, frames]`` is a one-channel image whose rows are mel bands.
+    After the convolutions, frequency is average-pooled to ``bands`` rows and time is
+    max-pooled to one column: a word counts wherever it starts in the clip, and where in the
+    spectrum it sits is kept (an average over time washed out short words). BatchNorm
+    steadies training across voices whose loudness differs.
+    """
+
+    def __init__(self, layout: list[dict[str, Any]], input_dim: int, n_outputs: int, *, channels: list[int],
+                 kernel_size: int, hidden: list[int], dropout: float, bands: int = 4) -> None:
+        super().__init__()
+        check_layout("torch.audio", layout)
+        block = next(b for b in layout if b["kind"] == "audio")
+        mels, frames = int(block["shape"][0]), int(block["shape"][1])
+        self.mf = (mels, frames)
+        self.start, self.stop = block["start"], block["stop"]
+        self.register_buffer("rest", torch.tensor(_rest_index(layout, block, input_dim), dtype=torch.long), persistent=False)
+        convs: list[Any] = []
+        width, size = 1, min(mels, frames)
+        for ch in channels:
+            convs += [nn.Conv2d(width, ch, kernel_size, padding=kernel_size // 2), nn.BatchNorm2d(ch), nn.ReLU()]
+            if size >= 8:
+                convs.append(nn.MaxPool2d(2))
+                size //= 2
+            width = ch
+        self.convs = nn.Sequential(*convs)
+        bands = max(1, min(bands, size))
+        self.bands = nn.AdaptiveAvgPool2d((bands, None))
+        self.head = mlp(width * bands + len(self.rest), hidden, n_outputs, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mels, frames = self.mf
+        spec = x[:, self.start:self.stop].reshape(-1, 1, mels, frames)
+        z = self.bands(self.convs(spec)).amax(dim=3).flatten(1)
         if len(self.rest):
             z = torch.cat([z, x.index_select(1, self.rest)], dim=1)
         return self.head(z)

@@ -5,6 +5,10 @@ never missing in training are required; the rest may be null or left out and are
 imputed by the feature pipeline, exactly as in training. A ``datetime`` column takes a
 string the validate stage would have accepted (:mod:`raypipe.dates`: ISO 8601 always,
 and the column's ``dmy``/``mdy`` slashed form); anything else is refused with a 422.
+An ``audio`` column takes the clip's file (WAV, FLAC) base64-encoded in a string, decoded,
+resampled and padded exactly as the audio source does (:mod:`raypipe.model.waveform`), or
+the waveform itself as a list of its samples; a bad base64 string, an undecodable file or
+a waveform of the wrong length is a 422 naming the field.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import numpy as np
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model,
+    AfterValidator, PlainValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model,
 )
 
 from raypipe.dates import unparsable
@@ -47,6 +51,35 @@ def _image_type(shape: list[int]) -> Any:
     return Annotated[typ, AfterValidator(check)]
 
 
+MAX_AUDIO_CHARS = 16_000_000  # base64 of a ~12 MB file: minutes of 16-bit audio
+
+
+def _audio_type(samples: int, sample_rate: int) -> Any:
+    """A base64 string of an audio file, or a list of ``samples`` numbers: the waveform (float32)."""
+    from raypipe.model.waveform import decode_base64_audio
+
+    def check(value: Any) -> np.ndarray:
+        if isinstance(value, str):
+            if len(value) > MAX_AUDIO_CHARS:
+                raise ValueError(f"audio of {len(value):,} base64 characters is longer than {MAX_AUDIO_CHARS:,}; "
+                                 "send a shorter clip")
+            return decode_base64_audio(value, sample_rate, samples)
+        if isinstance(value, list) and all(type(v) in (int, float) for v in value):
+            if len(value) != samples:
+                raise ValueError(f"a waveform of {len(value)} samples != {samples}; send the clip's file base64-encoded "
+                                 f"(it is resampled and padded), or exactly {samples} samples at {sample_rate} Hz")
+            y = np.asarray(value, dtype=np.float32)
+            if not np.isfinite(y).all():
+                raise ValueError("the waveform holds NaN or infinite samples")
+            return y
+        raise ValueError(f"expected the clip's file (WAV, FLAC) as a base64 string, or a list of {samples} samples; "
+                         f"got {type(value).__name__}")
+
+    return Annotated[Any, PlainValidator(check, json_schema_input_type=str),
+                     Field(description=f"the clip's WAV or FLAC file, base64-encoded (resampled to {sample_rate} Hz, "
+                                       f"padded or cut to {samples} samples), or a list of {samples} samples")]
+
+
 _DATE_EXAMPLE = {"iso": "2024-03-01 or 2024-03-01T12:30:00Z", "dmy": "01/03/2024 (day/month) or 2024-03-01",
                  "mdy": "03/01/2024 (month/day) or 2024-03-01"}
 
@@ -64,6 +97,8 @@ def _datetime_type(fmt: str) -> Any:
 def _column_type(meta: dict[str, Any]) -> Any:
     if meta["type"] == "image":
         return _image_type(meta["shape"])
+    if meta["type"] == "audio":
+        return _audio_type(int(meta["shape"][0]), int(meta["sample_rate"]))
     if meta["type"] == "datetime":
         return _datetime_type(meta.get("format", "iso"))
     return _TYPES[meta["type"]]

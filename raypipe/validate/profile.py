@@ -59,7 +59,7 @@ def profile_kind(col_type: str, is_id: bool = False) -> str:
     if is_id:
         return "id"
     return {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "categorical",
-            "text": "text", "image": "image"}.get(col_type, "id")
+            "text": "text", "image": "image", "audio": "image"}.get(col_type, "id")  # audio: sample mean/std
 
 
 # --- one block ----------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def row_hashes(batch: pd.DataFrame, schema: dict[str, Any]) -> np.ndarray:
         s = batch[c]
         if c.startswith("__"):
             continue
-        if t == "image" or holds_arrays(s):
+        if t in ("image", "audio") or holds_arrays(s):
             cols.append(pd.util.hash_array(_digests(s), categorize=False))
         else:
             cols.append(column_hashes(pd.Series(as_float(s)) if t in ("number", "integer") else s))

@@ -25,7 +25,7 @@ PROFILE_FILE = "profile.json"
 ORIGIN_FILE = "origin.json"  # the validate run that wrote it: its fingerprint without the reference, what it saw
 RESETS = "resets"  # reference/resets/<pipeline>.json: a token per reset, so a reset is a new state
 _FAMILY = {"number": "numeric", "integer": "numeric", "boolean": "numeric", "string": "string", "text": "string",
-           "image": "image", "datetime": "datetime"}
+           "image": "image", "audio": "image", "datetime": "datetime"}  # audio: a waveform tensor
 _RESET = "reset the reference (the next run writes a new one)"
 
 

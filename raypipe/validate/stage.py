@@ -108,8 +108,9 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
         roles = infer.text_columns(arrow_schema, target=data.target, id_columns=data.id_columns,
                                    free_text=_text_columns(spec))
         inference = infer.infer_text_types(train, roles, cfg.infer, small) if train is not None else {}
+        audio = {"audio": data.source.sample_rate} if data.source.type == "audio" else None
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
-                              text_columns=_text_columns(spec),
+                              text_columns=_text_columns(spec), audio_columns=audio,
                               column_types={c: d["type"] for c, d in inference.items() if d["type"] != "string"})
         sample = _sample(train, schema, small) if train is not None else None
         if sample is not None:
@@ -133,7 +134,7 @@ def _settle_schema(schema: dict[str, Any], train: SplitCheck, source: str) -> No
             col["nullable"] = train.stats["nulls"].get(c, 0) > 0
     for c, col in schema["columns"].items():
         seen = train.profile["columns"].get(c, {}).get("shape")
-        if col["type"] == "image" and seen and (not col.get("shape") or shape_key(seen) == shape_key(col["shape"])):
+        if col["type"] in ("image", "audio") and seen and (not col.get("shape") or shape_key(seen) == shape_key(col["shape"])):
             col["shape"] = seen  # the exact form the data has, e.g. [h, w, 1] rather than [h, w]
 
 
@@ -204,7 +205,7 @@ def _needs_recheck(check: SplitCheck, schema: dict[str, Any], classes: list[str]
     if classes is not None and not set(check.stats["classes"]) <= set(classes):
         return True
     for c, col in schema["columns"].items():
-        if col["type"] == "image" and col.get("shape"):
+        if col["type"] in ("image", "audio") and col.get("shape"):
             shapes = check.profile["columns"].get(c, {}).get("shapes", {})
             if any(shape_key(k.split("x")) != shape_key(col["shape"]) for k in shapes):
                 return True

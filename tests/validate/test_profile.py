@@ -249,7 +249,7 @@ def test_infer_schema_text_and_image_columns() -> None:
     assert s["columns"]["scan"]["type"] == "image" and s["columns"]["scan"]["shape"] is None
     assert s["columns"]["review"]["type"] == "text"
     assert s["features"] == {"numeric": ["n"], "categorical": ["city"], "datetime": [], "text": ["review"],
-                             "image": ["image", "scan"]}
+                             "image": ["image", "scan"], "audio": []}
     assert feature_columns(s) == ["n", "city", "review", "image", "scan"]
 
 

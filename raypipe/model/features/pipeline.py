@@ -1,16 +1,16 @@
-"""The fitted feature pipeline: numeric → categorical → datetime → text → image operators, then optional PCA.
+"""The fitted feature pipeline: numeric → categorical → datetime → text → image → audio operators, then optional PCA.
 
 One object serves three callers with identical output: Ray Data batches during
 training and evaluation, batch inference, and single requests in a Serve replica.
 Fitting is one pass over the data: every block yields mergeable statistics per
 operator (counts, sums, quantile sketches, value counts, document frequencies,
-pixel sums) that are merged on the driver. PCA, which works on the operators'
+pixel sums, mel-band sums) that are merged on the driver. PCA, which works on the operators'
 output, takes one more pass. The fitted state is plain JSON (no pickle), stored in
 the model version::
 
     {"format": "raypipe.features/2",
      "params": {...the constructor's keyword arguments...},
-     "operators": [{"kind": "numeric" | "categorical" | "datetime" | "text" | "image",
+     "operators": [{"kind": "numeric" | "categorical" | "datetime" | "text" | "image" | "audio",
                     "params": {...the operator's keyword arguments...},
                     "state": {...its fitted attributes, e.g. "centers_"...}}, ...],
      "pca": null | {"kind": "pca", "params": {...}, "state": {...}},
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from raypipe.errors import ArtifactError
+from raypipe.model.features.audio import AudioTransformer
 from raypipe.model.features.base import Batch, Operator, num_rows
 from raypipe.model.features.categorical import CategoricalEncoder
 from raypipe.model.features.datetimes import DatetimeEncoder
@@ -38,7 +39,8 @@ from raypipe.model.features.text import TextVectorizer
 FORMAT = "raypipe.features/2"
 RECORDS_FAST_MAX = 1024  # lists of records up to this long skip the DataFrame (see _records_transform)
 OPERATORS: dict[str, type[Operator]] = {
-    op.kind: op for op in (NumericTransformer, CategoricalEncoder, DatetimeEncoder, TextVectorizer, ImageTransformer)
+    op.kind: op for op in (NumericTransformer, CategoricalEncoder, DatetimeEncoder, TextVectorizer, ImageTransformer,
+                           AudioTransformer)
 }
 
 
@@ -56,6 +58,9 @@ class FeaturePipeline:
         max_categories, encode, hash_buckets, sketch_size: categorical options.
         text_method, max_features, ngram_range, min_df, lowercase: text options.
         image_normalize, image_shapes: image options (``{column: [h, w(, c)]}``).
+        audio: waveform input columns (:class:`AudioTransformer`); needs ``audio_samples`` and
+            ``audio_rates`` (``{column: samples}``, ``{column: Hz}``).
+        audio_n_mels, audio_hop_ms, audio_win_ms, audio_normalize: log-mel options.
         pca_components, whiten: PCA on the concatenated output (None: no PCA).
 
     ``transform`` takes a pandas DataFrame, a dict of columns, a single record
@@ -89,6 +94,13 @@ class FeaturePipeline:
         datetime: Sequence[str] = (),
         date_formats: Mapping[str, str] | None = None,
         sketch_size: int = 1024,
+        audio: Sequence[str] = (),
+        audio_samples: Mapping[str, int] | None = None,
+        audio_rates: Mapping[str, int] | None = None,
+        audio_n_mels: int = 40,
+        audio_hop_ms: float = 10.0,
+        audio_win_ms: float = 25.0,
+        audio_normalize: str = "standard",
     ) -> None:
         self.numeric, self.categorical, self.text, self.image = list(numeric), list(categorical), list(text), list(image)
         self.datetime, self.date_formats = list(datetime), {c: str(f) for c, f in (date_formats or {}).items()}
@@ -100,9 +112,14 @@ class FeaturePipeline:
         self.ngram_range = list(ngram_range)
         self.image_normalize = image_normalize
         self.image_shapes = {c: list(s) for c, s in (image_shapes or {}).items()}
+        self.audio = list(audio)
+        self.audio_samples = {c: int(v) for c, v in (audio_samples or {}).items()}
+        self.audio_rates = {c: int(v) for c, v in (audio_rates or {}).items()}
+        self.audio_n_mels, self.audio_hop_ms, self.audio_win_ms = int(audio_n_mels), float(audio_hop_ms), float(audio_win_ms)
+        self.audio_normalize = audio_normalize
         self.pca_components, self.whiten = pca_components, whiten
         _check_disjoint({"numeric": self.numeric, "categorical": self.categorical, "datetime": self.datetime,
-                         "text": self.text, "image": self.image})
+                         "text": self.text, "image": self.image, "audio": self.audio})
         self.operators: list[Operator] = self._build_operators()
         self.pca: PcaReducer | None = PcaReducer(pca_components, whiten=whiten) if pca_components else None
 
@@ -123,6 +140,10 @@ class FeaturePipeline:
                                       ngram_range=self.ngram_range, min_df=self.min_df, lowercase=self.lowercase))
         if self.image:
             ops.append(ImageTransformer(self.image, shapes=self.image_shapes, normalize=self.image_normalize))
+        if self.audio:
+            ops.append(AudioTransformer(self.audio, samples=self.audio_samples, sample_rate=self.audio_rates,
+                                        n_mels=self.audio_n_mels, hop_ms=self.audio_hop_ms, win_ms=self.audio_win_ms,
+                                        normalize=self.audio_normalize))
         return ops
 
     @classmethod
@@ -151,6 +172,14 @@ class FeaturePipeline:
             if not shape:
                 raise ValueError(f"image column {c!r} has no shape in the schema (columns[{c!r}].shape)")
             shapes[c] = list(shape)
+        audio = list(cols.get("audio", []))
+        samples, rates = {}, {}
+        for c in audio:
+            meta = schema.get("columns", {}).get(c, {})
+            if not meta.get("shape") or not meta.get("sample_rate"):
+                raise ValueError(f"audio column {c!r} has no length or sample rate in the schema "
+                                 f"(columns[{c!r}].shape, columns[{c!r}].sample_rate)")
+            samples[c], rates[c] = int(meta["shape"][0]), int(meta["sample_rate"])
         return cls(
             list(cols.get("numeric", [])), [c for c in categorical if c not in text], text=text, image=image,
             impute=f.numeric.impute, fill_value=f.numeric.fill_value, clip=f.numeric.clip, log=f.numeric.log,
@@ -162,6 +191,8 @@ class FeaturePipeline:
             min_df=f.text.min_df, lowercase=f.text.lowercase,
             image_normalize=f.image.normalize, image_shapes=shapes,
             pca_components=f.pca.components if f.pca else None, whiten=bool(f.pca and f.pca.whiten),
+            audio=audio, audio_samples=samples, audio_rates=rates, audio_n_mels=f.audio.n_mels,
+            audio_hop_ms=f.audio.hop_ms, audio_win_ms=f.audio.win_ms, audio_normalize=f.audio.normalize,
         )
 
     def get_params(self) -> dict[str, Any]:
@@ -175,11 +206,14 @@ class FeaturePipeline:
             "image_normalize": self.image_normalize, "image_shapes": self.image_shapes,
             "pca_components": self.pca_components, "whiten": self.whiten,
             "datetime": self.datetime, "date_formats": self.date_formats, "sketch_size": self.sketch_size,
+            "audio": self.audio, "audio_samples": self.audio_samples, "audio_rates": self.audio_rates,
+            "audio_n_mels": self.audio_n_mels, "audio_hop_ms": self.audio_hop_ms, "audio_win_ms": self.audio_win_ms,
+            "audio_normalize": self.audio_normalize,
         }
 
     @property
     def input_columns(self) -> list[str]:
-        return [*self.numeric, *self.categorical, *self.datetime, *self.text, *self.image]
+        return [*self.numeric, *self.categorical, *self.datetime, *self.text, *self.image, *self.audio]
 
     # -- fitting ----------------------------------------------------------------------
     def partial_stats(self, batch: Batch) -> dict[str, Any]:
@@ -247,8 +281,9 @@ class FeaturePipeline:
     def layout(self) -> list[dict[str, Any]]:
         """Where each block sits in the feature matrix: ``[{kind, columns, start, stop(, shape)}]``.
 
-        One block per image and per text column (an image's ``shape`` is ``[h, w, c]``,
-        its pixels flattened in that order), one per other operator; after PCA, one
+        One block per image, audio and text column (an image's ``shape`` is ``[h, w, c]``,
+        its pixels flattened in that order; an audio column's is ``[n_mels, frames, 1]``, its
+        log-mel spectrogram band by band), one per other operator; after PCA, one
         ``pca`` block. Structured models (``torch.cnn``, ``torch.text``) read it.
         """
         self._check_fitted()
@@ -256,10 +291,13 @@ class FeaturePipeline:
             return [{"kind": "pca", "columns": self.input_columns, "start": 0, "stop": self.n_features}]
         out, start = [], 0
         for op in self.operators:
-            if op.kind in ("image", "text"):
+            if op.kind in ("image", "text", "audio"):
                 per = op.n_features // len(op.columns) if op.kind == "text" else None
                 for c in op.columns:
-                    if op.kind == "image":
+                    if op.kind == "audio":
+                        shape = [*op.shape(c), 1]
+                        width = int(np.prod(shape))
+                    elif op.kind == "image":
                         shape = list(op.shapes[c]) + ([1] if len(op.shapes[c]) == 2 else [])
                         width = int(np.prod(shape))
                     else:
@@ -318,7 +356,10 @@ class FeaturePipeline:
     def _is_record(self, cols: Mapping[str, Any]) -> bool:
         """True when the dict holds one row's values rather than columns."""
         for c, v in cols.items():
-            if c in self.image_shapes:
+            if c in self.audio_samples:
+                if v is not None and np.ndim(v) != 1:
+                    return False
+            elif c in self.image_shapes:
                 try:
                     if v is not None and np.ndim(v) != len(self.image_shapes[c]):
                         return False
