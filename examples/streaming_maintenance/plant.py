@@ -9,7 +9,7 @@
    ``sensors`` fleet is published at QoS 1, one JSON reading per message, labelled
    (``failure_soon``) as a historian's export would be. Every reading is landed exactly once.
 3. ``raypipe.run`` trains on the landed window: per-machine windows of the last 10 readings,
-   gradient-boosted trees, gated, registered, champion.
+   logistic regression (gradient-boosted trees did no better), gated, registered, champion.
 4. ``StreamScorer`` (what ``raypipe stream`` runs) scores ``--live-machines`` new machines'
    readings as they arrive, interleaved across machines, without labels: it keeps each
    machine's last readings for the windows and publishes one prediction per reading to
