@@ -301,6 +301,9 @@ def warmup_messages(messages: list[tuple[str, str, bytes]], k: int = 40) -> list
     return out
 
 
+PROFILE: str | None = None
+
+
 def measure(side: str, batch: int, broker: str, messages: list[tuple[str, str, bytes]], files: dict[str, str]
             ) -> dict[str, Any]:
     n = len(messages)
@@ -318,9 +321,14 @@ def measure(side: str, batch: int, broker: str, messages: list[tuple[str, str, b
     publisher.loop_start()
     cmd = [sys.executable, __file__, "--serve", side, "--broker", broker, "--batch", str(batch),
            "--spec-file", files["spec"], "--model-file", files["model"]]
+    if PROFILE:  # --profile DIR: py-spy samples the scorer process (collapsed stacks, one file per run)
+        cmd = [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200", "--nonblocking", "-o",
+               str(Path(PROFILE) / f"{side}-{batch}.txt"), "--", *cmd]
     child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        line = child.stdout.readline().strip()
+        line = ""
+        while line != "ready" and (raw := child.stdout.readline()):
+            line = raw.strip()
         if line != "ready" or not ready.wait(30):
             raise RuntimeError(f"{side} scorer did not start: {line!r}")
         warm = warmup_messages(messages)
@@ -351,7 +359,10 @@ def measure(side: str, batch: int, broker: str, messages: list[tuple[str, str, b
         time.sleep(1.0)  # time for a duplicate to show up
         child.stdin.write("stop\n")
         child.stdin.flush()
-        counts = json.loads(child.stdout.readline())
+        line = ""
+        while not line.startswith("{") and (raw := child.stdout.readline()):
+            line = raw.strip()
+        counts = json.loads(line)
         child.wait(60)
     finally:
         if child.poll() is None:
@@ -386,6 +397,7 @@ def main() -> None:
     ap.add_argument("--windows", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--rows", type=int, default=20_000, help="training rows of the built-in sensors data")
     ap.add_argument("--live-machines", type=int, default=40)
+    ap.add_argument("--profile", metavar="DIR", help="sample each scorer process with py-spy into DIR (slows them)")
     ap.add_argument("--serve", choices=["raypipe", "plain"], help=argparse.SUPPRESS)
     ap.add_argument("--broker", help=argparse.SUPPRESS)
     ap.add_argument("--spec-file", help=argparse.SUPPRESS)
@@ -398,6 +410,8 @@ def main() -> None:
     if args.serve == "plain":
         return serve_plain(args)
 
+    global PROFILE
+    PROFILE = args.profile
     os.environ["RAYPIPE_HOME"] = tempfile.mkdtemp(prefix="rp-bench-home-")  # a Ray of its own
     load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="rp-stream-bench-"))
