@@ -39,6 +39,7 @@ import os
 import queue
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -397,6 +398,7 @@ def main() -> None:
     ap.add_argument("--windows", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--rows", type=int, default=20_000, help="training rows of the built-in sensors data")
     ap.add_argument("--live-machines", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3, help="runs per side and batch size (medians reported)")
     ap.add_argument("--profile", metavar="DIR", help="sample each scorer process with py-spy into DIR (slows them)")
     ap.add_argument("--serve", choices=["raypipe", "plain"], help=argparse.SUPPRESS)
     ap.add_argument("--broker", help=argparse.SUPPRESS)
@@ -427,37 +429,50 @@ def main() -> None:
             print(f"note: feature columns differ: raypipe only {sorted(set(rp_features) - set(plain_features))}, "
                   f"plain only {sorted(set(plain_features) - set(rp_features))}", file=sys.stderr)
         messages = live_messages(args.messages, args.live_machines)
-        for batch in args.batch:
-            for side in ("raypipe", "plain"):
-                results.append(measure(side, batch, broker, messages, files))
-                r = results[-1]
-                print(f"  {side:8s} batch {batch:4d}: {r['seconds']:.2f} s, {r['msg_per_s']:,.0f} msg/s, "
-                      f"exactly once {r['exactly_once']}", file=sys.stderr, flush=True)
+        for rnd in range(args.rounds):  # the two sides alternate who goes first, round by round
+            for batch in args.batch:
+                for side in (("raypipe", "plain") if rnd % 2 == 0 else ("plain", "raypipe")):
+                    r = measure(side, batch, broker, messages, files)
+                    results.append({**r, "round": rnd})
+                    print(f"  round {rnd} {side:8s} batch {batch:4d}: {r['seconds']:.2f} s, {r['msg_per_s']:,.0f} "
+                          f"msg/s, CPU {r['scorer']['cpu_s']:.2f} s, p50 {r['p50_ms']:.0f} ms, exactly once "
+                          f"{r['exactly_once']}", file=sys.stderr, flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    by = {(r["side"], r["batch"]): r for r in results}
+    med = statistics.median
     rows = []
     for batch in args.batch:
-        rp, pl = by["raypipe", batch], by["plain", batch]
-        a, b = rp.pop("_answers"), pl.pop("_answers")
+        rp = [r for r in results if r["side"] == "raypipe" and r["batch"] == batch]
+        pl = [r for r in results if r["side"] == "plain" and r["batch"] == batch]
+        a, b = rp[0]["_answers"], pl[0]["_answers"]
         common = set(a) & set(b)
         agree = sum(a[k]["prediction"] == b[k]["prediction"] for k in common) / max(len(common), 1)
         diff = max((abs(a[k]["score"] - b[k]["score"]) for k in common), default=float("nan"))
-        rows.append({"batch": batch, "raypipe_msg_s": round(rp["msg_per_s"], 1), "plain_msg_s": round(pl["msg_per_s"], 1),
-                     "ratio_time": round(rp["seconds"] / pl["seconds"], 2),
-                     "raypipe_p50_ms": round(rp["p50_ms"], 1), "raypipe_p95_ms": round(rp["p95_ms"], 1),
-                     "plain_p50_ms": round(pl["p50_ms"], 1), "plain_p95_ms": round(pl["p95_ms"], 1),
-                     "raypipe_cpu_s": round(rp["scorer"]["cpu_s"], 2), "plain_cpu_s": round(pl["scorer"]["cpu_s"], 2),
-                     "raypipe_exactly_once": rp["exactly_once"], "plain_exactly_once": pl["exactly_once"],
+        rp_s, pl_s = med(r["seconds"] for r in rp), med(r["seconds"] for r in pl)
+        rows.append({"batch": batch, "raypipe_msg_s": round(args.messages / rp_s, 1),
+                     "plain_msg_s": round(args.messages / pl_s, 1), "ratio_time": round(rp_s / pl_s, 2),
+                     "raypipe_msg_s_rounds": [round(r["msg_per_s"]) for r in rp],
+                     "plain_msg_s_rounds": [round(r["msg_per_s"]) for r in pl],
+                     "ratio_rounds": [round(x["seconds"] / y["seconds"], 2) for x, y in zip(rp, pl)],
+                     "raypipe_p50_ms": round(med(r["p50_ms"] for r in rp), 1),
+                     "raypipe_p95_ms": round(med(r["p95_ms"] for r in rp), 1),
+                     "plain_p50_ms": round(med(r["p50_ms"] for r in pl), 1),
+                     "plain_p95_ms": round(med(r["p95_ms"] for r in pl), 1),
+                     "raypipe_cpu_s": round(med(r["scorer"]["cpu_s"] for r in rp), 2),
+                     "plain_cpu_s": round(med(r["scorer"]["cpu_s"] for r in pl), 2),
+                     "raypipe_exactly_once": all(r["exactly_once"] for r in rp),
+                     "plain_exactly_once": all(r["exactly_once"] for r in pl),
                      "agreement": round(agree, 4), "max_score_diff": round(diff, 4),
-                     "raypipe_counts": rp["scorer"], "publish_s": [round(rp["publish_s"], 2), round(pl["publish_s"], 2)]})
+                     "raypipe_counts": [{k: v for k, v in r["scorer"].items() if k != "cpu_s"} for r in rp],
+                     "publish_s": [[round(r["publish_s"], 2) for r in rp], [round(r["publish_s"], 2) for r in pl]]})
     print(f"{args.messages:,} messages of {args.live_machines} new machines, QoS 1; windows {args.windows}; "
           f"trained on {args.rows:,} sensors rows (raypipe {rp_train_s:.1f} s incl. Ray start, version {version}, "
           f"test roc_auc {metrics.get('roc_auc', float('nan')):.4f}; plain fit {plain_train_s:.1f} s); "
           f"load at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"medians of {args.rounds} rounds; load at end {os.getloadavg()[0]:.2f}")
     print(f"{'batch':>5s} {'raypipe msg/s':>13s} {'plain msg/s':>11s} {'ratio':>6s} {'rp p50/p95 ms':>15s} "
           f"{'plain p50/p95 ms':>16s} {'CPU s rp/plain':>15s} {'once':>10s} {'agree':>6s}")
     for r in rows:
@@ -465,6 +480,8 @@ def main() -> None:
               f"{r['raypipe_p50_ms']:7.0f}/{r['raypipe_p95_ms']:<7.0f} {r['plain_p50_ms']:8.0f}/{r['plain_p95_ms']:<7.0f} "
               f"{r['raypipe_cpu_s']:7.2f}/{r['plain_cpu_s']:<7.2f} {str(r['raypipe_exactly_once'])[0]}/"
               f"{str(r['plain_exactly_once'])[0]:8s} {r['agreement']:6.3f}")
+        print(f"      rounds: raypipe msg/s {r['raypipe_msg_s_rounds']}, plain {r['plain_msg_s_rounds']}, "
+              f"ratio {r['ratio_rounds']}")
     print(json.dumps({"bench": "stream", "messages": args.messages, "windows": args.windows, "rows": args.rows,
                       "load_at_start": [round(x, 2) for x in load], "raypipe_train_s": round(rp_train_s, 1),
                       "plain_train_s": round(plain_train_s, 1), "raypipe_roc_auc": metrics.get("roc_auc"),
