@@ -303,6 +303,7 @@ def warmup_messages(messages: list[tuple[str, str, bytes]], k: int = 40) -> list
 
 
 PROFILE: str | None = None
+OMP_THREADS: int | None = None  # --omp-threads: OMP_NUM_THREADS of both scorer processes (default: OpenMP's own)
 
 
 def measure(side: str, batch: int, broker: str, messages: list[tuple[str, str, bytes]], files: dict[str, str]
@@ -325,7 +326,8 @@ def measure(side: str, batch: int, broker: str, messages: list[tuple[str, str, b
     if PROFILE:  # --profile DIR: py-spy samples the scorer process (collapsed stacks, one file per run)
         cmd = [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200", "--nonblocking", "-o",
                str(Path(PROFILE) / f"{side}-{batch}.txt"), "--", *cmd]
-    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(OMP_THREADS)} if OMP_THREADS else {})}
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = ""
         while line != "ready" and (raw := child.stdout.readline()):
@@ -399,6 +401,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000, help="training rows of the built-in sensors data")
     ap.add_argument("--live-machines", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3, help="runs per side and batch size (medians reported)")
+    ap.add_argument("--omp-threads", type=int, help="OMP_NUM_THREADS for both scorers (HistGradientBoosting's "
+                    "predict runs OpenMP threads; default: one per core)")
     ap.add_argument("--profile", metavar="DIR", help="sample each scorer process with py-spy into DIR (slows them)")
     ap.add_argument("--serve", choices=["raypipe", "plain"], help=argparse.SUPPRESS)
     ap.add_argument("--broker", help=argparse.SUPPRESS)
@@ -412,8 +416,8 @@ def main() -> None:
     if args.serve == "plain":
         return serve_plain(args)
 
-    global PROFILE
-    PROFILE = args.profile
+    global PROFILE, OMP_THREADS
+    PROFILE, OMP_THREADS = args.profile, args.omp_threads
     os.environ["RAYPIPE_HOME"] = tempfile.mkdtemp(prefix="rp-bench-home-")  # a Ray of its own
     load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="rp-stream-bench-"))
@@ -472,7 +476,8 @@ def main() -> None:
           f"trained on {args.rows:,} sensors rows (raypipe {rp_train_s:.1f} s incl. Ray start, version {version}, "
           f"test roc_auc {metrics.get('roc_auc', float('nan')):.4f}; plain fit {plain_train_s:.1f} s); "
           f"load at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"medians of {args.rounds} rounds; load at end {os.getloadavg()[0]:.2f}")
+    print(f"medians of {args.rounds} rounds; load at end {os.getloadavg()[0]:.2f}; scorers' OMP_NUM_THREADS "
+          f"{args.omp_threads or 'unset'}")
     print(f"{'batch':>5s} {'raypipe msg/s':>13s} {'plain msg/s':>11s} {'ratio':>6s} {'rp p50/p95 ms':>15s} "
           f"{'plain p50/p95 ms':>16s} {'CPU s rp/plain':>15s} {'once':>10s} {'agree':>6s}")
     for r in rows:
@@ -483,6 +488,7 @@ def main() -> None:
         print(f"      rounds: raypipe msg/s {r['raypipe_msg_s_rounds']}, plain {r['plain_msg_s_rounds']}, "
               f"ratio {r['ratio_rounds']}")
     print(json.dumps({"bench": "stream", "messages": args.messages, "windows": args.windows, "rows": args.rows,
+                      "omp_threads": args.omp_threads, "rounds": args.rounds,
                       "load_at_start": [round(x, 2) for x in load], "raypipe_train_s": round(rp_train_s, 1),
                       "plain_train_s": round(plain_train_s, 1), "raypipe_roc_auc": metrics.get("roc_auc"),
                       "runs": rows}))
