@@ -418,10 +418,12 @@ def main() -> None:
 
     global PROFILE, OMP_THREADS
     PROFILE, OMP_THREADS = args.profile, args.omp_threads
-    os.environ["RAYPIPE_HOME"] = tempfile.mkdtemp(prefix="rp-bench-home-")  # a Ray of its own
+    home = tempfile.mkdtemp(prefix="rp-bench-home-")
+    os.environ["RAYPIPE_HOME"] = home  # a Ray of its own
     load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="rp-stream-bench-"))
-    broker, proc = start_broker(Path(tempfile.mkdtemp(prefix="rp-mosq-")))
+    mosq = Path(tempfile.mkdtemp(prefix="rp-mosq-"))
+    broker, proc = start_broker(mosq)
     results = []
     try:
         spec_doc = raypipe_spec(tmp / "store", args.rows, args.windows)
@@ -444,7 +446,8 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in (tmp, mosq, Path(home)):
+            shutil.rmtree(folder, ignore_errors=True)
 
     med = statistics.median
     rows = []
