@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -137,7 +136,7 @@ class OnlineWindows:
         self.by, self.order, self.columns, self.size = by, order, list(columns), int(size)
         self.stats = list(stats)
         self.max_devices = max_devices
-        self._history: dict[str, deque[dict[str, Any]]] = {}
+        self._history: dict[str, np.ndarray] = {}  # device -> its last size - 1 readings, (rows, columns)
 
     @classmethod
     def from_spec(cls, windows: Any) -> "OnlineWindows":
@@ -149,30 +148,49 @@ class OnlineWindows:
         return len(self._history)
 
     def update(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``frame`` (readings of any devices) with the window columns added, same row order and index."""
+        """``frame`` (readings of any devices) with the window columns added, same row order and index.
+
+        One pass for the whole micro-batch: each device's held readings and new ones (in the
+        offline order) become a segment behind ``size - 1`` missing values, so no window reaches
+        into another device's, and each column's statistics are computed over all segments at
+        once by the same :func:`_stats` the offline path uses.
+        """
+        names = window_columns(self.columns, self.size, self.stats)
         if frame.empty:
-            return pd.concat([frame, pd.DataFrame(columns=window_columns(self.columns, self.size, self.stats),
-                                                  dtype=np.float64)], axis=1)
-        keep = [self.order, *self.columns]
-        parts = []
-        for key, group in frame.groupby(_keys(frame, self.by, self.order), sort=False):
-            ordered = sort_readings(group, self.order, self.columns)
-            past = self._history.pop(str(key), deque(maxlen=max(self.size - 1, 1)))
-            held = pd.DataFrame(list(past), columns=keep)
-            both = pd.concat([held, ordered[keep]], ignore_index=True)
-            values = window_values(both, self.columns, self.size, self.stats).iloc[len(held):]
-            values.index = ordered.index
-            parts.append(values)
-            if self.size > 1 and not str(key).startswith("__alone_"):
-                past.extend(ordered[keep].to_dict("records"))
-                self._history[str(key)] = past  # re-inserted: the most recently seen device is last
+            return pd.concat([frame, pd.DataFrame(columns=names, dtype=np.float64)], axis=1)
+        pad, width = self.size - 1, len(self.columns)
+        keyed = frame[[self.order, *self.columns]].assign(**{KEY: _keys(frame, self.by, self.order).to_numpy(),
+                                                            "__pos": np.arange(len(frame))})
+        ordered = keyed.sort_values([KEY, self.order, *self.columns], kind="stable", na_position="last")
+        vals = np.column_stack([pd.to_numeric(ordered[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                                for c in self.columns])
+        keys = ordered[KEY].to_numpy()
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        segments, take, at = [], [], 0
+        for s, e in zip(starts, np.r_[starts[1:], len(keys)]):
+            key = str(keys[s])
+            held = self._history.pop(key, None)
+            both = vals[s:e] if held is None else np.vstack([held, vals[s:e]])
+            segments.append(np.vstack([np.full((pad, width), np.nan), both]))
+            first_new = at + pad + len(both) - (e - s)
+            take.append(np.arange(first_new, first_new + (e - s)))
+            at += pad + len(both)
+            if not key.startswith("__alone_"):
+                self._history[key] = both[-pad:].copy()  # re-inserted: the most recently seen device is last
         while len(self._history) > self.max_devices:
             self._history.pop(next(iter(self._history)))
-        return pd.concat([frame, pd.concat(parts).loc[frame.index]], axis=1)
+        series, rows = np.vstack(segments), np.concatenate(take)
+        out = np.empty((len(frame), len(names)), dtype=np.float64)
+        positions = ordered["__pos"].to_numpy()
+        for j, col in enumerate(self.columns):
+            got = _stats(series[:, j], self.size, self.stats)
+            for k, stat in enumerate(self.stats):
+                out[positions, j * len(self.stats) + k] = got[stat][rows]
+        return pd.concat([frame, pd.DataFrame(out, index=frame.index, columns=names)], axis=1)
 
     def state(self) -> dict[str, list[dict[str, Any]]]:
         """Each device's held readings (plain data: to save a scorer's state)."""
-        return {k: list(v) for k, v in self._history.items()}
+        return {k: [dict(zip(self.columns, map(float, row))) for row in v] for k, v in self._history.items()}
 
 
 def schema_columns(columns: Iterable[str], size: int, stats: Sequence[str]) -> dict[str, dict[str, Any]]:
