@@ -32,4 +32,4 @@ bench: setup
 	$(PY) benchmarks/pipeline_bench.py
 
 clean:
-	rm -rf .raypipe .pytest_cache monitoring-loop-out
+	rm -rf .raypipe .pytest_cache monitoring-loop-out streaming-maintenance-out
