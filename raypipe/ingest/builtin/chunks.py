@@ -29,6 +29,16 @@ def validate_params(rows: int, seed: int, drift: float) -> None:
         raise ValueError(f"drift must be a finite number >= 0, got {drift}")
 
 
+def chunk_rng(chunk_index: int, rows: int, seed: int, drift: float) -> np.random.Generator:
+    """The random generator of chunk ``chunk_index``, after checking the parameters (``ValueError``)."""
+    validate_params(rows, seed, drift)
+    if chunk_index < 0:
+        raise ValueError(f"chunk_index must be >= 0, got {chunk_index}")
+    if rows > CHUNK_ROWS:
+        raise ValueError(f"rows must be <= CHUNK_ROWS={CHUNK_ROWS}, got {rows}")
+    return np.random.default_rng([seed, chunk_index])
+
+
 def drift_weight(drift: float) -> float:
     """Maps ``drift`` in [0, inf) to a mixing weight in [0, 1)."""
     return drift / (1.0 + drift)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunked_dataset, drift_weight, generate_frame, validate_params
+from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunk_rng, chunked_dataset, drift_weight, generate_frame  # noqa: F401 (CHUNK_ROWS re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -134,12 +134,7 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0) -
     Returns:
         A frame with the columns of :data:`SCHEMA_DOC`, ordered by machine then cycle.
     """
-    validate_params(rows, seed, drift)
-    if chunk_index < 0:
-        raise ValueError(f"chunk_index must be >= 0, got {chunk_index}")
-    if rows > CHUNK_ROWS:
-        raise ValueError(f"rows must be <= CHUNK_ROWS={CHUNK_ROWS}, got {rows}")
-    rng = np.random.default_rng([seed, chunk_index])
+    rng = chunk_rng(chunk_index, rows, seed, drift)
     w = drift_weight(drift)
     m = _machines(rng, rows, drift)
     r = _rows(m, rows)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunked_dataset, drift_weight, generate_frame, validate_params
+from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunk_rng, chunked_dataset, drift_weight, generate_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -242,12 +242,7 @@ def generate_chunk(chunk_index: int, rows: int, seed: int, drift: float = 0.0, *
     Returns:
         A DataFrame with the columns of :data:`SCHEMA_DOC` and a fresh ``RangeIndex``.
     """
-    validate_params(rows, seed, drift)
-    if chunk_index < 0:
-        raise ValueError(f"chunk_index must be >= 0, got {chunk_index}")
-    if rows > CHUNK_ROWS:
-        raise ValueError(f"rows must be <= CHUNK_ROWS={CHUNK_ROWS}, got {rows}")
-    rng = np.random.default_rng([seed, chunk_index])
+    rng = chunk_rng(chunk_index, rows, seed, drift)
     n = rows
     f: dict[str, Any] = _customers(rng, n)
     f.update(_context(rng, n, drift))
