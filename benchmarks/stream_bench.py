@@ -38,7 +38,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,27 +62,14 @@ NOT_FEATURES = ["machine_id", "failure_soon", "msg_id"]
 # --- the broker ---------------------------------------------------------------------------
 
 def start_broker(folder: Path) -> tuple[str, subprocess.Popen]:
-    """Mosquitto on a free loopback port (persistence off, unbounded queues and in-flight windows)."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        shutil.chown(folder, "mosquitto", "mosquitto")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    f"max_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {folder}/mosquitto.log\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return f"mqtt://127.0.0.1:{port}", proc
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    raise RuntimeError(f"mosquitto did not start; see {folder}/mosquitto.log")
+    """Mosquitto on a free loopback port, persistence off: the streaming example's broker starter."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "streaming_maintenance" / "plant.py"
+    spec = importlib.util.spec_from_file_location("streaming_plant", path)
+    plant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plant)
+    return plant.start_broker(folder, persistence=False)
 
 
 def paho(client_id: str, clean: bool = True) -> Any:

@@ -41,8 +41,9 @@ console = Console(stderr=True)
 SENSORS_TOPIC, PREDICTION_TOPIC = "plant/{machine}/sensors", "plant/{device}/prediction"
 
 
-def start_broker(folder: Path) -> tuple[str, subprocess.Popen]:
-    """Mosquitto on a free loopback port; its config, state and log in ``folder``."""
+def start_broker(folder: Path, persistence: bool = True) -> tuple[str, subprocess.Popen]:
+    """Mosquitto on a free loopback port (unbounded queues and in-flight windows); its config, state
+    (``persistence``: kept for absent persistent sessions) and log in ``folder``."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(binary):
         sys.exit("mosquitto is not installed: apt-get install -y mosquitto (or pass --broker mqtt://host:port)")
@@ -53,9 +54,9 @@ def start_broker(folder: Path) -> tuple[str, subprocess.Popen]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {folder}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
-                    f"log_dest file {folder}/mosquitto.log\n")
+    state = f"persistence true\npersistence_location {folder}/\n" if persistence else "persistence false\n"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{state}max_queued_messages 0\n"
+                    f"max_inflight_messages 0\nlog_dest file {folder}/mosquitto.log\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
