@@ -91,8 +91,7 @@ def _keys(frame: pd.DataFrame, by: str, order: str) -> pd.Series:
     missing = frame[by].isna() | frame[order].isna()
     keys = frame[by].astype(str)
     if missing.any():
-        keys = keys.where(~missing, pd.Series([f"__alone_{uuid.uuid4().hex}" for _ in range(len(frame))],
-                                              index=frame.index))
+        keys[missing] = [f"__alone_{uuid.uuid4().hex}" for _ in range(int(missing.sum()))]
     return keys
 
 
