@@ -116,7 +116,7 @@ def predict_files(spec: Spec, input: str, output: str, *, version: int | None = 
         from raypipe.serve.batch_policy import predict_policy_files
 
         return predict_policy_files(vs, v, input, out_fs, out_path, output, connect=lambda: connect_for(spec, address),
-                                    actors=actors)
+                                    read=_read, actors=actors)
     trusted = trusted_factories(spec)
     check_trusted(vs.read_json("model", "model.json")["kind"], trusted)  # refused here, before any actor starts
     connect_for(spec, address)

@@ -188,10 +188,11 @@ class PolicyPredict:
 
 
 def predict_policy_files(vs: Store, v: int, input: str, out_fs: Any, out_path: str, output: str, *,
-                         connect: Any, actors: int = 2) -> dict[str, Any]:
+                         connect: Any, read: Any, actors: int = 2) -> dict[str, Any]:
     """Write the policy's answers for every observation row of ``input`` (see the module docstring).
 
-    ``vs``: the version's store, already checked against its manifest; ``connect``: joins Ray.
+    ``vs``: the version's store, already checked against its manifest; ``connect``: joins Ray; ``read``:
+    ``input`` as a Ray dataset (``raypipe predict``'s reader, the same for every model).
     """
     import pyarrow.dataset as pads
 
@@ -201,9 +202,7 @@ def predict_policy_files(vs: Store, v: int, input: str, out_fs: Any, out_path: s
     t0 = time.perf_counter()
     lay, _ = check_input(input, policy)  # refused here, before Ray or any actor starts
     connect()
-    from raypipe.serve.batch import _read
-
-    preds = _read(input).map_batches(
+    preds = read(input).map_batches(
         PolicyPredict, fn_constructor_kwargs={"model_uri": vs.full_uri("model"), "kind": lay.kind,
                                               "columns": lay.columns, "version": v},
         batch_format="pandas", concurrency=actors, batch_size=4096)
