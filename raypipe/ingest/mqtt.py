@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from raypipe.errors import DataValidationError, SpecError
 from raypipe.ingest.landing import Landing, window_fingerprint
 from raypipe.ingest.mqtt_wire import (
-    META_COLUMNS, TYPES, broker_address, check_row, credentials, decode, infer_columns, make_client, message_id,
-    subscribe_on_connect,
+    META_COLUMNS, TYPES, Delivery, Inbox, broker_address, check_row, credentials, decode, infer_columns, make_client,
+    message_id, subscribe_on_connect,
 )
 from raypipe.spec import MqttSource
 
@@ -73,77 +73,53 @@ class MqttIngest:
         self.counts = {"received": 0, "landed": 0, "quarantined": 0, "duplicates": 0, "batches": 0,
                        "already_landed": len(self.seen)}
         self.state = {"connected": False, "subscribed": False, "last_error": None}
-        self._pending: list[tuple[int, int, str, bytes, float, int]] = []  # mid, qos, topic, payload, at, connection
-        self.connection = 0  # counts connections: an ack goes only to the connection that delivered the message
         self._lock, self._stop = threading.Lock(), threading.Event()
         host, port, tls = broker_address(source.broker)
         username, password = credentials(source.username_env, source.password_env)
         self.client = make_client(client_id, persistent=True, manual_ack=True, username=username,
                                   password=password, tls=tls)
         subscribe_on_connect(self.client, source.topics, source.qos, lambda: self.state.update(subscribed=True))
-        self.client.on_message = self._on_message
+        self.inbox = Inbox(self.client, lambda reason: self.state.update(connected=not reason.is_failure))
         self.client.on_disconnect = lambda *a: self.state.update(connected=False)
-        on_connect = self.client.on_connect
-
-        def connected(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
-            with self._lock:
-                self.connection += 1
-            self.state.update(connected=not reason.is_failure)
-            on_connect(c, u, f, reason, p)
-
-        self.client.on_connect = connected
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
         self._flusher = threading.Thread(target=self._flush_loop, name="mqtt-landing", daemon=True)
         self._flusher.start()
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        with self._lock:
-            self._pending.append((msg.mid, msg.qos, msg.topic, bytes(msg.payload), time.time(), self.connection))
-            self.counts["received"] += 1
-
     def _flush_loop(self) -> None:
         while not self._stop.wait(0.05):
-            with self._lock:
-                due = bool(self._pending) and (len(self._pending) >= self.source.batch_messages
-                                               or time.time() - self._pending[0][4] >= self.source.batch_seconds)
-            if due:
-                self.flush()
+            self.flush(force=False)
 
-    def flush(self) -> dict[str, int]:
-        """Land what is pending now, then acknowledge it. A failed write acknowledges nothing (the broker keeps
-        the messages) and is retried at the next flush."""
-        with self._lock:
-            batch, self._pending = self._pending[: self.source.batch_messages], self._pending[self.source.batch_messages:]
+    def flush(self, force: bool = True) -> dict[str, int]:
+        """Land what is pending now (without ``force``: once a micro-batch is due), then acknowledge it. A failed
+        write acknowledges nothing (the broker keeps the messages) and is retried at the next flush."""
+        batch = self.inbox.take(self.source.batch_messages, self.source.batch_seconds, force=force)
         if not batch:
-            return dict(self.counts)
+            return self._counts()
         try:
             landed, quarantined, dups = self._land(batch)
         except Exception as e:  # noqa: BLE001 - a full disk, a lost mount: the messages stay unacknowledged
             log.exception("mqtt ingest: a micro-batch of %d messages could not be landed", len(batch))
             self.state["last_error"] = f"{type(e).__name__}: {e}"
-            with self._lock:
-                self._pending[:0] = batch
+            self.inbox.put_back(batch)
             time.sleep(1.0)
-            return dict(self.counts)
-        # A message from an earlier connection is not acknowledged: its packet id may name another message
-        # now, and the broker delivers it again on this connection (a duplicate, acknowledged then).
-        with self._lock:
-            current = self.connection
-        for mid, qos, _, _, _, conn in batch:
-            if qos > 0 and conn == current:
-                self.client.ack(mid, qos)
+            return self._counts()
+        self.inbox.ack(batch)  # one from an earlier connection comes again on this one: a duplicate, acked then
         with self._lock:
             self.counts["landed"] += landed
             self.counts["quarantined"] += quarantined
             self.counts["duplicates"] += dups
             self.counts["batches"] += 1
-        return dict(self.counts)
+        return self._counts()
 
-    def _land(self, batch: list[tuple[int, int, str, bytes, float, int]]) -> tuple[int, int, int]:
-        arrived_ms = int(batch[-1][4] * 1000)
+    def _counts(self) -> dict[str, int]:
+        with self._lock:
+            return {**self.counts, "received": self.inbox.received}
+
+    def _land(self, batch: list[Delivery]) -> tuple[int, int, int]:
+        arrived_ms = int(batch[-1].at * 1000)
         fresh, ids, dups = [], set(), 0
-        for _, _, topic, payload, _, _ in batch:
+        for topic, payload, *_ in batch:
             obj, why = decode(payload)
             mid = message_id(topic, payload, obj, self.source.id_field)
             if mid in self.seen or mid in ids:
@@ -178,18 +154,16 @@ class MqttIngest:
 
     def status(self) -> dict[str, Any]:
         """Counts (received, landed, quarantined, duplicates, batches), pending messages, connection state."""
-        with self._lock:
-            return {**self.counts, "pending": len(self._pending), **self.state, "columns": self.columns,
-                    "client_id": self.client_id, "landing": self.source.landing}
+        return {**self._counts(), "pending": len(self.inbox), **self.state, "columns": self.columns,
+                "client_id": self.client_id, "landing": self.source.landing}
 
     def stop(self) -> dict[str, Any]:
         """Land what is pending, acknowledge it, and disconnect (the session and its subscriptions stay)."""
         self._stop.set()
         self._flusher.join(timeout=10)
         for _ in range(3):  # a write that keeps failing leaves the rest unacknowledged: the broker still has them
-            with self._lock:
-                if not self._pending:
-                    break
+            if not len(self.inbox):
+                break
             self.flush()
         self.client.disconnect()
         self.client.loop_stop()

@@ -11,8 +11,10 @@ import hashlib
 import json
 import math
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from raypipe.errors import SpecError
@@ -77,6 +79,76 @@ def subscribe_on_connect(client: Any, topics: Iterable[str], qos: int, on_subscr
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
+
+
+class Delivery(NamedTuple):
+    """One message as delivered: ``at`` is its arrival (``time.time()``), ``connection`` the connection's number."""
+
+    topic: str
+    payload: bytes
+    at: float
+    mid: int
+    qos: int
+    connection: int
+
+
+class Inbox:
+    """What a manual-ack session delivered, held until its micro-batch is done, and acknowledged then.
+
+    It becomes ``client``'s message handler and counts the client's connections (around the
+    handler :func:`subscribe_on_connect` set; ``on_connect`` is told each connection's reason).
+    Packet ids are per connection, so :meth:`ack` acknowledges only what the current connection
+    delivered: a message from an earlier one may share its id with another message now, and the
+    broker delivers it again on this connection.
+    """
+
+    def __init__(self, client: Any, on_connect: Callable[[Any], None] | None = None) -> None:
+        self.client = client
+        self.lock = threading.Lock()
+        self.pending: list[Delivery] = []
+        self.connection = 0
+        self.received = 0
+        inner = client.on_connect
+
+        def connected(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
+            with self.lock:
+                self.connection += 1
+            if on_connect is not None:
+                on_connect(reason)
+            inner(c, u, f, reason, p)
+
+        client.on_connect = connected
+        client.on_message = self._on_message
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.lock:
+            self.pending.append(Delivery(msg.topic, bytes(msg.payload), time.time(), msg.mid, msg.qos, self.connection))
+            self.received += 1
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.pending)
+
+    def take(self, most: int, wait_s: float, force: bool = False) -> list[Delivery]:
+        """The oldest ``most`` messages once that many wait or the oldest has waited ``wait_s`` (any that wait
+        with ``force``); none otherwise."""
+        with self.lock:
+            due = bool(self.pending) and (force or len(self.pending) >= most or time.time() - self.pending[0].at >= wait_s)
+            batch = self.pending[:most] if due else []
+            del self.pending[: len(batch)]
+        return batch
+
+    def put_back(self, batch: list[Delivery]) -> None:
+        """Messages whose batch failed: first in line again, still unacknowledged."""
+        with self.lock:
+            self.pending[:0] = batch
+
+    def ack(self, batch: list[Delivery]) -> None:
+        with self.lock:
+            current = self.connection
+        for d in batch:
+            if d.qos > 0 and d.connection == current:
+                self.client.ack(d.mid, d.qos)
 
 
 def message_id(topic: str, payload: bytes, obj: Any, id_field: str | None) -> str:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from raypipe.ingest.landing import Landing
 from raypipe.ingest.mqtt_wire import (
-    broker_address, check_row, credentials, decode, make_client, message_id, subscribe_on_connect,
+    Inbox, broker_address, check_row, credentials, decode, make_client, message_id, subscribe_on_connect,
 )
 from raypipe.errors import SpecError
 from raypipe.predlog import LogFormat, new_request_id, row_ids, write_log
@@ -100,23 +100,13 @@ class StreamScorer:
         self.counts = {"received": 0, "scored": 0, "quarantined": 0, "published": 0, "batches": 0, "swaps": 0,
                        "log_errors": 0, "failed_batches": 0}
         self.subscribed = threading.Event()
-        self._pending: list[tuple[str, bytes, float, int, int, int]] = []  # topic, payload, at, mid, qos, connection
-        self.connection = 0
-        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._stop = threading.Event()
         host, port, tls = broker_address(broker)
         username, password = credentials(username_env, password_env)
         self.client = make_client(client_id or f"raypipe-stream-{spec.name}", persistent=True, manual_ack=True,
                                   username=username, password=password, tls=tls)
         subscribe_on_connect(self.client, self.topics, qos, self.subscribed.set)
-        on_connect = self.client.on_connect
-
-        def connected(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
-            with self._lock:
-                self.connection += 1
-            on_connect(c, u, f, reason, p)
-
-        self.client.on_connect = connected
-        self.client.on_message = self._on_message
+        self.inbox = Inbox(self.client)
         self._address = (host, port)
 
     # -- the version --------------------------------------------------------------------------
@@ -159,11 +149,6 @@ class StreamScorer:
                               current, self.version)
 
     # -- the loop ----------------------------------------------------------------------------
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        with self._lock:
-            self._pending.append((msg.topic, bytes(msg.payload), time.time(), msg.mid, msg.qos, self.connection))
-            self.counts["received"] += 1
-
     def start(self) -> threading.Thread:
         """Run :meth:`run` in a background thread (its handle)."""
         thread = threading.Thread(target=self.run, name="raypipe-stream", daemon=True)
@@ -178,21 +163,17 @@ class StreamScorer:
         try:
             while True:
                 stopping = self._stop.wait(0.02)
-                with self._lock:
-                    due = bool(self._pending) and (stopping or len(self._pending) >= self.batch_messages
-                                                   or time.time() - self._pending[0][2] >= self.batch_seconds)
-                    batch = self._pending[: self.batch_messages] if due else []
-                    del self._pending[: len(batch)]
+                batch = self.inbox.take(self.batch_messages, self.batch_seconds, force=stopping)
                 if batch:
                     self._check_alias()
                     self.score(batch)
-                    self._ack(batch)
+                    self.inbox.ack(batch)
                 elif stopping:
                     break
         finally:
             self.client.disconnect()
             self.client.loop_stop()
-        return dict(self.counts)
+        return self._counts()
 
     def stop(self, timeout: float = 60.0) -> dict[str, int]:
         """Stop: score what is pending, publish and log it, disconnect."""
@@ -200,16 +181,10 @@ class StreamScorer:
         thread = getattr(self, "_thread", None)
         if thread is not None:
             thread.join(timeout)
-        return dict(self.counts)
+        return self._counts()
 
-    def _ack(self, batch: list[tuple[str, bytes, float, int, int, int]]) -> None:
-        """Acknowledge a batch once its answers are published and logged (or its messages quarantined); one
-        delivered on an earlier connection is left to the broker, which delivers it again."""
-        with self._lock:
-            current = self.connection
-        for *_, mid, qos, conn in batch:
-            if qos > 0 and conn == current:
-                self.client.ack(mid, qos)
+    def _counts(self) -> dict[str, int]:
+        return {**self.counts, "received": self.inbox.received}
 
     # -- one micro-batch ------------------------------------------------------------------------
     def score(self, batch: list[tuple[Any, ...]]) -> None:
