@@ -20,6 +20,8 @@ data_app = typer.Typer(no_args_is_help=True, help="The data reference (schema + 
 app.add_typer(registry_app, name="registry")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+export_app = typer.Typer(no_args_is_help=True, help="A registered version as ONNX; the pipeline as an Airflow DAG or a Kubeflow pipeline.")
+app.add_typer(export_app, name="export")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
@@ -491,10 +493,9 @@ def stream(
     print(json.dumps(counts), flush=True)
 
 
-@app.command()
-def export(
+@export_app.command("onnx")
+def export_onnx(
     spec: Path = SpecArg,
-    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (default: <name>-v<N>.onnx)."),
     version: Optional[int] = typer.Option(None, "--version"),
     alias: Optional[str] = typer.Option(None, "--alias", help="Export the version with this alias (default champion)."),
@@ -504,8 +505,27 @@ def export(
     reinforcement-learning version: its policy, observations in, the deterministic action out."""
     from raypipe.api import export as export_api
 
-    _finish(export_api(str(spec), output=str(output) if output else None, format=format, version=version,
+    _finish(export_api(str(spec), output=str(output) if output else None, format="onnx", version=version,
                        alias=alias), json_out)
+
+
+EXPORT_TARGETS = ("onnx", "airflow", "kfp")
+
+
+def _legacy_export(argv: list[str]) -> list[str]:
+    """``raypipe export SPEC --format F ...`` (the form before export had subcommands) → ``raypipe export F SPEC ...``."""
+    if len(argv) < 2 or argv[0] != "export" or argv[1] in EXPORT_TARGETS or argv[1].startswith("-"):
+        return argv
+    rest, target, i = [], "onnx", 1
+    while i < len(argv):
+        if argv[i] == "--format" and i + 1 < len(argv):
+            target, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--format="):
+            target, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return ["export", target, *rest]
 
 
 @app.command()
@@ -690,6 +710,7 @@ def _finish(summary: dict[str, Any], json_out: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps raypipe errors to their exit codes."""
+    argv = _legacy_export(list(sys.argv[1:] if argv is None else argv))
     try:
         app(args=argv, standalone_mode=False)
     except RaypipeError as exc:
