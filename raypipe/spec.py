@@ -1087,6 +1087,21 @@ class MonitorSection(_Section):
     alerts: AlertsSection = Field(default_factory=AlertsSection)
 
 
+class RetriesSection(_Section):
+    """Stage retries for transient failures (the runner's own; an orchestrator's retries come on top)."""
+
+    count: int = Field(default=0, ge=0, le=20, description="tries after the first, per stage")
+    backoff_s: float = Field(default=5.0, ge=0, description="wait before the first retry; doubled before each next one")
+    on: list[Literal["transient"]] = Field(
+        default_factory=lambda: ["transient"],
+        description="what is retried: transient = connection errors and timeouts, a lost Ray node, worker or object, "
+                    "a full object store; never a data validation or gate failure, nor a bug")
+
+
+class RunnerSection(_Section):
+    retries: RetriesSection = Field(default_factory=RetriesSection)
+
+
 class Spec(_Section):
     """A whole pipeline. Every section but ``name`` and ``data`` has defaults."""
 
@@ -1099,6 +1114,7 @@ class Spec(_Section):
         return no_secret_in_url(v, "give the filesystem its credentials through the environment "
                                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)")
     ray: RaySection = Field(default_factory=RaySection)
+    runner: RunnerSection = Field(default_factory=RunnerSection)
     data: DataSection
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
     features: FeaturesSection = Field(default_factory=FeaturesSection)
