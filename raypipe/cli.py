@@ -46,7 +46,9 @@ def run(
 ) -> None:
     """Run the pipeline: ingest → validate → features → train → evaluate → register → serve."""
     from raypipe.api import as_spec, run as run_pipeline
+    from raypipe.submit import check_required_version
 
+    check_required_version()  # a submitted job: the cluster's raypipe is the submitter's
     s = as_spec(spec)
     deploy = (s.deploy.enabled if serve is None else serve) and until is None and only is None
     if blocking and deploy:
@@ -77,6 +79,43 @@ def _deploy_and_probe(spec: Any, address: str | None, port: int | None, blocking
     elif not (address or spec.ray.address):
         shutdown(endpoint.app_name)  # a local demo ends cleanly; on a cluster the app keeps running
     return extra
+
+
+@app.command()
+def submit(
+    spec: Path = SpecArg,
+    address: Optional[str] = typer.Option(None, "--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],
+                                          help="The cluster's dashboard: http://head:8265 (default: "
+                                               "$RAY_API_SERVER_ADDRESS or $RAY_ADDRESS, as `ray job submit`)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run this stage alone (its inputs must be complete)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    force: Optional[str] = typer.Option(None, "--force", help="Recompute this stage and every stage after it."),
+    run_key: Optional[str] = typer.Option(None, "--run-key", help="The orchestrator's run id (see run --run-key)."),
+    pip: Optional[list[str]] = typer.Option(None, "--pip", help="A package the job installs first, e.g. "
+                                            "raypipe==0.1.0 (repeatable): for a cluster without raypipe."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's output and exit with its code."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run's JSON summary as the last line."),
+) -> None:
+    """Submit the run (or one stage) as a Ray job; stream its output; exit with the run's own exit code."""
+    from raypipe.errors import SpecError
+    from raypipe.runner import STAGE_NAMES
+    from raypipe.submit import submit as submit_job
+
+    if not address:
+        raise SpecError("--address: which cluster? Give its dashboard, e.g. --address http://head:8265 "
+                        "(or set RAY_API_SERVER_ADDRESS)")
+    for opt, value in (("--only", only), ("--until", until), ("--force", force)):
+        if value is not None and value not in STAGE_NAMES:
+            raise SpecError(f"{opt} {value!r} is not a stage; use one of {list(STAGE_NAMES)}")
+    result = submit_job(spec, address=address, only=only, until=until, force=force, run_key=run_key, pip=pip,
+                        wait=wait, echo=lambda text: err.print(text, markup=False, highlight=False))
+    err.print(f"[bold]job[/bold] {result.submission_id}: {result.status}"
+              + (f" (exit {result.exit_code})" if wait else "") + (f" - {result.message}" if result.message else ""))
+    if json_out:
+        print(json.dumps({"submission_id": result.submission_id, "status": result.status,
+                          "exit_code": result.exit_code, "summary": result.summary}, default=str), flush=True)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -717,7 +756,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps raypipe errors to their exit codes."""
     argv = _legacy_export(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except RaypipeError as exc:
         err.print(f"error: {exc}", markup=False, style="bold red")
         sys.exit(exc.exit_code)
