@@ -1,0 +1,141 @@
+"""``raypipe export kfp``: the compiled KFP v2 pipeline, without Kubernetes.
+
+The YAML compiles and reloads (as YAML and through kfp's own loader), its DAG runs the
+stages in order (the IR's ``root.dag.tasks[*].dependentTasks``), KFP's cache is off, and
+the pipeline runs end to end with KFP's local ``SubprocessRunner`` on the built-in data —
+each task a real ``raypipe run SPEC --only STAGE`` subprocess joining the session's Ray —
+and registers a version. In ``rayjob`` mode it compiles, and the RayJob each task would
+create passes the KubeRay manifest checks (:mod:`tests.export.kuberay_checks`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import raypipe
+from raypipe.runner import STAGE_NAMES
+from tests.conftest import small_spec
+from tests.export.kuberay_checks import check_manifest
+
+kfp = pytest.importorskip("kfp", reason="the kfp extra is not installed: pip install 'raypipe[kfp]'")
+
+from raypipe.export.kfp import export_kfp  # noqa: E402
+
+
+def _write_spec(tmp_path: Path, **sections) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(small_spec(tmp_path / "store", name="t-kfp", **sections)))
+    return path
+
+
+def _stage_order(ir: dict) -> list[str]:
+    """The stages (task display names) in the order the DAG's dependencies allow, checking it is a chain."""
+    tasks = ir["root"]["dag"]["tasks"]
+    by_task = {name: t["taskInfo"]["name"] for name, t in tasks.items()}
+    deps = {by_task[name]: [by_task[d] for d in t.get("dependentTasks", [])] for name, t in tasks.items()}
+    order, done = [], set()
+    while len(order) < len(deps):
+        ready = sorted(s for s, d in deps.items() if s not in done and set(d) <= done)
+        assert len(ready) == 1, f"the DAG is not one chain: ready together {ready} (dependencies {deps})"
+        order.append(ready[0])
+        done.add(ready[0])
+    for stage, before in zip(order[1:], order):
+        assert deps[stage] == [before], f"{stage} must depend on {before} only (got {deps[stage]})"
+    return order
+
+
+def test_compiles_reloads_and_orders_the_stages(tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path)
+    out = tmp_path / "pipeline-kfp.yaml"
+    summary = export_kfp(spec, out, image="reg/raypipe:1.2")
+    assert summary["stages"] == list(STAGE_NAMES)
+
+    ir = yaml.safe_load(out.read_text())
+    assert ir["pipelineInfo"]["name"] == "t-kfp"
+    assert _stage_order(ir) == list(STAGE_NAMES)
+    tasks = ir["root"]["dag"]["tasks"].values()
+    assert all(t.get("cachingOptions", {}).get("enableCache") in (None, False) for t in tasks)  # KFP's cache off
+    stages = {t["inputs"]["parameters"]["stage"]["runtimeValue"]["constant"] for t in tasks}
+    assert stages == set(STAGE_NAMES)
+    params = ir["root"]["inputDefinitions"]["parameters"]
+    assert params["spec"]["defaultValue"] == str(spec)
+    assert params["spec_sha256"]["defaultValue"] == summary["spec_sha256"]
+    images = {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()}
+    assert images == {"reg/raypipe:1.2"}
+
+    from kfp import components
+
+    loaded = components.load_component_from_file(str(out))  # kfp's own loader reads it back
+    assert loaded.name == "t-kfp"
+    assert set(loaded.component_spec.inputs) == {"spec", "address", "spec_sha256"}
+
+
+def test_cli_writes_the_pipeline_and_refuses_a_bad_mode(tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path)
+    out = tmp_path / "p.yaml"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(raypipe.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    ok = subprocess.run([sys.executable, "-m", "raypipe", "export", "kfp", str(spec), "-o", str(out), "--json"],
+                        capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["path"] == str(out)
+    assert out.is_file()
+    bad = subprocess.run([sys.executable, "-m", "raypipe", "export", "kfp", str(spec), "--mode", "argo"],
+                         capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert bad.returncode == 2 and "--mode must be one of container, rayjob" in bad.stderr
+
+
+def test_rayjob_mode_compiles_and_its_rayjobs_pass_the_manifest_checks(tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path)
+    out = tmp_path / "rayjob-kfp.yaml"
+    export_kfp(spec, out, image="reg/raypipe:1.2", mode="rayjob", spec_in_image="/app/pipeline.yaml")
+    ir = yaml.safe_load(out.read_text())
+    assert _stage_order(ir) == list(STAGE_NAMES)
+    for task in ir["root"]["dag"]["tasks"].values():
+        stage = task["taskInfo"]["name"]
+        manifest = json.loads(task["inputs"]["parameters"]["manifest"]["runtimeValue"]["constant"])
+        assert check_manifest(manifest) == [], stage
+        assert manifest["spec"]["entrypoint"] == \
+            f"raypipe run /app/pipeline.yaml --only {stage} --address auto --no-serve --json"
+        assert manifest["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] \
+            == "reg/raypipe:1.2"
+
+
+def test_runs_end_to_end_with_kfp_local_runner(ray_session, tmp_path: Path, monkeypatch) -> None:
+    """Each task is a lightweight component: its body runs ``raypipe run --only STAGE`` as a subprocess."""
+    from kfp import local
+
+    gcs = ray_session.get_runtime_context().gcs_address
+    spec = _write_spec(tmp_path, ray={"address": gcs})  # each stage joins the session's Ray instead of starting one
+    out = tmp_path / "pipeline-kfp.yaml"
+    export_kfp(spec, out, image="python:3.11")
+    # the tasks' subprocesses import this raypipe (not another install) and get the session's auth env (os.environ)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(raypipe.__file__).parents[1]),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.chdir(tmp_path)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    from kfp import components
+
+    pipeline = components.load_component_from_file(str(out))  # what a KFP cluster would receive
+    start = time.monotonic()
+    task = pipeline()
+    seconds = time.monotonic() - start
+    print(f"\nKFP local run of {len(STAGE_NAMES)} stages: {seconds:.1f}s")
+    assert task is not None
+
+    from raypipe.registry import Registry
+
+    reg = Registry(str(tmp_path / "store"), "t-kfp")
+    assert reg.versions() == [1]
+    summaries = [json.loads(json.loads(p.read_text())["parameterValues"]["Output"])
+                 for p in (tmp_path / "kfp-root").rglob("executor_output.json")]
+    ran = sorted(name for s in summaries for name, st in s["stages"].items() if st["status"] == "ran")
+    assert ran == sorted(STAGE_NAMES), "each task runs its one stage (the others are cache hits)"
+    assert all(s["status"] == "ok" for s in summaries)
