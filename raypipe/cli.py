@@ -517,7 +517,8 @@ def export_onnx(
 @export_app.command("kfp")
 def export_kfp(
     spec: Path = SpecArg,
-    output: Path = typer.Option(Path("pipeline.yaml"), "--output", "-o", help="The KFP pipeline YAML to write."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The KFP pipeline YAML to write "
+                                          "(default: <name>-kfp.yaml)."),
     image: str = typer.Option("raypipe:latest", "--image", help="Image with raypipe that every task runs in."),
     mode: str = typer.Option("container", "--mode", help="container: a task per stage runs it; "
                              "rayjob: a task per stage runs it as a KubeRay RayJob."),

@@ -58,13 +58,13 @@ def _kfp() -> Any:
     return kfp
 
 
-def export_kfp(spec_path: str | Path, output: str | Path, *, image: str = DEFAULT_IMAGE, mode: str = "container",
+def export_kfp(spec_path: str | Path, output: str | Path | None = None, *, image: str = DEFAULT_IMAGE, mode: str = "container",
                spec_in_image: str | None = None, namespace: str = "") -> dict[str, Any]:
     """Compile the pipeline at ``spec_path`` into a KFP v2 pipeline YAML at ``output``.
 
     Args:
         spec_path: the spec on this machine (validated in full, and hashed).
-        output: the pipeline YAML to write.
+        output: the pipeline YAML to write (default: ``<name>-kfp.yaml`` here); never the spec itself.
         image: the image every task runs in (and, in ``rayjob`` mode, the Ray cluster's pods).
         mode: ``container`` (one task per stage running it) or ``rayjob`` (one KubeRay RayJob per stage).
         spec_in_image: the spec's path inside the image (default: ``spec_path`` as given, so a
@@ -86,6 +86,9 @@ def export_kfp(spec_path: str | Path, output: str | Path, *, image: str = DEFAUL
     _kfp()
     from kfp import compiler, dsl
 
+    output = Path(output or f"{spec.name}-kfp.yaml")
+    if output.resolve() == Path(spec_path).resolve():
+        raise ExportError([f"-o {output} is the spec itself: write the pipeline to another file"])
     inside = str(spec_in_image or spec_path)
     digest = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
     name = k8s_name(spec.name)

@@ -90,6 +90,10 @@ def test_cli_writes_the_pipeline_and_refuses_a_bad_mode(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "raypipe", "export", "kfp", str(spec), "--mode", "argo"],
                          capture_output=True, text=True, timeout=120, env=env, check=False)
     assert bad.returncode == 2 and "--mode must be one of container, rayjob" in bad.stderr
+    before = spec.read_text()
+    over = subprocess.run([sys.executable, "-m", "raypipe", "export", "kfp", str(spec), "-o", str(spec)],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert over.returncode == 2 and "is the spec itself" in over.stderr and spec.read_text() == before
 
 
 def test_rayjob_mode_compiles_and_its_rayjobs_pass_the_manifest_checks(tmp_path: Path) -> None:
@@ -139,3 +143,57 @@ def test_runs_end_to_end_with_kfp_local_runner(ray_session, tmp_path: Path, monk
     ran = sorted(name for s in summaries for name, st in s["stages"].items() if st["status"] == "ran")
     assert ran == sorted(STAGE_NAMES), "each task runs its one stage (the others are cache hits)"
     assert all(s["status"] == "ok" for s in summaries)
+
+
+class _FakeCustomObjects:
+    """The two CustomObjectsApi calls the RayJob task makes, answering a scripted status sequence."""
+
+    def __init__(self, statuses: list[dict]) -> None:
+        self.statuses, self.created = list(statuses), []
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.created.append((group, version, namespace, plural, body))
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        assert (group, version, plural) == ("ray.io", "v1", "rayjobs") and name == self.created[-1][4]["metadata"]["name"]
+        return {"status": self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]}
+
+
+def _fake_kubernetes(monkeypatch, api: _FakeCustomObjects) -> None:
+    import types
+
+    class ConfigException(Exception):
+        pass
+
+    def incluster() -> None:
+        raise ConfigException("not in a pod")
+
+    config = types.SimpleNamespace(ConfigException=ConfigException, load_incluster_config=incluster,
+                                   load_kube_config=lambda: None)
+    module = types.SimpleNamespace(client=types.SimpleNamespace(CustomObjectsApi=lambda: api), config=config)
+    monkeypatch.setitem(sys.modules, "kubernetes", module)
+
+
+def test_rayjob_task_creates_the_rayjob_and_waits_for_its_status(monkeypatch) -> None:
+    """The rayjob task's body against a fake ``kubernetes`` client (no cluster here)."""
+    from raypipe.export.kfp_components import raypipe_rayjob
+    from raypipe.export.kuberay import rayjob_manifest
+
+    manifest = json.dumps(rayjob_manifest("/app/p.yaml", "train", image="img", pipeline="p"))
+    api = _FakeCustomObjects([{}, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+                              {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}])
+    _fake_kubernetes(monkeypatch, api)
+    out = json.loads(raypipe_rayjob(manifest, "ml", 0.0, 60.0))
+    (_, _, namespace, plural, body), = api.created
+    assert (namespace, plural, out["jobStatus"], out["namespace"]) == ("ml", "rayjobs", "SUCCEEDED", "ml")
+    assert body["metadata"]["name"].startswith("raypipe-p-train-") and out["rayjob"] == body["metadata"]["name"]
+    assert check_manifest(body) == []  # the unique name is still a valid one
+
+    _fake_kubernetes(monkeypatch, _FakeCustomObjects([{"jobDeploymentStatus": "Complete", "jobStatus": "FAILED",
+                                                       "message": "exit code 4"}]))
+    with pytest.raises(RuntimeError, match="jobStatus=FAILED"):
+        raypipe_rayjob(manifest, "ml", 0.0, 60.0)
+    _fake_kubernetes(monkeypatch, _FakeCustomObjects([{"jobDeploymentStatus": "Initializing"}]))
+    with pytest.raises(TimeoutError):
+        raypipe_rayjob(manifest, "ml", 0.0, 0.0)
