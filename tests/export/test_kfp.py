@@ -197,3 +197,20 @@ def test_rayjob_task_creates_the_rayjob_and_waits_for_its_status(monkeypatch) ->
     _fake_kubernetes(monkeypatch, _FakeCustomObjects([{"jobDeploymentStatus": "Initializing"}]))
     with pytest.raises(TimeoutError):
         raypipe_rayjob(manifest, "ml", 0.0, 0.0)
+
+
+def test_stage_task_fails_on_a_missing_earlier_stage_and_on_another_spec(tmp_path: Path, monkeypatch) -> None:
+    """The container task's body: `raypipe run --only` exits 2 (no Ray started), and the spec's sha256 is checked."""
+    import hashlib
+
+    from raypipe.export.kfp_components import raypipe_stage
+
+    spec = _write_spec(tmp_path)
+    digest = hashlib.sha256(spec.read_bytes()).hexdigest()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(raypipe.__file__).parents[1]),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    with pytest.raises(RuntimeError, match="'train' failed with exit code 2"):
+        raypipe_stage(str(spec), "train", "", digest)
+    with pytest.raises(RuntimeError, match="is not the spec this pipeline was exported from"):
+        raypipe_stage(str(spec), "ingest", "", "0" * 64)
+    assert not (tmp_path / "store" / "stages").exists()
