@@ -553,6 +553,28 @@ def export_onnx(
                        alias=alias), json_out)
 
 
+@export_app.command("kfp")
+def export_kfp(
+    spec: Path = SpecArg,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The KFP pipeline YAML to write "
+                                          "(default: <name>-kfp.yaml)."),
+    image: str = typer.Option("raypipe:latest", "--image", help="Image with raypipe that every task runs in."),
+    mode: str = typer.Option("container", "--mode", help="container: a task per stage runs it; "
+                             "rayjob: a task per stage runs it as a KubeRay RayJob."),
+    spec_path: Optional[str] = typer.Option(None, "--spec-path", help="The spec's path inside the image "
+                                            "(default: SPEC as given)."),
+    namespace: str = typer.Option("", "--namespace", help="rayjob mode: where RayJobs are created "
+                                  "(default: the task pod's namespace)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """The pipeline as a Kubeflow Pipelines v2 pipeline (compiled with the kfp SDK): one task per stage,
+    `raypipe run SPEC --only STAGE` in the image, or one KubeRay RayJob per stage (--mode rayjob)."""
+    from raypipe.export.kfp import export_kfp as export_kfp_api
+
+    _finish(export_kfp_api(spec, output, image=image, mode=mode, spec_in_image=spec_path, namespace=namespace),
+            json_out)
+
+
 EXPORT_TARGETS = ("onnx", "airflow", "kfp")
 
 
