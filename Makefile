@@ -10,12 +10,14 @@ TORCH_SPEC ?= torch==2.13.0
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-kfp.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	# grafana-client's urllib3-future: from source with URLLIB3_NO_OVERRIDE=1, or its wheel's .pth
 	# replaces the installed urllib3 (which boto3, requests and Ray use) at every interpreter start
 	URLLIB3_NO_OVERRIDE=1 $(PY) -m pip install -q --no-binary urllib3-future -e '.[dev]'
+	# the Kubeflow Pipelines SDK next to the project's protobuf 7 (its own pins would downgrade it): see the file
+	$(PY) -m pip install -q --no-deps -r requirements-kfp.txt
 	touch $@
 
 run: setup

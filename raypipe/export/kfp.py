@@ -102,7 +102,8 @@ def export_kfp(spec_path: str | Path, output: str | Path | None = None, *, image
         def pipeline(spec: str = inside, address: str = "", spec_sha256: str = digest) -> None:
             previous = None
             for stage in stages:
-                task = component(spec=spec, stage=stage, address=address, spec_sha256=spec_sha256)
+                task = component(spec=spec, stage=stage, address=address, spec_sha256=spec_sha256,
+                                 run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # one pipeline run's stages share it
                 task.set_display_name(stage).set_caching_options(enable_caching=False)
                 if previous is not None:
                     task.after(previous)
@@ -115,7 +116,8 @@ def export_kfp(spec_path: str | Path, output: str | Path | None = None, *, image
         def pipeline(namespace: str = namespace, poll_s: float = 10.0, timeout_s: float = 3600.0) -> None:
             previous = None
             for stage in stages:
-                task = component(manifest=manifests[stage], namespace=namespace, poll_s=poll_s, timeout_s=timeout_s)
+                task = component(manifest=manifests[stage], namespace=namespace, poll_s=poll_s, timeout_s=timeout_s,
+                                 run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
                 task.set_display_name(stage).set_caching_options(enable_caching=False)
                 if previous is not None:
                     task.after(previous)

@@ -7,8 +7,11 @@ annotations (``str``, ``float``) to build the component's interface.
 """
 
 
-def raypipe_stage(spec: str, stage: str, address: str, spec_sha256: str) -> str:
-    """Run one raypipe stage: ``raypipe run SPEC --only STAGE --no-serve --json``; return its JSON summary."""
+def raypipe_stage(spec: str, stage: str, address: str, spec_sha256: str, run_key: str = "") -> str:
+    """Run one raypipe stage: ``raypipe run SPEC --only STAGE --no-serve --json``; return its JSON summary.
+
+    ``run_key`` is the pipeline run's id: a source that cannot be hashed is read once per pipeline run.
+    """
     # The body runs standalone in the task's container (KFP copies its source): imports stay inside.
     import hashlib
     import subprocess
@@ -23,6 +26,8 @@ def raypipe_stage(spec: str, stage: str, address: str, spec_sha256: str) -> str:
     cmd = [sys.executable, "-m", "raypipe", "run", spec, "--only", stage, "--no-serve", "--json"]
     if address:
         cmd += ["--address", address]
+    if run_key:
+        cmd += ["--run-key", run_key]
     print("running:", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     print(proc.stdout, end="", flush=True)
@@ -33,10 +38,14 @@ def raypipe_stage(spec: str, stage: str, address: str, spec_sha256: str) -> str:
     return lines[-1] if lines else "{}"
 
 
-def raypipe_rayjob(manifest: str, namespace: str, poll_s: float, timeout_s: float) -> str:
-    """Create the KubeRay RayJob ``manifest`` (JSON) and wait for its job to succeed; return its final status."""
+def raypipe_rayjob(manifest: str, namespace: str, poll_s: float, timeout_s: float, run_key: str = "") -> str:
+    """Create the KubeRay RayJob ``manifest`` (JSON) and wait for its job to succeed; return its final status.
+
+    ``run_key`` (the pipeline run's id) goes on the entrypoint as ``--run-key``.
+    """
     # The body runs standalone in the task's container (KFP copies its source): imports stay inside.
     import json
+    import shlex
     import time
     import uuid
 
@@ -56,6 +65,8 @@ def raypipe_rayjob(manifest: str, namespace: str, poll_s: float, timeout_s: floa
         except OSError:
             namespace = "default"
     body["metadata"]["namespace"] = namespace
+    if run_key:
+        body["spec"]["entrypoint"] += " --run-key " + shlex.quote(run_key)
     body["metadata"]["name"] = body["metadata"]["name"][:54].rstrip("-") + "-" + uuid.uuid4().hex[:8]  # one per try
     name = body["metadata"]["name"]
     api = client.CustomObjectsApi()
