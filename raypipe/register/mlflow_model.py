@@ -26,7 +26,7 @@ class RaypipeVersion(PythonModel):
         self.predictor = Predictor.from_version(Store(context.artifacts["version"]), config.get("version"),
                                                 tuple(config.get("trusted") or ()))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a signature
         import pandas as pd
 
         rows = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
