@@ -119,6 +119,20 @@ def open_run(spec: Any, run_id: str, tags: dict[str, str] | None = None) -> str 
         return None
 
 
+def close_run(spec: Any, run_id: str, status: str) -> None:
+    """End the RUNNING MLflow run of ``run_id`` (left open by a run that failed, or stopped before register).
+    Best effort: a tracking error is a warning."""
+    try:
+        mlflow = client(spec.tracking.mlflow_uri)
+        exp = mlflow.get_experiment_by_name(experiment_of(spec))
+        for found in find_runs(mlflow, exp.experiment_id, run_id) if exp is not None else []:
+            if found.info.status == "RUNNING":
+                mlflow.set_terminated(found.info.run_id, status)
+    except Exception as exc:
+        log.warning("MLflow: cannot end the run of %s in %r: %s: %s", run_id, spec.tracking.mlflow_uri,
+                    type(exc).__name__, exc)
+
+
 def finite(value: Any) -> bool:
     return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(float(value)))

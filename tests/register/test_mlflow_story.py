@@ -213,3 +213,22 @@ def test_a_run_tracked_by_mlflow_server_on_loopback(ray_session, tmp_path, mlflo
     rows = pd.read_parquet(val.store.path(val.outputs.splits["test"])).drop(columns=["is_fraud"]).head(5)
     want = champion_predictor(tmp_path / "store", "t-mlflow-server").predict_records(rows)
     assert model.predict(rows).to_dict("records") == want
+
+
+def test_a_run_stopped_after_train_ends_its_mlflow_run_and_a_cached_train_is_backfilled(ray_session, tmp_path, uri):
+    spec = _torch_spec(tmp_path / "store", "t-mlflow-until", uri, epochs=2)
+    spec["tracking"]["register_model"] = False
+    first = raypipe.run(spec, until="train", progress=quiet)
+    client = _client(uri)
+    exp = client.get_experiment_by_name("t-mlflow-until")
+    (opened,) = client.search_runs([exp.experiment_id])
+    assert opened.info.status == "FINISHED" and opened.data.tags["raypipe.run_id"] == first.run_id  # not left RUNNING
+    _assert_live_curves(client, opened.info.run_id, 2)
+    second = raypipe.run(spec, progress=quiet)  # train is a cache hit: its epochs come from the train report
+    assert [s["status"] for s in second.stages if s["name"] == "train"] == ["cached"]
+    run = client.get_run(_mlflow_run(second))
+    assert run.info.run_id != opened.info.run_id and run.info.status == "FINISHED"
+    points = client.get_metric_history(run.info.run_id, "val_loss")
+    assert sorted(p.step for p in points) == [0, 1]
+    report = second.outputs["train"].store.read_json("train_report.json")
+    assert [p.value for p in sorted(points, key=lambda p: p.step)] == [h["val_loss"] for h in report["history"]]
