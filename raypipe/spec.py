@@ -850,7 +850,7 @@ class TrackingSection(_Section):
     experiment: str | None = Field(default=None, description="default: the pipeline name")
     register_model: bool = Field(default=False, description="also register each version in MLflow's model registry "
                                  "as a pyfunc model that loads through raypipe (the version's safetensors/skops "
-                                 "files, nothing pickled), with raypipe's aliases (champion) mirrored")
+                                 "files, nothing pickled), with raypipe's aliases (champion) mirrored; not for reinforcement policies")
     model_name: str | None = Field(default=None, description="the registered model's name in MLflow; default: the "
                                    "pipeline name")
 

@@ -174,7 +174,10 @@ def export_version(spec: Any, run_id: str, version: int, trigger: dict[str, Any]
     mlflow_run = export_run(spec.tracking.mlflow_uri, experiment=experiment_of(spec), run_id=run_id,
                             params=params, metrics={**metrics, "threshold": doc.get("threshold")}, tags=tags,
                             artifacts=artifacts, artifact_location=artifact_location(spec), history=history)
-    if spec.tracking.register_model and info["status"] == "ready":
+    from raypipe.tasks import TASKS
+
+    # a policy (RLlib) answers observations, not rows: not a pyfunc model (yet)
+    if spec.tracking.register_model and info["status"] == "ready" and not TASKS[spec.data.task].policy:
         register_pyfunc(spec, mlflow_run, version)
     return mlflow_run
 
