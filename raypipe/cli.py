@@ -647,6 +647,7 @@ def registry_promote(spec: Path = SpecArg, version: int = typer.Argument(...),
     s, reg = _registry(spec)
     reg.set_alias(alias, version, reason=reason)
     err.print(f"{s.name}: {alias} → version {version}")
+    _mirror_aliases(s)
     if update_serving:
         from raypipe.serve.deploy import deploy
 
@@ -661,6 +662,22 @@ def registry_rollback(spec: Path = SpecArg, alias: str = typer.Option("champion"
     s, reg = _registry(spec)
     version = reg.rollback(alias, reason=reason)
     err.print(f"{s.name}: {alias} rolled back to version {version}")
+    _mirror_aliases(s)
+
+
+def _mirror_aliases(s: Any) -> None:
+    """With ``tracking.register_model``: move the MLflow registered model's aliases as raypipe's moved (a
+    tracking failure is a warning: the registry's alias has moved)."""
+    if not (s.tracking.mlflow_uri and s.tracking.register_model):
+        return
+    from raypipe.register.mlflow import mirror_aliases, model_name
+
+    try:
+        moved = mirror_aliases(s)
+    except Exception as exc:
+        err.print(f"[yellow]MLflow: the aliases of {model_name(s)!r} were not mirrored: {type(exc).__name__}: {exc}[/]")
+        return
+    err.print(f"MLflow: {model_name(s)} aliases " + (", ".join(f"{a} → {v}" for a, v in moved.items()) or "none"))
 
 
 @data_app.command("show-reference")

@@ -203,6 +203,12 @@ class Runner:
             manifest["error"] = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            if self.spec.tracking.mlflow_uri and "tracking" not in manifest and any(
+                    r["name"] == "train" and r.get("status") in ("ran", "failed", "running") for r in manifest["stages"]):
+                # the train stage opened an MLflow run that no export finished (a failure, or --until)
+                from raypipe.tracking import close_run
+
+                close_run(self.spec, self.run_id, "FAILED" if manifest.get("status") == "failed" else "FINISHED")
             manifest["metrics"] = result.metrics
             manifest["baselines"] = result.baselines
             manifest["version"] = result.version

@@ -843,8 +843,16 @@ class RegistrySection(_Section):
 
 
 class TrackingSection(_Section):
-    mlflow_uri: str | None = Field(default=None, description="e.g. sqlite:///mlflow.db or file:///abs/mlruns")
+    mlflow_uri: str | None = Field(default=None, description="e.g. sqlite:///mlflow.db or file:///abs/mlruns. Each run "
+                                   "is one MLflow run: training's per-epoch metrics logged as they happen (step = "
+                                   "epoch), a nested run per Tune trial, the evaluation's and the data's reports, "
+                                   "the registered version")
     experiment: str | None = Field(default=None, description="default: the pipeline name")
+    register_model: bool = Field(default=False, description="also register each version in MLflow's model registry "
+                                 "as a pyfunc model that loads through raypipe (the version's safetensors/skops "
+                                 "files, nothing pickled), with raypipe's aliases (champion) mirrored; not for reinforcement policies")
+    model_name: str | None = Field(default=None, description="the registered model's name in MLflow; default: the "
+                                   "pipeline name")
 
     @field_validator("mlflow_uri")
     @classmethod

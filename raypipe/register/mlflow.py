@@ -19,7 +19,9 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from raypipe import tracking
 from raypipe.errors import SpecError
+from raypipe.tracking import ID_TAG, artifact_location, experiment_of  # noqa: F401  (re-exported)
 
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 MAX_TAG_VALUE = 8000  # MLflow's limit on a tag value
@@ -52,57 +54,49 @@ def _artifact_parts(name: str) -> tuple[str | None, str]:
 
 def export_run(mlflow_uri: str, *, experiment: str, run_id: str, params: dict, metrics: dict,
                tags: dict[str, str], artifacts: dict[str, bytes],
-               artifact_location: str | None = None, id_tag: str = "raypipe.run_id",
-               run_name: str | None = None) -> str:
+               artifact_location: str | None = None, id_tag: str = ID_TAG,
+               run_name: str | None = None, history: list[dict[str, Any]] | None = None) -> str:
     """Log one raypipe run to an MLflow tracking store; return the MLflow run id.
 
     ``run_id`` is kept as the tag ``id_tag`` (``raypipe.run_id``; a monitor window uses
     ``raypipe.window_id``), which makes the export idempotent; ``run_name`` defaults to ``run_id``.
+    A FINISHED run with the tag is returned as it is; a RUNNING one (the train stage opened it to log
+    the training live: :func:`raypipe.tracking.open_run`) is completed and finished; else a run is made.
 
     Nested ``params``/``metrics`` dicts are flattened to dotted keys (``train.lr``); params
     are stringified and cut to 6000 chars; metrics that are not finite numbers (None, NaN,
     lists, bools) are skipped. ``artifacts`` maps relative names (``plots/roc.png``) to bytes.
+    ``history``: per-epoch metrics (a train report's ``history``), logged with ``step`` = epoch when
+    the run has no curve yet (the training could not log them live, or ran in an earlier run).
     ``artifact_location`` is used only when the experiment is created (a sqlite store
     otherwise puts artifacts under ``./mlruns`` relative to the current directory).
     """
-    try:
-        import mlflow  # noqa: F401
-        from mlflow.entities import Metric, Param
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-    except ImportError as exc:
-        raise SpecError(
-            f"tracking.mlflow_uri is set ({mlflow_uri!r}) but MLflow is not installed "
-            f"({exc}); install it with: pip install 'raypipe[mlflow]'"
-        ) from exc
+    client = tracking.client(mlflow_uri)  # a SpecError when MLflow is missing
+    from mlflow.entities import Metric, Param
 
-    try:
-        client = MlflowClient(tracking_uri=mlflow_uri)
-    except MlflowException as exc:
-        raise SpecError(
-            f"tracking.mlflow_uri: cannot open the MLflow tracking store {mlflow_uri!r}: {exc}. "
-            "Use e.g. 'sqlite:///abs/path/mlflow.db' (needs pip install 'raypipe[mlflow]') "
-            "or an http(s):// tracking server."
-        ) from exc
-
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-        experiment, artifact_location=artifact_location)
-
-    q = '"' if "'" in run_id else "'"  # MLflow's filter grammar has no escapes
-    if q in run_id:
-        raise ValueError(f"run_id {run_id!r} cannot contain both quote characters")
-    by_tag = f"tags.`{id_tag}` = {q}{run_id}{q}"
-    for found in client.search_runs([exp_id], filter_string=by_tag):
-        if found.info.status == "FINISHED" and found.data.tags.get(id_tag) == run_id:
-            return found.info.run_id
+    exp_id = tracking.experiment_id(client, experiment, artifact_location)
+    found = tracking.find_runs(client, exp_id, run_id, id_tag)
+    for run in found:
+        if run.info.status == "FINISHED":
+            return run.info.run_id
+    running = [r for r in found if r.info.status == "RUNNING"]
 
     run_tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
     run_tags[id_tag] = run_id
-    run = client.create_run(exp_id, tags=run_tags, run_name=run_name or run_id)
-    mlflow_run_id = run.info.run_id
+    if running:
+        mlflow_run_id = running[-1].info.run_id
+    else:
+        mlflow_run_id = client.create_run(exp_id, tags=run_tags, run_name=run_name or run_id).info.run_id
     try:
-        flat_params = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in _flatten(params).items()]
+        if running:
+            from mlflow.entities import RunTag
+
+            logged = running[-1].data.params
+            client.log_batch(mlflow_run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
+        else:
+            logged = {}
+        # a param once logged cannot change: an export retried into the same run skips those already there
+        flat_params = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in _flatten(params).items() if k not in logged]
         for i in range(0, len(flat_params), BATCH):
             client.log_batch(mlflow_run_id, params=flat_params[i:i + BATCH])
 
@@ -111,6 +105,9 @@ def export_run(mlflow_uri: str, *, experiment: str, run_id: str, params: dict, m
                         for k, v in _flatten(metrics).items() if _is_finite_number(v)]
         for i in range(0, len(flat_metrics), BATCH):
             client.log_batch(mlflow_run_id, metrics=flat_metrics[i:i + BATCH])
+        if history and not _has_curve(client, mlflow_run_id, history):
+            points = [p for h in history for p in tracking.curve_points(h, int(h.get("epoch", 0)), timestamp=now)]
+            tracking.log_points(client, mlflow_run_id, points)
 
         with tempfile.TemporaryDirectory(prefix="raypipe-mlflow-") as tmp:
             for i, (name, data) in enumerate(artifacts.items()):
@@ -128,18 +125,10 @@ def export_run(mlflow_uri: str, *, experiment: str, run_id: str, params: dict, m
     return mlflow_run_id
 
 
-def experiment_of(spec: Any) -> str:
-    """The MLflow experiment of a pipeline: ``tracking.experiment``, else the pipeline's name."""
-    return spec.tracking.experiment or spec.name
-
-
-def artifact_location(spec: Any) -> str:
-    """Where a newly created experiment keeps its artifacts: ``<storage>/mlflow-artifacts``."""
-    from raypipe.store import Store
-
-    root = Store(spec.storage)
-    location = root.full_uri("mlflow-artifacts")
-    return Path(location).as_uri() if root.is_local else location
+def _has_curve(client: Any, mlflow_run_id: str, history: list[dict[str, Any]]) -> bool:
+    """Whether the run already holds a per-epoch curve of the history's first metric."""
+    names = [k for k, v in history[0].items() if k not in tracking.NOT_CURVES and tracking.finite(v)]
+    return bool(names) and bool(client.get_metric_history(mlflow_run_id, names[0]))
 
 
 def trigger_tags(trigger: dict[str, Any] | None) -> dict[str, str]:
@@ -152,10 +141,14 @@ def trigger_tags(trigger: dict[str, Any] | None) -> dict[str, str]:
     return {tag: str(trigger[k]) for k, tag in keys.items() if trigger.get(k) is not None}
 
 
-def export_version(spec: Any, run_id: str, version: int, trigger: dict[str, Any] | None = None) -> str:
+def export_version(spec: Any, run_id: str, version: int, trigger: dict[str, Any] | None = None,
+                   extra_artifacts: dict[str, bytes] | None = None) -> str:
     """Export a registered version to ``spec.tracking.mlflow_uri``: the spec as params, every
     split's metrics, the report, metrics and lineage as artifacts, the registry reference as tags,
-    and, for a run with a ``trigger`` (a retrain), :func:`trigger_tags`."""
+    the training history (per epoch, when the run has none yet), ``extra_artifacts`` (the data
+    report: ``data/report.html``), and, for a run with a ``trigger`` (a retrain), :func:`trigger_tags`.
+    With ``tracking.register_model`` the version also goes to MLflow's model registry
+    (:func:`register_pyfunc`)."""
     from raypipe.registry import Registry
 
     reg = Registry.for_spec(spec)
@@ -166,6 +159,11 @@ def export_version(spec: Any, run_id: str, version: int, trigger: dict[str, Any]
                for split in ("train", "validation", "test")}
     artifacts = {n: vs.read_bytes(n) for n in ("metrics.json", "lineage.json")}
     artifacts.update({f: vs.read_bytes("report", f) for f in vs.walk_files("report")})  # report.html, plots/*.png
+    artifacts.update(extra_artifacts or {})
+    history = None
+    if vs.exists("train_report.json"):
+        history = vs.read_json("train_report.json").get("history") or None
+        artifacts["train_report.json"] = vs.read_bytes("train_report.json")
     tags = {"raypipe.pipeline": spec.name, "raypipe.version": str(version), "raypipe.status": info["status"],
             "raypipe.model_uri": vs.full_uri(), "raypipe.aliases": ",".join(info["aliases"]),
             "raypipe.data_fingerprint": lineage.get("data_fingerprint", ""), "raypipe.spec_hash": lineage.get("spec_hash", ""),
@@ -173,9 +171,88 @@ def export_version(spec: Any, run_id: str, version: int, trigger: dict[str, Any]
             "raypipe.kind": "retrain" if trigger else "run", **trigger_tags(trigger)}
     shown = spec.redacted()
     params = {k: shown[k] for k in ("data", "features", "model", "train", "evaluate")}
-    return export_run(spec.tracking.mlflow_uri, experiment=experiment_of(spec), run_id=run_id,
-                      params=params, metrics={**metrics, "threshold": doc.get("threshold")}, tags=tags,
-                      artifacts=artifacts, artifact_location=artifact_location(spec))
+    mlflow_run = export_run(spec.tracking.mlflow_uri, experiment=experiment_of(spec), run_id=run_id,
+                            params=params, metrics={**metrics, "threshold": doc.get("threshold")}, tags=tags,
+                            artifacts=artifacts, artifact_location=artifact_location(spec), history=history)
+    from raypipe.tasks import TASKS
+
+    # a policy (RLlib) answers observations, not rows: not a pyfunc model (yet)
+    if spec.tracking.register_model and info["status"] == "ready" and not TASKS[spec.data.task].policy:
+        register_pyfunc(spec, mlflow_run, version)
+    return mlflow_run
+
+
+MODEL_PATH = "raypipe_model"  # the pyfunc model's folder in the MLflow run's artifacts
+
+
+def model_name(spec: Any) -> str:
+    return spec.tracking.model_name or spec.name
+
+
+def register_pyfunc(spec: Any, mlflow_run: str, version: int) -> str:
+    """Register ``version`` in MLflow's model registry as a pyfunc model; return the MLflow model version.
+
+    The model is "models from code" (:mod:`raypipe.register.mlflow_model`): the run's
+    ``raypipe_model/`` artifact holds that file, a copy of the registry version's folder and
+    ``model_config`` {version, trusted}; no model object is pickled. Idempotent: a model version
+    already made from ``mlflow_run`` is reused. raypipe's aliases of the version are mirrored
+    (:func:`mirror_aliases`).
+    """
+    import mlflow.pyfunc
+
+    from raypipe.model.formats import trusted_factories
+    from raypipe.registry import Registry
+
+    client = tracking.client(spec.tracking.mlflow_uri)
+    name = model_name(spec)
+    existing = [mv for mv in client.search_model_versions(f"name = '{name}' and run_id = '{mlflow_run}'")]
+    if existing:
+        mv_version = existing[0].version
+    else:
+        if not client.search_registered_models(f"name = '{name}'"):
+            with contextlib.suppress(Exception):  # made meanwhile by a concurrent run
+                client.create_registered_model(name, tags={"raypipe.pipeline": spec.name})
+        vs = Registry.for_spec(spec).version_store(version)
+        with tempfile.TemporaryDirectory(prefix="raypipe-pyfunc-") as tmp:
+            copy = Path(tmp) / "version"
+            for f in vs.walk_files():
+                (copy / f).parent.mkdir(parents=True, exist_ok=True)
+                (copy / f).write_bytes(vs.read_bytes(f))
+            from raypipe.version import __version__ as raypipe_version
+
+            local = Path(tmp) / MODEL_PATH
+            mlflow.pyfunc.save_model(str(local), python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                                     artifacts={"version": str(copy)},
+                                     model_config={"version": version, "trusted": list(trusted_factories(spec))},
+                                     pip_requirements=[f"raypipe=={raypipe_version}", "mlflow"])
+            client.log_artifacts(mlflow_run, str(local), artifact_path=MODEL_PATH)
+        source = f"{client.get_run(mlflow_run).info.artifact_uri.rstrip('/')}/{MODEL_PATH}"
+        mv = client.create_model_version(name, source, run_id=mlflow_run,
+                                         tags={"raypipe.version": str(version), "raypipe.pipeline": spec.name})
+        mv_version = mv.version
+    mirror_aliases(spec, {version: mv_version})
+    return str(mv_version)
+
+
+def mirror_aliases(spec: Any, known: dict[int, Any] | None = None) -> dict[str, str]:
+    """Point the MLflow registered model's aliases where raypipe's aliases point (``champion`` ...); an alias
+    whose raypipe version was not registered in MLflow is removed there. Returns {alias: MLflow version}."""
+    from raypipe.registry import Registry
+
+    client = tracking.client(spec.tracking.mlflow_uri)
+    name = model_name(spec)
+    by_version = {int(mv.tags.get("raypipe.version", -1)): mv.version
+                  for mv in client.search_model_versions(f"name = '{name}'")}
+    by_version.update(known or {})
+    reg, out = Registry.for_spec(spec), {}
+    for alias, version in (reg.aliases() or {}).items():
+        if version in by_version:
+            client.set_registered_model_alias(name, alias, by_version[version])
+            out[alias] = str(by_version[version])
+        else:
+            with contextlib.suppress(Exception):  # not set there
+                client.delete_registered_model_alias(name, alias)
+    return out
 
 
 def check_available(spec: Any) -> None:

@@ -101,7 +101,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> RegisterOutput:
     alias = target if status == "ready" and target and reg.alias(target) == version else None
     ctx.log(f"registered {ctx.spec.name} version {version} ({status})" + (f" → {alias}" if alias else ""))
     return RegisterOutput(version=version, status=status, alias=alias, gate_failures=gate["failures"],
-                          tracking=_export(ctx, version) if ctx.spec.tracking.mlflow_uri else None)
+                          tracking=_export(ctx, version, val) if ctx.spec.tracking.mlflow_uri else None)
 
 
 def _policy_lineage(ctx: StageContext) -> dict[str, Any]:
@@ -119,13 +119,16 @@ def _policy_lineage(ctx: StageContext) -> dict[str, Any]:
             "offline_data": ctx.data_fingerprint if spec.data.source is not None else None}
 
 
-def _export(ctx: StageContext, version: int) -> dict[str, Any]:
-    """Log the new version to MLflow; a tracking failure is reported, the model stays registered."""
+def _export(ctx: StageContext, version: int, val: StageOutput) -> dict[str, Any]:
+    """Log the new version to MLflow (with validate's data report as ``data/report.html`` and ``data/report.json``);
+    a tracking failure is reported, the model stays registered."""
     from raypipe.register.mlflow import export_version
 
     uri = ctx.spec.tracking.mlflow_uri
+    data = {f"data/{name}": val.read_bytes(name) for name in (val.outputs.report_html, val.outputs.report)
+            if name and val.store.exists(name)}
     try:
-        mlflow_run = export_version(ctx.spec, ctx.run_id, version, ctx.trigger)
+        mlflow_run = export_version(ctx.spec, ctx.run_id, version, ctx.trigger, extra_artifacts=data)
     except Exception as exc:
         ctx.log(f"MLflow export to {uri!r} failed: {type(exc).__name__}: {exc}")
         return {"mlflow_uri": uri, "error": f"{type(exc).__name__}: {exc}"}

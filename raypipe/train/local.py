@@ -118,6 +118,8 @@ def train_in_memory(config: dict[str, Any], datasets: dict[str, Any], threads: i
             break
         seed = config["seed"] * 100_003 + epoch * 101
         metrics = run.run_epoch(epoch, train.batches(bs, device, seed), val.batches(bs, device) if val else None)
+        if config.get("tracking") is not None:  # MLflow, as the epoch ends (raypipe.tracking.EpochLogger)
+            config["tracking"](metrics, epoch)
         t0 = time.perf_counter()
         save(run, epoch, metrics)
         run.ckpt_s = round(time.perf_counter() - t0, 3)
@@ -166,7 +168,8 @@ def train_single(spec: Any, ctx: Any, datasets: dict[str, Any], dims: dict[str, 
 
         source = {**dims["source"], "context": DataContext.get_current()}
         datasets = {s: {"source": source, "rel": rel} for s, rel in source.pop("rels").items()}
-    config = {**loop_config(spec, dims, "validation" in datasets), "workers": spec.train.workers}
+    config = {**loop_config(spec, dims, "validation" in datasets), "workers": spec.train.workers,
+              "tracking": dims.get("tracking")}
     cpus = spec.train.workers * float(spec.train.resources.get("CPU", 1))
     task = ray.remote(run_local).options(num_cpus=cpus, max_retries=spec.train.max_failures, retry_exceptions=False,
                                          name="raypipe-train")

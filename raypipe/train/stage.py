@@ -59,6 +59,8 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
             torch_splits, materialized_mb = materialize_small(torch_splits, rows, dims["input_dim"],
                                                               spec.train.materialize_mb)
             splits.update(torch_splits)
+    if spec.tracking.mlflow_uri and (spec.model.is_torch or spec.tune is not None):
+        _track(ctx, dims)
     if spec.tune is not None:
         from raypipe.train.tune.search import run_search
 
@@ -133,3 +135,18 @@ def _log_torch(ctx: StageContext, report: dict[str, Any]) -> None:
         es = report["early_stopping"]
         ctx.log(f"early stopping: {es['metric']} best {es['best']:.4g} at epoch {es['best_epoch']}; "
                 f"kept the {es['weights']} weights")
+
+
+def _track(ctx: StageContext, dims: dict[str, Any]) -> None:
+    """Open the run's MLflow run before training (:func:`raypipe.tracking.open_run`): a torch run logs each
+    epoch into it as the epoch ends, a search hangs a nested run per trial under it."""
+    from raypipe.tracking import EpochLogger, open_run
+
+    mlflow_run = open_run(ctx.spec, ctx.run_id)
+    if mlflow_run is None:
+        return
+    ctx.log(f"MLflow: logging the training live to run {mlflow_run} in {ctx.spec.tracking.mlflow_uri}")
+    if ctx.spec.tune is not None:
+        dims["mlflow_parent"] = mlflow_run
+    else:
+        dims["tracking"] = EpochLogger.of(ctx.spec, mlflow_run)

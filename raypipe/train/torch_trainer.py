@@ -95,6 +95,8 @@ def train_loop(config: dict[str, Any]) -> None:
             vb = val_cache.batches(bs, device) if val_cache.ready else val_cache.record(_batches(val_shard, bs, dtypes, device))
         metrics = run.run_epoch(epoch, batches, vb)
         stopped = run.stopped
+        if rank == 0 and config.get("tracking") is not None:  # MLflow, as the epoch ends (raypipe.tracking)
+            config["tracking"](metrics, epoch)
         metrics["pid"] = os.getpid()
         t_ckpt = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
@@ -261,7 +263,7 @@ def train_torch(spec: Any, ctx: Any, datasets: dict[str, Any], dims: dict[str, A
     from raypipe.model.zoo import check_layout
 
     check_layout(spec.model.kind, dims["layout"])  # a spec error on the driver, before any worker starts
-    config = loop_config(spec, dims, "validation" in datasets)
+    config = {**loop_config(spec, dims, "validation" in datasets), "tracking": dims.get("tracking")}
     store = ckpt_files.work_folder(ctx)  # outlives the stage's artifact folder: a rerun after a driver crash resumes the run
     run_config = RunConfig(
         name="ray_train",

@@ -211,14 +211,21 @@ def run_search(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]
     # reuse_actors: a one-process trial's successor runs in the same process (no worker start, torch
     # already imported). Not for TorchTrainer trials: a reused trial driver left the next trial's
     # Train run waiting for ever (its predecessor's worker group was never released).
-    results = make_tuner(spec, ctx, trainable, work_store, concurrent=concurrent, max_t=epochs, reuse=reuse).fit()
+    callbacks = []
+    if dims.get("mlflow_parent"):  # one nested MLflow run per trial, live (raypipe.train.tune.tracking)
+        from raypipe.train.tune.tracking import TrialRuns
+
+        callbacks.append(TrialRuns(spec.tracking.mlflow_uri, dims["mlflow_parent"]))
+    results = make_tuner(spec, ctx, trainable, work_store, concurrent=concurrent, max_t=epochs, reuse=reuse,
+                         callbacks=callbacks).fit()
     return _best_model(spec, ctx, results, metric, mode, dims, work)
 
 
 def make_tuner(spec: Any, ctx: Any, trainable: Any, work_store: Any, *, concurrent: int, max_t: int,
-               reuse: bool) -> Any:
+               reuse: bool, callbacks: list[Any] | None = None) -> Any:
     """The search's Tuner: resumed from ``work_store`` when an interrupted one is there (:func:`resumable`),
-    else new, with ``tune.scheduler`` (ASHA over ``max_t`` training iterations, or FIFO) and ``tune.search``."""
+    else new, with ``tune.scheduler`` (ASHA over ``max_t`` training iterations, or FIFO) and ``tune.search``.
+    ``callbacks``: Tune callbacks of a new search (a resumed one keeps those it was saved with)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -246,7 +253,7 @@ def make_tuner(spec: Any, ctx: Any, trainable: Any, work_store: Any, *, concurre
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
                                     num_samples=t.num_samples, max_concurrent_trials=concurrent, reuse_actors=reuse),
         # A failed trial (its Train workers, or its node with its driver) is launched again and resumes.
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0,
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=work, verbose=0, callbacks=callbacks or None,
                                   failure_config=tune.FailureConfig(max_failures=spec.train.max_failures)))
 
 
