@@ -203,12 +203,14 @@ class Runner:
             manifest["error"] = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            if self.spec.tracking.mlflow_uri and "tracking" not in manifest and any(
+            failed = manifest.get("status") == "failed"
+            if self.spec.tracking.mlflow_uri and "tracking" not in manifest and (failed or not self.run_key) and any(
                     r["name"] == "train" and r.get("status") in ("ran", "failed", "running") for r in manifest["stages"]):
-                # the train stage opened an MLflow run that no export finished (a failure, or --until)
+                # the train stage opened an MLflow run that no export finished (a failure, or --until); an
+                # orchestrator's run (--run-key) leaves it open for its register task, in another process
                 from raypipe.tracking import close_run
 
-                close_run(self.spec, self.run_id, "FAILED" if manifest.get("status") == "failed" else "FINISHED")
+                close_run(self.spec, self.run_key or self.run_id, "FAILED" if failed else "FINISHED")
             manifest["metrics"] = result.metrics
             manifest["baselines"] = result.baselines
             manifest["version"] = result.version
@@ -258,7 +260,7 @@ class Runner:
         ctx = StageContext(
             spec=self.spec, root=self.root, artifact=artifact, run_id=self.run_id, fingerprint=fp,
             data_fingerprint=data_fp, progress=self.progress, address=self.address, forced=forced,
-            base_fingerprint=base, external=external, trigger=self.trigger,
+            base_fingerprint=base, external=external, trigger=self.trigger, run_key=self.run_key,
         )
         inputs = dict(earlier)  # every earlier stage's outputs, by stage name
         fn = _resolve(stage.func)

@@ -57,6 +57,13 @@ class StageContext:
     base_fingerprint: str = ""  # the fingerprint without the external state's digest
     external: str = ""  # the digest of the external state this run of the stage saw
     trigger: dict[str, Any] | None = None  # why the run started, when not by hand (a retrain: kind, reason, parent)
+    run_key: str | None = None  # an orchestrator's run id: the stages of one run, in separate processes, share it
+
+    @property
+    def tracking_id(self) -> str:
+        """Whose MLflow run this stage logs to: the orchestrator's run (``--run-key``) when there is one, so that
+        train and register in two processes fill one MLflow run; else this raypipe run's id."""
+        return self.run_key or self.run_id
 
     def ray(self) -> None:
         """Connect to Ray on first use: a fully cached run never starts it."""

@@ -128,7 +128,7 @@ def _export(ctx: StageContext, version: int, val: StageOutput) -> dict[str, Any]
     data = {f"data/{name}": val.read_bytes(name) for name in (val.outputs.report_html, val.outputs.report)
             if name and val.store.exists(name)}
     try:
-        mlflow_run = export_version(ctx.spec, ctx.run_id, version, ctx.trigger, extra_artifacts=data)
+        mlflow_run = export_version(ctx.spec, ctx.tracking_id, version, ctx.trigger, extra_artifacts=data)
     except Exception as exc:
         ctx.log(f"MLflow export to {uri!r} failed: {type(exc).__name__}: {exc}")
         return {"mlflow_uri": uri, "error": f"{type(exc).__name__}: {exc}"}

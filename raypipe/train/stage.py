@@ -142,7 +142,7 @@ def _track(ctx: StageContext, dims: dict[str, Any]) -> None:
     epoch into it as the epoch ends, a search hangs a nested run per trial under it."""
     from raypipe.tracking import EpochLogger, open_run
 
-    mlflow_run = open_run(ctx.spec, ctx.run_id)
+    mlflow_run = open_run(ctx.spec, ctx.tracking_id)
     if mlflow_run is None:
         return
     ctx.log(f"MLflow: logging the training live to run {mlflow_run} in {ctx.spec.tracking.mlflow_uri}")

@@ -232,3 +232,23 @@ def test_a_run_stopped_after_train_ends_its_mlflow_run_and_a_cached_train_is_bac
     assert sorted(p.step for p in points) == [0, 1]
     report = second.outputs["train"].store.read_json("train_report.json")
     assert [p.value for p in sorted(points, key=lambda p: p.step)] == [h["val_loss"] for h in report["history"]]
+
+
+def test_an_orchestrated_run_fills_one_mlflow_run(ray_session, tmp_path, uri):
+    """Stage by stage with one --run-key (an Airflow or KFP run): train's live curve and register's export land
+    in one MLflow run, left open between the two and finished by register."""
+    spec = _torch_spec(tmp_path / "store", "t-mlflow-only", uri, workers=1, epochs=2)
+    spec["tracking"]["register_model"] = False
+    key = "scheduled__2026-12-07T00:00:00+00:00"
+    client = _client(uri)
+    for stage in ("ingest", "validate", "features", "train"):
+        raypipe.run(spec, only=stage, run_key=key, progress=quiet)
+    exp = client.get_experiment_by_name("t-mlflow-only")
+    (open_run,) = client.search_runs([exp.experiment_id])
+    assert open_run.info.status == "RUNNING" and open_run.data.tags["raypipe.run_id"] == key
+    raypipe.run(spec, only="evaluate", run_key=key, progress=quiet)
+    done = raypipe.run(spec, only="register", run_key=key, progress=quiet)
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.run_id == open_run.info.run_id == _mlflow_run(done) and run.info.status == "FINISHED"
+    assert sorted(p.step for p in client.get_metric_history(run.info.run_id, "train_loss")) == [0, 1]
+    assert "test.accuracy" in run.data.metrics
