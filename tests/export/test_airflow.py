@@ -1,0 +1,155 @@
+"""``raypipe export airflow``: the DAG file read statically, then run by a real Airflow 3.
+
+The real runs use the Airflow that ``scripts/airflow-venv.sh`` installs into ``.airflow-venv``
+(a venv of its own: Airflow's pins must not change the project's environment). Each task is a
+``raypipe run --only STAGE`` process; it joins the session's Ray (``ray.address`` in the spec)
+instead of starting its own, which would cost ~10 s per task here.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raypipe.errors import SpecError
+from raypipe.export.airflow import export_airflow
+from raypipe.runner import STAGE_NAMES
+from tests.conftest import small_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW_VENV = Path(os.environ.get("RAYPIPE_AIRFLOW_VENV", ROOT / ".airflow-venv"))
+AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
+
+
+def _spec_file(tmp_path: Path, name: str = "t-airflow", **sections) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(small_spec(tmp_path / "store", name, **sections)))
+    return path
+
+
+def _dag_call(tree: ast.Module) -> ast.Call:
+    """The ``DAG(...)`` of the file's ``with`` statement."""
+    withs = [n for n in tree.body if isinstance(n, ast.With)]
+    assert len(withs) == 1
+    call = withs[0].items[0].context_expr
+    assert isinstance(call, ast.Call) and call.func.id == "DAG"
+    return call
+
+
+def _kwargs(call: ast.Call) -> dict:
+    return {k.arg: k.value for k in call.keywords}
+
+
+# --- the file, read statically -----------------------------------------------------------
+def test_the_dag_file_imports_airflow_only(tmp_path):
+    out = export_airflow(_spec_file(tmp_path), tmp_path / "dags" / "p.py")
+    tree = ast.parse(Path(out.path).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    tops = {m.split(".")[0] for m in imported}
+    assert "ray" not in tops and "raypipe" not in tops
+    assert tops <= {"__future__", "datetime", "airflow"}, tops
+    assert {"airflow.sdk", "airflow.providers.standard.operators.bash"} <= imported
+
+
+def test_one_task_per_stage_in_order_with_retries_schedule_tags_and_the_spec_hash(tmp_path):
+    spec = _spec_file(tmp_path, runner={"retries": {"count": 3, "backoff_s": 7.5}})
+    out = export_airflow(spec, tmp_path / "p.py", schedule="0 4 * * *")
+    text = Path(out.path).read_text()
+    tree = ast.parse(text)
+    digest = hashlib.sha256(spec.read_bytes()).hexdigest()
+    assert out.spec_sha256 == digest and out.tasks == list(STAGE_NAMES) and out.retries == 3
+
+    kw = _kwargs(_dag_call(tree))
+    assert ast.literal_eval(kw["dag_id"]) == "t-airflow"
+    assert ast.literal_eval(kw["schedule"]) == "0 4 * * *"
+    assert ast.literal_eval(kw["catchup"]) is False and ast.literal_eval(kw["max_active_runs"]) == 1
+    assert ast.literal_eval(kw["tags"]) == ["raypipe", "t-airflow"]
+    assert isinstance(kw["doc_md"], ast.Name) and kw["doc_md"].id == "__doc__"
+    doc = ast.get_docstring(tree)
+    assert digest in doc and "runner.retries" in doc and "Airflow's retries" in doc
+    args = {ast.literal_eval(k): v for k, v in zip(kw["default_args"].keys, kw["default_args"].values)}
+    assert ast.literal_eval(args["retries"]) == 3
+    delay = args["retry_delay"]
+    assert ast.unparse(delay.func) == "datetime.timedelta" and ast.literal_eval(delay.keywords[0].value) == 7.5
+    assert ast.literal_eval(args["retry_exponential_backoff"]) == 2.0
+
+    commands = next(ast.literal_eval(n.value) for n in tree.body
+                    if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
+    assert list(commands) == list(STAGE_NAMES)
+    for stage, cmd in commands.items():
+        assert cmd == f"{sys.executable} -m raypipe run {spec.resolve()} --only {stage} --no-serve --json"
+    body = tree.body[-1].body
+    tasks = {n.targets[0].id: _kwargs(n.value) for n in body if isinstance(n, ast.Assign)}
+    assert list(tasks) == list(STAGE_NAMES)
+    assert all(ast.literal_eval(kw["task_id"]) == name for name, kw in tasks.items())
+    assert ast.unparse(body[-1]) == " >> ".join(STAGE_NAMES)  # each stage after the one before
+    assert export_airflow(spec, tmp_path / "again.py", schedule="0 4 * * *") and \
+        (tmp_path / "again.py").read_text() == text  # the same spec exports the same file
+
+
+def test_ray_job_mode_submits_each_stage_and_an_override_command(tmp_path):
+    spec = _spec_file(tmp_path)
+    out = export_airflow(spec, tmp_path / "p.py", mode="ray-job", address="http://head:8265", raypipe="raypipe",
+                         schedule=None, retries=0, worker_spec_path="/opt/specs/p.yaml")
+    tree = ast.parse(Path(out.path).read_text())
+    commands = next(ast.literal_eval(n.value) for n in tree.body
+                    if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
+    assert commands["train"] == "raypipe submit /opt/specs/p.yaml --only train --address http://head:8265"
+    kw = _kwargs(_dag_call(tree))
+    assert ast.literal_eval(kw["schedule"]) is None
+    args = {ast.literal_eval(k): v for k, v in zip(kw["default_args"].keys, kw["default_args"].values)}
+    assert ast.literal_eval(args["retries"]) == 0
+
+
+def test_a_path_with_spaces_and_quotes_is_quoted_for_the_shell(tmp_path):
+    odd = tmp_path / "my specs" / "it's"
+    odd.mkdir(parents=True)
+    out = export_airflow(_spec_file(odd), tmp_path / "p.py")
+    tree = ast.parse(Path(out.path).read_text())
+    commands = next(ast.literal_eval(n.value) for n in tree.body
+                    if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
+    words = subprocess.run(["bash", "-c", f"set -- {commands['ingest']}; printf '%s\\n' \"$@\""],  # as the task's bash splits it
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert str((odd / "t-airflow.yaml").resolve()) in words
+
+
+def test_no_environment_value_reaches_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok-5f1e2d-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-9c8b7a-secret")
+    out = export_airflow(_spec_file(tmp_path), tmp_path / "p.py", mode="ray-job", address="http://head:8265")
+    text = Path(out.path).read_text()
+    assert "tok-5f1e2d" not in text and "aws-9c8b7a" not in text
+
+
+@pytest.mark.parametrize("kw, found", [
+    ({"mode": "kubernetes"}, "is not a mode"),
+    ({"address": "http://head:8265"}, "--mode ray-job"),
+    ({"mode": "ray-job", "address": "http://me:pw@head:8265"}, "credentials"),
+    ({"retries": -1}, "0 or more"),
+])
+def test_wrong_options_are_refused_before_writing(tmp_path, kw, found):
+    with pytest.raises(SpecError, match=found):
+        export_airflow(_spec_file(tmp_path), tmp_path / "p.py", **kw)
+    assert not (tmp_path / "p.py").exists()
+
+
+def test_the_cli_writes_the_dag(tmp_path):
+    spec = _spec_file(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "raypipe", "export", "airflow", str(spec), "-o",
+                          str(tmp_path / "dags" / "p.py"), "--schedule", "none", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["dag_id"] == "t-airflow" and summary["schedule"] is None and summary["mode"] == "local"
+    assert (tmp_path / "dags" / "p.py").is_file()
+    bad = subprocess.run([sys.executable, "-m", "raypipe", "export", "airflow", str(spec), "--mode", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "is not a mode" in bad.stderr
