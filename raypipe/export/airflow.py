@@ -52,6 +52,10 @@ __all__ = ["AirflowExport", "MODES", "export_airflow", "render_dag"]
 MODES = ("local", "ray-job")
 START_DATE = dt.date(2025, 1, 1)  # fixed, so that exporting twice writes the same file; catchup is off
 BACKOFF_MULTIPLIER = 2.0  # runner.retries.backoff_s doubles before each next retry
+# The DAG run's id reaches each task as an environment variable (Airflow fills in the template), never
+# spliced into the shell command: a manually triggered run may carry any id.
+RUN_KEY_ENV = {"RAYPIPE_RUN_KEY": "{{ run_id }}"}
+RUN_KEY_ARG = '--run-key "$RAYPIPE_RUN_KEY"'
 
 
 @dataclass
@@ -73,9 +77,9 @@ def default_command() -> str:
 def stage_command(raypipe: str, mode: str, spec_path: str, stage: str, address: str | None = None) -> str:
     """The shell command of one stage's task."""
     if mode == "local":
-        return f"{raypipe} run {shlex.quote(spec_path)} --only {stage} --no-serve --json"
+        return f"{raypipe} run {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG} --no-serve --json"
     where = f" --address {shlex.quote(address)}" if address else ""
-    return f"{raypipe} submit {shlex.quote(spec_path)} --only {stage}{where}"
+    return f"{raypipe} submit {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG}{where}"
 
 
 def render_dag(
@@ -124,7 +128,7 @@ def render_dag(
         description=f"raypipe pipeline {spec.name}: {' -> '.join(STAGE_NAMES)}",
         schedule=schedule or None, start_date=START_DATE, tags=["raypipe", spec.name],
         retries=count, retry_delay_s=float(spec.runner.retries.backoff_s), backoff_multiplier=BACKOFF_MULTIPLIER,
-        doc_md=_doc_md(spec, spec_path, spec_sha256, mode, command, count, address),
+        run_key_env=RUN_KEY_ENV, doc_md=_doc_md(spec, spec_path, spec_sha256, mode, command, count, address),
     )
 
 
@@ -170,6 +174,8 @@ def _doc_md(spec: Spec, spec_path: str, digest: str, mode: str, command: str, re
         f"- mode: {mode}: {where}",
         f"- stages: {' → '.join(STAGE_NAMES)}; each task runs one stage, later stages read earlier ones' "
         "artifacts from the pipeline's storage; an unchanged stage is cached",
+        "- the DAG run's id is each stage's `--run-key`: a source that cannot be hashed (SQL or HTTP without "
+        "`snapshot`) is then read once per DAG run, not once per task",
         "",
         "**Retries.** Inside a task, the raypipe runner retries a stage's transient failures "
         f"(`runner.retries`: {r.count} tries after the first, {r.backoff_s:g} s doubling): connection errors, "

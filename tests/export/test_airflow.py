@@ -85,11 +85,15 @@ def test_one_task_per_stage_in_order_with_retries_schedule_tags_and_the_spec_has
                     if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
     assert list(commands) == list(STAGE_NAMES)
     for stage, cmd in commands.items():
-        assert cmd == f"{sys.executable} -m raypipe run {spec.resolve()} --only {stage} --no-serve --json"
+        assert cmd == (f"{sys.executable} -m raypipe run {spec.resolve()} --only {stage} "
+                       '--run-key "$RAYPIPE_RUN_KEY" --no-serve --json')
     body = tree.body[-1].body
     tasks = {n.targets[0].id: _kwargs(n.value) for n in body if isinstance(n, ast.Assign)}
     assert list(tasks) == list(STAGE_NAMES)
     assert all(ast.literal_eval(kw["task_id"]) == name for name, kw in tasks.items())
+    run_key = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "RUN_KEY")
+    assert run_key == {"RAYPIPE_RUN_KEY": "{{ run_id }}"}  # one DAG run's stages share its id, through the environment
+    assert all(kw["env"].id == "RUN_KEY" and ast.literal_eval(kw["append_env"]) is True for kw in tasks.values())
     assert ast.unparse(body[-1]) == " >> ".join(STAGE_NAMES)  # each stage after the one before
     assert export_airflow(spec, tmp_path / "again.py", schedule="0 4 * * *") and \
         (tmp_path / "again.py").read_text() == text  # the same spec exports the same file
@@ -102,7 +106,8 @@ def test_ray_job_mode_submits_each_stage_and_an_override_command(tmp_path):
     tree = ast.parse(Path(out.path).read_text())
     commands = next(ast.literal_eval(n.value) for n in tree.body
                     if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
-    assert commands["train"] == "raypipe submit /opt/specs/p.yaml --only train --address http://head:8265"
+    assert commands["train"] == 'raypipe submit /opt/specs/p.yaml --only train --run-key "$RAYPIPE_RUN_KEY" ' \
+                                '--address http://head:8265'
     kw = _kwargs(_dag_call(tree))
     assert ast.literal_eval(kw["schedule"]) is None
     args = {ast.literal_eval(k): v for k, v in zip(kw["default_args"].keys, kw["default_args"].values)}
