@@ -11,8 +11,10 @@ import ast
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,9 @@ AIRFLOW_VENV = Path(os.environ.get("RAYPIPE_AIRFLOW_VENV", ROOT / ".airflow-venv
 AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
 
 
-def _spec_file(tmp_path: Path, name: str = "t-airflow", **sections) -> Path:
+def _spec_file(tmp_path: Path, name: str = "t-airflow", rows: int = 3000, **sections) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(small_spec(tmp_path / "store", name, **sections)))
+    path.write_text(yaml.safe_dump(small_spec(tmp_path / "store", name, rows, **sections)))
     return path
 
 
@@ -158,3 +160,82 @@ def test_the_cli_writes_the_dag(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "raypipe", "export", "airflow", str(spec), "--mode", "x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not a mode" in bad.stderr
+
+
+# --- a real Airflow 3 ---------------------------------------------------------------------
+def _airflow(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(AIRFLOW), *args], env=env, cwd=env["AIRFLOW_HOME"], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _json(out: subprocess.CompletedProcess) -> list:
+    """The JSON of an ``-o json`` command (Airflow prints its warnings on stdout too, before it)."""
+    lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
+    assert lines, f"no JSON in the output of airflow: {out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory) -> dict[str, str]:
+    """The environment of an Airflow with its own home, dags folder and sqlite database (migrated)."""
+    if not AIRFLOW.is_file():
+        pytest.fail(f"no Airflow at {AIRFLOW}: run scripts/airflow-venv.sh (`make test` does) to install it into a "
+                    "venv of its own, or point RAYPIPE_AIRFLOW_VENV at one")
+    home = tmp_path_factory.mktemp("airflow-home")
+    (home / "dags").mkdir()
+    # the Airflow processes cannot import raypipe (no PYTHONPATH): the DAG file must parse without it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "PYTHONPATH"}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
+               AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}")
+    migrate = _airflow(env, "db", "migrate")
+    assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
+    return env
+
+
+def _dag_test(env: dict[str, str], dag_id: str, storage: Path) -> tuple[dict[str, str], dict[str, str], float]:
+    """``airflow dags test``: each task's state, each stage's status in the run manifest its task wrote, seconds."""
+    before = set((storage / "runs").glob("*")) if (storage / "runs").is_dir() else set()
+    t0 = time.monotonic()
+    test = _airflow(env, "dags", "test", dag_id, timeout=600)
+    seconds = time.monotonic() - t0
+    assert test.returncode == 0, test.stdout[-4000:] + test.stderr[-4000:]
+    run = max(_json(_airflow(env, "dags", "list-runs", dag_id, "-o", "json")), key=lambda r: r["start_date"])
+    states = {t["task_id"]: t["state"]
+              for t in _json(_airflow(env, "tasks", "states-for-dag-run", dag_id, run["run_id"], "-o", "json"))}
+    stages = {}
+    for folder in set((storage / "runs").glob("*")) - before:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        record = next(s for s in manifest["stages"] if s["name"] == manifest["only"])
+        stages[manifest["only"]] = record["status"]
+    return states, stages, seconds
+
+
+@pytest.mark.airflow
+@pytest.mark.timeout(900)
+def test_airflow_runs_the_exported_dag_then_finds_every_stage_cached(airflow, ray_session, tmp_path):
+    from raypipe.registry import Registry
+
+    address = ray_session.get_runtime_context().gcs_address  # each task joins the session's Ray
+    spec = _spec_file(tmp_path, "t-airflow-run", rows=2000, ray={"address": address},
+                      runner={"retries": {"count": 1, "backoff_s": 1.0}})
+    storage = tmp_path / "store"
+    # this checkout's raypipe for the tasks (the Airflow processes themselves never import it)
+    command = f"env PYTHONPATH={shlex.quote(str(ROOT))} {shlex.quote(sys.executable)} -m raypipe"
+    dags = Path(airflow["AIRFLOW__CORE__DAGS_FOLDER"])
+    out = export_airflow(spec, dags / "t_airflow_run.py", raypipe=command, schedule=None)
+
+    errors = _airflow(airflow, "dags", "list-import-errors", "--local", "-o", "json")
+    assert errors.returncode == 0 and _json(errors) == [], errors.stdout[-3000:]
+    assert out.dag_id in {d["dag_id"] for d in _json(_airflow(airflow, "dags", "list", "--local", "-o", "json"))}
+
+    states, stages, first = _dag_test(airflow, out.dag_id, storage)
+    assert states == {stage: "success" for stage in STAGE_NAMES}
+    assert stages == {stage: "ran" for stage in STAGE_NAMES}
+    assert Registry(str(storage), "t-airflow-run").versions() == [1]
+
+    states, stages, second = _dag_test(airflow, out.dag_id, storage)
+    assert states == {stage: "success" for stage in STAGE_NAMES}
+    assert stages == {stage: "cached" for stage in STAGE_NAMES}
+    assert Registry(str(storage), "t-airflow-run").versions() == [1]  # nothing new to register
+    print(f"airflow dags test: {first:.0f} s for the first run, {second:.0f} s for the cached one (figures, not checks)")
