@@ -18,8 +18,9 @@ def as_spec(spec: Spec | str | Path | dict[str, Any] | None) -> Spec:
 
 
 def run(spec: Spec | str | Path | dict[str, Any] | None = None, *, force: str | None = None, until: str | None = None,
-        address: str | None = None, progress: Progress | None = None, trigger: dict[str, Any] | None = None) -> Any:
-    """Run a pipeline's stages (cached where possible).
+        address: str | None = None, progress: Progress | None = None, trigger: dict[str, Any] | None = None,
+        only: str | None = None, run_key: str | None = None) -> Any:
+    """Run a pipeline's stages (cached where possible); ``only``: one stage whose inputs are complete artifacts.
 
     Returns:
         A :class:`raypipe.runner.RunResult`.
@@ -34,7 +35,8 @@ def run(spec: Spec | str | Path | dict[str, Any] | None = None, *, force: str | 
     spec = as_spec(spec)
     check_available(spec)  # fail before the run, not at its end, when MLflow is configured but missing
     check_installed(spec)  # ... or when a policy is to be trained without RLlib
-    return Runner(spec, force=force, until=until, address=address, progress=progress, trigger=trigger).run()
+    return Runner(spec, force=force, until=until, address=address, progress=progress, trigger=trigger, only=only,
+                  run_key=run_key).run()
 
 
 def serve(spec: Spec | str | Path | dict[str, Any] | None = None, *, version: int | None = None, alias: str | None = None,

@@ -34,6 +34,10 @@ def run(
     spec: Optional[Path] = typer.Argument(None, help="Pipeline YAML spec; omitted: the built-in demo."),
     force: Optional[str] = typer.Option(None, "--force", help="Recompute this stage and every stage after it."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run this stage alone; the stages before it must be "
+                                       "complete (exit 2 naming the missing one). An orchestrator's task per stage."),
+    run_key: Optional[str] = typer.Option(None, "--run-key", help="The orchestrator's run id: the stages of one "
+                                          "run share it as the snapshot of a source that cannot be hashed."),
     address: Optional[str] = AddressOpt,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary as the last line."),
     serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="Deploy the champion (default: deploy.enabled)."),
@@ -44,13 +48,14 @@ def run(
     from raypipe.api import as_spec, run as run_pipeline
 
     s = as_spec(spec)
-    if blocking and (s.deploy.enabled if serve is None else serve) and until is None:
+    deploy = (s.deploy.enabled if serve is None else serve) and until is None and only is None
+    if blocking and deploy:
         from raypipe.runtime import connect_for
 
         connect_for(s, address, serving=True)  # a Ray that stays up serving starts what serving needs
-    result = run_pipeline(s, force=force, until=until, address=address)
+    result = run_pipeline(s, force=force, until=until, address=address, only=only, run_key=run_key)
     summary = result.summary()
-    if (s.deploy.enabled if serve is None else serve) and until is None:
+    if deploy:
         summary.update(_deploy_and_probe(s, address, port, blocking))
     _finish(summary, json_out)
 

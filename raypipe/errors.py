@@ -6,11 +6,26 @@ Messages say what is wrong, what was received, and how to fix it.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound="RaypipeError")
+
 
 class RaypipeError(Exception):
-    """Base class of raypipe's errors."""
+    """Base class of raypipe's errors.
+
+    ``transient`` is true on an error that may pass if tried again (a refused connection, a timeout, a
+    server's 5xx): ``runner.retries`` retries the stage then (see :mod:`raypipe.transient`).
+    """
 
     exit_code: int = 1
+    transient: bool = False
+
+
+def transient(exc: "E") -> "E":
+    """``exc``, marked as a failure that may pass if tried again."""
+    exc.transient = True
+    return exc
 
 
 class SpecError(RaypipeError, ValueError):

@@ -4,6 +4,9 @@ A stage's fingerprint hashes its spec sections, its input's fingerprint, the dat
 its code closure (:func:`raypipe.lineage.code_hash`) and the digest of the outside state it reads
 (``StageDef.externals``). A stage whose artifact with that fingerprint is complete is "cached": a
 failed run resumes from the first stage without one. ``force`` recomputes a stage and all after it.
+``only`` runs one stage, whose earlier stages must be complete artifacts already (an orchestrator's
+task per stage). ``spec.runner.retries`` tries a stage again after a transient failure
+(:mod:`raypipe.transient`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from raypipe.progress import Progress
 from raypipe.spec import Spec
 from raypipe.stage import OUTPUT_TYPES, OUTPUTS_FILE, StageContext, StageDef, StageOutput, artifact_path
 from raypipe.store import Store
+from raypipe.transient import transient_reason
 
 STAGES: tuple[StageDef, ...] = (
     StageDef("ingest", ("data",), "raypipe.ingest.stage:run"),
@@ -104,6 +108,9 @@ class Runner:
         spec: a validated spec.
         force: recompute this stage and every stage after it.
         until: stop after this stage.
+        only: run this stage alone; every earlier stage must be a complete artifact (else SpecError, exit 2).
+        run_key: ties the separate processes of one orchestrator run together: a source that cannot be hashed
+            (SQL or HTTP without ``snapshot``) takes it as its snapshot instead of this process's run id.
         address: Ray address overriding ``spec.ray.address``.
         progress: where progress is shown (a default console one otherwise).
     """
@@ -117,11 +124,19 @@ class Runner:
         address: str | None = None,
         progress: Progress | None = None,
         trigger: dict[str, Any] | None = None,
+        only: str | None = None,
+        run_key: str | None = None,
     ) -> None:
-        for opt, value in (("--force", force), ("--until", until)):
+        for opt, value in (("--force", force), ("--until", until), ("--only", only)):
             if value is not None and value not in STAGE_NAMES:
                 raise SpecError(f"{opt} {value!r} is not a stage; use one of {list(STAGE_NAMES)}")
-        self.spec, self.force, self.until, self.address = spec, force, until, address
+        if only is not None and until is not None:
+            raise SpecError(f"--only {only} runs one stage; drop --until {until}")
+        if only is not None and force not in (None, only):
+            raise SpecError(f"--only {only} cannot recompute {force!r}; use --force {only}, or run --force {force} "
+                            f"without --only")
+        self.spec, self.force, self.until, self.address, self.only = spec, force, until, address, only
+        self.run_key = run_key
         self.progress = progress or Progress()
         self.root = Store(spec.storage)
         self.run_id = new_run_id()
@@ -129,7 +144,7 @@ class Runner:
 
     def run(self) -> RunResult:
         spec = self.spec
-        data_fp = _resolve(DATA_FINGERPRINT)(spec.data.source, nonce=self.run_id)
+        data_fp = _resolve(DATA_FINGERPRINT)(spec.data.source, nonce=self.run_key or self.run_id)
         manifest: dict[str, Any] = {
             "run_id": self.run_id,
             "pipeline": spec.name,
@@ -144,6 +159,10 @@ class Runner:
         }
         if self.trigger:
             manifest["trigger"] = self.trigger
+        if self.only:
+            manifest["only"] = self.only
+        if self.run_key:
+            manifest["run_key"] = self.run_key
         manifest_rel = f"runs/{self.run_id}/manifest.json"
         result = RunResult(self.run_id, manifest["stages"], {}, self.root.full_uri(manifest_rel))
         forced = False
@@ -156,6 +175,8 @@ class Runner:
                 base = fingerprint(spec, stage, up, data_fp)
                 external = _resolve(stage.externals)(spec, self.root, base) if stage.externals else ""
                 fp = fingerprint(spec, stage, up, data_fp, external) if external else base
+                if self.only and stage.name != self.only:
+                    self._require_complete(stage, fp)
                 record = {"name": stage.name, "fingerprint": fp, "status": "running", "seconds": 0.0}
                 manifest["stages"].append(record)
                 self.root.write_json(manifest_rel, manifest)
@@ -163,7 +184,7 @@ class Runner:
                 result.outputs[stage.name] = out
                 upstream = out
                 self.root.write_json(manifest_rel, manifest)
-                if stage.name == self.until:
+                if stage.name in (self.until, self.only):
                     break
             if "evaluate" in result.outputs:
                 result.metrics = result.outputs["evaluate"].outputs.metrics
@@ -190,6 +211,21 @@ class Runner:
             self.root.write_json(f"runs/{self.run_id}/summary.json", result.summary())
             self.progress.finish(manifest["status"])
         return result
+
+    def _require_complete(self, stage: StageDef, fp: str) -> None:
+        """``--only``: an earlier stage must already be a complete artifact with this fingerprint."""
+        rel = artifact_path(stage.name, fp)
+        if self.root.is_complete(rel):
+            return
+        hint = ""
+        if self.run_key is None and _resolve(DATA_FINGERPRINT)(self.spec.data.source, nonce="a") != \
+                _resolve(DATA_FINGERPRINT)(self.spec.data.source, nonce="b"):
+            hint = (" This source cannot be hashed: each process reads it anew unless its stages share a key; "
+                    "pass the same --run-key to every stage of one orchestrator run (or set data.source.snapshot).")
+        raise SpecError(
+            f"--only {self.only} needs the {stage.name!r} stage complete, with fingerprint {fp[:12]} "
+            f"({self.root.full_uri(rel)} is missing or incomplete); run `raypipe run SPEC --until {stage.name}` "
+            f"(or --only {stage.name}) first.{hint}")
 
     def _run_stage(
         self,
@@ -222,19 +258,24 @@ class Runner:
         fn = _resolve(stage.func)
         self.progress.stage_start(stage.name)
         t0 = time.perf_counter()
-        try:
-            outputs = fn(ctx, inputs)
-        except RaypipeError:
-            record.update(status="failed", seconds=round(time.perf_counter() - t0, 3))
-            self.progress.stage_done(stage.name, "failed", record["seconds"])
-            raise
-        except Exception as exc:
-            record.update(status="failed", seconds=round(time.perf_counter() - t0, 3), traceback=traceback.format_exc())
-            self.progress.stage_done(stage.name, "failed", record["seconds"])
-            raise StageFailed(
-                f"stage {stage.name!r} failed: {type(exc).__name__}: {exc}\n"
-                f"Finished stages are cached; run again to resume from {stage.name!r}.{self._logs_hint()}"
-            ) from exc
+        retries = self.spec.runner.retries
+        attempt = 0
+        while True:
+            try:
+                outputs = fn(ctx, inputs)
+                break
+            except Exception as exc:
+                reason = transient_reason(exc) if "transient" in retries.on and attempt < retries.count else None
+                if reason is None:
+                    self._stage_failed(stage, record, t0, exc)
+                attempt += 1
+                wait = retries.backoff_s * 2 ** (attempt - 1)
+                record.setdefault("retries", []).append({"attempt": attempt, "error": reason, "waited_s": wait})
+                self.progress.detail(f"{stage.name}: transient failure ({reason}); try {attempt + 1} of "
+                                     f"{retries.count + 1} in {wait:g} s (runner.retries)")
+                time.sleep(wait)
+                self.root.delete(rel)  # what the failed try left; the next starts a fresh artifact
+                self.root.begin_artifact(rel)
         if not isinstance(outputs, kind):
             raise TypeError(f"stage {stage.name!r} returned {type(outputs).__name__}, not {kind.__name__}")
         self.root.write_json(f"{rel}/{OUTPUTS_FILE}", outputs.to_json())
@@ -242,6 +283,20 @@ class Runner:
         record.update(status="ran", seconds=round(time.perf_counter() - t0, 3))
         self.progress.stage_done(stage.name, "ran", record["seconds"])
         return StageOutput(stage.name, fp, artifact, outputs, base, external)
+
+    def _stage_failed(self, stage: StageDef, record: dict[str, Any], t0: float, exc: Exception) -> None:
+        """Record the failure and raise: a raypipe error as it is, anything else as StageFailed."""
+        tries = len(record.get("retries", ())) + 1
+        record.update(status="failed", seconds=round(time.perf_counter() - t0, 3))
+        self.progress.stage_done(stage.name, "failed", record["seconds"])
+        if isinstance(exc, RaypipeError):
+            raise exc
+        record["traceback"] = traceback.format_exc()
+        after = f" (after {tries} tries: runner.retries)" if tries > 1 else ""
+        raise StageFailed(
+            f"stage {stage.name!r} failed{after}: {type(exc).__name__}: {exc}\n"
+            f"Finished stages are cached; run again to resume from {stage.name!r}.{self._logs_hint()}"
+        ) from exc
 
     def _logs_hint(self) -> str:
         """Where Ray's worker output went, when it was kept off the console (``ray.log_to_driver``)."""

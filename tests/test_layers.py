@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "raypipe"
 
 FOUNDATION = {"version", "errors", "spec", "store", "schema", "columns", "dates", "tasks", "runtime", "localstate",
               "localray", "datasets", "progress", "report_format", "lineage", "stage", "runner", "registry", "metrics",
-              "rowchecks", "predlog", "apikey", "feedback", "spool", "executions"}
+              "rowchecks", "predlog", "apikey", "feedback", "spool", "executions", "transient"}
 STAGES = {"ingest", "validate", "features", "train", "evaluate", "register"}
 LAYERS: list[set[str]] = [
     FOUNDATION,           # imports nothing above it

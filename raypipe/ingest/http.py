@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from httpx_retries import Retry
 
 from raypipe.datasets import parquet_options
-from raypipe.errors import HttpSourceError, SpecError
+from raypipe.errors import HttpSourceError, SpecError, transient
 from raypipe.ingest.files import table_from_records
 from raypipe.spec import HttpSource
 from raypipe.store import Store
@@ -313,11 +313,11 @@ class _Getter:
             response, body, attempts = self._send(request, what)
         except httpx.TransportError as e:
             attempts = self.retry.total + 1 if self.retry.is_retryable_exception(e) else 1
-            raise HttpSourceError(
+            raise transient(HttpSourceError(
                 f"GET {self.where} ({what}) failed after {attempts} attempt(s): "
                 f"{type(e).__name__}: {self._clean(str(e))}; check data.source.url and that the server "
                 "is reachable, or raise data.source.retries / timeout_s"
-            ) from None
+            )) from None
         if not response.is_success:
             raise self._status_error(response, body, what, attempts)
         return self._json(response, body, what)
@@ -369,10 +369,11 @@ class _Getter:
         code = response.status_code
         text = self._clean(_text(response, body))[:_BODY_CHARS]
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        return HttpSourceError(
+        error = HttpSourceError(
             f"GET {self.where} ({what}) returned HTTP {code} {response.reason_phrase}{tries}; "
             f"body: {text!r}; {_fix(code)}"
         )
+        return transient(error) if code == 429 or code >= 500 else error
 
     def _json(self, response: httpx.Response, body: bytearray, what: str) -> Any:
         try:

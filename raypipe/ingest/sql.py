@@ -35,7 +35,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from raypipe.errors import RaypipeError, SpecError
+from raypipe.errors import RaypipeError, SpecError, transient
 from raypipe.spec import SqlSource
 
 if TYPE_CHECKING:
@@ -135,12 +135,17 @@ class PostgresConnect:
         try:
             conn = psycopg.connect(self.url, **kwargs)
         except psycopg.Error as e:
-            raise SqlSourceError(
+            error = SqlSourceError(
                 f"cannot connect to {safe_url(self.url)}: {_db_text(e, self._password)}\n"
                 f"  fix: check host, port, database and user in data.source.url"
                 + (f", and that ${self.password_env} holds that user's password" if self.password_env else
                    ", and set data.source.password_env if the server wants a password")
-            ) from None
+            )
+            # No answer from a server (no SQLSTATE), a connection exception (class 08), a server starting up or
+            # out of connections: may pass if tried again. A refused login or an unknown database will not.
+            state = getattr(e, "sqlstate", None) or ""
+            raise (transient(error) if state == "" or state.startswith("08") or state in ("57P03", "53300")
+                   else error) from None
         conn.adapters.register_loader("numeric", FloatLoader)
         if self.snapshot:
             _import_snapshot(conn, self.snapshot, safe_url(self.url))
