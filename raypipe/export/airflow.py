@@ -77,7 +77,7 @@ def default_command() -> str:
 def stage_command(raypipe: str, mode: str, spec_path: str, stage: str, address: str | None = None) -> str:
     """The shell command of one stage's task."""
     if mode == "local":
-        return f"{raypipe} run {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG} --no-serve --json"
+        return f"{raypipe} run {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG} --json"
     where = f" --address {shlex.quote(address)}" if address else ""
     return f"{raypipe} submit {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG}{where}"
 

@@ -88,7 +88,7 @@ def test_one_task_per_stage_in_order_with_retries_schedule_tags_and_the_spec_has
     assert list(commands) == list(STAGE_NAMES)
     for stage, cmd in commands.items():
         assert cmd == (f"{sys.executable} -m raypipe run {spec.resolve()} --only {stage} "
-                       '--run-key "$RAYPIPE_RUN_KEY" --no-serve --json')
+                       '--run-key "$RAYPIPE_RUN_KEY" --json')
     body = tree.body[-1].body
     tasks = {n.targets[0].id: _kwargs(n.value) for n in body if isinstance(n, ast.Assign)}
     assert list(tasks) == list(STAGE_NAMES)
