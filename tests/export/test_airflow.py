@@ -225,6 +225,12 @@ def test_airflow_runs_the_exported_dag_then_finds_every_stage_cached(airflow, ra
     dags = Path(airflow["AIRFLOW__CORE__DAGS_FOLDER"])
     out = export_airflow(spec, dags / "t_airflow_run.py", raypipe=command, schedule=None)
 
+    # the check can fail: a DAG file that imports ray does not parse in Airflow's venv
+    (dags / "imports_ray.py").write_text("from airflow.sdk import DAG\nimport ray\n")
+    errors = _airflow(airflow, "dags", "list-import-errors", "--local", "-o", "json")
+    assert [Path(e["filepath"]).name for e in _json(errors)] == ["imports_ray.py"], errors.stdout[-3000:]
+    assert "No module named 'ray'" in _json(errors)[0]["error"]
+    (dags / "imports_ray.py").unlink()
     errors = _airflow(airflow, "dags", "list-import-errors", "--local", "-o", "json")
     assert errors.returncode == 0 and _json(errors) == [], errors.stdout[-3000:]
     assert out.dag_id in {d["dag_id"] for d in _json(_airflow(airflow, "dags", "list", "--local", "-o", "json"))}
