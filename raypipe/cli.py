@@ -46,7 +46,9 @@ def run(
 ) -> None:
     """Run the pipeline: ingest → validate → features → train → evaluate → register → serve."""
     from raypipe.api import as_spec, run as run_pipeline
+    from raypipe.submit import check_required_version
 
+    check_required_version()  # a submitted job: the cluster's raypipe is the submitter's
     s = as_spec(spec)
     deploy = (s.deploy.enabled if serve is None else serve) and until is None and only is None
     if blocking and deploy:
@@ -77,6 +79,43 @@ def _deploy_and_probe(spec: Any, address: str | None, port: int | None, blocking
     elif not (address or spec.ray.address):
         shutdown(endpoint.app_name)  # a local demo ends cleanly; on a cluster the app keeps running
     return extra
+
+
+@app.command()
+def submit(
+    spec: Path = SpecArg,
+    address: Optional[str] = typer.Option(None, "--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],
+                                          help="The cluster's dashboard: http://head:8265 (default: "
+                                               "$RAY_API_SERVER_ADDRESS or $RAY_ADDRESS, as `ray job submit`)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run this stage alone (its inputs must be complete)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    force: Optional[str] = typer.Option(None, "--force", help="Recompute this stage and every stage after it."),
+    run_key: Optional[str] = typer.Option(None, "--run-key", help="The orchestrator's run id (see run --run-key)."),
+    pip: Optional[list[str]] = typer.Option(None, "--pip", help="A package the job installs first, e.g. "
+                                            "raypipe==0.1.0 (repeatable): for a cluster without raypipe."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's output and exit with its code."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run's JSON summary as the last line."),
+) -> None:
+    """Submit the run (or one stage) as a Ray job; stream its output; exit with the run's own exit code."""
+    from raypipe.errors import SpecError
+    from raypipe.runner import STAGE_NAMES
+    from raypipe.submit import submit as submit_job
+
+    if not address:
+        raise SpecError("--address: which cluster? Give its dashboard, e.g. --address http://head:8265 "
+                        "(or set RAY_API_SERVER_ADDRESS)")
+    for opt, value in (("--only", only), ("--until", until), ("--force", force)):
+        if value is not None and value not in STAGE_NAMES:
+            raise SpecError(f"{opt} {value!r} is not a stage; use one of {list(STAGE_NAMES)}")
+    result = submit_job(spec, address=address, only=only, until=until, force=force, run_key=run_key, pip=pip,
+                        wait=wait, echo=lambda text: err.print(text, markup=False, highlight=False))
+    err.print(f"[bold]job[/bold] {result.submission_id}: {result.status}"
+              + (f" (exit {result.exit_code})" if wait else "") + (f" - {result.message}" if result.message else ""))
+    if json_out:
+        print(json.dumps({"submission_id": result.submission_id, "status": result.status,
+                          "exit_code": result.exit_code, "summary": result.summary}, default=str), flush=True)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -524,10 +563,10 @@ def export_airflow(
     raypipe: Optional[str] = typer.Option(None, "--raypipe", help="The raypipe command on the workers "
                                           "(default: this interpreter's `python -m raypipe`)."),
     address: Optional[str] = typer.Option(None, "--address", help="ray-job mode: the cluster's job API, "
-                                          "http://head:8265 (default: the worker's RAY_ADDRESS)."),
+                                          "http://head:8265 (default: the worker's RAY_API_SERVER_ADDRESS or RAY_ADDRESS)."),
     retries: Optional[int] = typer.Option(None, "--retries", help="Airflow's task retries (default: runner.retries.count)."),
-    worker_spec: Optional[str] = typer.Option(None, "--worker-spec", help="Where the workers read the spec "
-                                              "(default: its absolute path here)."),
+    spec_path: Optional[str] = typer.Option(None, "--spec-path", help="Where the workers read the spec "
+                                            "(default: its absolute path here)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """The pipeline as an Airflow 3 DAG: one task per stage, each running that stage alone; retries from
@@ -538,8 +577,30 @@ def export_airflow(
 
     result = export_dag(spec, output, schedule=None if schedule.lower() in ("none", "") else schedule,
                         mode=mode, raypipe=raypipe, address=address, retries=retries,  # type: ignore[arg-type]
-                        worker_spec_path=worker_spec)
+                        worker_spec_path=spec_path)
     _finish(asdict(result), json_out)
+
+
+@export_app.command("kfp")
+def export_kfp(
+    spec: Path = SpecArg,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The KFP pipeline YAML to write "
+                                          "(default: <name>-kfp.yaml)."),
+    image: str = typer.Option("raypipe:latest", "--image", help="Image with raypipe that every task runs in."),
+    mode: str = typer.Option("container", "--mode", help="container: a task per stage runs it; "
+                             "rayjob: a task per stage runs it as a KubeRay RayJob."),
+    spec_path: Optional[str] = typer.Option(None, "--spec-path", help="The spec's path inside the image "
+                                            "(default: SPEC as given)."),
+    namespace: str = typer.Option("", "--namespace", help="rayjob mode: where RayJobs are created "
+                                  "(default: the task pod's namespace)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """The pipeline as a Kubeflow Pipelines v2 pipeline (compiled with the kfp SDK): one task per stage,
+    `raypipe run SPEC --only STAGE` in the image, or one KubeRay RayJob per stage (--mode rayjob)."""
+    from raypipe.export.kfp import export_kfp as export_kfp_api
+
+    _finish(export_kfp_api(spec, output, image=image, mode=mode, spec_in_image=spec_path, namespace=namespace),
+            json_out)
 
 
 EXPORT_TARGETS = ("onnx", "airflow", "kfp")
@@ -745,7 +806,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps raypipe errors to their exit codes."""
     argv = _legacy_export(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except RaypipeError as exc:
         err.print(f"error: {exc}", markup=False, style="bold red")
         sys.exit(exc.exit_code)

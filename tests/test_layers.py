@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"model", "envs"},    # the fitted artifact a version holds (features, model formats, zoo, predictor, policy) and the environments policies act in
     STAGES,               # each imports the foundation and the model, never another stage package
     {"serve", "export", "monitor"},  # build on the registry, the model and the foundation
-    {"api", "cli", "__init__", "__main__"},
+    {"api", "cli", "__init__", "__main__", "submit"},
 ]
 
 

@@ -19,9 +19,10 @@ Why the file looks the way it does:
   without a new process. Airflow's task retries, set from the same ``runner.retries``
   (``count`` → ``retries``, ``backoff_s`` → ``retry_delay``, doubling → ``retry_exponential_backoff=2.0``,
   Airflow adds up to 100% jitter), rerun the whole task when the process failed: the worker
-  was lost or killed, Ray could not be reached, or the runner gave up. A rerun resumes from
-  the cache. Airflow also reruns deterministic failures (a data problem, exit 3; a rejected
-  gate, exit 4); those fail again quickly, from the cache. ``retries=`` overrides the count.
+  was lost or killed, Ray could not be reached, or the runner gave up (exit 1). A rerun
+  resumes from the cache. Exit 2 (a bad spec, an earlier stage missing), 3 (bad data) and
+  4 (a failed gate) fail the task at once (``AirflowFailException``): a retry would fail the
+  same way. ``retries=`` overrides Airflow's count.
 - Secrets stay out: the file holds the spec's path, the command and the schedule; tokens
   (``RAY_AUTH_TOKEN``), cloud credentials and the like come from the worker's environment.
 - The spec's sha256 is in the DAG's documentation: compare it with ``sha256sum SPEC`` to tell
@@ -56,6 +57,11 @@ BACKOFF_MULTIPLIER = 2.0  # runner.retries.backoff_s doubles before each next re
 # spliced into the shell command: a manually triggered run may carry any id.
 RUN_KEY_ENV = {"RAYPIPE_RUN_KEY": "{{ run_id }}"}
 RUN_KEY_ARG = '--run-key "$RAYPIPE_RUN_KEY"'
+FINAL_EXIT_CODES = {  # raypipe's exit codes (raypipe.errors) after which a retry would fail the same way
+    2: "a bad spec, or an earlier stage missing",
+    3: "the data failed validation",
+    4: "the evaluation gate failed (the version is registered as rejected)",
+}
 
 
 @dataclass
@@ -79,7 +85,7 @@ def stage_command(raypipe: str, mode: str, spec_path: str, stage: str, address: 
     if mode == "local":
         return f"{raypipe} run {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG} --json"
     where = f" --address {shlex.quote(address)}" if address else ""
-    return f"{raypipe} submit {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG}{where}"
+    return f"{raypipe} submit {shlex.quote(spec_path)} --only {stage} {RUN_KEY_ARG}{where} --json"
 
 
 def render_dag(
@@ -100,7 +106,7 @@ def render_dag(
         mode: ``local`` runs each stage on the worker; ``ray-job`` submits it to a Ray cluster.
         raypipe: the raypipe command on the workers (default: this interpreter's, ``python -m raypipe``).
         address: ``ray-job`` mode: the cluster's job API (``http://head:8265``); None: the worker's
-            ``RAY_ADDRESS``.
+            ``RAY_API_SERVER_ADDRESS`` or ``RAY_ADDRESS``.
         retries: Airflow's task retries (default: ``runner.retries.count``).
     """
     if mode not in MODES:
@@ -128,7 +134,7 @@ def render_dag(
         description=f"raypipe pipeline {spec.name}: {' -> '.join(STAGE_NAMES)}",
         schedule=schedule or None, start_date=START_DATE, tags=["raypipe", spec.name],
         retries=count, retry_delay_s=float(spec.runner.retries.backoff_s), backoff_multiplier=BACKOFF_MULTIPLIER,
-        run_key_env=RUN_KEY_ENV, doc_md=_doc_md(spec, spec_path, spec_sha256, mode, command, count, address),
+        run_key_env=RUN_KEY_ENV, final_exit_codes=FINAL_EXIT_CODES, doc_md=_doc_md(spec, spec_path, spec_sha256, mode, command, count, address),
     )
 
 
@@ -161,11 +167,12 @@ def export_airflow(
 
 def _doc_md(spec: Spec, spec_path: str, digest: str, mode: str, command: str, retries: int, address: str | None) -> str:
     r = spec.runner.retries
-    cluster = "the cluster in the worker's RAY_ADDRESS"
+    cluster = "the cluster in the worker's RAY_API_SERVER_ADDRESS or RAY_ADDRESS"
     where = ("each stage runs on the Airflow worker and joins the Ray that `ray.address` in the spec names "
              "(none: a local Ray per task)") if mode == "local" else (
              f"each stage is submitted as a Ray job to {address or cluster}; "
-             "the job's token comes from the worker's RAY_AUTH_TOKEN")
+             "the token comes from the worker's RAY_AUTH_TOKEN or ~/.ray/auth_token (RAY_AUTH_MODE=token); "
+             "stopping the task stops the job")
     lines = [
         f"Airflow DAG of the raypipe pipeline `{spec.name}`: one task per stage.",
         "",
@@ -181,8 +188,8 @@ def _doc_md(spec: Spec, spec_path: str, digest: str, mode: str, command: str, re
         f"(`runner.retries`: {r.count} tries after the first, {r.backoff_s:g} s doubling): connection errors, "
         "a lost Ray worker or node, a full object store. Airflow's retries "
         f"({retries}, from {r.backoff_s:g} s, doubling with jitter) rerun the whole task when its process failed "
-        "or the runner gave up; the rerun resumes from the cache. Data (exit 3) and gate (exit 4) failures "
-        "fail again on a retry.",
+        "or the runner gave up (exit 1); the rerun resumes from the cache. Exit 2 (spec, or an earlier stage "
+        "missing), 3 (data) and 4 (gate) fail the task at once: a retry would fail the same way.",
         "",
         f"Each task runs `{stage_command(command, mode, spec_path, 'STAGE', address)}`.",
     ]

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import pytest
 import yaml
@@ -43,6 +44,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 EXAMPLE = REPO / "examples" / "fraud_detection" / "pipeline.yaml"
 
 
+class Cluster(NamedTuple):
+    dashboard: str  # the Jobs API: http://127.0.0.1:<port>
+    env: dict[str, str]  # a client's environment: token auth, this checkout on PYTHONPATH
+    tmp: Path
+
+
 def _example_for_test(dest: Path) -> Path:
     """The example spec, shrunk to keep the job short; storage lands in ``dest``."""
     spec = yaml.safe_load(EXAMPLE.read_text())
@@ -57,7 +64,10 @@ def _example_for_test(dest: Path) -> Path:
     return path
 
 
-def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """A 2-node cluster (head + worker, token auth on, dashboard on 127.0.0.1) shared by this module's tests."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     if not RAY.exists():
         pytest.skip(f"no `ray` executable next to {PYTHON}")
     token = secrets.token_hex(32)
@@ -108,52 +118,7 @@ def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None
         assert "token" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
         print(f"\ncluster of 2 nodes up (GCS {gcs_address}, token auth on) after {time.monotonic() - t_start:.1f}s")
 
-        spec_path = _example_for_test(tmp_path)
-        storage = tmp_path / ".raypipe"
-        t0 = time.monotonic()
-        job = subprocess.run(
-            [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--",
-             PYTHON, "-m", "raypipe", "run", str(spec_path), "--address", "auto", "--no-serve", "--json"],
-            check=False, env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path,
-        )
-        output = job.stdout + job.stderr
-        print(f"\nray job submit: exit {job.returncode} after {time.monotonic() - t0:.1f}s")
-        assert job.returncode == 0, output[-6000:]
-        assert "succeeded" in output, output[-6000:]
-
-        summaries = []
-        for line in job.stdout.splitlines():
-            line = line.strip()
-            if line.startswith("{") and '"run_id"' in line:
-                summaries.append(json.loads(line))
-        assert summaries, f"no JSON summary in the job output:\n{output[-6000:]}"
-        summary = summaries[-1]
-        assert summary["status"] == "ok", summary
-        assert isinstance(summary["version"], int) and summary["version"] >= 1, summary
-        assert summary["alias"] == "champion", summary
-        assert all(s["status"] == "ran" for s in summary["stages"].values()), summary["stages"]
-        assert summary["metrics"]["roc_auc"] >= 0.75, summary["metrics"]
-
-        # The job wrote to this test's storage folder: a registered champion.
-        import raypipe
-
-        registry = raypipe.Registry(str(storage), "fraud-detection")
-        assert registry.versions() == [summary["version"]]
-        assert registry.alias("champion") == summary["version"]
-        assert registry.info(summary["version"])["status"] != "rejected"
-
-        # The manifest of that run, and Ray Train's evidence of 2 DDP workers.
-        manifest = json.loads((storage / "runs" / summary["run_id"] / "manifest.json").read_text())
-        assert manifest["status"] == "ok"
-        assert manifest["spec"]["train"]["workers"] == 2
-        train = next(s for s in manifest["stages"] if s["name"] == "train")
-        assert train["status"] == "ran"
-        report = json.loads((storage / "stages" / "train" / train["fingerprint"][:20] / "train_report.json").read_text())
-        workers = report["ddp"]["workers"]
-        assert len(workers) == 2, report["ddp"]
-        assert report["ddp"]["world_size"] == 2
-        assert len({w["pid"] for w in workers}) == 2, workers
-        assert len({w["digest"] for w in workers}) == 1, workers  # DDP kept the replicas equal
+        yield Cluster(f"http://127.0.0.1:{dash_port}", env, tmp_path)
         passed = True
     finally:
         t_stop = time.monotonic()
@@ -168,3 +133,97 @@ def test_example_pipeline_as_ray_job_on_two_node_cluster(tmp_path: Path) -> None
             shutil.rmtree(temp_dir, ignore_errors=True)
         else:
             print(f"\nRay logs kept in {temp_dir}/session_latest/logs; `ray start` output in {tmp_path}")
+
+
+def test_example_pipeline_as_ray_job_on_two_node_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    spec_path = _example_for_test(tmp_path)
+    storage = tmp_path / ".raypipe"
+    t0 = time.monotonic()
+    job = subprocess.run(
+        [str(RAY), "job", "submit", "--address", cluster.dashboard, "--",
+         PYTHON, "-m", "raypipe", "run", str(spec_path), "--address", "auto", "--no-serve", "--json"],
+        check=False, env=cluster.env, capture_output=True, text=True, timeout=420, cwd=tmp_path,
+    )
+    output = job.stdout + job.stderr
+    print(f"\nray job submit: exit {job.returncode} after {time.monotonic() - t0:.1f}s")
+    assert job.returncode == 0, output[-6000:]
+    assert "succeeded" in output, output[-6000:]
+
+    summaries = []
+    for line in job.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{") and '"run_id"' in line:
+            summaries.append(json.loads(line))
+    assert summaries, f"no JSON summary in the job output:\n{output[-6000:]}"
+    summary = summaries[-1]
+    assert summary["status"] == "ok", summary
+    assert isinstance(summary["version"], int) and summary["version"] >= 1, summary
+    assert summary["alias"] == "champion", summary
+    assert all(s["status"] == "ran" for s in summary["stages"].values()), summary["stages"]
+    assert summary["metrics"]["roc_auc"] >= 0.75, summary["metrics"]
+
+    # The job wrote to this test's storage folder: a registered champion.
+    import raypipe
+
+    registry = raypipe.Registry(str(storage), "fraud-detection")
+    assert registry.versions() == [summary["version"]]
+    assert registry.alias("champion") == summary["version"]
+    assert registry.info(summary["version"])["status"] != "rejected"
+
+    # The manifest of that run, and Ray Train's evidence of 2 DDP workers.
+    manifest = json.loads((storage / "runs" / summary["run_id"] / "manifest.json").read_text())
+    assert manifest["status"] == "ok"
+    assert manifest["spec"]["train"]["workers"] == 2
+    train = next(s for s in manifest["stages"] if s["name"] == "train")
+    assert train["status"] == "ran"
+    report = json.loads((storage / "stages" / "train" / train["fingerprint"][:20] / "train_report.json").read_text())
+    workers = report["ddp"]["workers"]
+    assert len(workers) == 2, report["ddp"]
+    assert report["ddp"]["world_size"] == 2
+    assert len({w["pid"] for w in workers}) == 2, workers
+    assert len({w["digest"] for w in workers}) == 1, workers  # DDP kept the replicas equal
+
+
+def _raypipe_submit(cluster: Cluster, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "raypipe", "submit", *args, "--address", cluster.dashboard, "--json"],
+                          check=False, env=cluster.env, capture_output=True, text=True, timeout=timeout,
+                          cwd=cluster.tmp)
+
+
+def test_raypipe_submit_runs_stages_as_jobs_with_their_exit_codes(cluster: Cluster, tmp_path: Path) -> None:
+    """`raypipe submit` through the Jobs API (token auth on): one stage at a time, the job's output streamed
+    back, and the run's own exit codes (2: an earlier stage missing, 4: the gate) as the command's."""
+    from tests.conftest import small_spec
+
+    storage = tmp_path / "store"
+    spec = small_spec(storage, name="t-submit", rows=1500)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+
+    missing = _raypipe_submit(cluster, str(path), "--only", "train")
+    assert missing.returncode == 2, missing.stderr[-4000:]
+    assert "--only train needs the 'ingest' stage complete" in missing.stderr  # the job's output, streamed
+
+    first = _raypipe_submit(cluster, str(path), "--until", "features")
+    assert first.returncode == 0, first.stderr[-4000:]
+    job = json.loads(first.stdout.strip().splitlines()[-1])
+    assert job["status"] == "SUCCEEDED" and job["submission_id"].startswith("raypipe-t-submit-until-features-")
+    assert {k: v["status"] for k, v in job["summary"]["stages"].items()} == \
+        {"ingest": "ran", "validate": "ran", "features": "ran"}
+
+    train = _raypipe_submit(cluster, str(path), "--only", "train")
+    assert train.returncode == 0, train.stderr[-4000:]
+    stages = json.loads(train.stdout.strip().splitlines()[-1])["summary"]["stages"]
+    assert {k: v["status"] for k, v in stages.items()} == \
+        {"ingest": "cached", "validate": "cached", "features": "cached", "train": "ran"}
+    assert (storage / "stages" / "train").is_dir()  # the job wrote to the shared storage, by its absolute path
+
+    spec["evaluate"] = {"gate": {"min": {"roc_auc": 0.9999}}}
+    path.write_text(yaml.safe_dump(spec))
+    gate = _raypipe_submit(cluster, str(path))
+    assert gate.returncode == 4, gate.stderr[-4000:]
+    gated = json.loads(gate.stdout.strip().splitlines()[-1])
+    assert gated["status"] == "FAILED" and "evaluation gate not passed" in gate.stderr
+    from raypipe.registry import Registry
+
+    assert Registry(str(storage), "t-submit").info(1)["status"] == "rejected"

@@ -58,7 +58,7 @@ def test_the_dag_file_imports_airflow_only(tmp_path):
     tops = {m.split(".")[0] for m in imported}
     assert "ray" not in tops and "raypipe" not in tops
     assert tops <= {"__future__", "datetime", "airflow"}, tops
-    assert {"airflow.sdk", "airflow.providers.standard.operators.bash"} <= imported
+    assert {"airflow.sdk", "airflow.sdk.exceptions", "airflow.providers.standard.operators.bash"} <= imported
 
 
 def test_one_task_per_stage_in_order_with_retries_schedule_tags_and_the_spec_hash(tmp_path):
@@ -96,6 +96,10 @@ def test_one_task_per_stage_in_order_with_retries_schedule_tags_and_the_spec_has
     run_key = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "RUN_KEY")
     assert run_key == {"RAYPIPE_RUN_KEY": "{{ run_id }}"}  # one DAG run's stages share its id, through the environment
     assert all(kw["env"].id == "RUN_KEY" and ast.literal_eval(kw["append_env"]) is True for kw in tasks.values())
+    assert all(n.value.func.id == "RaypipeStage" for n in body if isinstance(n, ast.Assign))
+    final = next(ast.literal_eval(n.value) for n in tree.body
+                 if isinstance(n, ast.Assign) and n.targets[0].id == "FINAL_EXIT_CODES")
+    assert sorted(final) == [2, 3, 4]  # spec, data, gate: failed at once, never retried by Airflow
     assert ast.unparse(body[-1]) == " >> ".join(STAGE_NAMES)  # each stage after the one before
     assert export_airflow(spec, tmp_path / "again.py", schedule="0 4 * * *") and \
         (tmp_path / "again.py").read_text() == text  # the same spec exports the same file
@@ -109,7 +113,7 @@ def test_ray_job_mode_submits_each_stage_and_an_override_command(tmp_path):
     commands = next(ast.literal_eval(n.value) for n in tree.body
                     if isinstance(n, ast.Assign) and n.targets[0].id == "COMMANDS")
     assert commands["train"] == 'raypipe submit /opt/specs/p.yaml --only train --run-key "$RAYPIPE_RUN_KEY" ' \
-                                '--address http://head:8265'
+                                '--address http://head:8265 --json'
     kw = _kwargs(_dag_call(tree))
     assert ast.literal_eval(kw["schedule"]) is None
     args = {ast.literal_eval(k): v for k, v in zip(kw["default_args"].keys, kw["default_args"].values)}
@@ -245,3 +249,21 @@ def test_airflow_runs_the_exported_dag_then_finds_every_stage_cached(airflow, ra
     assert stages == {stage: "cached" for stage in STAGE_NAMES}
     assert Registry(str(storage), "t-airflow-run").versions() == [1]  # nothing new to register
     print(f"airflow dags test: {first:.0f} s for the first run, {second:.0f} s for the cached one (figures, not checks)")
+
+
+@pytest.mark.airflow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("code, tries, why", [(4, 1, "the evaluation gate failed"), (1, 3, None)])
+def test_exit_2_3_4_fail_at_once_and_other_failures_are_retried(airflow, tmp_path, code, tries, why):
+    """A stand-in for raypipe that exits ``code``: Airflow's retries (runner.retries.count = 2) run for
+    an unexpected failure only; a gate, data or spec failure would fail the same way again."""
+    spec = _spec_file(tmp_path, f"t-airflow-exit{code}", runner={"retries": {"count": 2, "backoff_s": 0.5}})
+    dags = Path(airflow["AIRFLOW__CORE__DAGS_FOLDER"])
+    out = export_airflow(spec, dags / f"t_airflow_exit{code}.py", raypipe=f"sh -c 'exit {code}'", schedule=None)
+    test = _airflow(airflow, "dags", "test", out.dag_id, timeout=300)
+    log = test.stdout + test.stderr
+    assert test.returncode != 0
+    assert log.count("[DAG TEST] starting task_id=ingest ") == tries, log[-4000:]
+    assert "starting task_id=validate " not in log  # nothing after a failed stage
+    if why:
+        assert f"raypipe exited {code}: {why}" in log
