@@ -23,7 +23,7 @@ run: setup
 
 test: setup
 	./scripts/test-deps.sh
-	./scripts/airflow-venv.sh
+	PYTHON=$(PYTHON) ./scripts/airflow-venv.sh
 	$(PY) -m pytest -q
 
 loop: setup
