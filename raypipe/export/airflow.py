@@ -1,7 +1,7 @@
 """The pipeline as an Airflow 3 DAG: ``raypipe export airflow SPEC -o dags/<name>.py``.
 
 The DAG has one task per stage (ingest → validate → features → train → evaluate → register),
-each depending on the one before. A task is a ``BashOperator`` that runs one stage with the
+each depending on the one before. A task (``RaypipeStage``, a ``BashOperator``) runs one stage with the
 raypipe command: ``raypipe run SPEC --only STAGE`` on the Airflow worker (``mode="local"``,
 where ``ray.address`` in the spec says which Ray the stage joins), or ``raypipe submit SPEC
 --only STAGE`` as a Ray job on a cluster (``mode="ray-job"``). The stages hand over through
