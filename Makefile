@@ -25,6 +25,7 @@ run: setup
 
 test: setup
 	./scripts/test-deps.sh
+	PYTHON=$(PYTHON) ./scripts/airflow-venv.sh
 	$(PY) -m pytest -q
 
 loop: setup

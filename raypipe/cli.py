@@ -553,6 +553,34 @@ def export_onnx(
                        alias=alias), json_out)
 
 
+@export_app.command("airflow")
+def export_airflow(
+    spec: Path = SpecArg,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="DAG file to write (default: <name>.py)."),
+    schedule: str = typer.Option("@daily", "--schedule", help='Airflow schedule: a preset or cron; "none": triggered only.'),
+    mode: str = typer.Option("local", "--mode", help="local: `raypipe run --only STAGE` on the worker; "
+                             "ray-job: `raypipe submit --only STAGE` to a Ray cluster."),
+    raypipe: Optional[str] = typer.Option(None, "--raypipe", help="The raypipe command on the workers "
+                                          "(default: this interpreter's `python -m raypipe`)."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray-job mode: the cluster's job API, "
+                                          "http://head:8265 (default: the worker's RAY_API_SERVER_ADDRESS or RAY_ADDRESS)."),
+    retries: Optional[int] = typer.Option(None, "--retries", help="Airflow's task retries (default: runner.retries.count)."),
+    spec_path: Optional[str] = typer.Option(None, "--spec-path", help="Where the workers read the spec "
+                                            "(default: its absolute path here)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """The pipeline as an Airflow 3 DAG: one task per stage, each running that stage alone; retries from
+    runner.retries, the spec's sha256 in the DAG's doc. The file imports neither ray nor raypipe."""
+    from dataclasses import asdict
+
+    from raypipe.export.airflow import export_airflow as export_dag
+
+    result = export_dag(spec, output, schedule=None if schedule.lower() in ("none", "") else schedule,
+                        mode=mode, raypipe=raypipe, address=address, retries=retries,  # type: ignore[arg-type]
+                        worker_spec_path=spec_path)
+    _finish(asdict(result), json_out)
+
+
 @export_app.command("kfp")
 def export_kfp(
     spec: Path = SpecArg,
