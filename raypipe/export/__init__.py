@@ -1,6 +1,6 @@
 """Export a registered version for the edge: features + model + decision as one ONNX file.
 
-``raypipe export SPEC --format onnx`` (or :func:`export_onnx`) writes a model that takes
+``raypipe export onnx SPEC`` (or :func:`export_onnx`) writes a model that takes
 the raw columns (see :mod:`raypipe.export.onnx_features` for the inputs) and answers
 what the Serve endpoint answers: class scores, index and label (with the version's
 threshold), a regression value, a cluster id, or an anomaly score and flag. The

@@ -44,6 +44,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 EXAMPLE = REPO / "examples" / "fraud_detection" / "pipeline.yaml"
 
 
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory):
+    from tests.export.test_airflow import airflow_home as make
+
+    return make(tmp_path_factory)  # the same Airflow home the export tests make
+
+
 class Cluster(NamedTuple):
     dashboard: str  # the Jobs API: http://127.0.0.1:<port>
     env: dict[str, str]  # a client's environment: token auth, this checkout on PYTHONPATH
@@ -227,3 +234,31 @@ def test_raypipe_submit_runs_stages_as_jobs_with_their_exit_codes(cluster: Clust
     from raypipe.registry import Registry
 
     assert Registry(str(storage), "t-submit").info(1)["status"] == "rejected"
+
+
+@pytest.mark.airflow
+def test_airflow_dag_in_ray_job_mode_runs_each_stage_as_a_job(cluster: Cluster, airflow_home, tmp_path: Path) -> None:
+    """The exported DAG with `--mode ray-job`: a real Airflow runs each stage as `raypipe submit --only STAGE`, a
+    Ray job on the two-node cluster (the Ray token comes from the worker's environment, never the DAG file)."""
+    import shlex
+
+    from raypipe.export.airflow import export_airflow
+    from raypipe.registry import Registry
+    from raypipe.runner import STAGE_NAMES
+    from tests.conftest import small_spec
+    from tests.export.test_airflow import _dag_test
+
+    storage = tmp_path / "store"
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(small_spec(storage, name="t-airflow-jobs", rows=1500)))
+    env = {**airflow_home, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.env["RAY_AUTH_TOKEN"]}
+    env.pop("RAY_ADDRESS", None)
+    command = f"env PYTHONPATH={shlex.quote(str(REPO))} {shlex.quote(PYTHON)} -m raypipe"
+    out = export_airflow(path, Path(env["AIRFLOW__CORE__DAGS_FOLDER"]) / "t_airflow_jobs.py", mode="ray-job",
+                         address=cluster.dashboard, raypipe=command, schedule=None)
+    assert cluster.env["RAY_AUTH_TOKEN"] not in Path(out.path).read_text()
+    states, stages, seconds = _dag_test(env, out.dag_id, storage)
+    assert states == {stage: "success" for stage in STAGE_NAMES}
+    assert stages == {stage: "ran" for stage in STAGE_NAMES}
+    assert Registry(str(storage), "t-airflow-jobs").versions() == [1]
+    print(f"airflow dags test, a Ray job per stage: {seconds:.0f} s")

@@ -181,6 +181,10 @@ def _json(out: subprocess.CompletedProcess) -> list:
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory) -> dict[str, str]:
+    return airflow_home(tmp_path_factory)
+
+
+def airflow_home(tmp_path_factory) -> dict[str, str]:
     """The environment of an Airflow with its own home, dags folder and sqlite database (migrated)."""
     if not AIRFLOW.is_file():
         pytest.fail(f"no Airflow at {AIRFLOW}: run scripts/airflow-venv.sh (`make test` does) to install it into a "
