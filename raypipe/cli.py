@@ -32,7 +32,8 @@ AddressOpt = typer.Option(None, "--address", help='Ray address: "auto" joins the
 @app.command()
 def run(
     spec: Optional[Path] = typer.Argument(None, help="Pipeline YAML spec; omitted: the built-in demo."),
-    force: Optional[str] = typer.Option(None, "--force", help="Recompute this stage and every stage after it."),
+    force: Optional[str] = typer.Option(None, "--force", "--from", help="Recompute this stage and every stage after "
+                                        "it (--from is the same)."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
     only: Optional[str] = typer.Option(None, "--only", help="Run this stage alone; the stages before it must be "
                                        "complete (exit 2 naming the missing one). An orchestrator's task per stage."),
