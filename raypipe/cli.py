@@ -99,15 +99,11 @@ def submit(
 ) -> None:
     """Submit the run (or one stage) as a Ray job; stream its output; exit with the run's own exit code."""
     from raypipe.errors import SpecError
-    from raypipe.runner import STAGE_NAMES
     from raypipe.submit import submit as submit_job
 
     if not address:
         raise SpecError("--address: which cluster? Give its dashboard, e.g. --address http://head:8265 "
                         "(or set RAY_API_SERVER_ADDRESS)")
-    for opt, value in (("--only", only), ("--until", until), ("--force", force)):
-        if value is not None and value not in STAGE_NAMES:
-            raise SpecError(f"{opt} {value!r} is not a stage; use one of {list(STAGE_NAMES)}")
     result = submit_job(spec, address=address, only=only, until=until, force=force, run_key=run_key, pip=pip,
                         wait=wait, echo=lambda text: err.print(text, markup=False, highlight=False))
     err.print(f"[bold]job[/bold] {result.submission_id}: {result.status}"

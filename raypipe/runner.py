@@ -56,6 +56,18 @@ def fingerprint(spec: Spec, stage: StageDef, upstream: str | None, data_fp: str,
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def check_stage_options(*, force: str | None = None, until: str | None = None, only: str | None = None) -> None:
+    """``--force``/``--until``/``--only`` name stages and go together (SpecError, exit 2, otherwise)."""
+    for opt, value in (("--force", force), ("--until", until), ("--only", only)):
+        if value is not None and value not in STAGE_NAMES:
+            raise SpecError(f"{opt} {value!r} is not a stage; use one of {list(STAGE_NAMES)}")
+    if only is not None and until is not None:
+        raise SpecError(f"--only {only} runs one stage; drop --until {until}")
+    if only is not None and force not in (None, only):
+        raise SpecError(f"--only {only} cannot recompute {force!r}; use --force {only}, or run --force {force} "
+                        f"without --only")
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
@@ -127,14 +139,7 @@ class Runner:
         only: str | None = None,
         run_key: str | None = None,
     ) -> None:
-        for opt, value in (("--force", force), ("--until", until), ("--only", only)):
-            if value is not None and value not in STAGE_NAMES:
-                raise SpecError(f"{opt} {value!r} is not a stage; use one of {list(STAGE_NAMES)}")
-        if only is not None and until is not None:
-            raise SpecError(f"--only {only} runs one stage; drop --until {until}")
-        if only is not None and force not in (None, only):
-            raise SpecError(f"--only {only} cannot recompute {force!r}; use --force {only}, or run --force {force} "
-                            f"without --only")
+        check_stage_options(force=force, until=until, only=only)
         self.spec, self.force, self.until, self.address, self.only = spec, force, until, address, only
         self.run_key = run_key
         self.progress = progress or Progress()

@@ -26,6 +26,7 @@ import json
 import shlex
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any, Callable
 import yaml
 
 from raypipe.errors import SpecError
+from raypipe.runner import check_stage_options
 from raypipe.spec import MqttSource, SqlSource, load_spec
 from raypipe.version import __version__
 
@@ -110,6 +112,7 @@ def submit(spec: str | Path, *, address: str, only: str | None = None, until: st
     """
     from ray.job_submission import JobSubmissionClient
 
+    check_stage_options(force=force, until=until, only=only)  # here, not after a trip to the cluster
     doc = shipped_spec(spec)
     command = entrypoint(only=only, until=until, force=force, run_key=run_key)
     stage = only or (f"until-{until}" if until else "all")
@@ -129,8 +132,7 @@ def submit(spec: str | Path, *, address: str, only: str | None = None, until: st
         return result
     output = _follow(client, submission_id, echo)
     info = client.get_job_info(submission_id)
-    result.status, result.message = str(info.status.value if hasattr(info.status, "value") else info.status), \
-        info.message or ""
+    result.status, result.message = str(info.status.value), info.message or ""
     result.summary = _summary(output)
     if result.status == "SUCCEEDED":
         result.exit_code = 0
@@ -155,7 +157,8 @@ def _follow(client: Any, submission_id: str, echo: Callable[[str], None]) -> str
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread only
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
     try:
         try:
             asyncio.run(tail())
@@ -173,12 +176,6 @@ def _follow(client: Any, submission_id: str, echo: Callable[[str], None]) -> str
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return "".join(kept)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _summary(output: str) -> dict[str, Any] | None:

@@ -62,3 +62,16 @@ def test_submit_without_an_address_says_how(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "raypipe", "submit", "x.yaml"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--address http://head:8265" in proc.stderr
+
+
+def test_stage_options_are_checked_before_the_cluster_is_asked(tmp_path):
+    from raypipe.submit import submit
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "data": {"source": {"type": "builtin", "name": "iris"},
+                                                          "target": "target"}}))
+    nowhere = "http://127.0.0.1:9"  # nothing listens: a check that reached for the cluster would fail otherwise
+    with pytest.raises(SpecError, match="drop --until evaluate"):
+        submit(path, address=nowhere, only="train", until="evaluate")
+    with pytest.raises(SpecError, match="'deploy' is not a stage"):
+        submit(path, address=nowhere, only="deploy")
