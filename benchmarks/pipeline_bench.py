@@ -63,14 +63,16 @@ def baseline(path: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, float(auc)
 
 
-TRAIN_CPUS = 1.0  # --train-cpus: the CPUs of the scikit-learn fit's task (train.resources.CPU)
+TRAIN_CPUS: float | None = None  # --train-cpus: train.resources.CPU of the scikit-learn fit (default: raypipe's)
+SMALL_DATA = "auto"  # --small-data: ray.small_data
 
 
 def _spec(path: Path, storage: Path) -> dict:
     return {"name": "bench", "storage": str(storage),
             "data": {"source": {"type": "parquet", "path": str(path)}, "target": "is_fraud",
                      "id_columns": ["transaction_id"]},
-            "model": MODEL, "train": {"resources": {"CPU": TRAIN_CPUS}}, "deploy": {"enabled": False}}
+            "model": MODEL, "deploy": {"enabled": False}, "ray": {"small_data": SMALL_DATA},
+            **({"train": {"resources": {"CPU": TRAIN_CPUS}}} if TRAIN_CPUS is not None else {})}
 
 
 def raypipe_runs(path: Path, storage: Path) -> dict[str, tuple[float, float]]:
@@ -121,12 +123,14 @@ def kept_run(path: Path, storage: Path) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--train-cpus", type=float, default=1.0, help="CPUs of the fit's task (train.resources.CPU; "
-                    "the script's fit uses every core)")
+    ap.add_argument("--train-cpus", type=float, default=None, help="train.resources.CPU of the fit (default: "
+                    "raypipe's: a fit in the driver uses every core, as the script's does; a fit in a Ray task 1 CPU)")
+    ap.add_argument("--small-data", choices=["auto", "driver", "tasks"], default="auto",
+                    help="ray.small_data: where the stages' small-data work runs")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global TRAIN_CPUS
-    TRAIN_CPUS = args.train_cpus
+    global TRAIN_CPUS, SMALL_DATA
+    TRAIN_CPUS, SMALL_DATA = args.train_cpus, args.small_data
     if args.child:
         return child_run(json.loads(args.child))
     from raypipe.ingest.builtin.transactions import generate_transactions
@@ -143,7 +147,7 @@ def main() -> None:
     rows = [("pandas + scikit-learn, one process", base_s, base_auc)]
     runs_only = {k: v for k, v in runs.items() if not k.endswith(("_stages", "_executions"))}
     rows += [(f"raypipe {k}", v[0], v[1]) for k, v in runs_only.items()]
-    print(f"{args.rows:,} rows, {MODEL['kind']}")
+    print(f"{args.rows:,} rows, {MODEL['kind']}, ray.small_data: {SMALL_DATA}, train CPUs: {TRAIN_CPUS or 'default'}")
     print(f"{'setup':40s} {'seconds':>8s} {'ratio':>6s} {'roc_auc':>8s}")
     for name, s, auc in rows:
         print(f"{name:40s} {s:8.1f} {s / base_s:6.2f} {auc:8.4f}")
@@ -159,7 +163,7 @@ def main() -> None:
         "raypipe_cold_up_child_wall_s": round(kept_wall, 2),
         "raypipe_roc_auc": round(runs["warm"][1], 4), "warm_stages": runs["warm_stages"],
         "warm_executions": runs["warm_executions"],
-        "cpus": __import__("os").cpu_count(), "numpy": np.__version__,
+        "small_data": SMALL_DATA, "train_cpus": TRAIN_CPUS, "cpus": __import__("os").cpu_count(), "numpy": np.__version__,
     }))
 
 

@@ -198,9 +198,14 @@ def small_task(fn: Any, *args: Any, num_cpus: float = 1, **kwargs: Any) -> Any:
 
 
 def run_small(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """:func:`small_task`'s result: ``fn(*args, **kwargs)`` run in one Ray task, waited for."""
+    """``fn(*args, **kwargs)``: in this process when ``ray.small_data`` says the driver
+    (:func:`raypipe.runtime.small_data_in_driver`), else :func:`small_task`'s result, waited for."""
     import ray
 
+    from raypipe.runtime import small_data_in_driver
+
+    if small_data_in_driver():
+        return fn(*args, **kwargs)
     return ray.get(small_task(fn, *args, **kwargs))
 
 

@@ -416,6 +416,30 @@ def connect_for(spec: Any, address: str | None = None, *, serving: bool = False)
     connect(address or spec.ray.address, num_cpus=spec.ray.num_cpus, temp_dir=spec.ray.temp_dir,
             ingress=spec.deploy.ingress, log_to_driver=spec.ray.log_to_driver, allow_insecure=spec.ray.allow_insecure,
             dashboard=dashboard_needed(spec, serving), reuse_local=spec.ray.reuse_local)
+    _SMALL_IN_DRIVER[0] = spec.ray.small_data == "driver" or (spec.ray.small_data == "auto" and one_machine())
+
+
+_SMALL_IN_DRIVER: list[bool] = [False]  # set by connect_for from the spec's ray.small_data
+
+
+def small_data_in_driver() -> bool:
+    """Whether a stage's small-data work runs in this process rather than in a Ray task (``ray.small_data``)."""
+    import ray
+
+    return _SMALL_IN_DRIVER[0] and ray.is_initialized()
+
+
+def one_machine() -> bool:
+    """Whether the Ray this process is connected to is one node, and this process runs on it.
+
+    There a Ray task buys a small stage nothing but another process: on a cold run each new
+    worker imports pandas, pyarrow, scikit-learn and raypipe again (2-4 s per stage on 2 cores,
+    ``benchmarks/pipeline_bench.py``), work this process has already done.
+    """
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) == 1 and alive[0]["NodeID"] == ray.get_runtime_context().get_node_id()
 
 
 def shutdown() -> None:

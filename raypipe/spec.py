@@ -68,6 +68,11 @@ class RaySection(_Section):
         "API (Ray Train under Tune, or an endpoint kept serving for Prometheus); `raypipe up` always starts it")
     reuse_local: bool = Field(default=True, description="with no address: join the local Ray that `raypipe up` keeps "
                               "running, when it is up; false: always start a new one")
+    small_data: Literal["auto", "driver", "tasks"] = Field(
+        default="auto", description="where a stage's work on small data (below datasets.SMALL_DATA_BYTES) runs: "
+        "driver = in this process, which has imported what the work needs (a new Ray worker pays its imports, "
+        "seconds each on a cold run); tasks = in one Ray task per stage; auto = driver when the Ray is this one "
+        "machine (one node, and this process runs on it), tasks on a multi-node cluster")
 
 
 # --- data --------------------------------------------------------------------------

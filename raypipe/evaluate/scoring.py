@@ -139,7 +139,11 @@ def run_branches(branches: list[Branch], small: bool) -> dict[str, dict[str, Any
 
     from raypipe.datasets import data_width, read_parquet, small_task
 
-    if small:  # the branches shared over as many tasks as Ray Data would run at once, side by side
+    from raypipe.runtime import small_data_in_driver
+
+    if small and small_data_in_driver():  # ray.small_data: in this process, which may have the models loaded
+        rows = _score_tables([{"store": b.store, "rel": b.rel, **b.kwargs()} for b in branches])
+    elif small:  # the branches shared over as many tasks as Ray Data would run at once, side by side
         groups = [branches[i::data_width()] for i in range(min(data_width(), len(branches)))]
         refs = [small_task(_score_tables, [{"store": b.store, "rel": b.rel, **b.kwargs()} for b in g]) for g in groups]
         rows = [r for part in ray.get(refs) for r in part]

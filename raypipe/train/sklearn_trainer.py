@@ -59,6 +59,7 @@ def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[
     import ray
 
     from raypipe.datasets import is_small
+    from raypipe.runtime import small_data_in_driver
 
     check_estimator(spec.model.kind, spec.data.task)  # fail fast on the driver with a spec error
     res = spec.train.resources
@@ -67,7 +68,12 @@ def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[
     args = (spec.model.kind, spec.model.params)
     rest = (dims["class_weights"], spec.train.seed, spec.data.task)
     source = dims.get("source")
-    if source is not None and is_small(source["store"], [source["rel"]]):
+    small = source is not None and is_small(source["store"], [source["rel"]])
+    if small and small_data_in_driver() and set(res) <= {"CPU"}:  # ray.small_data: fit in this process
+        from ray.data import DataContext
+
+        blob = _fit_from_table(DataContext.get_current(), *args, source, *rest, threads=driver_threads(spec))
+    elif small:
         from ray.data import DataContext
 
         blob = ray.get(ray.remote(_fit_from_table).options(**options).remote(
@@ -109,8 +115,25 @@ def fit_arrays(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, 
     return _fit_estimator(kind, params, x, y, sw, seed, task)
 
 
-def _threads() -> Any:
-    """Native thread pools (OpenMP, BLAS) sized to the CPUs this Ray task holds (``train.resources``).
+def driver_threads(spec: Any) -> int:
+    """Threads of a fit in the driver: ``train.resources.CPU`` when the spec sets it, else every core
+    of this machine that the Ray offers (the train stage runs alone; scikit-learn's default is every core).
+
+    HistGradientBoosting's model does not depend on its thread count (checked bit for bit), so the
+    same data gives the same model on either path.
+    """
+    import os
+
+    import ray
+
+    if "resources" in spec.train.model_fields_set:
+        return max(1, int(spec.train.resources.get("CPU", 1)))
+    return max(1, min(os.cpu_count() or 1, int(ray.cluster_resources().get("CPU", 1))))
+
+
+def _threads(cpus: int | None = None) -> Any:
+    """Native thread pools (OpenMP, BLAS) sized to ``cpus``, by default the CPUs this Ray task holds
+    (``train.resources``).
 
     Ray sets ``OMP_NUM_THREADS`` once per worker process, from the first task it runs: a pooled
     worker that first ran a 1-CPU task would fit a ``{"CPU": 2}`` estimator on one thread.
@@ -118,8 +141,9 @@ def _threads() -> Any:
     import ray
     from threadpoolctl import threadpool_limits
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
-    return threadpool_limits(limits=max(1, int(cpus)))
+    if cpus is None:
+        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU") or 1)
+    return threadpool_limits(limits=max(1, cpus))
 
 
 def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_weights: list[float] | None, seed: int,
@@ -129,10 +153,11 @@ def _fit_from_refs(kind: str, params: dict[str, Any], refs: list[Any], class_wei
 
 
 def _fit_from_table(context: Any, kind: str, params: dict[str, Any], source: dict[str, Any],
-                    class_weights: list[float] | None, seed: int, task: str) -> bytes:
-    """The small-data path: read the split, transform it with ``xy_batch`` and fit, in this task."""
+                    class_weights: list[float] | None, seed: int, task: str, threads: int | None = None) -> bytes:
+    """The small-data path: read the split, transform it with ``xy_batch`` and fit, in this task (or, with
+    ``threads``, in the driver)."""
     from raypipe.train.data import xy_table
 
     xy = xy_table(source["store"], source["rel"], source["features"], source["schema"], context)
-    with _threads():
+    with _threads(threads):
         return fit_arrays(kind, params, xy["x"], xy["y"], class_weights, seed, task)

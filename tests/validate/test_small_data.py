@@ -1,5 +1,5 @@
-"""The small-data path (one Ray task per stage) and the distributed path (Ray Data executions) give the
-same outputs on messy data, and a pipeline run counts the Ray Data executions it does.
+"""The small-data path (in the driver, or one Ray task per stage) and the distributed path (Ray Data
+executions) give the same outputs on messy data, and a pipeline run counts the Ray Data executions it does.
 
 Quarantine counts and reasons, the profile (its quantile sketches included), the fitted features and
 every metric must agree exactly: the small path runs the same per-block functions on the blocks Ray
@@ -39,10 +39,11 @@ def messy_csv(tmp_path_factory):
     return folder
 
 
-def _run(tmp_path, folder, name):
+def _run(tmp_path, folder, name, small_data="auto"):
     spec = small_spec(tmp_path / name, name=f"t-small-{name}",
                       data={"source": {"type": "csv", "path": str(folder)}, "target": "y", "id_columns": ["id"]},
-                      evaluate={"slices": ["c"], "gate": {"min": {"roc_auc": 0.6}}})
+                      evaluate={"slices": ["c"], "gate": {"min": {"roc_auc": 0.6}}},
+                      ray={"small_data": small_data})
     with executions.recording() as seen:
         result = raypipe.run(spec, until="evaluate", progress=quiet)
     out = result.outputs
@@ -55,13 +56,20 @@ def _run(tmp_path, folder, name):
     return {"counts": val.outputs.counts, "reasons": sorted(zip(quarantined["id"].astype(int), quarantined["__reason"])),
             "profile": val.store.read_json("profile.json"), "report": val.store.read_json("report.json")["splits"],
             "features": out["features"].store.read_json("features.json"), "metrics": metrics,
-            "executions": executions.per_stage(seen)}
+            "executions": executions.per_stage(seen),
+            # datasets.task_file_name: validate's files are named after the Ray task that wrote them, or "driver"
+            "writers": {"driver" if "-driver-" in f else "task" for f in val.store.walk_files("valid")}}
 
 
 def test_small_and_distributed_paths_agree_on_messy_data(ray_session, tmp_path, messy_csv, monkeypatch):
-    small = _run(tmp_path, messy_csv, "small")
+    small = _run(tmp_path, messy_csv, "small")  # ray.small_data auto: the test session's Ray is this one machine
+    tasks = _run(tmp_path, messy_csv, "tasks", small_data="tasks")
     monkeypatch.setattr(raypipe.datasets, "SMALL_DATA_BYTES", 0)  # every stage takes the distributed path
     big = _run(tmp_path, messy_csv, "big")
+
+    assert small["writers"] == {"driver"} and tasks["writers"] == {"task"} and big["writers"] == {"task"}
+    for key in ("reasons", "counts", "report", "profile", "features", "metrics", "executions"):
+        assert small[key] == tasks[key], key
 
     assert small["reasons"] == big["reasons"] and len(small["reasons"]) == 7
     assert {r for _, r in small["reasons"]} == {"x: not a number: 'n/a?'", "x: not a number: '12 EUR'",
