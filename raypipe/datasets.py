@@ -34,10 +34,18 @@ def write_table(table: Any, fs: Any, path: str) -> None:
 
 
 def read_parquet(store: Store, rel: str) -> Any:
-    """Read a dataset written by :func:`write_parquet`."""
+    """Read a dataset written by raypipe (a stage's parquet folder) as one block per file.
+
+    The layout the writes made, whatever the cluster's size: left alone, Ray Data splits the
+    blocks of a few files to fill the cluster's CPUs (2 files gave 8 blocks on 4 CPUs), and the
+    statistics merged block by block (validate's quantile sketches, then the fitted features)
+    would depend on the CPU count, and differ from the small-data path's (:func:`read_blocks`).
+    """
     import ray.data
 
-    return ray.data.read_parquet(store.path(rel), filesystem=store.fs, file_extensions=["parquet"])
+    files = parquet_files(store, rel)
+    return ray.data.read_parquet(files or store.path(rel), filesystem=store.fs, file_extensions=["parquet"],
+                                 override_num_blocks=max(1, len(files)))
 
 
 def footer_rows(store: Store, rel: str) -> int:
@@ -83,7 +91,8 @@ def task_file_name(content: bytes | None = None) -> str:
 
     import ray
 
-    task = ray.get_runtime_context().get_task_id() or "driver"
+    context = ray.get_runtime_context()
+    task = (context.get_task_id() if context.worker.mode == ray.WORKER_MODE else None) or "driver"
     prefix = "" if content is None else hashlib.blake2b(content, digest_size=8).hexdigest() + "-"
     return f"{prefix}{task}-{next(_sequence.setdefault(task, itertools.count())):05d}.parquet"
 
@@ -115,14 +124,17 @@ def parquet_files(store: Store, rel: str) -> list[str]:
 
 def data_bytes(store: Store, rels: list[str]) -> int:
     """Uncompressed bytes of the parquet files under ``rels`` (their footers' row groups)."""
+    return parquet_bytes(store.fs, [f for rel in rels for f in parquet_files(store, rel)])
+
+
+def parquet_bytes(fs: Any, files: list[str]) -> int:
+    """Uncompressed bytes of parquet ``files`` on ``fs`` (their footers' row groups)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
 
-    files = [f for rel in rels for f in parquet_files(store, rel)]
-
     def size(path: str) -> int:
-        with store.fs.open_input_file(path) as f:
+        with fs.open_input_file(path) as f:
             meta = pq.ParquetFile(f).metadata
             return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
 
@@ -144,18 +156,21 @@ def read_blocks(store: Store, rel: str, columns: list[str] | None = None) -> lis
     layout (the quantile sketch) come out the same.
     """
     import pyarrow.parquet as pq
+
+    return [with_hive_columns(pq.read_table(f, filesystem=store.fs, columns=columns, partitioning=None)
+                              .replace_schema_metadata(None), f, columns) for f in parquet_files(store, rel)]
+
+
+def with_hive_columns(table: Any, path: str, columns: list[str] | None = None) -> Any:
+    """``table`` (read from ``path``) with the columns of the path's ``key=value`` folders, as Ray's readers add
+    them (their default hive partitioning): ingest's ``__split=<name>`` folders, or a user's ``date=...``."""
     from ray.data.block import BlockAccessor
     from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
 
-    parse = PathPartitionParser(Partitioning("hive"))  # as Ray's read_parquet: ingest's __split=<name> folders
-    out = []
-    for f in parquet_files(store, rel):
-        table = pq.read_table(f, filesystem=store.fs, columns=columns, partitioning=None).replace_schema_metadata(None)
-        for name, value in parse(f).items():
-            if name not in table.column_names and (columns is None or name in columns):
-                table = BlockAccessor.for_block(table).fill_column(name, value)
-        out.append(table)
-    return out
+    for name, value in PathPartitionParser(Partitioning("hive"))(path).items():
+        if name not in table.column_names and (columns is None or name in columns):
+            table = BlockAccessor.for_block(table).fill_column(name, value)
+    return table
 
 
 def read_table(store: Store, rel: str, columns: list[str] | None = None) -> Any:

@@ -151,23 +151,76 @@ def plan_read(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FilePro
     return FileRead(source, fs, files, skipped, na_values=na)
 
 
-def open_dataset(read: FileRead) -> ray.data.Dataset:
-    """The lazy dataset of a planned read's files (Ray must be connected: Ray Data would start its own)."""
+def open_dataset(read: FileRead, one_block_per_file: bool = False) -> ray.data.Dataset:
+    """The lazy dataset of a planned read's files (Ray must be connected: Ray Data would start its own).
+
+    ``one_block_per_file`` (small inputs, :func:`is_small_input`): one read task and block per file, the
+    layout :func:`read_tables` gives in the driver. Otherwise Ray Data splits a few files' blocks to fill
+    the cluster (2 csv files gave 8 blocks on 4 CPUs), so block-wise statistics would differ between the paths.
+    """
     import ray.data
 
     source, fs, files = read.source, read.fs, read.files
     if isinstance(source, JsonSource):
         return _read_json(fs, files, source.path, list(read.na_values))
+    blocks = {"override_num_blocks": len(files)} if one_block_per_file else {}
     if isinstance(source, ParquetSource):
-        return ray.data.read_parquet(files, filesystem=fs, file_extensions=None)
+        return ray.data.read_parquet(files, filesystem=fs, file_extensions=None, **blocks)
+    parse = filecheck.csv_parse_options(source)
+    convert = _csv_convert(read, _csv_names(fs, files, source, parse))
+    return ray.data.read_csv(files, filesystem=fs, file_extensions=None, read_options=filecheck.csv_read_options(source),
+                             parse_options=parse, convert_options=convert, **blocks)
+
+
+def is_small_input(read: FileRead, limit: int) -> bool:
+    """Whether a parquet or csv read holds fewer than ``limit`` bytes (parquet: uncompressed, from the footers;
+    csv: on disk, and not compressed). Json: never (its reader is not :func:`read_tables`')."""
+    from raypipe.datasets import parquet_bytes
+
+    if isinstance(read.source, ParquetSource):
+        return parquet_bytes(read.fs, read.files) < limit
+    return (isinstance(read.source, CsvSource) and not any(_compressed(f) for f in read.files)
+            and sum(i.size or 0 for i in read.fs.get_file_info(read.files)) < limit)
+
+
+def read_tables(read: FileRead) -> list[pa.Table]:
+    """A parquet or csv read's files as ``pyarrow.Table`` s read in this process, one per file: what Ray Data's
+    readers in :func:`open_dataset` give with ``one_block_per_file`` (the same options, hive folder columns).
+    For small inputs (:func:`is_small_input`) when ``ray.small_data`` says the driver."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from raypipe.datasets import with_hive_columns
+
+    source, fs, files = read.source, read.fs, read.files
+    if isinstance(source, ParquetSource):
+        return [with_hive_columns(pq.read_table(f, filesystem=fs, partitioning=None).replace_schema_metadata(None), f)
+                for f in files]
+    parse = filecheck.csv_parse_options(source)
+    convert = _csv_convert(read, _csv_names(fs, files, source, parse))
+    out = []
+    for f in files:
+        with fs.open_input_stream(f) as stream:
+            reader = pacsv.open_csv(stream, read_options=filecheck.csv_read_options(source), parse_options=parse,
+                                    convert_options=convert)
+            out.append(with_hive_columns(reader.read_all(), f))
+    return out
+
+
+def _compressed(path: str) -> bool:
+    """Whether the file's extension names a compression (``.gz``, ``.bz2``, ``.zst``, ...)."""
+    try:
+        return pa.Codec.detect(path) is not None
+    except (TypeError, ValueError):  # no known compression extension
+        return False
+
+
+def _csv_convert(read: FileRead, names: list[str]) -> Any:
+    """Every named column as text (validate types it), the source's missing-value cells as nulls."""
     import pyarrow.csv as pacsv
 
-    parse = filecheck.csv_parse_options(source)
-    names = _csv_names(fs, files, source, parse)
-    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=list(read.na_values),
-                                   strings_can_be_null=True, quoted_strings_can_be_null=True)
-    return ray.data.read_csv(files, filesystem=fs, file_extensions=None, read_options=filecheck.csv_read_options(source),
-                             parse_options=parse, convert_options=convert)
+    return pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=list(read.na_values),
+                                strings_can_be_null=True, quoted_strings_can_be_null=True)
 
 
 # --- csv ---------------------------------------------------------------------------

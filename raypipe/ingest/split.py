@@ -123,7 +123,7 @@ def _add_u(table: Any, seed: int, group_by: str | None = None) -> Any:
 class SplitPlan:
     """The input with each row's number in ``__u`` (materialised), and what decides each row's split."""
 
-    rows_u: Any
+    rows_u: Any  # a materialised Ray Dataset, or the blocks as pyarrow Tables (read in the driver)
     bounds: dict[str, tuple[float, float]]
     key: str | None  # the stratification column, if any
     rows: dict[str, int]  # exact rows per split
@@ -138,13 +138,21 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
     computes the per-class bounds and counts every split exactly. The read is the one
     Ray Data execution of the stage; the per-block passes after it (``_strata_u`` here,
     ``write_block_splits`` in the stage) are plain Ray tasks on the materialised blocks.
+
+    ``ds`` may instead be a list of ``pyarrow.Table`` s, the blocks read in this process
+    (``ray.small_data``: small data in the driver): the same functions run on them here, and
+    ``rows_u`` is that list.
     """
     from raypipe.datasets import run_per_block
 
-    with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed, "group_by": group_by}, batch_format="pyarrow",
-                            batch_size=None).materialize()
     key = target if (stratify and target and group_by is None) else None
-    frames = run_per_block(_strata_u, with_u.to_arrow_refs(), key=key)
+    if isinstance(ds, list):
+        with_u: Any = [_add_u(t, seed, group_by) for t in ds]
+        frames = [_strata_u(t, key) for t in with_u]
+    else:
+        with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed, "group_by": group_by}, batch_format="pyarrow",
+                                batch_size=None).materialize()
+        frames = run_per_block(_strata_u, with_u.to_arrow_refs(), key=key)
     parts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     mixed = mixed_columns([json.loads(t) for t in parts.get("types", pd.Series(dtype=object)).unique()])
     by_stratum: dict[str, list[np.ndarray]] = {}

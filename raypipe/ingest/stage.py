@@ -16,18 +16,22 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
+from raypipe import datasets
 from raypipe.datasets import footer_rows, run_per_block
 from raypipe.errors import ArtifactError, DataValidationError
 from raypipe.ingest.files import (
     FileRead,
     bad_files_error,
     find_bad_files,
+    is_small_input,
     open_dataset,
     open_files,
     plan_read,
     redact,
+    read_tables,
 )
 from raypipe.ingest.split import SPLIT_COL, SplitPlan, plan_splits, write_block_splits
+from raypipe.runtime import small_data_in_driver
 from raypipe.spec import AudioSource, CsvSource, ParquetSource
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
@@ -80,8 +84,12 @@ def _ingest(ctx: StageContext) -> IngestOutput:
                                     f"{len(read.files)} file(s) have a header or schema only; point it at data")])
     # Each task writes its block's rows to splits/__split=<name>/ (Ray's partitioned write took 2x longer): plain
     # tasks on the blocks the plan materialised, so the read is the stage's only Ray Data execution.
-    wrote = run_per_block(write_block_splits, plan.rows_u.to_arrow_refs(), bounds=plan.bounds, key=plan.key,
-                          fs=ctx.artifact.fs, root=ctx.artifact.path("splits"), text_columns=plan.as_text)
+    write = {"bounds": plan.bounds, "key": plan.key, "fs": ctx.artifact.fs, "root": ctx.artifact.path("splits"),
+             "text_columns": plan.as_text}
+    if isinstance(plan.rows_u, list):  # small data read in the driver: written here too
+        wrote = [write_block_splits(t, **write) for t in plan.rows_u]
+    else:
+        wrote = run_per_block(write_block_splits, plan.rows_u.to_arrow_refs(), **write)
     written = {name: sum(t["rows"][i].as_py() for t in wrote) for i, name in enumerate(SPLITS)}
     on_disk = {name: footer_rows(ctx.artifact, f"splits/{SPLIT_COL}={name}") for name in SPLITS}
     if any(written.get(name, 0) != n or on_disk[name] != n for name, n in plan.rows.items()):
@@ -104,7 +112,8 @@ def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource, plan_of: C
     """
     read = plan_read(source, na_values=na_values)
     ctx.ray()
-    read.dataset = open_dataset(read)
+    small = is_small_input(read, datasets.SMALL_DATA_BYTES)  # one block per file, in the driver or in Ray
+    read.dataset = read_tables(read) if small and small_data_in_driver() else open_dataset(read, small)
     failure: Exception | None = None
     try:
         plan = plan_of(read.dataset)
@@ -127,8 +136,9 @@ def _bytes_columns(plan: SplitPlan) -> list[str]:
     """Columns pyarrow read as bytes: CSV text the encoding could not decode."""
     import pyarrow as pa
 
-    schema = plan.rows_u.schema().base_schema
-    return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    tables = plan.rows_u if isinstance(plan.rows_u, list) else [plan.rows_u.schema().base_schema]
+    fields = {f.name: f.type for t in tables for f in (t.schema if isinstance(t, pa.Table) else t)}
+    return [n for n, t in fields.items() if pa.types.is_binary(t) or pa.types.is_large_binary(t)]
 
 
 def _log_skipped(ctx: StageContext, read: FileRead) -> None:
