@@ -25,7 +25,6 @@ from raypipe.ingest.files import (
     find_bad_files,
     is_small_input,
     open_dataset,
-    open_files,
     plan_read,
     redact,
     read_tables,
@@ -112,12 +111,10 @@ def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource, plan_of: C
     """
     read = plan_read(source, na_values=na_values)
     ctx.ray()
-    small = is_small_input(read, datasets.SMALL_DATA_BYTES)  # one block per file, in the driver or in Ray
-    read.dataset = read_tables(read) if small and small_data_in_driver() else open_dataset(read, small)
     failure: Exception | None = None
     try:
-        plan = plan_of(read.dataset)
-    except Exception as exc:  # noqa: BLE001 - a Ray task's error: which file, and why, is found below
+        plan = plan_of(_open(read))
+    except Exception as exc:  # noqa: BLE001 - a Ray task's (or pyarrow's) error: which file, and why, is found below
         failure = exc
     if failure is not None or (isinstance(source, CsvSource) and _bytes_columns(plan)):
         bad = find_bad_files(source, read.files)
@@ -126,10 +123,18 @@ def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource, plan_of: C
         if bad and source.on_bad_files == "fail":
             raise bad_files_error(bad) from None
         if bad:
-            read = open_files(source, bad=tuple(bad), na_values=na_values)
-            plan = plan_of(read.dataset)
+            read = plan_read(source, bad=tuple(bad), na_values=na_values)
+            plan = plan_of(_open(read))
     _log_skipped(ctx, read)
     return read, plan
+
+
+def _open(read: FileRead) -> Any:
+    """The read's data, set on it: a small input one block per file, read here when ``ray.small_data`` says the
+    driver (a list of tables), else by Ray Data (a lazy dataset)."""
+    small = is_small_input(read, datasets.SMALL_DATA_BYTES)
+    read.dataset = read_tables(read) if small and small_data_in_driver() else open_dataset(read, small)
+    return read.dataset
 
 
 def _bytes_columns(plan: SplitPlan) -> list[str]:
