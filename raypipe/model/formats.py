@@ -128,9 +128,35 @@ def anomaly_score(estimator: Any, x: np.ndarray) -> np.ndarray:
     return -np.asarray(fn(x), dtype=np.float64)
 
 
-def load_skops(data: bytes) -> Any:
-    import skops.io as sio
+def skops_io() -> Any:
+    """``skops.io``, imported without importing torch.
 
+    On import skops lists scikit-learn's estimators (``sklearn.utils.all_estimators``), which
+    imports every scikit-learn package, ``sklearn.externals.array_api_compat.torch`` among them,
+    and that imports torch when it is installed: 0.9 of skops' 1.2-1.9 s on the 2-core machine,
+    paid by every process that saves or loads a scikit-learn model (the driver, a Serve replica).
+    That package holds no estimator, so it is left out while skops imports (an import that fails
+    is skipped by the walk), then put back for anyone who wants it. Where torch is already
+    imported nothing is left out.
+    """
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    compat = "sklearn.externals.array_api_compat.torch"
+    skip = "torch" not in sys.modules and compat not in sys.modules
+    if skip:
+        sys.modules[compat] = None  # type: ignore[assignment]  # "import" raises ImportError
+    try:
+        import skops.io as sio
+    finally:
+        if skip and sys.modules.get(compat, 0) is None:
+            del sys.modules[compat]
+    return sio
+
+
+def load_skops(data: bytes) -> Any:
+    sio = skops_io()
     untrusted = sio.get_untrusted_types(data=data)
     refused = [t for t in untrusted if not _allowed_class(t)]
     if refused:
@@ -159,9 +185,7 @@ def save_model(store: Store, meta: dict[str, Any], *, torch_state: dict[str, Any
 
         store.write_bytes(TORCH_WEIGHTS, save({k: v.detach().cpu().contiguous() for k, v in torch_state.items()}))
     if estimator is not None:
-        import skops.io as sio
-
-        store.write_bytes(SKOPS_FILE, sio.dumps(estimator))
+        store.write_bytes(SKOPS_FILE, skops_io().dumps(estimator))
     store.write_json(MODEL_JSON, meta)
 
 

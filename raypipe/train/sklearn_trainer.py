@@ -6,14 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.model.formats import import_estimator, model_meta
+from raypipe.model.formats import import_estimator, model_meta, skops_io
 from raypipe.tasks import TASKS
 
 
 def _fit_estimator(kind: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray | None, sample_weight: np.ndarray | None,
          seed: int, task: str = "classification") -> bytes:
-    import skops.io as sio
-
+    sio = skops_io()
     cls = import_estimator(kind)
     params = dict(params)
     accepted = inspect.signature(cls).parameters
