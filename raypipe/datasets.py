@@ -161,6 +161,23 @@ def read_blocks(store: Store, rel: str, columns: list[str] | None = None) -> lis
                               .replace_schema_metadata(None), f, columns) for f in parquet_files(store, rel)]
 
 
+def parquet_schema(store: Store, rel: str) -> Any:
+    """The schema :func:`read_parquet` gives the folder ``rel`` (``Dataset.schema().base_schema``), from the
+    files' footers: no Ray Data datasource is made (0.1-0.3 s each in a new process). Raypipe's own folders
+    only: one schema per folder, and the hive folder columns added as text, as Ray's reader adds them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def read(path: str) -> Any:
+        with store.fs.open_input_file(path) as f:
+            return pq.read_schema(f)
+
+    files = parquet_files(store, rel)
+    schema = pa.unify_schemas([read(f) for f in files]).remove_metadata()
+    empty = with_hive_columns(schema.empty_table(), files[0]) if files else schema.empty_table()
+    return empty.schema
+
+
 def with_hive_columns(table: Any, path: str, columns: list[str] | None = None) -> Any:
     """``table`` (read from ``path``) with the columns of the path's ``key=value`` folders, as Ray's readers add
     them (their default hive partitioning): ingest's ``__split=<name>`` folders, or a user's ``date=...``."""

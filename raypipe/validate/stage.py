@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from raypipe.datasets import footer_rows, has_rows, is_small, read_parquet
+from raypipe.datasets import footer_rows, has_rows, is_small, parquet_schema, read_parquet
 from raypipe.errors import ArtifactError, DataValidationError, SpecError
 from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
@@ -93,7 +93,8 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
     """The schema to enforce, where it came from (a schema file, the reference, or inferred) and,
     when inferred, how its text columns were typed (``infer.decide``).
 
-    An inferred schema types text columns by majority over ``train`` (a Ray dataset: one pass,
+    An inferred schema types text columns by majority over ``train`` (a Ray dataset: one pass; or
+    ``small``, the split's (store, folder) below ``datasets.SMALL_DATA_BYTES``,
     :mod:`raypipe.validate.infer`), then is refined on a sample of it: date strings,
     identifier-like columns (:func:`raypipe.schema.refine_schema`).
     """
@@ -107,12 +108,12 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
     else:
         roles = infer.text_columns(arrow_schema, target=data.target, id_columns=data.id_columns,
                                    free_text=_text_columns(spec))
-        inference = infer.infer_text_types(train, roles, cfg.infer, small) if train is not None else {}
+        inference = infer.infer_text_types(train, roles, cfg.infer, small) if train is not None or small else {}
         audio = {"audio": data.source.sample_rate} if data.source.type == "audio" else None
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
                               text_columns=_text_columns(spec), audio_columns=audio,
                               column_types={c: d["type"] for c, d in inference.items() if d["type"] != "string"})
-        sample = _sample(train, schema, small) if train is not None else None
+        sample = _sample(train, schema, small) if train is not None or small else None
         if sample is not None:
             refine_schema(schema, sample, datetime_fraction=cfg.datetime_fraction, dayfirst=cfg.dayfirst,
                           id_fraction=cfg.id_fraction)
@@ -290,13 +291,14 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
                               warnings=[], reference="off")
     ctx.ray()
     rows = {s: n for s, n in ingest.outputs.rows.items() if n}
-    datasets = {s: read_parquet(ingest.store, ingest.outputs.splits[s]) for s in rows}
-    if "train" not in datasets:
+    rels = {s: ingest.outputs.splits[s] for s in rows}
+    if "train" not in rels:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
-    arrow_schema = datasets["train"].schema().base_schema
-    rels = {s: ingest.outputs.splits[s] for s in datasets}
     small = Inputs(ingest.store, rels) if is_small(ingest.store, list(rels.values())) else None
+    # small data is read by the one-task functions (or the driver) from the files: no Ray Data datasets
+    datasets = {s: None if small else read_parquet(ingest.store, rel) for s, rel in rels.items()}
+    arrow_schema = parquet_schema(ingest.store, rels["train"]) if small else datasets["train"].schema().base_schema
     schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"],
                                              (ingest.store, rels["train"]) if small else None)
     bounds = reference_bounds(ref["profile"]) if ref else {}
