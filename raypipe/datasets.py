@@ -33,16 +33,20 @@ def write_table(table: Any, fs: Any, path: str) -> None:
     pq.write_table(table, path, filesystem=fs, **parquet_options(table.schema))
 
 
-def read_parquet(store: Store, rel: str) -> Any:
-    """Read a dataset written by raypipe (a stage's parquet folder) as one block per file.
+def read_parquet(store: Store, rel: str, one_block_per_file: bool = False) -> Any:
+    """Read a dataset written by raypipe (a stage's parquet folder).
 
-    The layout the writes made, whatever the cluster's size: left alone, Ray Data splits the
-    blocks of a few files to fill the cluster's CPUs (2 files gave 8 blocks on 4 CPUs), and the
-    statistics merged block by block (validate's quantile sketches, then the fitted features)
-    would depend on the CPU count, and differ from the small-data path's (:func:`read_blocks`).
+    ``one_block_per_file``: the layout the writes made, whatever the cluster's size, for passes
+    that merge statistics block by block (validate's quantile sketches, the fitted features): left
+    alone, Ray Data splits the blocks of a few files to fill the cluster's CPUs (2 files gave 8
+    blocks on 4 CPUs), so those statistics would depend on the CPU count and differ from the
+    small-data path's (:func:`read_blocks`). Not for training: Ray Train's per-epoch streaming
+    split of a one- or two-block dataset hung in the second epoch.
     """
     import ray.data
 
+    if not one_block_per_file:
+        return ray.data.read_parquet(store.path(rel), filesystem=store.fs, file_extensions=["parquet"])
     files = parquet_files(store, rel)
     return ray.data.read_parquet(files or store.path(rel), filesystem=store.fs, file_extensions=["parquet"],
                                  override_num_blocks=max(1, len(files)))

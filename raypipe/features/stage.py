@@ -31,7 +31,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
     if is_small(val.store, [rel]):
         pipeline = FeaturePipeline.from_dict(run_small(_fit_table, build(ctx.spec, schema), val.store, rel))
     else:
-        pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, rel))
+        pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, rel, one_block_per_file=True))
     ctx.artifact.write_json("features.json", pipeline.to_dict())
     ctx.log(_summary(pipeline))
     return FeaturesOutput(features="features.json", n_features=pipeline.n_features)

@@ -31,7 +31,7 @@ def fit(spec: Any, ctx: Any, splits: dict[str, Any], dims: dict[str, Any]) -> Fi
         return Fitted(meta, weights, {**report, "path": path, "path_reason": why})
     from raypipe.train.sklearn_trainer import train_sklearn
 
-    return Fitted(*train_sklearn(spec, splits["train"], dims))
+    return Fitted(*train_sklearn(spec, splits.get("train"), dims))
 
 
 def torch_trainer(spec: Any, dims: dict[str, Any], datasets: dict[str, Any], run_config: Any,

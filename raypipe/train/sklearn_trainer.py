@@ -43,7 +43,7 @@ def check_estimator(kind: str, task: str) -> None:
         )
 
 
-def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
     """Fit ``spec.model.kind`` on the training split in one Ray task.
 
     ``train_xy`` is the transformed split (a Ray Dataset of ``{"x", "y"}``), materialised
@@ -53,7 +53,7 @@ def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[
     table): no Ray Data execution, no object-store round trip.
 
     Returns:
-        (model metadata, skops bytes).
+        (model metadata, skops bytes, a report: where the fit ran and why).
     """
     import ray
 
@@ -71,17 +71,22 @@ def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[
     if small and small_data_in_driver() and set(res) <= {"CPU"}:  # ray.small_data: fit in this process
         from ray.data import DataContext
 
-        blob = _fit_from_table(DataContext.get_current(), *args, source, *rest, threads=driver_threads(spec))
+        threads = driver_threads(spec)
+        blob = _fit_from_table(DataContext.get_current(), *args, source, *rest, threads=threads)
+        report = {"path": "driver", "threads": threads,
+                  "path_reason": "small data on a one-machine Ray (ray.small_data), no GPU or custom resources"}
     elif small:
         from ray.data import DataContext
 
         blob = ray.get(ray.remote(_fit_from_table).options(**options).remote(
             DataContext.get_current(), *args, source, *rest))
+        report = {"path": "task", "path_reason": "small data: one Ray task reads the split and fits"}
     else:
         task = ray.remote(_fit_from_refs).options(**options)
         blob = ray.get(task.remote(*args, train_xy.to_numpy_refs(), *rest))
+        report = {"path": "task", "path_reason": "the transformed split through Ray's object store"}
     meta = model_meta(spec.model.kind, spec.data.task, dims["n_outputs"], params=spec.model.params)
-    return meta, blob
+    return meta, blob, report
 
 
 def canonical_order(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

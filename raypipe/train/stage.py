@@ -13,6 +13,9 @@ from raypipe.train.fit import fit
 from raypipe.train.local import SINGLE, choose_path
 
 
+RESAMPLE = ("oversample", "undersample")
+
+
 def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
     if TASKS[ctx.spec.data.task].policy:  # an RLlib algorithm: no features, no rows to fit
         from raypipe.train.rl_stage import run as run_policy
@@ -25,12 +28,18 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
     features = feats.read_json(feats.outputs.features)
     target = schema.get("target") or {}
     classes = target.get("classes")
-    raw = {s: read_parquet(val.store, rel) for s, rel in val.outputs.splits.items()}
+    # A lone scikit-learn fit on small data reads the split itself (sklearn_trainer): no Ray Data datasets
+    sklearn_small = (not spec.model.is_torch and spec.tune is None and spec.features.balance not in RESAMPLE
+                     and is_small(val.store, [val.outputs.splits["train"]]))
+    raw = {} if sklearn_small else {s: read_parquet(val.store, rel) for s, rel in val.outputs.splits.items()}
     balance = weights = None
     if spec.features.balance == "class_weight" and classes:
         counts = val.read_json(val.outputs.report)["splits"]["train"].get("classes")  # validate counted them
-        weights = class_weights(counts if counts is not None else class_counts(raw["train"], target["name"]), classes)
-    elif spec.features.balance in ("oversample", "undersample") and classes:
+        if counts is None:
+            train = raw["train"] if "train" in raw else read_parquet(val.store, val.outputs.splits["train"])
+            counts = class_counts(train, target["name"])
+        weights = class_weights(counts, classes)
+    elif spec.features.balance in RESAMPLE and classes:
         raw["train"], balance = resample(raw["train"], target["name"], spec.features.balance, spec.features.balance_seed)
         ctx.log(f"{spec.features.balance}: factors " + ", ".join(f"{c}={f:.3g}" for c, f in balance["factors"].items()))
     splits = {s: xy_dataset(ds, features, schema) for s, ds in raw.items()}

@@ -297,7 +297,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     small = Inputs(ingest.store, rels) if is_small(ingest.store, list(rels.values())) else None
     # small data is read by the one-task functions (or the driver) from the files: no Ray Data datasets
-    datasets = {s: None if small else read_parquet(ingest.store, rel) for s, rel in rels.items()}
+    datasets = {s: None if small else read_parquet(ingest.store, rel, one_block_per_file=True) for s, rel in rels.items()}
     arrow_schema = parquet_schema(ingest.store, rels["train"]) if small else datasets["train"].schema().base_schema
     schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"],
                                              (ingest.store, rels["train"]) if small else None)

@@ -61,7 +61,8 @@ def _run(tmp_path, folder, name, small_data="auto", force=None):
             # datasets.task_file_name: validate's files are named after the Ray task that wrote them, or "driver"
             "writers": {"driver" if "-driver-" in f else "task" for f in val.store.walk_files("valid")},
             # ingest's split files, named by their rows' numbers (one file per input block and split)
-            "splits": sorted(f.split("-")[0] for f in out["ingest"].store.walk_files("splits"))}
+            "splits": sorted(f.split("-")[0] for f in out["ingest"].store.walk_files("splits")),
+            "fit": out["train"].store.read_json("train_report.json")["path"]}
 
 
 def test_small_and_distributed_paths_agree_on_messy_data(ray_session, tmp_path, messy_csv, monkeypatch):
@@ -71,6 +72,7 @@ def test_small_and_distributed_paths_agree_on_messy_data(ray_session, tmp_path, 
     big = _run(tmp_path, messy_csv, "tasks", small_data="tasks", force="validate")  # path, on tasks' ingest
 
     assert small["writers"] == {"driver"} and tasks["writers"] == {"task"} and big["writers"] == {"task"}
+    assert (small["fit"], tasks["fit"], big["fit"]) == ("driver", "task", "task")
     # ingest read the small input one block per file in the driver, and in Ray: the same split files
     assert small["splits"] == tasks["splits"] and len(small["splits"]) == 6
     for key in ("reasons", "counts", "report", "profile", "features", "metrics"):
