@@ -117,6 +117,8 @@ def _spec(storage: Path, export: tuple[Path, Path], name: str):
         storage, name=name,
         data={"source": {"type": "csv", "path": str(folder)}, "target": TARGET, "id_columns": [ID]},
         validate={"schema": str(schema_file), "on_invalid_rows": "quarantine"},
+        # Ray tasks, not the driver (where small data runs on a one-machine Ray): the faults here are workers dying
+        ray={"small_data": "tasks"},
     ))
 
 
