@@ -172,11 +172,17 @@ def open_dataset(read: FileRead, one_block_per_file: bool = False) -> ray.data.D
                              parse_options=parse, convert_options=convert, **blocks)
 
 
+SMALL_MAX_FILES = 64  # more files than this are never small input: their footers are not even read
+
+
 def is_small_input(read: FileRead, limit: int) -> bool:
     """Whether a parquet or csv read holds fewer than ``limit`` bytes (parquet: uncompressed, from the footers;
-    csv: on disk, and not compressed). Json: never (its reader is not :func:`read_tables`')."""
+    csv: on disk, and not compressed) in at most :data:`SMALL_MAX_FILES` files. Json: never (its reader is
+    not :func:`read_tables`')."""
     from raypipe.datasets import parquet_bytes
 
+    if len(read.files) > SMALL_MAX_FILES:
+        return False
     if isinstance(read.source, ParquetSource):
         return parquet_bytes(read.fs, read.files) < limit
     return (isinstance(read.source, CsvSource) and not any(_compressed(f) for f in read.files)
