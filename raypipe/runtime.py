@@ -420,13 +420,36 @@ def connect_for(spec: Any, address: str | None = None, *, serving: bool = False)
 
 
 _SMALL_IN_DRIVER: list[bool] = [False]  # set by connect_for from the spec's ray.small_data
+_WITHOUT_RAY: list[bool] = [False]  # set by driver_without_ray: small work runs here, no Ray connected
 
 
 def small_data_in_driver() -> bool:
-    """Whether a stage's small-data work runs in this process rather than in a Ray task (``ray.small_data``)."""
+    """Whether a stage's small-data work runs in this process rather than in a Ray task (``ray.small_data``):
+    decided by :func:`connect_for` once connected, by :func:`driver_without_ray` before."""
     import ray
 
-    return _SMALL_IN_DRIVER[0] and ray.is_initialized()
+    if ray.is_initialized():
+        return _SMALL_IN_DRIVER[0]
+    return _WITHOUT_RAY[0]
+
+
+def driver_without_ray(spec: Any, address: str | None = None) -> bool:
+    """Whether a stage's small-data work can run in this process with no Ray connected (and so none started).
+
+    True before any connection when ``ray.small_data`` is ``driver``, or ``auto`` and the Ray this
+    process would connect to is a local one (no ``address``, ``ray.address`` or ``RAY_ADDRESS``): a new
+    local Ray or the one `raypipe up` keeps, one machine either way (:func:`one_machine`). A run whose
+    stages all have small data and run here then never pays ``ray.init`` (~4-5 s here) or a worker's
+    imports; the first stage that needs Ray (torch training, Tune, big data, Serve) connects then.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False  # connected: connect_for has decided (small_data_in_driver)
+    choice = spec.ray.small_data
+    local = not (address or spec.ray.address or os.environ.get("RAY_ADDRESS"))
+    _WITHOUT_RAY[0] = choice == "driver" or (choice == "auto" and local)
+    return _WITHOUT_RAY[0]
 
 
 def one_machine() -> bool:

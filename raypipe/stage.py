@@ -41,6 +41,9 @@ class StageDef:
         return self.func.split(":")[0].rsplit(".", 1)[0]
 
 
+_SAID_NO_RAY: list[bool] = []  # the "without Ray" note is printed once per process
+
+
 @dataclass
 class StageContext:
     """What a stage gets besides its inputs."""
@@ -65,11 +68,19 @@ class StageContext:
         train and register in two processes fill one MLflow run; else this raypipe run's id."""
         return self.run_key or self.run_id
 
-    def ray(self) -> None:
-        """Connect to Ray on first use: a fully cached run never starts it."""
-        from raypipe.runtime import connect_for
+    def ray(self, small: bool = False) -> bool:
+        """Connect to Ray on first use: a fully cached run never starts it; nor does a stage whose work is
+        ``small`` and runs in this process without Ray (:func:`raypipe.runtime.driver_without_ray`).
+        Returns whether Ray is connected."""
+        from raypipe.runtime import connect_for, driver_without_ray
 
+        if small and driver_without_ray(self.spec, self.address):
+            if not _SAID_NO_RAY:
+                _SAID_NO_RAY.append(True)
+                self.log("small data: the work runs in this process, without starting Ray (ray.small_data)")
+            return False
         connect_for(self.spec, self.address)
+        return True
 
     def log(self, msg: str) -> None:
         self.progress.detail(msg)

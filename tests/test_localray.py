@@ -101,7 +101,9 @@ def test_runs_in_new_processes_join_it_and_leave_it_running(kept, tmp_path) -> N
     from raypipe import localray
 
     state, env, _, _ = kept
-    spec = small_spec(tmp_path / "store", name="t-kept", rows=600, deploy={"enabled": False})
+    # ray.small_data: tasks: small stages run as Ray tasks, so the run needs a Ray (under auto it needs none, below)
+    spec = small_spec(tmp_path / "store", name="t-kept", rows=600, deploy={"enabled": False},
+                      ray={"small_data": "tasks"})
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     first = _raypipe(["run", str(spec_file), "--json"], env)
@@ -112,6 +114,11 @@ def test_runs_in_new_processes_join_it_and_leave_it_running(kept, tmp_path) -> N
     second = _raypipe(["run", str(spec_file), "--force", "ingest", "--until", "ingest"], env)
     assert second.returncode == 0 and USING in second.stderr, second.stderr[-3000:]
     assert localray.find() == state  # both drivers gone, the Ray still up
+    # ray.small_data: auto (the default): every stage's data is small, so this run joins no Ray at all
+    spec_file.write_text(yaml.safe_dump({**spec, "ray": {}}))
+    third = _raypipe(["run", str(spec_file), "--force", "ingest", "--until", "train"], env)
+    assert third.returncode == 0 and USING not in third.stderr, third.stderr[-3000:]
+    assert "without starting Ray" in third.stderr
 
 
 def test_ray_address_still_wins_and_a_spec_can_opt_out(kept, ray_session) -> None:

@@ -59,7 +59,6 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
         from raypipe.evaluate.rl_stage import run as run_policy
 
         return run_policy(ctx, inputs)
-    ctx.ray()
     val, feats, train = inputs["validate"], inputs["features"], inputs["train"]
     schema = val.read_json(val.outputs.schema)
     features = feats.read_json(feats.outputs.features)
@@ -70,6 +69,8 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
         raise SpecError(f"evaluate.slices: {missing} are not columns of the data; use some of {sorted(schema['columns'])}")
     splits = val.outputs.splits
     names = [s for s in SPLITS if s in splits]
+    small = is_small(val.store, [splits[s] for s in names])
+    ctx.ray(small=small)
     train_rows = footer_rows(val.store, splits["train"])  # parquet footers: no Ray Data execution
     trusted = trusted_factories(ctx.spec)
     skip_linear = _linear_skip_reason(task, val.outputs.counts, min(train_rows, cfg.train_sample_rows),
@@ -83,7 +84,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
                        sample=_sample(train_rows, cfg.train_sample_rows, ctx.spec.data.split.seed) if s == "train" else None,
                        **model) for s in names]
     champion_version = _champion_branch(ctx, val.store, splits["test"], branches) if cfg.gate.vs_champion else None
-    parts = run_branches(branches, small=is_small(val.store, [splits[s] for s in names]))
+    parts = run_branches(branches, small=small)
     scored = {s: as_scored(parts[s], schema, task, with_x) for s in names}
     threshold, strategy = pick_threshold(cfg.threshold, scored.get("validation"))
     m = {s: sc.metrics(threshold) for s, sc in scored.items()}

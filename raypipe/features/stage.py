@@ -24,11 +24,12 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
     if TASKS[ctx.spec.data.task].policy:  # a policy acts on the environment's raw observations
         ctx.log("no features: the policy acts on the environment's observations as they are")
         return FeaturesOutput(features="", n_features=0)
-    ctx.ray()
     val = inputs["validate"]
     schema = val.read_json(val.outputs.schema)
     rel = val.outputs.splits["train"]
-    if is_small(val.store, [rel]):
+    small = is_small(val.store, [rel])
+    ctx.ray(small=small)
+    if small:
         pipeline = FeaturePipeline.from_dict(run_small(_fit_table, build(ctx.spec, schema), val.store, rel))
     else:
         pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, rel, one_block_per_file=True))

@@ -31,7 +31,8 @@ from raypipe.ingest.files import (
 )
 from raypipe.ingest.split import SPLIT_COL, SplitPlan, plan_splits, write_block_splits
 from raypipe.runtime import small_data_in_driver
-from raypipe.spec import AudioSource, CsvSource, ParquetSource
+from raypipe.ingest.builtin import builtin_frames
+from raypipe.spec import AudioSource, BuiltinSource, CsvSource, ParquetSource
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
 SCRATCH = "_source"
@@ -71,6 +72,15 @@ def _ingest(ctx: StageContext) -> IngestOutput:
             ctx.log(f"skipped {len(bad)} audio file(s) that cannot be decoded: "
                     + ", ".join(posixpath.basename(s["file"]) for s in bad[:5]) + more)
         read, plan, audio = None, plan_of(clips), (counts, bad[:MAX_LISTED])
+    elif isinstance(data.source, BuiltinSource) and (frames := builtin_frames(data.source)) is not None:
+        import ray.data
+        from ray.data.block import BlockAccessor
+
+        # generated here either way: as arrow the way Ray Data's from_pandas converts them (the same blocks)
+        tables = [BlockAccessor.for_block(f).to_arrow() for f in frames]
+        small = sum(t.nbytes for t in tables) <= datasets.SMALL_DATA_BYTES
+        ctx.ray(small=small)
+        read, plan = None, plan_of(tables if small and small_data_in_driver() else ray.data.from_pandas(frames))
     else:
         from raypipe.ingest.sources import read_source
 
@@ -110,7 +120,7 @@ def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource, plan_of: C
     without them. A failure no file explains is raised as it came.
     """
     read = plan_read(source, na_values=na_values)
-    ctx.ray()
+    ctx.ray(small=is_small_input(read, datasets.SMALL_DATA_BYTES))  # small: read here, maybe without Ray
     failure: Exception | None = None
     try:
         plan = plan_of(_open(read))

@@ -132,7 +132,8 @@ def driver_threads(spec: Any) -> int:
 
     if "resources" in spec.train.model_fields_set:
         return max(1, int(spec.train.resources.get("CPU", 1)))
-    return max(1, min(os.cpu_count() or 1, int(ray.cluster_resources().get("CPU", 1))))
+    offered = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else spec.ray.num_cpus or os.cpu_count()
+    return max(1, min(os.cpu_count() or 1, int(offered or 1)))
 
 
 def _threads(cpus: int | None = None) -> Any:

@@ -21,7 +21,6 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
         from raypipe.train.rl_stage import run as run_policy
 
         return run_policy(ctx, inputs)
-    ctx.ray()
     feats, val = inputs["features"], inputs["validate"]
     spec = ctx.spec
     schema = val.read_json(val.outputs.schema)
@@ -31,11 +30,13 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
     # A lone scikit-learn fit on small data reads the split itself (sklearn_trainer): no Ray Data datasets
     sklearn_small = (not spec.model.is_torch and spec.tune is None and spec.features.balance not in RESAMPLE
                      and is_small(val.store, [val.outputs.splits["train"]]))
+    ctx.ray(small=sklearn_small and set(spec.train.resources) <= {"CPU"})  # the fit may run here (train_sklearn)
     raw = {} if sklearn_small else {s: read_parquet(val.store, rel) for s, rel in val.outputs.splits.items()}
     balance = weights = None
     if spec.features.balance == "class_weight" and classes:
         counts = val.read_json(val.outputs.report)["splits"]["train"].get("classes")  # validate counted them
         if counts is None:
+            ctx.ray()
             train = raw["train"] if "train" in raw else read_parquet(val.store, val.outputs.splits["train"])
             counts = class_counts(train, target["name"])
         weights = class_weights(counts, classes)

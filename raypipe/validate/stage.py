@@ -289,13 +289,13 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
     if ctx.spec.data.source is None:  # a policy learning from its environment alone: no rows to check
         return ValidateOutput(schema="", profile="", report="", report_html="", splits={}, counts={}, quarantined=0,
                               warnings=[], reference="off")
-    ctx.ray()
     rows = {s: n for s, n in ingest.outputs.rows.items() if n}
     rels = {s: ingest.outputs.splits[s] for s in rows}
     if "train" not in rels:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     small = Inputs(ingest.store, rels) if is_small(ingest.store, list(rels.values())) else None
+    ctx.ray(small=small is not None)
     # small data is read by the one-task functions (or the driver) from the files: no Ray Data datasets
     datasets = {s: None if small else read_parquet(ingest.store, rel, one_block_per_file=True) for s, rel in rels.items()}
     arrow_schema = parquet_schema(ingest.store, rels["train"]) if small else datasets["train"].schema().base_schema

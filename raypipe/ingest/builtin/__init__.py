@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from raypipe.ingest.builtin import credit, sensors, transactions
+from raypipe.ingest.builtin.chunks import PARALLEL_THRESHOLD, generate_frame
 from raypipe.ingest.builtin.credit import credit_dataset
 from raypipe.ingest.builtin.sensors import sensors_dataset
-from raypipe.ingest.builtin.sklearn_sets import SKLEARN_SETS, TARGET_COLUMN, sklearn_dataset
+from raypipe.ingest.builtin.sklearn_sets import SKLEARN_SETS, TARGET_COLUMN, sklearn_dataset, sklearn_parts
 from raypipe.ingest.builtin.transactions import transactions_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import ray.data
 
     from raypipe.spec import BuiltinSource
@@ -57,3 +60,20 @@ def builtin_dataset(source: BuiltinSource) -> ray.data.Dataset:
     if source.name in SKLEARN_SETS:
         return sklearn_dataset(source.name)
     raise ValueError(f"unknown built-in dataset {source.name!r}; expected one of {sorted(BUILTIN_GENERATOR_VERSION)}")
+
+
+_GENERATED = {"transactions": transactions.generate_chunk, "sensors": sensors.generate_chunk,
+              "credit": credit.generate_chunk}
+
+
+def builtin_frames(source: BuiltinSource) -> list[pd.DataFrame] | None:
+    """The frames :func:`builtin_dataset` makes its dataset of (``ray.data.from_pandas``), when this process
+    generates them anyway: a scikit-learn set, or a generated set of at most ``PARALLEL_THRESHOLD`` rows.
+    None above that: one Ray task per chunk generates them."""
+    if source.name in SKLEARN_SETS:
+        return sklearn_parts(source.name)
+    if source.name not in _GENERATED:
+        raise ValueError(f"unknown built-in dataset {source.name!r}; expected one of {sorted(BUILTIN_GENERATOR_VERSION)}")
+    if source.rows > PARALLEL_THRESHOLD:
+        return None
+    return [generate_frame(_GENERATED[source.name], source.rows, source.seed, source.drift)]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunk_rng, chunked_dataset, drift_weight, generate_frame
+from raypipe.ingest.builtin.chunks import CHUNK_ROWS, PARALLEL_THRESHOLD, chunk_rng, chunked_dataset, drift_weight, generate_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -162,6 +162,6 @@ def generate_credit(rows: int, seed: int = 0, drift: float = 0.0) -> pd.DataFram
     return generate_frame(generate_chunk, rows, seed, drift)
 
 
-def credit_dataset(rows: int, seed: int = 0, drift: float = 0.0, *, parallel_threshold: int = 200_000) -> ray.data.Dataset:
+def credit_dataset(rows: int, seed: int = 0, drift: float = 0.0, *, parallel_threshold: int = PARALLEL_THRESHOLD) -> ray.data.Dataset:
     """The dataset as a ``ray.data.Dataset``; one Ray task per chunk above ``parallel_threshold`` rows."""
     return chunked_dataset(generate_chunk, rows, seed, drift, parallel_threshold)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunk_rng, chunked_dataset, drift_weight, generate_frame  # noqa: F401 (CHUNK_ROWS re-exported)
+from raypipe.ingest.builtin.chunks import CHUNK_ROWS, PARALLEL_THRESHOLD, chunk_rng, chunked_dataset, drift_weight, generate_frame  # noqa: F401 (CHUNK_ROWS re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -157,7 +157,7 @@ def generate_sensors(rows: int, seed: int = 0, drift: float = 0.0) -> pd.DataFra
 
 
 def sensors_dataset(
-    rows: int, seed: int = 0, drift: float = 0.0, *, parallel_threshold: int = 200_000
+    rows: int, seed: int = 0, drift: float = 0.0, *, parallel_threshold: int = PARALLEL_THRESHOLD
 ) -> ray.data.Dataset:
     """The dataset as a ``ray.data.Dataset``; one Ray task per chunk above ``parallel_threshold`` rows.
 

@@ -112,8 +112,12 @@ def sklearn_dataset(name: str, blocks: int = 4) -> ray.data.Dataset:
     """
     import ray.data
 
+    return ray.data.from_pandas(sklearn_parts(name, blocks))
+
+
+def sklearn_parts(name: str, blocks: int = 4) -> list[pd.DataFrame]:
+    """The set's frame cut into ``blocks`` contiguous parts (row order kept): the blocks of its dataset."""
     df = load_frame(name)
     n = max(1, min(blocks, len(df)))
     bounds = np.linspace(0, len(df), n + 1).astype(int)
-    parts = [df.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(bounds)]
-    return ray.data.from_pandas(parts)
+    return [df.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(bounds)]

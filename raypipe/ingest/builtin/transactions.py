@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from raypipe.ingest.builtin.chunks import CHUNK_ROWS, chunk_rng, chunked_dataset, drift_weight, generate_frame
+from raypipe.ingest.builtin.chunks import CHUNK_ROWS, PARALLEL_THRESHOLD, chunk_rng, chunked_dataset, drift_weight, generate_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -294,7 +294,7 @@ def transactions_dataset(
     seed: int = 0,
     drift: float = 0.0,
     *,
-    parallel_threshold: int = 200_000,
+    parallel_threshold: int = PARALLEL_THRESHOLD,
 ) -> "ray.data.Dataset":
     """Builds the dataset as a Ray Dataset.
 
