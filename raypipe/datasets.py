@@ -95,8 +95,10 @@ def task_file_name(content: bytes | None = None) -> str:
 
     import ray
 
-    context = ray.get_runtime_context()
-    task = (context.get_task_id() if context.worker.mode == ray.WORKER_MODE else None) or "driver"
+    task = "driver"
+    if ray.is_initialized():  # (ray.get_runtime_context() would start a Ray otherwise: a run without one)
+        context = ray.get_runtime_context()
+        task = (context.get_task_id() if context.worker.mode == ray.WORKER_MODE else None) or "driver"
     prefix = "" if content is None else hashlib.blake2b(content, digest_size=8).hexdigest() + "-"
     return f"{prefix}{task}-{next(_sequence.setdefault(task, itertools.count())):05d}.parquet"
 
