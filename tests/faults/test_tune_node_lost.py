@@ -166,7 +166,11 @@ def test_worker_node_lost_during_tune_search(tmp_path: Path) -> None:
     # Ray Train's default report poll (2 s, not raypipe's 0.25 s for a local Ray) paces the epochs: the watcher
     # has ~2 s to act between two registrations even on a loaded host. At the end, a node given SIGTERM drains
     # for at most 5 s (not 30: the head never finished draining here).
-    env = {**cluster_env(secrets.token_hex(32)), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"}
+    # The GCS marks the killed node dead after 3 failed health checks 1 s apart (Ray's defaults: 5, 3 s apart, so
+    # ~15 s in which Tune cannot place the relaunched trials); each check still waits Ray's 10 s before it fails,
+    # so a node that is merely slow on a loaded host is not declared dead.
+    env = {**cluster_env(secrets.token_hex(32)), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     temp_dir = Path(tempfile.mkdtemp(prefix="rp-tunenode-", dir="/tmp"))  # short: Ray's unix sockets live under it
     gcs_port, dash_port, client_port = free_ports(3)
     storage = tmp_path / "store"

@@ -78,10 +78,6 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
     try:
         procs["monitor"] = subprocess.Popen([sys.executable, "-m", "raypipe", "monitor", str(spec_file), "--serve"],
                                             stdout=logs["monitor"], stderr=subprocess.STDOUT)
-        procs["alertmanager"] = subprocess.Popen(
-            [alertmanager, f"--config.file={am_file}", f"--storage.path={tmp_path / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
-            stdout=logs["alertmanager"], stderr=subprocess.STDOUT)
         with httpx.Client(timeout=30) as http:
             def drifted_check() -> bool:
                 s = http.get(status_url).json()
@@ -89,6 +85,14 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
                                                       for c in r["columns"].values())
 
             wait(drifted_check, 240, "a monitor check that finds the drift")
+            # Prometheus scrapes and evaluates the rules while the endpoint is deployed; Alertmanager starts once
+            # the endpoint serves, so the alert (and the retrain it starts, which swaps the endpoint) cannot reach
+            # the monitor before. Prometheus sends a firing alert again every 1 s (its default: 1 min), so it
+            # reaches Alertmanager soon after that starts.
+            procs["prometheus"] = subprocess.Popen(
+                [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{prom_port}", "--rules.alert.resend-delay=1s"],
+                stdout=logs["prometheus"], stderr=subprocess.STDOUT)
             # the endpoint, in the monitor's Ray (a retrain swaps it there)
             gcs_port = next((ray_dir / "session_latest").glob("gcs_server_port_*")).read_text().strip()
             address = f"127.0.0.1:{gcs_port}"  # raypipe's local Ray keeps its control plane on loopback
@@ -96,9 +100,10 @@ def test_injected_drift_fires_in_prometheus_and_alertmanager_posts_it_to_the_ser
                                     capture_output=True, text=True, timeout=300)
             assert served.returncode == 0, served.stderr[-3000:]
             assert http.get(f"http://127.0.0.1:{port}/alive/healthz").json()["version"] == result.version
-            procs["prometheus"] = subprocess.Popen(
-                [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=logs["prometheus"], stderr=subprocess.STDOUT)
+            procs["alertmanager"] = subprocess.Popen(
+                [alertmanager, f"--config.file={am_file}", f"--storage.path={tmp_path / 'am-data'}",
+                 f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+                stdout=logs["alertmanager"], stderr=subprocess.STDOUT)
 
             def firing() -> bool:
                 alerts = http.get(f"{api}/alerts").json()["data"]["alerts"]
