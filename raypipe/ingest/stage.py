@@ -19,6 +19,7 @@ from typing import Any
 from raypipe import datasets
 from raypipe.datasets import footer_rows, run_per_block
 from raypipe.errors import ArtifactError, DataValidationError
+from raypipe.ingest.builtin import builtin_frames
 from raypipe.ingest.files import (
     FileRead,
     bad_files_error,
@@ -31,7 +32,6 @@ from raypipe.ingest.files import (
 )
 from raypipe.ingest.split import SPLIT_COL, SplitPlan, plan_splits, write_block_splits
 from raypipe.runtime import small_data_in_driver
-from raypipe.ingest.builtin import builtin_frames
 from raypipe.spec import AudioSource, BuiltinSource, CsvSource, ParquetSource
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
 
