@@ -48,7 +48,8 @@ def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[
 
     ``train_xy`` is the transformed split (a Ray Dataset of ``{"x", "y"}``), materialised
     into the object store and read by the task. With ``dims["source"]`` (the split's parquet
-    folder, features and schema) and a split under :data:`raypipe.datasets.SMALL_DATA_BYTES`,
+    folder, features and schema) and a split under :data:`raypipe.datasets.SMALL_DATA_BYTES`
+    (``source["small"]``, which the train stage read from the footers),
     the task reads and transforms the split itself (the same ``xy_batch``, on the whole
     table): no Ray Data execution, no object-store round trip.
 
@@ -57,7 +58,6 @@ def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[
     """
     import ray
 
-    from raypipe.datasets import is_small
     from raypipe.runtime import small_data_in_driver
 
     check_estimator(spec.model.kind, spec.data.task)  # fail fast on the driver with a spec error
@@ -67,7 +67,7 @@ def train_sklearn(spec: Any, train_xy: Any, dims: dict[str, Any]) -> tuple[dict[
     args = (spec.model.kind, spec.model.params)
     rest = (dims["class_weights"], spec.train.seed, spec.data.task)
     source = dims.get("source")
-    small = source is not None and is_small(source["store"], [source["rel"]])
+    small = source is not None and source["small"]
     if small and small_data_in_driver() and set(res) <= {"CPU"}:  # ray.small_data: fit in this process
         from ray.data import DataContext
 

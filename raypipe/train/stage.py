@@ -28,8 +28,8 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
     target = schema.get("target") or {}
     classes = target.get("classes")
     # A lone scikit-learn fit on small data reads the split itself (sklearn_trainer): no Ray Data datasets
-    sklearn_small = (not spec.model.is_torch and spec.tune is None and spec.features.balance not in RESAMPLE
-                     and is_small(val.store, [val.outputs.splits["train"]]))
+    train_small = not spec.model.is_torch and is_small(val.store, [val.outputs.splits["train"]])
+    sklearn_small = train_small and spec.tune is None and spec.features.balance not in RESAMPLE
     ctx.ray(small=sklearn_small and set(spec.train.resources) <= {"CPU"})  # the fit may run here (train_sklearn)
     raw = {} if sklearn_small else {s: read_parquet(val.store, rel) for s, rel in val.outputs.splits.items()}
     balance = weights = None
@@ -81,7 +81,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> TrainOutput:
     else:
         if not spec.model.is_torch and balance is None:  # small data: the fit task reads the split itself
             dims["source"] = {"store": val.store, "rel": val.outputs.splits["train"], "features": features,
-                              "schema": schema}
+                              "schema": schema, "small": train_small}
         fitted = fit(spec, ctx, splits, dims)
         if spec.model.is_torch:
             _log_torch(ctx, fitted.report)
