@@ -68,19 +68,17 @@ class StageContext:
         train and register in two processes fill one MLflow run; else this raypipe run's id."""
         return self.run_key or self.run_id
 
-    def ray(self, small: bool = False) -> bool:
+    def ray(self, small: bool = False) -> None:
         """Connect to Ray on first use: a fully cached run never starts it; nor does a stage whose work is
-        ``small`` and runs in this process without Ray (:func:`raypipe.runtime.driver_without_ray`).
-        Returns whether Ray is connected."""
+        ``small`` and runs in this process without Ray (:func:`raypipe.runtime.driver_without_ray`)."""
         from raypipe.runtime import connect_for, driver_without_ray
 
         if small and driver_without_ray(self.spec, self.address):
             if not _SAID_NO_RAY:
                 _SAID_NO_RAY.append(True)
                 self.log("small data: the work runs in this process, without starting Ray (ray.small_data)")
-            return False
+            return
         connect_for(self.spec, self.address)
-        return True
 
     def log(self, msg: str) -> None:
         self.progress.detail(msg)
