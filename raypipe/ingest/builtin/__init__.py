@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from raypipe.ingest.builtin import credit, sensors, transactions
-from raypipe.ingest.builtin.chunks import PARALLEL_THRESHOLD, generate_frame
-from raypipe.ingest.builtin.credit import credit_dataset
-from raypipe.ingest.builtin.sensors import sensors_dataset
-from raypipe.ingest.builtin.sklearn_sets import SKLEARN_SETS, TARGET_COLUMN, sklearn_dataset, sklearn_parts
-from raypipe.ingest.builtin.transactions import transactions_dataset
+from raypipe.ingest.builtin.chunks import PARALLEL_THRESHOLD, chunked_dataset, generate_frame
+from raypipe.ingest.builtin.credit import credit_dataset  # noqa: F401 (re-exported)
+from raypipe.ingest.builtin.sensors import sensors_dataset  # noqa: F401 (re-exported)
+from raypipe.ingest.builtin.sklearn_sets import SKLEARN_SETS, TARGET_COLUMN, sklearn_dataset, sklearn_parts  # noqa: F401 (sklearn_dataset re-exported)
+from raypipe.ingest.builtin.transactions import transactions_dataset  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -51,15 +51,12 @@ def builtin_dataset(source: BuiltinSource) -> ray.data.Dataset:
     ``rows``, ``seed`` and ``drift`` apply to the generated sets only; the scikit-learn
     sets are always their full, fixed data.
     """
-    if source.name == "transactions":
-        return transactions_dataset(source.rows, seed=source.seed, drift=source.drift)
-    if source.name == "sensors":
-        return sensors_dataset(source.rows, seed=source.seed, drift=source.drift)
-    if source.name == "credit":
-        return credit_dataset(source.rows, seed=source.seed, drift=source.drift)
-    if source.name in SKLEARN_SETS:
-        return sklearn_dataset(source.name)
-    raise ValueError(f"unknown built-in dataset {source.name!r}; expected one of {sorted(BUILTIN_GENERATOR_VERSION)}")
+    import ray.data
+
+    frames = builtin_frames(source)
+    if frames is not None:  # generated here (or a scikit-learn set): its blocks as they are
+        return ray.data.from_pandas(frames)
+    return chunked_dataset(_GENERATED[source.name], source.rows, source.seed, source.drift)  # a Ray task per chunk
 
 
 _GENERATED = {"transactions": transactions.generate_chunk, "sensors": sensors.generate_chunk,
