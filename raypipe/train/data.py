@@ -53,6 +53,52 @@ def xy_table(store: Any, rel: str, features: dict[str, Any], schema: dict[str, A
                     target.get("task", "classification"))
 
 
+def block_rows(ds: Any) -> list[tuple[Any, int, int | None]]:
+    """A (materialised) dataset's blocks in order, as ``(block ref, first row, end row)``; the end is ``None``
+    where Ray Data's metadata does not know the block's rows. Reading the refs of a materialised dataset runs
+    no Ray Data execution."""
+    pieces = []
+    for bundle in ds.iter_internal_ref_bundles():
+        for entry, part in zip(bundle.blocks, bundle.slices):
+            if part is not None:
+                pieces.append((entry.ref, part.start_offset, part.end_offset))
+            else:
+                pieces.append((entry.ref, 0, entry.metadata.num_rows))
+    return pieces
+
+
+def read_rows(pieces: list[tuple[Any, int, int | None]], lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` of rows ``[lo, hi)`` of ``pieces`` (:func:`block_rows`; all rows with ``hi=None``), fetched
+    from the object store: only the blocks holding those rows."""
+    import ray
+    from ray.data.block import BlockAccessor
+
+    xs, ys, at = [], [], 0
+    for ref, first, end in pieces:
+        if hi is not None and at >= hi:
+            break
+        n = None if end is None else end - first
+        if n is not None and at + n <= lo:
+            at += n
+            continue
+        block = BlockAccessor.for_block(ray.get(ref))
+        end = block.num_rows() if end is None else end
+        n = end - first
+        a, b = max(lo - at, 0), n if hi is None else min(hi - at, n)
+        if b > a:
+            cols = BlockAccessor.for_block(block.slice(first + a, first + b, copy=False)).to_numpy(["x", "y"])
+            xs.append(cols["x"])
+            ys.append(cols["y"])
+        at += n
+    if not xs:  # an empty share (fewer rows than workers): no rows, with the columns' types
+        if not pieces:
+            raise ValueError("read_rows: a split without blocks")
+        ref, first, _ = pieces[0]
+        cols = BlockAccessor.for_block(BlockAccessor.for_block(ray.get(ref)).slice(first, first, copy=False)).to_numpy(["x", "y"])
+        return cols["x"], cols["y"]
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def estimated_mb(rows: int, n_features: int) -> float:
     """What ``rows`` transformed rows take in Ray's object store: float32 features and an 8-byte label."""
     return rows * (4 * n_features + 8) / 2**20

@@ -58,22 +58,14 @@ def _arrays(ds: Any) -> tuple[Any, Any]:
     streaming executor for 1.8 s (35,000 x 30 floats; later calls 0.04-0.08 s), against
     0.03 s for fetching the block refs of the materialised dataset.
     """
-    import numpy as np
-    import ray
     import torch
-    from ray.data.block import BlockAccessor
+
+    from raypipe.train.data import block_rows, read_rows
 
     if isinstance(ds, dict):
         return _read_source(ds["source"], ds["rel"])
-    xs, ys = [], []
-    for bundle in ds.iter_internal_ref_bundles():
-        for ref in bundle.block_refs:
-            block = BlockAccessor.for_block(ray.get(ref))
-            if block.num_rows():
-                cols = block.to_numpy(["x", "y"])
-                xs.append(cols["x"])
-                ys.append(cols["y"])
-    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+    x, y = read_rows(block_rows(ds))
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def _read_source(source: dict[str, Any], rel: str) -> tuple[Any, Any]:

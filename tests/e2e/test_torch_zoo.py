@@ -41,7 +41,9 @@ def test_cnn_on_digits_png(ray_session, storage, tmp_path):
     assert meta["kind"] == "torch.cnn" and meta["layout"] == [
         {"kind": "image", "columns": ["image"], "start": 0, "stop": 64, "shape": [8, 8, 1]}]
     report = train.store.read_json("train_report.json")
-    assert report["materialized_mb"] is None
+    assert report["materialized_mb"] is None and report["shards"] == "streaming_split"
+    val_rows = result.outputs["validate"].outputs.counts["validation"]["valid"]
+    assert all(h["val_rows"] == val_rows for h in report["history"])  # every validation row, split unequally
     lrs = [h["lr"] for h in report["history"]]
     assert lrs[0] < lrs[1] and lrs[1] > lrs[-1]  # warm-up, then the cosine decay
     assert result.outputs["train"].outputs.ddp["world_size"] == 2

@@ -51,6 +51,7 @@ def test_checkpoint_each_epoch_and_history(torch_run):
     assert report["materialized_mb"] == pytest.approx(rows * (4 * n + 8) / 2**20, abs=0.05)  # small: materialised
     assert all(h["val_loss"] > 0 and 0 <= h["val_accuracy"] <= 1 for h in report["history"])
     assert report["path"] == "ray_train" and report["path_reason"] == "train.distributed: always"
+    assert report["shards"] == "blocks"  # small materialised splits: each rank reads its rows from their blocks
     ckpt_store = Store(report["checkpoints"])  # the stage's work folder, which outlives a crashed run
     ckpts = [p for p in ckpt_store.walk_files() if p.endswith("meta.json")]
     epochs = sorted(json.loads(ckpt_store.read_bytes(p))["epoch"] for p in ckpts)
