@@ -43,7 +43,8 @@ def _spec(storage: Path, rows: int, epochs: int) -> dict[str, Any]:
                  "target": "is_fraud", "id_columns": ["transaction_id"]},
         "features": {"balance": "none"},
         "model": {"kind": "torch.mlp", "params": {"hidden": HIDDEN}},
-        "train": {"workers": WORKERS, "epochs": epochs, "batch_size": BATCH, "lr": LR, "max_failures": 0},
+        "train": {"workers": WORKERS, "epochs": epochs, "batch_size": BATCH, "lr": LR, "max_failures": 0,
+                  "distributed": "always"},  # the Ray Train path (auto would train in one process: too small)
         "deploy": {"enabled": False},
     }
 
