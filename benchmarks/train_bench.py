@@ -3,8 +3,9 @@
   (a) plain PyTorch DDP: 2 processes (torch.multiprocessing), gloo, DistributedSampler
       over in-memory tensors, one thread each; every epoch a validation pass and a
       rank-0 checkpoint, as raypipe does.
-  (b) raypipe: the train stage (`TorchTrainer`, 2 workers with 1 CPU each, dataset
-      shards streamed from the validated parquet split through the fitted features).
+  (b) raypipe: the train stage on the Ray Train path (`train.distributed: always`:
+      `TorchTrainer`, 2 workers with 1 CPU each; the splits transformed by the fitted
+      features and materialised, each rank reading its rows from their blocks).
 
 Both train on the same rows (the validated train split of the built-in transactions,
 transformed by the same fitted feature pipeline), same MLP, batch size, optimiser and
