@@ -653,9 +653,11 @@ class TrainSection(_Section):
     batch_size: int | None = Field(default=None, ge=1, description="rows per step per worker; null (default): train "
                                    "rows / workers / 32 as a power of two in [16, 1024], so small data sets still "
                                    "take ~32 steps per epoch")
-    shuffle_buffer: int = Field(default=10_000, ge=0, description="rows each worker mixes per epoch (0: storage order)")
+    shuffle_buffer: int = Field(default=10_000, ge=0, description="rows each worker mixes per streamed epoch (0: "
+                                "storage order); a shard held in memory is shuffled whole, by a seeded permutation")
     cache_shards_mb: float = Field(default=1024, ge=0, description="a worker keeps its shard in memory after the "
-                                   "first epoch when it is smaller than this (0: stream every epoch)")
+                                   "first epoch when it is smaller than this (0: stream every epoch); materialised "
+                                   "splits that together fit it are read from their blocks from the first epoch")
     materialize_mb: float = Field(default=1024, ge=0, description="torch models: the transformed train and validation "
                                   "splits are materialised in Ray's object store before training when together they "
                                   "are smaller than this (0: workers stream them from storage)")
