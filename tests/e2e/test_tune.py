@@ -111,9 +111,11 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_sessio
         raypipe.run(json.load(open({str(tmp_path / 'spec.json')!r})), address={gcs!r}, progress=Progress(quiet=True))
     """)
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # save the experiment state after every trial event
+    err = open(tmp_path / "driver.err", "w")  # why a driver that ended early ended, for the message below
     proc = subprocess.Popen([sys.executable, "-c", driver], env=env, cwd=os.getcwd(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     finished: set[str] = set()
+    began = time.monotonic()
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
@@ -127,7 +129,11 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(ray_sessio
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert 2 <= len(finished) < 6, f"the search was not interrupted mid-way (finished: {finished})"
+        err.close()
+    assert 2 <= len(finished) < 6, (
+        f"the search was not interrupted mid-way (finished: {finished}; the driver's exit code "
+        f"{proc.returncode} after {time.monotonic() - began:.0f} s); its stderr ends:\n"
+        + (tmp_path / "driver.err").read_text()[-3000:])
     assert proc.returncode == -signal.SIGKILL
 
     result = raypipe.run(spec, progress=quiet)  # the same spec again: the train stage resumes the search
