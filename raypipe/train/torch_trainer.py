@@ -86,7 +86,7 @@ def train_loop(config: dict[str, Any]) -> None:
         train_shard = ray.train.get_dataset_shard("train")
         val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
         limit = int(config["cache_shards_mb"] * 2**20)
-        train_cache, val_cache = ShardCache(limit), ShardCache(limit)
+        train_cache, val_cache = ShardCache(limit), ShardCache(limit) if val_shard is not None else None
     gate = config.get("tune_gate")  # set in a Tune trial under ASHA (raypipe.train.tune.search.LockstepReport)
     for epoch in run.epochs():
         if stopped:
@@ -98,7 +98,7 @@ def train_loop(config: dict[str, Any]) -> None:
         else:
             batches = train_cache.record(_batches(train_shard, bs, dtypes, device, config["shuffle_buffer"], seed))
         vb = None
-        if val_cache is not None and (val_shard is not None or val_cache.ready):
+        if val_cache is not None:
             vb = val_cache.batches(bs, device) if val_cache.ready else val_cache.record(_batches(val_shard, bs, dtypes, device))
         metrics = run.run_epoch(epoch, batches, vb)
         stopped = run.stopped
