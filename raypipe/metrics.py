@@ -32,26 +32,29 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, scores: np.ndarray,
     """
     n = len(class_names)
     labels = list(range(n))
-    avg = "binary" if n == 2 else "macro"
-    prf = {"labels": labels, "zero_division": 0}
+    # One per-class report and one confusion matrix; precision/recall/F1 are read from the report, which
+    # holds exactly what precision_score & co. return (each of those would compute the report's counts again).
+    report = skm.classification_report(y, pred, labels=labels, target_names=class_names, output_dict=True,
+                                       zero_division=0)
+    cm = skm.confusion_matrix(y, pred, labels=labels)
+    chosen = report[class_names[1]] if n == 2 else report["macro avg"]  # binary: the positive class
     out: dict[str, Any] = {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)) if len(y) else None,
-        "precision": float(skm.precision_score(y, pred, average=avg, **prf)),
-        "recall": float(skm.recall_score(y, pred, average=avg, **prf)),
-        "f1": float(skm.f1_score(y, pred, average=avg, **prf)),
-        "f1_macro": float(skm.f1_score(y, pred, average="macro", **prf)),
-        "f1_weighted": float(skm.f1_score(y, pred, average="weighted", **prf)),
-        "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
-        "per_class": skm.classification_report(y, pred, labels=labels, target_names=class_names,
-                                               output_dict=True, zero_division=0),
+        "precision": float(chosen["precision"]),
+        "recall": float(chosen["recall"]),
+        "f1": float(chosen["f1-score"]),
+        "f1_macro": float(report["macro avg"]["f1-score"]),
+        "f1_weighted": float(report["weighted avg"]["f1-score"]),
+        "confusion_matrix": cm.tolist(),
+        "per_class": report,
         "rows": int(len(y)),
     }
     probs = np.clip(scores, 1e-15, 1.0)
     probs = probs / probs.sum(axis=1, keepdims=True)
     out["log_loss"] = float(skm.log_loss(y, probs, labels=labels)) if len(y) else None
     out["brier"] = float(skm.brier_score_loss(y, probs[:, 1])) if n == 2 and len(y) else None
-    out["sensitivity"], out["specificity"] = _sensitivity_specificity(y, pred) if n == 2 else (None, None)
+    out["sensitivity"], out["specificity"] = _sensitivity_specificity(cm) if n == 2 else (None, None)
     if len(np.unique(y)) < 2:
         out["roc_auc"] = out["pr_auc"] = None  # undefined with one class in the split
     elif n == 2:
@@ -66,9 +69,9 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, scores: np.ndarray,
     return out
 
 
-def _sensitivity_specificity(y: np.ndarray, pred: np.ndarray) -> tuple[float | None, float | None]:
-    """True-positive and true-negative rates of binary decisions (``None`` without that class)."""
-    (tn, fp), (fn, tp) = skm.confusion_matrix(y, pred, labels=[0, 1])
+def _sensitivity_specificity(cm: np.ndarray) -> tuple[float | None, float | None]:
+    """True-positive and true-negative rates from a binary confusion matrix (``None`` without that class)."""
+    (tn, fp), (fn, tp) = cm
     return (float(tp / (tp + fn)) if tp + fn else None), (float(tn / (tn + fp)) if tn + fp else None)
 
 

@@ -10,7 +10,12 @@ are read, scored and summarised together:
   as Ray Data runs at once (one per core on a local Ray; a task per branch would start more
   worker processes, seconds each on a cold Ray): each task reads its branches' files and runs :func:`score_batch` on the same batches Ray Data would form;
 * above, one Ray Data execution: a union of ``read_parquet -> map_batches(score_batch)``
-  per branch, 4,096 rows a batch (the feature matrix of a batch stays small).
+  per branch.
+
+Both paths form the same batches: :func:`batch_rows` rows each, as many as keep a batch's
+feature matrix near :data:`BATCH_BYTES` (4,096 to 32,768 rows). Each batch costs a few
+milliseconds beside its model's work (slicing, Arrow and ``.npy`` conversion, the train
+sample's hashes), so narrow data gets long batches and wide data stays at 4,096 rows.
 
 Either way ``score_batch`` answers one row per batch: the branch's name and the batch's
 kept columns, scores and (optionally) features as Arrow IPC and ``.npy`` bytes, so
@@ -30,7 +35,8 @@ from raypipe.evaluate.scored import Scored
 from raypipe.store import Store
 from raypipe.tasks import TASKS
 
-BATCH_ROWS = 4096  # rows per scoring batch on the distributed path (as before)
+MIN_BATCH_ROWS, MAX_BATCH_ROWS = 4096, 32768  # rows per scoring batch, both paths
+BATCH_BYTES = 16 << 20  # a batch's fitted features (float64) aim at this size
 _PREDICTORS: dict[str, Any] = {}  # per worker process: the candidate and the champion, loaded once each
 
 
@@ -49,11 +55,22 @@ class Branch:
     with_features: bool = False  # gather the fitted features too
     sample: dict[str, float] | None = None  # {"fraction", "seed"}: keep rows by a hash of their content
     trusted: list[str] = field(default_factory=list)
+    batch_rows: int = MIN_BATCH_ROWS  # rows per scoring batch (:func:`batch_rows`)
 
     def kwargs(self) -> dict[str, Any]:
         return {"branch": self.name, "model_uri": self.model_uri, "model_key": self.model_key,
                 "features": self.features, "schema": self.schema, "keep": self.keep,
                 "with_features": self.with_features, "sample": self.sample, "trusted": self.trusted}
+
+
+def batch_rows(n_features: int) -> int:
+    """Rows per scoring batch for ``n_features`` fitted features: a batch's features near :data:`BATCH_BYTES`.
+
+    0 features (a model fed raw images, text or audio, no fitted features) keeps the shortest batches.
+    """
+    if n_features <= 0:
+        return MIN_BATCH_ROWS
+    return int(min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, BATCH_BYTES // (8 * n_features))))
 
 
 def sample_rows(batch: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
@@ -117,7 +134,7 @@ def score_batch(batch: pd.DataFrame, *, branch: str, model_uri: str, model_key: 
 
 def _score_tables(branches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The small-data path, inside one Ray task: each branch's blocks (files), in batches of
-    :data:`BATCH_ROWS` rows, through ``score_batch``: the batches Ray Data would form.
+    its ``batch_rows`` rows, through ``score_batch``: the batches Ray Data would form.
 
     Not the whole table at once: a batch's pandas dtypes depend on its rows (a boolean column
     with a missing value arrives as objects), and the train sample hashes the values, so the
@@ -127,9 +144,10 @@ def _score_tables(branches: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
     for b in branches:
+        rows = b.pop("batch_rows")
         for table in read_blocks(b.pop("store"), b.pop("rel")):
-            for start in range(0, table.num_rows, BATCH_ROWS):
-                out += score_batch(as_batch(table.slice(start, BATCH_ROWS), "pandas"), **b).to_dict("records")
+            for start in range(0, table.num_rows, rows):
+                out += score_batch(as_batch(table.slice(start, rows), "pandas"), **b).to_dict("records")
     return out
 
 
@@ -142,16 +160,20 @@ def run_branches(branches: list[Branch], small: bool) -> dict[str, dict[str, Any
     from raypipe.runtime import small_data_in_driver
 
     if small and small_data_in_driver():  # ray.small_data: in this process, which may have the models loaded
-        rows = _score_tables([{"store": b.store, "rel": b.rel, **b.kwargs()} for b in branches])
+        rows = _score_tables([_table_args(b) for b in branches])
     elif small:  # the branches shared over as many tasks as Ray Data would run at once, side by side
         groups = [branches[i::data_width()] for i in range(min(data_width(), len(branches)))]
-        refs = [small_task(_score_tables, [{"store": b.store, "rel": b.rel, **b.kwargs()} for b in g]) for g in groups]
+        refs = [small_task(_score_tables, [_table_args(b) for b in g]) for g in groups]
         rows = [r for part in ray.get(refs) for r in part]
     else:
         parts = [read_parquet(b.store, b.rel).map_batches(score_batch, fn_kwargs=b.kwargs(), batch_format="pandas",
-                                                           batch_size=BATCH_ROWS) for b in branches]
+                                                           batch_size=b.batch_rows) for b in branches]
         rows = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).take_all()
     return {b.name: _join([r for r in rows if r["branch"] == b.name]) for b in branches}
+
+
+def _table_args(b: Branch) -> dict[str, Any]:
+    return {"store": b.store, "rel": b.rel, "batch_rows": b.batch_rows, **b.kwargs()}
 
 
 def _join(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from raypipe.evaluate.gate import verdict
 from raypipe.evaluate.monitoring import prediction_reference
 from raypipe.metrics import LOWER_IS_BETTER, choose_threshold
 from raypipe.evaluate.scored import Scored
-from raypipe.evaluate.scoring import Branch, as_scored, run_branches
+from raypipe.evaluate.scoring import Branch, as_scored, batch_rows, run_branches
 from raypipe.evaluate.slices import slice_keys, sliced_metrics
 from raypipe.model.formats import trusted_factories
 from raypipe.stage import SPLITS, EvaluateOutput, StageContext, StageOutput
@@ -79,7 +79,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> EvaluateOutput:
     target = schema.get("target") or {}
     keep = list(dict.fromkeys([*([target["name"]] if target else []), *cfg.slices]))
     model = {"model_uri": model_uri, "model_key": model_key(model_uri), "features": features, "schema": schema,
-             "trusted": list(trusted)}
+             "trusted": list(trusted), "batch_rows": batch_rows(feats.outputs.n_features)}
     branches = [Branch(s, val.store, splits[s], keep=keep, with_features=with_x,
                        sample=_sample(train_rows, cfg.train_sample_rows, ctx.spec.data.split.seed) if s == "train" else None,
                        **model) for s in names]

@@ -66,6 +66,10 @@ def _run(tmp_path, folder, name, small_data="auto", force=None):
 
 
 def test_small_and_distributed_paths_agree_on_messy_data(ray_session, tmp_path, messy_csv, monkeypatch):
+    import raypipe.evaluate.scoring as scoring
+
+    monkeypatch.setattr(scoring, "MAX_BATCH_ROWS", 700)  # evaluate scores each ~2,000-row block in several batches
+    monkeypatch.setattr(scoring, "MIN_BATCH_ROWS", 700)
     small = _run(tmp_path, messy_csv, "small")  # ray.small_data auto: the test session's Ray is this one machine
     tasks = _run(tmp_path, messy_csv, "tasks", small_data="tasks")
     monkeypatch.setattr(raypipe.datasets, "SMALL_DATA_BYTES", 0)  # every stage after ingest takes the distributed
