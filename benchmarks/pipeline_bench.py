@@ -13,6 +13,9 @@ features (median impute + standard scale, one-hot), same model
       before (not timed) and stops after. Its time is measured inside the child, from
       before `raypipe.run` to after, like (b); the child's whole wall time, imports
       included, is printed beside it.
+  (e') the same two as whole processes: the script run as `python` in a new process (its imports
+      of pandas and scikit-learn included) against (e)'s child's whole wall time (its imports
+      included): what `time python script.py` and `time raypipe run` compare.
 
 Prints a table, the warm run's seconds and Ray Data executions per stage
 (``raypipe.executions``) and, last, one JSON line. Not a test: timings depend on the machine.
@@ -92,6 +95,15 @@ def raypipe_runs(path: Path, storage: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
+def baseline_process(path: Path) -> float:
+    """(e'): the script's whole wall time as a new process, interpreter and imports included."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import pipeline_bench as b; "
+            f"b.baseline(__import__('pathlib').Path({str(path)!r}))")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
 def child_run(spec: dict) -> None:
     """(e), inside the child: one `raypipe.run`, timed from just before it to just after."""
     import raypipe
@@ -143,6 +155,7 @@ def main() -> None:
         base_s, base_auc = baseline(path)
         runs = raypipe_runs(path, Path(tmp) / "store")
         kept_s, kept_auc, kept_wall = kept_run(path, Path(tmp) / "store-kept")
+        base_wall = baseline_process(path)
         runs["cold, `raypipe up` running"] = (kept_s, kept_auc)
     rows = [("pandas + scikit-learn, one process", base_s, base_auc)]
     runs_only = {k: v for k, v in runs.items() if not k.endswith(("_stages", "_executions"))}
@@ -153,6 +166,8 @@ def main() -> None:
         print(f"{name:40s} {s:8.1f} {s / base_s:6.2f} {auc:8.4f}")
     print(f"(raypipe cold with `raypipe up` running: the child process's whole wall time, imports included, "
           f"{kept_wall:.1f} s)")
+    print(f"(e') whole processes: the script {base_wall:.1f} s, raypipe {kept_wall:.1f} s: "
+          f"ratio {kept_wall / base_wall:.2f}")
     print("raypipe warm, per stage:", runs["warm_stages"])
     print("raypipe warm, Ray Data executions per stage:", runs["warm_executions"])
     key = {"cold, `raypipe up` running": "cold_up"}
@@ -160,7 +175,8 @@ def main() -> None:
         "bench": "pipeline", "rows": args.rows, "baseline_s": round(base_s, 2), "baseline_roc_auc": round(base_auc, 4),
         **{f"raypipe_{key.get(k, k)}_s": round(v[0], 2) for k, v in runs_only.items()},
         **{f"ratio_{key.get(k, k)}": round(v[0] / base_s, 2) for k, v in runs_only.items()},
-        "raypipe_cold_up_child_wall_s": round(kept_wall, 2),
+        "raypipe_cold_up_child_wall_s": round(kept_wall, 2), "baseline_process_wall_s": round(base_wall, 2),
+        "ratio_process_wall": round(kept_wall / base_wall, 2),
         "raypipe_roc_auc": round(runs["warm"][1], 4), "warm_stages": runs["warm_stages"],
         "warm_executions": runs["warm_executions"],
         "small_data": SMALL_DATA, "train_cpus": TRAIN_CPUS, "cpus": __import__("os").cpu_count(), "numpy": np.__version__,
