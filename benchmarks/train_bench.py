@@ -6,6 +6,10 @@
   (b) raypipe: the train stage on the Ray Train path (`train.distributed: always`:
       `TorchTrainer`, 2 workers with 1 CPU each; the splits transformed by the fitted
       features and materialised, each rank reading its rows from their blocks).
+  (c) Ray Train's own floor, in the same Ray as (b): a `TorchTrainer` with the same 2
+      workers whose loop returns at once (no data, no model), and one whose loop only
+      wraps a one-layer model in DDP (``torch.nn.parallel.DistributedDataParallel``).
+      Beside them, (b)'s fixed cost: the short stage minus its epochs.
 
 Both train on the same rows (the validated train split of the built-in transactions,
 transformed by the same fitted feature pipeline), same MLP, batch size, optimiser and
@@ -65,6 +69,28 @@ def raypipe_epochs(storage: Path, rows: int, short: int, long: int) -> dict[str,
     epochs = [h[i]["train_s"] + h[i]["val_s"] + h[i + 1]["ckpt_s"] + h[i + 1]["report_s"] for i in range(1, len(h) - 1)]
     return {"first": first, "train_s": times, "epoch_s": float(np.median(epochs)), "epoch_times": epochs,
             "stage_diff_epoch_s": (times[long] - times[short]) / (long - short), "val_loss": h[-1].get("val_loss")}
+
+
+def _empty_loop(config: dict[str, Any]) -> None:
+    if config.get("ddp"):
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel(torch.nn.Linear(4, 1))
+
+
+def ray_train_floor(storage: Path, ddp: bool, runs: int = 2) -> list[float]:
+    """(c): the wall time of ``TorchTrainer.fit()`` for a loop that does nothing (or only wraps a model in DDP)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        TorchTrainer(_empty_loop, train_loop_config={"ddp": ddp}, scaling_config=ScalingConfig(num_workers=WORKERS),
+                     run_config=RunConfig(storage_path=str(storage), name=f"floor-{int(ddp)}-{i}")).fit()
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def arrays(first: Any) -> dict[str, np.ndarray]:
@@ -161,6 +187,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         b = raypipe_epochs(Path(tmp) / "store", args.rows, args.short, args.long)
+        floor = ray_train_floor(Path(tmp) / "floor", ddp=False)
+        floor_ddp = ray_train_floor(Path(tmp) / "floor", ddp=True)
         data = arrays(b["first"])
         ray.shutdown()  # plain DDP gets the whole machine, as a user's script would
         a = plain_ddp_epochs(data, args.long)
@@ -173,11 +201,17 @@ def main() -> None:
     print(f"raypipe train stage: {b['train_s']} s for {args.short} and {args.long} epochs "
           f"(difference per epoch {b['stage_diff_epoch_s']:.2f} s); raypipe epochs: "
           + ", ".join(f"{t:.2f}" for t in b["epoch_times"]) + "; plain epochs: " + ", ".join(f"{t:.2f}" for t in a["epoch_times"]))
+    fixed = b["train_s"][args.short] - args.short * b["epoch_s"]
+    print(f"fixed cost: raypipe's {args.short}-epoch stage minus its epochs {fixed:.1f} s; Ray Train's floor "
+          f"(an empty loop) {', '.join(f'{t:.1f}' for t in floor)} s; with DDP wrapping a model "
+          f"{', '.join(f'{t:.1f}' for t in floor_ddp)} s")
     print(json.dumps({
         "bench": "train", "rows": args.rows, "train_rows": n_train, "plain_epoch_s": round(a["epoch_s"], 3),
         "raypipe_epoch_s": round(b["epoch_s"], 3), "ratio": round(ratio, 3),
         "raypipe_train_stage_s": b["train_s"], "stage_diff_epoch_s": round(b["stage_diff_epoch_s"], 3), "plain_val_loss": round(a["val_loss"], 5),
-        "raypipe_val_loss": b["val_loss"], "cpus": os.cpu_count(),
+        "raypipe_val_loss": b["val_loss"], "raypipe_fixed_s": round(fixed, 2),
+        "ray_train_floor_s": [round(t, 2) for t in floor], "ray_train_floor_ddp_s": [round(t, 2) for t in floor_ddp],
+        "cpus": os.cpu_count(),
     }))
 
 
