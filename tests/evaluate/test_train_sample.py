@@ -23,7 +23,7 @@ def test_sample_is_the_same_for_any_block_layout():
 
 
 def test_scoring_batches_are_long_for_narrow_data_and_bounded_for_wide():
-    assert batch_rows(40) == 32768  # the 200,000-row benchmark's 40 features: 7 batches for its test split, not 51
+    assert batch_rows(40) == 32768  # the 200,000-row benchmark's 40 features: its splits in 7 batches, not 51
     assert batch_rows(1000) == 4096  # wide: no longer than before
     assert batch_rows(0) == 4096  # no fitted features (raw images, text, audio): the width is unknown
     mid = batch_rows(300)
