@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
+from threadpoolctl import threadpool_limits
 
 from raypipe.evaluate.scored import Scored
 
@@ -107,7 +108,10 @@ def score_baselines(scored: dict[str, Scored], pick_threshold: Callable[[Scored 
         return out
     rows = np.flatnonzero(keep)
     rows = rows[sample_rows(len(rows), LINEAR_MAX_ROWS, seed)]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        # One BLAS thread: the solver's matrix-vector products are too small to split (LogisticRegression on
+        # 50,000 x 40 features fitted 2.8x faster than on two threads), and the fit no longer depends on the
+        # machine's core count.
         warnings.simplefilter("ignore", ConvergenceWarning)  # a baseline: a few more iterations would not change the verdict
         linear = linear_model(task, seed).fit(train.x[rows], train.y[rows])
     out["linear"] = _scored(linear, task, scored, n_classes, lambda s: s.x, pick_threshold)
