@@ -236,9 +236,9 @@ def make_tuner(spec: Any, ctx: Any, trainable: Any, work_store: Any, *, concurre
                  if t.scheduler == "asha" else FIFOScheduler())
     search_alg = None
     if t.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        from raypipe.train.tune.searcher import ResumableOptunaSearch
 
-        search_alg = OptunaSearch(seed=t.seed)
+        search_alg = ResumableOptunaSearch(seed=t.seed)
     space = search_space(t.space, t.seed)
     work = work_store.path()
     path = os.path.join(work, EXPERIMENT)
