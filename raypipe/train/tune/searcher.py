@@ -23,8 +23,11 @@ class ResumableOptunaSearch(OptunaSearch):
     def _unknown(self, trial_id: str) -> bool:
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
             return False
-        log.warning("tune: trial %s was launched before the interrupted search saved Optuna's state; it runs "
-                    "and is ranked, but Optuna does not learn from it", trial_id)
+        warned = self.__dict__.setdefault("_not_suggested", set())  # a restored searcher may predate the attribute
+        if trial_id not in warned:  # once per trial, not at each of its results
+            warned.add(trial_id)
+            log.warning("tune: trial %s was launched before the interrupted search saved Optuna's state; it runs "
+                        "and is ranked, but Optuna does not learn from it", trial_id)
         return True
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

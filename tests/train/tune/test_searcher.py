@@ -14,7 +14,7 @@ def _searcher(cls):
     return s
 
 
-def test_results_of_a_trial_optuna_never_suggested_are_let_through():
+def test_results_of_a_trial_optuna_never_suggested_are_let_through(caplog):
     stock = _searcher(OptunaSearch)
     with pytest.raises(KeyError):  # what failed the resumed search (tests/e2e/test_tune.py, one run in a few)
         stock.on_trial_result("lost", {"val_f1": 0.9, "training_iteration": 1})
@@ -23,7 +23,9 @@ def test_results_of_a_trial_optuna_never_suggested_are_let_through():
     known = s.suggest("known")
     assert 0.01 <= known["C"] <= 10.0
     s.on_trial_result("lost", {"val_f1": 0.9, "training_iteration": 1})
+    s.on_trial_result("lost", {"val_f1": 0.9, "training_iteration": 2})
     s.on_trial_complete("lost", {"val_f1": 0.9, "training_iteration": 2})
+    assert sum("lost" in r.getMessage() for r in caplog.records) == 1  # said once, not at every result
     s.on_trial_result("known", {"val_f1": 0.8, "training_iteration": 1})
     s.on_trial_complete("known", {"val_f1": 0.8, "training_iteration": 1})
     told = s._ot_study.trials  # Optuna learned from the trial it suggested, and only from it
