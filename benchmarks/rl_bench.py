@@ -16,7 +16,10 @@ RLlib's other PPO defaults: 4000 steps per iteration, minibatches of 128, gamma 
   (b) the plain RLlib script a user would write: ``ray.init``, ``PPOConfig()`` with the same
       ``.training(...)`` / ``.rl_module(model_config=...)`` / ``.env_runners(num_env_runners=1)``
       / ``.debugging(seed=...)``, ``build_algo()``, ``algo.train()`` until
-      ``result["env_runners"]["episode_return_mean"] >= 450`` or the budget. No evaluation.
+      ``result["env_runners"]["episode_return_mean"] >= 450`` or the budget. No evaluation. RLlib's
+      default of one environment per env runner, as the script is usually written.
+  (b') the same script with ``num_envs_per_env_runner=8``, what raypipe's
+      ``train.envs_per_env_runner: auto`` gives PPO: (a) and (b') sample alike.
   (c) stable-baselines3 PPO (``--sb3-params matched``, the default: one env, n_steps 4000,
       batch 128, 6 epochs, lr 3e-4, gamma 0.99, gae_lambda 1.0, clip 0.3, vf_coef 0.01,
       ent_coef 0, net_arch [32] with linear activation; SB3 cannot share the hidden layer
@@ -29,21 +32,21 @@ RLlib's other PPO defaults: 4000 steps per iteration, minibatches of 128, gamma 
       iteration) or the budget. Runs with the interpreter given by ``--sb3-python``.
 
 Timing: every way runs in a fresh Python process and its wall time is that whole command,
-timed by this process: interpreter start, imports, Ray's start (a new local Ray for (a)
-and (b): raypipe's own, without the dashboard, and the script's ``ray.init(address="local")``,
+timed by this process: interpreter start, imports, Ray's start (a new local Ray for (a),
+(b) and (b'): raypipe's own, without the dashboard, and the script's ``ray.init(address="local")``,
 Ray's defaults otherwise, dashboard included) and shutdown. Each child also reports its time
 from just before ``raypipe.run`` / ``ray.init`` / building the SB3 model to just after
 training (plus, for (a), the rest of the pipeline), printed as ``in-process``. Repeats
-(``--repeats N``: seeds 0..N-1, the three ways one after the other per seed) are summarised
+(``--repeats N``: seeds 0..N-1, the ways one after the other per seed) are summarised
 by their median. Target: raypipe's wall time <= 1.1x the plain RLlib script's. Prints a
 table and, last, one JSON line. Not a test: timings depend on the machine, and RL's
 steps-to-450 vary with the seed.
 
 What each way counts: env steps are environment steps sampled (RLlib's
 ``num_env_steps_sampled_lifetime``, SB3's ``num_timesteps`` up to the end of the rollout that
-reached the return), so (a) and (b) count whole 4000-step iterations; "iterations" are
+reached the return), so (a), (b) and (b') count whole 4000-step iterations; "iterations" are
 RLlib's ``training_iteration`` and SB3's rollouts (each followed by ``n_epochs`` passes of
-minibatch updates; ``gradient_epochs`` in the JSON). (a) and (b) with the same seed follow
+minibatch updates; ``gradient_epochs`` in the JSON). (a) and (b') with the same seed follow
 the same trajectory (same steps, same returns). Threads: raypipe's train task runs torch
 with one thread (``torch.set_num_threads(1)``; Ray also sets ``OMP_NUM_THREADS=1`` in its
 workers), while the script's learner (in the driver) and SB3 use torch's default, one
@@ -84,6 +87,7 @@ ENV_ID = "CartPole-v1"
 PARAMS: dict[str, Any] = {"lr": 0.0003, "num_epochs": 6, "vf_loss_coeff": 0.01}
 MODEL_CONFIG: dict[str, Any] = {"fcnet_hiddens": [32], "fcnet_activation": "linear", "vf_share_layers": True}
 ENV_RUNNERS = 1
+VEC_ENVS = 8  # what raypipe's train.envs_per_env_runner: auto gives PPO (raypipe.train.rl.envs_per_env_runner)
 EVAL_EPISODES = 20
 
 
@@ -130,15 +134,16 @@ def child_raypipe(seed: int, stop_return: float, timesteps: int, tmp: str) -> di
                                            for a, b in zip([{"timesteps": 0}] + report["history"], report["history"])})}
 
 
-def child_rllib(seed: int, stop_return: float, timesteps: int, tmp: str) -> dict[str, Any]:
-    """(b), inside its own process: the script a user would write."""
+def child_rllib(seed: int, stop_return: float, timesteps: int, tmp: str, envs: int = 1) -> dict[str, Any]:
+    """(b), inside its own process: the script a user would write (``envs``: num_envs_per_env_runner; RLlib's
+    default is 1, (b') sets raypipe's 8)."""
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
 
     t0 = time.perf_counter()
     # address="local": a new Ray, as a plain ray.init() makes on a machine without one; never another user's.
     ray.init(address="local")
-    config = (PPOConfig().environment(ENV_ID).env_runners(num_env_runners=ENV_RUNNERS)
+    config = (PPOConfig().environment(ENV_ID).env_runners(num_env_runners=ENV_RUNNERS, num_envs_per_env_runner=envs)
               .training(**PARAMS).rl_module(model_config=MODEL_CONFIG).debugging(seed=seed))
     algo = config.build_algo()
     t_built = time.perf_counter()
@@ -246,18 +251,20 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="OMP_NUM_THREADS for every child (0: unset, torch's default of one thread per core, as a "
                          "user's script gets; raypipe's train task sets 1 itself)")
-    ap.add_argument("--child", choices=("raypipe", "rllib", "sb3"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("raypipe", "rllib", "rllib_vec", "sb3"), help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        fn = {"raypipe": child_raypipe, "rllib": child_rllib}.get(args.child)
+        fn = {"raypipe": child_raypipe, "rllib": child_rllib,
+              "rllib_vec": lambda *a: child_rllib(*a, envs=VEC_ENVS)}.get(args.child)
         out = fn(args.seed, args.stop_return, args.timesteps, args.tmp) if fn else \
             child_sb3(args.seed, args.stop_return, args.timesteps, args.tmp, args.sb3_params)
         print(json.dumps(out))
         return
 
-    ways = {"raypipe": "(a) raypipe.run (whole pipeline)", "rllib": "(b) plain RLlib script"}
+    ways = {"raypipe": "(a) raypipe.run (whole pipeline)", "rllib": "(b) plain RLlib script, RLlib's 1 env",
+            "rllib_vec": f"(b') plain RLlib script, {VEC_ENVS} envs"}
     sb3_note = None
     if not args.sb3_python:
         sb3_note = "(c) skipped: no --sb3-python (see the docstring for its venv)"
@@ -296,8 +303,10 @@ def main() -> None:
         print(sb3_note)
     ratio_b = med["raypipe"]["wall_s"] / base
     ratio_c = med["raypipe"]["wall_s"] / med["sb3"]["wall_s"] if "sb3" in med else None
+    ratio_vec = med["raypipe"]["wall_s"] / med["rllib_vec"]["wall_s"]
     met = ratio_b <= 1.1
-    print(f"raypipe / plain RLlib wall time: {ratio_b:.2f}x (target <= 1.1x: {'met' if met else 'not met'})"
+    print(f"raypipe / plain RLlib wall time: {ratio_b:.2f}x (target <= 1.1x: {'met' if met else 'not met'}); "
+          f"raypipe / the script with raypipe's {VEC_ENVS} envs: {ratio_vec:.2f}x"
           + (f"; raypipe / stable-baselines3: {ratio_c:.2f}x" if ratio_c is not None else ""))
     print("(a) per stage, last run:", runs["raypipe"][-1]["stages"])
     rounded = {w: {k: (round(v, 2) if isinstance(v, float) else v) for k, v in m.items()} for w, m in med.items()}
@@ -305,7 +314,7 @@ def main() -> None:
         "bench": "rl", "env": ENV_ID, "stop_return": args.stop_return, "timesteps": args.timesteps,
         "repeats": args.repeats, "torch_threads": args.torch_threads or None, "sb3_params": args.sb3_params if "sb3" in ways else None,
         **{f"{w}": rounded[w] for w in ways},
-        "ratio_raypipe_rllib": round(ratio_b, 2), "ratio_raypipe_sb3": None if ratio_c is None else round(ratio_c, 2),
+        "ratio_raypipe_rllib": round(ratio_b, 2), "ratio_raypipe_rllib_vec": round(ratio_vec, 2), "ratio_raypipe_sb3": None if ratio_c is None else round(ratio_c, 2),
         "target_met": met, "raypipe_stages": runs["raypipe"][-1]["stages"],
         "runs": {w: [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k != "stages"}
                      for r in rs] for w, rs in runs.items()},

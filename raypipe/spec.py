@@ -687,6 +687,12 @@ class TrainSection(_Section):
                                                                 "training reaches this")
     env_runners: int = Field(default=1, ge=0, description="RL: remote env-runner processes sampling the environment "
                                                           "(0: sample in the learner's process)")
+    envs_per_env_runner: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto", description="RL: copies of the environment each env runner steps together, one batched "
+                                    "forward pass for all (RLlib's num_envs_per_env_runner). auto: 8 for PPO, whose "
+                                    "iteration samples a fixed batch (the same 4,000 CartPole steps in 0.55 s instead "
+                                    "of 3.05 s on 2 cores); 1 for DQN and SAC, whose updates per sampled step it "
+                                    "would change")
     checkpoint_every: int = Field(default=1, ge=1, description="RL: iterations between checkpoints (a crashed run "
                                                                "resumes from the newest complete one)")
     rescale_observations: Literal["auto", "never"] = Field(
@@ -1221,8 +1227,8 @@ class Spec(_Section):
         return doc
 
 
-_RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "env_runners", "checkpoint_every",
-                    "rescale_observations")
+_RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "env_runners", "envs_per_env_runner",
+                    "checkpoint_every", "rescale_observations")
 
 
 def _window_checks(spec: "Spec") -> None:

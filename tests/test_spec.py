@@ -563,6 +563,16 @@ def test_policy_specs_that_cannot_run_name_the_field_and_the_fix(changes: dict[s
         load_spec(_rl(**changes))
 
 
+def test_envs_per_env_runner_is_auto_or_a_positive_count() -> None:
+    assert load_spec(_RL).train.envs_per_env_runner == "auto"
+    assert load_spec(_rl(train__envs_per_env_runner=3)).train.envs_per_env_runner == 3
+    with pytest.raises(SpecError, match="train.envs_per_env_runner"):
+        load_spec(_rl(train__envs_per_env_runner=0))
+    tabular = {"name": "t", "data": {"source": {"type": "builtin"}, "target": "is_fraud"}}
+    with pytest.raises(SpecError, match="train.envs_per_env_runner applies to task reinforcement"):
+        load_spec({**tabular, "train": {"envs_per_env_runner": 4}})
+
+
 def test_rl_settings_on_a_tabular_spec_are_refused() -> None:
     tabular = {"name": "t", "data": {"source": {"type": "builtin"}, "target": "is_fraud"}}
     with pytest.raises(SpecError, match="rllib:PPO.*need data.task: reinforcement"):

@@ -2,7 +2,8 @@
 
 The spec maps onto RLlib's own config: ``model.kind: rllib:PPO`` picks ``PPOConfig``;
 ``data.env`` becomes ``.environment(...)`` (through :func:`raypipe.envs.make.env_creator`);
-``train.env_runners`` ``.env_runners(num_env_runners=...)``; ``model.params`` go to
+``train.env_runners`` and ``train.envs_per_env_runner``
+``.env_runners(num_env_runners=..., num_envs_per_env_runner=...)``; ``model.params`` go to
 ``.training(...)`` under RLlib's names (``lr``, ``gamma``, ``entropy_coeff``,
 ``train_batch_size_per_learner``, ...), except ``model.params.model``, RLlib's
 ``model_config`` (``fcnet_hiddens``, ``fcnet_activation``, ...), which goes to ``.rl_module``.
@@ -57,7 +58,8 @@ def algo_config(spec: Any, offline: str | None = None) -> Any:
     config.environment(env=ENV_NAME, env_config={"raypipe_env": env, "raypipe_rescale": rescales(spec)})
     if offline:  # no env runner samples: RLlib takes the spaces from the spec's environment
         config.environment(observation_space=obs_space, action_space=act_space)
-    config.env_runners(num_env_runners=0 if offline else spec.train.env_runners)
+    config.env_runners(num_env_runners=0 if offline else spec.train.env_runners,
+                       num_envs_per_env_runner=1 if offline else envs_per_env_runner(spec))
     if _one_hot(obs_space):
         if offline:
             raise SpecError("data.env: offline algorithms need a Box observation space; this environment's is "
@@ -79,6 +81,19 @@ def algo_config(spec: Any, offline: str | None = None) -> Any:
                             map_batches_kwargs={"concurrency": 1, "num_cpus": 1},
                             iter_batches_kwargs={"prefetch_batches": 1, "local_shuffle_buffer_size": None})
     return config
+
+
+ON_POLICY = ("PPO",)  # each iteration samples a fixed batch, however many environments step together
+
+
+def envs_per_env_runner(spec: Any) -> int:
+    """``train.envs_per_env_runner``, auto resolved: 8 for on-policy algorithms (their per-step cost is mostly
+    the module's forward pass, batched over the copies), 1 for DQN/SAC (vectorising changes their updates per
+    sampled step)."""
+    n = spec.train.envs_per_env_runner
+    if n != "auto":
+        return int(n)
+    return 8 if spec.model.algo in ON_POLICY else 1
 
 
 def rescales(spec: Any) -> bool:

@@ -157,3 +157,28 @@ def test_a_log_missing_columns_names_them_and_the_layout():
         to_rllib(_log().drop(["reward"]), obs_dim=4, discrete_actions=True)
     with pytest.raises(SpecError, match="3 obs_<i> columns, but the environment's observations have 4"):
         to_rllib(_log().drop(["obs_3"]), obs_dim=4, discrete_actions=True)
+
+
+@pytest.mark.parametrize("kind, train, expected", [
+    ("rllib:PPO", {}, 8),                               # on-policy: one batched forward pass for 8 copies
+    ("rllib:DQN", {}, 1),                               # vectorising would change its updates per sampled step
+    ("rllib:PPO", {"envs_per_env_runner": 3}, 3),
+    ("rllib:DQN", {"envs_per_env_runner": 4}, 4),
+])
+def test_envs_per_env_runner_reaches_rllibs_config(tmp_path, kind, train, expected):
+    from raypipe.train.rl import algo_config
+
+    doc = _spec(tmp_path, "vec", **train)
+    doc["model"] = {"kind": kind}
+    config = algo_config(raypipe.load_spec(doc))
+    assert config.num_envs_per_env_runner == expected and config.num_env_runners == 1
+
+
+def test_an_offline_algorithm_samples_no_environment_copies(tmp_path):
+    from raypipe.train.rl import algo_config
+
+    doc = _spec(tmp_path, "bc", envs_per_env_runner=8)
+    doc["model"] = {"kind": "rllib:BC"}
+    doc["data"]["source"] = {"type": "csv", "path": str(tmp_path / "log.csv")}
+    config = algo_config(raypipe.load_spec(doc), offline=str(tmp_path))
+    assert config.num_envs_per_env_runner == 1 and config.num_env_runners == 0
