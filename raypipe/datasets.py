@@ -161,10 +161,15 @@ def read_blocks(store: Store, rel: str, columns: list[str] | None = None) -> lis
     distributed path sees: mergeable statistics whose approximations depend on the block
     layout (the quantile sketch) come out the same.
     """
+    return [read_file(store, f, columns) for f in parquet_files(store, rel)]
+
+
+def read_file(store: Store, path: str, columns: list[str] | None = None) -> Any:
+    """One of raypipe's parquet files (a full path for ``store.fs``) as the block Ray Data reads from it."""
     import pyarrow.parquet as pq
 
-    return [with_hive_columns(pq.read_table(f, filesystem=store.fs, columns=columns, partitioning=None)
-                              .replace_schema_metadata(None), f, columns) for f in parquet_files(store, rel)]
+    return with_hive_columns(pq.read_table(path, filesystem=store.fs, columns=columns, partitioning=None)
+                             .replace_schema_metadata(None), path, columns)
 
 
 def parquet_schema(store: Store, rel: str) -> Any:
@@ -228,10 +233,15 @@ def small_task(fn: Any, *args: Any, num_cpus: float = 1, **kwargs: Any) -> Any:
     The small-data path of a stage: its per-block function on the whole table, with the
     batches converted as Ray Data would (``as_batch``).
     """
+    return data_task("SmallData", fn, args, kwargs, num_cpus)
+
+
+def data_task(kind: str, fn: Any, args: tuple, kwargs: dict[str, Any], num_cpus: float = 1) -> Any:
+    """``fn(*args, **kwargs)`` in a Ray task named ``<kind>(<fn>)`` under the driver's ``DataContext``; its ref."""
     import ray
     from ray.data import DataContext
 
-    return ray.remote(_in_context).options(num_cpus=num_cpus, **task_options("SmallData", fn)).remote(
+    return ray.remote(_in_context).options(num_cpus=num_cpus, **task_options(kind, fn)).remote(
         DataContext.get_current(), fn, args, kwargs)
 
 

@@ -1,6 +1,7 @@
 """The validate pass: check each block and write its rows where they belong.
 
-One Ray Data execution over the splits reads the ingest output, runs
+A plain Ray task per parquet file of the ingest output (:func:`check_in_tasks`; for small data
+one task over all of them, :func:`check_tables`) runs
 ``checks.check_block`` on each block and writes, from the same task, the valid rows
 to ``valid/<split>/`` and the invalid ones (with their ``__reason``) to
 ``quarantine/<split>/``. Only a one-row summary per block reaches the driver: the
@@ -51,13 +52,46 @@ def check_and_write(batch: pd.DataFrame, *, schema: dict[str, Any], classes: lis
 def check_tables(store: Any, rels: dict[str, str], kwargs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The small-data path, inside one Ray task: ``check_and_write`` on each block (file) of each split,
     the blocks a Ray Data execution would hand it (the profile's sketches merge the same parts)."""
-    from raypipe.datasets import as_batch, read_blocks
+    from raypipe.datasets import parquet_files
+
+    return check_files(store, {split: parquet_files(store, rel) for split, rel in rels.items()}, kwargs)
+
+
+def check_files(store: Any, files: dict[str, list[str]], kwargs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``check_and_write`` on each of the given parquet files of each split, one file (a block) at a time;
+    the summaries in file order."""
+    from raypipe.datasets import as_batch, read_file
 
     out: list[dict[str, Any]] = []
-    for split, rel in rels.items():
-        for table in read_blocks(store, rel):
-            out += check_and_write(as_batch(table, "pandas"), **kwargs[split]).to_dict("records")
+    for split, paths in files.items():
+        for path in paths:
+            out += check_and_write(as_batch(read_file(store, path), "pandas"), **kwargs[split]).to_dict("records")
     return out
+
+
+def check_in_tasks(store: Any, files: dict[str, list[str]], kwargs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distributed path: :func:`check_files` on each file (a block, as a Ray Data read of raypipe's folders
+    hands it over) in a plain Ray task of its own (``PerFile(check_files)``) under the driver's
+    ``DataContext``, at most as many at once
+    as Ray Data would run (``datasets.data_width``); the summaries in file order.
+
+    A Ray Data execution (read -> map_batches) cost ~0.15 s per block more than this on 2 cores; on 4M
+    rows (24 files) the check pass took ~5.4 s that way and ~3.9 s this way.
+    """
+    import ray
+
+    from raypipe.datasets import data_task, data_width
+
+    width = data_width()
+    refs: list[Any] = []
+    pending: list[Any] = []
+    for split, paths in files.items():
+        for path in paths:
+            if len(pending) >= width:
+                _, pending = ray.wait(pending, num_returns=1)
+            refs.append(data_task("PerFile", check_files, (store, {split: [path]}, kwargs), {}))
+            pending.append(refs[-1])
+    return [row for part in ray.get(refs) for row in part]
 
 
 def collect(summaries: list[dict[str, Any]]) -> dict[str, tuple[list[dict[str, Any]], list[np.ndarray]]]:

@@ -1,8 +1,8 @@
 """The validate stage: choose the schema, check and profile every split, quarantine bad rows.
 
-One Ray Data execution over all splits (``sink.check_and_write``; for small data one Ray task
-running it on each split's whole table, ``datasets.SMALL_DATA_BYTES``) annotates every
-row with a reason (or None), writes it to ``valid/`` or ``quarantine/`` from the same
+A plain Ray task per parquet file of the splits (``sink.check_and_write`` on the file as one
+block; for small data one Ray task running it on every file, ``datasets.SMALL_DATA_BYTES``)
+annotates every row with a reason (or None), writes it to ``valid/`` or ``quarantine/`` from the same
 task, and returns the block's counts, profile and row hashes; only those small
 results reach the driver. ``valid + quarantined == input rows`` holds per split
 (and the input equals what ingest wrote) and is recorded in the report. Column findings (see ``checks.finding``)
@@ -147,26 +147,28 @@ def _clear(artifact: Any, splits: list[str]) -> None:
             artifact.delete(kind, split)
 
 
-def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: list[str] | None,
-                  bounds: dict[str, Any], artifact: Any, small: Inputs | None = None) -> dict[str, SplitCheck]:
-    """One Ray Data execution over the given splits: check, write valid/ and quarantine/, summarise.
+def _check_splits(splits: list[str], inputs: Inputs, schema: dict[str, Any], classes: list[str] | None,
+                  bounds: dict[str, Any], artifact: Any) -> dict[str, SplitCheck]:
+    """``sink.check_and_write`` on each block (parquet file) of the given splits: check, write valid/ and
+    quarantine/, summarise.
 
-    ``classes`` (the training classes) applies to every split but ``train``. With ``small``
-    (the splits' parquet folders, under :data:`raypipe.datasets.SMALL_DATA_BYTES` in all),
-    one Ray task runs the same ``sink.check_and_write`` on each split's whole table instead.
+    ``classes`` (the training classes) applies to every split but ``train``. Small splits (under
+    :data:`raypipe.datasets.SMALL_DATA_BYTES` in all) are checked in one Ray task (or the driver),
+    others in a plain Ray task per file (``sink.check_in_tasks``).
     """
     root, fs = artifact.path(), artifact.fs
-    _clear(artifact, list(datasets))
+    _clear(artifact, splits)
     kwargs = {split: {"schema": schema, "classes": None if split == "train" else classes, "bounds": bounds,
-                      "fs": fs, "root": root, "split": split} for split in datasets}
-    if small is not None:
+                      "fs": fs, "root": root, "split": split} for split in splits}
+    if inputs.small:
         from raypipe.datasets import run_small
 
-        summaries = run_small(sink.check_tables, small.store, {s: small.rels[s] for s in datasets}, kwargs)
+        summaries = run_small(sink.check_tables, inputs.store, {s: inputs.rels[s] for s in splits}, kwargs)
     else:
-        parts = [ds.map_batches(sink.check_and_write, batch_format="pandas", batch_size=None,  # a block per batch
-                                fn_kwargs=kwargs[split]) for split, ds in datasets.items()]
-        summaries = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).take_all()
+        from raypipe.datasets import parquet_files
+
+        summaries = sink.check_in_tasks(inputs.store, {s: parquet_files(inputs.store, inputs.rels[s]) for s in splits},
+                                        kwargs)
     checks = {}
     for split, (docs, hashes) in sink.collect(summaries).items():
         profile = finish(merge_profiles([d["profile"] for d in docs]), duplicates=count_duplicates(hashes))
@@ -176,28 +178,29 @@ def _check_splits(datasets: dict[str, Any], schema: dict[str, Any], classes: lis
 
 @dataclass
 class Inputs:
-    """Where the splits' parquet files are: the small-data path reads them in one task."""
+    """Where the splits' parquet files are, and whether they are small (read in one task, or the driver)."""
 
     store: Any
     rels: dict[str, str]
+    small: bool
 
 
-def _check_all(datasets: dict[str, Any], schema: dict[str, Any], source: str, bounds: dict[str, Any],
-               artifact: Any, small: Inputs | None = None) -> dict[str, SplitCheck]:
-    """All splits in one execution; a split holding a class the training split lacks is checked again.
+def _check_all(inputs: Inputs, schema: dict[str, Any], source: str, bounds: dict[str, Any],
+               artifact: Any) -> dict[str, SplitCheck]:
+    """All splits in one pass; a split holding a class the training split lacks is checked again.
 
     Validation and test rows of a class never seen in training (or of an image shape
     other than training's) are quarantined, but those are only known once the training
     split was read. Checking every split at once and redoing only a split that needs
     it (rare) saves a pass.
     """
-    checks = _check_splits(datasets, schema, None, bounds, artifact, small)
+    checks = _check_splits([s for s in SPLITS if s in inputs.rels], inputs, schema, None, bounds, artifact)
     _settle_schema(schema, checks["train"], source)
     target = schema.get("target")
     classes = target["classes"] if target and TASKS[target["task"]].has_classes else None
     again = [s for s, c in checks.items() if s != "train" and _needs_recheck(c, schema, classes)]
     if again:
-        checks.update(_check_splits({s: datasets[s] for s in again}, schema, classes, bounds, artifact, small))
+        checks.update(_check_splits(again, inputs, schema, classes, bounds, artifact))
     return checks
 
 
@@ -294,15 +297,16 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
     if "train" not in rels:
         raise DataValidationError(["the train split is empty: the source has too few rows for data.split"])
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
-    small = Inputs(ingest.store, rels) if is_small(ingest.store, list(rels.values())) else None
-    ctx.ray(small=small is not None)
-    # small data is read by the one-task functions (or the driver) from the files: no Ray Data datasets
-    datasets = {s: None if small else read_parquet(ingest.store, rel, one_block_per_file=True) for s, rel in rels.items()}
-    arrow_schema = parquet_schema(ingest.store, rels["train"]) if small else datasets["train"].schema().base_schema
-    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, datasets["train"],
-                                             (ingest.store, rels["train"]) if small else None)
+    inputs = Inputs(ingest.store, rels, is_small(ingest.store, list(rels.values())))
+    ctx.ray(small=inputs.small)
+    # small data is read by the one-task functions (or the driver) from the files: no Ray Data dataset; a larger
+    # training split is one for the schema's inference pass (the checks read each file in a task of its own)
+    train = None if inputs.small else read_parquet(ingest.store, rels["train"], one_block_per_file=True)
+    arrow_schema = parquet_schema(ingest.store, rels["train"]) if inputs.small else train.schema().base_schema
+    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, train,
+                                             (ingest.store, rels["train"]) if inputs.small else None)
     bounds = reference_bounds(ref["profile"]) if ref else {}
-    checks = _check_all({s: datasets[s] for s in SPLITS if s in datasets}, schema, source, bounds, ctx.artifact, small)
+    checks = _check_all(inputs, schema, source, bounds, ctx.artifact)
     _check_task(schema, checks["train"])
     _check_rows_on_disk(ctx, ingest, checks)
     findings = _train_findings(checks["train"], schema, arrow_schema, source, cfg) + infer.findings(inference, cfg.infer)

@@ -9,7 +9,7 @@ SIGKILLs the first one that is executing the stage's block function and holds on
 stage's parquet parts open, i.e. is writing it. Ray sets a worker's process title to
 ``ray::<task name>`` while a task runs (``ray::IDLE`` between tasks), and raypipe names its data
 tasks as Ray Data names its own, after the function (``PerBlock(write_block_splits)``,
-``SmallData(check_tables)``; ``ReadParquet->MapBatches(check_and_write)`` on large data);
+``SmallData(check_tables)``; ``PerFile(check_files)`` on large data);
 ``/proc/<pid>/fd`` shows the open file. So the
 kill always leaves a torn part under its final name, the case where a retry must replace the
 file rather than add one. No sleep decides when the fault happens. The state API, which lags by

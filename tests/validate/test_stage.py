@@ -211,7 +211,7 @@ def test_image_and_text_columns_in_one_pass(ray_session, tmp_path):
 
     from raypipe.store import Store
     from raypipe.schema import infer_schema
-    from raypipe.validate.stage import _check_splits
+    from raypipe.validate.stage import Inputs, _check_splits
 
     rng = np.random.default_rng(0)
     items = [{"image": rng.integers(0, 255, (4, 4), dtype=np.uint8), "review": f"text {i}" if i % 10 else "",
@@ -223,8 +223,10 @@ def test_image_and_text_columns_in_one_pass(ray_session, tmp_path):
                           text_columns=["review"])
     assert schema["columns"]["image"]["type"] == "image" and schema["columns"]["review"]["type"] == "text"
     schema["columns"]["image"]["shape"] = [4, 4]  # variable-shaped data: the shape a schema file declares
+    ds.write_parquet(str(tmp_path / "in" / "train"))  # as ingest leaves a split: parquet files, one task each
     artifact = Store(tmp_path / "artifact")
-    check = _check_splits({"train": ds}, schema, None, {}, artifact)["train"]
+    check = _check_splits(["train"], Inputs(Store(tmp_path / "in"), {"train": "train"}, small=False), schema, None, {},
+                          artifact)["train"]
     assert check.counts == {"input": 300, "valid": 297, "quarantined": 3}
     assert check.stats["reasons"] == {"image: image of the wrong shape (expected 4x4)": 3}
     img, text = check.profile["columns"]["image"], check.profile["columns"]["review"]
