@@ -265,6 +265,26 @@ def task_options(kind: str, fn: Any) -> dict[str, Any]:
     return {"name": f"{kind}({fn.__name__})", "max_retries": -1}
 
 
+def run_tasks(kind: str, fn: Any, calls: list[tuple]) -> list[Any]:
+    """``fn(*args)`` for each ``args`` of ``calls``, each in a plain Ray task named ``<kind>(<fn>)`` under the
+    driver's ``DataContext``, at most :func:`data_width` at once; the results in the order of ``calls``.
+
+    For per-file passes over raypipe's own parquet folders (one call per file, the block a Ray Data read
+    would make of it): a Ray Data execution of the same function cost ~0.15 s more per block on 2 cores.
+    """
+    import ray
+
+    width = data_width()
+    refs: list[Any] = []
+    pending: list[Any] = []
+    for args in calls:
+        if len(pending) >= width:
+            _, pending = ray.wait(pending, num_returns=1)
+        refs.append(data_task(kind, fn, args, {}))
+        pending.append(refs[-1])
+    return ray.get(refs)
+
+
 def data_width() -> int:
     """How many data tasks run at once: Ray Data's CPU limit (``runtime.configure_data``: one per core on
     a local Ray), else the cluster's CPUs. More tasks than that would only start more worker processes."""

@@ -1,15 +1,16 @@
-"""The features stage: fit the feature pipeline on the training split (Ray Data).
+"""The features stage: fit the feature pipeline on the training split.
 
-One pass over the split gathers every operator's statistics; a second pass runs only
-when ``features.pca`` is set (PCA works on the fitted operators' output). Below
-:data:`raypipe.datasets.SMALL_DATA_BYTES` one Ray task reads the split and fits on the whole
-blocks (the same per-block statistics of the same blocks) instead of a Ray Data execution.
+One pass over the split gathers every operator's statistics, a plain Ray task per parquet file
+(the block a Ray Data read would make of it; ``datasets.run_tasks``); a second pass, a Ray Data
+execution that merges the blocks' statistics as they come, runs only when ``features.pca`` is set
+(PCA works on the fitted operators' output). Below :data:`raypipe.datasets.SMALL_DATA_BYTES` one
+Ray task (or the driver) reads the split and fits on the same blocks.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from raypipe.datasets import as_batch, is_small, read_blocks, read_parquet, run_small
+from raypipe.datasets import as_batch, is_small, parquet_files, read_blocks, read_file, read_parquet, run_small, run_tasks
 from raypipe.model.features.pipeline import FeaturePipeline
 from raypipe.tasks import TASKS
 from raypipe.stage import FeaturesOutput, StageContext, StageOutput
@@ -32,7 +33,7 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> FeaturesOutput:
     if small:
         pipeline = FeaturePipeline.from_dict(run_small(_fit_table, build(ctx.spec, schema), val.store, rel))
     else:
-        pipeline = build(ctx.spec, schema).fit(read_parquet(val.store, rel, one_block_per_file=True))
+        pipeline = _fit_per_file(build(ctx.spec, schema), val.store, rel)
     ctx.artifact.write_json("features.json", pipeline.to_dict())
     ctx.log(_summary(pipeline))
     return FeaturesOutput(features="features.json", n_features=pipeline.n_features)
@@ -46,6 +47,21 @@ def _fit_table(pipeline: FeaturePipeline, store: Any, rel: str) -> dict[str, Any
     if pipeline.pca is not None:
         pipeline.fit_pca_from_stats([pipeline.pca_partial_stats(b) for b in batches])
     return pipeline.to_dict()
+
+
+def _fit_per_file(pipeline: FeaturePipeline, store: Any, rel: str) -> FeaturePipeline:
+    """The distributed path: each file's statistics in a task of its own (``PerFile(_file_stats)``), merged as
+    ``FeaturePipeline.fit`` merges a dataset's blocks'; PCA's pass over the dataset."""
+    calls = [(pipeline, store, path) for path in parquet_files(store, rel)]
+    pipeline.fit_from_stats(run_tasks("PerFile", _file_stats, calls))
+    if pipeline.pca is None:
+        return pipeline
+    ds = read_parquet(store, rel, one_block_per_file=True)
+    return pipeline.fit_pca(ds.select_columns(pipeline.input_columns) if pipeline.input_columns else ds)
+
+
+def _file_stats(pipeline: FeaturePipeline, store: Any, path: str) -> dict[str, Any]:
+    return pipeline.partial_stats(as_batch(read_file(store, path, columns=pipeline.input_columns or None), "pandas"))
 
 
 def _summary(pipeline: FeaturePipeline) -> str:

@@ -89,9 +89,10 @@ def test_small_and_distributed_paths_agree_on_messy_data(ray_session, tmp_path, 
 
     # The executions each path does (the old code: ingest 3, evaluate 4 on this input); in the driver, none.
     assert tasks["executions"]["ingest"] == 1 and "ingest" not in big["executions"] and small["executions"] == {}
-    # validate: typing the csv text and the sample refine_schema reads; its check pass runs a plain task per file
+    # validate: typing the csv text and the sample refine_schema reads; its check pass, like the features' fit,
+    # runs a plain task per file
     assert {s: big["executions"].get(s, 0) for s in ("validate", "features", "train", "evaluate")} == {
-        "validate": 2, "features": 1, "train": 1, "evaluate": 1}
+        "validate": 2, "features": 0, "train": 1, "evaluate": 1}
     assert not {"validate", "features", "train", "evaluate"} & set(tasks["executions"])
 
 
@@ -104,3 +105,25 @@ def test_recording_names_the_stage_and_what_ran(ray_session):
         pass
     assert len(seen) == 1 and seen[0].stage == "" and "MapBatches" in seen[0].plan and seen[0].seconds is not None
     assert executions.per_stage(seen) == {"other": 1} and none_here == []
+
+
+def test_pca_features_fit_alike_on_the_small_and_distributed_paths(ray_session, tmp_path, messy_csv, monkeypatch):
+    """The distributed features stage: a task per file for the operators' statistics, then PCA's Ray Data pass."""
+    from raypipe.model.features.pipeline import FeaturePipeline
+
+    def fit(force=None):
+        spec = small_spec(tmp_path / "pca", name="t-small-pca",
+                          data={"source": {"type": "csv", "path": str(messy_csv)}, "target": "y", "id_columns": ["id"]},
+                          features={"pca": {"components": 3}}, ray={"small_data": "tasks"},
+                          validate={"reference": "none"})
+        with executions.recording() as seen:
+            out = raypipe.run(spec, until="features", force=force, progress=quiet).outputs
+        return out["features"].store.read_json("features.json"), executions.per_stage(seen), out["validate"]
+
+    small, _, val = fit()
+    monkeypatch.setattr(raypipe.datasets, "SMALL_DATA_BYTES", 0)
+    big, seen, _ = fit(force="features")
+    assert seen.get("features") == 1  # PCA's pass; the operators' statistics came from plain tasks
+    rows = read_parquet(val.store, val.outputs.splits["test"]).to_pandas()
+    a, b = (FeaturePipeline.from_dict(d).transform(rows) for d in (small, big))
+    assert a.shape == (len(rows), 3) and np.allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -251,8 +251,10 @@ class FeaturePipeline:
             return self.fit_pca_from_stats([self.pca_partial_stats(data)]) if self.pca else self
         ds = data.select_columns(self.input_columns) if self.input_columns else data
         self.fit_from_stats(list(_block_stats(ds, self.partial_stats)))
-        if self.pca is None:
-            return self
+        return self.fit_pca(ds) if self.pca is not None else self
+
+    def fit_pca(self, ds: Any) -> FeaturePipeline:
+        """PCA's pass over a ``ray.data.Dataset`` of the input columns, the operators already fitted."""
         merged = None
         for part in _block_stats(ds, self.pca_partial_stats):  # merged as they come: bounded memory
             merged = part if merged is None else PcaReducer.merge_stats([merged, part])
