@@ -155,22 +155,22 @@ def decide(counts: dict[str, Any], roles: dict[str, str], cfg: Any) -> dict[str,
     return out
 
 
-def infer_text_types(ds: Any, roles: dict[str, str], cfg: Any, small: tuple[Any, str] | None = None
-                     ) -> dict[str, dict[str, Any]]:
-    """One Ray Data pass over ``ds`` (the training split): the type of each column in ``roles``.
+def infer_text_types(store: Any, rel: str, roles: dict[str, str], cfg: Any, small: bool) -> dict[str, dict[str, Any]]:
+    """The type of each column in ``roles``, by majority over the training split (its parquet folder ``rel``).
 
-    ``small``: the split's (store, parquet folder), under ``datasets.SMALL_DATA_BYTES``: one Ray
-    task counts the same blocks instead (:func:`count_blocks`).
+    ``small`` (under ``datasets.SMALL_DATA_BYTES``): one Ray task (or the driver) counts every block
+    (file, :func:`count_blocks`); otherwise a plain Ray task per file does (``datasets.run_tasks``).
     """
     if not roles:
         return {}
-    if small is not None:
+    if small:
         from raypipe.datasets import run_small
 
-        return decide(merge_counts(run_small(count_blocks, *small, roles)), roles, cfg)
-    rows = ds.select_columns(list(roles)).map_batches(count_block, fn_kwargs={"roles": roles},
-                                                      batch_format="pyarrow", batch_size=None).take_all()
-    return decide(merge_counts([json.loads(r["counts"]) for r in rows]), roles, cfg)
+        return decide(merge_counts(run_small(count_blocks, store, rel, roles)), roles, cfg)
+    from raypipe.datasets import parquet_files, run_tasks
+
+    counts = run_tasks("PerFile", count_file, [(store, path, roles) for path in parquet_files(store, rel)])
+    return decide(merge_counts(counts), roles, cfg)
 
 
 def count_blocks(store: Any, rel: str, roles: dict[str, str]) -> list[dict[str, Any]]:
@@ -178,6 +178,13 @@ def count_blocks(store: Any, rel: str, roles: dict[str, str]) -> list[dict[str, 
     from raypipe.datasets import read_blocks
 
     return [json.loads(count_block(t, roles)["counts"].iloc[0]) for t in read_blocks(store, rel, list(roles))]
+
+
+def count_file(store: Any, path: str, roles: dict[str, str]) -> dict[str, Any]:
+    """``count_block`` of one file of the split (a block)."""
+    from raypipe.datasets import read_file
+
+    return json.loads(count_block(read_file(store, path, list(roles)), roles)["counts"].iloc[0])
 
 
 def findings(docs: dict[str, dict[str, Any]], cfg: Any) -> list[dict[str, Any]]:

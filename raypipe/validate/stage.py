@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from raypipe.datasets import footer_rows, has_rows, is_small, parquet_schema, read_parquet
+from raypipe.datasets import footer_rows, has_rows, is_small, parquet_schema
 from raypipe.errors import ArtifactError, DataValidationError, SpecError
 from raypipe.tasks import TASKS
 from raypipe.stage import SPLITS, StageContext, StageOutput, ValidateOutput
@@ -67,19 +67,34 @@ def _image_shape_from_spec(source: Any) -> list[int] | None:
     return [h, w, 3] if source.mode == "RGB" else [h, w]
 
 
-def _sample(train: Any, schema: dict[str, Any], small: tuple[Any, str] | None = None) -> Any:
+def _sample(store: Any, rel: str, schema: dict[str, Any], small: bool) -> Any:
     """The first :data:`SAMPLE_ROWS` training rows of the string and integer columns (None when there are none).
 
-    ``small``: the split's (store, parquet folder): one Ray task reads them, not a Ray Data execution.
+    Small data: one Ray task (or the driver) reads them; larger: this process reads the first files
+    until it has them, as Ray Data's ``take_batch`` would.
     """
     cols = [c for c, col in schema["columns"].items() if col["type"] in ("string", "integer")]
     if not cols:
         return None
-    if small is not None:
+    if small:
         from raypipe.datasets import run_small
 
-        return run_small(_first_rows, *small, cols, SAMPLE_ROWS)
-    return train.select_columns(cols).take_batch(SAMPLE_ROWS, batch_format="pandas")
+        return run_small(_first_rows, store, rel, cols, SAMPLE_ROWS)
+    return _first_rows_of_files(store, rel, cols, SAMPLE_ROWS)
+
+
+def _first_rows_of_files(store: Any, rel: str, columns: list[str], n: int) -> Any:
+    import pyarrow as pa
+
+    from raypipe.datasets import as_batch, parquet_files, read_file
+
+    tables, rows = [], 0
+    for path in parquet_files(store, rel):
+        tables.append(read_file(store, path, columns))
+        rows += tables[-1].num_rows
+        if rows >= n:
+            break
+    return as_batch(pa.concat_tables(tables, promote_options="permissive").slice(0, n), "pandas")
 
 
 def _first_rows(store: Any, rel: str, columns: list[str], n: int) -> Any:
@@ -88,14 +103,13 @@ def _first_rows(store: Any, rel: str, columns: list[str], n: int) -> Any:
     return as_batch(read_table(store, rel, columns).slice(0, n), "pandas")
 
 
-def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
-                 train: Any = None, small: tuple[Any, str] | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None, inputs: Inputs
+                 ) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """The schema to enforce, where it came from (a schema file, the reference, or inferred) and,
     when inferred, how its text columns were typed (``infer.decide``).
 
-    An inferred schema types text columns by majority over ``train`` (a Ray dataset: one pass; or
-    ``small``, the split's (store, folder) below ``datasets.SMALL_DATA_BYTES``,
-    :mod:`raypipe.validate.infer`), then is refined on a sample of it: date strings,
+    An inferred schema types text columns by majority over the training split
+    (:mod:`raypipe.validate.infer`), then is refined on a sample of it: date strings,
     identifier-like columns (:func:`raypipe.schema.refine_schema`).
     """
     data, cfg = spec.data, spec.validate_
@@ -108,12 +122,12 @@ def _load_schema(spec: Any, arrow_schema: Any, ref: dict[str, Any] | None,
     else:
         roles = infer.text_columns(arrow_schema, target=data.target, id_columns=data.id_columns,
                                    free_text=_text_columns(spec))
-        inference = infer.infer_text_types(train, roles, cfg.infer, small) if train is not None or small else {}
+        inference = infer.infer_text_types(inputs.store, inputs.rels["train"], roles, cfg.infer, inputs.small)
         audio = {"audio": data.source.sample_rate} if data.source.type == "audio" else None
         schema = infer_schema(arrow_schema, target=data.target, task=data.task, id_columns=data.id_columns,
                               text_columns=_text_columns(spec), audio_columns=audio,
                               column_types={c: d["type"] for c, d in inference.items() if d["type"] != "string"})
-        sample = _sample(train, schema, small) if train is not None or small else None
+        sample = _sample(inputs.store, inputs.rels["train"], schema, inputs.small)
         if sample is not None:
             refine_schema(schema, sample, datetime_fraction=cfg.datetime_fraction, dayfirst=cfg.dayfirst,
                           id_fraction=cfg.id_fraction)
@@ -299,12 +313,9 @@ def run(ctx: StageContext, inputs: dict[str, StageOutput]) -> ValidateOutput:
     ref = refs.load_reference(ctx.root, ctx.spec.name) if cfg.reference == "first_run" else None
     inputs = Inputs(ingest.store, rels, is_small(ingest.store, list(rels.values())))
     ctx.ray(small=inputs.small)
-    # small data is read by the one-task functions (or the driver) from the files: no Ray Data dataset; a larger
-    # training split is one for the schema's inference pass (the checks read each file in a task of its own)
-    train = None if inputs.small else read_parquet(ingest.store, rels["train"], one_block_per_file=True)
-    arrow_schema = parquet_schema(ingest.store, rels["train"]) if inputs.small else train.schema().base_schema
-    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, train,
-                                             (ingest.store, rels["train"]) if inputs.small else None)
+    # the files are read by one task (or the driver) when small, else by a plain task per file: no Ray Data
+    arrow_schema = parquet_schema(ingest.store, rels["train"])
+    schema, source, inference = _load_schema(ctx.spec, arrow_schema, ref, inputs)
     bounds = reference_bounds(ref["profile"]) if ref else {}
     checks = _check_all(inputs, schema, source, bounds, ctx.artifact)
     _check_task(schema, checks["train"])
