@@ -174,10 +174,10 @@ def infer_text_types(store: Any, rel: str, roles: dict[str, str], cfg: Any, smal
 
 
 def count_blocks(store: Any, rel: str, roles: dict[str, str]) -> list[dict[str, Any]]:
-    """The small-data path, inside one Ray task: ``count_block`` of each block (file) of the split."""
-    from raypipe.datasets import read_blocks
+    """The small-data path, inside one Ray task: :func:`count_file` of each block (file) of the split."""
+    from raypipe.datasets import parquet_files
 
-    return [json.loads(count_block(t, roles)["counts"].iloc[0]) for t in read_blocks(store, rel, list(roles))]
+    return [count_file(store, path, roles) for path in parquet_files(store, rel)]
 
 
 def count_file(store: Any, path: str, roles: dict[str, str]) -> dict[str, Any]:

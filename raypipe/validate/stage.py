@@ -84,6 +84,7 @@ def _sample(store: Any, rel: str, schema: dict[str, Any], small: bool) -> Any:
 
 
 def _first_rows_of_files(store: Any, rel: str, columns: list[str], n: int) -> Any:
+    """The first ``n`` rows of the split, reading its files in order only as far as needed."""
     import pyarrow as pa
 
     from raypipe.datasets import as_batch, parquet_files, read_file
