@@ -151,25 +151,24 @@ def plan_read(source: ParquetSource | CsvSource | JsonSource, bad: tuple[FilePro
     return FileRead(source, fs, files, skipped, na_values=na)
 
 
-def open_dataset(read: FileRead, one_block_per_file: bool = False) -> ray.data.Dataset:
+def open_dataset(read: FileRead) -> ray.data.Dataset:
     """The lazy dataset of a planned read's files (Ray must be connected: Ray Data would start its own).
 
-    ``one_block_per_file`` (small inputs, :func:`is_small_input`): one read task and block per file, the
-    layout :func:`read_tables` gives in the driver. Otherwise Ray Data splits a few files' blocks to fill
-    the cluster (2 csv files gave 8 blocks on 4 CPUs), so block-wise statistics would differ between the paths.
+    Ray Data splits a few files' blocks to fill the cluster (2 csv files gave 8 blocks on 4 CPUs), and
+    a big file into blocks of its block size; the ingest stage reads most parquet and csv inputs one
+    block per file instead (:func:`reads_per_file`), the layout :func:`read_tables` gives in the driver.
     """
     import ray.data
 
     source, fs, files = read.source, read.fs, read.files
     if isinstance(source, JsonSource):
         return _read_json(fs, files, source.path, list(read.na_values))
-    blocks = {"override_num_blocks": len(files)} if one_block_per_file else {}
     if isinstance(source, ParquetSource):
-        return ray.data.read_parquet(files, filesystem=fs, file_extensions=None, **blocks)
+        return ray.data.read_parquet(files, filesystem=fs, file_extensions=None)
     parse = filecheck.csv_parse_options(source)
     convert = _csv_convert(read, _csv_names(fs, files, source, parse))
     return ray.data.read_csv(files, filesystem=fs, file_extensions=None, read_options=filecheck.csv_read_options(source),
-                             parse_options=parse, convert_options=convert, **blocks)
+                             parse_options=parse, convert_options=convert)
 
 
 SMALL_MAX_FILES = 64  # more files than this are never small input: their footers are not even read
@@ -190,27 +189,64 @@ def is_small_input(read: FileRead, limit: int) -> bool:
 
 
 def read_tables(read: FileRead) -> list[pa.Table]:
-    """A parquet or csv read's files as ``pyarrow.Table`` s read in this process, one per file: what Ray Data's
-    readers in :func:`open_dataset` give with ``one_block_per_file`` (the same options, hive folder columns).
+    """A parquet or csv read's files as ``pyarrow.Table`` s read in this process, one per file (:class:`FileReader`).
     For small inputs (:func:`is_small_input`) when ``ray.small_data`` says the driver."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+    reader = file_reader(read)
+    return [reader(f) for f in read.files]
 
-    from raypipe.datasets import with_hive_columns
 
-    source, fs, files = read.source, read.fs, read.files
-    if isinstance(source, ParquetSource):
-        return [with_hive_columns(pq.read_table(f, filesystem=fs, partitioning=None).replace_schema_metadata(None), f)
-                for f in files]
-    parse = filecheck.csv_parse_options(source)
-    convert = _csv_convert(read, _csv_names(fs, files, source, parse))
-    out = []
-    for f in files:
-        with fs.open_input_stream(f) as stream:
-            reader = pacsv.open_csv(stream, read_options=filecheck.csv_read_options(source), parse_options=parse,
-                                    convert_options=convert)
-            out.append(with_hive_columns(reader.read_all(), f))
-    return out
+@dataclass(frozen=True)
+class FileReader:
+    """Reads one file of a planned parquet or csv read into one block: what Ray Data's reader in
+    :func:`open_dataset` makes of it in one read task (the same options, hive folder columns). Picklable:
+    it runs in Ray tasks too."""
+
+    source: ParquetSource | CsvSource
+    fs: pafs.FileSystem
+    convert: Any = None  # csv: pyarrow ConvertOptions (every column as text, the missing-value cells)
+
+    def __call__(self, path: str) -> pa.Table:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        from raypipe.datasets import with_hive_columns
+
+        if isinstance(self.source, ParquetSource):
+            table = pq.read_table(path, filesystem=self.fs, partitioning=None).replace_schema_metadata(None)
+        else:
+            with self.fs.open_input_stream(path) as stream:
+                table = pacsv.open_csv(stream, read_options=filecheck.csv_read_options(self.source),
+                                       parse_options=filecheck.csv_parse_options(self.source),
+                                       convert_options=self.convert).read_all()
+        return with_hive_columns(table, path)
+
+
+def file_reader(read: FileRead) -> FileReader:
+    """The :class:`FileReader` of a planned parquet or csv read (csv: its files' headers are read here)."""
+    if isinstance(read.source, ParquetSource):
+        return FileReader(read.source, read.fs)
+    parse = filecheck.csv_parse_options(read.source)
+    return FileReader(read.source, read.fs, _csv_convert(read, _csv_names(read.fs, read.files, read.source, parse)))
+
+
+TASK_MAX_FILES = 256  # more files than this are read by Ray Data, which groups them into fewer blocks
+TASK_FILE_BYTES = 512 << 20  # a bigger file is read by Ray Data, which cuts it into blocks of its block size
+
+
+def reads_per_file(read: FileRead) -> bool:
+    """Whether a parquet or csv read can be read as one Ray task and block per file (:class:`FileReader`):
+    at most :data:`TASK_MAX_FILES` files, none over :data:`TASK_FILE_BYTES` (parquet: uncompressed, from
+    the footers; csv: on disk, and not compressed). A Ray Data read of the same files cost ~2x as long on
+    2 cores (its per-task overhead and streaming executor); a bigger file is cut into blocks by Ray Data
+    (one task per file would hold it whole in one worker's memory)."""
+    from raypipe.datasets import parquet_sizes
+
+    if isinstance(read.source, JsonSource) or len(read.files) > TASK_MAX_FILES:
+        return False
+    if isinstance(read.source, ParquetSource):
+        return max(parquet_sizes(read.fs, read.files), default=0) <= TASK_FILE_BYTES
+    return (not any(_compressed(f) for f in read.files)
+            and max((i.size or 0 for i in read.fs.get_file_info(read.files)), default=0) <= TASK_FILE_BYTES)
 
 
 def _compressed(path: str) -> bool:

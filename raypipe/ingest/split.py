@@ -19,6 +19,7 @@ one schema (parquet readers refuse ``double vs string``) and validate types it b
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,13 +85,18 @@ def _strata_u(table: Any, key: str | None) -> pd.DataFrame:
     return pd.DataFrame({"s": distinct, "u": [u[rows == i] for i in range(len(distinct))], "types": types})
 
 
-def mixed_columns(block_types: list[dict[str, str]]) -> list[str]:
-    """Columns whose blocks disagree on the type (nulls aside): written as text."""
+def type_families(block_types: list[dict[str, str]]) -> dict[str, set[str]]:
+    """Per column, the type families (``type_family``) its blocks have."""
     seen: dict[str, set[str]] = {}
     for types in block_types:
         for name, family in types.items():
             seen.setdefault(name, set()).add(family)
-    return sorted(name for name, families in seen.items() if len(families - {"null"}) > 1)
+    return seen
+
+
+def mixed_columns(block_types: list[dict[str, str]]) -> list[str]:
+    """Columns whose blocks disagree on the type (nulls aside): written as text."""
+    return sorted(name for name, families in type_families(block_types).items() if len(families - {"null"}) > 1)
 
 
 def as_text(col: Any) -> Any:
@@ -119,15 +125,32 @@ def _add_u(table: Any, seed: int, group_by: str | None = None) -> Any:
     return table.append_column(U_COL, pa.array(u, type=pa.float64()))
 
 
+@dataclass(frozen=True)
+class PerFile:
+    """Files read one per Ray task, ``read(path)`` giving a file's block (``ingest.files.FileReader``)."""
+
+    read: Callable[[str], Any]
+    files: list[str]
+
+
 @dataclass
 class SplitPlan:
     """The input with each row's number in ``__u`` (materialised), and what decides each row's split."""
 
-    rows_u: Any  # a materialised Ray Dataset, or the blocks as pyarrow Tables (read in the driver)
+    # the blocks as pyarrow Tables (read in the driver), their refs (a task per file: ``PerFile``), or a
+    # materialised Ray Dataset
+    rows_u: Any
     bounds: dict[str, tuple[float, float]]
     key: str | None  # the stratification column, if any
     rows: dict[str, int]  # exact rows per split
     as_text: list[str] = field(default_factory=list)  # columns of mixed types across blocks: written as text
+    families: dict[str, set[str]] = field(default_factory=dict)  # per column, its blocks' type families
+
+    def block_refs(self) -> list[Any] | None:
+        """The blocks' object refs; None when they are tables in this process."""
+        if isinstance(self.rows_u, list):
+            return None if not self.rows_u or hasattr(self.rows_u[0], "num_rows") else self.rows_u
+        return self.rows_u.to_arrow_refs()
 
 
 def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, validation: float,
@@ -141,20 +164,24 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
 
     ``ds`` may instead be a list of ``pyarrow.Table`` s, the blocks read in this process
     (``ray.small_data``: small data in the driver): the same functions run on them here, and
-    ``rows_u`` is that list.
+    ``rows_u`` is that list. Or :class:`PerFile`: each file is read, numbered and summed up in
+    a plain Ray task of its own (no Ray Data execution), and ``rows_u`` is the blocks' refs.
     """
-    from raypipe.datasets import run_per_block
+    from raypipe.datasets import run_per_block, run_tasks_keeping
 
     key = target if (stratify and target and group_by is None) else None
     if isinstance(ds, list):
         with_u: Any = [_add_u(t, seed, group_by) for t in ds]
         frames = [_strata_u(t, key) for t in with_u]
+    elif isinstance(ds, PerFile):
+        pairs = run_tasks_keeping("ReadFile", _read_with_u, [(ds.read, f, seed, group_by, key) for f in ds.files])
+        with_u, frames = [block for block, _ in pairs], [frame for _, frame in pairs]
     else:
         with_u = ds.map_batches(_add_u, fn_kwargs={"seed": seed, "group_by": group_by}, batch_format="pyarrow",
                                 batch_size=None).materialize()
         frames = run_per_block(_strata_u, with_u.to_arrow_refs(), key=key)
     parts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    mixed = mixed_columns([json.loads(t) for t in parts.get("types", pd.Series(dtype=object)).unique()])
+    block_types = [json.loads(t) for t in parts.get("types", pd.Series(dtype=object)).unique()]
     by_stratum: dict[str, list[np.ndarray]] = {}
     for s, u in zip(parts.get("s", ()), parts.get("u", ())):  # no rows: no columns either
         by_stratum.setdefault(str(s), []).append(np.asarray(u, dtype=np.float64))
@@ -169,7 +196,14 @@ def plan_splits(ds: Any, *, target: str | None, stratify: bool, test: float, val
         rows["test"] += int(lo)
         rows["validation"] += int(hi - lo)
         rows["train"] += int(len(us) - hi)
-    return SplitPlan(with_u, bounds, key, rows, mixed)
+    return SplitPlan(with_u, bounds, key, rows, mixed_columns(block_types), type_families(block_types))
+
+
+def _read_with_u(read: Callable[[str], Any], path: str, seed: int, group_by: str | None,
+                 key: str | None) -> tuple[Any, pd.DataFrame]:
+    """A :class:`PerFile` task: the file's block with each row's number, and its strata (``_strata_u``)."""
+    table = _add_u(read(path), seed, group_by)
+    return table, _strata_u(table, key)
 
 
 def write_block_splits(table: Any, *, bounds: dict[str, tuple[float, float]], key: str | None, fs: Any,

@@ -25,12 +25,14 @@ from raypipe.ingest.files import (
     bad_files_error,
     find_bad_files,
     is_small_input,
+    file_reader,
     open_dataset,
     plan_read,
+    reads_per_file,
     redact,
     read_tables,
 )
-from raypipe.ingest.split import SPLIT_COL, SplitPlan, plan_splits, write_block_splits
+from raypipe.ingest.split import SPLIT_COL, PerFile, SplitPlan, plan_splits, write_block_splits
 from raypipe.runtime import small_data_in_driver
 from raypipe.spec import AudioSource, BuiltinSource, CsvSource, ParquetSource
 from raypipe.stage import SPLITS, IngestOutput, StageContext, StageOutput
@@ -95,10 +97,11 @@ def _ingest(ctx: StageContext) -> IngestOutput:
     # tasks on the blocks the plan materialised, so the read is the stage's only Ray Data execution.
     write = {"bounds": plan.bounds, "key": plan.key, "fs": ctx.artifact.fs, "root": ctx.artifact.path("splits"),
              "text_columns": plan.as_text}
-    if isinstance(plan.rows_u, list):  # small data read in the driver: written here too
+    refs = plan.block_refs()
+    if refs is None:  # small data read in the driver: written here too
         wrote = [write_block_splits(t, **write) for t in plan.rows_u]
     else:
-        wrote = run_per_block(write_block_splits, plan.rows_u.to_arrow_refs(), **write)
+        wrote = run_per_block(write_block_splits, refs, **write)
     written = {name: sum(t["rows"][i].as_py() for t in wrote) for i, name in enumerate(SPLITS)}
     on_disk = {name: footer_rows(ctx.artifact, f"splits/{SPLIT_COL}={name}") for name in SPLITS}
     if any(written.get(name, 0) != n or on_disk[name] != n for name, n in plan.rows.items()):
@@ -140,20 +143,21 @@ def _plan_files(ctx: StageContext, source: ParquetSource | CsvSource, plan_of: C
 
 
 def _open(read: FileRead) -> Any:
-    """The read's data, set on it: a small input one block per file, read here when ``ray.small_data`` says the
-    driver (a list of tables), else by Ray Data (a lazy dataset)."""
-    small = is_small_input(read, datasets.SMALL_DATA_BYTES)
-    read.dataset = read_tables(read) if small and small_data_in_driver() else open_dataset(read, small)
+    """The read's data, set on it, one block per file where it can be: a small input read here when
+    ``ray.small_data`` says the driver (a list of tables), else a Ray task per file (``PerFile``) unless
+    there are many files or big ones (``reads_per_file``), which Ray Data reads (a lazy dataset)."""
+    if is_small_input(read, datasets.SMALL_DATA_BYTES) and small_data_in_driver():
+        read.dataset = read_tables(read)
+    elif reads_per_file(read):
+        read.dataset = PerFile(file_reader(read), read.files)
+    else:
+        read.dataset = open_dataset(read)
     return read.dataset
 
 
 def _bytes_columns(plan: SplitPlan) -> list[str]:
     """Columns pyarrow read as bytes: CSV text the encoding could not decode."""
-    import pyarrow as pa
-
-    tables = plan.rows_u if isinstance(plan.rows_u, list) else [plan.rows_u.schema().base_schema]
-    fields = {f.name: f.type for t in tables for f in (t.schema if isinstance(t, pa.Table) else t)}
-    return [n for n, t in fields.items() if pa.types.is_binary(t) or pa.types.is_large_binary(t)]
+    return [name for name, families in plan.families.items() if families & {"binary", "large_binary"}]
 
 
 def _log_skipped(ctx: StageContext, read: FileRead) -> None:
