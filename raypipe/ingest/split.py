@@ -148,8 +148,10 @@ class SplitPlan:
 
     def block_refs(self) -> list[Any] | None:
         """The blocks' object refs; None when they are tables in this process."""
+        import pyarrow as pa
+
         if isinstance(self.rows_u, list):
-            return None if not self.rows_u or hasattr(self.rows_u[0], "num_rows") else self.rows_u
+            return None if all(isinstance(t, pa.Table) for t in self.rows_u) else self.rows_u
         return self.rows_u.to_arrow_refs()
 
 
