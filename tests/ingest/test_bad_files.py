@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import raypipe
+import raypipe.datasets
 from raypipe.datasets import read_parquet
 from raypipe.errors import DataValidationError, SpecError
 from raypipe.ingest.filecheck import HEAD_BYTES
@@ -88,8 +89,12 @@ CASES: dict[str, tuple[Callable[[Path], None], dict, str, str, int | None]] = {
 }
 
 
+@pytest.mark.parametrize("read", ["driver", "a task per file"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_a_clear_error_or_a_listed_skip(tmp_path: Path, ray_session, case: str) -> None:
+def test_bad_input_is_a_clear_error_or_a_listed_skip(tmp_path: Path, ray_session, case: str, read: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if read != "driver":  # as a large input: each file read in a Ray task of its own (ingest.split.PerFile)
+        monkeypatch.setattr(raypipe.datasets, "SMALL_DATA_BYTES", 0)
     write, source, file, key, skip_rows = CASES[case]
     (tmp_path / "in").mkdir()
     write(tmp_path / "in")
