@@ -156,13 +156,19 @@ class Store:
         tasks were not), so the marker never outlives the files it vouches for.
         """
         names = [f for f in self.walk_files(rel) if f != MARKER]
-        if self.is_local:
-            for name in names:
+
+        def seal(name: str) -> str:
+            if self.is_local:
                 fsync_file(self.path(rel, name))
+            return self.sha256(rel, name)
+
+        # fsync and hashlib release the GIL: files are synced and hashed in parallel (the 24 files of a
+        # 4M-row validate artifact: 0.34 s of fsyncs one by one)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            files = dict(zip(names, pool.map(seal, names)))
+        if self.is_local:
             for folder in sorted({posixpath.dirname(self.path(rel, n)) for n in names} | {self.path(rel)}):
                 fsync_dir(folder)
-        with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL: files hash in parallel
-            files = dict(zip(names, pool.map(lambda f: self.sha256(rel, f), names)))
         self.write_json(posixpath.join(rel, MARKER), {"files": files, **(meta or {})})
         return files
 
