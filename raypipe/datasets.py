@@ -288,14 +288,38 @@ def run_tasks_keeping(kind: str, fn: Any, calls: list[tuple]) -> list[tuple[Any,
 
     task = ray.remote(_in_context).options(num_cpus=1, num_returns=2, **task_options(kind, fn))
     context = DataContext.get_current()
-    blocks: list[Any] = []
+    pairs: list[tuple[Any, Any]] = []
 
     def submit(args: tuple) -> Any:
-        block, summary = task.remote(context, fn, args, {})
-        blocks.append(block)
-        return summary
+        pairs.append(task.remote(context, fn, args, {}))
+        return pairs[-1][1]
 
-    return list(zip(blocks, _in_order(submit, calls)))
+    try:
+        return [(block, summary) for (block, _), summary in zip(pairs, _in_order(submit, calls))]
+    except Exception:
+        _take_failed_blocks(pairs)
+        raise
+
+
+def _take_failed_blocks(pairs: list[tuple[Any, Any]]) -> None:
+    """Get the error of each finished task that failed from its block ref too, so that Ray does not log it
+    again as an unhandled error, with its traceback, once the ref is dropped: the caller raises it (a bad
+    input file: ingest names it and the fix)."""
+    import ray
+
+    summaries = [summary for _, summary in pairs]
+    ready, _ = ray.wait(summaries, num_returns=len(summaries), timeout=0, fetch_local=False)
+    done = set(ready)
+    for block, summary in pairs:
+        if summary not in done:
+            continue
+        try:
+            ray.get(summary)
+        except Exception:  # noqa: BLE001 - the task's error, raised by the caller already
+            try:
+                ray.get(block)
+            except Exception:  # noqa: BLE001 - the same error
+                pass
 
 
 def _in_order(submit: Any, items: list[Any]) -> list[Any]:

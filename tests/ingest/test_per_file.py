@@ -91,3 +91,29 @@ def test_which_reads_go_per_file(tmp_path, monkeypatch):
     assert reads_per_file(read)
     monkeypatch.setattr(files, "TASK_FILE_BYTES", 70_000)  # 80,000 bytes uncompressed, whatever the codec
     assert not reads_per_file(read)
+
+
+def test_a_bad_file_read_in_a_task_is_reported_once(ray_session, tmp_path, monkeypatch, caplog):
+    """The run's error names the file and the fix; Ray does not also log the failed task's traceback as an
+    unhandled error when its block's ref is dropped (``datasets.run_tasks_keeping``)."""
+    import gc
+    import time
+
+    from raypipe.errors import DataValidationError
+    from tests.ingest.test_filecheck import HEADER, export_rows
+
+    monkeypatch.setattr(raypipe.datasets, "SMALL_DATA_BYTES", 0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "jan.csv").write_text(HEADER + export_rows(40))
+    (folder / "big.csv").write_text(HEADER + export_rows(30_000, 100) + "99999,Ann,Springfield,3.0,1,oops\n")
+    spec = {"name": "t-pf-bad", "storage": str(tmp_path / "store"),
+            "data": {"source": {"type": "csv", "path": str(folder)}, "target": "label"}}
+    with caplog.at_level("ERROR"), pytest.raises(DataValidationError) as info:
+        raypipe.run(spec, until="ingest", progress=Progress(quiet=True))
+    assert "big.csv" in str(info.value) and "row 30,002" in str(info.value)
+    del info
+    with caplog.at_level("ERROR"):
+        gc.collect()
+        time.sleep(2)  # Ray logs an error never got from a background thread once the ref is freed
+    assert not [r for r in caplog.records if "Unhandled error" in r.getMessage()]
