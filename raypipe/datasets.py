@@ -196,13 +196,21 @@ def parquet_schema(store: Store, rel: str) -> Any:
 
 def with_hive_columns(table: Any, path: str, columns: list[str] | None = None) -> Any:
     """``table`` (read from ``path``) with the columns of the path's ``key=value`` folders, as Ray's readers add
-    them (their default hive partitioning): ingest's ``__split=<name>`` folders, or a user's ``date=...``."""
-    from ray.data.block import BlockAccessor
-    from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
+    them (their default hive partitioning): ingest's ``__split=<name>`` folders, or a user's ``date=...``.
 
-    for name, value in PathPartitionParser(Partitioning("hive"))(path).items():
+    Ray's ``PathPartitionParser(Partitioning("hive"))`` and ``fill_column``, without importing Ray Data (0.4 s
+    of a small run in a new process): each folder with one ``=`` is a text column, its value URL-decoded."""
+    import posixpath
+    import urllib.parse
+
+    import pyarrow as pa
+
+    for folder in posixpath.dirname(path).split("/"):
+        if folder.count("=") != 1:
+            continue
+        name, value = folder.split("=")
         if name not in table.column_names and (columns is None or name in columns):
-            table = BlockAccessor.for_block(table).fill_column(name, value)
+            table = table.append_column(name, pa.repeat(pa.scalar(urllib.parse.unquote(value), pa.string()), len(table)))
     return table
 
 
