@@ -1,6 +1,7 @@
 """Reading and writing Ray Datasets as parquet inside a :class:`~raypipe.store.Store`."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from raypipe.store import Store
@@ -249,13 +250,22 @@ def small_task(fn: Any, *args: Any, num_cpus: float = 1, **kwargs: Any) -> Any:
     return data_task("SmallData", fn, args, kwargs, num_cpus)
 
 
-def data_task(kind: str, fn: Any, args: tuple, kwargs: dict[str, Any], num_cpus: float = 1) -> Any:
-    """``fn(*args, **kwargs)`` in a Ray task named ``<kind>(<fn>)`` under the driver's ``DataContext``; its ref."""
-    import ray
+def data_task(kind: str, fn: Any, args: tuple, kwargs: dict[str, Any], num_cpus: float = 1,
+              num_returns: int = 1) -> Any:
+    """``fn(*args, **kwargs)`` in a Ray task named ``<kind>(<fn>)`` under the driver's ``DataContext``; its
+    ref (a list of ``num_returns`` refs when ``fn`` returns that many values)."""
     from ray.data import DataContext
 
-    return ray.remote(_in_context).options(num_cpus=num_cpus, **task_options(kind, fn)).remote(
-        DataContext.get_current(), fn, args, kwargs)
+    options = {"num_cpus": num_cpus, **task_options(kind, fn), **({"num_returns": num_returns} if num_returns > 1 else {})}
+    return _remote_in_context().options(**options).remote(DataContext.get_current(), fn, args, kwargs)
+
+
+@functools.cache
+def _remote_in_context() -> Any:
+    """:func:`_in_context` as one Ray remote function: Ray exports it once, not once per task."""
+    import ray
+
+    return ray.remote(_in_context)
 
 
 def run_small(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -291,15 +301,10 @@ def run_tasks(kind: str, fn: Any, calls: list[tuple]) -> list[Any]:
 def run_tasks_keeping(kind: str, fn: Any, calls: list[tuple]) -> list[tuple[Any, Any]]:
     """:func:`run_tasks` for an ``fn`` that returns ``(block, summary)``: per call the block's ref (it stays in
     the object store, owned by this process, rebuilt from its task if a node is lost) and the summary."""
-    import ray
-    from ray.data import DataContext
-
-    task = ray.remote(_in_context).options(num_cpus=1, num_returns=2, **task_options(kind, fn))
-    context = DataContext.get_current()
     pairs: list[tuple[Any, Any]] = []
 
     def submit(args: tuple) -> Any:
-        pairs.append(task.remote(context, fn, args, {}))
+        pairs.append(data_task(kind, fn, args, {}, num_returns=2))
         return pairs[-1][1]
 
     try:
