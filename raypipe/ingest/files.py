@@ -101,10 +101,21 @@ class FileRead:
     skipped: list[dict[str, str]] = field(default_factory=list)
     dataset: Any = None
     na_values: tuple[str, ...] = NA_VALUES  # csv and json cells that are missing values (``data.na_values``)
+    _sizes: list[int] | None = field(default=None, init=False, repr=False)
 
     def counts(self) -> dict[str, int]:
         kinds = [s["kind"] for s in self.skipped]
         return {"read": len(self.files), **{f"skipped_{k}": kinds.count(k) for k in ("name", "empty", "bad")}}
+
+    def sizes(self) -> list[int]:
+        """Each parquet or csv file's bytes, in the order of ``files`` (parquet: uncompressed, from its footer;
+        csv: on disk). Read once per read: the stage asks whether the input is small, then how to read it."""
+        if self._sizes is None:
+            from raypipe.datasets import parquet_sizes
+
+            self._sizes = (parquet_sizes(self.fs, self.files) if isinstance(self.source, ParquetSource)
+                           else [i.size or 0 for i in self.fs.get_file_info(self.files)])
+        return self._sizes
 
 
 def read_files(source: ParquetSource | CsvSource | JsonSource,
@@ -178,14 +189,9 @@ def is_small_input(read: FileRead, limit: int) -> bool:
     """Whether a parquet or csv read holds fewer than ``limit`` bytes (parquet: uncompressed, from the footers;
     csv: on disk, and not compressed) in at most :data:`SMALL_MAX_FILES` files. Json: never (its reader is
     not :func:`read_tables`')."""
-    from raypipe.datasets import parquet_bytes
-
-    if len(read.files) > SMALL_MAX_FILES:
+    if len(read.files) > SMALL_MAX_FILES or isinstance(read.source, JsonSource):
         return False
-    if isinstance(read.source, ParquetSource):
-        return parquet_bytes(read.fs, read.files) < limit
-    return (isinstance(read.source, CsvSource) and not any(_compressed(f) for f in read.files)
-            and sum(i.size or 0 for i in read.fs.get_file_info(read.files)) < limit)
+    return _sized(read) and sum(read.sizes()) < limit
 
 
 def read_tables(read: FileRead) -> list[pa.Table]:
@@ -239,14 +245,14 @@ def reads_per_file(read: FileRead) -> bool:
     the footers; csv: on disk, and not compressed). A Ray Data read of the same files cost ~2x as long on
     2 cores (its per-task overhead and streaming executor); a bigger file is cut into blocks by Ray Data
     (one task per file would hold it whole in one worker's memory)."""
-    from raypipe.datasets import parquet_sizes
-
     if isinstance(read.source, JsonSource) or len(read.files) > TASK_MAX_FILES:
         return False
-    if isinstance(read.source, ParquetSource):
-        return max(parquet_sizes(read.fs, read.files), default=0) <= TASK_FILE_BYTES
-    return (not any(_compressed(f) for f in read.files)
-            and max((i.size or 0 for i in read.fs.get_file_info(read.files)), default=0) <= TASK_FILE_BYTES)
+    return _sized(read) and max(read.sizes(), default=0) <= TASK_FILE_BYTES
+
+
+def _sized(read: FileRead) -> bool:
+    """Whether a parquet or csv read's sizes are its data's (a compressed csv's are not)."""
+    return isinstance(read.source, ParquetSource) or not any(_compressed(f) for f in read.files)
 
 
 def _compressed(path: str) -> bool:
