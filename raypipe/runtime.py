@@ -387,6 +387,10 @@ def configure_data() -> None:
     Pandas batches get numpy dtypes (float64, int64, pandas' own str), not Ray's
     default ``pd.ArrowDtype`` columns: every numpy conversion of an Arrow-backed
     column copies, and the validate and transform batch functions ran 1.5x slower.
+
+    Executions keep their blocks in input order (``preserve_order``): without it a dataset's
+    blocks come back in the order their tasks finish, and sums over them (a split's log
+    loss, a baseline's fit) changed in the last digit from one run to the next under load.
     """
     import sys
 
@@ -397,6 +401,7 @@ def configure_data() -> None:
     ctx.use_datasource_v2 = False
     ctx.read_op_min_num_blocks = 8
     ctx.enable_arrow_backed_pandas_conversion = False
+    ctx.execution_options.preserve_order = True
     cores = os.cpu_count() or 1
     if ray.cluster_resources().get("CPU", 0) > cores and len(ray.nodes()) == 1:
         # A local Ray with more logical CPUs than cores (raypipe's default leaves room for
