@@ -400,7 +400,7 @@ def configure_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.use_datasource_v2 = False
     ctx.read_op_min_num_blocks = 8
-    ctx.enable_arrow_backed_pandas_conversion = False
+    configure_batches()
     ctx.execution_options.preserve_order = True
     cores = os.cpu_count() or 1
     if ray.cluster_resources().get("CPU", 0) > cores and len(ray.nodes()) == 1:
@@ -411,6 +411,15 @@ def configure_data() -> None:
     ctx.enable_progress_bars = sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     _add_filter("ray.data._internal.progress", _not_progress_notice)
+
+
+def configure_batches() -> None:
+    """The ``DataContext`` setting of batch conversions (:func:`configure_data`): pandas batches get numpy
+    dtypes. Needs no Ray connection: a stage's small-data work in a driver that never connected
+    converts its batches as Ray Data's tasks do."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_arrow_backed_pandas_conversion = False
 
 
 def connect_for(spec: Any, address: str | None = None, *, serving: bool = False) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raypipe.datasets import task_file_name, write_table
+from raypipe.datasets import as_batch, task_file_name, write_table
 from raypipe.columns import row_uniform
 from raypipe.schema import label_strings
 from raypipe.stage import SPLITS
@@ -114,14 +114,13 @@ def _add_u(table: Any, seed: int, group_by: str | None = None) -> Any:
     """Arrow in, arrow out: the rows are only viewed through pandas to hash them (only the
     ``group_by`` column, when given: the whole group gets one number)."""
     import pyarrow as pa
-    from ray.data.block import BlockAccessor
 
     if group_by is not None and group_by not in table.column_names:
         from raypipe.errors import SpecError
 
         raise SpecError(f"data.split.group_by: column {group_by!r} not found; columns are {sorted(table.column_names)}")
     rows = table.select([group_by]) if group_by is not None else table
-    u = row_uniform(BlockAccessor.for_block(rows).to_pandas(), seed)
+    u = row_uniform(as_batch(rows, "pandas"), seed)
     return table.append_column(U_COL, pa.array(u, type=pa.float64()))
 
 
