@@ -199,8 +199,9 @@ def with_hive_columns(table: Any, path: str, columns: list[str] | None = None) -
     """``table`` (read from ``path``) with the columns of the path's ``key=value`` folders, as Ray's readers add
     them (their default hive partitioning): ingest's ``__split=<name>`` folders, or a user's ``date=...``.
 
-    Ray's ``PathPartitionParser(Partitioning("hive"))`` and ``fill_column``, without importing Ray Data (0.4 s
-    of a small run in a new process): each folder with one ``=`` is a text column, its value URL-decoded."""
+    What Ray's ``PathPartitionParser(Partitioning("hive"))`` and ``fill_column`` do, without Ray Data (a read
+    in the driver or a plain task needs none): each folder with one ``=`` is a text column, its value
+    URL-decoded (``tests/test_datasets.py`` compares the two)."""
     import posixpath
     import urllib.parse
 
@@ -233,8 +234,7 @@ def as_batch(table: Any, batch_format: str) -> Any:
 
     A ``pandas`` batch of a table without extension columns is ``table.to_pandas()``: numpy dtypes, what
     Ray's ``ArrowBlockAccessor.to_pandas`` gives with ``enable_arrow_backed_pandas_conversion`` off, without
-    importing Ray Data (0.4 s of a small run in a new process). Ray's tensor columns (images) go through
-    Ray's own conversion (a column of ndarrays)."""
+    Ray Data. Ray's tensor columns (images) go through Ray's own conversion (a column of ndarrays)."""
     import pyarrow as pa
 
     if batch_format == "pandas" and not any(isinstance(t, pa.BaseExtensionType) for t in table.schema.types):
