@@ -684,7 +684,13 @@ class TrainSection(_Section):
                                                                   "sampled (or, offline, rows trained on)")
     iterations: int | None = Field(default=None, ge=1, description="RL: stop after this many training iterations")
     stop_return: float | None = Field(default=None, description="RL: stop early once the mean episode return of "
-                                                                "training reaches this")
+                                                                "training reaches this (and the greedy policy's "
+                                                                "over train.stop_episodes validation episodes)")
+    stop_episodes: int = Field(
+        default=10, ge=0, description="RL: before train.stop_return stops training, the greedy policy (the one "
+                                      "evaluated and served) plays this many seeded validation episodes (seeds "
+                                      "evaluate.seed + evaluate.episodes onward, none of the test's) and must reach "
+                                      "it too, else training goes on; 0: the training return alone decides")
     env_runners: int = Field(default=1, ge=0, description="RL: remote env-runner processes sampling the environment "
                                                           "(0: sample in the learner's process)")
     envs_per_env_runner: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
@@ -1227,8 +1233,8 @@ class Spec(_Section):
         return doc
 
 
-_RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "env_runners", "envs_per_env_runner",
-                    "checkpoint_every", "rescale_observations")
+_RL_TRAIN_FIELDS = ("timesteps", "iterations", "stop_return", "stop_episodes", "env_runners",
+                    "envs_per_env_runner", "checkpoint_every", "rescale_observations")
 
 
 def _window_checks(spec: "Spec") -> None:

@@ -182,3 +182,53 @@ def test_an_offline_algorithm_samples_no_environment_copies(tmp_path):
     doc["data"]["source"] = {"type": "csv", "path": str(tmp_path / "log.csv")}
     config = algo_config(raypipe.load_spec(doc), offline=str(tmp_path))
     assert config.num_envs_per_env_runner == 1 and config.num_env_runners == 0
+
+
+def _stop_spec(tmp_path, **train):
+    return raypipe.load_spec(_spec(tmp_path / "store", "t-rl-stop", stop_return=450, **train))
+
+
+def test_stop_return_waits_for_the_greedy_policy_too(tmp_path):
+    """The training return is the exploring policy's: training stops early only when the greedy policy (the
+    one evaluated and served) reaches ``train.stop_return`` on the validation episodes as well."""
+    from raypipe.train.rl import _stop, validation_seeds
+
+    spec = _stop_spec(tmp_path)
+    row = {"iteration": 3, "timesteps": 1500, "episode_return_mean": 460.0}
+    asked = []
+    assert _stop(spec, dict(row), greedy=lambda r: asked.append(r) or 352.0) is None  # goes on
+    assert len(asked) == 1
+    why = _stop(spec, dict(row), greedy=lambda r: 480.0)
+    assert why is not None and "greedy policy too (480.0 over 10 validation episodes)" in why
+    assert _stop(spec, {**row, "episode_return_mean": 300.0}, greedy=lambda r: asked.append(r) or 500.0) is None
+    assert len(asked) == 1, "the greedy policy is played only once the training return is there"
+    # A resumed run decides from what the checkpoint's history recorded.
+    assert _stop(spec, {**row, "validation_return": 352.0}) is None
+    assert _stop(spec, {**row, "validation_return": 455.0}) is not None
+    # The validation episodes are not the test's: evaluate.seed onward, evaluate.episodes of them.
+    test_seeds = set(range(spec.evaluate.seed, spec.evaluate.seed + spec.evaluate.episodes))
+    assert len(validation_seeds(spec)) == 10 and not test_seeds & set(validation_seeds(spec))
+
+
+def test_stop_episodes_zero_lets_the_training_return_decide(tmp_path):
+    from raypipe.train.rl import _greedy_return, _stop
+
+    spec = _stop_spec(tmp_path, stop_episodes=0)
+    row = {"iteration": 3, "timesteps": 1500, "episode_return_mean": 460.0}
+    assert _greedy_return(spec, None, row) is None  # nothing played: no algorithm needed
+    assert _stop(spec, row, greedy=lambda r: _greedy_return(spec, None, r)) == "train.stop_return 450 reached"
+
+
+def test_a_greedy_policy_below_stop_return_keeps_training(ray_session, tmp_path):
+    """A real run whose every training return reaches stop_return (9: CartPole's worst is ~9): each iteration
+    plays its greedy policy, and training stops at the first that reaches it too, or at the budget."""
+    spec = _spec(tmp_path / "store", "t-rl-greedy", stop_return=9.0)
+    spec["evaluate"]["gate"] = {"beat_trivial_baseline": False}  # a barely trained policy: not what is tested
+    report = _report(raypipe.run(raypipe.load_spec(spec), progress=Progress(quiet=True)))
+    history, stopped = report["history"], report["stopped"]
+    assert all(r["episode_return_mean"] >= 9.0 and "validation_return" in r for r in history)
+    assert all(r["validation_return"] < 9.0 for r in history[:-1]), "it stopped late"
+    if "greedy policy too" in stopped:
+        assert history[-1]["validation_return"] >= 9.0
+    else:
+        assert stopped == f"train.iterations {ITERATIONS} reached" and history[-1]["validation_return"] < 9.0
