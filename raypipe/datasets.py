@@ -269,8 +269,8 @@ def data_task(kind: str, fn: Any, args: tuple, kwargs: dict[str, Any], num_cpus:
     ref (a list of ``num_returns`` refs when ``fn`` returns that many values)."""
     from ray.data import DataContext
 
-    options = {"num_cpus": num_cpus, **task_options(kind, fn), **({"num_returns": num_returns} if num_returns > 1 else {})}
-    return _remote_in_context().options(**options).remote(DataContext.get_current(), fn, args, kwargs)
+    return _remote_in_context().options(num_cpus=num_cpus, num_returns=num_returns, **task_options(kind, fn)).remote(
+        DataContext.get_current(), fn, args, kwargs)
 
 
 @functools.cache
